@@ -1,0 +1,3 @@
+"""ActPRM: active learning for process reward models, as an MLOps pipeline."""
+
+__version__ = "0.1.0"

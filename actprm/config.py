@@ -1,0 +1,214 @@
+"""The one typed configuration of the pipeline.
+
+Precedence (highest first): CLI flags (passed as overrides) > environment variables
+(`ACTPRM_...`, nested with `__`, e.g. `ACTPRM_JUDGE__CONCURRENCY=8`) > a YAML file
+(`ACTPRM_CONFIG` or `--config`) > the defaults written here.
+
+Every knob appears here once, with its default and a one-line description. Stage functions in
+`tasks/` take plain arguments; the CLI and the flows map a `Settings` onto them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class ModelSettings(BaseModel):
+    preset: str = Field("cpu", description="Model preset: tiny (tests), cpu (MiniLM backbone), qwen2.5-math-7b (paper, GPU).")
+    num_heads: int = Field(32, description="Ensemble size E (paper: 32).")
+    reg_lambda: float = Field(0.5, description="Anchor regularization weight lambda (paper: 0.5).")
+    learning_probability: float = Field(1.0, description="Bootstrap: chance a head sees a given trajectory.")
+    max_length: int = Field(512, description="Token budget per trajectory; later steps are cut and left unscored.")
+    freeze_backbone: bool = Field(False, description="Train only the heads.")
+    backbone_path: str | None = Field(None, description="Override the preset's backbone (local folder or hub id).")
+
+
+class UncertaintySettings(BaseModel):
+    strategy: str = Field("actprm", description="Acquisition strategy: actprm, random, entropy, bald.")
+    p_threshold: float = Field(0.95, description="A step is confident when mu >= p or mu <= 1 - p (paper: 0.95).")
+    std_threshold: float = Field(0.005, description="... and sigma <= this (paper: 0.005).")
+    batch_size: int = Field(32, description="Trajectories per forward pass when scoring.")
+    shard_size: int = Field(2048, description="Trajectories per scoring shard (the unit of resume).")
+
+
+class JudgeSettings(BaseModel):
+    backend: str = Field("verifier", description="Judge backend: verifier, oracle, openai, vllm.")
+    url: str = Field("http://127.0.0.1:8000/v1", description="Base URL of an OpenAI-compatible endpoint.")
+    model: str = Field("Qwen/QwQ-32B", description="Judge model name sent to the endpoint.")
+    api_key: SecretStr | None = Field(None, description="API key (env ACTPRM_JUDGE_API_KEY); never logged.")
+    prompt_version: str = Field("processbench-v1", description="Critique prompt template version.")
+    concurrency: int = Field(16, description="Requests in flight at once.")
+    timeout_s: float = Field(120.0, description="Per-request timeout in seconds.")
+    max_retries: int = Field(6, description="Retries per request on 429/5xx/timeouts/connection errors.")
+    max_parse_retries: int = Field(2, description="Re-asks when the answer cannot be parsed.")
+    circuit_breaker: int = Field(20, description="Stop the run after this many consecutive failures.")
+    max_completion_tokens: int = Field(4096, description="Completion tokens requested (and reserved) per call.")
+    structured_output: bool = Field(False, description="Ask vLLM for JSON-schema structured output.")
+
+
+class BudgetSettings(BaseModel):
+    max_labels: int | None = Field(None, description="Global cap on labels bought (None: no cap).")
+    max_tokens: int | None = Field(None, description="Global cap on judge tokens (prompt + completion).")
+    max_cost: float | None = Field(None, description="Global cap on money spent.")
+    price_per_1k_tokens: float = Field(0.0, description="Price of 1k judge tokens, for the cost cap.")
+    per_pool_max_labels: int | None = Field(None, description="Cap on labels bought for any one pool.")
+    per_pool_max_tokens: int | None = Field(None, description="Cap on tokens spent for any one pool.")
+    per_pool_max_cost: float | None = Field(None, description="Cap on money spent for any one pool.")
+
+
+class TrainSettings(BaseModel):
+    epochs: int = Field(3, description="Passes over the labeled set per round.")
+    batch_size: int = Field(16, description="Trajectories per optimizer micro-batch.")
+    grad_accum: int = Field(1, description="Gradient accumulation steps.")
+    lr: float = Field(2e-4, description="AdamW peak learning rate.")
+    weight_decay: float = Field(0.0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.1, description="Linear warmup share of the steps.")
+    seed: int = Field(0, description="Seed for data order, head init and bootstrap masks.")
+    in_training_selection: bool = Field(True, description="ActPRM: drop already-confident trajectories from each batch's loss.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="accelerate mixed precision (bf16 on GPU).")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory on big backbones.")
+    checkpoint_every: int = Field(0, description="save_state every N optimizer steps (0: at the end only).")
+
+
+class LoopSettings(BaseModel):
+    rounds: int = Field(2, description="Maximum active-learning rounds.")
+    labels_per_round: int = Field(200, description="Judge labels bought per round (the round's budget).")
+    plateau_rounds: int = Field(2, description="Stop after this many rounds without an F1 gain.")
+    eval_fraction: float = Field(0.2, description="Share of a gold-labeled pool held out for evaluation.")
+    warm_start: bool = Field(True, description="Start each round from the previous round's model.")
+
+
+class RegistrySettings(BaseModel):
+    model_name: str = Field("actprm-prm", description="MLflow registered model name.")
+    min_delta: float = Field(0.0, description="Challenger must beat the champion's F1 by at least this to be promoted.")
+
+
+class IngestSettings(BaseModel):
+    max_question_chars: int = Field(20_000, description="Longer questions are quarantined.")
+    max_steps: int = Field(200, description="Trajectories with more steps are quarantined.")
+    max_step_chars: int = Field(8_000, description="Trajectories with a longer step are quarantined.")
+    quarantine_raw_chars: int = Field(2_000, description="Raw text kept per quarantined line.")
+    validate_shard_rows: int = Field(200_000, description="Rows per pandas batch validated by Great Expectations.")
+
+
+class SynthSettings(BaseModel):
+    n: int = Field(2_000, description="Trajectories in the built-in sample pool.")
+    seed: int = Field(0, description="Generator seed.")
+    error_rate: float = Field(0.5, description="Share of trajectories with an injected first error.")
+
+
+class YamlSource(PydanticBaseSettingsSource):
+    """Reads the YAML file named by ACTPRM_CONFIG (or Settings(_config_file=...))."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: str | None):
+        super().__init__(settings_cls)
+        self.path = path
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused, __call__ does the work
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        if not self.path:
+            return {}
+        p = Path(self.path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+        return data
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user can fix; shown as a one-line error."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ACTPRM_", env_nested_delimiter="__", extra="forbid")
+
+    home: Path = Field(Path(".actprm"), description="Work dir: DuckDB file, MLflow store, reports, checkpoints (env ACTPRM_HOME).")
+    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking URI; default: SQLite under home.")
+    experiment: str = Field("actprm", description="MLflow experiment name.")
+    default_pool: str = Field("sample", description="Pool used when none is named.")
+
+    model: ModelSettings = ModelSettings()
+    uncertainty: UncertaintySettings = UncertaintySettings()
+    judge: JudgeSettings = JudgeSettings()
+    budget: BudgetSettings = BudgetSettings()
+    train: TrainSettings = TrainSettings()
+    loop: LoopSettings = LoopSettings()
+    registry: RegistrySettings = RegistrySettings()
+    ingest: IngestSettings = IngestSettings()
+    synth: SynthSettings = SynthSettings()
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        return (init_settings, env_settings, YamlSource(settings_cls, os.environ.get("ACTPRM_CONFIG")))
+
+    # Derived locations: one place decides where things live under `home`.
+    @property
+    def duckdb_path(self) -> Path:
+        return self.home / "actprm.duckdb"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return (self.home / "mlartifacts").resolve()
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.home / "checkpoints"
+
+    def judge_api_key(self) -> str | None:
+        # ACTPRM_JUDGE_API_KEY is the documented variable; ACTPRM_JUDGE__API_KEY works through pydantic too.
+        if self.judge.api_key is not None:
+            return self.judge.api_key.get_secret_value()
+        return os.environ.get("ACTPRM_JUDGE_API_KEY")
+
+
+def load_settings(overrides: dict[str, Any] | None = None, config_file: str | Path | None = None) -> Settings:
+    """Build Settings from defaults, YAML, env, then `overrides` (nested dicts, e.g. from CLI flags)."""
+    if config_file is not None:
+        os.environ["ACTPRM_CONFIG"] = str(config_file)
+    base = Settings()
+    if not overrides:
+        return base
+    merged = _deep_merge(base.model_dump(), {k: v for k, v in overrides.items() if v is not None})
+    return Settings.model_validate(merged)
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], {kk: vv for kk, vv in v.items() if vv is not None})
+        else:
+            out[k] = v
+    return out
+
+
+def runtime_environment(settings: Settings) -> dict[str, str]:
+    """Environment every entry point sets before importing Prefect/MLflow/HF: offline, no analytics."""
+    return {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "MLFLOW_TRACKING_URI": settings.tracking_uri,
+        "GIT_PYTHON_REFRESH": "quiet",
+    }
