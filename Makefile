@@ -1,0 +1,38 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+SHELL := /bin/bash
+PY := .venv/bin/python
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+
+.PHONY: run test venv serve stop bench clean
+
+# The venv is rebuilt when the lock changes. torch first: `torch==2.13.0` takes the CPU wheel on disk;
+# any other spec would pull several GB of CUDA packages.
+.venv/.installed: requirements.lock pyproject.toml
+	test -x $(PY) || python3.11 -m venv .venv
+	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+venv: .venv/.installed
+
+run: .venv/.installed
+	.venv/bin/actprm run
+
+test: .venv/.installed
+	$(PY) -m pytest
+
+serve: .venv/.installed
+	bash scripts/serve.sh
+
+stop:
+	bash scripts/stop.sh
+
+bench: .venv/.installed
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf .actprm
