@@ -158,7 +158,9 @@ class Settings(BaseSettings):
 
     @property
     def tracking_uri(self) -> str:
-        return self.mlflow_tracking_uri or f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+        # A tracking server given the MLflow way (MLFLOW_TRACKING_URI) wins over the local default.
+        return (self.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+                or f"sqlite:///{(self.home / 'mlflow.db').resolve()}")
 
     @property
     def artifact_root(self) -> Path:
@@ -212,3 +214,17 @@ def runtime_environment(settings: Settings) -> dict[str, str]:
         "MLFLOW_TRACKING_URI": settings.tracking_uri,
         "GIT_PYTHON_REFRESH": "quiet",
     }
+
+
+def flow_settings(config: dict[str, Any] | None = None, **explicit: dict[str, Any]) -> Settings:
+    """Settings inside a flow run: env/YAML, then the `config` overrides, then the flow's typed params.
+
+    Deployments pass a few typed parameters (they render as a form in the Prefect UI) plus an
+    optional `config` mapping for any other knob; `explicit` maps section -> {field: value}.
+    """
+    merged = _deep_merge(config or {}, {k: v for k, v in explicit.items() if v})
+    settings = load_settings(merged)
+    for key, value in runtime_environment(settings).items():
+        os.environ.setdefault(key, value)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return settings

@@ -286,3 +286,624 @@ class Store:
         return [r[0] for r in self.sql(q + " ORDER BY line_no, trajectory_id", params).fetchall()]
 
     # -- sections owned by each stage follow; keep each stage's queries together -----------------
+
+    # -- training ----------------------------------------------------------------------------
+    def training_examples(self, pool: str, *, split: str | None = "train", judge_model: str | None = None,
+                          prompt_version: str | None = None) -> list[dict]:
+        """The pool's judge-labeled trajectories, as train_prm examples {id, question, steps, first_error}.
+
+        A label belongs to the trajectory (its content hash), not to the pool that bought it, so a label
+        bought through another pool counts too. When a trajectory has several labels (other judge models or
+        prompt versions) the newest wins, unless `judge_model`/`prompt_version` pin one. Labels that point
+        past the last step are dropped rather than guessed at. Ordered by the pool's line order.
+        """
+        q = (
+            "SELECT t.id, t.question, t.steps, j.first_error FROM pool_members pm "
+            "JOIN trajectories t ON t.id = pm.trajectory_id "
+            "JOIN (SELECT trajectory_id, first_error FROM judge_labels "
+            "      WHERE status = 'labeled' AND first_error IS NOT NULL"
+            "        AND (? IS NULL OR judge_model = ?) AND (? IS NULL OR prompt_version = ?) "
+            "      QUALIFY row_number() OVER (PARTITION BY trajectory_id "
+            "                                 ORDER BY created_at DESC, judge_model, prompt_version) = 1"
+            ") j ON j.trajectory_id = pm.trajectory_id "
+            "WHERE pm.pool = ? AND (? IS NULL OR pm.split = ?) AND j.first_error BETWEEN -1 AND t.num_steps - 1 "
+            "ORDER BY pm.line_no, t.id"
+        )
+        rows = self.sql(q, [judge_model, judge_model, prompt_version, prompt_version, pool, split, split]).fetchall()
+        return [{"id": r[0], "question": r[1], "steps": list(r[2]), "first_error": int(r[3])} for r in rows]
+
+    # -- labels & budget ledger ---------------------------------------------------------------
+    # Ledger row states: reserved (sent, answer not committed) -> settled (actual usage, committed
+    # with its label in one transaction) | released (the request failed unbilled). Spent budget counts
+    # reserved, settled and orphaned rows: an orphan is a reservation left by a crashed run, and we may
+    # have been billed for it.
+    def ledger_orphan_stale(self) -> int:
+        """Mark reservations of a crashed run as orphaned (still counted as spent); call at run start."""
+        n = self.sql("SELECT count(*) FROM budget_ledger WHERE state = 'reserved'").fetchone()[0]
+        if n:
+            self.sql("UPDATE budget_ledger SET state = 'orphaned', settled_at = current_timestamp "
+                     "WHERE state = 'reserved'")
+        return int(n)
+
+    def budget_spent(self, pool: str | None = None) -> dict:
+        """Labels, tokens and cost spent (reservations at their worst case), globally or for one pool."""
+        row = self.sql(
+            "SELECT coalesce(sum(labels), 0), coalesce(sum(tokens), 0), coalesce(sum(cost), 0) FROM budget_ledger "
+            "WHERE state IN ('reserved', 'settled', 'orphaned') AND (?::VARCHAR IS NULL OR pool = ?)",
+            [pool, pool],
+        ).fetchone()
+        return {"labels": int(row[0]), "tokens": int(row[1]), "cost": float(row[2])}
+
+    def budget_left(self, pool: str | None, limits) -> dict:
+        """For `actprm status`: spent and left under each cap of `limits` (a BudgetLimits)."""
+        from actprm.judges.budget import budget_left
+
+        return budget_left(self, pool, limits)
+
+    _JUDGE_LABEL_COLS = {"trajectory_id": "VARCHAR", "judge_model": "VARCHAR", "prompt_version": "VARCHAR",
+                         "pool": "VARCHAR", "status": "VARCHAR", "first_error": "INTEGER", "reason": "VARCHAR",
+                         "raw_answer": "VARCHAR", "prompt_tokens": "BIGINT", "completion_tokens": "BIGINT",
+                         "cost": "DOUBLE", "attempts": "INTEGER", "latency_s": "DOUBLE", "request_id": "VARCHAR"}
+
+    def ledger_write(self, reserve: list[tuple] = (), settle: list[tuple] = (), labels: list[dict] = ()) -> None:
+        """One transaction (group commit) of ledger and label changes:
+        reserve: (request_id, pool, trajectory_id, tokens, cost) rows sent next, at their worst case;
+        settle: (request_id, state, labels, tokens, cost) with state settled (actual usage) or released
+        (bought nothing); labels: judge_labels rows (a request's label commits with its settlement).
+        Multi-row statements: DuckDB's per-statement overhead (~1-3 ms) would otherwise cap throughput."""
+        with self.transaction() as con:
+            if reserve:
+                cols = list(zip(*reserve))
+                con.execute("INSERT INTO budget_ledger (request_id, pool, trajectory_id, state, labels, tokens, cost) "
+                            "SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), 'reserved', 1, "
+                            "unnest(?::BIGINT[]), unnest(?::DOUBLE[])", [list(c) for c in cols])
+            if settle:
+                cols = list(zip(*settle))
+                con.execute("UPDATE budget_ledger SET state = v.state, labels = v.labels, tokens = v.tokens, "
+                            "cost = v.cost, settled_at = current_timestamp FROM (SELECT unnest(?::VARCHAR[]) AS rid, "
+                            "unnest(?::VARCHAR[]) AS state, unnest(?::INTEGER[]) AS labels, unnest(?::BIGINT[]) AS tokens, "
+                            "unnest(?::DOUBLE[]) AS cost) v WHERE budget_ledger.request_id = v.rid",
+                            [list(c) for c in cols])
+            if labels:
+                # A failed row is replaced by a later answer; a labeled row is never re-requested (the cache).
+                names = list(self._JUDGE_LABEL_COLS)
+                select = ", ".join(f"unnest(?::{t}[])" for t in self._JUDGE_LABEL_COLS.values())
+                con.execute(f"INSERT OR REPLACE INTO judge_labels ({', '.join(names)}, created_at) "
+                            f"SELECT {select}, current_timestamp", [[row.get(c) for row in labels] for c in names])
+
+    def judge_labeled_ids(self, ids: list[str], judge_model: str, prompt_version: str) -> set[str]:
+        """Which of `ids` already hold a label from this (judge model, prompt version): the label cache."""
+        if not ids:
+            return set()
+        rows = self.sql("SELECT trajectory_id FROM judge_labels WHERE status = 'labeled' AND judge_model = ? "
+                        "AND prompt_version = ? AND trajectory_id IN (SELECT unnest(?::VARCHAR[]))",
+                        [judge_model, prompt_version, ids]).fetchall()
+        return {r[0] for r in rows}
+
+    def latest_scored_model_version(self, pool: str) -> str | None:
+        row = self.sql("SELECT s.model_version FROM scores s JOIN pool_members pm ON pm.trajectory_id = s.trajectory_id "
+                       "WHERE pm.pool = ? GROUP BY s.model_version ORDER BY max(s.scored_at) DESC LIMIT 1",
+                       [pool]).fetchone()
+        return row[0] if row else None
+
+    def uncertain_train_ids(self, pool: str, model_version: str) -> list[str]:
+        """The pool's uncertain train trajectories under `model_version`, highest acquisition first."""
+        rows = self.sql("SELECT s.trajectory_id FROM scores s JOIN pool_members pm ON pm.trajectory_id = s.trajectory_id "
+                        "WHERE pm.pool = ? AND pm.split = 'train' AND s.model_version = ? AND s.uncertain "
+                        "ORDER BY s.acquisition DESC, s.trajectory_id", [pool, model_version]).fetchall()
+        return [r[0] for r in rows]
+
+    def judge_label_quality(self, pool: str, judge_model: str, prompt_version: str) -> dict | None:
+        """Judge first-error accuracy against the pool's gold labels, overall and per error_kind, and the
+        parse-failure rate; None when the pool has no gold labels for the judged trajectories."""
+        rows = self.sql(
+            "SELECT coalesce(g.error_kind, CASE WHEN g.first_error = -1 THEN 'correct' ELSE 'unknown' END), "
+            "count(*) FILTER (WHERE j.status = 'labeled'), "
+            "count(*) FILTER (WHERE j.status = 'labeled' AND j.first_error = g.first_error), "
+            "count(*) FILTER (WHERE j.status = 'failed') "
+            "FROM judge_labels j JOIN pool_members pm ON pm.trajectory_id = j.trajectory_id AND pm.pool = ? "
+            "JOIN gold_labels g ON g.trajectory_id = j.trajectory_id "
+            "WHERE j.judge_model = ? AND j.prompt_version = ? GROUP BY 1 ORDER BY 1",
+            [pool, judge_model, prompt_version]).fetchall()
+        if not rows:
+            return None
+        labeled = sum(r[1] for r in rows)
+        correct = sum(r[2] for r in rows)
+        failed = sum(r[3] for r in rows)
+        return {"n_labeled": labeled, "accuracy": correct / labeled if labeled else None,
+                "per_error_kind": {r[0]: {"n": r[1], "accuracy": r[2] / r[1] if r[1] else None} for r in rows},
+                "parse_failure_rate": failed / (labeled + failed) if labeled + failed else 0.0}
+
+    def ledger_consistency(self) -> dict:
+        """Counts that must be zero after any crash: settled label-buying requests without their label
+        row, and labeled rows without their settled request."""
+        missing_label = self.sql(
+            "SELECT count(*) FROM budget_ledger b WHERE b.state = 'settled' AND b.labels = 1 AND NOT EXISTS "
+            "(SELECT 1 FROM judge_labels j WHERE j.request_id = b.request_id AND j.status = 'labeled')").fetchone()[0]
+        missing_request = self.sql(
+            "SELECT count(*) FROM judge_labels j WHERE j.status = 'labeled' AND NOT EXISTS "
+            "(SELECT 1 FROM budget_ledger b WHERE b.request_id = j.request_id AND b.state = 'settled' "
+            "AND b.labels = 1)").fetchone()[0]
+        states = dict(self.sql("SELECT state, count(*) FROM budget_ledger GROUP BY state").fetchall())
+        return {"settled_without_label": int(missing_label), "label_without_settled": int(missing_request),
+                "states": {k: int(v) for k, v in states.items()}}
+
+
+    # -- ingest ------------------------------------------------------------------------------
+    # Every input line is read by DuckDB as raw text with its line number, then parsed, checked and
+    # split in SQL: good records go to a staging table, bad ones carry a reason into quarantine. Nothing
+    # is parsed row by row in Python, and every line read ends up counted (accepted/quarantined/duplicate).
+    # A four-byte run of control characters as the CSV delimiter: it can only occur in a line that is
+    # not valid JSON anyway, and DuckDB then fails (strict mode) and the caller falls back to a sanitized copy.
+    RAW_LINE_DELIMITER = "\x1f\x1e\x1d\x1c"
+
+    @staticmethod
+    def _q(name: str) -> str:
+        """A quoted SQL identifier / struct key."""
+        return '"' + name.replace('"', '""') + '"'
+
+    @staticmethod
+    def _lit(text: str) -> str:
+        return "'" + text.replace("'", "''") + "'"
+
+    def _view_sql(self, fmt, view, limits: dict) -> str:
+        """SQL struct of one view of a record `f` (fields as JSON): the trajectory, its gold labels and
+        the first reason it is unusable (NULL when usable). Checks run in order; CASE is lazy per row."""
+        q, lit = self._q, self._lit
+        fj = lambda k: f"f.{q(k)}" if k else "NULL"  # noqa: E731
+        qk, sk, lk = view.question, view.steps, view.label_key
+        max_q, max_n, max_c = limits["max_question_chars"], limits["max_steps"], limits["max_step_chars"]
+        if view.labels == "step_tags":
+            # Math-Shepherd: parts between tags; the question is the text before "Step 1:" of the first part.
+            tag = lit(view.step_tag)
+            parts = f"string_split({fj(sk)}->>'$', {tag})"
+            base = (f"CASE WHEN json_type({fj(sk)}) = 'VARCHAR' THEN {parts} END AS parts, "
+                    f"{fj(lk)} AS lj, {fj(view.error_kind_key)} AS ekj, {fj(view.id_key)} AS ij")
+            split = ("list_transform(parts[1:len(parts) - 1], lambda x: trim(x)) AS sp, "
+                     "strpos(parts[1], 'Step 1:') AS s1")
+            question = "trim(parts[1][1:s1 - 1])"
+            steps = "list_concat([trim(parts[1][s1:])], sp[2:])"
+            n = "(len(parts) - 1)"
+            # position of the k-th +/- in the label text: the tags before it each shrank to one char
+            signs = (f"list_transform(range(1, {n} + 1), lambda k: substr(lj->>'$', "
+                     f"list_sum(list_transform(parts[1:k], lambda p: length(p))) + (k - 1) + 1, 1))")
+            pre_checks = [
+                (f"{fj(sk)} IS NULL", f"{sk} is missing"),
+                ("parts IS NULL", f"{sk} is not a string"),
+                (f"{n} = 0", f"{sk} has no step tag {view.step_tag}"),
+                ("trim(parts[len(parts)]) <> ''", f"{sk} has text after the last step tag"),
+                ("s1 = 0", f"{sk} has no 'Step 1:' before the first tag"),
+            ]
+            label_checks = [
+                ("lj IS NULL OR json_type(lj) <> 'VARCHAR'", f"{lk} is missing or not a string"),
+                (f"length(lj->>'$') <> length({fj(sk)}->>'$') - {n} * (length({tag}) - 1)",
+                 f"{lk} does not match {sk}"),
+                ("NOT list_bool_and(list_transform(signs, lambda c: c IN ('+', '-')))",
+                 f"{lk} does not have +/- where {sk} has a tag"),
+            ]
+            first_error = "coalesce(list_position(signs, '-') - 1, -1)"
+            step_labels = "list_transform(signs, lambda c: (c = '+')::TINYINT)"
+            extra_cols = f"{signs} AS signs"
+            qj_checks: list = []
+        else:
+            base = (f"{fj(qk)} AS qj, {fj(sk)} AS sj, {fj(lk)} AS lj, {fj(view.first_error_key)} AS fej, "
+                    f"{fj(view.error_kind_key)} AS ekj, {fj(view.id_key)} AS ij, "
+                    "CASE WHEN json_type(" + fj(sk) + ") = 'ARRAY' THEN from_json(" + fj(sk) + ", '[\"JSON\"]') END AS se")
+            split = ("list_transform(se, lambda x: x->>'$') AS sp, "
+                     "CASE WHEN json_type(qj) = 'VARCHAR' THEN qj->>'$' END AS qt")
+            question, steps, n = "qt", "sp", "len(se)"
+            pre_checks = [
+                ("qj IS NULL", f"{qk} is missing or null"),
+                ("qt IS NULL", f"{qk} is not a string"),
+                ("trim(qt) = ''", f"{qk} is empty"),
+                ("sj IS NULL", f"{sk} is missing or null"),
+                ("se IS NULL", f"{sk} is not a list"),
+                ("len(se) = 0", f"{sk} is empty"),
+                ("list_bool_or(list_transform(se, lambda x: x IS NULL))", f"{sk} has a null step"),
+                ("NOT list_bool_and(list_transform(se, lambda x: json_type(x) = 'VARCHAR'))",
+                 f"{sk} has a step that is not a string"),
+            ]
+            qj_checks = []
+            extra_cols = "NULL AS signs"
+            label_checks, first_error, step_labels = self._label_sql(view, n)
+        size_checks = [
+            (f"length({question}) > {max_q}", f"question longer than {max_q} chars"),
+            (f"{n} > {max_n}", f"more than {max_n} steps"),
+            (f"list_max(list_transform({steps}, lambda x: length(x))) > {max_c}", f"a step longer than {max_c} chars"),
+            (f"list_bool_or(list_transform({steps}, lambda x: trim(x) = ''))", "a step is blank"),
+        ]
+        checks = pre_checks + qj_checks + size_checks + label_checks
+        reason = "CASE " + " ".join(f"WHEN {c} THEN {lit(r)}" for c, r in checks) + " END"
+        error_kind = "CASE WHEN json_type(ekj) = 'VARCHAR' THEN ekj->>'$' END" if view.error_kind_key else "NULL"
+        source_id = f"(ij->>'$') || {lit(view.id_suffix)}" if view.id_key else "NULL"
+        if view.labels == "step_tags":
+            error_kind = "CASE WHEN json_type(ekj) = 'VARCHAR' THEN ekj->>'$' END" if view.error_kind_key else "NULL"
+        labeled = "NULL" if view.labels == "none" else "true"
+        # Three nested selects: raw fields -> derived lists -> checks (each level can use the previous).
+        return (
+            f"(SELECT struct_pack(reason := {reason}, question := {question}, steps := {steps}, "
+            f"first_error := CASE WHEN {labeled} THEN ({first_error})::INTEGER END, "
+            f"step_labels := CASE WHEN {labeled} THEN ({step_labels})::TINYINT[] END, "
+            f"error_kind := {error_kind}, source_id := {source_id}) "
+            f"FROM (SELECT *, {extra_cols} FROM (SELECT *, {split} FROM (SELECT {base}))))"
+        )
+
+    def _label_sql(self, view, n: str) -> tuple[list, str, str]:
+        """(checks, first_error, step_labels) SQL for the list-based label encodings."""
+        lk, kind = view.label_key, view.labels
+        is_int = "json_type(x) IN ('BIGINT', 'UBIGINT')"
+        if kind == "none":
+            return [], "NULL", "NULL"
+        if kind == "all_correct":
+            return [], "-1", f"list_transform(range({n}), lambda i: 1)"
+        if kind == "first_error":
+            fe = "TRY_CAST(lj->>'$' AS INTEGER)"
+            checks = [("lj IS NULL", f"{lk} is missing or null"),
+                      ("json_type(lj) NOT IN ('BIGINT', 'UBIGINT') OR " + fe + " IS NULL", f"{lk} is not an integer"),
+                      (f"{fe} < -1 OR {fe} >= {n}", f"{lk} out of range (-1 or a step index)")]
+            # ProcessBench: steps after the first error are unlabeled
+            labels = f"list_transform(range(CASE WHEN {fe} < 0 THEN {n} ELSE {fe} + 1 END), lambda i: (i <> {fe})::TINYINT)"
+            return checks, fe, labels
+        lst = "from_json(lj, '[\"JSON\"]')"
+        if kind in ("hard_labels", "bool_labels"):
+            want = "x IN ('0', '1')" if kind == "hard_labels" else "x IN ('true', 'false')"
+            what = "0/1" if kind == "hard_labels" else "true/false"
+            vals = f"list_transform({lst}, lambda x: (x IN ('1', 'true'))::TINYINT)"
+            fe = f"coalesce(list_position({vals}, 0) - 1, -1)"
+            checks = [("lj IS NULL", f"{lk} is missing or null"),
+                      ("json_type(lj) <> 'ARRAY'", f"{lk} is not a list"),
+                      (f"len({lst}) = 0", f"{lk} is empty"),
+                      (f"NOT list_bool_and(list_transform({lst}, lambda x: coalesce({want}, false)))",
+                       f"{lk} must hold only {what}"),
+                      (f"len({lst}) > {n}", f"{lk} has more labels than steps")]
+            if kind == "bool_labels":
+                checks.append((f"len({lst}) <> {n}", f"{lk} and steps differ in length"))
+            else:
+                checks.append((f"{fe} = -1 AND len({lst}) < {n}", f"{lk} stop before the last step without an error"))
+            if view.first_error_key:
+                fk = view.first_error_key
+                checks.append((f"fej IS NOT NULL AND TRY_CAST(fej->>'$' AS INTEGER) IS DISTINCT FROM {fe} "
+                               "OR (fej IS NOT NULL AND json_type(fej) NOT IN ('BIGINT', 'UBIGINT'))",
+                               f"{fk} disagrees with {lk}"))
+            return checks, fe, vals
+        if kind == "error_steps":
+            es = f"list_transform({lst}, lambda x: TRY_CAST(x AS INTEGER))"
+            checks = [("lj IS NULL", f"{lk} is missing or null"),
+                      ("json_type(lj) <> 'ARRAY'", f"{lk} is not a list"),
+                      (f"len({lst}) = 0", f"{lk} is empty"),
+                      (f"NOT list_bool_and(list_transform({lst}, lambda x: coalesce({is_int}, false)))",
+                       f"{lk} must hold step numbers"),
+                      (f"list_min({es}) < 1 OR list_max({es}) > {n}", f"{lk} out of range (1-based step numbers)")]
+            # PRMBench error_steps are 1-based; every listed step is wrong, the others are correct
+            return (checks, f"list_min({es}) - 1",
+                    f"list_transform(range(1, {n} + 1), lambda i: (NOT list_contains({es}, i))::TINYINT)")
+        raise ValueError(f"unknown label kind {kind!r}")
+
+    def _reader_sql(self, kind: str) -> str:
+        """(line_no, raw) of one input file given as parameter ?."""
+        if kind == "parquet":
+            return ("SELECT p.file_row_number + 1 AS line_no, to_json(p) AS raw "
+                    "FROM read_parquet(?, file_row_number = true) p")
+        compression = {"jsonl": "none", "jsonl.gz": "gzip", "jsonl.zst": "zstd"}[kind]
+        return ("SELECT ordinality AS line_no, raw FROM read_csv(?, columns = {'raw': 'VARCHAR'}, "
+                f"delim = {self._lit(self.RAW_LINE_DELIMITER)}, quote = '', escape = '', header = false, "
+                f"auto_detect = false, strict_mode = true, compression = '{compression}', "
+                "max_line_size = 33554432, buffer_size = 67108864) WITH ORDINALITY")
+
+    def create_ingest_stage(self, stage: str) -> None:
+        self.sql(f"DROP TABLE IF EXISTS {self._q(stage)}")
+        self.sql(
+            f"CREATE TABLE {self._q(stage)} (file_idx INTEGER, source VARCHAR, line_no BIGINT, view_no INTEGER, "
+            "reason VARCHAR, raw VARCHAR, id VARCHAR, question VARCHAR, steps VARCHAR[], num_steps INTEGER, "
+            "first_error INTEGER, step_labels TINYINT[], error_kind VARCHAR, source_id VARCHAR)")
+
+    def stage_file(self, stage: str, fmt, file_idx: int, path: str, kind: str, limits: dict,
+                   unreadable: dict[int, str] | None = None, source: str | None = None) -> None:
+        """Parses and checks every line of one file into the stage table (one row per view of a good
+        line, one row per bad line). `unreadable`: line_no -> reason for lines the reader could not take."""
+        q = self._q
+        keys = fmt.keys()
+        struct = "{" + ", ".join(f'"{k}": "JSON"' for k in keys) + "}"
+        views = ", ".join(self._view_sql(fmt, v, limits) for v in fmt.views)
+        id_sql = TRAJECTORY_ID_SQL.replace("{q}", "v.question").replace("{s}", "v.steps")
+        raw_chars = int(limits["quarantine_raw_chars"])
+        ws = "' \t\r\n'"
+        params = [path, file_idx, source or path, file_idx, source or path]
+        sql = (
+            f"INSERT INTO {q(stage)} "
+            "WITH lines AS (" + self._reader_sql(kind) + "), "
+            "checked AS (SELECT line_no, raw, CASE "
+            f"  WHEN raw IS NULL OR trim(raw, {ws}) = '' THEN 'blank line' "
+            "  WHEN NOT json_valid(raw) THEN 'malformed JSON' "
+            f"  WHEN left(ltrim(raw, {ws}), 1) <> '{{' THEN 'not a JSON object' END AS line_reason FROM lines), "
+            f"fields AS (SELECT line_no, raw, line_reason, CASE WHEN line_reason IS NULL "
+            f"  THEN from_json(raw, {self._lit(struct)}) END AS f FROM checked), "
+            f"viewed AS (SELECT line_no, raw, line_reason, CASE WHEN line_reason IS NULL THEN [{views}] END AS vs "
+            "  FROM fields), "
+            "judged AS (SELECT line_no, raw, vs, coalesce(line_reason, "
+            "  list_filter(list_transform(vs, lambda v: v.reason), lambda r: r IS NOT NULL)[1]) AS reason FROM viewed) "
+            f"SELECT ?::INTEGER, ?::VARCHAR, line_no, NULL, reason, left(coalesce(raw, ''), {raw_chars}), "
+            "NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM judged WHERE reason IS NOT NULL "
+            "UNION ALL "
+            "SELECT ?::INTEGER, ?::VARCHAR, line_no, vi, NULL, NULL, " + id_sql + ", v.question, v.steps, "
+            "len(v.steps), v.first_error, v.step_labels, v.error_kind, v.source_id "
+            "FROM (SELECT line_no, unnest(vs) AS v, unnest(generate_series(1, len(vs))) AS vi "
+            "FROM judged WHERE reason IS NULL)"
+        )
+        self.sql(sql, params)
+        for line_no, why in (unreadable or {}).items():
+            self.sql(f"UPDATE {q(stage)} SET reason = ? WHERE file_idx = ? AND line_no = ?", [why, file_idx, line_no])
+
+    def stage_counts(self, stage: str) -> dict:
+        """Lines seen in the stage: good ones, bad ones (by reason) — before deduplication."""
+        q = self._q(stage)
+        lines, bad = self.sql(
+            f"SELECT count(DISTINCT (file_idx, line_no)), count(DISTINCT (file_idx, line_no)) FILTER (WHERE reason IS NOT NULL) "
+            f"FROM {q}").fetchone()
+        return {"lines_read": int(lines), "quarantined": int(bad)}
+
+    def quarantine_stage(self, stage: str, pool: str) -> int:
+        """Moves the stage's bad lines into quarantine, replacing what an earlier ingest of the same
+        source files left there (re-ingesting a file never grows the quarantine)."""
+        q = self._q(stage)
+        with self.transaction():
+            self.sql(f"DELETE FROM quarantine WHERE pool = ? AND source IN (SELECT DISTINCT source FROM {q})", [pool])
+            self.sql(f"INSERT INTO quarantine (pool, source, line_no, raw, reason) "
+                     f"SELECT ?, source, line_no, raw, reason FROM {q} WHERE reason IS NOT NULL "
+                     "ORDER BY file_idx, line_no", [pool])
+        return int(self.sql(f"SELECT count(*) FROM {q} WHERE reason IS NOT NULL").fetchone()[0])
+
+    def insert_stage(self, stage: str, pool: str, source_format: str) -> dict:
+        """Deduplicates the stage's good rows (within the input, then against the pool) and stores the
+        new ones: a trajectory once across pools, its pool membership, its gold labels if any.
+        A line counts as accepted when at least one of its trajectories is new to the pool."""
+        q = self._q(stage)
+        with self.transaction():
+            self.sql(
+                "CREATE OR REPLACE TEMP TABLE ingest_new AS "
+                f"SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY id ORDER BY file_idx, line_no, view_no) AS rk "
+                f"FROM {q} WHERE reason IS NULL) s WHERE rk = 1 "
+                "AND NOT EXISTS (SELECT 1 FROM pool_members m WHERE m.pool = ? AND m.trajectory_id = s.id)", [pool])
+            self.sql("INSERT INTO trajectories (id, question, steps, num_steps) "
+                     "SELECT id, question, steps, num_steps FROM ingest_new n "
+                     "WHERE NOT EXISTS (SELECT 1 FROM trajectories t WHERE t.id = n.id) ORDER BY file_idx, line_no, view_no")
+            self.sql("INSERT INTO pool_members (pool, trajectory_id, line_no, source_id) "
+                     "SELECT ?, id, line_no, source_id FROM ingest_new ORDER BY file_idx, line_no, view_no", [pool])
+            # the first source to label a trajectory keeps its gold label
+            self.sql("INSERT INTO gold_labels (trajectory_id, first_error, step_labels, error_kind, source_format) "
+                     "SELECT id, first_error, step_labels, error_kind, ? FROM ingest_new n WHERE first_error IS NOT NULL "
+                     "AND NOT EXISTS (SELECT 1 FROM gold_labels g WHERE g.trajectory_id = n.id)", [source_format])
+            accepted, new_traj = self.sql(
+                "SELECT count(DISTINCT (file_idx, line_no)), count(*) FROM ingest_new").fetchone()
+            good = self.sql(f"SELECT count(DISTINCT (file_idx, line_no)) FROM {q} WHERE reason IS NULL").fetchone()[0]
+            self.sql("DROP TABLE ingest_new")
+        return {"accepted": int(accepted), "duplicates": int(good - accepted), "trajectories_added": int(new_traj)}
+
+    def drop_stage(self, stage: str) -> None:
+        self.sql(f"DROP TABLE IF EXISTS {self._q(stage)}")
+
+    def upsert_pool(self, name: str, *, source: str, format: str, content_hash: str, status: str) -> None:
+        self.sql("INSERT INTO pools (name, source, format, content_hash, status) VALUES (?, ?, ?, ?, ?) "
+                 "ON CONFLICT (name) DO UPDATE SET source = excluded.source, format = excluded.format, "
+                 "content_hash = excluded.content_hash, status = excluded.status, updated_at = now()::TIMESTAMP",
+                 [name, source, format, content_hash, status])
+
+    def finish_pool(self, name: str, *, status: str, counts: dict, report: str | None) -> None:
+        """Records the latest ingest's line counts, the pool's labeled fraction, status and report."""
+        labeled = self.pool_label_stats(name)["labeled_fraction"]
+        self.sql("UPDATE pools SET status = ?, lines_read = ?, accepted = ?, quarantined = ?, duplicates = ?, "
+                 "labeled_fraction = ?, report = ?, updated_at = current_timestamp WHERE name = ?",
+                 [status, counts["lines_read"], counts["accepted"], counts["quarantined"], counts["duplicates"],
+                  labeled, report, name])
+
+    def set_pool_status(self, name: str, status: str) -> None:
+        self.sql("UPDATE pools SET status = ?, updated_at = current_timestamp WHERE name = ?", [status, name])
+
+    def pool_status(self, name: str) -> str | None:
+        row = self.sql("SELECT status FROM pools WHERE name = ?", [name]).fetchone()
+        return row[0] if row else None
+
+    def pool_label_stats(self, pool: str) -> dict:
+        """Size, mean step count, labeled fraction and gold error rate of a pool (for drift checks)."""
+        n, mean_steps, labeled, erroneous = self.sql(
+            "SELECT count(*), avg(t.num_steps), count(g.trajectory_id), count(*) FILTER (WHERE g.first_error >= 0) "
+            "FROM pool_members m JOIN trajectories t ON t.id = m.trajectory_id "
+            "LEFT JOIN gold_labels g ON g.trajectory_id = m.trajectory_id WHERE m.pool = ?", [pool]).fetchone()
+        return {"trajectories": int(n), "mean_steps": float(mean_steps) if mean_steps is not None else None,
+                "labeled_fraction": labeled / n if n else 0.0, "error_rate": erroneous / labeled if labeled else None}
+
+    def registered_pools(self, exclude: str | None = None) -> list[str]:
+        return [r[0] for r in self.sql("SELECT name FROM pools WHERE status = 'registered' AND name IS DISTINCT FROM ? "
+                                       "ORDER BY created_at", [exclude]).fetchall()]
+
+    def pool_validation_batch(self, pool: str, shard: int, shards: int):
+        """One shard (by id hash, so equal ids share a shard) of a pool's per-trajectory facts as pandas:
+        the columns the data contract checks, never the full text."""
+        return self.sql(
+            "SELECT t.id, t.question IS NULL AS question_null, length(t.question) AS question_chars, "
+            "t.num_steps, len(t.steps) AS steps_len, list_max(list_transform(t.steps, lambda s: length(s))) AS max_step_chars, "
+            "list_bool_or(list_transform(t.steps, lambda s: s IS NULL)) AS has_null_step, "
+            "g.first_error, len(g.step_labels) AS step_labels_len, g.error_kind, g.trajectory_id IS NOT NULL AS labeled "
+            "FROM pool_members m JOIN trajectories t ON t.id = m.trajectory_id "
+            "LEFT JOIN gold_labels g ON g.trajectory_id = m.trajectory_id "
+            "WHERE m.pool = ? AND hash(m.trajectory_id) % ? = ?", [pool, shards, shard]).df()
+
+    def quarantine_reasons(self, pool: str, limit: int = 10) -> list[tuple[str, int]]:
+        return [(r[0], int(r[1])) for r in self.sql(
+            "SELECT reason, count(*) AS n FROM quarantine WHERE pool = ? GROUP BY reason ORDER BY n DESC, reason LIMIT ?",
+            [pool, limit]).fetchall()]
+
+    def quarantine_sample(self, pool: str, limit: int = 20) -> list[dict]:
+        rows = self.sql("SELECT source, line_no, reason, raw FROM quarantine WHERE pool = ? "
+                        "ORDER BY source, line_no LIMIT ?", [pool, limit]).fetchall()
+        return [{"source": r[0], "line_no": r[1], "reason": r[2], "raw": r[3]} for r in rows]
+
+    def quarantine_count(self, pool: str) -> int:
+        return int(self.sql("SELECT count(*) FROM quarantine WHERE pool = ?", [pool]).fetchone()[0])
+
+    # -- selection & rounds --------------------------------------------------------------------
+    def has_gold_labels(self, pool: str) -> bool:
+        return bool(self.sql(
+            "SELECT count(*) FROM pool_members m JOIN gold_labels g ON g.trajectory_id = m.trajectory_id "
+            "WHERE m.pool = ?", [pool]).fetchone()[0])
+
+    def split_counts(self, pool: str) -> dict[str, int]:
+        rows = self.sql("SELECT split, count(*) FROM pool_members WHERE pool = ? GROUP BY split", [pool]).fetchall()
+        return {r[0]: int(r[1]) for r in rows}
+
+    def assign_eval_split(self, pool: str, fraction: float, seed: int) -> None:
+        """Hold out a deterministic share of a pool's gold-labeled trajectories for evaluation.
+
+        The share is decided by a hash of (seed, id), so it is stable across reruns and does not
+        depend on ingestion order; trajectories without gold labels always stay in `train`.
+        """
+        threshold = int(fraction * 10_000)
+        self.sql(
+            "UPDATE pool_members SET split = 'eval' WHERE pool = ? AND split = 'train' "
+            "AND trajectory_id IN (SELECT trajectory_id FROM gold_labels) "
+            "AND hash(? || trajectory_id) % 10000 < ?",
+            [pool, str(seed), threshold],
+        )
+
+    def rank_for_labeling(self, pool: str, model_version: str, judge_model: str, prompt_version: str,
+                          *, only_uncertain: bool, limit: int | None) -> list[str]:
+        """Trajectories of the pool's train split not yet labeled by this judge, best first.
+
+        Ranked by the acquisition score written at scoring time; ties broken by id for determinism.
+        """
+        q = (
+            "SELECT s.trajectory_id FROM scores s "
+            "JOIN pool_members m ON m.trajectory_id = s.trajectory_id AND m.pool = ? AND m.split = 'train' "
+            "WHERE s.model_version = ? "
+            "AND s.trajectory_id NOT IN (SELECT trajectory_id FROM judge_labels "
+            "    WHERE judge_model = ? AND prompt_version = ? AND status = 'labeled') "
+        )
+        if only_uncertain:
+            q += "AND s.uncertain "
+        q += "ORDER BY s.acquisition DESC, s.trajectory_id"
+        params: list = [pool, model_version, judge_model, prompt_version]
+        if limit is not None:
+            q += " LIMIT ?"
+            params.append(int(limit))
+        return [r[0] for r in self.sql(q, params).fetchall()]
+
+    def record_round(self, run_id: str, round: int, pool: str, *, labels_bought: int, train_trajectories: int,
+                     f1: float | None, model_version: str | None, promoted: bool | None,
+                     mlflow_run_id: str | None) -> None:
+        self.sql(
+            "INSERT OR REPLACE INTO rounds (run_id, round, pool, labels_bought, train_trajectories, f1, "
+            "model_version, promoted, mlflow_run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [run_id, round, pool, labels_bought, train_trajectories, f1, model_version, promoted, mlflow_run_id],
+        )
+
+    def rounds(self, run_id: str | None = None, limit: int = 50) -> list[dict]:
+        q = ("SELECT run_id, round, pool, labels_bought, train_trajectories, f1, model_version, promoted, "
+             "mlflow_run_id, finished_at::VARCHAR FROM rounds")
+        params: list = []
+        if run_id:
+            q += " WHERE run_id = ?"
+            params.append(run_id)
+        q += " ORDER BY finished_at DESC, round DESC LIMIT ?"
+        params.append(limit)
+        cols = ["run_id", "round", "pool", "labels_bought", "train_trajectories", "f1", "model_version",
+                "promoted", "mlflow_run_id", "finished_at"]
+        return [dict(zip(cols, r)) for r in self.sql(q, params).fetchall()]
+
+    # -- scores ------------------------------------------------------------------------------
+    def unscored_ids(self, pool: str, model_version: str, split: str | None = None) -> list[str]:
+        """The pool's trajectory ids (pool order) that this model version has not scored yet."""
+        q = ("SELECT pm.trajectory_id FROM pool_members pm WHERE pm.pool = ? AND (? IS NULL OR pm.split = ?) "
+             "AND NOT EXISTS (SELECT 1 FROM scores s WHERE s.trajectory_id = pm.trajectory_id "
+             "AND s.model_version = ?) ORDER BY pm.line_no, pm.trajectory_id")
+        return [r[0] for r in self.sql(q, [pool, split, split, model_version]).fetchall()]
+
+    def write_score_shard(self, pool: str, model_version: str, rows) -> int:
+        """Insert one shard of scores (a pyarrow Table with the `scores` columns) and its `score_shards`
+        row in ONE transaction, so a crash loses at most the shard in flight. Returns the shard number."""
+        assert self.con is not None
+        with self.transaction() as con:
+            shard = int(con.execute("SELECT coalesce(max(shard) + 1, 0) FROM score_shards "
+                                    "WHERE pool = ? AND model_version = ?", [pool, model_version]).fetchone()[0])
+            con.register("score_rows", rows)
+            try:
+                # Anti-join instead of INSERT OR REPLACE: a trajectory shared with another pool may already
+                # carry this version's score, and scores are a pure function of (trajectory, model).
+                con.execute(
+                    "INSERT INTO scores (trajectory_id, model_version, mu, sigma, scored_steps, truncated_steps, "
+                    "predicted_first_error, uncertain, acquisition) "
+                    "SELECT r.trajectory_id, r.model_version, r.mu, r.sigma, r.scored_steps, r.truncated_steps, "
+                    "r.predicted_first_error, r.uncertain, r.acquisition FROM score_rows r "
+                    "WHERE NOT EXISTS (SELECT 1 FROM scores s WHERE s.trajectory_id = r.trajectory_id "
+                    "AND s.model_version = r.model_version)")
+            finally:
+                con.unregister("score_rows")
+            con.execute("INSERT INTO score_shards (pool, model_version, shard, scored) VALUES (?, ?, ?, ?)",
+                        [pool, model_version, shard, rows.num_rows])
+        return shard
+
+    def score_shards(self, pool: str, model_version: str) -> list[dict]:
+        rows = self.sql("SELECT shard, scored, finished_at::VARCHAR FROM score_shards WHERE pool = ? "
+                        "AND model_version = ? ORDER BY shard", [pool, model_version]).fetchall()
+        return [{"shard": r[0], "scored": r[1], "finished_at": r[2]} for r in rows]
+
+    def scores_for(self, pool: str, model_version: str, split: str | None = None) -> list[dict]:
+        """Scores of the pool's trajectories under one model version, in pool order."""
+        cols = ["trajectory_id", "mu", "sigma", "scored_steps", "truncated_steps", "predicted_first_error",
+                "uncertain", "acquisition"]
+        rows = self.sql(
+            "SELECT " + ", ".join(f"s.{c}" for c in cols) + " FROM pool_members pm JOIN scores s "
+            "ON s.trajectory_id = pm.trajectory_id AND s.model_version = ? "
+            "WHERE pm.pool = ? AND (? IS NULL OR pm.split = ?) ORDER BY pm.line_no, pm.trajectory_id",
+            [model_version, pool, split, split]).fetchall()
+        return [dict(zip(cols, r)) for r in rows]
+
+    def score_summary(self, pool: str, model_version: str, split: str | None = None) -> dict:
+        r = self.sql(
+            "SELECT count(s.trajectory_id), count(*) FILTER (s.uncertain), count(*) FILTER (s.truncated_steps > 0), "
+            "avg(s.scored_steps), count(*) FROM pool_members pm LEFT JOIN scores s "
+            "ON s.trajectory_id = pm.trajectory_id AND s.model_version = ? "
+            "WHERE pm.pool = ? AND (? IS NULL OR pm.split = ?)", [model_version, pool, split, split]).fetchone()
+        scored, uncertain = int(r[0]), int(r[1])
+        return {"pool": pool, "model_version": model_version, "pool_size": int(r[4]), "scored": scored,
+                "uncertain": uncertain, "uncertain_fraction": uncertain / scored if scored else None,
+                "truncated": int(r[2]), "mean_scored_steps": float(r[3]) if r[3] is not None else None}
+
+    def score_distributions(self, pool: str, model_version: str) -> tuple[list[float], list[float]]:
+        """Every scored step's (mu, sigma) of the pool, flattened: for histograms."""
+        rows = self.sql(
+            "SELECT unnest(s.mu), unnest(s.sigma) FROM pool_members pm JOIN scores s "
+            "ON s.trajectory_id = pm.trajectory_id AND s.model_version = ? WHERE pm.pool = ?",
+            [model_version, pool]).fetchall()
+        return [r[0] for r in rows], [r[1] for r in rows]
+
+    def uncertain_ranked(self, pool: str, model_version: str, exclude_labeled_by: str | None = None,
+                         split: str | None = None, limit: int | None = None) -> list[str]:
+        """Uncertain trajectories of the pool, highest acquisition first (ties by id, so runs agree).
+
+        `exclude_labeled_by` (a judge model name) drops trajectories that judge already labeled."""
+        q = ("SELECT s.trajectory_id FROM pool_members pm JOIN scores s "
+             "ON s.trajectory_id = pm.trajectory_id AND s.model_version = ? "
+             "WHERE pm.pool = ? AND s.uncertain AND (? IS NULL OR pm.split = ?) "
+             "AND (? IS NULL OR NOT EXISTS (SELECT 1 FROM judge_labels j WHERE j.trajectory_id = s.trajectory_id "
+             "AND j.judge_model = ? AND j.status = 'labeled')) "
+             "ORDER BY s.acquisition DESC, s.trajectory_id")
+        params: list = [model_version, pool, split, split, exclude_labeled_by, exclude_labeled_by]
+        if limit is not None:
+            q += " LIMIT ?"
+            params.append(int(limit))
+        return [r[0] for r in self.sql(q, params).fetchall()]
+
+    def export_scores_parquet(self, pool: str, model_version: str, path: str | Path) -> int:
+        """Write one Parquet row per scored trajectory of the pool; returns the row count."""
+        select = (
+            "SELECT pm.trajectory_id AS id, s.mu, s.sigma, s.uncertain, s.predicted_first_error, s.acquisition, "
+            "s.scored_steps, s.truncated_steps, pm.split, g.first_error AS gold_first_error, "
+            "s.model_version FROM pool_members pm JOIN scores s "
+            "ON s.trajectory_id = pm.trajectory_id AND s.model_version = $version "
+            "LEFT JOIN gold_labels g ON g.trajectory_id = pm.trajectory_id "
+            "WHERE pm.pool = $pool ORDER BY pm.line_no, pm.trajectory_id")
+        # COPY takes no parameter for its target: quote the path as a SQL literal.
+        target = str(path).replace("'", "''")
+        self.sql(f"COPY ({select}) TO '{target}' (FORMAT parquet)", {"version": model_version, "pool": pool})
+        return int(self.sql("SELECT count(*) FROM pool_members pm JOIN scores s ON s.trajectory_id = pm.trajectory_id "
+                            "AND s.model_version = ? WHERE pm.pool = ?", [model_version, pool]).fetchone()[0])

@@ -1,0 +1,328 @@
+"""`actprm`: the command line. Each subcommand is a thin call into the flows the deployments run.
+
+With `--json` a subcommand prints exactly one JSON object on stdout; everything else (Prefect
+logs, progress bars) goes to stderr. Errors exit 1 with a one-line message (a traceback only
+with `--debug`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from actprm.config import ConfigError, Settings, load_settings, runtime_environment
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="ActPRM: active learning for process reward models (Duan et al., 2025).",
+    pretty_exceptions_enable=False,
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML config file (else $ACTPRM_CONFIG).")]
+PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="Model preset: tiny, cpu, qwen2.5-math-7b.")]
+PoolOpt = Annotated[Optional[str], typer.Option("--pool", help="Pool name (default: the built-in sample pool).")]
+
+
+def prepare(config: Path | None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Settings for this invocation, with the offline/no-analytics environment applied."""
+    settings = load_settings(overrides, config_file=config)
+    for key, value in runtime_environment(settings).items():
+        os.environ.setdefault(key, value)
+    # Keep ephemeral Prefect's state in the work dir, next to the DuckDB file and MLflow store.
+    os.environ.setdefault("PREFECT_HOME", str((settings.home / "prefect").resolve()))
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return settings
+
+
+def command(fn):
+    """Shared behaviour of every subcommand: stdout discipline, JSON output, one-line errors."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, json_out: bool = False, debug: bool = False, **kwargs):
+        real_stdout = sys.stdout
+        try:
+            # Anything a library prints goes to stderr so that stdout carries only our result.
+            with contextlib.redirect_stdout(sys.stderr):
+                result = fn(*args, **kwargs)
+        except (KeyboardInterrupt, typer.Exit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the CLI boundary turns every error into one line
+            if debug:
+                raise
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            if json_out:
+                print(json.dumps({"error": message, "type": type(exc).__name__}), file=real_stdout)
+            print(f"error: {message}", file=sys.stderr)
+            raise typer.Exit(1) from None
+        if json_out:
+            print(json.dumps(result, default=str), file=real_stdout)
+        else:
+            _print_human(result, real_stdout)
+        return result
+
+    return wrapper
+
+
+def _print_human(result: Any, out) -> None:
+    if isinstance(result, dict) and "summary" in result and isinstance(result["summary"], str):
+        print(result["summary"], file=out)
+        return
+    print(json.dumps(result, indent=2, default=str), file=out)
+
+
+# ---------------------------------------------------------------------------------------------
+@app.command()
+def synth(
+    path: Annotated[Path, typer.Argument(help="Output file: .jsonl, .jsonl.gz, .jsonl.zst or .parquet")],
+    n: Annotated[int, typer.Option("--n", help="Number of trajectories.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
+    error_rate: Annotated[float, typer.Option(help="Share with an injected first error.")] = 0.5,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+    config: ConfigOpt = None,
+):
+    """Write a synthetic pool of arithmetic word-problem trajectories (deterministic by seed)."""
+
+    @command
+    def _run():
+        prepare(config)
+        from actprm.synth import write_pool
+
+        return write_pool(path, n=n, seed=seed, error_rate=error_rate, progress=not json_out)
+
+    _run(json_out=json_out, debug=debug)
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[str], typer.Argument(help="Files, globs or directories (JSONL, .gz, .zst, Parquet).")],
+    pool: Annotated[str, typer.Option("--pool", help="Name of the new pool.")],
+    format: Annotated[Optional[str], typer.Option("--format", help="Input format (auto-detected).")] = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+    config: ConfigOpt = None,
+):
+    """Ingest a data pool into DuckDB, validate it and write its data-quality report."""
+
+    @command
+    def _run():
+        prepare(config)
+        from flows.ingest_pool import ingest_pool
+
+        return ingest_pool(paths=paths, pool=pool, format=format)
+
+    _run(json_out=json_out, debug=debug)
+
+
+@app.command()
+def score(
+    pool: PoolOpt = None,
+    preset: PresetOpt = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Model dir or models:/ URI (default: champion, else a fresh preset model).")] = None,
+    strategy: Annotated[Optional[str], typer.Option("--strategy", help="Acquisition strategy.")] = None,
+    export: Annotated[Optional[Path], typer.Option("--export", help="Write per-trajectory scores to this Parquet file.")] = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+    config: ConfigOpt = None,
+):
+    """Score a pool's uncertainty with the ensemble PRM (resumable)."""
+
+    @command
+    def _run():
+        overrides = {"model": {"preset": preset}, "uncertainty": {"strategy": strategy}}
+        settings = prepare(config, overrides)
+        from flows.stages import score_flow
+
+        return score_flow(pool=pool or settings.default_pool, model=model,
+                          export=str(export) if export else None, config=overrides)
+
+    _run(json_out=json_out, debug=debug)
+
+
+@app.command()
+def label(
+    pool: PoolOpt = None,
+    judge: Annotated[Optional[str], typer.Option("--judge", help="openai | vllm | oracle | verifier")] = None,
+    select: Annotated[str, typer.Option("--select", help="uncertain | random | all")] = "uncertain",
+    judge_url: Annotated[Optional[str], typer.Option("--judge-url")] = None,
+    judge_model: Annotated[Optional[str], typer.Option("--judge-model")] = None,
+    concurrency: Annotated[Optional[int], typer.Option("--concurrency")] = None,
+    max_labels: Annotated[Optional[int], typer.Option("--max-labels", help="Cap on labels bought.")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="Cap on judge tokens.")] = None,
+    max_cost: Annotated[Optional[float], typer.Option("--max-cost", help="Cap on money spent.")] = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+    config: ConfigOpt = None,
+):
+    """Buy step labels from a judge for a pool's trajectories, within the budget."""
+
+    @command
+    def _run():
+        overrides = {
+            "judge": {"backend": judge, "url": judge_url, "model": judge_model, "concurrency": concurrency},
+            "budget": {"max_labels": max_labels, "max_tokens": max_tokens, "max_cost": max_cost},
+        }
+        settings = prepare(config, overrides)
+        from flows.stages import label_flow
+
+        return label_flow(pool=pool or settings.default_pool, select=select, config=overrides)
+
+    _run(json_out=json_out, debug=debug)
+
+
+@app.command()
+def train(
+    pool: PoolOpt = None,
+    preset: PresetOpt = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+    config: ConfigOpt = None,
+):
+    """Train the PRM on the judge labels of a pool, evaluate, register and run the promotion gate."""
+
+    @command
+    def _run():
+        overrides = {"model": {"preset": preset}, "train": {"epochs": epochs}}
+        settings = prepare(config, overrides)
+        from flows.stages import train_flow
+
+        return train_flow(pool=pool or settings.default_pool, config=overrides)
+
+    _run(json_out=json_out, debug=debug)
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Optional[str], typer.Option("--model", help="models:/actprm-prm@champion, a version URI or a model dir.")] = None,
+    predictions: Annotated[Optional[Path], typer.Option("--predictions", help="JSONL of {id, step_scores} from any PRM.")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="ProcessBench or PRMBench JSONL.")] = None,
+    pool: PoolOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+    config: ConfigOpt = None,
+):
+    """Evaluate a registered model or a predictions file (ProcessBench F1 / PRMBench PRMScore)."""
+
+    @command
+    def _run():
+        settings = prepare(config)
+        from flows.evaluate_champion import evaluate_champion
+
+        return evaluate_champion(
+            model=model, predictions=str(predictions) if predictions else None,
+            data=str(data) if data else None, pool=pool,
+        )
+
+    _run(json_out=json_out, debug=debug)
+
+
+@app.command()
+def promote(
+    version: Annotated[Optional[int], typer.Option("--version", help="Make this registered version the champion.")] = None,
+    rollback: Annotated[bool, typer.Option("--rollback", help="Give the champion alias back to the previous champion.")] = False,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+    config: ConfigOpt = None,
+):
+    """Move the `champion` alias by hand (or roll it back)."""
+
+    @command
+    def _run():
+        settings = prepare(config)
+        if (version is None) == (not rollback):
+            raise ConfigError("give exactly one of --version N or --rollback")
+        from actprm.tracking import configure_mlflow
+        from tasks.register import promote as promote_version
+
+        configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
+        return promote_version(settings.registry.model_name, version=version, rollback=rollback)
+
+    _run(json_out=json_out, debug=debug)
+
+
+@app.command()
+def run(
+    pool: PoolOpt = None,
+    rounds: Annotated[Optional[int], typer.Option("--rounds", help="Maximum active-learning rounds.")] = None,
+    labels_per_round: Annotated[Optional[int], typer.Option("--labels-per-round")] = None,
+    judge: Annotated[Optional[str], typer.Option("--judge")] = None,
+    preset: PresetOpt = None,
+    strategy: Annotated[Optional[str], typer.Option("--strategy")] = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+    config: ConfigOpt = None,
+):
+    """Run the whole active-learning loop (creating the built-in sample pool on first use)."""
+
+    @command
+    def _run():
+        overrides = {
+            "model": {"preset": preset}, "judge": {"backend": judge},
+            "loop": {"rounds": rounds, "labels_per_round": labels_per_round},
+            "uncertainty": {"strategy": strategy},
+        }
+        settings = prepare(config, overrides)
+        from flows.active_learning import active_learning
+
+        return active_learning(pool=pool or settings.default_pool, config=overrides)
+
+    _run(json_out=json_out, debug=debug)
+
+
+@app.command()
+def status(
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+    config: ConfigOpt = None,
+):
+    """Pools, rounds, budget left and the champion model."""
+
+    @command
+    def _run():
+        settings = prepare(config)
+        from tasks.status import pipeline_status
+
+        return pipeline_status(settings)
+
+    _run(json_out=json_out, debug=debug)
+
+
+@app.command()
+def study(
+    pool: PoolOpt = None,
+    preset: PresetOpt = None,
+    study_preset: Annotated[str, typer.Option("--study-preset", help="quick (minutes) or full (30 min on 2 cores).")] = "quick",
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+    config: ConfigOpt = None,
+):
+    """The active-learning efficiency study: ActPRM vs random, entropy, BALD and full data."""
+
+    @command
+    def _run():
+        overrides = {"model": {"preset": preset}}
+        settings = prepare(config, overrides)
+        from flows.study import study_flow
+
+        return study_flow(pool=pool or settings.default_pool, study_preset=study_preset, config=overrides)
+
+    _run(json_out=json_out, debug=debug)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""The one interface every judge backend implements, and the errors it may raise.
+
+A judge answers one request at a time (`ask`), asynchronously; the label task owns everything
+around it: budget reservations, parse re-asks, the circuit breaker and committing labels. Transport
+retries (429/5xx/timeouts) belong to backends that have a transport (openai).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+from actprm.errors import ActPRMError
+from actprm.judges.prompt import PromptTemplate, estimate_prompt_tokens, load_template, max_prompt_tokens
+
+# Secrets handed to judges; `redact` removes them from anything we log, raise or store.
+_SECRETS: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    if value:
+        _SECRETS.add(value)
+
+
+def redact(text: str) -> str:
+    for s in _SECRETS:
+        text = text.replace(s, "***")
+    return text
+
+
+@dataclass(frozen=True)
+class JudgeRequest:
+    trajectory_id: str
+    question: str
+    steps: list[str]
+    gold_first_error: int | None = None  # only the oracle looks at it
+    error_kind: str | None = None
+
+
+@dataclass(frozen=True)
+class JudgeReply:
+    """One answered request: the text to parse and the usage we are billed for."""
+
+    text: str | None
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    attempts: int = 1          # transport attempts it took
+    latency_s: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class JudgeFatalError(ActPRMError):
+    """The endpoint refuses us (401/403/404, bad config): retrying cannot help, the run stops."""
+
+
+class JudgeUnavailable(Exception):
+    """A request failed after its transport retries (or was rejected, e.g. 400); the trajectory is
+    recorded as failed with `reason` and the run goes on (until the circuit breaker opens)."""
+
+    def __init__(self, reason: str, attempts: int = 1, detail: str = ""):
+        super().__init__(redact(f"{reason}: {detail}" if detail else reason))
+        self.reason = reason
+        self.attempts = attempts
+
+
+class Judge(abc.ABC):
+    """A judge backend. `model` and `prompt_version` form, with the trajectory id, the label cache key."""
+
+    name: str = "judge"
+
+    def __init__(self, *, model: str, prompt_version: str = "processbench-v1", template_path: str | None = None,
+                 max_completion_tokens: int = 4096, structured_output: bool = False):
+        self.template: PromptTemplate = load_template(prompt_version, template_path)
+        self.model = model
+        self.max_completion_tokens = max_completion_tokens
+        self.structured_output = structured_output
+
+    @property
+    def prompt_version(self) -> str:
+        return self.template.version
+
+    def prompt(self, req: JudgeRequest) -> str:
+        return self.template.render(req.question, req.steps, structured=self.structured_output)
+
+    def max_request_tokens(self, prompt: str) -> int:
+        """What one request can cost at most: the reservation made before it is sent."""
+        return max_prompt_tokens(prompt) + self.max_completion_tokens
+
+    def simulated_reply(self, prompt: str, answer: str) -> JudgeReply:
+        """Usage for judges that are not billed per token (oracle, verifier), metered as if they were
+        so that token and cost caps behave exactly as with a paid judge (the paper's pool-based simulation)."""
+        return JudgeReply(answer, "stop", estimate_prompt_tokens(prompt), len(answer) // 4 + 1)
+
+    @abc.abstractmethod
+    async def ask(self, req: JudgeRequest, prompt: str) -> JudgeReply:
+        """Answer one request or raise JudgeUnavailable / JudgeFatalError."""
+
+    async def aclose(self) -> None:
+        """Release connections; the label task calls it when the run ends."""
+
+    def __repr__(self) -> str:  # never shows credentials
+        return f"{type(self).__name__}(model={self.model!r}, prompt_version={self.prompt_version!r})"

@@ -1,0 +1,177 @@
+"""Hard caps on what labeling may spend: labels, judge tokens (prompt + completion) and money,
+globally and per pool, backed by the DuckDB `budget_ledger`.
+
+Every request reserves its worst case (prompt upper bound + max completion tokens) before it is
+sent, so however many requests are in flight the caps can never be overspent; the actual usage
+replaces the reservation when the answer is committed. Spent = reserved + settled + orphaned rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+
+from actprm.store import Store
+
+
+@dataclass(frozen=True)
+class BudgetLimits:
+    max_labels: int | None = None
+    max_tokens: int | None = None
+    max_cost: float | None = None
+    price_per_1k_tokens: float = 0.0
+    per_pool_max_labels: int | None = None
+    per_pool_max_tokens: int | None = None
+    per_pool_max_cost: float | None = None
+
+    @classmethod
+    def from_settings(cls, budget) -> BudgetLimits:
+        """From `Settings.budget` (a BudgetSettings)."""
+        return cls(**{k: getattr(budget, k) for k in cls.__dataclass_fields__})
+
+    def cost(self, tokens: int) -> float:
+        return tokens / 1000.0 * self.price_per_1k_tokens
+
+    def caps(self, scope: str) -> dict[str, float | None]:
+        if scope == "global":
+            return {"labels": self.max_labels, "tokens": self.max_tokens, "cost": self.max_cost}
+        return {"labels": self.per_pool_max_labels, "tokens": self.per_pool_max_tokens, "cost": self.per_pool_max_cost}
+
+
+def budget_left(store: Store, pool: str | None, limits: BudgetLimits) -> dict:
+    """What is left under each cap (None = uncapped), globally and for `pool`, with what was spent."""
+    out: dict = {}
+    scopes = [("global", None)] + ([("pool", pool)] if pool else [])
+    for scope, p in scopes:
+        spent = store.budget_spent(p)
+        caps = limits.caps(scope)
+        out[scope] = {"spent": spent,
+                      "left": {k: None if caps[k] is None else max(0, caps[k] - spent[k]) for k in caps}}
+    return out
+
+
+@dataclass
+class Reservation:
+    request_id: str
+    pool: str
+    trajectory_id: str
+    tokens: int
+    cost: float
+
+
+class LedgerWriter:
+    """Group commit: every change is written before the caller goes on (a request is sent only once
+    its reservation is in the file; a label is acknowledged only once committed), and all changes that
+    queued up while the previous transaction was written go into the next one. No change waits for a
+    timer, so a label is only ever in memory for the duration of one commit."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._pending: list = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    async def write(self, *, reserve: tuple | None = None, settle: tuple | None = None, label: dict | None = None) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append((reserve, settle, label, fut))
+        self._wake.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+        await fut
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            try:
+                self.store.ledger_write(reserve=[b[0] for b in batch if b[0]], settle=[b[1] for b in batch if b[1]],
+                                        labels=[b[2] for b in batch if b[2]])
+            except Exception as exc:  # the callers fail; nothing is acknowledged that was not written
+                for *_, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for *_, fut in batch:
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+
+class Budget:
+    """In-memory mirror of the ledger totals for fast, race-free reservations in one event loop.
+
+    DuckDB admits one writer process per file, so once the totals are loaded nobody else can change
+    them behind our back; every reservation is in the file before its request is sent.
+    """
+
+    def __init__(self, store: Store, pool: str, limits: BudgetLimits):
+        self.store, self.pool, self.limits = store, pool, limits
+        self.orphaned = store.ledger_orphan_stale()
+        self.spent_global = store.budget_spent(None)
+        self.spent_pool = store.budget_spent(pool)
+        self.in_flight = 0
+        self.writer = LedgerWriter(store)
+        self._changed = asyncio.Condition()
+
+    def _fits(self, tokens: int, cost: float) -> bool:
+        want = {"labels": 1, "tokens": tokens, "cost": cost}
+        for spent, caps in ((self.spent_global, self.limits.caps("global")), (self.spent_pool, self.limits.caps("pool"))):
+            for k, cap in caps.items():
+                if cap is not None and spent[k] + want[k] > cap + 1e-12:
+                    return False
+        return True
+
+    def _add(self, labels: int, tokens: int, cost: float) -> None:
+        for spent in (self.spent_global, self.spent_pool):
+            spent["labels"] += labels
+            spent["tokens"] += tokens
+            spent["cost"] += cost
+
+    async def reserve(self, trajectory_id: str, tokens: int) -> Reservation | None:
+        """Reserve one request's worst case, waiting while in-flight requests may still hand budget
+        back; None when it cannot fit even after every in-flight request has settled (budget spent)."""
+        cost = self.limits.cost(tokens)
+        async with self._changed:
+            while not self._fits(tokens, cost):
+                if self.in_flight == 0:
+                    return None
+                await self._changed.wait()
+            self._add(1, tokens, cost)
+            self.in_flight += 1
+        r = Reservation(uuid.uuid4().hex, self.pool, trajectory_id, tokens, cost)
+        await self.writer.write(reserve=(r.request_id, r.pool, r.trajectory_id, r.tokens, r.cost))
+        return r
+
+    async def settle(self, r: Reservation, *, labels: int, tokens: int, cost: float, label: dict | None = None) -> None:
+        """Replace a reservation by actual usage, committing `label` (if any) in the same transaction."""
+        await self.writer.write(settle=(r.request_id, "settled", labels, tokens, cost),
+                                label={**label, "request_id": r.request_id} if label else None)
+        await self._give_back(r, labels, tokens, cost)
+
+    async def release(self, r: Reservation, *, label: dict | None = None) -> None:
+        """The request bought nothing (rejected, unreachable, interrupted): free its reservation."""
+        await self.writer.write(settle=(r.request_id, "released", 0, 0, 0.0),
+                                label={**label, "request_id": r.request_id} if label else None)
+        await self._give_back(r, 0, 0, 0.0)
+
+    async def record_failure(self, label: dict) -> None:
+        """A failed label row with no request of its own (the budget ran out between re-asks)."""
+        await self.writer.write(label=label)
+
+    async def _give_back(self, r: Reservation, labels: int, tokens: int, cost: float) -> None:
+        async with self._changed:
+            self._add(labels - 1, tokens - r.tokens, cost - r.cost)
+            self.in_flight -= 1
+            self._changed.notify_all()
+
+    def left(self) -> dict:
+        return budget_left(self.store, self.pool, self.limits)
+
+    async def aclose(self) -> None:
+        await self.writer.aclose()

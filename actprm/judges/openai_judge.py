@@ -1,0 +1,143 @@
+"""Any OpenAI-compatible chat endpoint: `vllm serve`, SGLang, or a hosted API.
+
+Retries with exponential backoff and jitter on 429, 5xx, timeouts and dropped connections, honouring
+`Retry-After`; fails fast on 401/403/404 (a wrong key or URL cannot be fixed by waiting).
+The API key lives only in the client's headers: it is registered for redaction and never appears in
+a repr, an exception, a log line or anything stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import httpx
+
+from actprm.judges import JUDGES
+from actprm.judges.base import (Judge, JudgeFatalError, JudgeReply, JudgeRequest, JudgeUnavailable, redact,
+                                register_secret)
+from actprm.judges.prompt import answer_schema, estimate_prompt_tokens
+
+FATAL_STATUS = {401: "unauthorized (check the API key, ACTPRM_JUDGE_API_KEY)",
+                403: "forbidden (the API key may not use this model)",
+                404: "not found (check the judge URL and model name)"}
+
+
+def _retry_after_s(resp: httpx.Response) -> float | None:
+    value = resp.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+
+
+@JUDGES.register("openai")
+class OpenAIJudge(Judge):
+    name = "openai"
+
+    def __init__(self, *, url: str = "http://127.0.0.1:8000/v1", model: str = "Qwen/QwQ-32B",
+                 api_key: str | None = None, api_key_secret_block: str | None = None,
+                 prompt_version: str = "processbench-v1", template_path: str | None = None,
+                 max_completion_tokens: int = 4096, structured_output: bool = False,
+                 timeout_s: float = 120.0, max_retries: int = 6, base_delay: float = 1.0,
+                 max_delay: float = 60.0, max_retry_after: float = 300.0, temperature: float = 0.0,
+                 concurrency: int = 16, seed: int | None = None):
+        super().__init__(model=model, prompt_version=prompt_version, template_path=template_path,
+                         max_completion_tokens=max_completion_tokens, structured_output=structured_output)
+        if api_key is None and api_key_secret_block:
+            api_key = _load_secret_block(api_key_secret_block)
+        register_secret(api_key)
+        self.url = url.rstrip("/") + "/chat/completions"
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.max_retry_after = max_retry_after
+        self.temperature = temperature
+        self._rng = random.Random(seed)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # One pooled client; keep-alive connections sized to the run's concurrency.
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        self._client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(timeout_s), limits=limits)
+
+    def _body(self, req: JudgeRequest, prompt: str) -> dict:
+        body = {"model": self.model, "messages": [{"role": "user", "content": prompt}],
+                "max_completion_tokens": self.max_completion_tokens, "temperature": self.temperature}
+        if self.structured_output:
+            # vLLM >= 0.12 name (guided_json was removed); other servers ignore unknown fields.
+            body["structured_outputs"] = {"json": answer_schema(len(req.steps))}
+        return body
+
+    def _backoff(self, attempt: int) -> float:
+        # Exponential backoff with "equal jitter": half fixed, half random, so retries spread out.
+        cap = min(self.max_delay, self.base_delay * 2 ** attempt)
+        return cap / 2 + self._rng.uniform(0, cap / 2)
+
+    async def ask(self, req: JudgeRequest, prompt: str) -> JudgeReply:
+        body = self._body(req, prompt)
+        start = time.monotonic()
+        reason, detail = "unknown", ""
+        for attempt in range(self.max_retries + 1):
+            wait: float | None = None
+            try:
+                resp = await self._client.post(self.url, json=body)
+            except httpx.TimeoutException:
+                reason, detail = "timeout", f"no answer within {self.timeout_s:g}s"
+            except httpx.TransportError as exc:
+                reason, detail = "connection_error", type(exc).__name__
+            else:
+                code = resp.status_code
+                if code == 200:
+                    reply = _parse_completion(resp, prompt, attempt + 1, time.monotonic() - start)
+                    if reply is not None:
+                        return reply
+                    reason, detail = "bad_response", "answer is not a chat completion"
+                elif code in FATAL_STATUS:
+                    raise JudgeFatalError(redact(f"judge at {self.url} answered {code} {FATAL_STATUS[code]}"))
+                elif code == 429 or code >= 500:
+                    reason, detail = f"http_{code}", ""
+                    wait = _retry_after_s(resp)
+                else:  # 400/413/422: this request is rejected as sent (e.g. longer than the context)
+                    raise JudgeUnavailable(f"http_{code}", attempt + 1, resp.text[:200])
+            if attempt == self.max_retries:
+                break
+            delay = min(wait, self.max_retry_after) if wait is not None else self._backoff(attempt)
+            await asyncio.sleep(delay)
+        raise JudgeUnavailable(reason, self.max_retries + 1, detail)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def __repr__(self) -> str:
+        return f"OpenAIJudge(url={self.url!r}, model={self.model!r}, prompt_version={self.prompt_version!r})"
+
+
+def _parse_completion(resp: httpx.Response, prompt: str, attempts: int, latency_s: float) -> JudgeReply | None:
+    try:
+        data = resp.json()
+        choice = data["choices"][0]
+        text = choice["message"].get("content")
+        usage = data.get("usage") or {}
+        # A server that reports no usage is metered by estimate rather than for free.
+        prompt_tokens = usage.get("prompt_tokens")
+        completion_tokens = usage.get("completion_tokens")
+        return JudgeReply(text=text, finish_reason=choice.get("finish_reason"),
+                          prompt_tokens=int(estimate_prompt_tokens(prompt) if prompt_tokens is None else prompt_tokens),
+                          completion_tokens=int(len(text or "") // 4 + 1 if completion_tokens is None
+                                                else completion_tokens),
+                          attempts=attempts, latency_s=latency_s)
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None
+
+
+def _load_secret_block(name: str) -> str:
+    """The API key from a Prefect Secret block (imported lazily: Prefect is heavy)."""
+    from prefect.blocks.system import Secret
+
+    try:
+        return Secret.load(name).get()
+    except ValueError as exc:
+        raise JudgeFatalError(f"cannot load Prefect Secret block {name!r}: {type(exc).__name__}") from None

@@ -1,0 +1,366 @@
+"""Start, check and stop the local orchestration stack: Prefect server, MLflow server, work pool, worker.
+
+`make serve` (scripts/serve.sh) and `make stop` (scripts/stop.sh) call `up` and `down` here, and the
+integration test (tests/integration/test_servers.py) drives the very same functions on random free ports,
+so what the test proves is what `make serve` does.
+
+Every process is started in its own session (process group) with a pid file and a log under
+`<ACTPRM_HOME>/servers/`; `down` ends exactly those process groups and nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from actprm.errors import ActPRMError
+
+# The work pool every deployment in prefect.yaml targets (the docker worker and the static test check it).
+WORK_POOL = "actprm-process"
+# One flow run at a time on the pool: every flow opens the same DuckDB file read-write, and DuckDB allows one
+# writer process per file. The pool limit also orders an event-triggered run after the run that emitted the event.
+WORK_POOL_CONCURRENCY = 1
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Stop order: the worker first (it holds flow runs), then the servers it talks to.
+SERVICES = ("worker", "mlflow", "prefect")
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Where the stack lives and listens. `home` is ACTPRM_HOME; all state (DBs, logs, pids) goes under it."""
+
+    home: Path
+    prefect_port: int = 4200
+    mlflow_port: int = 5000
+    host: str = "127.0.0.1"
+    repo: Path = REPO_ROOT
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def servers_dir(self) -> Path:
+        return self.home / "servers"
+
+    @property
+    def prefect_ui_url(self) -> str:
+        return f"http://{self.host}:{self.prefect_port}"
+
+    @property
+    def prefect_api_url(self) -> str:
+        return f"{self.prefect_ui_url}/api"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://{self.host}:{self.mlflow_port}"
+
+    def environment(self) -> dict[str, str]:
+        """Environment of every process of the stack and of `prefect deploy`; flow runs inherit the worker's."""
+        env = dict(os.environ)
+        env.update(
+            {
+                "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1",
+                "HF_DATASETS_OFFLINE": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+                "DO_NOT_TRACK": "1",
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "MLFLOW_DISABLE_TELEMETRY": "true",
+                "GIT_PYTHON_REFRESH": "quiet",
+                "PYTHONUNBUFFERED": "1",
+                # Prefect's SQLite DB and UI build live under ACTPRM_HOME, so `make clean` resets everything.
+                "PREFECT_HOME": str(self.home / "prefect"),
+                "PREFECT_API_URL": self.prefect_api_url,
+                "PREFECT_UI_API_URL": self.prefect_api_url,
+                # Flow runs log to MLflow through the server, which stores artifacts under ACTPRM_HOME.
+                "MLFLOW_TRACKING_URI": self.mlflow_url,
+                "ACTPRM_MLFLOW_TRACKING_URI": self.mlflow_url,
+                "ACTPRM_HOME": str(self.home),
+                # prefect.yaml's pull step `set_working_directory: {{ $ACTPRM_REPO }}` reads this.
+                "ACTPRM_REPO": str(self.repo),
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _port_taken(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex((host, port)) == 0
+
+
+def _pid_file(stack: Stack, name: str) -> Path:
+    return stack.servers_dir / f"{name}.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); treat it as dead.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
+    except OSError:
+        return True
+
+
+def start_service(stack: Stack, name: str, argv: list[str], env: dict[str, str]) -> int:
+    """Start `argv` in the background in its own process group; pid to `servers/<name>.pid`, output to `<name>.log`."""
+    stack.servers_dir.mkdir(parents=True, exist_ok=True)
+    pid_file = _pid_file(stack, name)
+    if pid_file.exists() and _alive(int(pid_file.read_text())):
+        raise ActPRMError(f"{name} already runs (pid {pid_file.read_text().strip()}); run `make stop` first")
+    log = open(stack.servers_dir / f"{name}.log", "ab")
+    proc = subprocess.Popen(
+        argv, cwd=stack.repo, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    log.close()
+    pid_file.write_text(str(proc.pid))
+    return proc.pid
+
+
+def _bin(name: str) -> str:
+    # Executables of the interpreter running us (the project's .venv), never whatever is first on PATH.
+    return str(Path(sys.executable).parent / name)
+
+
+def start_prefect_server(stack: Stack, *, ui: bool = True) -> int:
+    argv = [_bin("prefect"), "server", "start", "--host", stack.host, "--port", str(stack.prefect_port),
+            "--analytics-off", "--ui" if ui else "--no-ui"]
+    return start_service(stack, "prefect", argv, stack.environment())
+
+
+def start_mlflow_server(stack: Stack, *, workers: int = 1) -> int:
+    # Same SQLite file as the CLI's default tracking URI (Settings.tracking_uri), so runs logged with or
+    # without the server land in one registry; --serve-artifacts proxies uploads into ACTPRM_HOME/mlartifacts.
+    argv = [_bin("mlflow"), "server", "--host", stack.host, "--port", str(stack.mlflow_port),
+            "--backend-store-uri", f"sqlite:///{(stack.home / 'mlflow.db').resolve()}",
+            "--artifacts-destination", str((stack.home / "mlartifacts").resolve()),
+            "--serve-artifacts", "--workers", str(workers)]
+    return start_service(stack, "mlflow", argv, stack.environment())
+
+
+def start_worker(stack: Stack, *, pool: str = WORK_POOL, name: str = "actprm-worker") -> int:
+    argv = [_bin("prefect"), "worker", "start", "--pool", pool, "--type", "process", "--name", name,
+            "--no-create-pool-if-not-found"]
+    return start_service(stack, "worker", argv, stack.environment())
+
+
+def wait_http(url: str, *, timeout: float, pid: int | None = None, what: str = "server", log: Path | None = None) -> None:
+    """Poll `url` until it answers 200; fail early when the process behind it died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pid is not None and not _alive(pid):
+            raise ActPRMError(f"{what} exited during startup; see {log or 'its log'}")
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise ActPRMError(f"{what} did not answer {url} within {timeout:.0f}s; see {log or 'its log'}")
+
+
+def ensure_work_pool(api_url: str, *, pool: str = WORK_POOL, concurrency_limit: int | None = WORK_POOL_CONCURRENCY) -> None:
+    """Create the `process` work pool (or reset its concurrency limit when it exists)."""
+    from prefect.workers.process import ProcessWorker
+
+    body = {"name": pool, "type": "process", "concurrency_limit": concurrency_limit,
+            "base_job_template": ProcessWorker.get_default_base_job_template()}
+    r = httpx.post(f"{api_url}/work_pools/", json=body, timeout=30)
+    if r.status_code == 409:
+        r = httpx.patch(f"{api_url}/work_pools/{pool}", json={"concurrency_limit": concurrency_limit}, timeout=30)
+    if r.status_code >= 400:
+        raise ActPRMError(f"could not create work pool {pool!r}: HTTP {r.status_code} {r.text[:200]}")
+
+
+def prefect_cli(argv: list[str]) -> int:
+    """Run the `prefect` CLI in this process, with the client fix below; returns its exit code."""
+    _fix_worker_filter_request()
+    from prefect.cli import app
+
+    sys.argv = ["prefect", *argv]  # the prefect entry point reads its arguments from sys.argv
+    try:
+        app()
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def _fix_worker_filter_request() -> None:
+    # prefect 3.8.8's client posts `"limit": null, "offset": null` to /work_pools/<pool>/workers/filter and
+    # FastAPI 0.154 (pinned) answers 422 to an explicit null for an `int` body field. `prefect deploy` makes
+    # that call after the FIRST deployment only to print a "start a worker" hint, so plain `prefect deploy
+    # --all` stops after one deployment. Sending the server's own defaults instead fixes it.
+    from prefect.client.orchestration import PrefectClient
+
+    original = PrefectClient.read_workers_for_work_pool
+    if getattr(original, "_actprm_fixed", False):
+        return
+
+    async def read_workers_for_work_pool(self, work_pool_name, worker_filter=None, offset=None, limit=None):
+        return await original(self, work_pool_name, worker_filter=worker_filter, offset=offset or 0,
+                              limit=limit if limit is not None else 200)
+
+    read_workers_for_work_pool._actprm_fixed = True
+    PrefectClient.read_workers_for_work_pool = read_workers_for_work_pool
+
+
+def deploy_all(stack: Stack, *, timeout: float = 600) -> str:
+    """`prefect deploy --all` (prefect.yaml) from the repo root against the stack's server; returns its output."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "actprm.servers", "prefect", "--no-prompt", "deploy", "--all"],
+        cwd=stack.repo, env=stack.environment(),
+        capture_output=True, text=True, timeout=timeout,
+    )
+    out = proc.stdout + proc.stderr
+    (stack.servers_dir / "deploy.log").write_text(out)
+    if proc.returncode != 0:
+        tail = " | ".join(out.strip().splitlines()[-3:])
+        raise ActPRMError(f"prefect deploy --all failed (see {stack.servers_dir / 'deploy.log'}): {tail}")
+    return out
+
+
+def wait_worker_online(stack: Stack, *, pool: str = WORK_POOL, timeout: float, pid: int | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pid is not None and not _alive(pid):
+            raise ActPRMError(f"worker exited during startup; see {stack.servers_dir / 'worker.log'}")
+        r = httpx.post(f"{stack.prefect_api_url}/work_pools/{pool}/workers/filter", json={}, timeout=10)
+        if r.status_code == 200 and any(w.get("status") == "ONLINE" for w in r.json()):
+            return
+        time.sleep(1)
+    raise ActPRMError(f"no worker came online on pool {pool!r} within {timeout:.0f}s")
+
+
+def up(stack: Stack, *, ui: bool = True, deploy: bool = True, worker: bool = True, mlflow_workers: int = 1,
+       timeout: float = 240) -> dict[str, str]:
+    """Start everything and wait until healthy. On failure, stops what it started and raises ActPRMError."""
+    for port, what in ((stack.prefect_port, "Prefect"), (stack.mlflow_port, "MLflow")):
+        if _port_taken(stack.host, port):
+            raise ActPRMError(f"port {port} for the {what} server is in use; stop it or pick another port")
+    stack.home.mkdir(parents=True, exist_ok=True)
+    log = stack.servers_dir
+    try:
+        prefect_pid = start_prefect_server(stack, ui=ui)
+        mlflow_pid = start_mlflow_server(stack, workers=mlflow_workers)
+        wait_http(f"{stack.prefect_api_url}/health", timeout=timeout, pid=prefect_pid, what="Prefect server",
+                  log=log / "prefect.log")
+        wait_http(f"{stack.mlflow_url}/health", timeout=timeout, pid=mlflow_pid, what="MLflow server",
+                  log=log / "mlflow.log")
+        ensure_work_pool(stack.prefect_api_url)
+        if deploy:
+            deploy_all(stack, timeout=timeout * 2)
+        if worker:
+            worker_pid = start_worker(stack)
+            wait_worker_online(stack, timeout=timeout, pid=worker_pid)
+    except BaseException:
+        down(stack.home)
+        raise
+    return {"prefect_ui": stack.prefect_ui_url, "prefect_api": stack.prefect_api_url, "mlflow_ui": stack.mlflow_url,
+            "work_pool": WORK_POOL, "logs": str(log)}
+
+
+def down(home: Path, *, grace_s: float = 15) -> list[str]:
+    """Stop the services whose pid files are under `home/servers` (their whole process groups)."""
+    servers = Path(home) / "servers"
+    stopped: list[str] = []
+    for name in SERVICES:
+        pid_file = servers / f"{name}.pid"
+        if not pid_file.exists():
+            continue
+        pid = int(pid_file.read_text())
+        if _alive(pid):
+            _stop_group(pid, grace_s)
+            stopped.append(name)
+        pid_file.unlink(missing_ok=True)
+    return stopped
+
+
+def _stop_group(pid: int, grace_s: float) -> None:
+    # Each service is a session leader (start_new_session), so its pgid is its pid: this reaches the children
+    # it spawned (uvicorn workers, flow-run processes) and nothing else.
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and _alive(pid):
+        try:
+            os.waitpid(pid, os.WNOHANG)  # reap it when it is our child (tests); harmless otherwise
+        except ChildProcessError:
+            pass
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)  # stragglers in the group, or a leader that ignored SIGTERM
+    except ProcessLookupError:
+        pass
+
+
+def status(home: Path) -> dict[str, int | None]:
+    """pid of each running service (None when not running)."""
+    out: dict[str, int | None] = {}
+    for name in SERVICES:
+        pid_file = Path(home) / "servers" / f"{name}.pid"
+        pid = int(pid_file.read_text()) if pid_file.exists() else None
+        out[name] = pid if pid is not None and _alive(pid) else None
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["prefect"]:  # `python -m actprm.servers prefect deploy --all`: the prefect CLI, fixed
+        return prefect_cli(argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m actprm.servers", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["up", "down", "status"], help="or `prefect ...`: the prefect CLI")
+    parser.add_argument("--home", default=os.environ.get("ACTPRM_HOME", ".actprm"), help="ACTPRM_HOME")
+    parser.add_argument("--prefect-port", type=int, default=int(os.environ.get("PREFECT_SERVER_API_PORT", 4200)))
+    parser.add_argument("--mlflow-port", type=int, default=int(os.environ.get("MLFLOW_PORT", 5000)))
+    parser.add_argument("--no-deploy", action="store_true", help="skip `prefect deploy --all`")
+    parser.add_argument("--no-worker", action="store_true", help="do not start a worker")
+    parser.add_argument("--timeout", type=float, default=240, help="seconds to wait for each service")
+    args = parser.parse_args(argv)
+    home = Path(args.home).resolve()
+    try:
+        if args.command == "down":
+            stopped = down(home)
+            print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+        elif args.command == "status":
+            print(json.dumps(status(home), indent=2))
+        else:
+            stack = Stack(home=home, prefect_port=args.prefect_port, mlflow_port=args.mlflow_port)
+            urls = up(stack, deploy=not args.no_deploy, worker=not args.no_worker, mlflow_workers=2,
+                      timeout=args.timeout)
+            print(f"Prefect UI:   {urls['prefect_ui']}")
+            print(f"Prefect API:  {urls['prefect_api']}   (export PREFECT_API_URL={urls['prefect_api']})")
+            print(f"MLflow UI:    {urls['mlflow_ui']}   (export MLFLOW_TRACKING_URI={urls['mlflow_ui']})")
+            print(f"Work pool:    {urls['work_pool']}  (one worker, concurrency 1)")
+            print(f"Logs, pids:   {urls['logs']}")
+            print("Stop with:    make stop")
+    except ActPRMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

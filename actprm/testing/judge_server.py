@@ -1,0 +1,175 @@
+"""A local OpenAI-compatible judge server with fault injection, for tests and bench/bench_judge.py.
+
+It answers `POST /v1/chat/completions` like `vllm serve` would: it reads the ProcessBench prompt
+back into (question, steps), asks `answer_fn` for the first error and replies with `\\boxed{k}` and
+a `usage` block. Faults are injected at given rates or from a script: 429 with Retry-After, 500,
+slow answers (past the client's timeout), malformed or truncated content, an invalid JSON body, a
+dropped connection, 401. Standard library only; one thread per connection, keep-alive.
+
+    python -m actprm.testing.judge_server --latency 0.1     # prints the base URL, serves until killed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+FAULTS = ("429", "500", "slow", "malformed", "truncated", "badjson", "drop", "401")
+
+_QUESTION = re.compile(r"\[Math Problem\]\n\n(.*?)\n\n\[Solution\]", re.DOTALL)
+_PARAGRAPH = re.compile(r"<paragraph_(\d+)>\n(.*?)\n</paragraph_\1>", re.DOTALL)
+
+
+def read_prompt(prompt: str) -> tuple[str, list[str]]:
+    """(question, steps) back from a processbench-v1 prompt."""
+    m = _QUESTION.search(prompt)
+    return (m.group(1) if m else ""), [s for _, s in _PARAGRAPH.findall(prompt)]
+
+
+def default_answer(question: str, steps: list[str]) -> int:
+    try:
+        from actprm.synth import verify_first_error
+    except ImportError:
+        return -1
+    return verify_first_error(question, steps)
+
+
+class JudgeServer:
+    def __init__(self, *, latency_s: float = 0.0, faults: dict[str, float] | None = None,
+                 script: list[str | None] | None = None, api_key: str | None = None,
+                 answer_fn: Callable[[str, list[str]], int] = default_answer, retry_after: str = "0",
+                 slow_s: float = 1.0, seed: int = 0, port: int = 0):
+        unknown = (set(faults or {}) | {f for f in script or [] if f}) - set(FAULTS)
+        if unknown:
+            raise ValueError(f"unknown faults {sorted(unknown)}; known: {FAULTS}")
+        self.latency_s, self.faults, self.script = latency_s, dict(faults or {}), list(script or [])
+        self.api_key, self.answer_fn, self.retry_after, self.slow_s = api_key, answer_fn, retry_after, slow_s
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.injected: Counter = Counter()
+        self.answered: Counter = Counter()   # question -> good answers sent (what a real API bills)
+        self.auth_headers: list[str] = []
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self._httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def start(self) -> JudgeServer:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> JudgeServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _pick_fault(self) -> str | None:
+        with self._lock:
+            self.requests += 1
+            if self.script:
+                fault = self.script.pop(0)
+            else:
+                x, fault = self._rng.random(), None
+                for name, rate in self.faults.items():
+                    if x < rate:
+                        fault = name
+                        break
+                    x -= rate
+            if fault:
+                self.injected[fault] += 1
+            return fault
+
+    def _handler(server):  # noqa: N805 - `server` is the JudgeServer the handler class closes over
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # quiet: tests read counters, not logs
+                pass
+
+            def _send(self, code: int, body: bytes, headers: dict | None = None) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                payload = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                auth = self.headers.get("Authorization", "")
+                with server._lock:
+                    server.auth_headers.append(auth)
+                fault = server._pick_fault()
+                if not self.path.endswith("/chat/completions"):
+                    return self._send(404, b'{"error": "not found"}')
+                if fault == "401" or (server.api_key and auth != f"Bearer {server.api_key}"):
+                    # Echo what we were sent, as some servers do: the client must not repeat it.
+                    return self._send(401, json.dumps({"error": f"invalid key {auth!r}"}).encode())
+                if fault == "drop":
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                if fault in ("429", "500"):
+                    headers = {"Retry-After": server.retry_after} if fault == "429" else {}
+                    return self._send(int(fault), b'{"error": "injected"}', headers)
+                time.sleep(server.slow_s if fault == "slow" else server.latency_s)
+                if fault == "badjson":
+                    return self._send(200, b'{"choices": [ not json')
+                prompt = payload["messages"][-1]["content"]
+                question, steps = read_prompt(prompt)
+                k = server.answer_fn(question, steps)
+                content, finish = f"Checking each paragraph in turn.\n\nThe earliest error: \\boxed{{{k}}}", "stop"
+                if fault == "malformed":
+                    content = "The first mistake is somewhere in the middle, I think."
+                elif fault == "truncated":
+                    content, finish = "Checking each paragraph in turn. Paragraph 0 is", "length"
+                else:
+                    with server._lock:
+                        server.answered[question] += 1
+                body = {"id": "cmpl-local", "object": "chat.completion", "model": payload.get("model"),
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                     "finish_reason": finish}],
+                        "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(content) // 4,
+                                  "total_tokens": len(prompt) // 4 + len(content) // 4}}
+                try:
+                    self._send(200, json.dumps(body).encode())
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout) before we answered
+
+        return Handler
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--latency", type=float, default=0.1)
+    args = ap.parse_args()
+    server = JudgeServer(latency_s=args.latency, port=args.port).start()
+    print(server.url, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""MLflow setup shared by the CLI, the flows and the register stage.
+
+The default store is SQLite under ACTPRM_HOME. With a database store MLflow would put artifacts
+in ./mlruns of whatever directory the process runs from, so the experiment is created with an
+explicit artifact location under the project's home instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+# MLflow refuses param values longer than this (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH).
+MAX_PARAM_CHARS = 6000
+_SECRET_KEY = re.compile(r"(api_key|secret|password)", re.IGNORECASE)
+_BAD_KEY_CHARS = re.compile(r"[^\w\-. /]")
+
+
+def configure_mlflow(tracking_uri: str, experiment: str, artifact_root: str | Path | None = None) -> str:
+    """Point MLflow (tracking and registry) at `tracking_uri` and select `experiment`; returns its id.
+
+    A new experiment gets `artifact_root/<experiment>` as artifact location when given (needed for
+    a local SQLite store); an existing experiment keeps the location it was created with.
+    """
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        location = None
+        if artifact_root is not None:
+            root = Path(artifact_root).resolve() / experiment
+            root.mkdir(parents=True, exist_ok=True)
+            location = root.as_uri()
+        experiment_id = client.create_experiment(experiment, artifact_location=location)
+    else:
+        experiment_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def prefect_flow_run_id() -> str | None:
+    """The id of the Prefect flow run we are inside, if any (links an MLflow run back to its flow)."""
+    try:
+        from prefect.runtime import flow_run
+    except ImportError:  # pragma: no cover - prefect is a dependency, but tracking must not need it
+        return None
+    run_id = flow_run.id
+    return str(run_id) if run_id else None
+
+
+@contextlib.contextmanager
+def start_run(name: str, tags: Mapping[str, Any] | None = None, *, nested: bool = False) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run tagged with `prefect.flow_run_id` when started inside a Prefect flow run."""
+    all_tags = {k: str(v) for k, v in (tags or {}).items()}
+    flow_run_id = prefect_flow_run_id()
+    if flow_run_id:
+        all_tags["prefect.flow_run_id"] = flow_run_id
+    with mlflow.start_run(run_name=name, tags=all_tags, nested=nested) as run:
+        yield run
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested settings -> flat `a.b` keys with string values MLflow accepts; secrets are redacted."""
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        name = _BAD_KEY_CHARS.sub("_", f"{prefix}{key}")
+        if isinstance(value, Mapping):
+            out.update(flatten_params(value, f"{name}."))
+            continue
+        text = "***" if _SECRET_KEY.search(name) and value is not None else str(value)
+        if len(text) > MAX_PARAM_CHARS:
+            text = text[: MAX_PARAM_CHARS - 3] + "..."
+        out[name] = text
+    return out
+
+
+def log_params(params: Mapping[str, Any]) -> dict[str, str]:
+    """Log a (nested) dict of params to the active run, stringified and truncated; returns what was logged."""
+    flat = flatten_params(params)
+    items = list(flat.items())
+    # log_params sends batches; MLflow caps a batch at 100 params.
+    for start in range(0, len(items), 100):
+        mlflow.log_params(dict(items[start:start + 100]))
+    return flat

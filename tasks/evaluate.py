@@ -1,0 +1,405 @@
+"""Evaluate a PRM: ProcessBench F1 and PRMBench PRMScore, from a model or from a predictions file.
+
+Metrics are pure functions of (records, step scores) so they can be checked by hand; the model
+and store entry points only turn trajectories into step scores and call them.
+
+Step scores are P(step is correct) in [0, 1]. A model may score fewer steps than a trajectory has
+(steps cut by max_length); unscored steps are treated as the benchmarks' reference code treats a
+missing label: the ProcessBench prediction is taken from the scored steps only, and PRMBench
+counts only the scored steps (mr_eval iterates over the predicted labels).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from actprm.errors import ActPRMError
+
+# PRMBench (Song et al., 2025, arXiv 2501.03124) groups its nine error categories into three
+# evaluation subjects (paper Sec. 3 / the leaderboard at prmbench.github.io). "redundency" is
+# spelled as in the data.
+PRMBENCH_GROUPS: dict[str, tuple[str, ...]] = {
+    "simplicity": ("redundency", "circular"),
+    "soundness": ("counterfactual", "step_contradiction", "domain_inconsistency", "confidence"),
+    "sensitivity": ("missing_condition", "deception", "multi_solutions"),
+}
+
+DEFAULT_THRESHOLD = 0.5
+# Thresholds tried when tuning on a dev split: a 0.01 grid over (0, 1).
+THRESHOLD_GRID = tuple(round(0.01 * i, 2) for i in range(1, 100))
+
+
+# -- ProcessBench ----------------------------------------------------------------------------
+def predicted_first_error(scores: Sequence[float], threshold: float = DEFAULT_THRESHOLD) -> int:
+    """ProcessBench's PRM protocol: the first step scored below the threshold, else -1 (all correct)."""
+    for i, s in enumerate(scores):
+        if s < threshold:
+            return i
+    return -1
+
+
+def _require_scores(keys: list[str], step_scores: dict[str, Sequence[float]]) -> None:
+    """Every record needs finite scores; a clear error names the first missing or broken ids."""
+    missing = [k for k in keys if k not in step_scores]
+    if missing:
+        shown = ", ".join(repr(m) for m in missing[:5])
+        raise ActPRMError(f"no step scores for {len(missing)} of {len(keys)} evaluation records "
+                          f"(first missing ids: {shown})")
+    broken = [k for k in keys if any(math.isnan(s) or math.isinf(s) for s in step_scores[k])]
+    if broken:
+        raise ActPRMError(f"step scores contain NaN or infinity for {len(broken)} records "
+                          f"(first: {', '.join(repr(b) for b in broken[:5])})")
+
+
+def _harmonic_mean(a: float, b: float) -> float:
+    return 0.0 if a + b == 0 else 2 * a * b / (a + b)
+
+
+def processbench_metrics(
+    records: list[dict],
+    step_scores: dict[str, Sequence[float]],
+    threshold: float = DEFAULT_THRESHOLD,
+    threshold_source: str = "default",
+) -> dict[str, Any]:
+    """ProcessBench F1 (Zheng et al., 2024, arXiv 2412.06559).
+
+    Per subset: acc_error = share of erroneous samples (label != -1) whose predicted first error
+    equals the label; acc_correct = share of correct samples (label == -1) predicted -1;
+    F1 = their harmonic mean. The reported F1 is the unweighted mean over subsets.
+    A subset holding only one kind of sample (possible in a small held-out split) reports the other
+    accuracy as None and uses the available accuracy as its F1.
+    """
+    if not records:
+        raise ActPRMError("no evaluation records: the evaluation set is empty")
+    _require_scores([r["id"] for r in records], step_scores)
+    by_subset: dict[str, dict[str, int]] = {}
+    for rec in records:
+        subset = rec.get("subset") or "default"
+        c = by_subset.setdefault(subset, {"err": 0, "err_hit": 0, "ok": 0, "ok_hit": 0})
+        pred = predicted_first_error(step_scores[rec["id"]], threshold)
+        if rec["label"] == -1:
+            c["ok"] += 1
+            c["ok_hit"] += pred == -1
+        else:
+            c["err"] += 1
+            c["err_hit"] += pred == rec["label"]
+    subsets = {}
+    for name, c in sorted(by_subset.items()):
+        acc_error = c["err_hit"] / c["err"] if c["err"] else None
+        acc_correct = c["ok_hit"] / c["ok"] if c["ok"] else None
+        if acc_error is None or acc_correct is None:
+            f1 = acc_error if acc_correct is None else acc_correct
+        else:
+            f1 = _harmonic_mean(acc_error, acc_correct)
+        subsets[name] = {"acc_error": acc_error, "acc_correct": acc_correct, "f1": f1, "n": c["err"] + c["ok"]}
+    return {
+        "f1": sum(s["f1"] for s in subsets.values()) / len(subsets),
+        "subsets": subsets,
+        "threshold": threshold,
+        "threshold_source": threshold_source,
+    }
+
+
+def tune_threshold(records: list[dict], step_scores: dict[str, Sequence[float]],
+                   grid: Sequence[float] = THRESHOLD_GRID) -> float:
+    """The grid threshold with the best ProcessBench F1 on a dev split (ties: closest to 0.5)."""
+    best = max(grid, key=lambda t: (processbench_metrics(records, step_scores, t)["f1"], -abs(t - 0.5)))
+    return float(best)
+
+
+def processbench_tuned(test_records: list[dict], dev_records: list[dict],
+                       step_scores: dict[str, Sequence[float]]) -> dict[str, Any]:
+    """Tune the threshold on the dev records, then report test F1 at that threshold."""
+    t = tune_threshold(dev_records, step_scores)
+    out = processbench_metrics(test_records, step_scores, t, threshold_source="tuned")
+    out["dev_f1"] = processbench_metrics(dev_records, step_scores, t)["f1"]
+    return out
+
+
+# -- PRMBench --------------------------------------------------------------------------------
+def prmbench_key(record: dict) -> str:
+    """PRMBench's `idx` repeats across its category files, so a record is keyed by both.
+
+    The `<classification>_<idx>` form is the one mr_eval (the official toolkit) uses.
+    """
+    return f"{record['classification']}_{record['idx']}"
+
+
+def _f1(tp: int, fp: int, fn: int) -> float:
+    # F1 = 2TP / (2TP + FP + FN); 0 when undefined (mr_eval reports -1 there; 0 keeps means sane).
+    denom = 2 * tp + fp + fn
+    return 2 * tp / denom if denom else 0.0
+
+
+def _prm_score(c: dict[str, int]) -> dict[str, Any]:
+    # Correct steps are the positive class. F1_neg swaps the roles: TN are the true positives,
+    # FN the false positives and FP the false negatives.
+    f1 = _f1(c["tp"], c["fp"], c["fn"])
+    f1_neg = _f1(c["tn"], c["fn"], c["fp"])
+    return {"prmscore": 0.5 * f1 + 0.5 * f1_neg, "f1": f1, "f1_negative": f1_neg, **c}
+
+
+def prmbench_metrics(records: list[dict], step_scores: dict[str, Sequence[float]]) -> dict[str, Any]:
+    """PRMScore (Song et al., 2025): 0.5 * F1 + 0.5 * F1_neg over all steps of the modified processes.
+
+    A step is predicted correct when its score > 0.5; TP/FP/TN/FN are micro-summed over steps with
+    correct steps as positive (mr_eval `eval_on_hallucination_step`; the 0.5/0.5 weights are from
+    mr_visualize's table script). Categories use their own step counts; a group's score is the
+    unweighted mean of its categories' PRMScores (the leaderboard's per-subject overall).
+    `error_steps` are 1-based; ones past the end of the process (present in the data) are ignored,
+    as in mr_eval, which only visits the steps that have a prediction.
+    """
+    if not records:
+        raise ActPRMError("no evaluation records: the evaluation set is empty")
+    _require_scores([prmbench_key(r) for r in records], step_scores)
+    zero = {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
+    total = dict(zero)
+    per_cat: dict[str, dict[str, int]] = {}
+    counts: dict[str, int] = {}
+    for rec in records:
+        cat = rec["classification"]
+        c = per_cat.setdefault(cat, dict(zero))
+        counts[cat] = counts.get(cat, 0) + 1
+        wrong = {e - 1 for e in rec["error_steps"]}
+        scores = step_scores[prmbench_key(rec)][: len(rec["modified_process"])]
+        for i, s in enumerate(scores):
+            predicted_correct = s > 0.5
+            if i in wrong:
+                cell = "fp" if predicted_correct else "tn"
+            else:
+                cell = "tp" if predicted_correct else "fn"
+            c[cell] += 1
+            total[cell] += 1
+    categories = {cat: {**_prm_score(c), "n": counts[cat]} for cat, c in sorted(per_cat.items())}
+    groups = {}
+    for group, cats in PRMBENCH_GROUPS.items():
+        present = [categories[c]["prmscore"] for c in cats if c in categories]
+        if present:
+            groups[group] = {"prmscore": sum(present) / len(present),
+                             "categories": [c for c in cats if c in categories]}
+    overall = _prm_score(total)
+    return {"prmscore": overall["prmscore"], "f1": overall["f1"], "f1_negative": overall["f1_negative"],
+            "steps": sum(total.values()), "n": len(records), "categories": categories, "groups": groups}
+
+
+# -- files -----------------------------------------------------------------------------------
+def _json_lines(path: Path) -> list[tuple[int, Any]]:
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ActPRMError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(data, list):
+            raise ActPRMError(f"{path}: a .json evaluation file must hold a list of records")
+        return list(enumerate(data, 1))
+    out = []
+    with path.open() as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append((n, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise ActPRMError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+    return out
+
+
+def _eval_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json"))
+        if not files:
+            raise ActPRMError(f"{path}: no .jsonl or .json files in this folder")
+        return files
+    if not path.is_file():
+        raise ActPRMError(f"evaluation data not found: {path}")
+    return [path]
+
+
+def read_eval_data(path: str | Path) -> tuple[str, list[dict]]:
+    """Read ProcessBench-format (`id`, `problem`, `steps`, `label`) or PRMBench-format records.
+
+    A folder reads every .jsonl/.json file in it (ProcessBench ships one file per subset); a
+    ProcessBench record's subset is its `subset` field, else its file's stem.
+    """
+    kind = None
+    records: list[dict] = []
+    for f in _eval_files(Path(path)):
+        for n, rec in _json_lines(f):
+            if not isinstance(rec, dict):
+                raise ActPRMError(f"{f}:{n}: expected a JSON object")
+            this = "prmbench" if "modified_process" in rec else "processbench"
+            if kind and this != kind:
+                raise ActPRMError(f"{f}:{n}: mixes {this} records into a {kind} evaluation set")
+            kind = this
+            need = (("idx", "classification", "modified_process", "error_steps") if this == "prmbench"
+                    else ("id", "problem", "steps", "label"))
+            missing = [k for k in need if k not in rec]
+            if missing:
+                raise ActPRMError(f"{f}:{n}: {this} record lacks {', '.join(missing)}")
+            if this == "processbench":
+                rec = {**rec, "id": str(rec["id"]), "label": int(rec["label"]),
+                       "subset": rec.get("subset") or f.stem}
+            records.append(rec)
+    if not records:
+        raise ActPRMError(f"{path}: no evaluation records")
+    return kind, records
+
+
+def _check_scores(key: str, scores: Any, where: str) -> list[float]:
+    if not isinstance(scores, list) or not all(isinstance(s, (int, float)) and not isinstance(s, bool)
+                                               for s in scores):
+        raise ActPRMError(f"{where}: step_scores of {key!r} must be a list of numbers")
+    if any(math.isnan(s) or math.isinf(s) for s in scores):
+        raise ActPRMError(f"{where}: step_scores of {key!r} contain NaN or infinity")
+    return [float(s) for s in scores]
+
+
+def read_predictions(path: str | Path) -> dict[str, list[float]]:
+    """Read {"id": ..., "step_scores": [...]} lines (PRMBench lines may use `idx` instead of `id`)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ActPRMError(f"predictions file not found: {p}")
+    out: dict[str, list[float]] = {}
+    for n, rec in _json_lines(p):
+        if not isinstance(rec, dict) or "step_scores" not in rec or not ("id" in rec or "idx" in rec):
+            raise ActPRMError(f"{p}:{n}: expected an object with `id` (or `idx`) and `step_scores`")
+        key = str(rec["id"] if "id" in rec else rec["idx"])
+        if key in out:
+            raise ActPRMError(f"{p}:{n}: id {key!r} appears twice")
+        out[key] = _check_scores(key, rec["step_scores"], f"{p}:{n}")
+    return out
+
+
+def _match_scores(kind: str, records: list[dict], predictions: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Scores keyed like the metric functions expect; a clear error names the first missing ids."""
+    if kind == "processbench":
+        keys = {r["id"]: r["id"] for r in records}
+    else:
+        plain = [r["idx"] for r in records]
+        unique_plain = len(set(plain)) == len(plain)
+        # `<classification>_<idx>` always works; a bare `idx` only where it is unique in the data.
+        keys = {prmbench_key(r): (prmbench_key(r) if prmbench_key(r) in predictions or not unique_plain
+                                  else str(r["idx"])) for r in records}
+    _require_scores(list(keys.values()), predictions)
+    return {k: predictions[v] for k, v in keys.items()}
+
+
+def _check_lengths(kind: str, records: list[dict], scores: dict[str, list[float]]) -> None:
+    for r in records:
+        key = r["id"] if kind == "processbench" else prmbench_key(r)
+        n_steps = len(r["steps"] if kind == "processbench" else r["modified_process"])
+        if len(scores[key]) > n_steps:
+            raise ActPRMError(f"id {key!r} has {len(scores[key])} step scores for {n_steps} steps")
+
+
+def evaluate_predictions(data_path: str | Path, predictions_path: str | Path, *,
+                         threshold: float = DEFAULT_THRESHOLD, dev_data_path: str | Path | None = None) -> dict:
+    """Score a predictions file against an evaluation set (ProcessBench F1 or PRMBench PRMScore).
+
+    With `dev_data_path` (ProcessBench only), the threshold is tuned on that split, whose scores
+    are read from the same predictions file.
+    """
+    kind, records = read_eval_data(data_path)
+    predictions = read_predictions(predictions_path)
+    scores = _match_scores(kind, records, predictions)
+    _check_lengths(kind, records, scores)
+    if kind == "prmbench":
+        return {"benchmark": "prmbench", **prmbench_metrics(records, scores)}
+    if dev_data_path is None:
+        return {"benchmark": "processbench", **processbench_metrics(records, scores, threshold)}
+    dev_kind, dev_records = read_eval_data(dev_data_path)
+    if dev_kind != "processbench":
+        raise ActPRMError(f"{dev_data_path}: threshold tuning needs a ProcessBench-format dev split")
+    dev_scores = _match_scores(dev_kind, dev_records, predictions)
+    _check_lengths(dev_kind, dev_records, dev_scores)
+    return {"benchmark": "processbench", **processbench_tuned(records, dev_records, {**scores, **dev_scores})}
+
+
+# -- models ----------------------------------------------------------------------------------
+def predict_step_scores(model, tokenizer, questions: list[str], steps_lists: list[list[str]], *,
+                        batch_size: int = 32, max_length: int = 512) -> list[list[float]]:
+    """Mean over the ensemble heads of P(step correct), per trajectory (scored steps only)."""
+    import torch
+
+    from models import StepBatcher
+
+    batcher = StepBatcher(tokenizer, max_length=max_length)
+    model.eval()
+    out: list[list[float]] = []
+    with torch.no_grad():
+        for start in range(0, len(questions), batch_size):
+            batch = batcher.encode(questions[start:start + batch_size], steps_lists[start:start + batch_size])
+            for probs in model.step_probabilities(batch):
+                out.append(probs.float().mean(dim=0).tolist())
+    return out
+
+
+def _score_records(kind: str, records: list[dict], model, tokenizer, batch_size: int, max_length: int):
+    if kind == "processbench":
+        keys = [r["id"] for r in records]
+        questions = [r["problem"] for r in records]
+        steps = [list(r["steps"]) for r in records]
+    else:
+        keys = [prmbench_key(r) for r in records]
+        questions = [r.get("modified_question") or r.get("question") or "" for r in records]
+        steps = [list(r["modified_process"]) for r in records]
+    scores = predict_step_scores(model, tokenizer, questions, steps, batch_size=batch_size, max_length=max_length)
+    return dict(zip(keys, scores))
+
+
+def evaluate_model(model_dir_or_uri: str | Path, data_path: str | Path, *, batch_size: int = 32,
+                   max_length: int = 512, threshold: float = DEFAULT_THRESHOLD,
+                   dev_data_path: str | Path | None = None) -> dict:
+    """Evaluate a saved PRM (a save_pretrained folder or an MLflow `models:/...` URI) on a benchmark file."""
+    from tasks.register import load_model
+
+    kind, records = read_eval_data(data_path)
+    model, tokenizer, version = load_model(model_dir_or_uri)
+    scores = _score_records(kind, records, model, tokenizer, batch_size, max_length)
+    result: dict[str, Any] = {"benchmark": kind, "model": str(model_dir_or_uri), "model_version": version}
+    if kind == "prmbench":
+        return {**result, **prmbench_metrics(records, scores)}
+    if dev_data_path is None:
+        return {**result, **processbench_metrics(records, scores, threshold)}
+    _, dev_records = read_eval_data(dev_data_path)
+    dev_scores = _score_records("processbench", dev_records, model, tokenizer, batch_size, max_length)
+    return {**result, **processbench_tuned(records, dev_records, {**scores, **dev_scores})}
+
+
+def eval_set_id(pool: str, split: str, trajectory_ids: list[str]) -> str:
+    """Names a fixed evaluation set, so F1s are only compared when measured on the same trajectories."""
+    digest = hashlib.sha256("\n".join(sorted(trajectory_ids)).encode()).hexdigest()[:12]
+    return f"{pool}:{split}:{digest}"
+
+
+def evaluate_on_store(store, pool: str, model, tokenizer, split: str = "eval", *, batch_size: int = 32,
+                      max_length: int = 512, threshold: float = DEFAULT_THRESHOLD) -> dict:
+    """ProcessBench-style F1 on a pool's held-out split, against the gold labels in the store.
+
+    One subset named after the pool; `error_kinds` adds accuracy per gold error kind (the
+    synthetic pool's injected error, PRMBench's classification), and `eval_set` names the set.
+    """
+    ids = store.pool_trajectory_ids(pool, split)
+    trajectories = [t for t in store.trajectories(ids) if t["gold_first_error"] is not None]
+    if not trajectories:
+        raise ActPRMError(f"pool {pool!r} has no gold-labeled trajectories in its {split!r} split to evaluate on")
+    scores = predict_step_scores(model, tokenizer, [t["question"] for t in trajectories],
+                                 [t["steps"] for t in trajectories], batch_size=batch_size, max_length=max_length)
+    by_id = {t["id"]: s for t, s in zip(trajectories, scores)}
+    records = [{"id": t["id"], "label": int(t["gold_first_error"]), "subset": pool} for t in trajectories]
+    result = processbench_metrics(records, by_id, threshold)
+    kinds: dict[str, dict[str, float]] = {}
+    for t in trajectories:
+        kind = t["error_kind"] or ("none" if t["gold_first_error"] == -1 else "unknown")
+        k = kinds.setdefault(kind, {"n": 0, "correct": 0})
+        k["n"] += 1
+        k["correct"] += predicted_first_error(by_id[t["id"]], threshold) == t["gold_first_error"]
+    result["error_kinds"] = {k: {"acc": v["correct"] / v["n"], "n": v["n"]} for k, v in sorted(kinds.items())}
+    result["n"] = len(trajectories)
+    result["eval_set"] = eval_set_id(pool, split, [t["id"] for t in trajectories])
+    return result

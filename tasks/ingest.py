@@ -1,0 +1,359 @@
+"""Ingest: stream trajectory files into the DuckDB store, quarantining every bad line with a reason.
+
+Every line read is accounted for: accepted + quarantined + duplicates = lines_read. DuckDB reads each
+line as raw text with its line number and does all parsing and checking in SQL (see the `ingest`
+section of `actprm.store`), so a 1M-line file never becomes Python objects.
+
+Counts are per input line. A line holding several trajectories (PRMBench: original + modified) is
+accepted when at least one of them is new to the pool; `trajectories_added` counts trajectories.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob as globlib
+import gzip
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from actprm.errors import ActPRMError
+from actprm.formats import FORMATS, InputFormat, detect_format
+from actprm.store import Store
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".jsonl.gz": "jsonl.gz", ".json.gz": "jsonl.gz",
+            ".ndjson.gz": "jsonl.gz", ".jsonl.zst": "jsonl.zst", ".json.zst": "jsonl.zst", ".ndjson.zst": "jsonl.zst",
+            ".parquet": "parquet"}
+DETECT_MAX_LINES = 1000        # lines peeked per file to find the first valid record
+HASH_FULL_BYTES = 64 << 20     # inputs larger than this are fingerprinted (size, mtime, head, tail)
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    """Per-record limits; a record over any of them is quarantined (see IngestSettings)."""
+
+    max_question_chars: int = 20_000
+    max_steps: int = 200
+    max_step_chars: int = 8_000
+    quarantine_raw_chars: int = 2_000
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: str
+    kind: str  # jsonl | jsonl.gz | jsonl.zst | parquet
+
+
+@dataclass
+class IngestSummary:
+    pool: str
+    lines_read: int = 0
+    accepted: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+    status: str = "ingesting"
+    report: str | None = None
+    format: str = ""
+    files: list[str] = field(default_factory=list)
+    trajectories_added: int = 0
+    pool_trajectories: int = 0
+    labeled_fraction: float = 0.0
+    top_reasons: list[tuple[str, int]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)   # critical data-contract failures
+    warnings: list[str] = field(default_factory=list)   # non-blocking contract findings (drift, sanity)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["top_reasons"] = [list(r) for r in self.top_reasons]
+        return d
+
+
+# ---------------------------------------------------------------------------- inputs
+def input_kind(path: str) -> str:
+    name = path.lower()
+    for suffix in sorted(SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return SUFFIXES[suffix]
+    raise ActPRMError(f"unsupported input file {path!r}: use .jsonl, .jsonl.gz, .jsonl.zst or .parquet")
+
+
+def resolve_inputs(paths: list[str] | str) -> list[InputFile]:
+    """Files named, matched by globs, or found under directories; each group sorted, no repeats."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [str(paths)]
+    if not paths:
+        raise ActPRMError("no input paths given")
+    out: list[str] = []
+    for p in map(str, paths):
+        if any(ch in p for ch in "*?["):
+            matched = sorted(m for m in globlib.glob(p, recursive=True) if Path(m).is_file())
+            if not matched:
+                raise ActPRMError(f"no input files match {p!r}")
+            out += matched
+        elif Path(p).is_dir():
+            matched = sorted(str(m) for m in Path(p).rglob("*") if m.is_file() and _supported(m.name))
+            if not matched:
+                raise ActPRMError(f"no .jsonl/.jsonl.gz/.jsonl.zst/.parquet files under directory {p!r}")
+            out += matched
+        elif Path(p).is_file():
+            out.append(p)
+        else:
+            raise ActPRMError(f"input file not found: {p}")
+    seen: set[str] = set()
+    files = []
+    for p in out:
+        key = str(Path(p).resolve())
+        if key not in seen:
+            seen.add(key)
+            files.append(InputFile(p, input_kind(p)))
+    return files
+
+
+def _supported(name: str) -> bool:
+    try:
+        input_kind(name)
+        return True
+    except ActPRMError:
+        return False
+
+
+@contextlib.contextmanager
+def _open_text(f: InputFile):
+    """Streaming binary reader of a JSONL input (for peeking and for the sanitizing fallback)."""
+    raw = open(f.path, "rb")
+    try:
+        if f.kind == "jsonl.gz":
+            yield gzip.GzipFile(fileobj=raw)
+        elif f.kind == "jsonl.zst":
+            import zstandard
+
+            yield zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        else:
+            yield raw
+    finally:
+        raw.close()
+
+
+def first_record_keys(f: InputFile) -> list[str] | None:
+    """Keys of the first line that is a JSON object (columns for Parquet); None when there is none."""
+    try:
+        if f.kind == "parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(f.path).names)
+        import io
+
+        with _open_text(f) as stream:
+            for i, line in enumerate(io.BufferedReader(stream) if f.kind != "jsonl" else stream):
+                if i >= DETECT_MAX_LINES:
+                    break
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict):
+                    return list(rec)
+    except (OSError, EOFError, ValueError) as exc:
+        raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
+    except Exception as exc:  # zstandard / pyarrow raise their own error types
+        raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
+    return None
+
+
+def resolve_format(files: list[InputFile], format: str | None) -> InputFormat:
+    if format:
+        return FORMATS.get(format)
+    for f in files:
+        keys = first_record_keys(f)
+        if keys is not None:
+            return detect_format(keys)
+    raise ActPRMError(f"cannot detect the input format: no JSON object in the first {DETECT_MAX_LINES} lines of "
+                      f"{files[0].path}; pass format= one of: {', '.join(FORMATS.names())}")
+
+
+def content_hash(files: list[InputFile]) -> str:
+    """sha256 of the input bytes; large files are fingerprinted by size, mtime and their first/last MiB."""
+    h = hashlib.sha256()
+    for f in files:
+        st = os.stat(f.path)
+        h.update(f"{Path(f.path).name}\0{st.st_size}\0".encode())
+        with open(f.path, "rb") as fh:
+            if st.st_size <= HASH_FULL_BYTES:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            else:
+                h.update(f"{st.st_mtime_ns}".encode())
+                h.update(fh.read(1 << 20))
+                fh.seek(-(1 << 20), os.SEEK_END)
+                h.update(fh.read())
+    return h.hexdigest()[:32]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------- stages
+def stage(store: Store, files: list[InputFile], fmt: InputFormat, limits: IngestLimits) -> str:
+    """Reads, parses and checks every line of every file into a fresh stage table; returns its name."""
+    name = f"ingest_stage_{uuid.uuid4().hex[:12]}"
+    store.create_ingest_stage(name)
+    try:
+        for i, f in enumerate(files):
+            _stage_one(store, name, fmt, i, f, limits)
+    except BaseException:
+        store.drop_stage(name)
+        raise
+    return name
+
+
+def _stage_one(store: Store, stage_name: str, fmt: InputFormat, i: int, f: InputFile, limits: IngestLimits) -> None:
+    try:
+        store.stage_file(stage_name, fmt, i, f.path, f.kind, limits.as_dict())
+        return
+    except duckdb.InvalidInputException as exc:
+        # Lines DuckDB's reader cannot take as text (invalid UTF-8, over the max line size, holding the
+        # delimiter): stage a sanitized copy, so those lines are quarantined with their own reason.
+        if f.kind == "parquet":
+            raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
+        log.warning("falling back to a sanitized copy of %s: %s", f.path, _one_line(exc))
+    except (duckdb.IOException, duckdb.Error) as exc:
+        raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
+    with tempfile.TemporaryDirectory(prefix="actprm-ingest-") as tmp:
+        clean = os.path.join(tmp, "clean.jsonl")
+        unreadable = _sanitize(f, clean, limits.quarantine_raw_chars)
+        try:
+            store.stage_file(stage_name, fmt, i, clean, "jsonl", limits.as_dict(), unreadable=unreadable, source=f.path)
+        except duckdb.Error as exc:
+            raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
+
+
+_MAX_TEXT_LINE = 16 << 20  # longer lines are unreadable for the raw reader (its max_line_size is 32 MiB)
+
+
+def _sanitize(f: InputFile, out_path: str, keep_chars: int) -> dict[int, str]:
+    """Streams `f` to a plain JSONL copy where each line that is not valid UTF-8, is too long or holds a
+    control-character delimiter is replaced by a marked (never valid JSON) excerpt; returns their reasons."""
+    reasons: dict[int, str] = {}
+    try:
+        with _open_text(f) as src, open(out_path, "wb") as out:
+            import io
+
+            reader = io.BufferedReader(src) if f.kind != "jsonl" else src
+            for n, line in enumerate(reader, start=1):
+                body = line.rstrip(b"\r\n")
+                why = None
+                if len(body) > _MAX_TEXT_LINE:
+                    why = f"line longer than {_MAX_TEXT_LINE} bytes"
+                else:
+                    try:
+                        body.decode("utf-8")
+                    except UnicodeDecodeError:
+                        why = "not valid UTF-8"
+                if why is None and Store.RAW_LINE_DELIMITER.encode() in body:
+                    why = "malformed JSON"
+                if why is None:
+                    out.write(body + b"\n")
+                    continue
+                reasons[n] = why
+                text = body[: keep_chars * 4].decode("utf-8", errors="backslashreplace")
+                text = text.replace(Store.RAW_LINE_DELIMITER, "\\u001f")
+                out.write(("!unreadable " + text).encode() + b"\n")
+    except (OSError, EOFError, ValueError) as exc:
+        raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
+    return reasons
+
+
+def ingest(store_or_path: Store | str | Path, paths: list[str] | str, pool: str, format: str | None = None, *,
+           max_question_chars: int = 20_000, max_steps: int = 200, max_step_chars: int = 8_000,
+           quarantine_raw_chars: int = 2_000, validate_shard_rows: int = 200_000,
+           reports_dir: str | Path | None = None, emit: bool = True, drift_tolerance: float = 0.5) -> IngestSummary:
+    """Ingests `paths` into `pool`: stage -> quarantine -> dedupe/insert -> validate -> report -> register.
+
+    Returns the summary; raises ActPRMError for unreadable inputs and when the data contract rejects
+    the pool (after recording `rejected`, the summary is attached as `exc.summary`)."""
+    from tasks import validate as validation
+
+    if not pool or not isinstance(pool, str):
+        raise ActPRMError("a pool name is required")
+    limits = IngestLimits(max_question_chars, max_steps, max_step_chars, quarantine_raw_chars)
+    files = resolve_inputs(paths)
+    fmt = resolve_format(files, format)
+    summary = IngestSummary(pool=pool, format=fmt.name, files=[f.path for f in files])
+    with _opened(store_or_path) as store:
+        t0 = time.perf_counter()
+        digest = content_hash(files)
+        stage_name = stage(store, files, fmt, limits)
+        summary.seconds["stage"] = time.perf_counter() - t0
+        try:
+            store_stage(store, stage_name, pool, fmt, files, digest, summary)
+        finally:
+            store.drop_stage(stage_name)
+        summary.seconds["insert"] = time.perf_counter() - t0 - summary.seconds["stage"]
+        t1 = time.perf_counter()
+        result = validation.validate_pool(store, pool, limits=limits, shard_rows=validate_shard_rows,
+                                          reports_dir=reports_dir, drift_tolerance=drift_tolerance)
+        summary.seconds["validate"] = time.perf_counter() - t1
+        finish(store, summary, result)
+    from tasks.report import report_ingest  # noqa: PLC0415 - keeps Prefect/MLflow out of the hot path
+
+    report_ingest(summary, emit=emit)
+    if summary.status == "rejected":
+        err = ActPRMError(f"pool {pool!r} rejected by its data contract: {'; '.join(summary.failures)}")
+        err.summary = summary  # type: ignore[attr-defined]
+        raise err
+    return summary
+
+
+@contextlib.contextmanager
+def _opened(store_or_path: Store | str | Path):
+    if isinstance(store_or_path, Store):
+        yield store_or_path
+    else:
+        with Store(store_or_path) as store:
+            yield store
+
+
+def store_stage(store: Store, stage_name: str, pool: str, fmt: InputFormat, files: list[InputFile], digest: str,
+                summary: IngestSummary) -> IngestSummary:
+    """Quarantines the stage's bad lines and stores its new trajectories; fills the summary counts."""
+    counts = store.stage_counts(stage_name)
+    store.upsert_pool(pool, source=json.dumps([f.path for f in files]), format=fmt.name, content_hash=digest,
+                      status="ingesting")
+    summary.quarantined = store.quarantine_stage(stage_name, pool)
+    added = store.insert_stage(stage_name, pool, fmt.name)
+    summary.lines_read = counts["lines_read"]
+    summary.accepted, summary.duplicates = added["accepted"], added["duplicates"]
+    summary.trajectories_added = added["trajectories_added"]
+    if summary.accepted + summary.quarantined + summary.duplicates != summary.lines_read:  # pragma: no cover
+        raise RuntimeError(f"ingest lost lines: {summary.as_dict()}")
+    summary.top_reasons = store.quarantine_reasons(pool)
+    return summary
+
+
+def finish(store: Store, summary: IngestSummary, result) -> IngestSummary:
+    """Records the contract verdict: `rejected` on any critical failure, else `registered`."""
+    summary.failures, summary.warnings = list(result.failures), list(result.warnings)
+    summary.report = result.report
+    summary.status = "rejected" if result.failures else "registered"
+    store.finish_pool(summary.pool, status=summary.status, report=summary.report,
+                      counts={k: getattr(summary, k) for k in ("lines_read", "accepted", "quarantined", "duplicates")})
+    stats = store.pool_label_stats(summary.pool)
+    summary.pool_trajectories, summary.labeled_fraction = stats["trajectories"], stats["labeled_fraction"]
+    summary.top_reasons = store.quarantine_reasons(summary.pool)
+    return summary

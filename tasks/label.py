@@ -1,0 +1,306 @@
+"""Stage: label — buy first-error labels from a judge under a hard budget, losing and double-paying none.
+
+Each trajectory's request reserves its worst-case cost in the ledger before it is sent, and its label
+is committed together with the ledger settlement the moment it arrives; the judge_labels key
+(trajectory, judge model, prompt version) is the cache, so a rerun (even after kill -9) pays only for
+what is still missing. All DuckDB writes happen on the event-loop thread through one connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from tqdm.auto import tqdm
+
+from actprm.errors import ActPRMError
+from actprm.judges.base import Judge, JudgeFatalError, JudgeReply, JudgeRequest, JudgeUnavailable, redact
+from actprm.judges.budget import Budget, BudgetLimits, Reservation
+from actprm.judges.prompt import RAW_ANSWER_CHARS, parse_answer
+from actprm.store import Store
+
+log = logging.getLogger(__name__)
+
+SAMPLE_ROWS = 20  # prompts/answers kept for the MLflow sample table
+
+
+@dataclass
+class LabelSummary:
+    pool: str
+    judge_model: str
+    prompt_version: str
+    requested: int = 0          # trajectories sent to the judge in this run
+    labeled: int = 0
+    failed: int = 0
+    cached: int = 0             # already labeled by this judge and prompt: not requested again
+    tokens: int = 0             # judge tokens billed in this run (prompt + completion)
+    cost: float = 0.0
+    budget_left: dict = field(default_factory=dict)
+    stopped_because: Literal["done", "budget", "circuit_open"] = "done"
+    orphaned_reservations: int = 0  # left by a crashed earlier run, counted as spent
+    latency_p50: float | None = None
+    latency_p90: float | None = None
+    latency_p99: float | None = None
+    failures_by_reason: dict = field(default_factory=dict)
+    quality: dict | None = None  # judge vs gold, where the pool has gold labels
+    round: int | None = None
+    samples: list = field(default_factory=list, repr=False)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("samples")
+        return d
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
+
+
+class _Run:
+    """One labeling run's shared state (all touched from the event-loop thread only)."""
+
+    def __init__(self, store: Store, pool: str, judge: Judge, limits: BudgetLimits, circuit_breaker: int,
+                 max_parse_retries: int, summary: LabelSummary, bar):
+        self.store, self.pool, self.judge, self.limits = store, pool, judge, limits
+        self.circuit_breaker, self.max_parse_retries = circuit_breaker, max_parse_retries
+        self.summary, self.bar = summary, bar
+        self.budget = Budget(store, pool, limits)
+        summary.orphaned_reservations = self.budget.orphaned
+        self.stop: str | None = None
+        self.fatal: JudgeFatalError | None = None
+        self.consecutive_failures = 0
+        self.latencies: list[float] = []
+        self.failures: Counter = Counter()
+
+    def _label_row(self, req: JudgeRequest, status: str, first_error: int | None, reason: str | None,
+                   raw: str | None, prompt_tokens: int, completion_tokens: int, cost: float, attempts: int,
+                   latency: float) -> dict:
+        return {"trajectory_id": req.trajectory_id, "judge_model": self.judge.model,
+                "prompt_version": self.judge.prompt_version, "pool": self.pool, "status": status,
+                "first_error": first_error, "reason": reason,
+                "raw_answer": redact(raw)[:RAW_ANSWER_CHARS] if raw else None,
+                "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "cost": cost,
+                "attempts": attempts, "latency_s": latency}
+
+    def _count(self, ok: bool, reason: str | None = None) -> None:
+        if ok:
+            self.summary.labeled += 1
+            self.consecutive_failures = 0
+        else:
+            self.summary.failed += 1
+            self.failures[reason] += 1
+            self.consecutive_failures += 1
+            if self.consecutive_failures >= self.circuit_breaker and self.stop is None:
+                self.stop = "circuit_open"
+        if self.bar is not None:
+            self.bar.update(1)
+
+    async def label_one(self, req: JudgeRequest) -> None:
+        prompt = self.judge.prompt(req)
+        worst = self.judge.max_request_tokens(prompt)
+        t0 = time.monotonic()
+        p_tok = c_tok = attempts = 0
+        cost = 0.0
+        for ask in range(self.max_parse_retries + 1):
+            r: Reservation | None = await self.budget.reserve(req.trajectory_id, worst)
+            if r is None:
+                self.stop = self.stop or "budget"
+                if ask > 0:  # paid for unparseable answers, then ran out: record why it has no label
+                    await self.budget.record_failure(self._label_row(req, "failed", None, "budget_exhausted", None,
+                                                                     p_tok, c_tok, cost, attempts, time.monotonic() - t0))
+                    self._count(False, "budget_exhausted")
+                return
+            if ask == 0:
+                self.summary.requested += 1
+            # Interrupted here (cancel, kill -9), the reservation stays and the next run counts it as spent.
+            try:
+                reply: JudgeReply = await self.judge.ask(req, prompt)
+            except JudgeUnavailable as exc:
+                attempts += exc.attempts
+                await self.budget.release(r, label=self._label_row(req, "failed", None, exc.reason, None, p_tok, c_tok,
+                                                                   cost, attempts, time.monotonic() - t0))
+                self._count(False, exc.reason)
+                return
+            except JudgeFatalError as exc:  # the endpoint refuses us: nothing bought, stop the run
+                await self.budget.release(r)
+                self.fatal = self.fatal or exc
+                self.stop = self.stop or "fatal"
+                return
+            attempts += reply.attempts
+            req_cost = self.limits.cost(reply.tokens)
+            p_tok, c_tok, cost = p_tok + reply.prompt_tokens, c_tok + reply.completion_tokens, cost + req_cost
+            self.summary.tokens += reply.tokens
+            self.summary.cost += req_cost
+            parsed = parse_answer(reply.text, len(req.steps), finish_reason=reply.finish_reason,
+                                  structured=self.judge.structured_output)
+            latency = time.monotonic() - t0
+            if parsed.ok or ask == self.max_parse_retries:
+                status = "labeled" if parsed.ok else "failed"
+                row = self._label_row(req, status, parsed.first_error, parsed.reason, reply.text, p_tok, c_tok,
+                                      cost, attempts, latency)
+                await self.budget.settle(r, labels=int(parsed.ok), tokens=reply.tokens, cost=req_cost, label=row)
+                self.latencies.append(latency)
+                self._sample(req, prompt, reply.text, parsed.first_error, status, parsed.reason)
+                self._count(parsed.ok, parsed.reason)
+                return
+            # Unparseable or truncated: this answer is paid for, then the judge is asked again.
+            await self.budget.settle(r, labels=0, tokens=reply.tokens, cost=req_cost)
+
+    def _sample(self, req, prompt, answer, first_error, status, reason) -> None:
+        if len(self.summary.samples) < SAMPLE_ROWS:
+            self.summary.samples.append({
+                "trajectory_id": req.trajectory_id, "prompt": redact(prompt)[:RAW_ANSWER_CHARS],
+                "answer": redact(answer or "")[:RAW_ANSWER_CHARS], "first_error": first_error,
+                "gold_first_error": req.gold_first_error, "status": status, "reason": reason})
+
+    async def worker(self, queue: asyncio.Queue) -> None:
+        while self.stop is None:
+            try:
+                req = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            await self.label_one(req)
+
+
+async def alabel_ids(store: Store, ids: list[str], judge: Judge, *, pool: str, limits: BudgetLimits | None = None,
+                     concurrency: int = 16, max_requests: int | None = None, max_parse_retries: int = 2,
+                     circuit_breaker: int = 20, progress: bool = True, round: int | None = None,
+                     close_judge: bool = True) -> LabelSummary:
+    """Label the trajectories `ids` (in this order of priority) of `pool`; see `label_ids`."""
+    if concurrency < 1:
+        raise ActPRMError(f"judge concurrency must be >= 1 (got {concurrency})")
+    limits = limits or BudgetLimits()
+    summary = LabelSummary(pool=pool, judge_model=judge.model, prompt_version=judge.prompt_version, round=round)
+    ids = list(dict.fromkeys(ids))  # first occurrence wins: the caller's priority order
+    cached = store.judge_labeled_ids(ids, judge.model, judge.prompt_version)
+    summary.cached = len(cached)
+    todo = [i for i in ids if i not in cached]
+    if max_requests is not None:
+        todo = todo[:max(0, max_requests)]
+    queue: asyncio.Queue = asyncio.Queue()
+    for t in store.trajectories(todo):
+        queue.put_nowait(JudgeRequest(t["id"], t["question"], t["steps"], t["gold_first_error"], t["error_kind"]))
+    bar = tqdm(total=queue.qsize(), desc=f"label {pool}", unit="traj", disable=not progress)
+    run = _Run(store, pool, judge, limits, circuit_breaker, max_parse_retries, summary, bar)
+    try:
+        await asyncio.gather(*(run.worker(queue) for _ in range(min(concurrency, max(1, queue.qsize())))))
+    finally:
+        bar.close()
+        await run.budget.aclose()
+        if close_judge:
+            await judge.aclose()
+    if run.fatal is not None:
+        raise run.fatal
+    summary.stopped_because = run.stop or "done"  # type: ignore[assignment]
+    summary.failures_by_reason = dict(run.failures)
+    summary.latency_p50, summary.latency_p90, summary.latency_p99 = (
+        _percentile(run.latencies, q) for q in (50, 90, 99))
+    summary.budget_left = run.budget.left()
+    summary.quality = store.judge_label_quality(pool, judge.model, judge.prompt_version)
+    log.info("labeled %d, failed %d, cached %d in pool %s (stopped: %s)", summary.labeled, summary.failed,
+             summary.cached, pool, summary.stopped_because)
+    return summary
+
+
+def label_ids(store: Store, ids: list[str], judge: Judge, *, pool: str, limits: BudgetLimits | None = None,
+              concurrency: int = 16, max_requests: int | None = None, max_parse_retries: int = 2,
+              circuit_breaker: int = 20, progress: bool = True, round: int | None = None) -> LabelSummary:
+    """Label an explicit list of trajectory ids (the active-learning flow selects first, then labels).
+
+    Already-labeled ids are counted as `cached` and not requested. Stops early, keeping every label
+    bought, when the budget is spent (stopped_because="budget") or after `circuit_breaker` consecutive
+    failed trajectories ("circuit_open"); a 401/403/404 raises JudgeFatalError (an ActPRMError).
+    """
+    return asyncio.run(alabel_ids(store, ids, judge, pool=pool, limits=limits, concurrency=concurrency,
+                                  max_requests=max_requests, max_parse_retries=max_parse_retries,
+                                  circuit_breaker=circuit_breaker, progress=progress, round=round))
+
+
+def select_for_labeling(store: Store, pool: str, select: str = "uncertain", *, model_version: str | None = None,
+                        seed: int = 0) -> list[str]:
+    """The pool's train trajectories in the order they should be labeled: uncertain ones by acquisition
+    (from the latest scoring of `model_version`), a seeded random order, or all in pool order."""
+    store.require_pool(pool)
+    if select == "all":
+        return store.pool_trajectory_ids(pool, split="train")
+    if select == "random":
+        ids = store.pool_trajectory_ids(pool, split="train")
+        random.Random(seed).shuffle(ids)
+        return ids
+    if select == "uncertain":
+        version = model_version or store.latest_scored_model_version(pool)
+        if version is None:
+            raise ActPRMError(f"pool {pool!r} has no scores yet; run `actprm score` first or use select='random'")
+        return store.uncertain_train_ids(pool, version)
+    raise ActPRMError(f"unknown selection {select!r}; choose one of: uncertain, random, all")
+
+
+def label_pool(store: Store, pool: str, judge: Judge, *, select: str = "uncertain", model_version: str | None = None,
+               limits: BudgetLimits | None = None, concurrency: int = 16, max_requests: int | None = None,
+               seed: int = 0, progress: bool = True, round: int | None = None, max_parse_retries: int = 2,
+               circuit_breaker: int = 20) -> LabelSummary:
+    """Label the not-yet-labeled train trajectories of `pool` picked by `select`, at most `max_requests`."""
+    try:
+        ids = select_for_labeling(store, pool, select, model_version=model_version, seed=seed)
+    except KeyError as exc:
+        raise ActPRMError(str(exc.args[0])) from None
+    return label_ids(store, ids, judge, pool=pool, limits=limits, concurrency=concurrency, max_requests=max_requests,
+                     max_parse_retries=max_parse_retries, circuit_breaker=circuit_breaker, progress=progress,
+                     round=round)
+
+
+def log_labeling_to_mlflow(summary: LabelSummary, sample_rows: list[dict] | None = None) -> bool:
+    """Log a labeling run to the active MLflow run (if any): labels bought, tokens, cost, failures by
+    reason, latency percentiles, a sample of prompts/answers and the label-quality report. Returns
+    whether anything was logged."""
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return False
+    prefix = "label" if summary.round is None else f"label_round{summary.round}"
+    metrics = {"labels_bought": summary.labeled, "label_failed": summary.failed, "label_cached": summary.cached,
+               "judge_tokens": summary.tokens, "judge_cost": summary.cost}
+    for q in ("p50", "p90", "p99"):
+        value = getattr(summary, f"latency_{q}")
+        if value is not None:
+            metrics[f"judge_latency_{q}_s"] = value
+    for reason, n in summary.failures_by_reason.items():
+        metrics[f"judge_failures_{reason}"] = n
+    quality = summary.quality or {}
+    if quality.get("accuracy") is not None:
+        metrics["judge_first_error_accuracy"] = quality["accuracy"]
+    if quality:
+        metrics["judge_parse_failure_rate"] = quality["parse_failure_rate"]
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=summary.round or 0)
+    rows = sample_rows if sample_rows is not None else summary.samples
+    if rows:
+        cols = sorted({k for r in rows for k in r})
+        table = {c: [redact(str(r.get(c))) if isinstance(r.get(c), str) else r.get(c) for r in rows] for c in cols}
+        mlflow.log_table(table, artifact_file=f"{prefix}/sample.json")
+    mlflow.log_dict(summary.as_dict(), f"{prefix}/summary.json")
+    return True
+
+
+@functools.cache
+def _prefect_task():
+    """The thin Prefect wrapper (built lazily: importing Prefect is slow and most callers do not need it)."""
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+
+    # No Prefect retries: the judge client retries requests itself, and a rerun is free through the cache.
+    return task(name="label", cache_policy=NO_CACHE, log_prints=True)(label_ids)
+
+
+def __getattr__(name: str):
+    if name == "label_task":
+        return _prefect_task()
+    raise AttributeError(name)

@@ -1,0 +1,175 @@
+"""Bookkeeping shared by the flows: the built-in sample pool, MLflow runs, round records, summaries.
+
+Not a stage of its own: these tasks make a flow run observable (MLflow runs tagged with the
+Prefect flow-run id, markdown/table artifacts) and set up the embedded defaults.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from actprm.config import Settings
+from actprm.store import Store
+from actprm.tracking import configure_mlflow, flatten_params, prefect_flow_run_id
+
+
+def judge_model_name(settings: Settings) -> str:
+    """The judge identity labels are cached under (programmatic judges have no served model)."""
+    from actprm.judges import build_judge, judge_kwargs_from_settings
+
+    return build_judge(settings.judge.backend, **judge_kwargs_from_settings(settings)).model
+
+
+@task(name="ensure-pool", cache_policy=NO_CACHE)
+def ensure_pool_task(settings: Settings, pool: str) -> dict[str, Any]:
+    """The embedded default: create the built-in sample pool from the generator on first use."""
+    with Store(settings.duckdb_path) as store:
+        if store.pool_exists(pool):
+            return {"pool": pool, "created": False}
+        if pool != settings.default_pool:
+            store.require_pool(pool)  # raises a clear "unknown pool" error
+    from actprm.synth import write_pool
+    from flows.ingest_pool import ingest_pool_stages
+
+    path = settings.home / "data" / f"{pool}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_pool(path, n=settings.synth.n, seed=settings.synth.seed, error_rate=settings.synth.error_rate)
+    summary = ingest_pool_stages(settings, [str(path)], pool, None)
+    return {"pool": pool, "created": True, **summary}
+
+
+@task(name="open-mlflow-run", cache_policy=NO_CACHE)
+def open_run_task(settings: Settings, name: str, tags: dict[str, Any], parent: str | None = None) -> str:
+    """Create an MLflow run (nested under `parent`) tagged with the Prefect flow-run id; returns its id.
+
+    Runs are created by id rather than kept active in the flow, so that each task logs into the
+    right run wherever Prefect executes it.
+    """
+    experiment_id = configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
+    all_tags = {f"actprm.{k}": str(v) for k, v in tags.items()}
+    all_tags["mlflow.runName"] = name
+    flow_run_id = prefect_flow_run_id()
+    if flow_run_id:
+        all_tags["prefect.flow_run_id"] = flow_run_id
+    if parent:
+        all_tags["mlflow.parentRunId"] = parent
+    client = MlflowClient(settings.tracking_uri)
+    run = client.create_run(experiment_id, tags=all_tags, run_name=name)
+    if parent is None:
+        for key, value in flatten_params(settings.model_dump(mode="json", exclude={"judge": {"api_key"}})).items():
+            client.log_param(run.info.run_id, key, value)
+    return run.info.run_id
+
+
+@task(name="close-mlflow-run", cache_policy=NO_CACHE)
+def close_run_task(settings: Settings, run_id: str, status: str = "FINISHED") -> None:
+    MlflowClient(settings.tracking_uri).set_terminated(run_id, status)
+
+
+def round_record(k: int, scored: dict, labeled: dict, trained: dict, evaluation: dict | None,
+                 registered: dict | None) -> dict[str, Any]:
+    return {
+        "round": k,
+        "scored": scored.get("scored", 0) + scored.get("skipped_already_scored", 0),
+        "uncertain": scored.get("uncertain"),
+        "labels_bought": labeled.get("labeled", 0),
+        "label_failed": labeled.get("failed", 0),
+        "judge_tokens": labeled.get("tokens", 0),
+        "judge_cost": labeled.get("cost", 0.0),
+        "train_trajectories": trained.get("train_trajectories", 0),
+        "f1": None if evaluation is None else evaluation["f1"],
+        "model_version": None if registered is None else registered["version"],
+        "promoted": None if registered is None else registered["decision"] == "promoted",
+        "mlflow_run_id": trained.get("mlflow_run_id"),
+    }
+
+
+@task(name="record-round", cache_policy=NO_CACHE)
+def record_round_task(settings: Settings, parent: str, pool: str, record: dict, run_id: str) -> None:
+    with Store(settings.duckdb_path) as store:
+        store.record_round(parent, record["round"], pool, labels_bought=record["labels_bought"],
+                           train_trajectories=record["train_trajectories"], f1=record["f1"],
+                           model_version=None if record["model_version"] is None else str(record["model_version"]),
+                           promoted=record["promoted"], mlflow_run_id=run_id)
+    client = MlflowClient(settings.tracking_uri)
+    if record["f1"] is not None:
+        client.log_metric(parent, "f1", record["f1"], step=record["round"])
+    client.log_metric(parent, "labels_bought", record["labels_bought"], step=record["round"])
+
+
+@task(name="finish", cache_policy=NO_CACHE)
+def finish_task(settings: Settings, parent: str, pool: str, history: list[dict], stopped_because: str) -> dict:
+    """Close the flow's MLflow run and post a markdown summary + table artifact to Prefect."""
+    from tasks.register import champion_version
+
+    configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
+    champion = champion_version(settings.registry.model_name)
+    with Store(settings.duckdb_path) as store:
+        from actprm.judges.budget import BudgetLimits, budget_left
+
+        left = budget_left(store, pool, BudgetLimits.from_settings(settings.budget))
+    summary = {
+        "pool": pool,
+        "rounds": [{k: r[k] for k in ("round", "labels_bought", "f1", "model_version", "promoted", "uncertain",
+                                      "train_trajectories")} for r in history],
+        "champion": champion,
+        "stopped_because": stopped_because,
+        "budget_left": left,
+        "mlflow_run_id": parent,
+        "mlflow_tracking_uri": settings.tracking_uri,
+        "mlflow_ui": mlflow_ui_command(settings),
+        "duckdb": str(settings.duckdb_path.resolve()),
+        "reports": str(settings.reports_dir.resolve()),
+    }
+    client = MlflowClient(settings.tracking_uri)
+    client.log_dict(parent, summary, "summary.json")
+    client.set_terminated(parent, "FINISHED")
+    summary["summary"] = human_summary(summary)
+    publish_artifacts(summary)
+    return summary
+
+
+def mlflow_ui_command(settings: Settings) -> str:
+    uri = settings.tracking_uri
+    if uri.startswith("http"):
+        return f"open {uri}"
+    return f".venv/bin/mlflow ui --backend-store-uri {uri} --port 5000"
+
+
+def human_summary(s: dict) -> str:
+    lines = [f"ActPRM active learning on pool {s['pool']!r}: {len(s['rounds'])} round(s), stopped: "
+             f"{s['stopped_because']}"]
+    for r in s["rounds"]:
+        f1 = "-" if r["f1"] is None else f"{r['f1']:.3f}"
+        lines.append(f"  round {r['round']}: uncertain {r.get('uncertain')}, labels bought {r['labels_bought']}, "
+                     f"trained on {r['train_trajectories']}, F1 {f1}, model v{r['model_version']}"
+                     f"{' (promoted)' if r['promoted'] else ''}")
+    lines += [
+        f"champion: {'v' + str(s['champion']) if s['champion'] else 'none'}",
+        f"budget left: {json.dumps(s['budget_left'])}",
+        "where to look:",
+        f"  MLflow UI:  {s['mlflow_ui']}",
+        f"  Data Docs:  {s['reports']}/<pool>/data_docs/index.html",
+        f"  DuckDB:     {s['duckdb']}",
+        "  status:     .venv/bin/actprm status",
+    ]
+    return "\n".join(lines)
+
+
+def publish_artifacts(summary: dict) -> None:
+    """Markdown + table artifacts on the Prefect flow run (no-op outside a flow run)."""
+    if prefect_flow_run_id() is None:
+        return
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    create_markdown_artifact(markdown="```\n" + summary["summary"] + "\n```", key="actprm-summary",
+                             description="ActPRM run summary")
+    if summary["rounds"]:
+        create_table_artifact(table=summary["rounds"], key="actprm-rounds", description="Rounds")

@@ -1,0 +1,340 @@
+"""Register trained PRMs in MLflow and decide which one is the champion.
+
+Registry conventions (aliases only; MLflow's stages are deprecated):
+- every logged version gets alias `challenger` (the newest candidate);
+- alias `champion` is the model the pipeline serves and scores pools with;
+- alias `previous-champion` and the registered-model tag `actprm.champion_history` (a JSON list,
+  oldest first) remember earlier champions, so a promotion can be rolled back.
+
+Version tags written here: `actprm.eval_f1` and `actprm.eval_set` (the F1 and the fixed evaluation
+set it was measured on), `actprm.gate.decision` (promoted | rejected | manual),
+`actprm.gate.champion_f1`, `actprm.gate.champion_version`, `actprm.gate.min_delta`.
+
+Comparing F1s measured on different evaluation sets would be meaningless, so the gate refuses to
+(clear error) unless it is given a `reevaluate` callback, in which case the champion is re-scored
+on the challenger's evaluation set and its tags are updated to that set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pyfunc
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema
+
+from actprm.errors import ActPRMError
+
+MODEL_NAME = "actprm-prm"
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
+HISTORY_TAG = "actprm.champion_history"
+HISTORY_KEEP = 50
+# Where the save_pretrained folder lives inside the logged pyfunc model.
+PRM_ARTIFACT = "prm"
+
+# The pyfunc's schema: one row per trajectory. `steps` and `step_scores` are JSON-encoded lists of
+# strings / floats, because MLflow column schemas have no list-of-string type that every flavor
+# and the REST scoring server accept alike.
+PYFUNC_SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", "question"), ColSpec("string", "steps")]),
+    outputs=Schema([ColSpec("string", "step_scores")]),
+)
+
+
+def load_prm_dir(path: str | Path):
+    """(model, tokenizer) from a save_pretrained folder (the tokenizer is saved alongside)."""
+    from models import EnsemblePRM
+
+    return EnsemblePRM.from_pretrained(path, with_tokenizer=True)
+
+
+class PRMPyfunc(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc around the ensemble PRM: rows of (question, steps JSON) -> step_scores JSON.
+
+    Scores are the mean over heads of P(step correct); steps past max_length have no score.
+    """
+
+    def load_context(self, context) -> None:
+        self.model, self.tokenizer = load_prm_dir(context.artifacts[PRM_ARTIFACT])
+        self.max_length = int(os.environ.get("ACTPRM_MODEL__MAX_LENGTH", "512"))
+
+    def predict(self, context, model_input, params=None):
+        import pandas as pd
+
+        from tasks.evaluate import predict_step_scores
+
+        questions = [str(q) for q in model_input["question"]]
+        steps = [json.loads(s) if isinstance(s, str) else list(s) for s in model_input["steps"]]
+        scores = predict_step_scores(self.model, self.tokenizer, questions, steps, max_length=self.max_length)
+        return pd.DataFrame({"step_scores": [json.dumps(s) for s in scores]})
+
+
+PYFUNC_SCRIPT = """import mlflow
+from tasks.register import PRMPyfunc
+
+mlflow.models.set_model(PRMPyfunc())
+"""
+
+
+def _pip_requirements() -> list[str]:
+    # Pinned from the running environment: MLflow's inference would load the model in a subprocess.
+    pkgs = ["torch", "transformers", "tokenizers", "mlflow", "pandas", "actprm"]
+    out = []
+    for p in pkgs:
+        try:
+            out.append(f"{p}=={metadata.version(p)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _client(client: MlflowClient | None) -> MlflowClient:
+    return client or MlflowClient()
+
+
+def log_model(model_dir: str | Path, run: mlflow.ActiveRun | str | None = None, *, name: str = MODEL_NAME,
+              tags: dict[str, Any] | None = None, client: MlflowClient | None = None) -> int:
+    """Log a save_pretrained folder as a pyfunc model, register it as `name`, alias it `challenger`.
+
+    `run` is the MLflow run (or its id) to log under; by default the active run, else a new run
+    named "register". Returns the new version number.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ActPRMError(f"model folder not found: {model_dir}")
+    run_id = run if isinstance(run, str) else run.info.run_id if run is not None else None
+    active = mlflow.active_run()
+    if run_id is None and active is not None:
+        run_id = active.info.run_id
+    if active is not None and active.info.run_id == run_id:
+        ctx = _NullContext()
+    else:
+        ctx = mlflow.start_run(run_id=run_id, run_name=None if run_id else "register")
+    with ctx, tempfile.TemporaryDirectory() as tmp:
+        # Models from code (MLflow's recommended form): the logged model holds this tiny script
+        # instead of a pickle, and imports the wrapper from the installed package when loaded.
+        script = Path(tmp) / "actprm_pyfunc.py"
+        script.write_text(PYFUNC_SCRIPT)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(script),
+            artifacts={PRM_ARTIFACT: str(model_dir)},
+            signature=PYFUNC_SIGNATURE,
+            pip_requirements=_pip_requirements(),
+        )
+        mv = mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in (tags or {}).items()})
+    c = _client(client)
+    c.set_registered_model_alias(name, CHALLENGER, mv.version)
+    return int(mv.version)
+
+
+class _NullContext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+# -- champion bookkeeping ----------------------------------------------------------------------
+def _alias_version(client: MlflowClient, name: str, alias: str) -> int | None:
+    try:
+        return int(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def champion_version(name: str = MODEL_NAME, client: MlflowClient | None = None) -> int | None:
+    """The champion's version number, or None when there is none (or no such registered model)."""
+    return _alias_version(_client(client), name, CHAMPION)
+
+
+def champion_history(client: MlflowClient, name: str) -> list[int]:
+    """Earlier champions, oldest first."""
+    raw = client.get_registered_model(name).tags.get(HISTORY_TAG)
+    return [int(v) for v in json.loads(raw)] if raw else []
+
+
+def _set_champion(client: MlflowClient, name: str, version: int, history: list[int]) -> None:
+    history = history[-HISTORY_KEEP:]
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
+    if history:
+        client.set_registered_model_alias(name, PREVIOUS, str(history[-1]))
+    else:
+        try:
+            client.delete_registered_model_alias(name, PREVIOUS)
+        except MlflowException:
+            pass
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+
+
+def _require_version(client: MlflowClient, name: str, version: int) -> Any:
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException:
+        try:
+            known = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+        except MlflowException:
+            known = []
+        raise ActPRMError(f"registered model {name!r} has no version {version} "
+                          f"(versions: {', '.join(map(str, known)) or 'none'})") from None
+
+
+def promotion_gate(client: MlflowClient | None, name: str, version: int, challenger_f1: float,
+                   min_delta: float = 0.0, *, eval_set: str | None = None,
+                   reevaluate: Callable[[int], float] | None = None) -> dict[str, Any]:
+    """Move `champion` to `version` when its F1 >= champion F1 + min_delta (no champion: promote).
+
+    Both F1s must come from the same evaluation set (`eval_set`, stored as version tag
+    `actprm.eval_set`). If the champion's was measured elsewhere (or never), `reevaluate(version)`
+    re-scores it on this set; without that callback the gate refuses with an ActPRMError.
+    """
+    client = _client(client)
+    _require_version(client, name, version)
+    tag = client.set_model_version_tag
+    tag(name, str(version), "actprm.eval_f1", repr(float(challenger_f1)))
+    if eval_set is not None:
+        tag(name, str(version), "actprm.eval_set", eval_set)
+    tag(name, str(version), "actprm.gate.min_delta", repr(float(min_delta)))
+
+    current = _alias_version(client, name, CHAMPION)
+    champion_f1: float | None = None
+    if current is None:
+        promoted, reason = True, "no champion yet"
+    elif current == version:
+        promoted, reason = True, "already the champion"
+        champion_f1 = float(challenger_f1)
+    else:
+        champ_tags = client.get_model_version(name, str(current)).tags
+        same_set = "actprm.eval_f1" in champ_tags and champ_tags.get("actprm.eval_set") == eval_set
+        if same_set:
+            champion_f1 = float(champ_tags["actprm.eval_f1"])
+        elif reevaluate is not None:
+            champion_f1 = float(reevaluate(current))
+            tag(name, str(current), "actprm.eval_f1", repr(champion_f1))
+            if eval_set is not None:
+                tag(name, str(current), "actprm.eval_set", eval_set)
+        else:
+            where = champ_tags.get("actprm.eval_set", "no recorded evaluation set")
+            raise ActPRMError(
+                f"cannot compare v{version} with champion v{current}: champion F1 was measured on {where}, "
+                f"challenger on {eval_set or 'an unnamed set'}; re-evaluate the champion on the same set "
+                f"or promote by hand with `actprm promote --version {version}`")
+        promoted = challenger_f1 >= champion_f1 + min_delta
+        reason = (f"F1 {challenger_f1:.4f} {'>=' if promoted else '<'} champion F1 {champion_f1:.4f} "
+                  f"+ min_delta {min_delta:g}")
+
+    tag(name, str(version), "actprm.gate.decision", "promoted" if promoted else "rejected")
+    tag(name, str(version), "actprm.gate.champion_f1", "none" if champion_f1 is None else repr(champion_f1))
+    tag(name, str(version), "actprm.gate.champion_version", "none" if current is None else str(current))
+    if promoted and current != version:
+        history = champion_history(client, name)
+        _set_champion(client, name, version, history + ([current] if current is not None else []))
+    return {"decision": "promoted" if promoted else "rejected", "version": version,
+            "challenger_f1": float(challenger_f1), "champion_version": current, "champion_f1": champion_f1,
+            "min_delta": float(min_delta), "eval_set": eval_set, "reason": reason}
+
+
+def promote(name: str = MODEL_NAME, version: int | None = None, rollback: bool = False,
+            *, client: MlflowClient | None = None) -> dict[str, Any]:
+    """By hand: `version=N` makes N the champion; `rollback=True` restores the previous champion."""
+    client = _client(client)
+    if (version is None) == (not rollback):
+        raise ActPRMError("give exactly one of --version N or --rollback")
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        raise ActPRMError(f"no registered model named {name!r}; train and register a model first") from None
+    current = _alias_version(client, name, CHAMPION)
+    history = champion_history(client, name)
+    if rollback:
+        if not history:
+            raise ActPRMError(f"{name} has no previous champion to roll back to")
+        target = history.pop()
+        _require_version(client, name, target)
+        _set_champion(client, name, target, history)
+        client.set_model_version_tag(name, str(target), "actprm.gate.decision", "rollback")
+        return {"champion": target, "previous": current, "action": "rollback"}
+    assert version is not None
+    _require_version(client, name, version)
+    if current != version:
+        _set_champion(client, name, version, history + ([current] if current is not None else []))
+    client.set_model_version_tag(name, str(version), "actprm.gate.decision", "manual")
+    return {"champion": version, "previous": current, "action": "promote"}
+
+
+# -- loading -----------------------------------------------------------------------------------
+def _local_model_dir(uri: str, client: MlflowClient) -> str:
+    """A local folder holding the logged pyfunc model for a `models:/` or `runs:/` URI."""
+    try:
+        if uri.startswith("models:/"):
+            # A local artifact store needs no copy; anything else is downloaded.
+            ref = uri[len("models:/"):]
+            mname, _, sel = ref.partition("@") if "@" in ref else ref.partition("/")
+            mv = (client.get_model_version_by_alias(mname, sel) if "@" in ref
+                  else client.get_model_version(mname, sel))
+            src = client.get_model_version_download_uri(mname, mv.version)
+            if src.startswith("file://"):
+                from urllib.parse import unquote, urlparse
+
+                local = unquote(urlparse(src).path)
+                if Path(local).is_dir():
+                    return local
+        return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="actprm-model-"))
+    except MlflowException as exc:
+        raise ActPRMError(f"cannot resolve model {uri}: {str(exc).splitlines()[0]}") from None
+
+
+def _uri_version(uri: str, client: MlflowClient) -> int | None:
+    ref = uri[len("models:/"):] if uri.startswith("models:/") else None
+    if ref is None:
+        return None
+    if "@" in ref:
+        mname, alias = ref.split("@", 1)
+        return _alias_version(client, mname, alias)
+    return int(ref.split("/", 1)[1]) if ref.split("/", 1)[1].isdigit() else None
+
+
+def load_model(model_dir_or_uri: str | Path, client: MlflowClient | None = None):
+    """(model, tokenizer, version) from a save_pretrained folder or an MLflow model URI.
+
+    Works offline (HF_HUB_OFFLINE=1): everything needed is in the folder / the local store.
+    """
+    uri = str(model_dir_or_uri)
+    if not uri.startswith(("models:/", "runs:/")):
+        if not Path(uri).is_dir():
+            raise ActPRMError(f"model folder not found: {uri}")
+        model, tokenizer = load_prm_dir(uri)
+        return model, tokenizer, None
+    client = _client(client)
+    local = Path(_local_model_dir(uri, client))
+    try:
+        # The pyfunc flavor records where its `prm` artifact (the save_pretrained folder) landed.
+        flavor = mlflow.models.Model.load(str(local / "MLmodel")).flavors["python_function"]
+        prm_dir = local / flavor["artifacts"][PRM_ARTIFACT]["path"]
+    except (OSError, KeyError, MlflowException):
+        prm_dir = None
+    if prm_dir is None or not prm_dir.is_dir():
+        raise ActPRMError(f"{uri} is not an ActPRM model (no artifacts/{PRM_ARTIFACT} folder)")
+    model, tokenizer = load_prm_dir(prm_dir)
+    return model, tokenizer, _uri_version(uri, client)
+
+
+def load_champion(name: str = MODEL_NAME, alias: str = CHAMPION, client: MlflowClient | None = None):
+    """(model, tokenizer, version) of the model behind `models:/<name>@<alias>`."""
+    client = _client(client)
+    version = _alias_version(client, name, alias)
+    if version is None:
+        raise ActPRMError(f"{name} has no {alias!r} yet: run the active-learning loop or "
+                          f"`actprm promote --version N`")
+    model, tokenizer, _ = load_model(f"models:/{name}@{alias}", client)
+    return model, tokenizer, version

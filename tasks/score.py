@@ -1,0 +1,229 @@
+"""Score stage: run the ensemble PRM over a whole pool and store per-step mu/sigma and the ActPRM flags.
+
+The pool's not-yet-scored trajectory ids are cut into shards (the unit of resume). A shard is
+tokenized, sorted by token length and cut into batches of similar length (length bucketing: little
+padding), scored under inference mode (fp32 on CPU, bf16 autocast on GPU; the heads stay fp32), and
+committed to DuckDB in one transaction together with its `score_shards` row. A rerun scores only what
+this model version has not scored, and kill -9 loses at most the shard in flight.
+
+With an `accelerate.Accelerator` of several processes, the main process reads each shard and
+broadcasts it, every process scores a disjoint slice (rank::world), the rows are gathered, and only
+the main process writes (DuckDB has one writer per file); other processes pass `store=None`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import torch
+from prefect import task
+from tqdm import tqdm
+
+from actprm.errors import ActPRMError
+from actprm.store import Store
+from models import EnsemblePRM, StepBatcher, check_compatible
+from models.uncertainty import STRATEGIES, acquisition, predicted_first_error, step_stats, trajectory_uncertain
+
+SCORE_SCHEMA = pa.schema([
+    ("trajectory_id", pa.string()), ("model_version", pa.string()),
+    ("mu", pa.list_(pa.float32())), ("sigma", pa.list_(pa.float32())),
+    ("scored_steps", pa.int32()), ("truncated_steps", pa.int32()), ("predicted_first_error", pa.int32()),
+    ("uncertain", pa.bool_()), ("acquisition", pa.float64()),
+])
+
+
+@dataclass
+class ScoreSummary:
+    pool: str
+    model_version: str
+    strategy: str
+    scored: int = 0                  # trajectories scored by this run
+    skipped_already_scored: int = 0  # already scored by this model version before the run
+    uncertain: int = 0               # uncertain among those scored by this run
+    truncated: int = 0               # trajectories with steps cut by max_length (left unscored)
+    shards: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    seconds: float = 0.0
+    trajectories_per_s: float = 0.0
+    tokens_per_s: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def score_pool(store: Store | None, pool: str, model: EnsemblePRM, tokenizer, model_version: str, *,
+               strategy: str = "actprm", p_threshold: float = 0.95, std_threshold: float = 0.005,
+               batch_size: int = 32, shard_size: int = 2048, max_length: int = 512, split: str | None = None,
+               progress: bool = True, max_shards: int | None = None, accelerator=None) -> ScoreSummary:
+    """Score every trajectory of `pool` this model version has not scored yet (see module doc).
+
+    `max_shards` stops after that many shards (a partial, resumable run)."""
+    STRATEGIES.get(strategy)  # unknown strategy -> ActPRMError before any work
+    check_compatible(model, tokenizer)
+    if batch_size < 1 or shard_size < 1:
+        raise ActPRMError(f"batch_size and shard_size must be >= 1 (got {batch_size}, {shard_size})")
+    distributed = accelerator is not None and accelerator.num_processes > 1
+    is_main = accelerator is None or accelerator.is_main_process
+    summary = ScoreSummary(pool, model_version, strategy)
+    todo: list[str] = []
+    if is_main:
+        if store is None:
+            raise ActPRMError("score_pool needs an open Store on the main process")
+        if not store.pool_exists(pool):
+            raise ActPRMError(f"unknown pool {pool!r}; ingest it first with `actprm ingest`")
+        todo = store.unscored_ids(pool, model_version, split)
+        summary.skipped_already_scored = store.pool_size(pool, split) - len(todo)
+    if distributed:
+        from accelerate.utils import broadcast_object_list
+
+        todo = broadcast_object_list([todo])[0]
+    batcher = StepBatcher(tokenizer, max_length=max_length)
+    model.eval()
+    start = time.perf_counter()
+    bar = tqdm(total=len(todo), unit="traj", desc=f"score {pool}", file=sys.stderr,
+               disable=not (progress and is_main), dynamic_ncols=True)
+    try:
+        for n, lo in enumerate(range(0, len(todo), shard_size)):
+            if max_shards is not None and n >= max_shards:
+                break
+            trajectories = store.trajectories(todo[lo: lo + shard_size]) if is_main else None
+            if distributed:
+                from accelerate.utils import broadcast_object_list, gather_object
+
+                trajectories = broadcast_object_list([trajectories])[0]
+                mine = trajectories[accelerator.process_index:: accelerator.num_processes]
+            else:
+                mine = trajectories
+            rows, tokens, padded = score_trajectories(
+                model, batcher, mine, model_version, strategy=strategy, p_threshold=p_threshold,
+                std_threshold=std_threshold, batch_size=batch_size, on_batch=bar.update)
+            if distributed:
+                rows = gather_object(rows)
+                tokens, padded = _sum_across(accelerator, tokens, padded)
+            if is_main:
+                store.write_score_shard(pool, model_version, pa.Table.from_pylist(rows, schema=SCORE_SCHEMA))
+                summary.shards += 1
+                summary.scored += len(rows)
+                summary.uncertain += sum(r["uncertain"] for r in rows)
+                summary.truncated += sum(r["truncated_steps"] > 0 for r in rows)
+            summary.tokens += tokens
+            summary.padded_tokens += padded
+    finally:
+        bar.close()
+    summary.seconds = time.perf_counter() - start
+    if summary.seconds > 0:
+        summary.trajectories_per_s = summary.scored / summary.seconds
+        summary.tokens_per_s = summary.tokens / summary.seconds
+    return summary
+
+
+def score_trajectories(model: EnsemblePRM, batcher: StepBatcher, trajectories: list[dict], model_version: str, *,
+                       strategy: str = "actprm", p_threshold: float = 0.95, std_threshold: float = 0.005,
+                       batch_size: int = 32, bucket: bool = True, on_batch=None) -> tuple[list[dict], int, int]:
+    """Score trajectories ({id, question, steps}); returns (score rows in input order, real tokens, padded tokens).
+
+    `bucket=False` keeps the input order (plain padding), for the benchmark's comparison."""
+    encoded = [batcher.tokenize(t["question"], t["steps"]) for t in trajectories]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids)) if bucket else list(range(len(encoded)))
+    device = model.device
+    rows: list[dict | None] = [None] * len(encoded)
+    tokens = padded = 0
+    for lo in range(0, len(order), batch_size):
+        idx = order[lo: lo + batch_size]
+        batch = batcher.collate([encoded[i] for i in idx], with_labels=False).to(device)
+        tokens += batch.num_tokens
+        padded += batch.padded_tokens
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = model(**batch.model_inputs())
+            probs = torch.sigmoid(out.logits.float()).cpu()
+            counts = torch.bincount(out.step_trajectory.cpu(), minlength=len(idx)).tolist()
+        for i, p in zip(idx, torch.split(probs, counts, dim=1)):
+            rows[i] = _score_row(trajectories[i]["id"], model_version, p, encoded[i].truncated_steps,
+                                 strategy, p_threshold, std_threshold)
+        if on_batch is not None:
+            on_batch(len(idx))
+    return rows, tokens, padded  # type: ignore[return-value]
+
+
+def _score_row(trajectory_id: str, model_version: str, probs: torch.Tensor, truncated_steps: int,
+               strategy: str, p_threshold: float, std_threshold: float) -> dict:
+    mu, sigma = step_stats(probs)
+    # Decide on the float32 values that are stored, so the exported mu/sigma reproduce the flag exactly.
+    mu32, sigma32 = mu.float(), sigma.float()
+    generator = None
+    if strategy == "random":  # reproducible per (model version, trajectory), whatever the sharding
+        seed = int(hashlib.sha256(f"{model_version}:{trajectory_id}".encode()).hexdigest()[:15], 16)
+        generator = torch.Generator().manual_seed(seed)
+    return {
+        "trajectory_id": trajectory_id, "model_version": model_version,
+        "mu": mu32.tolist(), "sigma": sigma32.tolist(),
+        "scored_steps": int(probs.shape[1]), "truncated_steps": int(truncated_steps),
+        "predicted_first_error": predicted_first_error(mu32.double()),
+        "uncertain": trajectory_uncertain(mu32.double(), sigma32.double(), p_threshold, std_threshold),
+        "acquisition": acquisition(strategy, probs, p_threshold=p_threshold, std_threshold=std_threshold,
+                                   generator=generator),
+    }
+
+
+def _sum_across(accelerator, *values: int) -> tuple[int, ...]:
+    t = torch.tensor(values, dtype=torch.long, device=accelerator.device)
+    return tuple(int(v) for v in accelerator.reduce(t, reduction="sum").tolist())
+
+
+def export_scores(store: Store, pool: str, model_version: str, path: str | Path) -> int:
+    """Parquet, one row per scored trajectory: id, mu (list), sigma (list), uncertain, predicted_first_error,
+    acquisition, scored_steps, truncated_steps, split, gold_first_error, model_version. Returns rows written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return store.export_scores_parquet(pool, model_version, path)
+
+
+def log_scoring_to_mlflow(summary: ScoreSummary, mu_sigma_arrays, out_dir: str | Path) -> Path | None:
+    """If an MLflow run is active: log throughput, the uncertain fraction, and a histogram PNG of mu and
+    sigma (`mu_sigma_arrays` = (mu values, sigma values) over all scored steps). Returns the PNG path."""
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mu, sigma = mu_sigma_arrays
+    mlflow.log_metrics({
+        "score_trajectories_per_s": summary.trajectories_per_s, "score_tokens_per_s": summary.tokens_per_s,
+        "score_scored": summary.scored, "score_uncertain": summary.uncertain,
+        "score_uncertain_fraction": summary.uncertain / summary.scored if summary.scored else 0.0,
+        "score_truncated": summary.truncated,
+    })
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    axes[0].hist(list(mu), bins=50, range=(0, 1))
+    axes[0].set_title("step mu (mean over heads)")
+    axes[1].hist(list(sigma), bins=50)
+    axes[1].set_title("step sigma (population std over heads)")
+    axes[1].set_yscale("log")
+    fig.tight_layout()
+    png = out / f"score_hist_{summary.pool}.png"
+    fig.savefig(png, dpi=80)
+    plt.close(fig)
+    mlflow.log_artifact(str(png), artifact_path="scoring")
+    return png
+
+
+@task(name="score-pool", retries=0, log_prints=True)
+def score_pool_task(duckdb_path: str, pool: str, model_dir: str, model_version: str, **kwargs) -> dict:
+    """Prefect wrapper: open the store, load the saved model, score the pool, return the summary dict.
+    Retrying is safe (it resumes), but a failure here is usually not transient, so no retries by default."""
+    model, tokenizer = EnsemblePRM.from_pretrained(model_dir, with_tokenizer=True,
+                                                   device="cuda" if torch.cuda.is_available() else "cpu")
+    with Store(duckdb_path) as store:
+        return score_pool(store, pool, model, tokenizer, model_version, **kwargs).as_dict()

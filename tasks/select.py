@@ -1,0 +1,65 @@
+"""Select: which trajectories are worth paying the judge for this round.
+
+ActPRM (Duan et al., 2025, Sec. 3): only trajectories the ensemble is uncertain about (aleatoric
+or epistemic, per the rule in `models.uncertainty`) are sent to the judge; when the round's budget
+is smaller than the uncertain set, the acquisition score ranks them. Baseline strategies (random,
+entropy, BALD) rank every unlabeled trajectory by their own score instead, as in the paper's
+comparisons.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from prefect import task
+
+from actprm.store import Store
+
+
+@dataclass
+class Selection:
+    pool: str
+    model_version: str
+    strategy: str
+    budget: int
+    selected: list[str]
+    uncertain_available: int
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["selected"] = len(self.selected)
+        return d
+
+
+def select_for_labeling(store: Store, pool: str, model_version: str, budget: int, *, strategy: str,
+                        judge_model: str, prompt_version: str) -> Selection:
+    """Up to `budget` not-yet-labeled train trajectories, best first, for this judge and prompt."""
+    only_uncertain = strategy == "actprm"
+    ranked = store.rank_for_labeling(pool, model_version, judge_model, prompt_version,
+                                     only_uncertain=only_uncertain, limit=None)
+    return Selection(pool=pool, model_version=model_version, strategy=strategy, budget=budget,
+                     selected=ranked[: max(budget, 0)], uncertain_available=len(ranked))
+
+
+def prepare_eval_split(store: Store, pool: str, fraction: float, seed: int) -> dict[str, int]:
+    """Hold out part of a gold-labeled pool for evaluation (once; idempotent afterwards)."""
+    counts = store.split_counts(pool)
+    if "eval" not in counts and fraction > 0 and store.has_gold_labels(pool):
+        store.assign_eval_split(pool, fraction, seed)
+        counts = store.split_counts(pool)
+    return counts
+
+
+@task(name="select", tags=["duckdb"])
+def select_task(db_path: str, pool: str, model_version: str, budget: int, strategy: str,
+                judge_model: str, prompt_version: str) -> list[str]:
+    with Store(Path(db_path)) as store:
+        return select_for_labeling(store, pool, model_version, budget, strategy=strategy,
+                                   judge_model=judge_model, prompt_version=prompt_version).selected
+
+
+@task(name="prepare-eval-split", tags=["duckdb"])
+def prepare_eval_split_task(db_path: str, pool: str, fraction: float, seed: int) -> dict[str, int]:
+    with Store(Path(db_path)) as store:
+        return prepare_eval_split(store, pool, fraction, seed)

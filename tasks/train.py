@@ -1,0 +1,524 @@
+"""Train stage: fine-tune the ensemble PRM on judge-labeled trajectories with Hugging Face accelerate.
+
+One code path for every machine: CPU by default, and bf16 / DDP / FSDP2 / DeepSpeed when launched with
+one of ``configs/accelerate/*.yaml`` (``accelerate launch --config_file ... -m tasks.train ...``).
+
+ActPRM in-training selection (Duan et al., 2025, arXiv 2504.10559, Sec. 3 / Alg. 1): within every
+micro-batch the ensemble first scores the trajectories with the same rule as the scoring stage
+(``models.uncertainty``: a step is confident when its ensemble mean is beyond ``p_threshold`` either way and
+its ensemble std is at most ``std_threshold``); trajectories it is already confident about are left out of the
+classification loss, so the update is spent on what the ensemble does not know yet. Per optimizer step we log
+
+- ``trusted_fraction``: kept / seen, where *seen* counts the trajectories of the optimizer step (all its
+  micro-batches, all processes) and *kept* those that entered the classification loss (the uncertain ones;
+  all of them when selection is off);
+- ``pseudo_label_accuracy``: over the left-out (confident) trajectories of the step, the share whose
+  ensemble-predicted first error equals the label's; absent when nothing was left out. It says how safe it
+  is to trust the ensemble where it is confident.
+
+An optimizer step with nothing kept anywhere is not taken (no update, not even weight decay), and a run that
+never kept anything is reported as skipped, never as a NaN loss.
+
+Reproducible on CPU: the data order (accelerate's seedable sampler), the bootstrap masks (a generator seeded
+per optimizer step) and dropout (global RNG, saved by ``save_state``) are all functions of ``seed``, so the same
+seed gives identical final weights, and a run resumed from ``checkpoints/step_N`` ends where an
+uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from actprm.errors import ActPRMError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = "checkpoints"
+MODEL_DIR = "model"
+RESULT_FILE = "train_result.json"
+CHECKPOINT_DONE = "checkpoint.json"  # written last: a checkpoint without it was interrupted mid-save
+KEEP_CHECKPOINTS = 2
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
+@dataclass
+class TrainResult:
+    model_dir: str | None
+    train_trajectories: int
+    steps: int  # optimizer steps of the run (including ones done before a resume)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    skipped: bool = False
+    reason: str | None = None
+    resumed_from_step: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Progress:
+    """Run counters that must survive a resume; saved by accelerator.save_state (register_for_checkpointing)."""
+
+    def __init__(self) -> None:
+        self.completed_steps = 0
+        self.seen = self.kept = self.confident = self.pseudo_correct = 0
+        self.epoch_counts: dict[int, list[int]] = {}  # epoch -> [seen, kept, confident, pseudo_correct]
+        self.last: dict[str, float] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"completed_steps": self.completed_steps, "seen": self.seen, "kept": self.kept,
+                "confident": self.confident, "pseudo_correct": self.pseudo_correct,
+                "epoch_counts": {str(k): v for k, v in self.epoch_counts.items()}, "last": self.last}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.completed_steps = int(state["completed_steps"])
+        self.seen, self.kept = int(state["seen"]), int(state["kept"])
+        self.confident, self.pseudo_correct = int(state["confident"]), int(state["pseudo_correct"])
+        self.epoch_counts = {int(k): list(v) for k, v in state["epoch_counts"].items()}
+        self.last = dict(state["last"])
+
+
+def _check_examples(examples: list[dict]) -> None:
+    for i, ex in enumerate(examples):
+        steps = ex.get("steps")
+        if not isinstance(ex.get("question"), str) or not isinstance(steps, list) or not steps:
+            raise ActPRMError(f"training example {i} needs a question and a non-empty list of steps")
+        fe = ex.get("first_error")
+        if not isinstance(fe, int) or isinstance(fe, bool) or not -1 <= fe < len(steps):
+            raise ActPRMError(f"training example {i} has first_error={fe!r}; expected -1 (all correct) "
+                              f"or a step index in 0..{len(steps) - 1}")
+
+
+def _fingerprint(examples: list[dict], params: dict[str, Any]) -> str:
+    """What a checkpoint must match to be resumed: the data and every knob that changes the weights."""
+    h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+    for ex in examples:
+        h.update(json.dumps([ex["question"], ex["steps"], ex["first_error"]], ensure_ascii=False).encode())
+    return h.hexdigest()[:16]
+
+
+def _latest_checkpoint(ckpt_root: Path, fingerprint: str) -> Path | None:
+    best: tuple[int, Path] | None = None
+    for d in ckpt_root.glob("step_*"):
+        done = d / CHECKPOINT_DONE
+        if not done.is_file():
+            continue
+        try:
+            meta = json.loads(done.read_text())
+        except (OSError, ValueError):
+            continue
+        if meta.get("fingerprint") == fingerprint and (best is None or meta["step"] > best[0]):
+            best = (int(meta["step"]), d)
+    return None if best is None else best[1]
+
+
+def _stale_checkpoints(ckpt_root: Path, fingerprint: str) -> list[Path]:
+    stale = []
+    for d in ckpt_root.glob("step_*"):
+        try:
+            meta = json.loads((d / CHECKPOINT_DONE).read_text())
+        except (OSError, ValueError):
+            meta = {}
+        if meta.get("fingerprint") != fingerprint:
+            stale.append(d)
+    return stale
+
+
+def _confidence(out, batch_size: int, first_errors: torch.Tensor, p_threshold: float, std_threshold: float):
+    """Per trajectory: (confident, predicted first error == label) from the ensemble's step probabilities."""
+    from models.uncertainty import predicted_first_error, step_stats, trajectory_uncertain
+
+    probs = torch.sigmoid(out.logits.detach().float()).cpu()
+    counts = torch.bincount(out.step_trajectory.cpu(), minlength=batch_size).tolist()
+    confident, agrees = [], []
+    for i, p in enumerate(torch.split(probs, counts, dim=1)):
+        mu, sigma = step_stats(p)
+        confident.append(not trajectory_uncertain(mu, sigma, p_threshold, std_threshold))
+        agrees.append(int(predicted_first_error(mu)) == int(first_errors[i]))
+    return torch.tensor(confident), torch.tensor(agrees)
+
+
+def train_prm(
+    examples: list[dict],
+    *,
+    output_dir: str | Path,
+    model=None,
+    tokenizer=None,
+    preset: str = "tiny",
+    num_heads: int = 32,
+    init_from: str | Path | None = None,
+    epochs: int = 3,
+    batch_size: int = 16,
+    grad_accum: int = 1,
+    lr: float = 2e-4,
+    weight_decay: float = 0.0,
+    warmup_ratio: float = 0.1,
+    seed: int = 0,
+    max_length: int = 512,
+    reg_lambda: float = 0.5,
+    learning_probability: float = 1.0,
+    in_training_selection: bool = True,
+    p_threshold: float = 0.95,
+    std_threshold: float = 0.005,
+    mixed_precision: str = "no",
+    gradient_checkpointing: bool = False,
+    max_grad_norm: float | None = 1.0,
+    checkpoint_every: int = 0,
+    resume: bool = True,
+    progress: bool = True,
+    on_metrics: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Fine-tune the ensemble PRM on `examples` ({question, steps, first_error}; -1 = all correct).
+
+    The model is `model`/`tokenizer` when given (trained in place), else loaded from `init_from` (warm start from
+    a saved model dir), else a fresh `build_prm(preset, num_heads, seed)`. The result lands in
+    `output_dir/model` (model.save_pretrained with its tokenizer); checkpoints in `output_dir/checkpoints/step_N`
+    every `checkpoint_every` optimizer steps (0: only at the end). With `resume`, a rerun continues from the
+    latest checkpoint that matches the same data and settings. `on_metrics(step, metrics)` is called on the
+    main process after every optimizer step. Raises ActPRMError on bad arguments or a non-finite loss.
+    """
+    from accelerate import Accelerator, DataLoaderConfiguration
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+    from transformers import get_linear_schedule_with_warmup
+
+    from models import EnsemblePRM, StepBatcher, build_prm, check_compatible
+
+    for name, value, ok in (("epochs", epochs, epochs >= 1), ("batch_size", batch_size, batch_size >= 1),
+                            ("grad_accum", grad_accum, grad_accum >= 1), ("lr", lr, lr > 0),
+                            ("warmup_ratio", warmup_ratio, 0 <= warmup_ratio <= 1),
+                            ("checkpoint_every", checkpoint_every, checkpoint_every >= 0),
+                            ("p_threshold", p_threshold, 0.5 <= p_threshold <= 1),
+                            ("std_threshold", std_threshold, std_threshold >= 0),
+                            ("mixed_precision", mixed_precision, mixed_precision in MIXED_PRECISION)):
+        if not ok:
+            raise ActPRMError(f"invalid training setting {name}={value!r}")
+    if (model is None) != (tokenizer is None):
+        raise ActPRMError("pass both model and tokenizer, or neither")
+    _check_examples(examples)
+    out_dir = Path(output_dir)
+    if not examples:
+        return TrainResult(None, 0, 0, skipped=True,
+                           reason="no labeled trajectories to train on: label some with the judge first")
+
+    params = {"preset": preset, "num_heads": num_heads, "init_from": str(init_from) if init_from else None,
+              "given_model": model is not None, "epochs": epochs, "batch_size": batch_size,
+              "grad_accum": grad_accum, "lr": lr, "weight_decay": weight_decay, "warmup_ratio": warmup_ratio,
+              "seed": seed, "max_length": max_length, "reg_lambda": reg_lambda,
+              "learning_probability": learning_probability, "in_training_selection": in_training_selection,
+              "p_threshold": p_threshold, "std_threshold": std_threshold, "max_grad_norm": max_grad_norm}
+    fingerprint = _fingerprint(examples, params)
+
+    # An Accelerator launched from a config file takes mixed precision from it unless we insist on one.
+    accelerator = Accelerator(
+        mixed_precision=None if mixed_precision == "no" else mixed_precision,
+        gradient_accumulation_steps=grad_accum,
+        step_scheduler_with_optimizer=False,  # stepped by hand once per optimizer step, on every process
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed),
+    )
+    set_seed(seed)
+    if model is None:
+        if init_from:
+            model, tokenizer = EnsemblePRM.from_pretrained(init_from, with_tokenizer=True)
+        else:
+            model, tokenizer = build_prm(preset, num_heads=num_heads, seed=seed)
+    check_compatible(model, tokenizer)
+    # The run's settings win over whatever the warm-start model was trained with; saved with the model.
+    model.config.reg_lambda = reg_lambda
+    model.config.learning_probability = learning_probability
+    if gradient_checkpointing:
+        model.backbone.gradient_checkpointing_enable()
+    set_seed(seed)  # building/loading a model may consume RNG; training starts from the same state regardless
+
+    batcher = StepBatcher(tokenizer, max_length=max_length)
+
+    def collate(indices: list[int]) -> dict[str, Any]:
+        chosen = [examples[i] for i in indices]
+        fes = [ex["first_error"] for ex in chosen]
+        batch = batcher.encode([ex["question"] for ex in chosen], [ex["steps"] for ex in chosen], fes)
+        return {"batch": batch, "first_error": torch.tensor(fes), "index": torch.tensor(indices)}
+
+    loader = DataLoader(list(range(len(examples))), batch_size=batch_size, shuffle=True, collate_fn=collate)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                                  weight_decay=weight_decay)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    steps_per_epoch = math.ceil(len(loader) / grad_accum)
+    total_steps = steps_per_epoch * epochs
+    scheduler = accelerator.prepare(get_linear_schedule_with_warmup(
+        optimizer, num_warmup_steps=math.ceil(warmup_ratio * total_steps), num_training_steps=total_steps))
+    state = _Progress()
+    accelerator.register_for_checkpointing(state)
+
+    ckpt_root = out_dir / CHECKPOINTS_DIR
+    resumed_from = None
+    if accelerator.is_main_process and ckpt_root.is_dir():
+        for stale in _stale_checkpoints(ckpt_root, fingerprint):
+            log.warning("removing checkpoint %s: it belongs to other data or settings", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    latest = _latest_checkpoint(ckpt_root, fingerprint) if resume and ckpt_root.is_dir() else None
+    if latest is not None:
+        accelerator.load_state(str(latest))
+        resumed_from = state.completed_steps
+        log.info("resuming training from %s (optimizer step %d of %d)", latest, resumed_from, total_steps)
+
+    def save_checkpoint() -> None:
+        d = ckpt_root / f"step_{state.completed_steps}"
+        accelerator.save_state(str(d))
+        if accelerator.is_main_process:
+            (d / CHECKPOINT_DONE).write_text(json.dumps({"step": state.completed_steps, "fingerprint": fingerprint}))
+            done = sorted((p for p in ckpt_root.glob("step_*") if (p / CHECKPOINT_DONE).is_file()),
+                          key=lambda p: int(p.name.split("_")[1]))
+            for old in done[:-KEEP_CHECKPOINTS]:
+                shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+    mlflow = _active_mlflow() if accelerator.is_main_process else None
+    if mlflow is not None:
+        mlflow.log_params({f"train.{k}": v for k, v in params.items()} | {"train.trajectories": len(examples)})
+
+    bar = None
+    if progress and accelerator.is_local_main_process:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total_steps, initial=state.completed_steps, desc="train", unit="step", file=sys.stderr)
+
+    device = accelerator.device
+    window = torch.zeros(7, dtype=torch.float64)  # seen, kept, confident, pseudo_correct, cls, reg, nonfinite
+    micro = 0
+    start_epoch = state.completed_steps // steps_per_epoch
+    skip = (state.completed_steps % steps_per_epoch) * grad_accum
+    for epoch in range(start_epoch, epochs):
+        loader.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(loader, skip) if epoch == start_epoch and skip else loader
+        for item in batches:
+            batch: Any = item["batch"]
+            n = len(batch)
+            with accelerator.accumulate(model):
+                if in_training_selection:
+                    # Same rule as scoring: eval mode, no grad; the ensemble's current weights decide.
+                    model.eval()
+                    with torch.no_grad():
+                        scored = model(**batch.model_inputs())
+                    model.train()
+                    confident, agrees = _confidence(scored, n, item["first_error"], p_threshold, std_threshold)
+                else:
+                    confident, agrees = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
+                keep = ~confident
+                # Bootstrap masks from a generator seeded per (seed, optimizer step, micro-batch): a resumed
+                # run draws the same masks as an uninterrupted one.
+                gen = torch.Generator().manual_seed(seed * 1_000_003 + state.completed_steps * 1_009 + micro)
+                mask = accelerator.unwrap_model(model).sample_bootstrap_mask(n, generator=gen)
+                out = model(**batch.model_inputs(), labels=batch.labels, bootstrap_mask=mask.to(device),
+                            trajectory_mask=keep.to(device))
+                loss = out.loss
+                finite = bool(torch.isfinite(loss.detach()))
+                window += torch.tensor([n, int(keep.sum()), int(confident.sum()), int((confident & agrees).sum()),
+                                        float(out.cls_loss.detach()) if finite else 0.0,
+                                        float(out.reg_loss.detach()) if finite else 0.0, 0 if finite else 1],
+                                       dtype=torch.float64)
+                if finite:
+                    accelerator.backward(loss)
+                micro += 1
+                if not accelerator.sync_gradients:
+                    continue
+                totals = accelerator.reduce(window.to(device), reduction="sum").cpu()
+                seen, kept, conf, correct, cls_sum, reg_sum, nonfinite = totals.tolist()
+                if nonfinite:
+                    raise ActPRMError(
+                        f"training diverged at optimizer step {state.completed_steps + 1}: the loss is not finite "
+                        f"(lr={lr}); lower the learning rate or check the model weights — nothing was saved")
+                grad_norm = None
+                if kept > 0:
+                    if max_grad_norm:
+                        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), max_grad_norm))
+                        if not math.isfinite(grad_norm) and mixed_precision != "fp16":
+                            raise ActPRMError(
+                                f"training diverged at optimizer step {state.completed_steps + 1}: gradient norm "
+                                f"is {grad_norm} (lr={lr}); lower the learning rate — nothing was saved")
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+
+            micros = micro * accelerator.num_processes
+            state.completed_steps += 1
+            state.seen += int(seen); state.kept += int(kept)
+            state.confident += int(conf); state.pseudo_correct += int(correct)
+            ec = state.epoch_counts.setdefault(epoch, [0, 0, 0, 0])
+            for j, v in enumerate((seen, kept, conf, correct)):
+                ec[j] += int(v)
+            metrics = {"loss": (cls_sum + reg_sum) / micros, "cls_loss": cls_sum / micros,
+                       "reg_loss": reg_sum / micros, "trusted_fraction": kept / seen,
+                       "kept_trajectories": kept, "confident_trajectories": conf,
+                       "lr": scheduler.get_last_lr()[0], "epoch": epoch}
+            if conf:
+                metrics["pseudo_label_accuracy"] = correct / conf
+            if grad_norm is not None:
+                metrics["grad_norm"] = grad_norm
+            state.last = metrics
+            window.zero_()
+            micro = 0
+            if accelerator.is_main_process:
+                if on_metrics is not None:
+                    on_metrics(state.completed_steps, dict(metrics))
+                if mlflow is not None:
+                    mlflow.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step=state.completed_steps)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(cls=f"{metrics['cls_loss']:.4f}", trusted=f"{metrics['trusted_fraction']:.2f}")
+            if checkpoint_every and state.completed_steps % checkpoint_every == 0:
+                save_checkpoint()
+    if bar is not None:
+        bar.close()
+
+    final = _final_metrics(state, epochs - 1)
+    if state.kept == 0:
+        return TrainResult(None, len(examples), state.completed_steps, final, skipped=True,
+                           reason=f"in-training selection left no trajectory to learn from: the ensemble is "
+                                  f"already confident on all {len(examples)} (p={p_threshold}, std={std_threshold})",
+                           resumed_from_step=resumed_from)
+    if not checkpoint_every or state.completed_steps % checkpoint_every:
+        save_checkpoint()  # the end state, so a crash while saving the model below loses no training
+
+    model_dir = out_dir / MODEL_DIR
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.distributed_type.name == "FSDP":
+        # FSDP2 shards the parameters themselves: gather them (collective, every rank) and write them from a
+        # plain copy rebuilt on the main process the same way this run built its model.
+        full_state = accelerator.get_state_dict(model)
+        if accelerator.is_main_process:
+            if params["given_model"]:
+                raise ActPRMError("under FSDP pass preset/init_from instead of a model object, so the "
+                                  "final model can be rebuilt for saving")
+            plain = (EnsemblePRM.from_pretrained(init_from) if init_from
+                     else build_prm(preset, num_heads=num_heads, seed=seed)[0])
+            plain.config = unwrapped.config
+            plain.load_state_dict(full_state)
+            plain.save_pretrained(model_dir, tokenizer=tokenizer)
+    elif accelerator.is_main_process:  # DDP and ZeRO-2 keep whole parameters on every rank
+        unwrapped.save_pretrained(model_dir, tokenizer=tokenizer)
+    result = TrainResult(str(model_dir), len(examples), state.completed_steps, final,
+                         resumed_from_step=resumed_from)
+    if accelerator.is_main_process:
+        (out_dir / RESULT_FILE).write_text(json.dumps(result.as_dict() | {"fingerprint": fingerprint}, indent=2))
+    accelerator.wait_for_everyone()
+    return result
+
+
+def _final_metrics(state: _Progress, last_epoch: int) -> dict[str, Any]:
+    """The last step's losses, plus selection figures over the final epoch and over the whole run."""
+    seen, kept, conf, correct = state.epoch_counts.get(last_epoch, [0, 0, 0, 0])
+    return {
+        "cls_loss": state.last.get("cls_loss"), "reg_loss": state.last.get("reg_loss"),
+        "loss": state.last.get("loss"),
+        "trusted_fraction": kept / seen if seen else None,
+        "pseudo_label_accuracy": correct / conf if conf else None,
+        "run_trusted_fraction": state.kept / state.seen if state.seen else None,
+        "run_pseudo_label_accuracy": state.pseudo_correct / state.confident if state.confident else None,
+        "kept_trajectories": state.kept, "seen_trajectories": state.seen,
+    }
+
+
+def _active_mlflow():
+    """mlflow, when the caller has a run open; never imports it otherwise (it is slow to import)."""
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None and mlflow.active_run() is not None:
+        return mlflow
+    return None
+
+
+# -- Prefect -----------------------------------------------------------------------------------------
+from prefect import task  # noqa: E402  (kept below the plain function it wraps)
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+
+@task(name="train", cache_policy=NO_CACHE, retries=0)
+def train_task(examples: list[dict], **kwargs: Any) -> TrainResult:
+    """Prefect wrapper of train_prm. No retries: a rerun resumes from the latest checkpoint anyway."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        logger = get_run_logger()
+    except MissingContextError:  # called as train_task.fn(...) outside a run
+        logger = log
+    result = train_prm(examples, **kwargs)
+    if result.skipped:
+        logger.warning("training skipped: %s", result.reason)
+    else:
+        logger.info("trained on %d trajectories in %d steps -> %s (cls_loss %.4f, trusted %.2f)",
+                    result.train_trajectories, result.steps, result.model_dir,
+                    result.metrics.get("cls_loss") or 0.0, result.metrics.get("trusted_fraction") or 0.0)
+    return result
+
+
+# -- `accelerate launch -m tasks.train` --------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for multi-process runs: examples from a JSONL file (one {question, steps, first_error}
+    per line) or from a pool's judge labels in DuckDB."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m tasks.train", description=main.__doc__)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--examples", help="JSONL file of {question, steps, first_error}")
+    src.add_argument("--pool", help="pool whose judge-labeled trajectories to train on (needs --duckdb)")
+    ap.add_argument("--duckdb", help="DuckDB file of the pipeline (with --pool)")
+    ap.add_argument("--output-dir", required=True)
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--num-heads", type=int, default=32)
+    ap.add_argument("--init-from")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--grad-accum", type=int, default=1)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--weight-decay", type=float, default=0.0)
+    ap.add_argument("--warmup-ratio", type=float, default=0.1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--reg-lambda", type=float, default=0.5)
+    ap.add_argument("--learning-probability", type=float, default=1.0)
+    ap.add_argument("--no-selection", action="store_true", help="turn ActPRM's in-training selection off")
+    ap.add_argument("--p-threshold", type=float, default=0.95)
+    ap.add_argument("--std-threshold", type=float, default=0.005)
+    ap.add_argument("--mixed-precision", default="no", choices=MIXED_PRECISION)
+    ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--checkpoint-every", type=int, default=0)
+    args = ap.parse_args(argv)
+    try:
+        if args.examples:
+            with open(args.examples, encoding="utf-8") as fh:
+                examples = [json.loads(line) for line in fh if line.strip()]
+        else:
+            if not args.duckdb:
+                raise ActPRMError("--pool needs --duckdb")
+            from actprm.store import Store
+
+            with Store(args.duckdb, read_only=True) as store:
+                examples = store.training_examples(args.pool)
+        result = train_prm(
+            examples, output_dir=args.output_dir, preset=args.preset, num_heads=args.num_heads,
+            init_from=args.init_from, epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum,
+            lr=args.lr, weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, seed=args.seed,
+            max_length=args.max_length, reg_lambda=args.reg_lambda, learning_probability=args.learning_probability,
+            in_training_selection=not args.no_selection, p_threshold=args.p_threshold,
+            std_threshold=args.std_threshold, mixed_precision=args.mixed_precision,
+            gradient_checkpointing=args.gradient_checkpointing, checkpoint_every=args.checkpoint_every)
+    except ActPRMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result.as_dict()))
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    sys.exit(main())

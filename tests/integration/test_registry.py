@@ -1,0 +1,187 @@
+"""MLflow registry: promotion gate, manual promote, rollback and loading the champion.
+
+Runs against a real MLflow SQLite store in tmp_path; global MLflow state is restored afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from actprm.errors import ActPRMError
+from actprm.tracking import configure_mlflow, flatten_params, log_params, start_run
+from tasks.register import (
+    champion_history,
+    champion_version,
+    load_champion,
+    log_model,
+    promote,
+    promotion_gate,
+)
+
+@pytest.fixture(scope="module")
+def store_uri(tmp_path_factory):
+    # One SQLite store per module: creating one runs MLflow's migrations (~10 s on a busy CPU).
+    # Each test registers its own model name, so tests stay independent.
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    prev = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    with pytest.MonkeyPatch.context() as mp:
+        # set_tracking_uri also exports MLFLOW_TRACKING_URI; registering the variables with
+        # monkeypatch first makes teardown restore them.
+        for var, value in {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, "HF_HUB_OFFLINE": "1",
+                           "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}.items():
+            mp.setenv(var, value)
+        configure_mlflow(uri, "test", root / "mlartifacts")
+        yield uri, root
+        while mlflow.active_run():
+            mlflow.end_run()
+        mlflow.set_tracking_uri(prev[0])
+        mlflow.set_registry_uri(prev[1])
+        mlflow.tracking.fluent._active_experiment_id = None
+
+
+@pytest.fixture
+def client(store_uri):
+    uri, _ = store_uri
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@pytest.fixture
+def name(request):
+    return f"prm-{request.node.name.removeprefix('test_')[:40]}"
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    # The gate and aliases never open the model: a folder is enough to register a version.
+    d = tmp_path / "saved"
+    d.mkdir()
+    (d / "prm_config.json").write_text("{}")
+    return d
+
+
+def _versions(client, model_dir, n, name):
+    return [log_model(model_dir, name=name, client=client) for _ in range(n)]
+
+
+def test_experiment_artifacts_live_under_the_given_root(store_uri):
+    _, root = store_uri
+    exp = mlflow.get_experiment_by_name("test")
+    assert exp.artifact_location == (root / "mlartifacts" / "test").as_uri()
+
+
+def test_every_new_version_is_the_challenger(client, name, model_dir):
+    v1, v2 = _versions(client, model_dir, 2, name)
+    assert (v1, v2) == (1, 2)
+    assert int(client.get_model_version_by_alias(name, "challenger").version) == 2
+    assert champion_version(name, client) is None
+
+
+def test_gate_promotes_first_then_only_better_by_min_delta(client, name, model_dir):
+    v1, v2, v3, v4 = _versions(client, model_dir, 4, name)
+    first = promotion_gate(client, name, v1, 0.60, eval_set="pool:eval:abc")
+    assert first["decision"] == "promoted" and first["reason"] == "no champion yet"
+    assert champion_version(name, client) == v1
+
+    worse = promotion_gate(client, name, v2, 0.55, eval_set="pool:eval:abc")
+    assert worse["decision"] == "rejected" and worse["champion_f1"] == pytest.approx(0.60)
+    assert champion_version(name, client) == v1
+
+    small_gain = promotion_gate(client, name, v3, 0.62, min_delta=0.05, eval_set="pool:eval:abc")
+    assert small_gain["decision"] == "rejected"
+    assert champion_version(name, client) == v1
+
+    better = promotion_gate(client, name, v4, 0.66, min_delta=0.05, eval_set="pool:eval:abc")
+    assert better["decision"] == "promoted" and better["champion_version"] == v1
+    assert champion_version(name, client) == v4
+    assert champion_history(client, name) == [v1]
+    assert int(client.get_model_version_by_alias(name, "previous-champion").version) == v1
+
+    tags = client.get_model_version(name, str(v3)).tags
+    assert tags["actprm.gate.decision"] == "rejected"
+    assert float(tags["actprm.eval_f1"]) == pytest.approx(0.62)
+    assert float(tags["actprm.gate.champion_f1"]) == pytest.approx(0.60)
+    assert float(tags["actprm.gate.min_delta"]) == pytest.approx(0.05)
+    assert tags["actprm.eval_set"] == "pool:eval:abc"
+    assert client.get_model_version(name, str(v4)).tags["actprm.gate.decision"] == "promoted"
+
+
+def test_gate_refuses_f1s_from_different_eval_sets_unless_it_can_reevaluate(client, model_dir):
+    v1, v2 = _versions(client, model_dir, 2, name)
+    promotion_gate(client, name, v1, 0.9, eval_set="poolA:eval:111")
+    with pytest.raises(ActPRMError, match="poolA:eval:111"):
+        promotion_gate(client, name, v2, 0.5, eval_set="poolB:eval:222")
+    assert champion_version(name, client) == v1
+
+    # Re-scored on poolB the champion only reaches 0.4, so the challenger's 0.5 wins.
+    out = promotion_gate(client, name, v2, 0.5, eval_set="poolB:eval:222", reevaluate=lambda v: 0.4)
+    assert out["decision"] == "promoted" and out["champion_f1"] == pytest.approx(0.4)
+    assert client.get_model_version(name, str(v1)).tags["actprm.eval_set"] == "poolB:eval:222"
+
+
+def test_manual_promote_and_rollback_walk_the_history(client, name, model_dir):
+    v1, v2, v3 = _versions(client, model_dir, 3, name)
+    promotion_gate(client, name, v1, 0.5, eval_set="s")
+    assert promote(name, version=v3, client=client) == {"champion": v3, "previous": v1, "action": "promote"}
+    promote(name, version=v2, client=client)
+    assert champion_history(client, name) == [v1, v3]
+
+    assert promote(name, rollback=True, client=client)["champion"] == v3
+    assert promote(name, rollback=True, client=client)["champion"] == v1
+    assert champion_version(name, client) == v1
+    with pytest.raises(ActPRMError, match="no previous champion"):
+        promote(name, rollback=True, client=client)
+    assert champion_version(name, client) == v1  # a failed rollback changes nothing
+
+
+def test_promote_unknown_version_names_the_known_ones(client, name, model_dir):
+    _versions(client, model_dir, 2, name)
+    with pytest.raises(ActPRMError, match=r"no version 7 \(versions: 1, 2\)"):
+        promote(name, version=7, client=client)
+    with pytest.raises(ActPRMError, match="no registered model"):
+        promote("nope", version=1, client=client)
+
+
+def test_run_params_are_flat_strings_without_secrets(client):
+    with start_run("params", {"stage": "test"}) as run:
+        logged = log_params({"judge": {"api_key": "sk-secret", "model": "m"}, "note": "x" * 7000})
+    params = client.get_run(run.info.run_id).data.params
+    assert params["judge.model"] == "m" and params["judge.api_key"] == "***"
+    assert len(params["note"]) == 6000 and logged == params
+    assert client.get_run(run.info.run_id).data.tags["stage"] == "test"
+    assert flatten_params({"a": {"b": 1}}) == {"a.b": "1"}
+
+
+def test_champion_round_trip_loads_offline_with_same_scores(client, name, tmp_path):
+    models = pytest.importorskip("models")
+    from tasks.evaluate import predict_step_scores
+
+    model, tokenizer = models.build_prm("tiny", num_heads=3, seed=0)
+    saved = model.save_pretrained(tmp_path / "tiny", tokenizer)
+    questions, steps = ["What is 2+3?"], [["2+3 = 5.", "So the answer is 5."]]
+    expected = predict_step_scores(model, tokenizer, questions, steps)
+
+    with start_run("round-trip"):
+        version = log_model(saved, name=name, client=client)
+    promotion_gate(client, name, version, 0.5, eval_set="s")
+
+    loaded, loaded_tok, loaded_version = load_champion(name, client=client)
+    assert loaded_version == version
+    assert predict_step_scores(loaded, loaded_tok, questions, steps)[0] == pytest.approx(expected[0], abs=1e-6)
+
+    # The pyfunc flavor serves the same scores through the documented schema.
+    import pandas as pd
+
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    out = pyfunc.predict(pd.DataFrame({"question": questions, "steps": [json.dumps(steps[0])]}))
+    assert json.loads(out["step_scores"][0]) == pytest.approx(expected[0], abs=1e-6)
+
+
+def test_load_champion_without_one_is_a_clear_error(client, name, model_dir):
+    _versions(client, model_dir, 1, name)
+    with pytest.raises(ActPRMError, match="no 'champion' yet"):
+        load_champion(name, client=client)

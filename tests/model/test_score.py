@@ -1,0 +1,143 @@
+"""Scoring a pool into a real DuckDB: flags by the ActPRM rule, export, resume after interruption."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from actprm.errors import ActPRMError  # noqa: E402
+from actprm.store import Store, trajectory_id  # noqa: E402
+from models import build_prm  # noqa: E402
+from models.uncertainty import trajectory_uncertain  # noqa: E402
+from tasks.score import export_scores, score_pool  # noqa: E402
+
+
+def make_pool(store: Store, name: str, n: int, seed: int = 0, long_every: int = 0) -> list[str]:
+    """Insert a small arithmetic pool straight into the schema (the ingest stage is not needed here)."""
+    rng = random.Random(seed)
+    ids = []
+    store.sql("INSERT INTO pools (name, format, status) VALUES (?, 'test', 'registered')", [name])
+    for i in range(n):
+        a, b = rng.randint(1, 99), rng.randint(1, 99)
+        steps = [f"{a} + {b} = {a + b}", f"{a + b} * 2 = {2 * (a + b) + rng.choice([0, 1])}", "done"]
+        if long_every and i % long_every == 0:
+            steps += [f"check {k}: " + "x" * 40 for k in range(8)]
+        question = f"Compute ({a} + {b}) * 2. #{i}"
+        tid = trajectory_id(question, steps)
+        store.sql("INSERT INTO trajectories VALUES (?, ?, ?, ?)", [tid, question, steps, len(steps)])
+        store.sql("INSERT INTO pool_members (pool, trajectory_id, line_no, split) VALUES (?, ?, ?, ?)",
+                  [name, tid, i, "train" if i % 5 else "eval"])
+        store.sql("INSERT INTO gold_labels (trajectory_id, first_error) VALUES (?, ?)", [tid, rng.choice([-1, 1])])
+        ids.append(tid)
+    return ids
+
+
+@pytest.fixture(scope="module")
+def prm():
+    torch.manual_seed(0)
+    return build_prm("tiny", num_heads=8, seed=0)
+
+
+def test_scores_and_export_reproduce_the_rule(tmp_path, prm):
+    model, tokenizer = prm
+    with Store(tmp_path / "a.duckdb") as store:
+        ids = make_pool(store, "p", 40, long_every=7)
+        summary = score_pool(store, "p", model, tokenizer, "v1", batch_size=8, shard_size=16, max_length=96,
+                             progress=False, p_threshold=0.6, std_threshold=0.05)
+        assert summary.scored == 40 and summary.skipped_already_scored == 0 and summary.shards == 3
+        assert summary.truncated == len(range(0, 40, 7))  # exactly the long trajectories lose steps
+        assert summary.tokens_per_s > 0 and summary.as_dict()["pool"] == "p"
+        assert [s["shard"] for s in store.score_shards("p", "v1")] == [0, 1, 2]
+        n = export_scores(store, "p", "v1", tmp_path / "out" / "scores.parquet")
+        stats = store.score_summary("p", "v1")
+    assert n == 40
+    table = pq.read_table(tmp_path / "out" / "scores.parquet").to_pylist()
+    assert [r["id"] for r in table] == ids
+    assert stats["uncertain"] == summary.uncertain == sum(r["uncertain"] for r in table)
+    for r in table:
+        assert len(r["mu"]) == len(r["sigma"]) == r["scored_steps"]
+        assert r["scored_steps"] + r["truncated_steps"] == (11 if ids.index(r["id"]) % 7 == 0 else 3)
+        assert r["uncertain"] == trajectory_uncertain(torch.tensor(r["mu"], dtype=torch.float64),
+                                                      torch.tensor(r["sigma"], dtype=torch.float64), 0.6, 0.05)
+    assert any(r["truncated_steps"] for r in table)
+    # The thresholds are loose enough here that the tiny untrained model is confident on some trajectories.
+    assert 0 < summary.uncertain
+
+
+def test_uncertain_ranked_orders_by_acquisition_and_skips_labeled(tmp_path, prm):
+    model, tokenizer = prm
+    with Store(tmp_path / "b.duckdb") as store:
+        make_pool(store, "p", 20)
+        score_pool(store, "p", model, tokenizer, "v1", strategy="bald", batch_size=8, progress=False)
+        rows = {r["trajectory_id"]: r for r in store.scores_for("p", "v1")}
+        ranked = store.uncertain_ranked("p", "v1")
+        assert set(ranked) == {t for t, r in rows.items() if r["uncertain"]}
+        acq = [rows[t]["acquisition"] for t in ranked]
+        assert acq == sorted(acq, reverse=True)
+        store.sql("INSERT INTO judge_labels (trajectory_id, judge_model, prompt_version, status, first_error) "
+                  "VALUES (?, 'judge-x', 'v', 'labeled', -1)", [ranked[0]])
+        assert ranked[0] not in store.uncertain_ranked("p", "v1", exclude_labeled_by="judge-x")
+        assert store.uncertain_ranked("p", "v1", limit=3) == ranked[:3]
+
+
+def test_resume_scores_only_the_rest(tmp_path, prm):
+    model, tokenizer = prm
+    path = tmp_path / "c.duckdb"
+    with Store(path) as store:
+        make_pool(store, "p", 30)
+        first = score_pool(store, "p", model, tokenizer, "v1", batch_size=4, shard_size=8, max_shards=1, progress=False)
+    assert first.scored == 8
+    with Store(path) as store:  # a crash in the second shard loses only that shard
+        real_write = store.write_score_shard
+        calls = []
+
+        def crash_on_second(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt("killed")
+            return real_write(*args, **kwargs)
+
+        store.write_score_shard = crash_on_second
+        with pytest.raises(KeyboardInterrupt):
+            score_pool(store, "p", model, tokenizer, "v1", batch_size=4, shard_size=8, progress=False)
+    with Store(path) as store:
+        assert store.score_summary("p", "v1")["scored"] == 16
+        rest = score_pool(store, "p", model, tokenizer, "v1", batch_size=4, shard_size=8, progress=False)
+        assert rest.scored == 14 and rest.skipped_already_scored == 16
+        assert rest.scored + rest.skipped_already_scored == store.pool_size("p")
+        again = score_pool(store, "p", model, tokenizer, "v1", progress=False)
+        assert again.scored == 0 and again.skipped_already_scored == 30
+        # Another model version scores everything afresh.
+        assert score_pool(store, "p", model, tokenizer, "v2", progress=False).scored == 30
+
+
+def test_scores_do_not_depend_on_batching(tmp_path, prm):
+    model, tokenizer = prm
+    with Store(tmp_path / "d.duckdb") as store:
+        make_pool(store, "p", 12, long_every=3)
+        score_pool(store, "p", model, tokenizer, "a", batch_size=1, progress=False)
+        score_pool(store, "p", model, tokenizer, "b", batch_size=12, shard_size=5, progress=False)
+        a, b = store.scores_for("p", "a"), store.scores_for("p", "b")
+    for x, y in zip(a, b):
+        assert x["uncertain"] == y["uncertain"] and x["predicted_first_error"] == y["predicted_first_error"]
+        assert torch.allclose(torch.tensor(x["mu"]), torch.tensor(y["mu"]), atol=1e-5)
+
+
+def test_user_errors_are_clear(tmp_path, prm):
+    model, tokenizer = prm
+    from models.tiny_tokenizer import build_tiny_tokenizer
+
+    with Store(tmp_path / "e.duckdb") as store:
+        make_pool(store, "p", 2)
+        with pytest.raises(ActPRMError, match="unknown pool"):
+            score_pool(store, "nope", model, tokenizer, "v1", progress=False)
+        with pytest.raises(ActPRMError, match="acquisition strategy"):
+            score_pool(store, "p", model, tokenizer, "v1", strategy="coreset", progress=False)
+        with pytest.raises(ActPRMError, match="separator"):
+            score_pool(store, "p", model, build_tiny_tokenizer(), "v1", progress=False)

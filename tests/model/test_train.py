@@ -1,0 +1,205 @@
+"""The train stage (tasks/train.py) on the `tiny` preset with a few dozen trajectories.
+
+The learnable set: a step saying "wrong" is the first error, every other step says "fine", so a PRM that
+learns anything at all learns to find the first error here.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+import pytest
+import torch
+
+from actprm.errors import ActPRMError
+from models import EnsemblePRM, StepBatcher, build_prm
+from models.uncertainty import predicted_first_error, step_stats
+from tasks.train import CHECKPOINT_DONE, train_prm, train_task
+
+# 24 trajectories / batch 8 = 3 optimizer steps per epoch, 9 in all.
+RUN = dict(epochs=3, batch_size=8, lr=1e-2, num_heads=8, max_length=128, seed=0, progress=False)
+
+
+def learnable_examples(n: int = 24, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        num_steps = rng.randint(2, 4)
+        fe = rng.choice([-1] + list(range(num_steps)))
+        out.append({"question": f"Task {i}: check the steps.",
+                    "steps": ["wrong step" if j == fe else "fine step" for j in range(num_steps)],
+                    "first_error": fe})
+    return out
+
+
+def weights(model_dir) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in EnsemblePRM.from_pretrained(model_dir).state_dict().items()}
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"weights differ: {different[:5]}"
+
+
+@pytest.fixture(scope="module")
+def examples() -> list[dict]:
+    return learnable_examples()
+
+
+@pytest.fixture(scope="module")
+def baseline(examples, tmp_path_factory):
+    """One uninterrupted run with checkpoints every 2 steps; its per-step metrics and result."""
+    steps: list[tuple[int, dict]] = []
+    out = tmp_path_factory.mktemp("baseline")
+    result = train_prm(examples, output_dir=out, checkpoint_every=2,
+                       on_metrics=lambda s, m: steps.append((s, m)), **RUN)
+    return result, steps
+
+
+def test_loss_decreases_and_saved_model_finds_first_errors(examples, baseline):
+    result, steps = baseline
+    assert not result.skipped and result.steps == 9 and result.train_trajectories == 24
+    assert [s for s, _ in steps] == list(range(1, 10))
+    first, last = steps[0][1]["cls_loss"], result.metrics["cls_loss"]
+    assert last < 0.5 * first, (first, last)
+    for _, m in steps:
+        assert {"cls_loss", "reg_loss", "trusted_fraction", "lr"} <= m.keys()
+        assert 0.0 <= m["trusted_fraction"] <= 1.0
+        assert m["kept_trajectories"] + m["confident_trajectories"] == 8
+    # The saved model (reloaded from disk) finds the first error of the training trajectories.
+    model, tokenizer = EnsemblePRM.from_pretrained(result.model_dir, with_tokenizer=True)
+    batch = StepBatcher(tokenizer, max_length=128).encode([e["question"] for e in examples],
+                                                          [e["steps"] for e in examples])
+    predicted = [predicted_first_error(step_stats(p)[0]) for p in model.step_probabilities(batch)]
+    hits = sum(p == e["first_error"] for p, e in zip(predicted, examples))
+    assert hits >= 0.8 * len(examples), f"{hits}/{len(examples)}"
+    assert model.config.reg_lambda == 0.5
+
+
+def test_same_seed_gives_identical_weights(examples, baseline, tmp_path):
+    result, _ = baseline
+    again = train_prm(examples, output_dir=tmp_path, **RUN)
+    assert_same_weights(weights(result.model_dir), weights(again.model_dir))
+    # ...and training did move them (so the equality above is not vacuous).
+    fresh, _ = build_prm("tiny", num_heads=8, seed=0)
+    assert not torch.equal(fresh.w1, weights(result.model_dir)["w1"])
+
+
+def test_resume_after_a_crash_ends_where_an_uninterrupted_run_does(examples, baseline, tmp_path):
+    class Crash(Exception):
+        pass
+
+    def crash_at_5(step, metrics):
+        if step == 5:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train_prm(examples, output_dir=tmp_path, checkpoint_every=2, on_metrics=crash_at_5, **RUN)
+    ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert ckpts == ["step_2", "step_4"] and (tmp_path / "checkpoints/step_4" / CHECKPOINT_DONE).is_file()
+    assert not (tmp_path / "model").exists()
+
+    resumed_steps: list[int] = []
+    result = train_prm(examples, output_dir=tmp_path, checkpoint_every=2,
+                       on_metrics=lambda s, m: resumed_steps.append(s), **RUN)
+    assert result.resumed_from_step == 4 and result.steps == 9
+    assert resumed_steps == [5, 6, 7, 8, 9]
+    assert_same_weights(weights(baseline[0].model_dir), weights(result.model_dir))
+    # Only the latest checkpoints are kept.
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_8", "step_9"]
+
+
+def test_changed_data_does_not_resume_an_old_checkpoint(examples, tmp_path):
+    first = train_prm(examples[:8], output_dir=tmp_path, **(RUN | {"epochs": 1}))
+    assert first.steps == 1
+    second = train_prm(examples[8:16], output_dir=tmp_path, **(RUN | {"epochs": 1}))
+    assert second.resumed_from_step is None and second.steps == 1
+
+
+def test_no_examples_skips_training(tmp_path):
+    result = train_prm([], output_dir=tmp_path, **RUN)
+    assert result.skipped and "no labeled trajectories" in result.reason
+    assert result.model_dir is None and not (tmp_path / "model").exists()
+
+
+def test_everything_confident_leaves_the_model_untouched(examples, tmp_path):
+    # p = 0.5 and an infinite std bound make every step confident: selection keeps nothing.
+    model, tokenizer = build_prm("tiny", num_heads=8, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen: list[dict] = []
+    result = train_prm(examples, output_dir=tmp_path, model=model, tokenizer=tokenizer, p_threshold=0.5,
+                       std_threshold=float("inf"), on_metrics=lambda s, m: seen.append(m), **RUN)
+    assert result.skipped and "confident" in result.reason and result.model_dir is None
+    assert len(seen) == 9 and all(m["trusted_fraction"] == 0.0 for m in seen)
+    assert all(0.0 <= m["pseudo_label_accuracy"] <= 1.0 for m in seen)
+    assert all(torch.isfinite(torch.tensor(m["cls_loss"])) for m in seen)
+    assert result.metrics["trusted_fraction"] == 0.0
+    assert_same_weights(before, model.state_dict())
+    assert not (tmp_path / "model").exists()
+
+
+def test_selection_off_keeps_every_trajectory(examples, tmp_path):
+    seen: list[dict] = []
+    result = train_prm(examples, output_dir=tmp_path, in_training_selection=False, p_threshold=0.5,
+                       std_threshold=float("inf"), on_metrics=lambda s, m: seen.append(m), **(RUN | {"epochs": 1}))
+    assert not result.skipped and all(m["trusted_fraction"] == 1.0 for m in seen)
+
+
+def test_non_finite_loss_stops_with_a_clear_error(examples, tmp_path):
+    model, tokenizer = build_prm("tiny", num_heads=8, seed=0)
+    with torch.no_grad():
+        model.w3[0, 0, 0] = float("inf")
+    with pytest.raises(ActPRMError, match="not finite"):
+        train_prm(examples, output_dir=tmp_path, model=model, tokenizer=tokenizer, **RUN)
+    assert not (tmp_path / "model").exists()
+
+
+def test_bad_label_is_rejected(tmp_path):
+    bad = [{"question": "q", "steps": ["a", "b"], "first_error": 2}]
+    with pytest.raises(ActPRMError, match="first_error=2"):
+        train_prm(bad, output_dir=tmp_path, **RUN)
+
+
+def test_metrics_reach_mlflow_and_task_wrapper_runs(examples, tmp_path):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("train-test")
+    with mlflow.start_run() as run:
+        # 12 trajectories in micro-batches of 4, two per optimizer step -> 2 steps (the last one short).
+        result = train_task.fn(examples[:12], output_dir=tmp_path / "out", grad_accum=2,
+                               **(RUN | {"epochs": 1, "batch_size": 4}))
+    assert result.steps == 2
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train/cls_loss")
+    assert [h.step for h in history] == [1, 2]
+    params = mlflow.get_run(run.info.run_id).data.params
+    assert params["train.grad_accum"] == "2" and params["train.trajectories"] == "12"
+
+
+def test_store_training_examples_are_the_pools_judge_labels(tmp_path):
+    from actprm.store import Store, trajectory_id
+
+    trajs = [("q1", ["a", "b"]), ("q2", ["c"]), ("q3", ["d", "e", "f"]), ("q4", ["g"])]
+    ids = [trajectory_id(q, s) for q, s in trajs]
+    with Store(tmp_path / "x.duckdb") as store:
+        for i, ((q, s), tid) in enumerate(zip(trajs, ids)):
+            store.sql("INSERT INTO trajectories VALUES (?, ?, ?, ?)", [tid, q, s, len(s)])
+            store.sql("INSERT INTO pool_members (pool, trajectory_id, line_no, split) VALUES ('p', ?, ?, ?)",
+                      [tid, i, "eval" if i == 3 else "train"])
+        label = ("INSERT INTO judge_labels (trajectory_id, judge_model, prompt_version, pool, status, first_error, "
+                 "created_at) VALUES (?, ?, 'v1', ?, ?, ?, TIMESTAMP '2026-01-01' + to_hours(?))")
+        store.sql(label, [ids[0], "m", "p", "labeled", 1, 0])
+        store.sql(label, [ids[1], "m", "p", "failed", None, 0])  # failed: not a label
+        store.sql(label, [ids[2], "m", "other", "labeled", -1, 0])  # bought through another pool: counts
+        store.sql(label, [ids[2], "m2", "other", "labeled", 2, 1])  # newer label wins
+        store.sql(label, [ids[3], "m", "p", "labeled", 0, 0])  # eval split: held out
+        got = store.training_examples("p")
+        assert [(e["question"], e["first_error"]) for e in got] == [("q1", 1), ("q3", 2)]
+        assert got[1]["steps"] == ["d", "e", "f"] and got[0]["id"] == ids[0]
+        assert [e["first_error"] for e in store.training_examples("p", judge_model="m")] == [1, -1]
+        assert store.training_examples("unknown") == []
