@@ -213,6 +213,10 @@ def runtime_environment(settings: Settings) -> dict[str, str]:
         "TOKENIZERS_PARALLELISM": "false",
         "MLFLOW_TRACKING_URI": settings.tracking_uri,
         "GIT_PYTHON_REFRESH": "quiet",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        # Ephemeral Prefect starts a local API server per process; on a busy 2-core box the
+        # default 20 s start-up timeout is too short.
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     }
 
 

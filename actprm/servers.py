@@ -74,6 +74,8 @@ class Stack:
                 "DO_NOT_TRACK": "1",
                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                 "MLFLOW_DISABLE_TELEMETRY": "true",
+                # MLflow 3's server otherwise forks ~7 huey job consumers (GenAI jobs this pipeline never uses).
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
                 "GIT_PYTHON_REFRESH": "quiet",
                 "PYTHONUNBUFFERED": "1",
                 # Prefect's SQLite DB and UI build live under ACTPRM_HOME, so `make clean` resets everything.
@@ -143,9 +145,9 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def start_prefect_server(stack: Stack, *, ui: bool = True) -> int:
+def start_prefect_server(stack: Stack, *, ui: bool = True, scheduler: bool = True) -> int:
     argv = [_bin("prefect"), "server", "start", "--host", stack.host, "--port", str(stack.prefect_port),
-            "--analytics-off", "--ui" if ui else "--no-ui"]
+            "--analytics-off", "--ui" if ui else "--no-ui", "--scheduler" if scheduler else "--no-scheduler"]
     return start_service(stack, "prefect", argv, stack.environment())
 
 
@@ -252,16 +254,19 @@ def wait_worker_online(stack: Stack, *, pool: str = WORK_POOL, timeout: float, p
     raise ActPRMError(f"no worker came online on pool {pool!r} within {timeout:.0f}s")
 
 
-def up(stack: Stack, *, ui: bool = True, deploy: bool = True, worker: bool = True, mlflow_workers: int = 1,
-       timeout: float = 240) -> dict[str, str]:
-    """Start everything and wait until healthy. On failure, stops what it started and raises ActPRMError."""
+def up(stack: Stack, *, ui: bool = True, scheduler: bool = True, deploy: bool = True, worker: bool = True,
+       mlflow_workers: int = 1, timeout: float = 240) -> dict[str, str]:
+    """Start everything and wait until healthy. On failure, stops what it started and raises ActPRMError.
+
+    `scheduler=False` keeps the schedules on the deployments but creates no scheduled runs (tests).
+    """
     for port, what in ((stack.prefect_port, "Prefect"), (stack.mlflow_port, "MLflow")):
         if _port_taken(stack.host, port):
             raise ActPRMError(f"port {port} for the {what} server is in use; stop it or pick another port")
     stack.home.mkdir(parents=True, exist_ok=True)
     log = stack.servers_dir
     try:
-        prefect_pid = start_prefect_server(stack, ui=ui)
+        prefect_pid = start_prefect_server(stack, ui=ui, scheduler=scheduler)
         mlflow_pid = start_mlflow_server(stack, workers=mlflow_workers)
         wait_http(f"{stack.prefect_api_url}/health", timeout=timeout, pid=prefect_pid, what="Prefect server",
                   log=log / "prefect.log")
@@ -331,7 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["prefect"]:  # `python -m actprm.servers prefect deploy --all`: the prefect CLI, fixed
         return prefect_cli(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m actprm.servers", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["up", "down", "status"], help="or `prefect ...`: the prefect CLI")
+    parser.add_argument("command", choices=["up", "down", "status", "deploy"],
+                        help="deploy: create the work pool and `prefect deploy --all` against PREFECT_API_URL; "
+                             "or `prefect ...`: the prefect CLI")
     parser.add_argument("--home", default=os.environ.get("ACTPRM_HOME", ".actprm"), help="ACTPRM_HOME")
     parser.add_argument("--prefect-port", type=int, default=int(os.environ.get("PREFECT_SERVER_API_PORT", 4200)))
     parser.add_argument("--mlflow-port", type=int, default=int(os.environ.get("MLFLOW_PORT", 5000)))
@@ -346,6 +353,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
         elif args.command == "status":
             print(json.dumps(status(home), indent=2))
+        elif args.command == "deploy":
+            # Against an already running server (docker compose's `deploy` service, or after editing prefect.yaml).
+            from prefect.settings import PREFECT_API_URL
+
+            api_url = PREFECT_API_URL.value()
+            if not api_url:
+                raise ActPRMError("PREFECT_API_URL is not set; point it at the Prefect server's /api")
+            ensure_work_pool(api_url)
+            os.chdir(os.environ.get("ACTPRM_REPO") or REPO_ROOT)
+            return prefect_cli(["--no-prompt", "deploy", "--all"])
         else:
             stack = Stack(home=home, prefect_port=args.prefect_port, mlflow_port=args.mlflow_port)
             urls = up(stack, deploy=not args.no_deploy, worker=not args.no_worker, mlflow_workers=2,

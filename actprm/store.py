@@ -364,21 +364,25 @@ class Store:
                             "unnest(?::VARCHAR[]) AS state, unnest(?::INTEGER[]) AS labels, unnest(?::BIGINT[]) AS tokens, "
                             "unnest(?::DOUBLE[]) AS cost) v WHERE budget_ledger.request_id = v.rid",
                             [list(c) for c in cols])
-            if labels:
-                # A failed row is replaced by a later answer; a labeled row is never re-requested (the cache).
-                names = list(self._JUDGE_LABEL_COLS)
-                select = ", ".join(f"unnest(?::{t}[])" for t in self._JUDGE_LABEL_COLS.values())
-                con.execute(f"INSERT OR REPLACE INTO judge_labels ({', '.join(names)}, created_at) "
-                            f"SELECT {select}, current_timestamp", [[row.get(c) for row in labels] for c in names])
+            names = list(self._JUDGE_LABEL_COLS)
+            select = ", ".join(f"unnest(?::{t}[])" for t in self._JUDGE_LABEL_COLS.values())
+            # A failed row is replaced by a later answer (rows flagged `replaces`); a labeled row is never
+            # re-requested (the cache). Plain INSERT for the rest: it costs half of INSERT OR REPLACE.
+            for verb, rows in (("INSERT OR REPLACE", [r for r in labels if r.get("replaces")]),
+                               ("INSERT", [r for r in labels if not r.get("replaces")])):
+                if rows:
+                    con.execute(f"{verb} INTO judge_labels ({', '.join(names)}, created_at) "
+                                f"SELECT {select}, current_timestamp", [[row.get(c) for row in rows] for c in names])
 
-    def judge_labeled_ids(self, ids: list[str], judge_model: str, prompt_version: str) -> set[str]:
-        """Which of `ids` already hold a label from this (judge model, prompt version): the label cache."""
+    def judge_label_status(self, ids: list[str], judge_model: str, prompt_version: str) -> dict[str, str]:
+        """Status (labeled | failed) of the rows `ids` already have for this (judge model, prompt version):
+        labeled ones are the label cache; failed ones are asked again and their row replaced."""
         if not ids:
-            return set()
-        rows = self.sql("SELECT trajectory_id FROM judge_labels WHERE status = 'labeled' AND judge_model = ? "
+            return {}
+        rows = self.sql("SELECT trajectory_id, status FROM judge_labels WHERE judge_model = ? "
                         "AND prompt_version = ? AND trajectory_id IN (SELECT unnest(?::VARCHAR[]))",
                         [judge_model, prompt_version, ids]).fetchall()
-        return {r[0] for r in rows}
+        return dict(rows)
 
     def latest_scored_model_version(self, pool: str) -> str | None:
         row = self.sql("SELECT s.model_version FROM scores s JOIN pool_members pm ON pm.trajectory_id = s.trajectory_id "
@@ -446,136 +450,133 @@ class Store:
     def _lit(text: str) -> str:
         return "'" + text.replace("'", "''") + "'"
 
-    def _view_sql(self, fmt, view, limits: dict) -> str:
-        """SQL struct of one view of a record `f` (fields as JSON): the trajectory, its gold labels and
-        the first reason it is unusable (NULL when usable). Checks run in order; CASE is lazy per row."""
+    def _view_layers(self, view, limits: dict) -> list[list[str]]:
+        """SQL columns of one view of a record `f` (its fields as JSON), in dependent layers: raw fields,
+        derived lists, label values, then the view as a struct (trajectory, gold labels and the first
+        reason it is unusable, NULL when usable). `@` is the view's column prefix. Checks run in order
+        and CASE evaluates each branch only on the rows that reach it."""
         q, lit = self._q, self._lit
         fj = lambda k: f"f.{q(k)}" if k else "NULL"  # noqa: E731
         qk, sk, lk = view.question, view.steps, view.label_key
         max_q, max_n, max_c = limits["max_question_chars"], limits["max_steps"], limits["max_step_chars"]
         if view.labels == "step_tags":
-            # Math-Shepherd: parts between tags; the question is the text before "Step 1:" of the first part.
+            # Math-Shepherd: the parts between tags are steps; the question is the text of the first part
+            # before "Step 1:", and the label text has +/- where the input has a tag.
             tag = lit(view.step_tag)
-            parts = f"string_split({fj(sk)}->>'$', {tag})"
-            base = (f"CASE WHEN json_type({fj(sk)}) = 'VARCHAR' THEN {parts} END AS parts, "
-                    f"{fj(lk)} AS lj, {fj(view.error_kind_key)} AS ekj, {fj(view.id_key)} AS ij")
-            split = ("list_transform(parts[1:len(parts) - 1], lambda x: trim(x)) AS sp, "
-                     "strpos(parts[1], 'Step 1:') AS s1")
-            question = "trim(parts[1][1:s1 - 1])"
-            steps = "list_concat([trim(parts[1][s1:])], sp[2:])"
-            n = "(len(parts) - 1)"
-            # position of the k-th +/- in the label text: the tags before it each shrank to one char
-            signs = (f"list_transform(range(1, {n} + 1), lambda k: substr(lj->>'$', "
-                     f"list_sum(list_transform(parts[1:k], lambda p: length(p))) + (k - 1) + 1, 1))")
-            pre_checks = [
-                (f"{fj(sk)} IS NULL", f"{sk} is missing"),
-                ("parts IS NULL", f"{sk} is not a string"),
+            layer1 = [f"{fj(sk)} AS @sj", f"{fj(lk)} AS @lj", f"{fj(view.error_kind_key)} AS @ekj",
+                      f"{fj(view.id_key)} AS @ij",
+                      f"CASE WHEN json_type({fj(sk)}) = 'VARCHAR' THEN string_split({fj(sk)}->>'$', {tag}) END AS @parts"]
+            layer2 = ["strpos(@parts[1], 'Step 1:') AS @s1",
+                      "CASE WHEN json_type(@lj) = 'VARCHAR' THEN @lj->>'$' END AS @lt"]
+            n = "(len(@parts) - 1)"
+            ws = "' \t\r\n'"  # trim() alone strips spaces only; steps are separated by newlines
+            layer3 = [f"trim(@parts[1][1:@s1 - 1], {ws}) AS @qt",
+                      f"list_concat([trim(@parts[1][@s1:], {ws})], "
+                      f"list_transform(@parts[2:len(@parts) - 1], lambda x: trim(x, {ws}))) AS @sp",
+                      # position of the k-th sign: the k - 1 tags before it each shrank to one char
+                      f"CASE WHEN @lt IS NOT NULL AND @s1 > 0 THEN list_transform(range(1, {n} + 1), lambda k: substr(@lt, "
+                      "(list_sum(list_transform(@parts[1:k], lambda p: length(p))) + k)::BIGINT, 1)) END AS @signs"]
+            checks = [
+                ("@sj IS NULL", f"{sk} is missing or null"),
+                ("@parts IS NULL", f"{sk} is not a string"),
                 (f"{n} = 0", f"{sk} has no step tag {view.step_tag}"),
-                ("trim(parts[len(parts)]) <> ''", f"{sk} has text after the last step tag"),
-                ("s1 = 0", f"{sk} has no 'Step 1:' before the first tag"),
+                ("trim(@parts[len(@parts)], ' \t\r\n') <> ''", f"{sk} has text after the last step tag"),
+                ("@s1 = 0", f"{sk} has no 'Step 1:' before the first tag"),
+                ("trim(@qt) = ''", "question is empty"),
             ]
             label_checks = [
-                ("lj IS NULL OR json_type(lj) <> 'VARCHAR'", f"{lk} is missing or not a string"),
-                (f"length(lj->>'$') <> length({fj(sk)}->>'$') - {n} * (length({tag}) - 1)",
-                 f"{lk} does not match {sk}"),
-                ("NOT list_bool_and(list_transform(signs, lambda c: c IN ('+', '-')))",
+                ("@lt IS NULL", f"{lk} is missing or not a string"),
+                (f"length(@lt) <> length({fj(sk)}->>'$') - {n} * (length({tag}) - 1)", f"{lk} does not match {sk}"),
+                ("NOT list_bool_and(list_transform(@signs, lambda c: c IN ('+', '-')))",
                  f"{lk} does not have +/- where {sk} has a tag"),
             ]
-            first_error = "coalesce(list_position(signs, '-') - 1, -1)"
-            step_labels = "list_transform(signs, lambda c: (c = '+')::TINYINT)"
-            extra_cols = f"{signs} AS signs"
-            qj_checks: list = []
+            first_error = "coalesce(list_position(@signs, '-') - 1, -1)"
+            step_labels = "list_transform(@signs, lambda c: (c = '+')::TINYINT)"
         else:
-            base = (f"{fj(qk)} AS qj, {fj(sk)} AS sj, {fj(lk)} AS lj, {fj(view.first_error_key)} AS fej, "
-                    f"{fj(view.error_kind_key)} AS ekj, {fj(view.id_key)} AS ij, "
-                    "CASE WHEN json_type(" + fj(sk) + ") = 'ARRAY' THEN from_json(" + fj(sk) + ", '[\"JSON\"]') END AS se")
-            split = ("list_transform(se, lambda x: x->>'$') AS sp, "
-                     "CASE WHEN json_type(qj) = 'VARCHAR' THEN qj->>'$' END AS qt")
-            question, steps, n = "qt", "sp", "len(se)"
-            pre_checks = [
-                ("qj IS NULL", f"{qk} is missing or null"),
-                ("qt IS NULL", f"{qk} is not a string"),
-                ("trim(qt) = ''", f"{qk} is empty"),
-                ("sj IS NULL", f"{sk} is missing or null"),
-                ("se IS NULL", f"{sk} is not a list"),
-                ("len(se) = 0", f"{sk} is empty"),
-                ("list_bool_or(list_transform(se, lambda x: x IS NULL))", f"{sk} has a null step"),
-                ("NOT list_bool_and(list_transform(se, lambda x: json_type(x) = 'VARCHAR'))",
+            layer1 = [f"{fj(qk)} AS @qj", f"{fj(sk)} AS @sj", f"{fj(lk)} AS @lj", f"{fj(view.first_error_key)} AS @fej",
+                      f"{fj(view.error_kind_key)} AS @ekj", f"{fj(view.id_key)} AS @ij",
+                      # from_json hands back fields as compact JSON text: the first char gives the type.
+                      # One parse of the steps for their types, one for their text.
+                      f"json_type(CASE WHEN starts_with({fj(sk)}, '[') THEN {fj(sk)} END, '$[*]') AS @se"]
+            layer2 = ["CASE WHEN starts_with(@qj, '\"') THEN @qj->>'$' END AS @qt",
+                      "from_json(CASE WHEN @se IS NOT NULL THEN @sj END, '[\"VARCHAR\"]') AS @sp"]
+            n = "len(@se)"
+            checks = [
+                ("@qj IS NULL", f"{qk} is missing or null"),
+                ("@qt IS NULL", f"{qk} is not a string"),
+                ("trim(@qt) = ''", f"{qk} is empty"),
+                ("@sj IS NULL", f"{sk} is missing or null"),
+                ("@se IS NULL", f"{sk} is not a list"),
+                ("len(@se) = 0", f"{sk} is empty"),
+                ("list_contains(@se, 'NULL')", f"{sk} has a null step"),
+                ("NOT list_bool_and(list_transform(@se, lambda t: t = 'VARCHAR'))",
                  f"{sk} has a step that is not a string"),
             ]
-            qj_checks = []
-            extra_cols = "NULL AS signs"
-            label_checks, first_error, step_labels = self._label_sql(view, n)
-        size_checks = [
-            (f"length({question}) > {max_q}", f"question longer than {max_q} chars"),
+            label_cols, label_checks, first_error, step_labels = self._label_sql(view, n)
+            layer3 = label_cols
+        checks += [
+            (f"strlen(@qt) > {max_q} AND length(@qt) > {max_q}", f"question longer than {max_q} chars"),
             (f"{n} > {max_n}", f"more than {max_n} steps"),
-            (f"list_max(list_transform({steps}, lambda x: length(x))) > {max_c}", f"a step longer than {max_c} chars"),
-            (f"list_bool_or(list_transform({steps}, lambda x: trim(x) = ''))", "a step is blank"),
-        ]
-        checks = pre_checks + qj_checks + size_checks + label_checks
+            # byte length first (cheap); characters only when the bytes are over the limit
+            (f"list_max(list_transform(@sp, lambda x: strlen(x))) > {max_c} "
+             f"AND list_max(list_transform(@sp, lambda x: length(x))) > {max_c}", f"a step longer than {max_c} chars"),
+            ("list_min(list_transform(@sp, lambda x: strlen(x))) = 0", "a step is empty"),
+        ] + label_checks
         reason = "CASE " + " ".join(f"WHEN {c} THEN {lit(r)}" for c, r in checks) + " END"
-        error_kind = "CASE WHEN json_type(ekj) = 'VARCHAR' THEN ekj->>'$' END" if view.error_kind_key else "NULL"
-        source_id = f"(ij->>'$') || {lit(view.id_suffix)}" if view.id_key else "NULL"
-        if view.labels == "step_tags":
-            error_kind = "CASE WHEN json_type(ekj) = 'VARCHAR' THEN ekj->>'$' END" if view.error_kind_key else "NULL"
-        labeled = "NULL" if view.labels == "none" else "true"
-        # Three nested selects: raw fields -> derived lists -> checks (each level can use the previous).
-        return (
-            f"(SELECT struct_pack(reason := {reason}, question := {question}, steps := {steps}, "
-            f"first_error := CASE WHEN {labeled} THEN ({first_error})::INTEGER END, "
-            f"step_labels := CASE WHEN {labeled} THEN ({step_labels})::TINYINT[] END, "
-            f"error_kind := {error_kind}, source_id := {source_id}) "
-            f"FROM (SELECT *, {extra_cols} FROM (SELECT *, {split} FROM (SELECT {base}))))"
-        )
+        error_kind = "CASE WHEN json_type(@ekj) = 'VARCHAR' THEN @ekj->>'$' END" if view.error_kind_key else "NULL"
+        source_id = f"(@ij->>'$') || {lit(view.id_suffix)}" if view.id_key else "NULL"
+        labeled = view.labels != "none"
+        final = (f"struct_pack(reason := {reason}, question := @qt, steps := @sp, "
+                 f"first_error := {'(' + first_error + ')::INTEGER' if labeled else 'NULL::INTEGER'}, "
+                 f"step_labels := {'(' + step_labels + ')::TINYINT[]' if labeled else 'NULL::TINYINT[]'}, "
+                 f"error_kind := {error_kind}::VARCHAR, source_id := {source_id}::VARCHAR) AS @view")
+        return [layer1, layer2, layer3, [final]]
 
-    def _label_sql(self, view, n: str) -> tuple[list, str, str]:
-        """(checks, first_error, step_labels) SQL for the list-based label encodings."""
+    def _label_sql(self, view, n: str) -> tuple[list[str], list, str, str]:
+        """(columns, checks, first_error, step_labels) SQL for the JSON-valued label encodings."""
         lk, kind = view.label_key, view.labels
         is_int = "json_type(x) IN ('BIGINT', 'UBIGINT')"
         if kind == "none":
-            return [], "NULL", "NULL"
+            return [], [], "NULL", "NULL"
         if kind == "all_correct":
-            return [], "-1", f"list_transform(range({n}), lambda i: 1)"
+            return [], [], "-1", f"list_transform(range({n}), lambda i: 1)"
         if kind == "first_error":
-            fe = "TRY_CAST(lj->>'$' AS INTEGER)"
-            checks = [("lj IS NULL", f"{lk} is missing or null"),
-                      ("json_type(lj) NOT IN ('BIGINT', 'UBIGINT') OR " + fe + " IS NULL", f"{lk} is not an integer"),
-                      (f"{fe} < -1 OR {fe} >= {n}", f"{lk} out of range (-1 or a step index)")]
-            # ProcessBench: steps after the first error are unlabeled
-            labels = f"list_transform(range(CASE WHEN {fe} < 0 THEN {n} ELSE {fe} + 1 END), lambda i: (i <> {fe})::TINYINT)"
-            return checks, fe, labels
-        lst = "from_json(lj, '[\"JSON\"]')"
+            cols = ["CASE WHEN json_type(@lj) IN ('BIGINT', 'UBIGINT') THEN TRY_CAST(@lj->>'$' AS INTEGER) END AS @fe"]
+            checks = [("@lj IS NULL", f"{lk} is missing or null"),
+                      ("@fe IS NULL", f"{lk} is not an integer"),
+                      (f"@fe < -1 OR @fe >= {n}", f"{lk} out of range (-1 or a step index)")]
+            # ProcessBench: the steps after the first error carry no label
+            labels = f"list_transform(range(CASE WHEN @fe < 0 THEN {n} ELSE @fe + 1 END), lambda i: (i <> @fe)::TINYINT)"
+            return cols, checks, "@fe", labels
+        cols = ["from_json(CASE WHEN starts_with(@lj, '[') THEN @lj END, '[\"JSON\"]') AS @ll"]
         if kind in ("hard_labels", "bool_labels"):
             want = "x IN ('0', '1')" if kind == "hard_labels" else "x IN ('true', 'false')"
             what = "0/1" if kind == "hard_labels" else "true/false"
-            vals = f"list_transform({lst}, lambda x: (x IN ('1', 'true'))::TINYINT)"
+            vals = "list_transform(@ll, lambda x: (x IN ('1', 'true'))::TINYINT)"
             fe = f"coalesce(list_position({vals}, 0) - 1, -1)"
-            checks = [("lj IS NULL", f"{lk} is missing or null"),
-                      ("json_type(lj) <> 'ARRAY'", f"{lk} is not a list"),
-                      (f"len({lst}) = 0", f"{lk} is empty"),
-                      (f"NOT list_bool_and(list_transform({lst}, lambda x: coalesce({want}, false)))",
-                       f"{lk} must hold only {what}"),
-                      (f"len({lst}) > {n}", f"{lk} has more labels than steps")]
+            checks = [("@lj IS NULL", f"{lk} is missing or null"),
+                      ("@ll IS NULL", f"{lk} is not a list"),
+                      ("len(@ll) = 0", f"{lk} is empty"),
+                      (f"NOT list_bool_and(list_transform(@ll, lambda x: coalesce({want}, false)))", f"{lk} must hold only {what}"),
+                      (f"len(@ll) > {n}", f"{lk} has more labels than steps")]
             if kind == "bool_labels":
-                checks.append((f"len({lst}) <> {n}", f"{lk} and steps differ in length"))
+                checks.append((f"len(@ll) <> {n}", f"{lk} and steps differ in length"))
             else:
-                checks.append((f"{fe} = -1 AND len({lst}) < {n}", f"{lk} stop before the last step without an error"))
+                checks.append((f"{fe} = -1 AND len(@ll) < {n}", f"{lk} stop before the last step without an error"))
             if view.first_error_key:
-                fk = view.first_error_key
-                checks.append((f"fej IS NOT NULL AND TRY_CAST(fej->>'$' AS INTEGER) IS DISTINCT FROM {fe} "
-                               "OR (fej IS NOT NULL AND json_type(fej) NOT IN ('BIGINT', 'UBIGINT'))",
-                               f"{fk} disagrees with {lk}"))
-            return checks, fe, vals
+                checks.append(("@fej IS NOT NULL AND (json_type(@fej) NOT IN ('BIGINT', 'UBIGINT') "
+                               f"OR TRY_CAST(@fej->>'$' AS INTEGER) IS DISTINCT FROM {fe})",
+                               f"{view.first_error_key} disagrees with {lk}"))
+            return cols, checks, fe, vals
         if kind == "error_steps":
-            es = f"list_transform({lst}, lambda x: TRY_CAST(x AS INTEGER))"
-            checks = [("lj IS NULL", f"{lk} is missing or null"),
-                      ("json_type(lj) <> 'ARRAY'", f"{lk} is not a list"),
-                      (f"len({lst}) = 0", f"{lk} is empty"),
-                      (f"NOT list_bool_and(list_transform({lst}, lambda x: coalesce({is_int}, false)))",
-                       f"{lk} must hold step numbers"),
+            es = "list_transform(@ll, lambda x: TRY_CAST(x AS INTEGER))"
+            checks = [("@lj IS NULL", f"{lk} is missing or null"),
+                      ("@ll IS NULL", f"{lk} is not a list"),
+                      ("len(@ll) = 0", f"{lk} is empty"),
+                      (f"NOT list_bool_and(list_transform(@ll, lambda x: coalesce({is_int}, false)))", f"{lk} must hold step numbers"),
                       (f"list_min({es}) < 1 OR list_max({es}) > {n}", f"{lk} out of range (1-based step numbers)")]
             # PRMBench error_steps are 1-based; every listed step is wrong, the others are correct
-            return (checks, f"list_min({es}) - 1",
+            return (cols, checks, f"list_min({es}) - 1",
                     f"list_transform(range(1, {n} + 1), lambda i: (NOT list_contains({es}, i))::TINYINT)")
         raise ValueError(f"unknown label kind {kind!r}")
 
@@ -590,10 +591,14 @@ class Store:
                 f"auto_detect = false, strict_mode = true, compression = '{compression}', "
                 "max_line_size = 33554432, buffer_size = 67108864) WITH ORDINALITY")
 
-    def create_ingest_stage(self, stage: str) -> None:
+    def create_ingest_stage(self, stage: str, *, temporary: bool = False, memory_limit: str = "3GB") -> None:
+        """A stage table; `temporary` when the same connection stages and inserts (no disk write), else a
+        real table that survives between the flow's tasks (each opens its own short-lived store)."""
+        # bounded memory for 1M-line inputs: DuckDB spills to disk past this (the default is 80% of RAM)
+        self.sql(f"SET memory_limit = {self._lit(memory_limit)}")
         self.sql(f"DROP TABLE IF EXISTS {self._q(stage)}")
         self.sql(
-            f"CREATE TABLE {self._q(stage)} (file_idx INTEGER, source VARCHAR, line_no BIGINT, view_no INTEGER, "
+            f"CREATE {'TEMP ' if temporary else ''}TABLE {self._q(stage)} (file_idx INTEGER, source VARCHAR, line_no BIGINT, view_no INTEGER, "
             "reason VARCHAR, raw VARCHAR, id VARCHAR, question VARCHAR, steps VARCHAR[], num_steps INTEGER, "
             "first_error INTEGER, step_labels TINYINT[], error_kind VARCHAR, source_id VARCHAR)")
 
@@ -602,35 +607,50 @@ class Store:
         """Parses and checks every line of one file into the stage table (one row per view of a good
         line, one row per bad line). `unreadable`: line_no -> reason for lines the reader could not take."""
         q = self._q
-        keys = fmt.keys()
-        struct = "{" + ", ".join(f'"{k}": "JSON"' for k in keys) + "}"
-        views = ", ".join(self._view_sql(fmt, v, limits) for v in fmt.views)
+        struct = "{" + ", ".join(f'"{k}": "JSON"' for k in fmt.keys()) + "}"
+        layers: list[list[str]] = [[], [], [], []]
+        for i, view in enumerate(fmt.views):
+            for depth, cols in enumerate(self._view_layers(view, limits)):
+                layers[depth] += [c.replace("@", f"v{i}_") for c in cols]
+        ctes = []
+        prev = "fields"
+        for depth, cols in enumerate(layers):
+            if cols:
+                ctes.append(f"l{depth} AS (SELECT *, {', '.join(cols)} FROM {prev})")
+                prev = f"l{depth}"
+        nviews = len(fmt.views)
+        view_reasons = ", ".join(f"v{i}_view.reason" for i in range(nviews))
         id_sql = TRAJECTORY_ID_SQL.replace("{q}", "v.question").replace("{s}", "v.steps")
         raw_chars = int(limits["quarantine_raw_chars"])
         ws = "' \t\r\n'"
-        params = [path, file_idx, source or path, file_idx, source or path]
+        views = ", ".join(f"v{i}_view" for i in range(nviews))
+        # One pass, one row per bad line and one per view of a good line (no UNION: it would parse twice).
+        if nviews == 1:
+            rows = "SELECT line_no, raw, reason, v0_view AS v, 1 AS vi FROM judged"
+        else:
+            keep = f"CASE WHEN reason IS NULL THEN {nviews} ELSE 1 END"
+            rows = (f"SELECT line_no, raw, reason, unnest(list_slice([{views}], 1, {keep})) AS v, "
+                    f"unnest(list_slice(range(1, {nviews + 1}), 1, {keep})) AS vi FROM judged")
+        good = lambda e: f"CASE WHEN reason IS NULL THEN {e} END"  # noqa: E731
         sql = (
             f"INSERT INTO {q(stage)} "
             "WITH lines AS (" + self._reader_sql(kind) + "), "
-            "checked AS (SELECT line_no, raw, CASE "
-            f"  WHEN raw IS NULL OR trim(raw, {ws}) = '' THEN 'blank line' "
-            "  WHEN NOT json_valid(raw) THEN 'malformed JSON' "
-            f"  WHEN left(ltrim(raw, {ws}), 1) <> '{{' THEN 'not a JSON object' END AS line_reason FROM lines), "
-            f"fields AS (SELECT line_no, raw, line_reason, CASE WHEN line_reason IS NULL "
-            f"  THEN from_json(raw, {self._lit(struct)}) END AS f FROM checked), "
-            f"viewed AS (SELECT line_no, raw, line_reason, CASE WHEN line_reason IS NULL THEN [{views}] END AS vs "
-            "  FROM fields), "
-            "judged AS (SELECT line_no, raw, vs, coalesce(line_reason, "
-            "  list_filter(list_transform(vs, lambda v: v.reason), lambda r: r IS NOT NULL)[1]) AS reason FROM viewed) "
-            f"SELECT ?::INTEGER, ?::VARCHAR, line_no, NULL, reason, left(coalesce(raw, ''), {raw_chars}), "
-            "NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM judged WHERE reason IS NOT NULL "
-            "UNION ALL "
-            "SELECT ?::INTEGER, ?::VARCHAR, line_no, vi, NULL, NULL, " + id_sql + ", v.question, v.steps, "
-            "len(v.steps), v.first_error, v.step_labels, v.error_kind, v.source_id "
-            "FROM (SELECT line_no, unnest(vs) AS v, unnest(generate_series(1, len(vs))) AS vi "
-            "FROM judged WHERE reason IS NULL)"
+            # json_valid first: the common case pays one parse and no trimming
+            "checked AS (SELECT line_no, raw, CASE WHEN raw IS NULL THEN 'blank line' "
+            "  WHEN json_valid(raw) THEN CASE WHEN starts_with(raw, '{') OR json_type(raw) = 'OBJECT' THEN NULL "
+            "    ELSE 'not a JSON object' END "
+            f"  WHEN trim(raw, {ws}) = '' THEN 'blank line' ELSE 'malformed JSON' END AS line_reason FROM lines), "
+            f"fields AS (SELECT *, from_json(CASE WHEN line_reason IS NULL THEN raw END, {self._lit(struct)}) AS f "
+            "  FROM checked), "
+            + ", ".join(ctes) + ", "
+            # a line is usable only when every one of its views is; the first reason is reported
+            f"judged AS (SELECT *, coalesce(line_reason, {view_reasons}) AS reason FROM {prev}) "
+            f"SELECT ?::INTEGER, ?::VARCHAR, line_no, {good('vi')}, reason, "
+            f"CASE WHEN reason IS NOT NULL THEN left(coalesce(raw, ''), {raw_chars}) END, {good(id_sql)}, "
+            f"{good('v.question')}, {good('v.steps')}, {good('len(v.steps)')}, {good('v.first_error')}, "
+            f"{good('v.step_labels')}, {good('v.error_kind')}, {good('v.source_id')} FROM ({rows})"
         )
-        self.sql(sql, params)
+        self.sql(sql, [path, file_idx, source or path])
         for line_no, why in (unreadable or {}).items():
             self.sql(f"UPDATE {q(stage)} SET reason = ? WHERE file_idx = ? AND line_no = ?", [why, file_idx, line_no])
 
@@ -658,25 +678,27 @@ class Store:
         new ones: a trajectory once across pools, its pool membership, its gold labels if any.
         A line counts as accepted when at least one of its trajectories is new to the pool."""
         q = self._q(stage)
+        # the first occurrence of each id in the input (narrow keys only), unless the pool has it already
+        pos = "(file_idx::BIGINT << 40) + (line_no << 4) + view_no"
         with self.transaction():
-            self.sql(
-                "CREATE OR REPLACE TEMP TABLE ingest_new AS "
-                f"SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY id ORDER BY file_idx, line_no, view_no) AS rk "
-                f"FROM {q} WHERE reason IS NULL) s WHERE rk = 1 "
-                "AND NOT EXISTS (SELECT 1 FROM pool_members m WHERE m.pool = ? AND m.trajectory_id = s.id)", [pool])
+            self.sql("CREATE OR REPLACE TEMP TABLE ingest_keep AS "
+                     f"SELECT id, min({pos}) AS pos FROM {q} s WHERE reason IS NULL "
+                     "AND NOT EXISTS (SELECT 1 FROM pool_members m WHERE m.pool = ? AND m.trajectory_id = s.id) "
+                     "GROUP BY id", [pool])
+            new = f"SELECT s.* FROM {q} s JOIN ingest_keep k ON k.id = s.id AND k.pos = {pos}"
             self.sql("INSERT INTO trajectories (id, question, steps, num_steps) "
-                     "SELECT id, question, steps, num_steps FROM ingest_new n "
-                     "WHERE NOT EXISTS (SELECT 1 FROM trajectories t WHERE t.id = n.id) ORDER BY file_idx, line_no, view_no")
+                     f"SELECT id, question, steps, num_steps FROM ({new}) n "
+                     "WHERE NOT EXISTS (SELECT 1 FROM trajectories t WHERE t.id = n.id)")
             self.sql("INSERT INTO pool_members (pool, trajectory_id, line_no, source_id) "
-                     "SELECT ?, id, line_no, source_id FROM ingest_new ORDER BY file_idx, line_no, view_no", [pool])
+                     f"SELECT ?, id, line_no, source_id FROM ({new})", [pool])
             # the first source to label a trajectory keeps its gold label
             self.sql("INSERT INTO gold_labels (trajectory_id, first_error, step_labels, error_kind, source_format) "
-                     "SELECT id, first_error, step_labels, error_kind, ? FROM ingest_new n WHERE first_error IS NOT NULL "
+                     f"SELECT id, first_error, step_labels, error_kind, ? FROM ({new}) n WHERE first_error IS NOT NULL "
                      "AND NOT EXISTS (SELECT 1 FROM gold_labels g WHERE g.trajectory_id = n.id)", [source_format])
             accepted, new_traj = self.sql(
-                "SELECT count(DISTINCT (file_idx, line_no)), count(*) FROM ingest_new").fetchone()
+                f"SELECT count(DISTINCT pos >> 4), count(*) FROM ingest_keep").fetchone()
             good = self.sql(f"SELECT count(DISTINCT (file_idx, line_no)) FROM {q} WHERE reason IS NULL").fetchone()[0]
-            self.sql("DROP TABLE ingest_new")
+            self.sql("DROP TABLE ingest_keep")
         return {"accepted": int(accepted), "duplicates": int(good - accepted), "trajectories_added": int(new_traj)}
 
     def drop_stage(self, stage: str) -> None:
@@ -723,7 +745,8 @@ class Store:
             "SELECT t.id, t.question IS NULL AS question_null, length(t.question) AS question_chars, "
             "t.num_steps, len(t.steps) AS steps_len, list_max(list_transform(t.steps, lambda s: length(s))) AS max_step_chars, "
             "list_bool_or(list_transform(t.steps, lambda s: s IS NULL)) AS has_null_step, "
-            "g.first_error, len(g.step_labels) AS step_labels_len, g.error_kind, g.trajectory_id IS NOT NULL AS labeled "
+            "g.first_error, len(g.step_labels) AS step_labels_len, g.error_kind, "
+            "(g.trajectory_id IS NOT NULL)::INTEGER AS labeled, (g.first_error >= 0)::DOUBLE AS is_error "
             "FROM pool_members m JOIN trajectories t ON t.id = m.trajectory_id "
             "LEFT JOIN gold_labels g ON g.trajectory_id = m.trajectory_id "
             "WHERE m.pool = ? AND hash(m.trajectory_id) % ? = ?", [pool, shards, shard]).df()
@@ -823,7 +846,7 @@ class Store:
         assert self.con is not None
         with self.transaction() as con:
             shard = int(con.execute("SELECT coalesce(max(shard) + 1, 0) FROM score_shards "
-                                    "WHERE pool = ? AND model_version = ?", [pool, model_version]).fetchone()[0])
+                                    "WHERE pool = ? AND model_version = ?", [pool, model_version]).fetchall()[0][0])
             con.register("score_rows", rows)
             try:
                 # Anti-join instead of INSERT OR REPLACE: a trajectory shared with another pool may already

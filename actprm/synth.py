@@ -8,7 +8,12 @@ at the step where it is made. Labels follow ProcessBench (Zheng et al., 2024) / 
 
 `verify_first_error` is the programmatic judge for this pool: it reads the question's plan (one operation per
 sentence), redoes each step's arithmetic and checks that every step applies the planned operation to the
-planned operands, the running value being the previous step's *claimed* result.
+planned operands, the running value being the previous step's *claimed* result. It agrees with the generator's
+first_error on every record checked (100% on 20k in bench/bench_synth.py); every error kind is detectable:
+slips and sign/magnitude errors by redoing the arithmetic, wrong operations and copied numbers against the
+question's plan, stale carries against the running value, and final-answer mismatches against the last result.
+Known tell: sign_or_magnitude errors (and some stale carries) can make later numbers negative, which never
+happens in a correct trajectory.
 """
 
 from __future__ import annotations
@@ -333,8 +338,26 @@ def verify_first_error(question: str, steps: list[str]) -> int:
 _PARQUET_CHUNK = 50_000
 
 
+def _vocabulary_is_json_safe() -> bool:
+    texts = [w for pair in NAMES for w in pair] + [w for theme in THEMES.values() for ws in theme for w in ws]
+    for group in (SETUP_START, SETUP_MUL, QUESTIONS, QUESTIONS_SHARE, STEP_SETUP_MUL, FINAL, ERROR_KINDS,
+                  *OP_SENTENCES.values(), *STEP_OP.values()):
+        texts += group
+    return all(t.isascii() and t.isprintable() and '"' not in t and "\\" not in t for t in texts)
+
+
+# Every string in a record is built from the vocabulary above plus integers, so when the vocabulary needs no JSON
+# escaping a record can be written with plain string joins: 4x faster than json.dumps, same bytes.
+_FAST_JSON = _vocabulary_is_json_safe()
+
+
 def _line(rec: dict) -> str:
-    return json.dumps(rec, separators=(",", ":")) + "\n"
+    if not _FAST_JSON:
+        return json.dumps(rec, separators=(",", ":")) + "\n"
+    kind = rec["error_kind"]
+    return '{"id":"%s","question":"%s","steps":["%s"],"hard_labels":[%s],"first_error":%d,"error_kind":%s}\n' % (
+        rec["id"], rec["question"], '","'.join(rec["steps"]), ",".join(map(str, rec["hard_labels"])),
+        rec["first_error"], "null" if kind is None else f'"{kind}"')
 
 
 def write_pool(path: str | Path, n: int, seed: int = 0, error_rate: float = 0.5, progress: bool = False) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,11 @@ def configure_mlflow(tracking_uri: str, experiment: str, artifact_root: str | Pa
 
 def prefect_flow_run_id() -> str | None:
     """The id of the Prefect flow run we are inside, if any (links an MLflow run back to its flow)."""
-    try:
-        from prefect.runtime import flow_run
-    except ImportError:  # pragma: no cover - prefect is a dependency, but tracking must not need it
+    # Inside a flow run Prefect is already imported; outside one, importing it (seconds) is wasted.
+    if "prefect" not in sys.modules:
         return None
+    from prefect.runtime import flow_run
+
     run_id = flow_run.id
     return str(run_id) if run_id else None
 
@@ -89,3 +91,28 @@ def log_params(params: Mapping[str, Any]) -> dict[str, str]:
     for start in range(0, len(items), 100):
         mlflow.log_params(dict(items[start:start + 100]))
     return flat
+
+
+@contextlib.contextmanager
+def logging_into(run_id: str | None, tracking_uri: str | None = None) -> Iterator[mlflow.ActiveRun | None]:
+    """Make `run_id` the active MLflow run for the duration (no-op when None).
+
+    Flows create runs by id and hand the id to each stage, because Prefect may run a task in
+    another thread than the flow, and MLflow's active run is per thread.
+    """
+    if run_id is None:
+        yield None
+        return
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        yield active
+        return
+    # Resuming a run must not end it: the flow closes it when the round is over.
+    run = mlflow.start_run(run_id=run_id, nested=active is not None)
+    try:
+        yield run
+    finally:
+        # end_run() would mark it FINISHED; pop it from the active stack but keep it RUNNING.
+        mlflow.end_run(status="RUNNING")

@@ -3,6 +3,8 @@
 Target: concurrency 16 gives >= 120 labels/s (the ideal is 16 / 0.1 s = 160/s); concurrency 1 is the
 in-run baseline (ideal 10/s). Every label goes through the production path: budget reservation,
 HTTP request, strict parse, label + ledger committed to DuckDB. The server runs in its own process.
+Bare httpx requests/s against the same server are measured too: on a shared, loaded machine that is
+the ceiling, and `fraction_of_bare_http` shows what our bookkeeping costs on top of it.
 
     .venv/bin/python bench/bench_judge.py [--n 800] [--latency 0.1]   # writes bench/results/judge.json
 """
@@ -49,6 +51,29 @@ def run_once(url: str, db: Path, ids: list[str], concurrency: int) -> dict:
             "latency_p50_s": s.latency_p50, "latency_p99_s": s.latency_p99, "ledger_consistency": consistency}
 
 
+def http_ceiling(url: str, n: int, concurrency: int) -> float:
+    """Requests/s of bare httpx against the same server: what this machine allows before any of our work."""
+    import asyncio
+
+    import httpx
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "[Math Problem]\n\nq\n\n[Solution]\n\n"
+                                                                  "<paragraph_0>\n1 + 1 = 2\n</paragraph_0>"}]}
+
+    async def go() -> float:
+        sem = asyncio.Semaphore(concurrency)
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency)) as client:
+            async def one():
+                async with sem:
+                    (await client.post(url + "/chat/completions", json=body)).raise_for_status()
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(one() for _ in range(n)))
+            return n / (time.perf_counter() - t0)
+
+    return round(asyncio.run(go()), 1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=800, help="labels requested at concurrency 16")
@@ -67,6 +92,7 @@ def main() -> None:
             load_before = os.getloadavg()
             serial = run_once(url, db, ids[: args.n_serial], 1)
             parallel = run_once(url, db, ids, 16)
+            ceiling = http_ceiling(url, min(args.n, 400), 16)
             load_after = os.getloadavg()
     finally:
         server.kill()
@@ -74,6 +100,8 @@ def main() -> None:
         "server_latency_s": args.latency, "serial": serial, "concurrent": parallel,
         "speedup": round(parallel["labels_per_s"] / serial["labels_per_s"], 2),
         "target_labels_per_s": 120, "meets_target": parallel["labels_per_s"] >= 120,
+        "bare_httpx_requests_per_s_c16": ceiling,
+        "fraction_of_bare_http": round(parallel["labels_per_s"] / ceiling, 2),
         "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": load_after,
                     "python": platform.python_version()},
     }

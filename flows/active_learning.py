@@ -14,6 +14,7 @@ from typing import Any
 from prefect import flow
 
 from actprm.config import flow_settings
+from flows.ingest_pool import ingest_pool
 from tasks import pipeline
 from tasks.evaluate import evaluate_stage
 from tasks.label import label_stage
@@ -49,7 +50,9 @@ def active_learning(
         model={"preset": preset}, judge={"backend": judge}, uncertainty={"strategy": strategy},
         loop={"rounds": rounds, "labels_per_round": labels_per_round},
     )
-    pipeline.ensure_pool_task(settings, pool)
+    sample = pipeline.sample_pool_task(settings, pool)
+    if sample is not None:
+        ingest_pool(paths=[sample], pool=pool, home=str(settings.home))
     prepare_eval_split_task(str(settings.duckdb_path), pool, settings.loop.eval_fraction, settings.train.seed)
     parent = pipeline.open_run_task(settings, "active_learning", {"pool": pool})
 

@@ -49,7 +49,8 @@ def ensure_separator(tokenizer, backbone) -> int:
     existing = _token_id(tokenizer, STEP_SEPARATOR)
     if existing is not None:
         return existing
-    tokenizer.add_special_tokens({"additional_special_tokens": [STEP_SEPARATOR]})
+    # Keep the tokenizer's other special tokens (Qwen's <|im_start|> etc.) registered as special.
+    tokenizer.add_special_tokens({"additional_special_tokens": [STEP_SEPARATOR]}, replace_extra_special_tokens=False)
     sep_id = _token_id(tokenizer, STEP_SEPARATOR)
     assert sep_id is not None
     emb = backbone.get_input_embeddings()
@@ -76,6 +77,11 @@ def _newline_embedding(tokenizer, table: torch.Tensor) -> torch.Tensor:
     if tokenizer.sep_token_id is not None and tokenizer.sep_token_id < table.shape[0]:
         return table[tokenizer.sep_token_id].clone()
     return table.float().mean(0).to(table.dtype)
+
+
+def _clean(text: str) -> str:
+    # A literal separator inside the text would create a fake step: drop it.
+    return text.replace(STEP_SEPARATOR, " ")
 
 
 @dataclass
@@ -142,22 +148,19 @@ class StepBatcher:
         if max_length < len(self._head) + len(self._tail) + 2:
             raise ActPRMError(f"max_length={max_length} is too small to hold one step")
 
-    def _ids(self, text: str) -> list[int]:
-        # A literal separator inside the text would create a fake step: drop it.
-        return self.tokenizer.encode(text.replace(STEP_SEPARATOR, " "), add_special_tokens=False)
-
-    def _question_ids(self, question: str) -> list[int]:
+    def _question_text(self, question: str) -> str:
         if self._chat:
-            text = self.tokenizer.apply_chat_template(
-                [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}],
+            return self.tokenizer.apply_chat_template(
+                [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": _clean(question)}],
                 tokenize=False, add_generation_prompt=True,
             )
-            return self.tokenizer.encode(text, add_special_tokens=False)
-        return self._ids(question)
+        return _clean(question)
 
     def tokenize(self, question: str, steps: list[str], first_error: int | None = None) -> EncodedTrajectory:
-        q_ids = self._question_ids(question)
-        step_ids = [self._ids(s) for s in steps]
+        # One batched call into the Rust tokenizer for the question and all steps.
+        pieces = self.tokenizer([self._question_text(question)] + [_clean(s) for s in steps],
+                                add_special_tokens=False)["input_ids"]
+        q_ids, step_ids = list(pieces[0]), [list(p) for p in pieces[1:]]
         room = self.max_length - len(self._head) - len(self._tail)
         ids = list(self._head) + q_ids
         if step_ids and len(q_ids) + len(step_ids[0]) + 1 > room:

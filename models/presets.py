@@ -49,9 +49,12 @@ def _tiny_decoder(backbone_path, dtype, seed):
 def _from_path(path: str, dtype, what: str):
     from transformers import AutoModel, AutoTokenizer
 
+    from models.prm import _quiet_hf
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        backbone = AutoModel.from_pretrained(path, dtype=dtype)
+        with _quiet_hf():
+            backbone = AutoModel.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError) as exc:
         raise ActPRMError(f"cannot load the {what} backbone from {path!r}: {str(exc).splitlines()[0]}") from None
     return backbone, tokenizer, path

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import functools
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -339,6 +341,12 @@ def predict_step_scores(model, tokenizer, questions: list[str], steps_lists: lis
     return out
 
 
+def _device() -> str | None:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else None
+
+
 def _score_records(kind: str, records: list[dict], model, tokenizer, batch_size: int, max_length: int):
     if kind == "processbench":
         keys = [r["id"] for r in records]
@@ -359,7 +367,7 @@ def evaluate_model(model_dir_or_uri: str | Path, data_path: str | Path, *, batch
     from tasks.register import load_model
 
     kind, records = read_eval_data(data_path)
-    model, tokenizer, version = load_model(model_dir_or_uri)
+    model, tokenizer, version = load_model(model_dir_or_uri, device=_device())
     scores = _score_records(kind, records, model, tokenizer, batch_size, max_length)
     result: dict[str, Any] = {"benchmark": kind, "model": str(model_dir_or_uri), "model_version": version}
     if kind == "prmbench":
@@ -403,3 +411,96 @@ def evaluate_on_store(store, pool: str, model, tokenizer, split: str = "eval", *
     result["n"] = len(trajectories)
     result["eval_set"] = eval_set_id(pool, split, [t["id"] for t in trajectories])
     return result
+
+
+# -- stages (thin Prefect wrappers used by the flows) --------------------------------------------
+def evaluate_pool(duckdb_path: str | Path, pool: str, model_dir_or_uri: str | Path, *, split: str = "eval",
+                  batch_size: int = 32, max_length: int = 512, threshold: float = DEFAULT_THRESHOLD) -> dict:
+    """Load a model (folder or models:/ URI) and evaluate it on a pool's held-out split."""
+    from actprm.store import Store
+    from tasks.register import load_model
+
+    model, tokenizer, version = load_model(model_dir_or_uri, device=_device())
+    with Store(duckdb_path) as store:
+        try:
+            store.require_pool(pool)
+        except KeyError as exc:
+            raise ActPRMError(exc.args[0]) from None
+        result = evaluate_on_store(store, pool, model, tokenizer, split, batch_size=batch_size,
+                                   max_length=max_length, threshold=threshold)
+    return {"benchmark": "pool", "pool": pool, "split": split, "model": str(model_dir_or_uri),
+            "model_version": version, **result}
+
+
+def _log_evaluation(run_id: str | None, result: dict, tracking_uri: str | None = None, prefix: str = "eval") -> None:
+    """Headline numbers as metrics of the MLflow run, the full result as evaluation.json."""
+    from mlflow.tracking import MlflowClient
+
+    if run_id is None:
+        return
+    client = MlflowClient(tracking_uri)
+    metrics = {f"{prefix}_{k}": v for k, v in result.items() if k in ("f1", "prmscore", "f1_negative")}
+    for name, sub in result.get("subsets", {}).items():
+        metrics.update({f"{prefix}_{name}_{k}": v for k, v in sub.items() if k != "n" and v is not None})
+    for kind, v in result.get("error_kinds", {}).items():
+        metrics[f"{prefix}_acc_{kind}"] = v["acc"]
+    for name, v in result.get("categories", {}).items():
+        metrics[f"{prefix}_{name}_prmscore"] = v["prmscore"]
+    for key, value in metrics.items():
+        # Metric names allow alphanumerics, _ - . / and spaces; error kinds come from user data.
+        client.log_metric(run_id, re.sub(r"[^\w\-. /]", "_", key), float(value))
+    client.log_dict(run_id, result, "evaluation.json")
+
+
+def evaluate_round(settings, pool: str, model_dir: str, run_id: str | None = None) -> dict:
+    """Loop stage: ProcessBench-style F1 of a freshly trained model on the pool's held-out split."""
+    result = evaluate_pool(settings.duckdb_path, pool, model_dir, batch_size=settings.uncertainty.batch_size,
+                           max_length=settings.model.max_length)
+    _log_evaluation(run_id, result, settings.tracking_uri)
+    return result
+
+
+def evaluate_request(settings, *, model: str | None = None, data: str | None = None,
+                     predictions: str | None = None, pool: str | None = None) -> dict:
+    """`actprm evaluate`: a predictions file, or a model (default: the champion) on a file or a pool."""
+    from actprm.tracking import configure_mlflow, start_run
+    from tasks.register import champion_version
+
+    configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
+    name = settings.registry.model_name
+    if predictions is not None:
+        if data is None:
+            raise ActPRMError("--predictions needs --data: the benchmark file the predictions are for")
+        result = evaluate_predictions(data, predictions)
+        result["predictions"] = str(predictions)
+    else:
+        if data is None and pool is None:
+            raise ActPRMError("give --data FILE (ProcessBench/PRMBench JSONL) or --pool NAME to evaluate on")
+        if model is None:
+            if champion_version(name) is None:
+                raise ActPRMError(f"{name} has no champion yet: pass --model, or run `actprm run` first")
+            model = f"models:/{name}@champion"
+        sizes = {"batch_size": settings.uncertainty.batch_size, "max_length": settings.model.max_length}
+        result = (evaluate_pool(settings.duckdb_path, pool, model, **sizes) if pool is not None
+                  else evaluate_model(model, data, **sizes))
+    if data is not None:
+        result["data"] = str(data)
+    with start_run("evaluate", {"actprm.stage": "evaluate", "actprm.benchmark": result["benchmark"]}) as run:
+        _log_evaluation(run.info.run_id, result, settings.tracking_uri)
+    return result
+
+
+@functools.cache
+def _prefect_tasks() -> dict:
+    """The thin Prefect wrappers, built lazily: importing Prefect is slow and metric users do not need it."""
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+
+    return {"evaluate_stage": task(name="evaluate", cache_policy=NO_CACHE)(evaluate_round),
+            "evaluate_request_stage": task(name="evaluate-request", cache_policy=NO_CACHE)(evaluate_request)}
+
+
+def __getattr__(name: str):
+    if name in ("evaluate_stage", "evaluate_request_stage"):
+        return _prefect_tasks()[name]
+    raise AttributeError(name)

@@ -209,10 +209,12 @@ def _one_line(exc: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------------- stages
-def stage(store: Store, files: list[InputFile], fmt: InputFormat, limits: IngestLimits) -> str:
-    """Reads, parses and checks every line of every file into a fresh stage table; returns its name."""
+def stage(store: Store, files: list[InputFile], fmt: InputFormat, limits: IngestLimits, *,
+          temporary: bool = False) -> str:
+    """Reads, parses and checks every line of every file into a fresh stage table; returns its name.
+    `temporary`: the same open store will quarantine and insert (the stage then never touches disk)."""
     name = f"ingest_stage_{uuid.uuid4().hex[:12]}"
-    store.create_ingest_stage(name)
+    store.create_ingest_stage(name, temporary=temporary)
     try:
         for i, f in enumerate(files):
             _stage_one(store, name, fmt, i, f, limits)
@@ -232,7 +234,7 @@ def _stage_one(store: Store, stage_name: str, fmt: InputFormat, i: int, f: Input
         if f.kind == "parquet":
             raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
         log.warning("falling back to a sanitized copy of %s: %s", f.path, _one_line(exc))
-    except (duckdb.IOException, duckdb.Error) as exc:
+    except duckdb.IOException as exc:  # missing, not the declared compression, truncated, not Parquet
         raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
     with tempfile.TemporaryDirectory(prefix="actprm-ingest-") as tmp:
         clean = os.path.join(tmp, "clean.jsonl")
@@ -298,10 +300,11 @@ def ingest(store_or_path: Store | str | Path, paths: list[str] | str, pool: str,
     with _opened(store_or_path) as store:
         t0 = time.perf_counter()
         digest = content_hash(files)
-        stage_name = stage(store, files, fmt, limits)
+        stage_name = stage(store, files, fmt, limits, temporary=True)
         summary.seconds["stage"] = time.perf_counter() - t0
         try:
-            store_stage(store, stage_name, pool, fmt, files, digest, summary)
+            quarantine(store, stage_name, pool, fmt, files, digest, summary)
+            insert(store, stage_name, pool, fmt, summary)
         finally:
             store.drop_stage(stage_name)
         summary.seconds["insert"] = time.perf_counter() - t0 - summary.seconds["stage"]
@@ -310,14 +313,17 @@ def ingest(store_or_path: Store | str | Path, paths: list[str] | str, pool: str,
                                           reports_dir=reports_dir, drift_tolerance=drift_tolerance)
         summary.seconds["validate"] = time.perf_counter() - t1
         finish(store, summary, result)
-    from tasks.report import report_ingest  # noqa: PLC0415 - keeps Prefect/MLflow out of the hot path
+        sample = store.quarantine_sample(pool, 20)
+    report_ingest(summary, emit=emit, quarantine_sample=sample)
+    raise_if_rejected(summary)
+    return summary
 
-    report_ingest(summary, emit=emit)
+
+def raise_if_rejected(summary: IngestSummary) -> None:
     if summary.status == "rejected":
-        err = ActPRMError(f"pool {pool!r} rejected by its data contract: {'; '.join(summary.failures)}")
+        err = ActPRMError(f"pool {summary.pool!r} rejected by its data contract: {'; '.join(summary.failures)}")
         err.summary = summary  # type: ignore[attr-defined]
         raise err
-    return summary
 
 
 @contextlib.contextmanager
@@ -329,20 +335,24 @@ def _opened(store_or_path: Store | str | Path):
             yield store
 
 
-def store_stage(store: Store, stage_name: str, pool: str, fmt: InputFormat, files: list[InputFile], digest: str,
-                summary: IngestSummary) -> IngestSummary:
-    """Quarantines the stage's bad lines and stores its new trajectories; fills the summary counts."""
-    counts = store.stage_counts(stage_name)
+def quarantine(store: Store, stage_name: str, pool: str, fmt: InputFormat, files: list[InputFile], digest: str,
+               summary: IngestSummary) -> IngestSummary:
+    """Opens (or reopens) the pool's registry row and moves the stage's bad lines into quarantine."""
+    summary.lines_read = store.stage_counts(stage_name)["lines_read"]
     store.upsert_pool(pool, source=json.dumps([f.path for f in files]), format=fmt.name, content_hash=digest,
                       status="ingesting")
     summary.quarantined = store.quarantine_stage(stage_name, pool)
+    return summary
+
+
+def insert(store: Store, stage_name: str, pool: str, fmt: InputFormat, summary: IngestSummary) -> IngestSummary:
+    """Deduplicates and stores the stage's good lines, then drops the stage."""
     added = store.insert_stage(stage_name, pool, fmt.name)
-    summary.lines_read = counts["lines_read"]
     summary.accepted, summary.duplicates = added["accepted"], added["duplicates"]
     summary.trajectories_added = added["trajectories_added"]
     if summary.accepted + summary.quarantined + summary.duplicates != summary.lines_read:  # pragma: no cover
         raise RuntimeError(f"ingest lost lines: {summary.as_dict()}")
-    summary.top_reasons = store.quarantine_reasons(pool)
+    store.drop_stage(stage_name)
     return summary
 
 
@@ -357,3 +367,80 @@ def finish(store: Store, summary: IngestSummary, result) -> IngestSummary:
     summary.pool_trajectories, summary.labeled_fraction = stats["trajectories"], stats["labeled_fraction"]
     summary.top_reasons = store.quarantine_reasons(summary.pool)
     return summary
+
+
+# ---------------------------------------------------------------------------- report & event
+POOL_REGISTERED_EVENT = "actprm.pool.registered"
+
+
+def report_markdown(summary: IngestSummary, quarantine_sample: list[dict] | None = None) -> str:
+    s = summary
+    lines = [f"# Ingest of pool `{s.pool}`: {s.status}", "",
+             "| lines read | accepted | quarantined | duplicates | trajectories added | pool size | labeled |",
+             "|---:|---:|---:|---:|---:|---:|---:|",
+             f"| {s.lines_read} | {s.accepted} | {s.quarantined} | {s.duplicates} | {s.trajectories_added} "
+             f"| {s.pool_trajectories} | {s.labeled_fraction:.1%} |", "", f"Format: `{s.format}`", ""]
+    if s.top_reasons:
+        lines += ["## Top quarantine reasons", "", "| reason | lines |", "|---|---:|"]
+        lines += [f"| {r} | {n} |" for r, n in s.top_reasons] + [""]
+    for title, items in (("Contract failures (critical)", s.failures), ("Contract warnings", s.warnings)):
+        if items:
+            lines += [f"## {title}", ""] + [f"- {x}" for x in items] + [""]
+    if s.report:
+        lines.append(f"Data Docs: [{s.report}](file://{Path(s.report).resolve()})")
+    return "\n".join(lines)
+
+
+def emit_pool_registered(summary: IngestSummary):
+    """Prefect event `actprm.pool.registered` (resource `actprm.pool.<name>`), so deployments can trigger
+    on new pools. Returns the emitted Event (None when no events client is configured)."""
+    from prefect.events import emit_event
+
+    return emit_event(
+        event=POOL_REGISTERED_EVENT,
+        resource={"prefect.resource.id": f"actprm.pool.{summary.pool}", "prefect.resource.name": summary.pool},
+        payload={"pool": summary.pool, "rows": summary.pool_trajectories, "added": summary.trajectories_added,
+                 "labeled_fraction": summary.labeled_fraction, "format": summary.format},
+    )
+
+
+def report_ingest(summary: IngestSummary, *, emit: bool = True, quarantine_sample: list[dict] | None = None) -> None:
+    """Logs the summary; inside a Prefect flow posts markdown + table artifacts; inside an active MLflow
+    run logs counts, a quarantine sample and the Data Docs folder; emits the event on success."""
+    log.info("ingest %s", json.dumps(summary.as_dict(), default=str))
+    try:
+        from prefect.context import FlowRunContext, TaskRunContext
+
+        in_flow = FlowRunContext.get() is not None or TaskRunContext.get() is not None
+    except Exception:  # pragma: no cover - Prefect is a dependency; stay usable without it
+        in_flow = False
+    if in_flow:
+        from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+        key = "ingest-" + "".join(c if c.isalnum() else "-" for c in summary.pool.lower())
+        create_markdown_artifact(markdown=report_markdown(summary), key=key, description=f"ingest of {summary.pool}")
+        create_table_artifact(table=[{"reason": r, "lines": n} for r, n in summary.top_reasons] or
+                              [{"reason": "(none)", "lines": 0}], key=key + "-quarantine",
+                              description="quarantine reasons")
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.log_metrics({f"ingest.{k}": float(getattr(summary, k)) for k in
+                            ("lines_read", "accepted", "quarantined", "duplicates", "trajectories_added",
+                             "labeled_fraction")})
+        mlflow.log_dict(summary.as_dict(), f"ingest/{summary.pool}/summary.json")
+        mlflow.log_dict({"sample": quarantine_sample or []}, f"ingest/{summary.pool}/quarantine_sample.json")
+        if summary.report:
+            mlflow.log_artifacts(str(Path(summary.report).parent), f"ingest/{summary.pool}/data_docs")
+    if emit and summary.status == "registered":
+        # Events need a Prefect API (a server, a flow run, or prefect_test_harness); without one,
+        # emit_event would try to start an ephemeral server just for this, so we skip it.
+        from prefect.settings import get_current_settings
+
+        if in_flow or get_current_settings().api.url:
+            try:
+                emit_pool_registered(summary)
+            except Exception as exc:  # an unreachable API must not undo a registered pool
+                log.warning("could not emit %s for pool %s: %s", POOL_REGISTERED_EVENT, summary.pool, exc)
+        else:
+            log.info("no Prefect API configured: event %s not emitted", POOL_REGISTERED_EVENT)

@@ -80,6 +80,7 @@ class _Run:
         self.consecutive_failures = 0
         self.latencies: list[float] = []
         self.failures: Counter = Counter()
+        self.failed_before: set[str] = set()  # trajectories whose failed row from an earlier run is replaced
 
     def _label_row(self, req: JudgeRequest, status: str, first_error: int | None, reason: str | None,
                    raw: str | None, prompt_tokens: int, completion_tokens: int, cost: float, attempts: int,
@@ -89,7 +90,7 @@ class _Run:
                 "first_error": first_error, "reason": reason,
                 "raw_answer": redact(raw)[:RAW_ANSWER_CHARS] if raw else None,
                 "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "cost": cost,
-                "attempts": attempts, "latency_s": latency}
+                "attempts": attempts, "latency_s": latency, "replaces": req.trajectory_id in self.failed_before}
 
     def _count(self, ok: bool, reason: str | None = None) -> None:
         if ok:
@@ -181,9 +182,9 @@ async def alabel_ids(store: Store, ids: list[str], judge: Judge, *, pool: str, l
     limits = limits or BudgetLimits()
     summary = LabelSummary(pool=pool, judge_model=judge.model, prompt_version=judge.prompt_version, round=round)
     ids = list(dict.fromkeys(ids))  # first occurrence wins: the caller's priority order
-    cached = store.judge_labeled_ids(ids, judge.model, judge.prompt_version)
-    summary.cached = len(cached)
-    todo = [i for i in ids if i not in cached]
+    status = store.judge_label_status(ids, judge.model, judge.prompt_version)
+    summary.cached = sum(1 for s in status.values() if s == "labeled")
+    todo = [i for i in ids if status.get(i) != "labeled"]
     if max_requests is not None:
         todo = todo[:max(0, max_requests)]
     queue: asyncio.Queue = asyncio.Queue()
@@ -191,6 +192,7 @@ async def alabel_ids(store: Store, ids: list[str], judge: Judge, *, pool: str, l
         queue.put_nowait(JudgeRequest(t["id"], t["question"], t["steps"], t["gold_first_error"], t["error_kind"]))
     bar = tqdm(total=queue.qsize(), desc=f"label {pool}", unit="traj", disable=not progress)
     run = _Run(store, pool, judge, limits, circuit_breaker, max_parse_retries, summary, bar)
+    run.failed_before = {i for i, s in status.items() if s == "failed"}
     try:
         await asyncio.gather(*(run.worker(queue) for _ in range(min(concurrency, max(1, queue.qsize())))))
     finally:
@@ -280,27 +282,53 @@ def log_labeling_to_mlflow(summary: LabelSummary, sample_rows: list[dict] | None
         metrics["judge_first_error_accuracy"] = quality["accuracy"]
     if quality:
         metrics["judge_parse_failure_rate"] = quality["parse_failure_rate"]
+        for kind, q in quality["per_error_kind"].items():
+            if q["accuracy"] is not None:
+                metrics[f"judge_accuracy_{kind}"] = q["accuracy"]
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=summary.round or 0)
     rows = sample_rows if sample_rows is not None else summary.samples
     if rows:
         cols = sorted({k for r in rows for k in r})
         table = {c: [redact(str(r.get(c))) if isinstance(r.get(c), str) else r.get(c) for r in rows] for c in cols}
         mlflow.log_table(table, artifact_file=f"{prefix}/sample.json")
-    mlflow.log_dict(summary.as_dict(), f"{prefix}/summary.json")
+    mlflow.log_dict(summary.as_dict(), f"{prefix}/summary.json")  # includes the label-quality report
     return True
 
 
 @functools.cache
-def _prefect_task():
-    """The thin Prefect wrapper (built lazily: importing Prefect is slow and most callers do not need it)."""
+def _prefect_tasks() -> dict:
+    """The thin Prefect wrappers (built lazily: importing Prefect is slow and most callers do not need it)."""
     from prefect import task
     from prefect.cache_policies import NO_CACHE
 
     # No Prefect retries: the judge client retries requests itself, and a rerun is free through the cache.
-    return task(name="label", cache_policy=NO_CACHE, log_prints=True)(label_ids)
+    return {"label_task": task(name="label", cache_policy=NO_CACHE, log_prints=True)(label_ids),
+            "label_stage": task(name="label", cache_policy=NO_CACHE, log_prints=True)(label_round)}
 
 
 def __getattr__(name: str):
-    if name == "label_task":
-        return _prefect_task()
+    if name in ("label_task", "label_stage"):
+        return _prefect_tasks()[name]
     raise AttributeError(name)
+
+
+def label_round(settings, pool: str, ids: list[str] | None, run_id: str | None = None, *, round: int | None = None,
+                select: str = "uncertain") -> dict:
+    """Loop stage: buy labels for `ids` (or the pool's trajectories picked by `select`) under the
+    configured judge and budget, logging what was bought to the round's MLflow run."""
+    from actprm.judges import build_judge, judge_kwargs_from_settings
+    from actprm.judges.budget import BudgetLimits
+    from actprm.tracking import logging_into
+
+    judge = build_judge(settings.judge.backend, **judge_kwargs_from_settings(settings))
+    limits = BudgetLimits.from_settings(settings.budget)
+    common = dict(limits=limits, concurrency=settings.judge.concurrency, max_parse_retries=settings.judge.max_parse_retries,
+                  circuit_breaker=settings.judge.circuit_breaker, round=round)
+    with Store(settings.duckdb_path) as store:
+        if ids is None:
+            summary = label_pool(store, pool, judge, select=select, seed=settings.train.seed, **common)
+        else:
+            summary = label_ids(store, ids, judge, pool=pool, **common)
+    with logging_into(run_id, settings.tracking_uri):
+        log_labeling_to_mlflow(summary)
+    return summary.as_dict()

@@ -27,22 +27,22 @@ def judge_model_name(settings: Settings) -> str:
     return build_judge(settings.judge.backend, **judge_kwargs_from_settings(settings)).model
 
 
-@task(name="ensure-pool", cache_policy=NO_CACHE)
-def ensure_pool_task(settings: Settings, pool: str) -> dict[str, Any]:
-    """The embedded default: create the built-in sample pool from the generator on first use."""
+@task(name="sample-pool", cache_policy=NO_CACHE)
+def sample_pool_task(settings: Settings, pool: str) -> str | None:
+    """The embedded default: the built-in sample pool's file, written on first use (None when the
+    pool is already ingested). Any other unknown pool is a clear error."""
     with Store(settings.duckdb_path) as store:
         if store.pool_exists(pool):
-            return {"pool": pool, "created": False}
+            return None
         if pool != settings.default_pool:
-            store.require_pool(pool)  # raises a clear "unknown pool" error
+            store.require_pool(pool)
     from actprm.synth import write_pool
-    from flows.ingest_pool import ingest_pool_stages
 
-    path = settings.home / "data" / f"{pool}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_pool(path, n=settings.synth.n, seed=settings.synth.seed, error_rate=settings.synth.error_rate)
-    summary = ingest_pool_stages(settings, [str(path)], pool, None)
-    return {"pool": pool, "created": True, **summary}
+    path = settings.home / "data" / f"{pool}-n{settings.synth.n}-s{settings.synth.seed}.jsonl"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_pool(path, n=settings.synth.n, seed=settings.synth.seed, error_rate=settings.synth.error_rate)
+    return str(path)
 
 
 @task(name="open-mlflow-run", cache_policy=NO_CACHE)

@@ -17,9 +17,14 @@ on the challenger's evaluation set and its tags are updated to that set.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import json
 import os
+import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -50,18 +55,23 @@ PYFUNC_SIGNATURE = ModelSignature(
 )
 
 
-def load_prm_dir(path: str | Path):
+def load_prm_dir(path: str | Path, device: str | None = None):
     """(model, tokenizer) from a save_pretrained folder (the tokenizer is saved alongside)."""
     from models import EnsemblePRM
 
-    return EnsemblePRM.from_pretrained(path, with_tokenizer=True)
+    return EnsemblePRM.from_pretrained(path, with_tokenizer=True, device=device)
 
 
 class PRMPyfunc(mlflow.pyfunc.PythonModel):
     """MLflow pyfunc around the ensemble PRM: rows of (question, steps JSON) -> step_scores JSON.
 
-    Scores are the mean over heads of P(step correct); steps past max_length have no score.
+    Scores are the mean over heads of P(step correct); steps past max_length (env
+    ACTPRM_MODEL__MAX_LENGTH, default 512) have no score.
     """
+
+    # The explicit PYFUNC_SIGNATURE is the schema; MLflow's type-hint validation (and its warning
+    # that `predict` has no type hints) does not apply.
+    _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
         self.model, self.tokenizer = load_prm_dir(context.artifacts[PRM_ARTIFACT])
@@ -87,7 +97,9 @@ mlflow.models.set_model(PRMPyfunc())
 
 def _pip_requirements() -> list[str]:
     # Pinned from the running environment: MLflow's inference would load the model in a subprocess.
-    pkgs = ["torch", "transformers", "tokenizers", "mlflow", "pandas", "actprm"]
+    # The wrapper itself comes from this project, which must be installed where the model is served
+    # (e.g. `mlflow models serve --env-manager local` from the project's venv).
+    pkgs = ["torch", "transformers", "tokenizers", "safetensors", "mlflow", "pandas"]
     out = []
     for p in pkgs:
         try:
@@ -116,14 +128,16 @@ def log_model(model_dir: str | Path, run: mlflow.ActiveRun | str | None = None, 
     if run_id is None and active is not None:
         run_id = active.info.run_id
     if active is not None and active.info.run_id == run_id:
-        ctx = _NullContext()
+        ctx = contextlib.nullcontext()
     else:
-        ctx = mlflow.start_run(run_id=run_id, run_name=None if run_id else "register")
-    with ctx, tempfile.TemporaryDirectory() as tmp:
+        ctx = mlflow.start_run(run_id=run_id, run_name=None if run_id else "register", nested=active is not None)
+    with ctx, tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         # Models from code (MLflow's recommended form): the logged model holds this tiny script
         # instead of a pickle, and imports the wrapper from the installed package when loaded.
         script = Path(tmp) / "actprm_pyfunc.py"
         script.write_text(PYFUNC_SCRIPT)
+        # No input example on purpose: MLflow would run the model to validate it; the signature says it all.
+        warnings.filterwarnings("ignore", message=".*input example was not provided.*")
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(script),
@@ -135,14 +149,6 @@ def log_model(model_dir: str | Path, run: mlflow.ActiveRun | str | None = None, 
     c = _client(client)
     c.set_registered_model_alias(name, CHALLENGER, mv.version)
     return int(mv.version)
-
-
-class _NullContext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 # -- champion bookkeeping ----------------------------------------------------------------------
@@ -304,17 +310,13 @@ def _uri_version(uri: str, client: MlflowClient) -> int | None:
     return int(ref.split("/", 1)[1]) if ref.split("/", 1)[1].isdigit() else None
 
 
-def load_model(model_dir_or_uri: str | Path, client: MlflowClient | None = None):
-    """(model, tokenizer, version) from a save_pretrained folder or an MLflow model URI.
-
-    Works offline (HF_HUB_OFFLINE=1): everything needed is in the folder / the local store.
-    """
+def resolve_model_dir(model_dir_or_uri: str | Path, client: MlflowClient | None = None) -> tuple[Path, int | None]:
+    """The local save_pretrained folder behind a folder path or an MLflow model URI, and its version."""
     uri = str(model_dir_or_uri)
     if not uri.startswith(("models:/", "runs:/")):
         if not Path(uri).is_dir():
             raise ActPRMError(f"model folder not found: {uri}")
-        model, tokenizer = load_prm_dir(uri)
-        return model, tokenizer, None
+        return Path(uri), None
     client = _client(client)
     local = Path(_local_model_dir(uri, client))
     try:
@@ -325,8 +327,17 @@ def load_model(model_dir_or_uri: str | Path, client: MlflowClient | None = None)
         prm_dir = None
     if prm_dir is None or not prm_dir.is_dir():
         raise ActPRMError(f"{uri} is not an ActPRM model (no artifacts/{PRM_ARTIFACT} folder)")
-    model, tokenizer = load_prm_dir(prm_dir)
-    return model, tokenizer, _uri_version(uri, client)
+    return prm_dir, _uri_version(uri, client)
+
+
+def load_model(model_dir_or_uri: str | Path, client: MlflowClient | None = None, *, device: str | None = None):
+    """(model, tokenizer, version) from a save_pretrained folder or an MLflow model URI.
+
+    Works offline (HF_HUB_OFFLINE=1): everything needed is in the folder / the local store.
+    """
+    prm_dir, version = resolve_model_dir(model_dir_or_uri, client)
+    model, tokenizer = load_prm_dir(prm_dir, device=device)
+    return model, tokenizer, version
 
 
 def load_champion(name: str = MODEL_NAME, alias: str = CHAMPION, client: MlflowClient | None = None):
@@ -336,5 +347,102 @@ def load_champion(name: str = MODEL_NAME, alias: str = CHAMPION, client: MlflowC
     if version is None:
         raise ActPRMError(f"{name} has no {alias!r} yet: run the active-learning loop or "
                           f"`actprm promote --version N`")
-    model, tokenizer, _ = load_model(f"models:/{name}@{alias}", client)
+    # By number, not alias: the alias may move while we load.
+    model, tokenizer, _ = load_model(f"models:/{name}/{version}", client)
     return model, tokenizer, version
+
+
+# -- stages (thin Prefect wrappers used by the flows) --------------------------------------------
+def model_version_key(name: str, version: int) -> str:
+    """The key scores are stored under for a registered version (the `scores.model_version` column)."""
+    return f"{name}/v{version}"
+
+
+def _folder_key(path: Path) -> str:
+    # An unregistered folder is keyed by its files (name, size, mtime), so retraining in place
+    # never reuses stale scores.
+    files = sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
+                   for p in path.rglob("*") if p.is_file())
+    return "dir:" + hashlib.sha256(json.dumps([str(path.resolve()), files]).encode()).hexdigest()[:16]
+
+
+def starting_model(settings, model: str | None = None) -> tuple[str, str]:
+    """(save_pretrained folder, model-version key) to start from: `model` if given, else the
+    champion, else a fresh model of the configured preset (saved once under checkpoints/init)."""
+    from actprm.tracking import configure_mlflow
+
+    configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
+    name = settings.registry.model_name
+    if model is None:
+        version = champion_version(name)
+        if version is not None:
+            model = f"models:/{name}/{version}"
+    if model is not None:
+        prm_dir, version = resolve_model_dir(model)
+        if version is None:
+            return str(prm_dir), _folder_key(prm_dir)
+        registered = model[len("models:/"):].split("@")[0].split("/")[0]
+        return str(prm_dir), model_version_key(registered, version)
+    m = settings.model
+    key = f"init:{m.preset}:h{m.num_heads}:s{settings.train.seed}"
+    if m.backbone_path:
+        key += ":" + hashlib.sha256(m.backbone_path.encode()).hexdigest()[:8]
+    target = settings.checkpoints_dir / "init" / key.replace(":", "-")
+    if not (target / "prm_config.json").is_file():
+        from models import build_prm
+
+        prm, tokenizer = build_prm(m.preset, num_heads=m.num_heads, seed=settings.train.seed,
+                                   reg_lambda=m.reg_lambda, learning_probability=m.learning_probability,
+                                   freeze_backbone=m.freeze_backbone, backbone_path=m.backbone_path)
+        # Write next to the target and rename, so an interrupted save is never mistaken for a model.
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".init-", dir=target.parent))
+        prm.save_pretrained(tmp, tokenizer)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    return str(target), key
+
+
+def register_round(settings, model_dir: str, evaluation: dict, run_id: str | None = None) -> dict:
+    """Loop stage: register the trained model (alias challenger) and run the promotion gate.
+
+    The gate compares F1s on the same evaluation set; when the champion was measured on another
+    one (e.g. a different pool), it is re-evaluated on this round's pool and split.
+    """
+    from actprm.tracking import configure_mlflow
+
+    configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
+    name = settings.registry.model_name
+    tags = {"actprm.pool": evaluation.get("pool"), "actprm.preset": settings.model.preset}
+    version = log_model(model_dir, run_id, name=name, tags={k: v for k, v in tags.items() if v is not None})
+    reevaluate = None
+    if evaluation.get("pool"):
+        def reevaluate(champion: int) -> float:
+            from tasks.evaluate import evaluate_pool
+
+            return evaluate_pool(settings.duckdb_path, evaluation["pool"], f"models:/{name}/{champion}",
+                                 split=evaluation.get("split", "eval"), batch_size=settings.uncertainty.batch_size,
+                                 max_length=settings.model.max_length)["f1"]
+    gate = promotion_gate(None, name, version, evaluation["f1"], settings.registry.min_delta,
+                          eval_set=evaluation.get("eval_set"), reevaluate=reevaluate)
+    if run_id is not None:
+        client = MlflowClient()
+        client.set_tag(run_id, "actprm.model_version", str(version))
+        client.set_tag(run_id, "actprm.gate.decision", gate["decision"])
+    return {**gate, "model_version_key": model_version_key(name, version)}
+
+
+@functools.cache
+def _prefect_tasks() -> dict:
+    """The thin Prefect wrappers, built lazily: importing Prefect is slow and most callers do not need it."""
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+
+    return {"starting_model_stage": task(name="starting-model", cache_policy=NO_CACHE)(starting_model),
+            "register_stage": task(name="register", cache_policy=NO_CACHE)(register_round)}
+
+
+def __getattr__(name: str):
+    if name in ("starting_model_stage", "register_stage"):
+        return _prefect_tasks()[name]
+    raise AttributeError(name)

@@ -22,8 +22,10 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
+from actprm.config import Settings
 from actprm.errors import ActPRMError
 from actprm.store import Store
 from models import EnsemblePRM, StepBatcher, check_compatible
@@ -44,8 +46,11 @@ class ScoreSummary:
     strategy: str
     scored: int = 0                  # trajectories scored by this run
     skipped_already_scored: int = 0  # already scored by this model version before the run
-    uncertain: int = 0               # uncertain among those scored by this run
+    # The next two describe the pool (or split) as scored by this model version after the run,
+    # including earlier runs: what selection will see.
+    uncertain: int = 0               # trajectories flagged uncertain by the ActPRM rule
     truncated: int = 0               # trajectories with steps cut by max_length (left unscored)
+    uncertain_this_run: int = 0
     shards: int = 0
     tokens: int = 0
     padded_tokens: int = 0
@@ -53,8 +58,13 @@ class ScoreSummary:
     trajectories_per_s: float = 0.0
     tokens_per_s: float = 0.0
 
+    @property
+    def uncertain_fraction(self) -> float:
+        total = self.scored + self.skipped_already_scored
+        return self.uncertain / total if total else 0.0
+
     def as_dict(self) -> dict:
-        return asdict(self)
+        return asdict(self) | {"uncertain_fraction": self.uncertain_fraction}
 
 
 def score_pool(store: Store | None, pool: str, model: EnsemblePRM, tokenizer, model_version: str, *,
@@ -84,6 +94,8 @@ def score_pool(store: Store | None, pool: str, model: EnsemblePRM, tokenizer, mo
 
         todo = broadcast_object_list([todo])[0]
     batcher = StepBatcher(tokenizer, max_length=max_length)
+    if accelerator is not None:
+        model.to(accelerator.device)
     model.eval()
     start = time.perf_counter()
     bar = tqdm(total=len(todo), unit="traj", desc=f"score {pool}", file=sys.stderr,
@@ -110,13 +122,15 @@ def score_pool(store: Store | None, pool: str, model: EnsemblePRM, tokenizer, mo
                 store.write_score_shard(pool, model_version, pa.Table.from_pylist(rows, schema=SCORE_SCHEMA))
                 summary.shards += 1
                 summary.scored += len(rows)
-                summary.uncertain += sum(r["uncertain"] for r in rows)
-                summary.truncated += sum(r["truncated_steps"] > 0 for r in rows)
+                summary.uncertain_this_run += sum(r["uncertain"] for r in rows)
             summary.tokens += tokens
             summary.padded_tokens += padded
     finally:
         bar.close()
     summary.seconds = time.perf_counter() - start
+    if is_main:
+        pool_stats = store.score_summary(pool, model_version, split)
+        summary.uncertain, summary.truncated = pool_stats["uncertain"], pool_stats["truncated"]
     if summary.seconds > 0:
         summary.trajectories_per_s = summary.scored / summary.seconds
         summary.tokens_per_s = summary.tokens / summary.seconds
@@ -184,25 +198,33 @@ def export_scores(store: Store, pool: str, model_version: str, path: str | Path)
     return store.export_scores_parquet(pool, model_version, path)
 
 
-def log_scoring_to_mlflow(summary: ScoreSummary, mu_sigma_arrays, out_dir: str | Path) -> Path | None:
-    """If an MLflow run is active: log throughput, the uncertain fraction, and a histogram PNG of mu and
-    sigma (`mu_sigma_arrays` = (mu values, sigma values) over all scored steps). Returns the PNG path."""
+def log_scoring_to_mlflow(summary: ScoreSummary, mu_sigma_arrays, out_dir: str | Path, *,
+                          run_id: str | None = None, tracking_uri: str | None = None) -> Path | None:
+    """Log throughput, the uncertain fraction and a histogram PNG of mu and sigma (`mu_sigma_arrays` =
+    (mu values, sigma values) over all scored steps) to MLflow run `run_id`, else to the active run;
+    without either it does nothing and returns None. Returns the PNG path."""
     import mlflow
+    from mlflow.tracking import MlflowClient
 
-    if mlflow.active_run() is None:
-        return None
+    if run_id is None:
+        active = mlflow.active_run()
+        if active is None:
+            return None
+        run_id = active.info.run_id
+    client = MlflowClient(tracking_uri)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    mu, sigma = mu_sigma_arrays
-    mlflow.log_metrics({
+    metrics = {
         "score_trajectories_per_s": summary.trajectories_per_s, "score_tokens_per_s": summary.tokens_per_s,
         "score_scored": summary.scored, "score_uncertain": summary.uncertain,
-        "score_uncertain_fraction": summary.uncertain / summary.scored if summary.scored else 0.0,
-        "score_truncated": summary.truncated,
-    })
+        "score_uncertain_fraction": summary.uncertain_fraction, "score_truncated": summary.truncated,
+    }
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, float(value))
+    mu, sigma = mu_sigma_arrays
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
@@ -211,15 +233,63 @@ def log_scoring_to_mlflow(summary: ScoreSummary, mu_sigma_arrays, out_dir: str |
     axes[1].hist(list(sigma), bins=50)
     axes[1].set_title("step sigma (population std over heads)")
     axes[1].set_yscale("log")
+    fig.suptitle(f"{summary.pool} / {summary.model_version}: {summary.uncertain_fraction:.1%} uncertain")
     fig.tight_layout()
     png = out / f"score_hist_{summary.pool}.png"
     fig.savefig(png, dpi=80)
     plt.close(fig)
-    mlflow.log_artifact(str(png), artifact_path="scoring")
+    client.log_artifact(run_id, str(png), artifact_path="scoring")
     return png
 
 
-@task(name="score-pool", retries=0, log_prints=True)
+@task(name="score", cache_policy=NO_CACHE, tags=["duckdb"])
+def score_stage(settings: Settings, pool: str, model_dir: str | Path, model_version: str,
+                run_id: str | None = None) -> dict:
+    """Flow stage: load the saved PRM, score the pool with the configured uncertainty settings, log
+    metrics and the mu/sigma histogram to MLflow run `run_id`; returns ScoreSummary.as_dict()."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tokenizer = EnsemblePRM.from_pretrained(model_dir, with_tokenizer=True, device=device)
+    u = settings.uncertainty
+    with Store(settings.duckdb_path) as store:
+        summary = score_pool(store, pool, model, tokenizer, str(model_version), strategy=u.strategy,
+                             p_threshold=u.p_threshold, std_threshold=u.std_threshold, batch_size=u.batch_size,
+                             shard_size=u.shard_size, max_length=settings.model.max_length)
+        arrays = store.score_distributions(pool, str(model_version)) if run_id else None
+    if run_id:
+        log_scoring_to_mlflow(summary, arrays, settings.reports_dir / "scoring" / str(model_version),
+                              run_id=run_id, tracking_uri=settings.tracking_uri)
+    return summary.as_dict()
+
+
+@task(name="export-scores", cache_policy=NO_CACHE, tags=["duckdb"])
+def export_stage(settings: Settings, pool: str, model_version: str, path: str | Path) -> dict:
+    """Flow stage: write the pool's scores under `model_version` to Parquet; returns {path, rows}."""
+    with Store(settings.duckdb_path) as store:
+        rows = export_scores(store, pool, str(model_version), path)
+    return {"path": str(path), "rows": rows}
+
+
+_LOADED: dict[str, tuple[EnsemblePRM, object]] = {}
+
+
+@task(name="score-shard", cache_policy=NO_CACHE)
+def score_shard_task(model_dir: str, trajectories: list[dict], model_version: str, *, strategy: str = "actprm",
+                     p_threshold: float = 0.95, std_threshold: float = 0.005, batch_size: int = 32,
+                     max_length: int = 512) -> list[dict]:
+    """Score one shard anywhere (e.g. a Dask worker); touches no DuckDB. The caller writes the rows with
+    `store.write_score_shard(pool, version, pa.Table.from_pylist(rows, schema=SCORE_SCHEMA))`.
+    The model is loaded once per worker process and reused for later shards."""
+    if model_dir not in _LOADED:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        _LOADED[model_dir] = EnsemblePRM.from_pretrained(model_dir, with_tokenizer=True, device=device)
+    model, tokenizer = _LOADED[model_dir]
+    rows, _, _ = score_trajectories(model, StepBatcher(tokenizer, max_length=max_length), trajectories,
+                                    model_version, strategy=strategy, p_threshold=p_threshold,
+                                    std_threshold=std_threshold, batch_size=batch_size)
+    return rows
+
+
+@task(name="score-pool", cache_policy=NO_CACHE, tags=["duckdb"])
 def score_pool_task(duckdb_path: str, pool: str, model_dir: str, model_version: str, **kwargs) -> dict:
     """Prefect wrapper: open the store, load the saved model, score the pool, return the summary dict.
     Retrying is safe (it resumes), but a failure here is usually not transient, so no retries by default."""

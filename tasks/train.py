@@ -19,8 +19,8 @@ classification loss, so the update is spent on what the ensemble does not know y
 An optimizer step with nothing kept anywhere is not taken (no update, not even weight decay), and a run that
 never kept anything is reported as skipped, never as a NaN loss.
 
-Reproducible on CPU: the data order (accelerate's seedable sampler), the bootstrap masks (a generator seeded
-per optimizer step) and dropout (global RNG, saved by ``save_state``) are all functions of ``seed``, so the same
+Reproducible on CPU: the data order (accelerate's seedable sampler, reseeded per epoch), the bootstrap masks
+and dropout (both reseeded per micro-batch) are all functions of ``seed`` and the step, so the same
 seed gives identical final weights, and a run resumed from ``checkpoints/step_N`` ends where an
 uninterrupted one does.
 """
@@ -31,8 +31,10 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -74,6 +76,24 @@ class _Progress:
         self.seen = self.kept = self.confident = self.pseudo_correct = 0
         self.epoch_counts: dict[int, list[int]] = {}  # epoch -> [seen, kept, confident, pseudo_correct]
         self.last: dict[str, float] = {}
+
+    def record_step(self, epoch: int, totals: list[float], micro_batches: int) -> dict[str, float]:
+        """Count one optimizer step from its summed window; return its metrics (see the module docstring)."""
+        seen, kept, conf, correct, cls_sum, reg_sum, _ = totals
+        self.completed_steps += 1
+        counts = (int(seen), int(kept), int(conf), int(correct))
+        self.seen, self.kept = self.seen + counts[0], self.kept + counts[1]
+        self.confident, self.pseudo_correct = self.confident + counts[2], self.pseudo_correct + counts[3]
+        per_epoch = self.epoch_counts.setdefault(epoch, [0, 0, 0, 0])
+        for j, v in enumerate(counts):
+            per_epoch[j] += v
+        metrics = {"loss": (cls_sum + reg_sum) / micro_batches, "cls_loss": cls_sum / micro_batches,
+                   "reg_loss": reg_sum / micro_batches, "trusted_fraction": kept / seen,
+                   "kept_trajectories": kept, "confident_trajectories": conf, "epoch": epoch}
+        if conf:
+            metrics["pseudo_label_accuracy"] = correct / conf
+        self.last = metrics
+        return dict(metrics)
 
     def state_dict(self) -> dict[str, Any]:
         return {"completed_steps": self.completed_steps, "seen": self.seen, "kept": self.kept,
@@ -134,12 +154,19 @@ def _stale_checkpoints(ckpt_root: Path, fingerprint: str) -> list[Path]:
     return stale
 
 
-def _confidence(out, batch_size: int, first_errors: torch.Tensor, p_threshold: float, std_threshold: float):
-    """Per trajectory: (confident, predicted first error == label) from the ensemble's step probabilities."""
+def _confident_trajectories(model, batch, first_errors: torch.Tensor, p_threshold: float, std_threshold: float):
+    """Per trajectory of the micro-batch: (the ensemble is confident, its predicted first error == the label).
+
+    The same rule and the same mode as the scoring stage (eval: no dropout; no grad), on the current weights.
+    """
     from models.uncertainty import predicted_first_error, step_stats, trajectory_uncertain
 
-    probs = torch.sigmoid(out.logits.detach().float()).cpu()
-    counts = torch.bincount(out.step_trajectory.cpu(), minlength=batch_size).tolist()
+    model.eval()
+    with torch.no_grad():
+        out = model(**batch.model_inputs())
+    model.train()
+    probs = torch.sigmoid(out.logits.float()).cpu()
+    counts = torch.bincount(out.step_trajectory.cpu(), minlength=len(batch)).tolist()
     confident, agrees = [], []
     for i, p in enumerate(torch.split(probs, counts, dim=1)):
         mu, sigma = step_stats(p)
@@ -157,6 +184,8 @@ def train_prm(
     preset: str = "tiny",
     num_heads: int = 32,
     init_from: str | Path | None = None,
+    freeze_backbone: bool = False,
+    backbone_path: str | None = None,
     epochs: int = 3,
     batch_size: int = 16,
     grad_accum: int = 1,
@@ -188,7 +217,8 @@ def train_prm(
     main process after every optimizer step. Raises ActPRMError on bad arguments or a non-finite loss.
     """
     from accelerate import Accelerator, DataLoaderConfiguration
-    from accelerate.utils import set_seed
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import GradientAccumulationPlugin, set_seed
     from torch.utils.data import DataLoader
     from transformers import get_linear_schedule_with_warmup
 
@@ -216,13 +246,21 @@ def train_prm(
               "grad_accum": grad_accum, "lr": lr, "weight_decay": weight_decay, "warmup_ratio": warmup_ratio,
               "seed": seed, "max_length": max_length, "reg_lambda": reg_lambda,
               "learning_probability": learning_probability, "in_training_selection": in_training_selection,
-              "p_threshold": p_threshold, "std_threshold": std_threshold, "max_grad_norm": max_grad_norm}
+              "p_threshold": p_threshold, "std_threshold": std_threshold, "max_grad_norm": max_grad_norm,
+              "freeze_backbone": freeze_backbone, "backbone_path": backbone_path}
     fingerprint = _fingerprint(examples, params)
 
+    # accelerate keeps one AcceleratorState per process and refuses a second run with other mixed precision;
+    # a process that trains several times (a flow's rounds, a study) starts each run from a clean state. The
+    # process group (PartialState) is kept. Private API: accelerate exposes no public reset.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     # An Accelerator launched from a config file takes mixed precision from it unless we insist on one.
     accelerator = Accelerator(
         mixed_precision=None if mixed_precision == "no" else mixed_precision,
-        gradient_accumulation_steps=grad_accum,
+        # A plugin, not gradient_accumulation_steps=: `accelerate launch` exports its own default (1) in an
+        # environment variable that would silently override the argument and break the LR schedule.
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=grad_accum),
         step_scheduler_with_optimizer=False,  # stepped by hand once per optimizer step, on every process
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed),
     )
@@ -231,13 +269,23 @@ def train_prm(
         if init_from:
             model, tokenizer = EnsemblePRM.from_pretrained(init_from, with_tokenizer=True)
         else:
-            model, tokenizer = build_prm(preset, num_heads=num_heads, seed=seed)
+            model, tokenizer = build_prm(preset, num_heads=num_heads, seed=seed, backbone_path=backbone_path)
     check_compatible(model, tokenizer)
+    if freeze_backbone:  # train only the heads (the forward then runs the backbone without grad)
+        model.config.freeze_backbone = True
+        model.backbone.requires_grad_(False)
     # The run's settings win over whatever the warm-start model was trained with; saved with the model.
     model.config.reg_lambda = reg_lambda
     model.config.learning_probability = learning_probability
-    if gradient_checkpointing:
-        model.backbone.gradient_checkpointing_enable()
+    pooler = getattr(model.backbone, "pooler", None)
+    if pooler is not None:
+        # The PRM reads separator hidden states, never the pooled [CLS] output (BERT/MiniLM backbones): its
+        # weights get no gradient, and DDP refuses trainable parameters that get none.
+        pooler.requires_grad_(False)
+    if gradient_checkpointing:  # transformers 5 renamed it; keep working with either name
+        enable = (getattr(model.backbone, "activation_checkpointing_enable", None)
+                  or model.backbone.gradient_checkpointing_enable)
+        enable()
     set_seed(seed)  # building/loading a model may consume RNG; training starts from the same state regardless
 
     batcher = StepBatcher(tokenizer, max_length=max_length)
@@ -252,6 +300,7 @@ def train_prm(
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                                   weight_decay=weight_decay)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    model.train()  # from_pretrained hands back a model in eval mode
     steps_per_epoch = math.ceil(len(loader) / grad_accum)
     total_steps = steps_per_epoch * epochs
     scheduler = accelerator.prepare(get_linear_schedule_with_warmup(
@@ -305,18 +354,18 @@ def train_prm(
             n = len(batch)
             with accelerator.accumulate(model):
                 if in_training_selection:
-                    # Same rule as scoring: eval mode, no grad; the ensemble's current weights decide.
-                    model.eval()
-                    with torch.no_grad():
-                        scored = model(**batch.model_inputs())
-                    model.train()
-                    confident, agrees = _confidence(scored, n, item["first_error"], p_threshold, std_threshold)
+                    confident, agrees = _confident_trajectories(model, batch, item["first_error"], p_threshold,
+                                                                std_threshold)
                 else:
                     confident, agrees = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
                 keep = ~confident
-                # Bootstrap masks from a generator seeded per (seed, optimizer step, micro-batch): a resumed
-                # run draws the same masks as an uninterrupted one.
-                gen = torch.Generator().manual_seed(seed * 1_000_003 + state.completed_steps * 1_009 + micro)
+                # Dropout and bootstrap masks come from seeds fixed per (seed, optimizer step, micro-batch,
+                # process), not from whatever the RNG went through before (a resumed run builds its data
+                # iterator at another moment): so a resumed run draws exactly what an uninterrupted one does.
+                micro_seed = (((seed * 1_000_003 + state.completed_steps) * 1_009 + micro) * 131
+                              + accelerator.process_index)
+                torch.manual_seed(micro_seed)
+                gen = torch.Generator().manual_seed(micro_seed)
                 mask = accelerator.unwrap_model(model).sample_bootstrap_mask(n, generator=gen)
                 out = model(**batch.model_inputs(), labels=batch.labels, bootstrap_mask=mask.to(device),
                             trajectory_mask=keep.to(device))
@@ -326,13 +375,14 @@ def train_prm(
                                         float(out.cls_loss.detach()) if finite else 0.0,
                                         float(out.reg_loss.detach()) if finite else 0.0, 0 if finite else 1],
                                        dtype=torch.float64)
-                if finite:
-                    accelerator.backward(loss)
+                # Backward even on a non-finite loss: under DDP every rank must join the gradient all-reduce;
+                # the step is refused below, before any weight changes.
+                accelerator.backward(loss)
                 micro += 1
                 if not accelerator.sync_gradients:
                     continue
                 totals = accelerator.reduce(window.to(device), reduction="sum").cpu()
-                seen, kept, conf, correct, cls_sum, reg_sum, nonfinite = totals.tolist()
+                kept, nonfinite = float(totals[1]), float(totals[6])
                 if nonfinite:
                     raise ActPRMError(
                         f"training diverged at optimizer step {state.completed_steps + 1}: the loss is not finite "
@@ -347,24 +397,14 @@ def train_prm(
                                 f"is {grad_norm} (lr={lr}); lower the learning rate — nothing was saved")
                     optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
+                with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                    scheduler.step()
 
-            micros = micro * accelerator.num_processes
-            state.completed_steps += 1
-            state.seen += int(seen); state.kept += int(kept)
-            state.confident += int(conf); state.pseudo_correct += int(correct)
-            ec = state.epoch_counts.setdefault(epoch, [0, 0, 0, 0])
-            for j, v in enumerate((seen, kept, conf, correct)):
-                ec[j] += int(v)
-            metrics = {"loss": (cls_sum + reg_sum) / micros, "cls_loss": cls_sum / micros,
-                       "reg_loss": reg_sum / micros, "trusted_fraction": kept / seen,
-                       "kept_trajectories": kept, "confident_trajectories": conf,
-                       "lr": scheduler.get_last_lr()[0], "epoch": epoch}
-            if conf:
-                metrics["pseudo_label_accuracy"] = correct / conf
+            metrics = state.record_step(epoch, totals.tolist(), micro * accelerator.num_processes)
+            metrics["lr"] = scheduler.get_last_lr()[0]
             if grad_norm is not None:
                 metrics["grad_norm"] = grad_norm
-            state.last = metrics
             window.zero_()
             micro = 0
             if accelerator.is_main_process:
@@ -390,28 +430,36 @@ def train_prm(
         save_checkpoint()  # the end state, so a crash while saving the model below loses no training
 
     model_dir = out_dir / MODEL_DIR
-    unwrapped = accelerator.unwrap_model(model)
-    if accelerator.distributed_type.name == "FSDP":
-        # FSDP2 shards the parameters themselves: gather them (collective, every rank) and write them from a
-        # plain copy rebuilt on the main process the same way this run built its model.
-        full_state = accelerator.get_state_dict(model)
-        if accelerator.is_main_process:
-            if params["given_model"]:
-                raise ActPRMError("under FSDP pass preset/init_from instead of a model object, so the "
-                                  "final model can be rebuilt for saving")
-            plain = (EnsemblePRM.from_pretrained(init_from) if init_from
-                     else build_prm(preset, num_heads=num_heads, seed=seed)[0])
-            plain.config = unwrapped.config
-            plain.load_state_dict(full_state)
-            plain.save_pretrained(model_dir, tokenizer=tokenizer)
-    elif accelerator.is_main_process:  # DDP and ZeRO-2 keep whole parameters on every rank
-        unwrapped.save_pretrained(model_dir, tokenizer=tokenizer)
+    rebuild = None if params["given_model"] else (
+        (lambda: EnsemblePRM.from_pretrained(init_from)) if init_from
+        else (lambda: build_prm(preset, num_heads=num_heads, seed=seed, backbone_path=backbone_path)[0]))
+    _save_final_model(accelerator, model, tokenizer, model_dir, rebuild)
     result = TrainResult(str(model_dir), len(examples), state.completed_steps, final,
                          resumed_from_step=resumed_from)
     if accelerator.is_main_process:
         (out_dir / RESULT_FILE).write_text(json.dumps(result.as_dict() | {"fingerprint": fingerprint}, indent=2))
     accelerator.wait_for_everyone()
     return result
+
+
+def _save_final_model(accelerator, model, tokenizer, model_dir: Path, rebuild: Callable | None) -> None:
+    """model.save_pretrained on the main process, gathering the weights first where they are sharded."""
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.distributed_type.name != "FSDP":  # single process, DDP and ZeRO-2 keep whole parameters
+        if accelerator.is_main_process:
+            unwrapped.save_pretrained(model_dir, tokenizer=tokenizer)
+        return
+    # FSDP2 shards the parameters themselves: gather them (a collective: every rank) and write them from a
+    # plain copy rebuilt on the main process the way this run built its model. Not exercised on CPU.
+    full_state = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        if rebuild is None:
+            raise ActPRMError("under FSDP pass preset/init_from instead of a model object, so the final "
+                              "model can be rebuilt for saving")
+        plain = rebuild()
+        plain.config = unwrapped.config
+        plain.load_state_dict(full_state)
+        plain.save_pretrained(model_dir, tokenizer=tokenizer)
 
 
 def _final_metrics(state: _Progress, last_epoch: int) -> dict[str, Any]:
@@ -441,7 +489,7 @@ from prefect import task  # noqa: E402  (kept below the plain function it wraps)
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 
-@task(name="train", cache_policy=NO_CACHE, retries=0)
+@task(name="train-prm", cache_policy=NO_CACHE, retries=0)
 def train_task(examples: list[dict], **kwargs: Any) -> TrainResult:
     """Prefect wrapper of train_prm. No retries: a rerun resumes from the latest checkpoint anyway."""
     from prefect.exceptions import MissingContextError
@@ -459,6 +507,38 @@ def train_task(examples: list[dict], **kwargs: Any) -> TrainResult:
                     result.train_trajectories, result.steps, result.model_dir,
                     result.metrics.get("cls_loss") or 0.0, result.metrics.get("trusted_fraction") or 0.0)
     return result
+
+
+@task(name="train", cache_policy=NO_CACHE, tags=["duckdb"])
+def train_stage(settings, pool: str, *, init_from: str | Path | None = None, round: int | None = None,
+                mlflow_run_id: str | None = None) -> dict[str, Any]:
+    """Flow stage: train on every judge label of the pool's train split, warm-starting from `init_from`
+    (when given and settings.loop.warm_start), logging per-step metrics into MLflow run `mlflow_run_id`.
+
+    The DuckDB file is held only while the examples are read, never during training. The output dir is
+    per (pool, MLflow run, round), so a retried task resumes its own checkpoints. Returns
+    TrainResult.as_dict() plus `mlflow_run_id`.
+    """
+    from actprm.store import Store
+    from actprm.tracking import logging_into
+
+    with Store(settings.duckdb_path) as store:
+        examples = store.training_examples(pool)
+    m, t, u = settings.model, settings.train, settings.uncertainty
+    out = settings.checkpoints_dir / "train" / pool / (mlflow_run_id or "no-run") / f"round-{round or 0}"
+    with logging_into(mlflow_run_id, settings.tracking_uri):
+        result = train_prm(
+            examples, output_dir=out, preset=m.preset, num_heads=m.num_heads,
+            init_from=init_from if settings.loop.warm_start else None, freeze_backbone=m.freeze_backbone,
+            backbone_path=m.backbone_path, epochs=t.epochs, batch_size=t.batch_size, grad_accum=t.grad_accum,
+            lr=t.lr, weight_decay=t.weight_decay, warmup_ratio=t.warmup_ratio, seed=t.seed, max_length=m.max_length,
+            reg_lambda=m.reg_lambda, learning_probability=m.learning_probability,
+            in_training_selection=t.in_training_selection, p_threshold=u.p_threshold, std_threshold=u.std_threshold,
+            mixed_precision=t.mixed_precision, gradient_checkpointing=t.gradient_checkpointing,
+            checkpoint_every=t.checkpoint_every, progress=sys.stderr.isatty())
+    if result.skipped:
+        log.warning("training skipped for pool %s: %s", pool, result.reason)
+    return result.as_dict() | {"mlflow_run_id": mlflow_run_id}
 
 
 # -- `accelerate launch -m tasks.train` --------------------------------------------------------------
@@ -515,7 +595,8 @@ def main(argv: list[str] | None = None) -> int:
     except ActPRMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(result.as_dict()))
+    if os.environ.get("RANK", "0") == "0":  # one report per run, not one per process
+        print(json.dumps(result.as_dict()))
     return 0
 
 

@@ -12,6 +12,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # Keep MLflow/Prefect from writing into the user's home or the repo.
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 

@@ -58,10 +58,18 @@ class OpenAIJudge(Judge):
         self.max_retry_after = max_retry_after
         self.temperature = temperature
         self._rng = random.Random(seed)
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        # One pooled client; keep-alive connections sized to the run's concurrency.
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        self._client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(timeout_s), limits=limits)
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.concurrency = concurrency
+        self._client: httpx.AsyncClient | None = None
+
+    def _http(self) -> httpx.AsyncClient:
+        # One pooled client per labeling run (each run has its own event loop; aclose ends it), with
+        # keep-alive connections sized to the run's concurrency.
+        if self._client is None:
+            limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+            self._client = httpx.AsyncClient(headers=self._headers, timeout=httpx.Timeout(self.timeout_s),
+                                             limits=limits)
+        return self._client
 
     def _body(self, req: JudgeRequest, prompt: str) -> dict:
         body = {"model": self.model, "messages": [{"role": "user", "content": prompt}],
@@ -83,7 +91,7 @@ class OpenAIJudge(Judge):
         for attempt in range(self.max_retries + 1):
             wait: float | None = None
             try:
-                resp = await self._client.post(self.url, json=body)
+                resp = await self._http().post(self.url, json=body)
             except httpx.TimeoutException:
                 reason, detail = "timeout", f"no answer within {self.timeout_s:g}s"
             except httpx.TransportError as exc:
@@ -109,7 +117,9 @@ class OpenAIJudge(Judge):
         raise JudgeUnavailable(reason, self.max_retries + 1, detail)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
 
     def __repr__(self) -> str:
         return f"OpenAIJudge(url={self.url!r}, model={self.model!r}, prompt_version={self.prompt_version!r})"

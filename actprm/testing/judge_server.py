@@ -57,6 +57,7 @@ class JudgeServer:
         self.injected: Counter = Counter()
         self.answered: Counter = Counter()   # question -> good answers sent (what a real API bills)
         self.auth_headers: list[str] = []
+        self.last_payload: dict | None = None
         self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -117,6 +118,7 @@ class JudgeServer:
                 auth = self.headers.get("Authorization", "")
                 with server._lock:
                     server.auth_headers.append(auth)
+                    server.last_payload = payload
                 fault = server._pick_fault()
                 if not self.path.endswith("/chat/completions"):
                     return self._send(404, b'{"error": "not found"}')
@@ -137,11 +139,13 @@ class JudgeServer:
                 question, steps = read_prompt(prompt)
                 k = server.answer_fn(question, steps)
                 content, finish = f"Checking each paragraph in turn.\n\nThe earliest error: \\boxed{{{k}}}", "stop"
+                if "structured_outputs" in payload:  # vLLM's JSON-schema constrained decoding
+                    content = json.dumps({"first_error": k})
                 if fault == "malformed":
                     content = "The first mistake is somewhere in the middle, I think."
                 elif fault == "truncated":
                     content, finish = "Checking each paragraph in turn. Paragraph 0 is", "length"
-                else:
+                elif fault != "slow":  # a slow answer arrives after the client gave up on it
                     with server._lock:
                         server.answered[question] += 1
                 body = {"id": "cmpl-local", "object": "chat.completion", "model": payload.get("model"),

@@ -110,7 +110,7 @@ def test_gate_promotes_first_then_only_better_by_min_delta(client, name, model_d
     assert client.get_model_version(name, str(v4)).tags["actprm.gate.decision"] == "promoted"
 
 
-def test_gate_refuses_f1s_from_different_eval_sets_unless_it_can_reevaluate(client, model_dir):
+def test_gate_refuses_f1s_from_different_eval_sets_unless_it_can_reevaluate(client, name, model_dir):
     v1, v2 = _versions(client, model_dir, 2, name)
     promotion_gate(client, name, v1, 0.9, eval_set="poolA:eval:111")
     with pytest.raises(ActPRMError, match="poolA:eval:111"):
@@ -156,6 +156,16 @@ def test_run_params_are_flat_strings_without_secrets(client):
     assert flatten_params({"a": {"b": 1}}) == {"a.b": "1"}
 
 
+def test_runs_started_in_a_flow_run_carry_its_id(client, monkeypatch):
+    # Prefect exposes the flow-run id to flow code (and to workers' subprocesses via this variable).
+    import prefect.runtime.flow_run  # noqa: F401 - inside a flow run Prefect is always imported
+
+    monkeypatch.setenv("PREFECT__FLOW_RUN_ID", "0b4c9a57-flow-run")
+    with start_run("in-flow") as run:
+        pass
+    assert client.get_run(run.info.run_id).data.tags["prefect.flow_run_id"] == "0b4c9a57-flow-run"
+
+
 def test_champion_round_trip_loads_offline_with_same_scores(client, name, tmp_path):
     models = pytest.importorskip("models")
     from tasks.evaluate import predict_step_scores
@@ -185,3 +195,59 @@ def test_load_champion_without_one_is_a_clear_error(client, name, model_dir):
     _versions(client, model_dir, 1, name)
     with pytest.raises(ActPRMError, match="no 'champion' yet"):
         load_champion(name, client=client)
+
+
+@pytest.mark.slow
+def test_loop_stages_evaluate_register_and_restart_from_champion(store_uri, client, tmp_path):
+    """The flow's view: fresh model -> evaluate on the held-out split -> register + gate -> the next
+    round starts from the champion; `actprm evaluate` then scores the champion on a pool and a file."""
+    pytest.importorskip("models")
+    from actprm.config import Settings
+    from actprm.store import Store
+    from actprm.testing.pools import synth_pool
+    from tasks.evaluate import evaluate_on_store, evaluate_request, evaluate_round, processbench_metrics
+    from tasks.register import load_model, register_round, starting_model
+
+    uri, _ = store_uri
+    settings = Settings(home=tmp_path / "home", mlflow_tracking_uri=uri, experiment="test",
+                        model={"preset": "tiny", "num_heads": 3, "max_length": 256},
+                        registry={"model_name": "prm-stages"})
+    with Store(settings.duckdb_path) as store:
+        synth_pool(store, "toy", 40, seed=1, eval_every=4)
+
+    model_dir, key = starting_model(settings)
+    assert key == "init:tiny:h3:s0" and starting_model(settings) == (model_dir, key)  # built once
+
+    with start_run("round-1") as run:
+        evaluation = evaluate_round(settings, "toy", model_dir, run.info.run_id)
+    assert evaluation["n"] == 10 and evaluation["subsets"]["toy"]["n"] == 10
+    assert sum(k["n"] for k in evaluation["error_kinds"].values()) == 10
+    assert client.get_run(run.info.run_id).data.metrics["eval_f1"] == pytest.approx(evaluation["f1"])
+
+    # The same numbers from the pure metric on the model's step scores and the gold labels.
+    model, tokenizer, _ = load_model(model_dir)
+    with Store(settings.duckdb_path) as store:
+        again = evaluate_on_store(store, "toy", model, tokenizer, max_length=256)
+        gold = store.trajectories(store.pool_trajectory_ids("toy", "eval"))
+    assert again["f1"] == pytest.approx(evaluation["f1"]) and again["eval_set"] == evaluation["eval_set"]
+    from tasks.evaluate import predict_step_scores
+
+    scores = predict_step_scores(model, tokenizer, [t["question"] for t in gold], [t["steps"] for t in gold],
+                                 max_length=256)
+    records = [{"id": t["id"], "label": t["gold_first_error"], "subset": "toy"} for t in gold]
+    assert processbench_metrics(records, dict(zip([t["id"] for t in gold], scores)))["f1"] == pytest.approx(
+        evaluation["f1"])
+
+    registered = register_round(settings, model_dir, evaluation, run.info.run_id)
+    assert registered["decision"] == "promoted" and registered["model_version_key"] == "prm-stages/v1"
+    champion_dir, champion_key = starting_model(settings)
+    assert champion_key == "prm-stages/v1" and champion_dir != model_dir
+
+    on_pool = evaluate_request(settings, pool="toy")
+    assert on_pool["model_version"] == 1 and on_pool["f1"] == pytest.approx(evaluation["f1"])
+
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text("".join(json.dumps({"id": t["id"], "problem": t["question"], "steps": t["steps"],
+                                        "label": t["gold_first_error"]}) + "\n" for t in gold))
+    on_file = evaluate_request(settings, data=str(data))
+    assert on_file["benchmark"] == "processbench" and on_file["f1"] == pytest.approx(evaluation["f1"])

@@ -71,3 +71,15 @@ def test_too_small_max_length_is_an_error():
     _, tokenizer = build_prm("tiny", num_heads=1)
     with pytest.raises(ActPRMError):
         StepBatcher(tokenizer, max_length=2)
+
+
+def test_chat_template_layout_like_qwen_prm():
+    """Tokenizers with a chat template (Qwen2.5-Math) get system + user question + assistant opener first."""
+    _, tokenizer = build_prm("tiny-decoder", num_heads=1)
+    tokenizer.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+                               "{% if add_generation_prompt %}<assistant>\n{% endif %}")
+    batch = StepBatcher(tokenizer).encode(["What is 1+1?"], [["1+1=2", "The answer is 2"]], [-1])
+    text = tokenizer.decode(batch.input_ids[0])
+    assert text.startswith("[CLS]<system>Please reason step by step")
+    assert "<user>What is 1+1?\n<assistant>\n1+1=2<extra_0>The answer is 2<extra_0>" in text
+    assert batch.labels[batch.labels != IGNORE_INDEX].tolist() == [1, 1]

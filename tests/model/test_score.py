@@ -44,12 +44,27 @@ def prm():
     return build_prm("tiny", num_heads=8, seed=0)
 
 
-def test_scores_and_export_reproduce_the_rule(tmp_path, prm):
-    model, tokenizer = prm
+def agreeing_sharp_heads(scale: float = 30.0, seed: int = 0):
+    """A tiny PRM whose heads nearly agree and whose logits are scaled up, so that under the paper's
+    thresholds (0.95, 0.005) some trajectories are confident and others not (an untrained ensemble
+    sits near 0.5 and would flag everything)."""
+    model, tokenizer = build_prm("tiny", num_heads=8, seed=seed)
+    with torch.no_grad():
+        for name in ("w1", "b1", "w2", "b2", "w3", "b3"):
+            p = getattr(model, name)
+            p.copy_(p[:1].expand_as(p))
+        model.w3.mul_(scale)
+        model.b3.mul_(scale)
+        model.w3[0].mul_(1.02)  # a little disagreement
+    return model, tokenizer
+
+
+def test_scores_and_export_reproduce_the_rule(tmp_path):
+    model, tokenizer = agreeing_sharp_heads()
     with Store(tmp_path / "a.duckdb") as store:
         ids = make_pool(store, "p", 40, long_every=7)
         summary = score_pool(store, "p", model, tokenizer, "v1", batch_size=8, shard_size=16, max_length=96,
-                             progress=False, p_threshold=0.6, std_threshold=0.05)
+                             progress=False)
         assert summary.scored == 40 and summary.skipped_already_scored == 0 and summary.shards == 3
         assert summary.truncated == len(range(0, 40, 7))  # exactly the long trajectories lose steps
         assert summary.tokens_per_s > 0 and summary.as_dict()["pool"] == "p"
@@ -64,10 +79,10 @@ def test_scores_and_export_reproduce_the_rule(tmp_path, prm):
         assert len(r["mu"]) == len(r["sigma"]) == r["scored_steps"]
         assert r["scored_steps"] + r["truncated_steps"] == (11 if ids.index(r["id"]) % 7 == 0 else 3)
         assert r["uncertain"] == trajectory_uncertain(torch.tensor(r["mu"], dtype=torch.float64),
-                                                      torch.tensor(r["sigma"], dtype=torch.float64), 0.6, 0.05)
-    assert any(r["truncated_steps"] for r in table)
-    # The thresholds are loose enough here that the tiny untrained model is confident on some trajectories.
-    assert 0 < summary.uncertain
+                                                      torch.tensor(r["sigma"], dtype=torch.float64), 0.95, 0.005)
+    assert 0 < summary.uncertain < 40  # both verdicts occur, so the check above means something
+    assert summary.uncertain_this_run == summary.uncertain
+    assert summary.as_dict()["uncertain_fraction"] == pytest.approx(summary.uncertain / 40)
 
 
 def test_uncertain_ranked_orders_by_acquisition_and_skips_labeled(tmp_path, prm):
@@ -111,6 +126,8 @@ def test_resume_scores_only_the_rest(tmp_path, prm):
         rest = score_pool(store, "p", model, tokenizer, "v1", batch_size=4, shard_size=8, progress=False)
         assert rest.scored == 14 and rest.skipped_already_scored == 16
         assert rest.scored + rest.skipped_already_scored == store.pool_size("p")
+        # `uncertain` describes the whole pool under this version, earlier shards included.
+        assert rest.uncertain == store.score_summary("p", "v1")["uncertain"] == len(store.uncertain_ranked("p", "v1"))
         again = score_pool(store, "p", model, tokenizer, "v1", progress=False)
         assert again.scored == 0 and again.skipped_already_scored == 30
         # Another model version scores everything afresh.
@@ -129,6 +146,21 @@ def test_scores_do_not_depend_on_batching(tmp_path, prm):
         assert torch.allclose(torch.tensor(x["mu"]), torch.tensor(y["mu"]), atol=1e-5)
 
 
+def test_scoring_through_an_accelerator_matches_plain_scoring(tmp_path, prm):
+    """The accelerate path (one process on CPU here) writes the same scores as the plain path."""
+    from accelerate import Accelerator
+
+    model, tokenizer = prm
+    with Store(tmp_path / "acc.duckdb") as store:
+        make_pool(store, "p", 10)
+        score_pool(store, "p", model, tokenizer, "plain", batch_size=4, progress=False)
+        summary = score_pool(store, "p", model, tokenizer, "acc", batch_size=4, shard_size=4, progress=False,
+                             accelerator=Accelerator(cpu=True))
+        plain, acc = store.scores_for("p", "plain"), store.scores_for("p", "acc")
+    assert summary.scored == 10 and summary.shards == 3
+    assert [r["mu"] for r in plain] == [r["mu"] for r in acc]
+
+
 def test_user_errors_are_clear(tmp_path, prm):
     model, tokenizer = prm
     from models.tiny_tokenizer import build_tiny_tokenizer
@@ -141,3 +173,21 @@ def test_user_errors_are_clear(tmp_path, prm):
             score_pool(store, "p", model, tokenizer, "v1", strategy="coreset", progress=False)
         with pytest.raises(ActPRMError, match="separator"):
             score_pool(store, "p", model, build_tiny_tokenizer(), "v1", progress=False)
+
+
+def test_score_stage_from_a_saved_model_and_export_stage(tmp_path):
+    """The flows' entry points: a saved model directory in, the summary dict and a Parquet file out."""
+    from actprm.config import Settings
+    from tasks.score import export_stage, score_stage
+
+    settings = Settings(home=tmp_path / "home")
+    model, tokenizer = build_prm("tiny", num_heads=4, seed=1)
+    model_dir = model.save_pretrained(tmp_path / "model", tokenizer)
+    with Store(settings.duckdb_path) as store:
+        make_pool(store, "p", 10)
+    summary = score_stage.fn(settings, "p", str(model_dir), "7")
+    assert summary["scored"] == 10 and summary["model_version"] == "7" and "uncertain_fraction" in summary
+    again = score_stage.fn(settings, "p", str(model_dir), "7")
+    assert again["scored"] == 0 and again["skipped_already_scored"] == 10 and again["uncertain"] == summary["uncertain"]
+    out = export_stage.fn(settings, "p", "7", tmp_path / "scores.parquet")
+    assert out["rows"] == 10 and pq.read_table(out["path"]).num_rows == 10

@@ -1,0 +1,84 @@
+"""Prefect flow: ingest a trajectory pool. It only wires the stages of `tasks.ingest` / `tasks.validate`:
+
+read/stage -> quarantine -> dedupe/insert -> validate -> report -> register/emit
+
+Each task opens the DuckDB store for its own step and closes it (one process at a time holds the file);
+the staged lines live in a stage table between the tasks and are dropped at the end, even on failure.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prefect import flow, task
+
+from actprm.config import load_settings, runtime_environment
+from actprm.formats import FORMATS
+from actprm.store import Store
+from tasks import ingest as ing
+from tasks import validate as val
+
+
+@task(name="stage-lines")
+def stage_lines(db: str, paths: list[str], format: str | None, limits: ing.IngestLimits) -> dict:
+    files = ing.resolve_inputs(paths)
+    fmt = ing.resolve_format(files, format)
+    digest = ing.content_hash(files)
+    with Store(db) as store:
+        stage_name = ing.stage(store, files, fmt, limits)
+    return {"stage": stage_name, "format": fmt.name, "files": files, "digest": digest}
+
+
+@task(name="quarantine")
+def quarantine_lines(db: str, staged: dict, pool: str) -> ing.IngestSummary:
+    summary = ing.IngestSummary(pool=pool, format=staged["format"], files=[f.path for f in staged["files"]])
+    with Store(db) as store:
+        return ing.quarantine(store, staged["stage"], pool, FORMATS.get(staged["format"]), staged["files"],
+                              staged["digest"], summary)
+
+
+@task(name="dedupe-insert")
+def insert_trajectories(db: str, staged: dict, summary: ing.IngestSummary) -> ing.IngestSummary:
+    with Store(db) as store:
+        return ing.insert(store, staged["stage"], summary.pool, FORMATS.get(staged["format"]), summary)
+
+
+@task(name="validate")
+def validate_contract(db: str, pool: str, limits: ing.IngestLimits, shard_rows: int, reports_dir: str) -> val.ValidationResult:
+    with Store(db) as store:
+        return val.validate_pool(store, pool, limits=limits, shard_rows=shard_rows, reports_dir=reports_dir)
+
+
+@task(name="register")
+def register_pool(db: str, summary: ing.IngestSummary, result: val.ValidationResult) -> ing.IngestSummary:
+    with Store(db) as store:
+        ing.finish(store, summary, result)
+        sample = store.quarantine_sample(summary.pool, 20)
+    ing.report_ingest(summary, emit=True, quarantine_sample=sample)
+    return summary
+
+
+@task(name="drop-stage")
+def drop_stage(db: str, stage_name: str) -> None:
+    with Store(db) as store:
+        store.drop_stage(stage_name)
+
+
+@flow(name="ingest-pool")
+def ingest_pool(paths: list[str], pool: str, format: str | None = None, home: str | None = None) -> dict:
+    """Ingests `paths` into `pool`; fails (after marking the pool `rejected`) when the contract does."""
+    settings = load_settings({"home": home} if home else None)
+    for k, v in runtime_environment(settings).items():
+        os.environ.setdefault(k, v)
+    db, cfg = str(settings.duckdb_path), settings.ingest
+    limits = ing.IngestLimits(cfg.max_question_chars, cfg.max_steps, cfg.max_step_chars, cfg.quarantine_raw_chars)
+    staged = stage_lines(db, paths, format, limits)
+    try:
+        summary = quarantine_lines(db, staged, pool)
+        summary = insert_trajectories(db, staged, summary)
+    finally:
+        drop_stage(db, staged["stage"])
+    result = validate_contract(db, pool, limits, cfg.validate_shard_rows, str(settings.reports_dir))
+    summary = register_pool(db, summary, result)
+    ing.raise_if_rejected(summary)
+    return summary.as_dict()

@@ -1,0 +1,92 @@
+"""The active-learning efficiency study as a Prefect flow (issue 8; protocol in `tasks/study.py`):
+
+    load pool (+ held-out split) -> cache separator states (one backbone pass) -> per seed: full data,
+    then every strategy x budget -> summarize -> table, plot, JSON -> MLflow
+
+This module only wires; the work is in `tasks.study`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from actprm.config import flow_settings
+from actprm.store import Store
+from tasks import study
+
+
+@task(name="study-load-pool", cache_policy=NO_CACHE)
+def load_pool_task(db_path: str, pool: str, eval_fraction: float, seed: int) -> dict[str, list[dict]]:
+    with Store(Path(db_path)) as store:
+        return study.load_pool(store, pool, eval_fraction, seed)
+
+
+@task(name="study-separator-states", cache_policy=NO_CACHE)
+def separator_states_task(trajectories: list[dict], preset: str, cache_dir: str, batch_size: int,
+                          max_length: int, backbone_path: str | None, threads: int | None):
+    return study.cached_separator_states(trajectories, preset=preset, cache_dir=cache_dir, batch_size=batch_size,
+                                         max_length=max_length, backbone_path=backbone_path, threads=threads)
+
+
+@task(name="study-seed", cache_policy=NO_CACHE)
+def seed_task(train, evaluation, seed: int, preset: study.StudyPreset, knobs: dict[str, Any]) -> list[dict]:
+    return study.run_seed(train, evaluation, seed=seed, preset=preset, **knobs)
+
+
+@task(name="study-report", cache_policy=NO_CACHE)
+def report_task(result: dict, output_dir: str, tracking_uri: str, experiment: str, artifact_root: str) -> dict:
+    paths = study.write_outputs(result, output_dir)
+    run_id = study.log_to_mlflow(result, paths, tracking_uri=tracking_uri, experiment=experiment,
+                                 artifact_root=artifact_root)
+    return {"paths": paths, "mlflow_run_id": run_id}
+
+
+@flow(name="study", log_prints=True)
+def study_flow(pool: str = "sample", study_preset: str = "quick", config: dict[str, Any] | None = None,
+               seeds: list[int] | None = None, output_dir: str | None = None) -> dict[str, Any]:
+    """ActPRM vs random, entropy, BALD and full data on a gold-labeled pool.
+
+    Args:
+        pool: An ingested pool with gold labels ("sample" is created from the built-in generator if missing).
+        study_preset: quick (tiny model, seconds) or full (MiniLM, ~30 min on 2 cores); see tasks.study.STUDY_PRESETS.
+        config: Nested settings overrides; model.preset replaces the study preset's model when given.
+        seeds: Override the preset's seeds.
+        output_dir: Where al_study.json/.md/.png go (default: <home>/reports/study).
+    """
+    from flows.ingest_pool import ingest_pool
+    from tasks import pipeline
+
+    preset = study.study_preset(study_preset)
+    chosen_model = ((config or {}).get("model") or {}).get("preset")
+    settings = flow_settings(config, model={"preset": chosen_model or preset.model_preset})
+    preset = dataclasses.replace(preset, model_preset=settings.model.preset,
+                                 seeds=tuple(seeds) if seeds else preset.seeds)
+    sample = pipeline.sample_pool_task(settings, pool)
+    if sample is not None:  # the built-in pool, created on first use (its size: synth.n)
+        ingest_pool(paths=[sample], pool=pool, home=str(settings.home))
+    data = load_pool_task(str(settings.duckdb_path), pool, settings.loop.eval_fraction, settings.train.seed)
+    everything = data["train"] + data["eval"]
+    states, info = separator_states_task(everything, preset.model_preset, str(settings.home / "study" / "cache"),
+                                         preset.feature_batch_size, settings.model.max_length,
+                                         settings.model.backbone_path, preset.feature_threads)
+    n_train = len(data["train"])
+    train, evaluation = study.pack(data["train"], states[:n_train]), study.pack(data["eval"], states[n_train:])
+    knobs = {"hidden_size": info["hidden_size"], "separator_id": info["separator_id"],
+             "reg_lambda": settings.model.reg_lambda, "learning_probability": settings.model.learning_probability,
+             "p_threshold": settings.uncertainty.p_threshold, "std_threshold": settings.uncertainty.std_threshold,
+             "subset": pool}
+    runs: list[dict] = []
+    for seed in preset.seeds:
+        runs += seed_task(train, evaluation, seed, preset, knobs)
+    result = study.summarize(runs, preset=preset, pool=pool, seeds=list(preset.seeds), train_size=len(train),
+                             eval_size=len(evaluation))
+    result["model"] = {k: info[k] for k in ("preset", "backbone", "hidden_size", "cached", "seconds")}
+    result["runs"] = runs
+    out = output_dir or str(settings.reports_dir / "study")
+    reported = report_task(result, out, settings.tracking_uri, settings.experiment, str(settings.artifact_root))
+    return {**result, "outputs": reported["paths"], "mlflow_run_id": reported["mlflow_run_id"]}

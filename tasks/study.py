@@ -1,0 +1,500 @@
+"""The active-learning efficiency study: ActPRM against random, entropy, BALD and full-data training.
+
+Protocol (after ActPRM's pool-based setting, Duan et al., 2025, arXiv 2504.10559, Sec. 4): the pool's
+train split is streamed once, in a seeded order, in `rounds` batches. For each batch the *current*
+ensemble scores the batch, the strategy picks which trajectories to label (gold labels stand in for the
+judge), and the ensemble trains on the labels bought so far. The budget `b` is the fraction of the train
+split that may be labeled; it is paced along the stream (after a batch, at most round(b * seen) labels),
+so every strategy spends it at the same rate. ActPRM only ever buys trajectories the `uncertain` rule
+flags (aleatoric + epistemic, `models.uncertainty`), ranked by the actprm acquisition score; unspent
+quota carries over to later batches. Baselines rank every trajectory of the batch by their own score, as
+`tasks.select` does. Full-data training is the same protocol at b = 1 (every trajectory is labeled, so it
+does not depend on the strategy); it runs once per seed. Evaluation: ProcessBench F1
+(`tasks.evaluate.processbench_metrics`) on the pool's held-out eval split.
+
+Simplifications, to fit 30 minutes on 2 CPU cores:
+- The backbone is frozen and its hidden states at the step separators are computed once per trajectory
+  (`separator_states`); every run then trains only the ensemble heads on those cached states, through the
+  model's own `forward` (heads, BCE, bootstrap mask, anchor regularization): `SeparatorStates` stands in
+  for the backbone and serves the cached states.
+- The paper takes one update per pool batch with a 7B backbone; frozen features need more, so after each
+  batch the heads take `steps_per_round` AdamW steps on minibatches drawn from all labels bought so far.
+  Every run takes the same number of steps whatever its budget, so budgets differ only in what was
+  labeled. Training is identical for all strategies (no in-training selection): only selection differs.
+- Rounding: a budget b buys round-half-up(b * N) labels over N train trajectories (`budget_labels`);
+  ActPRM buys fewer only when its rule finds too few uncertain trajectories left (reported as `labels`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import nn
+
+from actprm.errors import ActPRMError
+
+STRATEGY_NAMES = ("actprm", "random", "entropy", "bald")
+WITHIN_F1 = 0.005  # "within 0.5 F1 points of full data", in F1 units
+LEARNED_F1 = 0.02  # full data must beat the untrained ensemble by 2 F1 points for the comparison to mean anything
+
+
+@dataclass(frozen=True)
+class StudyPreset:
+    name: str
+    budgets: tuple[float, ...]      # label fractions of the train split; 1.0 is full data
+    seeds: tuple[int, ...]
+    model_preset: str               # used unless the config names a model preset
+    num_heads: int
+    rounds: int                     # pool batches the stream is cut into (AL rounds)
+    steps_per_round: int            # head optimizer steps after each batch's labels arrive
+    batch_size: int                 # trajectories per optimizer step
+    lr: float
+    synth_n: int                    # size of the synthetic pool the benchmark creates for this preset
+    feature_batch_size: int = 32
+    # Heads training is many small matmuls: on a shared 2-core box one thread is ~10x faster than two
+    # (threads spin waiting for each other); the backbone pass keeps torch's default.
+    head_threads: int = 1
+    feature_threads: int | None = None  # None: torch's default (all cores)
+
+
+STUDY_PRESETS: dict[str, StudyPreset] = {
+    # Tests and smoke runs: tiny model, few budgets, one seed; seconds.
+    "quick": StudyPreset("quick", budgets=(0.2, 0.5, 1.0), seeds=(0,), model_preset="tiny", num_heads=8,
+                         rounds=3, steps_per_round=15, batch_size=16, lr=3e-3, synth_n=150, feature_threads=1),
+    # The study of issue 8: MiniLM backbone, paper's 32 heads, 3 seeds; about 30 minutes on 2 cores.
+    "full": StudyPreset("full", budgets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0), seeds=(0, 1, 2),
+                        model_preset="cpu", num_heads=32, rounds=8, steps_per_round=25, batch_size=32,
+                        lr=3e-3, synth_n=3000),
+}
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def study_preset(name: str) -> StudyPreset:
+    try:
+        return STUDY_PRESETS[name]
+    except KeyError:
+        raise ActPRMError(f"unknown study preset {name!r}; choose one of: {', '.join(STUDY_PRESETS)}") from None
+
+
+def budget_labels(budget: float, n: int) -> int:
+    """Labels a budget fraction buys over n trajectories: round half up (Python's round() would bank)."""
+    return int(math.floor(budget * n + 0.5))
+
+
+# -- the pool -----------------------------------------------------------------------------------
+def load_pool(store, pool: str, eval_fraction: float, seed: int) -> dict[str, list[dict]]:
+    """The pool's gold-labeled train and eval trajectories; holds out an eval split when there is none."""
+    from tasks.select import prepare_eval_split
+
+    try:
+        store.require_pool(pool)
+    except KeyError as exc:
+        raise ActPRMError(exc.args[0]) from None
+    if not store.has_gold_labels(pool):
+        raise ActPRMError(f"pool {pool!r} has no gold labels: the study needs them to stand in for the judge")
+    prepare_eval_split(store, pool, eval_fraction, seed)
+    out = {}
+    for split in ("train", "eval"):
+        rows = store.trajectories(store.pool_trajectory_ids(pool, split))
+        out[split] = [r for r in rows if r["gold_first_error"] is not None]
+        if len(out[split]) < 2:
+            raise ActPRMError(f"pool {pool!r} has {len(out[split])} gold-labeled trajectories in its {split!r} "
+                              "split; the study needs at least 2 in each")
+    return out
+
+
+# -- cached backbone states --------------------------------------------------------------------
+def separator_states(model, tokenizer, trajectories: list[dict], *, batch_size: int = 32,
+                     max_length: int = 512) -> list[torch.Tensor]:
+    """Per trajectory, the frozen backbone's (scored_steps, H) hidden states at its step separators.
+
+    The same layout and separator positions as `EnsemblePRM.forward` reads; trajectories are batched by
+    length so padding stays small, and returned in the order given.
+    """
+    from models import StepBatcher
+
+    batcher = StepBatcher(tokenizer, max_length=max_length)
+    order = sorted(range(len(trajectories)), key=lambda i: len(trajectories[i]["question"])
+                   + sum(len(s) for s in trajectories[i]["steps"]))
+    out: list[torch.Tensor | None] = [None] * len(trajectories)
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = batcher.encode([trajectories[i]["question"] for i in idx], [trajectories[i]["steps"] for i in idx])
+            hidden = model.backbone(**batch.model_inputs()).last_hidden_state.float()
+            sep = (batch.input_ids == model.separator_id) & batch.attention_mask.bool()
+            for row, i in enumerate(idx):
+                out[i] = hidden[row][sep[row]].clone()
+    return out  # type: ignore[return-value]
+
+
+def feature_cache_key(trajectories: list[dict], preset: str, backbone: str, max_length: int) -> str:
+    h = hashlib.sha256(json.dumps([preset, backbone, max_length]).encode())
+    for t in trajectories:
+        h.update(t["id"].encode())
+    return h.hexdigest()[:16]
+
+
+def cached_separator_states(trajectories: list[dict], *, preset: str, cache_dir: str | Path | None,
+                            batch_size: int = 32, max_length: int = 512, seed: int = 0,
+                            backbone_path: str | None = None, threads: int | None = None
+                            ) -> tuple[list[torch.Tensor], dict]:
+    """`separator_states` of a fresh `build_prm(preset)` backbone, cached on disk by (trajectories, model)."""
+    from models import build_prm
+
+    t0 = time.perf_counter()
+    model, tokenizer = build_prm(preset, num_heads=1, seed=seed, freeze_backbone=True, backbone_path=backbone_path)
+    key = feature_cache_key(trajectories, preset, model.config.backbone_name, max_length)
+    path = Path(cache_dir) / f"separator-states-{key}.pt" if cache_dir else None
+    info = {"preset": preset, "backbone": model.config.backbone_name, "cache_key": key,
+            "hidden_size": model.backbone.config.hidden_size, "separator_id": model.separator_id}
+    if path is not None and path.is_file():
+        states = torch.load(path)
+        return states, info | {"cached": True, "seconds": time.perf_counter() - t0}
+    with torch_threads(threads):
+        states = separator_states(model, tokenizer, trajectories, batch_size=batch_size, max_length=max_length)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(states, tmp)
+        tmp.replace(path)
+    return states, info | {"cached": False, "seconds": time.perf_counter() - t0}
+
+
+@dataclass
+class PackedPool:
+    """Cached separator states of a split, zero-padded to (N, S, H), with gold step labels."""
+
+    ids: list[str]
+    states: torch.Tensor         # (N, S, H) float32
+    steps: torch.Tensor          # (N,) scored steps per trajectory
+    labels: torch.Tensor         # (N, S) 1 before the first error, 0 at it, IGNORE_INDEX elsewhere
+    first_errors: list[int]      # gold, 0-based, -1 = all correct
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def pack(trajectories: list[dict], states: list[torch.Tensor]) -> PackedPool:
+    from models import IGNORE_INDEX, step_labels
+
+    n, width = len(trajectories), max(int(s.shape[0]) for s in states)
+    hidden = states[0].shape[1]
+    packed = torch.zeros(n, width, hidden)
+    labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
+    for i, (t, s) in enumerate(zip(trajectories, states)):
+        k = int(s.shape[0])
+        packed[i, :k] = s
+        # The labels of the scored steps only, as StepBatcher lays them out when later steps are cut.
+        labels[i, :k] = torch.tensor(step_labels(len(t["steps"]), int(t["gold_first_error"]))[:k])
+    return PackedPool([t["id"] for t in trajectories], packed, torch.tensor([int(s.shape[0]) for s in states]),
+                      labels, [int(t["gold_first_error"]) for t in trajectories])
+
+
+class SeparatorStates(nn.Module):
+    """Stands in for a frozen backbone: returns the cached states set in `pending` as last_hidden_state.
+
+    `EnsemblePRM.forward` then gathers them at the separator positions of `input_ids` and applies its own
+    heads, loss and anchor regularization, so the study trains exactly the model's heads.
+    """
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.config = SimpleNamespace(hidden_size=hidden_size)
+        self.pending: torch.Tensor | None = None
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any):
+        assert self.pending is not None and self.pending.shape[:2] == input_ids.shape, "no cached states set"
+        return SimpleNamespace(last_hidden_state=self.pending)
+
+
+def heads_model(hidden_size: int, separator_id: int, *, num_heads: int, seed: int, reg_lambda: float,
+                learning_probability: float):
+    """A fresh ensemble (same head init as build_prm with this seed) over cached separator states."""
+    from models import EnsemblePRM, PRMConfig
+
+    config = PRMConfig(num_heads=num_heads, reg_lambda=reg_lambda, learning_probability=learning_probability,
+                       seed=seed, freeze_backbone=True, separator_id=separator_id, preset="cached-states")
+    return EnsemblePRM(SeparatorStates(hidden_size), config)
+
+
+def _forward(model, pool: PackedPool, idx: torch.Tensor, with_labels: bool):
+    width = int(pool.steps[idx].max())
+    present = torch.arange(width).unsqueeze(0) < pool.steps[idx].unsqueeze(1)
+    sep = model.separator_id
+    input_ids = torch.where(present, sep, sep + 1)  # anything but the separator marks padding
+    model.backbone.pending = pool.states[idx, :width]
+    try:
+        return model(input_ids=input_ids, attention_mask=present.long(),
+                     labels=pool.labels[idx, :width] if with_labels else None)
+    finally:
+        model.backbone.pending = None
+
+
+@torch.no_grad()
+def step_probabilities(model, pool: PackedPool, idx: torch.Tensor, batch_size: int = 512) -> list[torch.Tensor]:
+    """Per trajectory of `idx`, its (E, scored_steps) P(step correct), as `EnsemblePRM.step_probabilities`."""
+    model.eval()
+    out: list[torch.Tensor] = []
+    for start in range(0, len(idx), batch_size):
+        part = idx[start:start + batch_size]
+        res = _forward(model, pool, part, with_labels=False)
+        probs = torch.sigmoid(res.logits).float()
+        out += list(torch.split(probs, torch.bincount(res.step_trajectory, minlength=len(part)).tolist(), dim=1))
+    return out
+
+
+# -- one run --------------------------------------------------------------------------------------
+def select_from_batch(strategy: str, probs: list[torch.Tensor], quota: int, *, p_threshold: float,
+                      std_threshold: float, generator: torch.Generator) -> tuple[list[int], int]:
+    """Positions (in the batch) to label, best first, and how many were eligible.
+
+    The same rule as `tasks.select.select_for_labeling`: ActPRM considers only the trajectories its
+    ensemble is uncertain about; the baselines rank the whole batch by their own score.
+    """
+    from models.uncertainty import acquisition, step_stats, trajectory_uncertain
+
+    scores = [acquisition(strategy, p, p_threshold=p_threshold, std_threshold=std_threshold, generator=generator)
+              for p in probs]
+    eligible = range(len(probs))
+    if strategy == "actprm":
+        eligible = [i for i in eligible if trajectory_uncertain(*step_stats(probs[i]), p_threshold, std_threshold)]
+    return sorted(eligible, key=lambda i: (-scores[i], i))[:max(quota, 0)], len(eligible)
+
+
+def evaluate_heads(model, pool: PackedPool, subset: str) -> dict:
+    """ProcessBench F1 of the ensemble mean on a packed eval split."""
+    from tasks.evaluate import processbench_metrics
+
+    probs = step_probabilities(model, pool, torch.arange(len(pool)))
+    scores = {i: p.mean(0).tolist() for i, p in zip(pool.ids, probs)}
+    records = [{"id": i, "label": fe, "subset": subset} for i, fe in zip(pool.ids, pool.first_errors)]
+    return processbench_metrics(records, scores)
+
+
+def run_budget(train: PackedPool, evaluation: PackedPool, *, strategy: str, budget: float, seed: int,
+               preset: StudyPreset, hidden_size: int, separator_id: int, reg_lambda: float = 0.5,
+               learning_probability: float = 1.0, p_threshold: float = 0.95, std_threshold: float = 0.005,
+               subset: str = "pool") -> dict:
+    """One active-learning run over the stream of the train split; returns its labels and eval F1."""
+    if strategy != "full" and strategy not in STRATEGY_NAMES:
+        raise ActPRMError(f"unknown study strategy {strategy!r}; choose one of: full, {', '.join(STRATEGY_NAMES)}")
+    if not 0 < budget <= 1:
+        raise ActPRMError(f"budget fractions must be in (0, 1], got {budget}")
+    t0 = time.perf_counter()
+    model = heads_model(hidden_size, separator_id, num_heads=preset.num_heads, seed=seed, reg_lambda=reg_lambda,
+                        learning_probability=learning_probability)
+    optimizer = torch.optim.AdamW(model.head_parameters(), lr=preset.lr, weight_decay=0.0)
+    # The stream order and the minibatches depend on the seed only, so strategies meet the same stream.
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    pick = torch.Generator().manual_seed(seed * 7919 + 1)
+    draw = torch.Generator().manual_seed(seed * 7919 + 2)
+    labeled: list[int] = []
+    seen = uncertain_seen = 0
+    for batch in torch.tensor_split(order, min(preset.rounds, len(train))):
+        seen += len(batch)
+        quota = min(len(batch), budget_labels(budget, seen) - len(labeled))
+        if strategy == "full" or (strategy != "actprm" and quota >= len(batch)):
+            chosen = batch.tolist()  # nothing to choose: the whole batch is bought
+        else:
+            probs = step_probabilities(model, train, batch)
+            picked, eligible = select_from_batch(strategy, probs, quota, p_threshold=p_threshold,
+                                                 std_threshold=std_threshold, generator=pick)
+            chosen = [int(batch[i]) for i in picked]
+            uncertain_seen += eligible if strategy == "actprm" else 0
+        labeled += chosen
+        if not labeled:
+            continue
+        model.train()
+        pool_idx = torch.tensor(labeled)
+        for _ in range(preset.steps_per_round):
+            idx = pool_idx[torch.randperm(len(pool_idx), generator=draw)[:preset.batch_size]]
+            loss = _forward(model, train, idx, with_labels=True).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.head_parameters(), 1.0)
+            optimizer.step()
+    metrics = evaluate_heads(model, evaluation, subset)
+    sub = next(iter(metrics["subsets"].values()))
+    return {"strategy": strategy, "budget": budget, "seed": seed, "labels": len(labeled),
+            "f1": metrics["f1"], "acc_error": sub["acc_error"], "acc_correct": sub["acc_correct"],
+            "seconds": round(time.perf_counter() - t0, 3),
+            # ActPRM: trajectories its rule flagged uncertain when their batch came (an upper bound it buys from).
+            "uncertain_seen": uncertain_seen if strategy == "actprm" else None}
+
+
+def untrained_run(evaluation: PackedPool, *, seed: int, preset: StudyPreset, hidden_size: int, separator_id: int,
+                  reg_lambda: float = 0.5, learning_probability: float = 1.0, subset: str = "pool", **_: Any) -> dict:
+    """The fresh ensemble before any label: the floor that tells whether training learned anything at all."""
+    model = heads_model(hidden_size, separator_id, num_heads=preset.num_heads, seed=seed, reg_lambda=reg_lambda,
+                        learning_probability=learning_probability)
+    metrics = evaluate_heads(model, evaluation, subset)
+    sub = next(iter(metrics["subsets"].values()))
+    return {"strategy": "untrained", "budget": 0.0, "seed": seed, "labels": 0, "f1": metrics["f1"],
+            "acc_error": sub["acc_error"], "acc_correct": sub["acc_correct"], "seconds": 0.0, "uncertain_seen": None}
+
+
+def run_seed(train: PackedPool, evaluation: PackedPool, *, seed: int, preset: StudyPreset,
+             strategies: tuple[str, ...] = STRATEGY_NAMES, **knobs: Any) -> list[dict]:
+    """The untrained floor and full data once, then every strategy at every budget below 1, for one seed."""
+    with torch_threads(preset.head_threads):
+        rows = [untrained_run(evaluation, seed=seed, preset=preset, **knobs),
+                run_budget(train, evaluation, strategy="full", budget=1.0, seed=seed, preset=preset, **knobs)]
+        for budget in preset.budgets:
+            if budget < 1:
+                for strategy in strategies:
+                    rows.append(run_budget(train, evaluation, strategy=strategy, budget=budget, seed=seed,
+                                           preset=preset, **knobs))
+    return rows
+
+
+# -- summary and outputs ------------------------------------------------------------------------
+def _spread(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(runs: list[dict], *, preset: StudyPreset, pool: str, seeds: list[int], train_size: int,
+              eval_size: int, strategies: tuple[str, ...] = STRATEGY_NAMES) -> dict:
+    """The study's numbers in the shape of bench/results/al_study.json."""
+    full = [r for r in runs if r["strategy"] == "full"]
+    full_f1 = statistics.fmean(r["f1"] for r in full)
+    untrained = [r["f1"] for r in runs if r["strategy"] == "untrained"]
+    floor = statistics.fmean(untrained) if untrained else None
+    full_entry = {"f1_mean": full_f1, "f1_std": _spread([r["f1"] for r in full]), "labels": train_size,
+                  "full_data": True}
+    table: dict[str, dict[str, dict]] = {}
+    smallest: dict[str, float | None] = {}
+    for s in strategies:
+        table[s] = {}
+        for b in preset.budgets:
+            if b >= 1:
+                table[s][str(b)] = dict(full_entry)  # every strategy labels everything at b = 1
+                continue
+            rs = [r for r in runs if r["strategy"] == s and r["budget"] == b]
+            f1s = [r["f1"] for r in rs]
+            table[s][str(b)] = {"f1_mean": statistics.fmean(f1s), "f1_std": _spread(f1s),
+                                "f1_min": min(f1s), "f1_max": max(f1s),
+                                "labels": int(round(statistics.fmean(r["labels"] for r in rs)))}
+        within = [b for b in preset.budgets if table[s][str(b)]["f1_mean"] >= full_f1 - WITHIN_F1]
+        smallest[s] = min(within) if within else None
+    out: dict[str, Any] = {"full_data_f1": full_f1, "full_data_f1_std": full_entry["f1_std"],
+                           "strategies": table, "preset": preset.name, "pool": pool, "seeds": list(seeds),
+                           "budgets": list(preset.budgets), "train_size": train_size, "eval_size": eval_size,
+                           "budget_labels": {str(b): budget_labels(b, train_size) for b in preset.budgets},
+                           "smallest_budget_within_0.5pt": smallest, "untrained_f1": floor,
+                           "study_preset": asdict(preset)}
+    if floor is not None and full_f1 - floor < LEARNED_F1:
+        out["warning"] = (f"full-data training barely beats the untrained ensemble (F1 {full_f1:.3f} vs {floor:.3f}): "
+                          "the PRM learned (almost) nothing on this pool, so the strategy comparison is not meaningful")
+    if "actprm" in table and "random" in table and "0.5" in table["actprm"]:
+        gap = table["actprm"]["0.5"]["f1_mean"] - table["random"]["0.5"]["f1_mean"]
+        out["actprm_minus_random_at_0.5"] = gap
+        out["targets"] = {
+            "actprm_within_0.5pt_at_or_below_0.5": smallest["actprm"] is not None and smallest["actprm"] <= 0.5,
+            "actprm_beats_random_at_0.5_by_3pt": gap >= 0.03,
+        }
+    return out
+
+
+def markdown_table(result: dict) -> str:
+    budgets = result["budgets"]
+    head = "| strategy | " + " | ".join(f"{int(b * 100)}% ({result['budget_labels'][str(b)]})" for b in budgets)
+    lines = [f"# Active-learning study: pool `{result['pool']}`, preset `{result['preset']}`, "
+             f"seeds {result['seeds']}", "",
+             f"Train split {result['train_size']} trajectories, eval split {result['eval_size']}. "
+             f"ProcessBench F1 (mean ± std over seeds) by label budget (labels bought).", "",
+             f"Full data: **{result['full_data_f1']:.4f} ± {result['full_data_f1_std']:.4f}**"
+             + ("" if result.get("untrained_f1") is None else f" (untrained ensemble: {result['untrained_f1']:.4f})"),
+             "", *([f"**Warning:** {result['warning']}", ""] if result.get("warning") else []),
+             head + " | smallest budget within 0.5 pt of full data |",
+             "|---" * (len(budgets) + 2) + "|"]
+    for s, row in result["strategies"].items():
+        cells = [f"{row[str(b)]['f1_mean']:.4f} ± {row[str(b)]['f1_std']:.4f}" for b in budgets]
+        best = result["smallest_budget_within_0.5pt"][s]
+        lines.append(f"| {s} | " + " | ".join(cells) + f" | {'—' if best is None else f'{int(best * 100)}%'} |")
+    if "actprm_minus_random_at_0.5" in result:
+        lines += ["", f"ActPRM − random at 50%: {result['actprm_minus_random_at_0.5'] * 100:+.2f} F1 points."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s, row in result["strategies"].items():
+        bs = result["budgets"]
+        ax.errorbar([row[str(b)]["labels"] for b in bs], [row[str(b)]["f1_mean"] for b in bs],
+                    yerr=[row[str(b)]["f1_std"] for b in bs], marker="o", capsize=3, label=s)
+    full = result["full_data_f1"]
+    ax.axhline(full, color="black", linestyle="--", linewidth=1, label="full data")
+    ax.axhspan(full - WITHIN_F1, full + WITHIN_F1, color="grey", alpha=0.2)
+    ax.set_xlabel("labels bought (trajectories)")
+    ax.set_ylabel("ProcessBench F1 (eval split)")
+    ax.set_title(f"Active learning on {result['pool']} ({result['preset']}, {len(result['seeds'])} seeds)")
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(result: dict, output_dir: str | Path, stem: str = "al_study") -> dict[str, str]:
+    """Writes <stem>.json, <stem>.md and <stem>.png; returns their paths."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md", "plot": out / f"{stem}.png"}
+    paths["json"].write_text(json.dumps(result, indent=2) + "\n")
+    paths["markdown"].write_text(markdown_table(result))
+    plot(result, paths["plot"])
+    return {k: str(v) for k, v in paths.items()}
+
+
+def log_to_mlflow(result: dict, paths: dict[str, str], *, tracking_uri: str, experiment: str,
+                  artifact_root: str | Path | None) -> str:
+    """One MLflow run `study`: F1 per strategy and budget as metrics, the three outputs as artifacts."""
+    import mlflow
+
+    from actprm.tracking import configure_mlflow, start_run
+
+    configure_mlflow(tracking_uri, experiment, artifact_root)
+    with start_run("study", {"actprm.stage": "study", "actprm.pool": result["pool"],
+                             "actprm.study_preset": result["preset"]}) as run:
+        mlflow.log_params({"study.preset": result["preset"], "study.pool": result["pool"],
+                           "study.seeds": ",".join(map(str, result["seeds"])),
+                           "study.train_size": result["train_size"], "study.eval_size": result["eval_size"]})
+        metrics = {"full_data_f1": result["full_data_f1"]}
+        for s, row in result["strategies"].items():
+            for b, cell in row.items():
+                metrics[f"f1_{s}_{int(float(b) * 100)}pct"] = cell["f1_mean"]
+        if "actprm_minus_random_at_0.5" in result:
+            metrics["actprm_minus_random_at_50pct"] = result["actprm_minus_random_at_0.5"]
+        mlflow.log_metrics(metrics)
+        for p in paths.values():
+            mlflow.log_artifact(p, artifact_path="study")
+        return run.info.run_id

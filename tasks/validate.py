@@ -1,0 +1,107 @@
+"""Validate: run the pool's data contract (data_contracts/) over every row, in shards, and build Data Docs.
+
+Great Expectations has no DuckDB datasource, so the store exports the pool's per-trajectory facts as
+pandas batches. Shards are cut by a hash of the trajectory id: equal ids always meet in one shard, so
+per-shard uniqueness is pool-wide uniqueness, and every shard is a random sample for the mean checks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from actprm.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ValidationResult:
+    failures: list[str] = field(default_factory=list)   # critical: the pool is rejected
+    warnings: list[str] = field(default_factory=list)
+    rows: int = 0
+    shards: int = 0
+    report: str | None = None                           # Data Docs index.html
+
+
+def _describe(res) -> str:
+    cfg = res.expectation_config
+    kw = {k: v for k, v in cfg.kwargs.items() if k not in ("batch_id", "column_set", "result_format")}
+    detail = res.result or {}
+    seen = detail.get("unexpected_count", detail.get("observed_value"))
+    return f"{cfg.type}({', '.join(f'{k}={v}' for k, v in kw.items())}): observed {seen}"
+
+
+def validate_pool(store: Store, pool: str, *, limits, shard_rows: int = 200_000, reports_dir: str | Path | None = None,
+                  drift_tolerance: float = 0.5) -> ValidationResult:
+    """Checks every trajectory of `pool` against the critical and warning suites; builds Data Docs under
+    `reports_dir/<pool>/` when given. `limits` has max_question_chars, max_steps, max_step_chars."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    import great_expectations as gx
+
+    from data_contracts.trajectories import ContractLimits, Reference, critical_suite, warning_suite
+
+    stats = store.pool_label_stats(pool)
+    earlier = store.registered_pools(exclude=pool)
+    ref = Reference()
+    if earlier:
+        ref_stats = [store.pool_label_stats(p) for p in earlier]
+        sized = [s for s in ref_stats if s["trajectories"]]
+        n = sum(s["trajectories"] for s in sized)
+        if n:
+            ref_mean = sum(s["mean_steps"] * s["trajectories"] for s in sized) / n
+            labeled = [s for s in sized if s["error_rate"] is not None]
+            lab_n = sum(s["trajectories"] * s["labeled_fraction"] for s in labeled)
+            err = (sum(s["error_rate"] * s["trajectories"] * s["labeled_fraction"] for s in labeled) / lab_n
+                   if lab_n else None)
+            ref = Reference(mean_steps=ref_mean, error_rate=err, pools=tuple(earlier))
+    out = ValidationResult(rows=stats["trajectories"])
+    shards = max(1, math.ceil(stats["trajectories"] / max(1, shard_rows)))
+    out.shards = shards
+
+    if reports_dir is not None:
+        root = Path(reports_dir) / pool
+        root.mkdir(parents=True, exist_ok=True)
+        context = gx.get_context(mode="file", project_root_dir=str(root))
+    else:
+        context = gx.get_context(mode="ephemeral")
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    lim = ContractLimits(limits.max_question_chars, limits.max_steps, limits.max_step_chars)
+    suites = {
+        "critical": context.suites.add_or_update(critical_suite(f"{pool}.critical", lim)),
+        "warning": context.suites.add_or_update(
+            warning_suite(f"{pool}.warning", ref, stats["labeled_fraction"] > 0, drift_tolerance)),
+    }
+    source = context.data_sources.add_or_update_pandas(name=f"actprm-{pool}")
+    asset = next((a for a in source.assets if a.name == "trajectories"), None) or source.add_dataframe_asset("trajectories")
+    batch_def = next((b for b in asset.batch_definitions if b.name == "shard"), None) or \
+        asset.add_batch_definition_whole_dataframe("shard")
+    definitions = [context.validation_definitions.add_or_update(
+        gx.ValidationDefinition(name=f"{pool}.{level}", data=batch_def, suite=suite)) for level, suite in suites.items()]
+    actions = [gx.checkpoint.UpdateDataDocsAction(name="data_docs")] if reports_dir is not None else []
+    checkpoint = context.checkpoints.add_or_update(
+        gx.Checkpoint(name=f"{pool}.contract", validation_definitions=definitions, actions=actions,
+                      result_format={"result_format": "SUMMARY"}))
+    failures: dict[str, str] = {}
+    warnings: dict[str, str] = {}
+    for shard in range(shards):
+        frame = store.pool_validation_batch(pool, shard, shards)
+        result = checkpoint.run(batch_parameters={"dataframe": frame})
+        for run in result.run_results.values():
+            level = "critical" if run.suite_name.endswith(".critical") else "warning"
+            for res in run.results:
+                if not res.success:
+                    key = res.expectation_config.type + str(sorted(res.expectation_config.kwargs.items(), key=str))
+                    (failures if level == "critical" else warnings).setdefault(key, f"shard {shard}: {_describe(res)}")
+    out.failures, out.warnings = list(failures.values()), list(warnings.values())
+    if reports_dir is not None:
+        index = Path(reports_dir) / pool / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+        out.report = str(index) if index.exists() else None
+    for w in out.warnings:
+        log.warning("pool %s: contract warning: %s", pool, w)
+    return out

@@ -1,0 +1,81 @@
+"""The data contract rejects broken pools; a registered pool emits its Prefect event; the flow wires it all."""
+
+from __future__ import annotations
+
+import pytest
+
+from actprm.errors import ActPRMError
+from actprm.store import Store
+from tasks.ingest import IngestSummary, emit_pool_registered, ingest
+from tests.data.conftest import actprm_record, write_lines
+
+
+def test_all_bad_input_rejects_the_pool(tmp_path, db):
+    path = write_lines(tmp_path / "bad.jsonl", ["nope", "{}", ""])
+    with pytest.raises(ActPRMError, match="rejected by its data contract") as err:
+        ingest(db, [str(path)], "empty", format="actprm", emit=False)
+    s = err.value.summary
+    assert (s.status, s.lines_read, s.quarantined) == ("rejected", 3, 3)
+    with Store(db, read_only=True) as store:
+        assert store.pool_status("empty") == "rejected"
+
+
+def test_tightened_limits_reject_rows_already_in_the_pool(tmp_path, db):
+    """A pool ingested under looser limits breaks the contract once the limits are tightened."""
+    ingest(db, [str(write_lines(tmp_path / "a.jsonl", [actprm_record(1, n_steps=6)]))], "p", emit=False)
+    more = write_lines(tmp_path / "b.jsonl", [actprm_record(2, n_steps=2)])
+    with pytest.raises(ActPRMError, match="num_steps"):
+        ingest(db, [str(more)], "p", emit=False, max_steps=4)
+    with Store(db, read_only=True) as store:
+        assert store.pool_status("p") == "rejected"
+
+
+def test_drift_against_earlier_pools_is_a_warning(tmp_path, db):
+    ingest(db, [str(write_lines(tmp_path / "a.jsonl", [actprm_record(i, n_steps=3, first_error=i % 2 - 1)
+                                                       for i in range(10)]))], "base", emit=False)
+    s = ingest(db, [str(write_lines(tmp_path / "b.jsonl", [actprm_record(i, n_steps=12, first_error=i % 2 - 1)
+                                                           for i in range(10, 20)]))], "long", emit=False)
+    assert s.status == "registered"
+    assert any("num_steps" in w for w in s.warnings)
+
+
+def test_registered_event_and_flow(tmp_path, monkeypatch):
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.ingest_pool import ingest_pool
+
+    monkeypatch.delenv("ACTPRM_CONFIG", raising=False)
+    home = tmp_path / "home"
+    path = write_lines(tmp_path / "in.jsonl", [actprm_record(i, first_error=i % 3 - 1) for i in range(6)] + ["x"])
+    with prefect_test_harness(server_startup_timeout=120):
+        event = emit_pool_registered(IngestSummary(pool="demo", status="registered", pool_trajectories=6,
+                                                   labeled_fraction=1.0))
+        assert event is not None and event.event == "actprm.pool.registered"
+        assert event.resource.id == "actprm.pool.demo"
+        assert event.payload["pool"] == "demo" and event.payload["rows"] == 6
+
+        out = ingest_pool([str(path)], "flowpool", home=str(home))
+        assert (out["status"], out["accepted"], out["quarantined"]) == ("registered", 6, 1)
+        assert out["report"].endswith("index.html") and (home / "reports" / "flowpool").is_dir()
+
+        with pytest.raises(ActPRMError, match="rejected"):
+            ingest_pool([str(write_lines(tmp_path / "bad.jsonl", ["{}"]))], "badpool", format="actprm", home=str(home))
+    with Store(home / "actprm.duckdb", read_only=True) as store:
+        assert store.pool_status("flowpool") == "registered" and store.pool_status("badpool") == "rejected"
+        assert store.sql("SELECT count(*) FROM duckdb_tables() WHERE table_name LIKE 'ingest_stage_%'").fetchone()[0] == 0
+
+
+def test_mlflow_run_gets_counts_sample_and_data_docs(tmp_path, db):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment(experiment_name="ingest-test")
+    path = write_lines(tmp_path / "in.jsonl", [actprm_record(i) for i in range(4)] + ["broken"])
+    with mlflow.start_run() as run:
+        s = ingest(db, [str(path)], "logged", emit=False, reports_dir=tmp_path / "reports")
+    assert s.report and s.report.endswith("index.html")
+    client = mlflow.MlflowClient()
+    metrics = client.get_run(run.info.run_id).data.metrics
+    assert metrics["ingest.accepted"] == 4 and metrics["ingest.quarantined"] == 1
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "ingest/logged")}
+    assert {"ingest/logged/summary.json", "ingest/logged/quarantine_sample.json", "ingest/logged/data_docs"} <= logged

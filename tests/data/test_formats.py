@@ -1,0 +1,138 @@
+"""Every input format lands as canonical trajectories with the right gold labels."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from actprm.errors import ActPRMError
+from actprm.store import Store, trajectory_id
+from tasks.ingest import ingest
+from tests.data.conftest import actprm_record, write_lines
+
+
+def gold(db, pool):
+    with Store(db, read_only=True) as store:
+        ids = store.pool_trajectory_ids(pool)
+        rows = store.trajectories(ids)
+        labels = dict(store.sql("SELECT trajectory_id, step_labels FROM gold_labels").fetchall())
+        members = dict(store.sql("SELECT trajectory_id, source_id FROM pool_members WHERE pool = ?", [pool]).fetchall())
+    return [{**r, "step_labels": labels.get(r["id"]), "source_id": members[r["id"]]} for r in rows]
+
+
+def test_processbench(tmp_path, db):
+    path = write_lines(tmp_path / "pb.jsonl", [
+        {"id": "gsm8k-0", "generator": "Qwen2-7B", "problem": "1+1?", "steps": ["1+1=3", "so 3"], "label": 0},
+        {"id": "gsm8k-1", "problem": "2+2?", "steps": ["2+2=4", "so 4"], "label": -1},
+    ])
+    s = ingest(db, [str(path)], "pb", emit=False)
+    assert (s.format, s.accepted, s.quarantined) == ("processbench", 2, 0)
+    rows = {r["source_id"]: r for r in gold(db, "pb")}
+    assert rows["gsm8k-0"]["gold_first_error"] == 0 and rows["gsm8k-0"]["step_labels"] == [0]
+    assert rows["gsm8k-1"]["gold_first_error"] == -1 and rows["gsm8k-1"]["step_labels"] == [1, 1]
+
+
+def prmbench_record(idx: str, kind: str, original: list[str], modified: list[str], error_steps: list[int]) -> dict:
+    return {"idx": idx, "classification": kind, "original_question": "How many seconds in 2 minutes?",
+            "modified_question": "How many seconds in 2 minutes?", "original_process": original,
+            "modified_process": modified, "error_steps": error_steps, "modified_steps": error_steps, "reason": "r",
+            "question": "How many seconds in 2 minutes?"}
+
+
+def test_prmbench_two_views_and_shared_original(tmp_path, db):
+    original = ["A minute is 60 seconds.", "2 * 60 = 120.", "The answer is 120."]
+    a = write_lines(tmp_path / "prm" / "circular.jsonl", [prmbench_record(
+        "p0", "circular", original, ["A minute is 60 seconds.", "Assume 120 and check.", "So 120."], [2, 3])])
+    b = write_lines(tmp_path / "prm" / "confidence.jsonl", [prmbench_record(
+        "p0", "confidence", original, ["A minute is 60 seconds.", "2 * 60 = 130 surely.", "So 130."], [2, 3])])
+    s = ingest(db, [str(tmp_path / "prm")], "prm", emit=False)  # a directory: both files, sorted
+    assert (s.format, s.lines_read, s.accepted, s.trajectories_added) == ("prmbench", 2, 2, 3)
+    rows = gold(db, "prm")
+    # the shared original is stored once, under its first occurrence
+    assert sorted(r["source_id"] for r in rows) == ["p0:modified", "p0:modified", "p0:original"]
+    orig = [r for r in rows if r["steps"] == original]
+    assert len(orig) == 1 and orig[0]["gold_first_error"] == -1 and orig[0]["step_labels"] == [1, 1, 1]
+    mod = [r for r in gold(db, "prm") if r["error_kind"] == "confidence"][0]
+    # error_steps are 1-based: [2, 3] -> first error at index 1; every listed step is wrong
+    assert mod["gold_first_error"] == 1 and mod["step_labels"] == [1, 0, 0]
+    assert a.exists() and b.exists()
+
+
+def test_math_shepherd(tmp_path, db):
+    q = "Janet has 3 apples and buys 2 more. How many apples?"
+    inp = f"{q} Step 1: She has 3 apples. ки\nStep 2: 3 + 2 = 6. ки\nStep 3: The answer is: 6 ки"
+    lab = f"{q} Step 1: She has 3 apples. +\nStep 2: 3 + 2 = 6. -\nStep 3: The answer is: 6 -"
+    path = write_lines(tmp_path / "ms.jsonl", [{"input": inp, "label": lab, "task": "GSM8K"}])
+    s = ingest(db, [str(path)], "ms", emit=False)
+    assert (s.format, s.accepted) == ("math_shepherd", 1)
+    (row,) = gold(db, "ms")
+    assert row["question"] == q
+    assert row["steps"] == ["Step 1: She has 3 apples.", "Step 2: 3 + 2 = 6.", "Step 3: The answer is: 6"]
+    assert row["gold_first_error"] == 1 and row["step_labels"] == [1, 0, 0]
+
+
+def test_trl_stepwise_and_unlabeled(tmp_path, db):
+    trl = write_lines(tmp_path / "trl.jsonl", [{"prompt": "3*3?", "completions": ["3*3=9", "so 9"], "labels": [True, True]},
+                                               {"prompt": "3*4?", "completions": ["3*4=13", "so 13"], "labels": [False, False]}])
+    s = ingest(db, [str(trl)], "trl", emit=False)
+    assert (s.format, s.accepted) == ("trl_stepwise", 2)
+    assert sorted(r["gold_first_error"] for r in gold(db, "trl")) == [-1, 0]
+    un = write_lines(tmp_path / "u.jsonl", [{"question": "q1", "steps": ["a", "b"]}, {"question": "q2", "steps": ["c"]}])
+    s = ingest(db, [str(un)], "u", emit=False)
+    assert (s.format, s.accepted, s.labeled_fraction) == ("unlabeled", 2, 0.0)
+    assert all(r["gold_first_error"] is None for r in gold(db, "u"))
+
+
+def test_format_override_and_undetectable(tmp_path, db):
+    path = write_lines(tmp_path / "a.jsonl", [actprm_record(1, first_error=1)])
+    s = ingest(db, [str(path)], "as-unlabeled", format="unlabeled", emit=False)
+    assert (s.format, s.labeled_fraction) == ("unlabeled", 0.0)
+    odd = write_lines(tmp_path / "odd.jsonl", [{"foo": 1}])
+    with pytest.raises(ActPRMError, match="cannot detect the input format"):
+        ingest(db, [str(odd)], "odd", emit=False)
+
+
+def test_ids_match_python_twin_with_non_ascii_and_quotes(tmp_path, db):
+    q = 'Ein "Zug" fährt 60 km/h — 中文? \\ back\'slash'
+    steps = ["é = 1 🙂", 'say "hi"\ttab\nnewline', "\u2028 separator"]
+    path = write_lines(tmp_path / "x.jsonl", [{"question": q, "steps": steps}])
+    ingest(db, [str(path)], "x", emit=False)
+    (row,) = gold(db, "x")
+    assert row["question"] == q and row["steps"] == steps
+    assert row["id"] == trajectory_id(q, steps)
+
+
+def test_compressed_parquet_and_glob_inputs(tmp_path, db):
+    recs = [actprm_record(i, first_error=(i % 3) - 1) for i in range(12)]
+    lines = "".join(json.dumps(r) + "\n" for r in recs[:4]).encode()
+    (tmp_path / "in").mkdir()
+    with gzip.open(tmp_path / "in" / "a.jsonl.gz", "wb") as f:
+        f.write(lines)
+    (tmp_path / "in" / "b.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(
+        "".join(json.dumps(r) + "\n" for r in recs[4:8]).encode()))
+    pq.write_table(pa.Table.from_pylist(recs[8:]), tmp_path / "in" / "c.parquet")
+    s = ingest(db, [str(tmp_path / "in" / "*")], "mixed", emit=False)
+    assert (s.lines_read, s.accepted, s.quarantined, s.duplicates) == (12, 12, 0, 0)
+    assert sorted(r["source_id"] for r in gold(db, "mixed")) == sorted(f"t{i}" for i in range(12))
+
+
+def test_unreadable_inputs_are_one_line_errors(tmp_path, db):
+    good = b"".join(json.dumps(actprm_record(i)).encode() + b"\n" for i in range(2000))
+    blob = gzip.compress(good)
+    (tmp_path / "cut.jsonl.gz").write_bytes(blob[: len(blob) // 2])
+    for paths, pattern in [([str(tmp_path / "cut.jsonl.gz")], "cannot read"),
+                           ([str(tmp_path / "missing.jsonl")], "not found"),
+                           ([str(tmp_path / "*.nothing")], "no input files match")]:
+        with pytest.raises(ActPRMError, match=pattern) as err:
+            ingest(db, paths, "bad", format="actprm", emit=False)
+        assert "\n" not in str(err.value)
+    (tmp_path / "fake.parquet").write_text("not parquet")
+    with pytest.raises(ActPRMError, match="cannot read"):
+        ingest(db, [str(tmp_path / "fake.parquet")], "bad", emit=False)
+    with Store(db, read_only=True) as store:
+        assert not store.pool_exists("bad")

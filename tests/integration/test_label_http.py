@@ -1,0 +1,240 @@
+"""Labeling against a REAL local OpenAI-compatible HTTP server with injected faults (no mocks).
+
+The client under test is the production path: OpenAIJudge (httpx) -> label_ids -> DuckDB ledger.
+"""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from actprm.errors import ActPRMError
+from actprm.judges import build_judge
+from actprm.judges.budget import BudgetLimits
+from actprm.store import Store
+from actprm.testing.judge_server import JudgeServer
+from actprm.testing.pools import synth_pool
+from tasks.label import label_ids, label_pool, log_labeling_to_mlflow
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "sk-test-7f3a9c0d1e2b"
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store(tmp_path / "actprm.duckdb") as s:
+        yield s
+
+
+def judge_for(server, **kw):
+    opts = dict(url=server.url, model="local-judge", api_key=KEY, base_delay=0.01, max_delay=0.05, timeout_s=2.0,
+                max_retries=4, seed=0)
+    opts.update(kw)
+    return build_judge("openai", **opts)
+
+
+def labeled_rows(store):
+    return dict(store.sql("SELECT trajectory_id, first_error FROM judge_labels WHERE status = 'labeled'").fetchall())
+
+
+def test_labels_match_the_judge_and_send_the_key(store):
+    ids = synth_pool(store, "p", 24)
+    with JudgeServer(api_key=KEY) as server:
+        s = label_pool(store, "p", judge_for(server), select="all", concurrency=6, progress=False)
+    assert (s.labeled, s.failed, s.stopped_because) == (24, 0, "done")
+    assert set(server.auth_headers) == {f"Bearer {KEY}"}
+    gold = dict(store.sql("SELECT trajectory_id, first_error FROM gold_labels").fetchall())
+    assert labeled_rows(store) == {t: gold[t] for t in ids}  # the server answers with the verifier
+    assert s.tokens == store.budget_spent("p")["tokens"] > 0 and s.latency_p50 is not None
+
+
+def test_one_judge_serves_several_runs(store):
+    """The active-learning flow builds the judge once and labels every round with it."""
+    ids = synth_pool(store, "p", 6)
+    with JudgeServer() as server:
+        judge = judge_for(server)
+        first = label_ids(store, ids[:3], judge, pool="p", concurrency=2, progress=False, round=0)
+        second = label_ids(store, ids, judge, pool="p", concurrency=2, progress=False, round=1)
+    assert (first.labeled, second.labeled, second.cached) == (3, 3, 3)
+
+
+def test_structured_output_sends_the_json_schema_and_parses_json(store):
+    ids = synth_pool(store, "p", 3)
+    with JudgeServer() as server:
+        s = label_pool(store, "p", judge_for(server, structured_output=True), select="all", concurrency=1,
+                       progress=False)
+        schema = server.last_payload["structured_outputs"]["json"]
+    assert s.labeled == 3 and schema["required"] == ["first_error"]
+    assert server.last_payload["max_completion_tokens"] == 4096 and server.last_payload["model"] == "local-judge"
+    gold = dict(store.sql("SELECT trajectory_id, first_error FROM gold_labels").fetchall())
+    assert labeled_rows(store) == {t: gold[t] for t in ids}
+
+
+def test_retry_after_is_honoured_and_transient_errors_are_retried(store):
+    synth_pool(store, "p", 1)
+    with JudgeServer(script=["429", "500", "drop", "badjson"], retry_after="1") as server:
+        t0 = time.monotonic()
+        s = label_pool(store, "p", judge_for(server), select="all", concurrency=1, progress=False)
+        elapsed = time.monotonic() - t0
+    assert s.labeled == 1 and server.requests == 5
+    assert elapsed >= 1.0  # waited the server's Retry-After, not our 10 ms backoff
+    assert store.sql("SELECT attempts FROM judge_labels").fetchone()[0] == 5
+
+
+def test_slow_answers_past_the_timeout_are_retried(store):
+    synth_pool(store, "p", 2)
+    with JudgeServer(script=["slow"], slow_s=1.0) as server:
+        s = label_pool(store, "p", judge_for(server, timeout_s=0.3), select="all", concurrency=1, progress=False)
+    assert s.labeled == 2 and server.injected["slow"] == 1
+
+
+def test_unparseable_answers_are_reasked_then_failed_with_a_reason(store):
+    synth_pool(store, "p", 2)
+    # trajectory 1: malformed then truncated then good; trajectory 2: three malformed answers
+    with JudgeServer(script=["malformed", "truncated", None, "malformed", "malformed", "malformed"]) as server:
+        s = label_pool(store, "p", judge_for(server), select="all", concurrency=1, max_parse_retries=2,
+                       progress=False)
+    assert (s.labeled, s.failed, s.failures_by_reason) == (1, 1, {"no_boxed": 1})
+    failed = store.sql("SELECT reason, attempts, raw_answer FROM judge_labels WHERE status = 'failed'").fetchone()
+    assert failed[0] == "no_boxed" and failed[1] == 3 and "middle" in failed[2]
+    # every unparseable answer was paid for: 6 settled requests, 1 of them bought a label
+    rows = store.sql("SELECT count(*), sum(labels) FROM budget_ledger WHERE state = 'settled'").fetchone()
+    assert rows == (6, 1)
+
+
+def test_unauthorized_fails_fast_with_one_line_and_no_key(store, caplog):
+    synth_pool(store, "p", 5)
+    caplog.set_level(logging.DEBUG)
+    with JudgeServer(api_key="the-right-key") as server:
+        judge = judge_for(server)
+        with pytest.raises(ActPRMError) as err:
+            label_pool(store, "p", judge, select="all", concurrency=1, progress=False)
+    message = str(err.value)
+    assert "401" in message and "API key" in message and "\n" not in message
+    assert server.requests == 1  # no retry on 401
+    assert KEY not in message and KEY not in repr(judge) and KEY not in repr(err.value)
+    assert KEY not in caplog.text
+    assert store.budget_spent()["labels"] == 0  # the refused request was released, not billed
+
+
+def test_circuit_breaker_stops_the_run_keeping_labels(store):
+    synth_pool(store, "p", 30)
+    with JudgeServer(script=[None] * 3 + ["500"] * 200) as server:
+        s = label_pool(store, "p", judge_for(server, max_retries=1), select="all", concurrency=1,
+                       circuit_breaker=4, progress=False)
+    assert s.stopped_because == "circuit_open" and s.labeled == 3 and s.failed == 4
+    assert len(labeled_rows(store)) == 3 and s.failures_by_reason == {"http_500": 4}
+
+
+def test_under_30_percent_faults_budget_holds_and_no_paid_label_is_lost(store):
+    ids = synth_pool(store, "p", 60, seed=5)
+    faults = {"429": 0.05, "500": 0.05, "slow": 0.03, "malformed": 0.05, "truncated": 0.04, "drop": 0.04,
+              "badjson": 0.04}
+    limits = BudgetLimits(max_tokens=400_000, max_labels=45, price_per_1k_tokens=0.01)
+    with JudgeServer(faults=faults, slow_s=0.6, seed=11) as server:
+        s = label_pool(store, "p", judge_for(server, timeout_s=0.3, max_retries=6, max_completion_tokens=512),
+                       select="all", concurrency=8, limits=limits, circuit_breaker=50, progress=False)
+    spent = store.budget_spent()
+    assert spent["labels"] <= 45 and spent["tokens"] <= 400_000
+    assert s.stopped_because == "budget" and s.labeled + s.failed == s.requested
+    assert sum(server.injected.values()) >= 0.15 * server.requests  # the faults did happen
+    # no paid label lost: every good answer the server sent is a stored label, each paid once
+    labeled = labeled_rows(store)
+    good_answers = sum(server.answered.values())
+    assert good_answers == len(labeled) == s.labeled
+    questions = dict(store.sql("SELECT id, question FROM trajectories").fetchall())
+    assert all(server.answered[questions[t]] == 1 for t in labeled)
+    # every requested trajectory ends labeled or failed with a reason
+    rows = store.sql("SELECT status, reason FROM judge_labels").fetchall()
+    assert len(rows) == s.requested and all(st == "labeled" or reason for st, reason in rows)
+    assert store.ledger_consistency()["settled_without_label"] == 0
+    assert store.ledger_consistency()["label_without_settled"] == 0
+    assert set(labeled) <= set(ids)
+
+
+CHILD = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {root!r})
+    from actprm.judges import build_judge
+    from actprm.store import Store
+    from tasks.label import label_pool
+    with Store({db!r}) as store:
+        judge = build_judge("openai", url={url!r}, model="local-judge", api_key="k", base_delay=0.01)
+        label_pool(store, "p", judge, select="all", concurrency=4, progress=False)
+""")
+
+
+def test_kill_9_mid_run_loses_nothing_and_rerun_pays_only_the_rest(tmp_path):
+    db = tmp_path / "actprm.duckdb"
+    with Store(db) as store:
+        ids = synth_pool(store, "p", 80)
+    with JudgeServer(latency_s=0.05) as server:
+        child = subprocess.Popen([sys.executable, "-c", CHILD.format(root=str(ROOT), db=str(db), url=server.url)],
+                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
+        deadline = time.monotonic() + 60
+        while server.requests < 25 and time.monotonic() < deadline and child.poll() is None:
+            time.sleep(0.01)
+        time.sleep(0.1)  # mid-run: some labels committed, some requests in flight
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        assert child.returncode == -signal.SIGKILL
+        with Store(db) as store:
+            before = store.ledger_consistency()
+            n_before = len(labeled_rows(store))
+            assert before["settled_without_label"] == 0 and before["label_without_settled"] == 0
+            assert 0 < n_before < 80
+            labeled_before = set(labeled_rows(store))
+            questions = dict(store.sql("SELECT id, question FROM trajectories").fetchall())
+            s = label_pool(store, "p", judge_for(server), select="all", concurrency=4, progress=False)
+            after = store.ledger_consistency()
+            assert s.cached == n_before and s.labeled == 80 - n_before and len(labeled_rows(store)) == 80
+            paid = store.sql("SELECT count(*) FROM budget_ledger WHERE state = 'settled' AND labels = 1").fetchone()[0]
+            assert paid == 80  # no double payment
+            assert after["settled_without_label"] == 0 and after["label_without_settled"] == 0
+            assert after["states"].get("reserved", 0) == 0
+            assert s.orphaned_reservations == before["states"].get("reserved", 0)
+    # a trajectory labeled before the kill was answered (paid) exactly once; only answers in flight at
+    # the kill (their reservations orphaned, counted as spent) may have been asked again
+    assert all(server.answered[questions[t]] == 1 for t in labeled_before)
+    assert all(server.answered[questions[t]] >= 1 for t in ids)
+    assert sum(server.answered.values()) - 80 <= s.orphaned_reservations
+
+
+def test_api_key_never_reaches_logs_mlflow_or_the_store(tmp_path, caplog, monkeypatch):
+    import mlflow
+
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with Store(tmp_path / "actprm.duckdb") as store:
+        synth_pool(store, "p", 8)
+        with JudgeServer(api_key=KEY, script=["malformed"]) as server:
+            judge = judge_for(server)
+            s = label_pool(store, "p", judge, select="all", concurrency=2, progress=False)
+        mlflow.set_experiment("label-test")
+        with mlflow.start_run():
+            mlflow.log_params({"judge": repr(judge), "url": server.url})
+            assert log_labeling_to_mlflow(s)
+            run = mlflow.active_run().info
+        store.sql("CHECKPOINT")
+    assert s.labeled == 8
+    client = mlflow.MlflowClient()
+    data = client.get_run(run.run_id).data
+    assert data.metrics["labels_bought"] == 8 and data.metrics["judge_first_error_accuracy"] == 1.0
+    assert "judge_latency_p99_s" in data.metrics and data.metrics["judge_parse_failure_rate"] == 0.0
+    assert any(k.startswith("judge_accuracy_") for k in data.metrics)  # per error_kind
+    artifacts = Path(run.artifact_uri.replace("file://", ""))
+    texts = [p.read_text() for p in artifacts.rglob("*") if p.is_file()]
+    assert texts and any("paragraph_0" in t for t in texts)  # the prompt sample table is there
+    assert all(KEY not in t for t in texts)
+    assert KEY not in json.dumps(data.params) and KEY not in caplog.text and KEY not in repr(judge)
+    assert KEY.encode() not in (tmp_path / "actprm.duckdb").read_bytes()
+    assert KEY.encode() not in (tmp_path / "mlflow.db").read_bytes()

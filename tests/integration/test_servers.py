@@ -1,0 +1,155 @@
+"""The orchestration stack end to end on loopback, no mocks.
+
+A real Prefect server, MLflow server and process worker are started on free ports by `actprm.servers.up`
+(the code path of `make serve`), the deployments come from `prefect deploy --all` on the repo's prefect.yaml,
+and a pool registered through the ingest deployment must start, via its event, an active-learning run
+that leaves a `champion` in the MLflow registry.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from actprm.servers import REPO_ROOT, WORK_POOL, Stack, down, free_port, up
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
+
+PREFECT_YAML = REPO_ROOT / "prefect.yaml"
+MODEL_NAME = "actprm-prm"  # Settings.registry.model_name
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    home = tmp_path_factory.mktemp("stack") / "actprm-home"
+    stack = Stack(
+        home=home, prefect_port=free_port(), mlflow_port=free_port(),
+        # The worker's environment reaches every flow run: the tiny model and a small budget keep one
+        # event-triggered active-learning run to a few minutes on 2 CPU cores.
+        extra_env={
+            "ACTPRM_MODEL__PRESET": "tiny",
+            "ACTPRM_MODEL__NUM_HEADS": "4",
+            "ACTPRM_LOOP__ROUNDS": "1",
+            "ACTPRM_LOOP__LABELS_PER_ROUND": "40",
+            "ACTPRM_TRAIN__EPOCHS": "1",
+            "PREFECT_WORKER_QUERY_SECONDS": "2",
+        },
+    )
+    try:
+        # No scheduler: the nightly/weekly schedules are stored on the deployments (checked below) but must
+        # not start runs on `sample` in the middle of the test.
+        up(stack, ui=False, scheduler=False, timeout=420)
+        yield stack
+    finally:
+        down(home)
+
+
+def _api(stack: Stack, method: str, path: str, body: dict | None = None):
+    r = httpx.request(method, f"{stack.prefect_api_url}{path}", json=body, timeout=30)
+    r.raise_for_status()
+    return r.json()
+
+
+def _deployments(stack: Stack) -> dict[str, dict]:
+    return {d["name"]: d for d in _api(stack, "POST", "/deployments/filter", {})}
+
+
+def _worker_log_tail(stack: Stack, lines: int = 60) -> str:
+    log = stack.servers_dir / "worker.log"
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else "(no worker log)"
+
+
+def _wait_final(stack: Stack, flow_run_id: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = _api(stack, "GET", f"/flow_runs/{flow_run_id}")
+        if run["state_type"] in TERMINAL:
+            return run
+        time.sleep(3)
+    pytest.fail(f"flow run {flow_run_id} not finished after {timeout:.0f}s\n{_worker_log_tail(stack)}")
+
+
+def test_deploy_all_creates_every_deployment_with_its_schedule_trigger_and_limit(stack):
+    spec = yaml.safe_load(PREFECT_YAML.read_text())
+    deployed = _deployments(stack)
+    assert set(deployed) == {d["name"] for d in spec["deployments"]}
+
+    for want in spec["deployments"]:
+        got = deployed[want["name"]]
+        assert got["entrypoint"] == want["entrypoint"]
+        assert got["work_pool_name"] == WORK_POOL
+        # The worker runs flows from this checkout.
+        assert got["pull_steps"] == [
+            {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO_ROOT)}}
+        ]
+        # One run per deployment at a time; a colliding run waits instead of being dropped.
+        assert got["global_concurrency_limit"]["limit"] == 1
+        assert got["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+        assert sorted((s["schedule"]["cron"], s["schedule"]["timezone"], s["parameters"].get("pool"))
+                      for s in got["schedules"]) == sorted(
+            (s["cron"], s["timezone"], s["parameters"]["pool"]) for s in want.get("schedules") or [])
+        # The UI's run form: each parameter of the flow is typed and described (signature + docstring).
+        props = got["parameter_openapi_schema"]["properties"]
+        assert props, f"{want['name']}: no parameters in the deployment's form"
+        undescribed = [p for p, s in props.items() if not s.get("description")]
+        assert not undescribed, f"{want['name']}: parameters without a description in the UI: {undescribed}"
+        untyped = [p for p, s in props.items() if not ({"type", "anyOf", "allOf", "$ref"} & set(s))]
+        assert not untyped, f"{want['name']}: parameters without a type in the UI: {untyped}"
+
+    assert [d["name"] for d in deployed.values() if d["schedules"]] != [], "no schedule was created"
+
+    automations = _api(stack, "POST", "/automations/filter", {})
+    al_id = deployed["active-learning"]["id"]
+    triggers = [a for a in automations if any(x.get("deployment_id") == al_id for x in a["actions"])]
+    assert len(triggers) == 1, "active-learning must have exactly one event trigger"
+    trigger, action = triggers[0]["trigger"], triggers[0]["actions"][0]
+    assert triggers[0]["enabled"]
+    assert trigger["expect"] == ["actprm.pool.registered"]
+    assert trigger["match"] == {"prefect.resource.id": "actprm.pool.*"}
+    assert action["type"] == "run-deployment" and action["parameters"] == {"pool": "{{ event.payload.pool }}"}
+
+    # Across deployments, one flow run at a time writes the DuckDB file: the pool's limit.
+    assert _api(stack, "GET", f"/work_pools/{WORK_POOL}")["concurrency_limit"] == 1
+
+
+def test_registered_pool_starts_active_learning_and_promotes_a_champion(stack, tmp_path):
+    from mlflow import MlflowClient
+
+    from actprm.synth import write_pool
+
+    pool_file = write_pool(tmp_path / "incoming.jsonl", n=120, seed=11)["path"]
+    deployed = _deployments(stack)
+    ingest_id, al_id = deployed["ingest-pool"]["id"], deployed["active-learning"]["id"]
+
+    # What "Run" on the ingest deployment in the UI does.
+    ingest = _api(stack, "POST", f"/deployments/{ingest_id}/create_flow_run",
+                  {"parameters": {"paths": [pool_file], "pool": "incoming"}})
+    ingest = _wait_final(stack, ingest["id"], timeout=600)
+    assert ingest["state_type"] == "COMPLETED", f"ingest run ended {ingest['state_type']}\n{_worker_log_tail(stack)}"
+
+    # The `actprm.pool.registered` event makes the server start active-learning with that pool.
+    deadline, triggered = time.monotonic() + 180, []
+    while not triggered and time.monotonic() < deadline:
+        runs = _api(stack, "POST", "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [al_id]}}})
+        triggered = [r for r in runs if r["parameters"].get("pool") == "incoming"]
+        time.sleep(2)
+    assert len(triggered) == 1, f"expected one event-triggered active-learning run, got {len(triggered)}"
+    run = _wait_final(stack, triggered[0]["id"], timeout=1200)
+    assert run["state_type"] == "COMPLETED", f"active-learning run ended {run['state_type']}\n{_worker_log_tail(stack)}"
+    # The work pool's concurrency limit kept the two DuckDB writers apart.
+    assert datetime.fromisoformat(run["start_time"]) >= datetime.fromisoformat(ingest["end_time"])
+
+    client = MlflowClient(tracking_uri=stack.mlflow_url, registry_uri=stack.mlflow_url)
+    champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    challenger = client.get_model_version_by_alias(MODEL_NAME, "challenger")
+    # First model ever: the challenger is promoted (there is no champion to beat).
+    assert champion.version == challenger.version == "1"
+    # Its files are kept under ACTPRM_HOME, where `make serve` points MLflow's artifact store.
+    assert list(Path(stack.home, "mlartifacts").rglob("MLmodel")), "no logged model under ACTPRM_HOME/mlartifacts"
+    assert Path(stack.home, "actprm.duckdb").exists()

@@ -1,0 +1,136 @@
+"""The active-learning efficiency study (tasks/study.py, flows/study.py) on a tiny ingested synthetic pool."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from actprm.errors import ActPRMError
+from tasks import study
+
+POOL = "study-tiny"
+
+
+@pytest.fixture(scope="module")
+def pool_db(tmp_path_factory):
+    """A real DuckDB file holding a 90-trajectory synthetic pool with gold labels, ingested the normal way."""
+    from actprm.synth import write_pool
+    from tasks.ingest import ingest
+
+    root = tmp_path_factory.mktemp("study")
+    write_pool(root / "pool.jsonl", n=90, seed=7)
+    db = root / "home" / "actprm.duckdb"
+    ingest(db, [str(root / "pool.jsonl")], POOL, emit=False, reports_dir=root / "reports")
+    return db
+
+
+@pytest.fixture(scope="module")
+def packed(pool_db):
+    """The pool's train/eval splits with cached tiny-backbone separator states."""
+    from actprm.store import Store
+
+    with Store(pool_db) as store:
+        data = study.load_pool(store, POOL, eval_fraction=0.25, seed=0)
+    states, info = study.cached_separator_states(data["train"] + data["eval"], preset="tiny", cache_dir=None,
+                                                 threads=1)
+    n = len(data["train"])
+    return study.pack(data["train"], states[:n]), study.pack(data["eval"], states[n:]), info
+
+
+def _knobs(info):
+    return {"hidden_size": info["hidden_size"], "separator_id": info["separator_id"], "subset": POOL}
+
+
+def test_budget_rounds_half_up():
+    assert study.budget_labels(0.5, 5) == 3  # Python's round() would give 2
+    assert study.budget_labels(0.1, 54) == 5
+    assert study.budget_labels(0.75, 54) == 41  # 40.5 -> 41
+    assert study.budget_labels(1.0, 54) == 54
+
+
+def test_unknown_study_preset_is_a_user_error():
+    with pytest.raises(ActPRMError, match="unknown study preset 'huge'"):
+        study.study_preset("huge")
+
+
+def test_every_strategy_spends_exactly_its_budget(packed):
+    train, evaluation, info = packed
+    preset = study.study_preset("quick")
+    for budget in (0.1, 0.3):
+        for strategy in study.STRATEGY_NAMES:
+            run = study.run_budget(train, evaluation, strategy=strategy, budget=budget, seed=1, preset=preset,
+                                   **_knobs(info))
+            want = study.budget_labels(budget, len(train))
+            if strategy == "actprm":  # never more; fewer only when too few trajectories are uncertain
+                assert run["labels"] <= min(want, run["uncertain_seen"])
+            else:
+                assert run["labels"] == want, (strategy, budget)
+            assert 0.0 <= run["f1"] <= 1.0
+
+
+def test_actprm_never_buys_a_confident_trajectory():
+    confident = torch.full((8, 3), 0.99)                       # every head sure every step is right
+    unsure = torch.tensor([[0.9, 0.6, 0.2]] * 4 + [[0.99, 0.3, 0.8]] * 4)
+    probs = [confident, unsure, confident, unsure]
+    gen = torch.Generator().manual_seed(0)
+    picked, eligible = study.select_from_batch("actprm", probs, 3, p_threshold=0.95, std_threshold=0.005,
+                                               generator=gen)
+    assert sorted(picked) == [1, 3] and eligible == 2           # quota 3, but only 2 are uncertain
+    picked, eligible = study.select_from_batch("entropy", probs, 3, p_threshold=0.95, std_threshold=0.005,
+                                               generator=gen)
+    assert len(picked) == 3 and eligible == 4
+
+
+def test_study_is_deterministic_under_a_seed(packed):
+    train, evaluation, info = packed
+    preset = study.study_preset("quick")
+    first = study.run_seed(train, evaluation, seed=3, preset=preset, **_knobs(info))
+    again = study.run_seed(train, evaluation, seed=3, preset=preset, **_knobs(info))
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in first]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in again]
+
+
+def test_quick_study_flow_end_to_end(pool_db, tmp_path, monkeypatch, prefect_harness):
+    from mlflow.tracking import MlflowClient
+
+    from actprm.store import Store
+    from flows.study import study_flow
+
+    home = pool_db.parent
+    monkeypatch.setenv("ACTPRM_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "results"
+    result = study_flow(pool=POOL, study_preset="quick", config={"model": {"preset": "tiny"}}, seeds=[0, 1],
+                        output_dir=str(out))
+
+    with Store(pool_db, read_only=True) as store:
+        splits = store.split_counts(POOL)
+    assert splits["eval"] > 0 and result["train_size"] == splits["train"] and result["eval_size"] == splits["eval"]
+
+    saved = json.loads((out / "al_study.json").read_text())
+    assert set(saved) >= {"full_data_f1", "strategies", "preset", "pool", "seeds"}
+    assert saved["preset"] == "quick" and saved["pool"] == POOL and saved["seeds"] == [0, 1]
+    assert set(saved["strategies"]) == {"actprm", "random", "entropy", "bald"}
+    for strategy, row in saved["strategies"].items():
+        assert set(row) == {"0.2", "0.5", "1.0"}
+        for budget, cell in row.items():
+            assert 0.0 <= cell["f1_mean"] <= 1.0 and cell["f1_std"] >= 0.0
+            want = study.budget_labels(float(budget), saved["train_size"])
+            assert cell["labels"] <= want if strategy == "actprm" else cell["labels"] == want
+        assert row["1.0"]["f1_mean"] == pytest.approx(saved["full_data_f1"])
+    # Full data is trained once per seed, not once per strategy.
+    assert sum(r["strategy"] == "full" for r in result["runs"]) == 2
+    assert sum(r["strategy"] == "untrained" and r["labels"] == 0 for r in result["runs"]) == 2
+    assert len(result["runs"]) == 2 * (2 + 2 * 4)
+    assert math.isfinite(saved["actprm_minus_random_at_0.5"])
+
+    assert "| actprm |" in (out / "al_study.md").read_text()
+    assert (out / "al_study.png").read_bytes()[:4] == b"\x89PNG"
+    client = MlflowClient(f"sqlite:///{(home / 'mlflow.db').resolve()}")
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.data.metrics["full_data_f1"] == pytest.approx(saved["full_data_f1"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "study")}
+    assert artifacts == {"study/al_study.json", "study/al_study.md", "study/al_study.png"}
