@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -41,7 +42,34 @@ def prepare(config: Path | None, overrides: dict[str, Any] | None = None) -> Set
     # Keep ephemeral Prefect's state in the work dir, next to the DuckDB file and MLflow store.
     os.environ.setdefault("PREFECT_HOME", str((settings.home / "prefect").resolve()))
     settings.home.mkdir(parents=True, exist_ok=True)
+    if not _state["debug"]:
+        _quiet_tracebacks()  # after the environment is set: importing Prefect reads it
     return settings
+
+
+_state = {"debug": False}
+
+
+def _quiet_tracebacks() -> None:
+    """Without --debug users see no tracebacks, including those Prefect logs for failed runs.
+
+    Prefect installs its log handlers lazily (at the first flow run), so handler filters would
+    come too late; a record factory sees every record whatever handler prints it.
+    """
+    base = logging.getLogRecordFactory()
+    if getattr(base, "_actprm_quiet", False):
+        return
+
+    def factory(*args, **kwargs):
+        record = base(*args, **kwargs)
+        record.exc_info = None
+        record.exc_text = None
+        if isinstance(record.msg, str) and "Traceback (most recent call last)" in record.msg:
+            record.msg = record.msg.split("\nTraceback (most recent call last)")[0]
+        return record
+
+    factory._actprm_quiet = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
 
 
 def command(fn):
@@ -50,6 +78,7 @@ def command(fn):
     @functools.wraps(fn)
     def wrapper(*args, json_out: bool = False, debug: bool = False, **kwargs):
         real_stdout = sys.stdout
+        _state["debug"] = debug
         try:
             # Anything a library prints goes to stderr so that stdout carries only our result.
             with contextlib.redirect_stdout(sys.stderr):

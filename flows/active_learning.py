@@ -24,7 +24,7 @@ from tasks.select import prepare_eval_split_task, select_task
 from tasks.train import train_stage
 
 
-@flow(name="active_learning", log_prints=True)
+@flow(name="active-learning", log_prints=True)
 def active_learning(
     pool: str = "sample",
     rounds: int | None = None,

@@ -10,7 +10,7 @@ from actprm.config import flow_settings
 from tasks.evaluate import evaluate_request_stage
 
 
-@flow(name="evaluate_champion", log_prints=True)
+@flow(name="evaluate-champion", log_prints=True)
 def evaluate_champion(
     model: str | None = None,
     data: str | None = None,

@@ -66,7 +66,17 @@ def drop_stage(db: str, stage_name: str) -> None:
 
 @flow(name="ingest-pool")
 def ingest_pool(paths: list[str], pool: str, format: str | None = None, home: str | None = None) -> dict:
-    """Ingests `paths` into `pool`; fails (after marking the pool `rejected`) when the contract does."""
+    """Ingest a data pool into DuckDB, validate it against its data contract and report on it.
+
+    Fails (after marking the pool `rejected`) when a critical expectation fails; on success emits
+    the event `actprm.pool.registered`, which starts the active-learning deployment.
+
+    Args:
+        paths: Files, globs or directories to read (JSONL, .jsonl.gz, .jsonl.zst, Parquet).
+        pool: Name of the pool to create or extend.
+        format: Input format (processbench, prmbench, math_shepherd, trl_stepwise, actprm, unlabeled); auto-detected when empty.
+        home: Work dir holding the DuckDB file and reports (default: ACTPRM_HOME).
+    """
     settings = load_settings({"home": home} if home else None)
     for k, v in runtime_environment(settings).items():
         os.environ.setdefault(k, v)

@@ -18,7 +18,7 @@ from tasks.select import prepare_eval_split_task, select_task
 from tasks.train import train_stage
 
 
-@flow(name="one_shot_filter", log_prints=True)
+@flow(name="one-shot-filter", log_prints=True)
 def one_shot_filter(
     pool: str,
     keep_fraction: float = 0.6,

@@ -115,6 +115,7 @@ def finish_task(settings: Settings, parent: str, pool: str, history: list[dict],
         from actprm.judges.budget import BudgetLimits, budget_left
 
         left = budget_left(store, pool, BudgetLimits.from_settings(settings.budget))
+        report = next((p["report"] for p in store.pools() if p["name"] == pool), None)
     summary = {
         "pool": pool,
         "rounds": [{k: r[k] for k in ("round", "labels_bought", "f1", "model_version", "promoted", "uncertain",
@@ -126,7 +127,7 @@ def finish_task(settings: Settings, parent: str, pool: str, history: list[dict],
         "mlflow_tracking_uri": settings.tracking_uri,
         "mlflow_ui": mlflow_ui_command(settings),
         "duckdb": str(settings.duckdb_path.resolve()),
-        "reports": str(settings.reports_dir.resolve()),
+        "data_docs": report,
     }
     client = MlflowClient(settings.tracking_uri)
     client.log_dict(parent, summary, "summary.json")
@@ -156,7 +157,7 @@ def human_summary(s: dict) -> str:
         f"budget left: {json.dumps(s['budget_left'])}",
         "where to look:",
         f"  MLflow UI:  {s['mlflow_ui']}",
-        f"  Data Docs:  {s['reports']}/<pool>/data_docs/index.html",
+        f"  Data Docs:  {s['data_docs'] or '(no report for this pool)'}",
         f"  DuckDB:     {s['duckdb']}",
         "  status:     .venv/bin/actprm status",
     ]

@@ -302,6 +302,13 @@ def run_budget(train: PackedPool, evaluation: PackedPool, *, strategy: str, budg
         raise ActPRMError(f"unknown study strategy {strategy!r}; choose one of: full, {', '.join(STRATEGY_NAMES)}")
     if not 0 < budget <= 1:
         raise ActPRMError(f"budget fractions must be in (0, 1], got {budget}")
+    with torch_threads(preset.head_threads):
+        return _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, separator_id,
+                           reg_lambda, learning_probability, p_threshold, std_threshold, subset)
+
+
+def _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, separator_id, reg_lambda,
+                learning_probability, p_threshold, std_threshold, subset) -> dict:
     t0 = time.perf_counter()
     model = heads_model(hidden_size, separator_id, num_heads=preset.num_heads, seed=seed, reg_lambda=reg_lambda,
                         learning_probability=learning_probability)
@@ -358,14 +365,13 @@ def untrained_run(evaluation: PackedPool, *, seed: int, preset: StudyPreset, hid
 def run_seed(train: PackedPool, evaluation: PackedPool, *, seed: int, preset: StudyPreset,
              strategies: tuple[str, ...] = STRATEGY_NAMES, **knobs: Any) -> list[dict]:
     """The untrained floor and full data once, then every strategy at every budget below 1, for one seed."""
-    with torch_threads(preset.head_threads):
-        rows = [untrained_run(evaluation, seed=seed, preset=preset, **knobs),
-                run_budget(train, evaluation, strategy="full", budget=1.0, seed=seed, preset=preset, **knobs)]
-        for budget in preset.budgets:
-            if budget < 1:
-                for strategy in strategies:
-                    rows.append(run_budget(train, evaluation, strategy=strategy, budget=budget, seed=seed,
-                                           preset=preset, **knobs))
+    rows = [untrained_run(evaluation, seed=seed, preset=preset, **knobs),
+            run_budget(train, evaluation, strategy="full", budget=1.0, seed=seed, preset=preset, **knobs)]
+    for budget in preset.budgets:
+        if budget < 1:
+            for strategy in strategies:
+                rows.append(run_budget(train, evaluation, strategy=strategy, budget=budget, seed=seed,
+                                       preset=preset, **knobs))
     return rows
 
 

@@ -1,0 +1,99 @@
+"""The walking skeleton through the real `actprm` console script: real DuckDB file, real MLflow
+SQLite store, real (ephemeral) Prefect. What a newcomer sees after `make run`, on a tiny preset."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ACTPRM = shutil.which("actprm", path=str(Path(sys.executable).parent)) or "actprm"
+
+
+def cli(home: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ACTPRM_HOME": str(home), "ACTPRM_SYNTH__N": "160", "ACTPRM_TRAIN__EPOCHS": "2"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([ACTPRM, *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def one_json(proc: subprocess.CompletedProcess) -> dict:
+    """--json promises exactly one JSON object on stdout, whatever the libraries log."""
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, f"stdout must hold one JSON line, got {proc.stdout!r}\nstderr tail: {proc.stderr[-2000:]}"
+    return json.loads(lines[0])
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    proc = cli(home, "run", "--preset", "tiny", "--rounds", "2", "--labels-per-round", "40", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return home, one_json(proc)
+
+
+@pytest.mark.slow
+def test_run_reports_every_round_and_registers_a_champion(finished_run):
+    home, out = finished_run
+    assert [r["round"] for r in out["rounds"]] == [1, 2]
+    for r in out["rounds"]:
+        assert r["labels_bought"] == 40
+        assert 0.0 <= r["f1"] <= 1.0
+        assert isinstance(r["model_version"], int)
+    assert out["champion"] in {r["model_version"] for r in out["rounds"]}
+    assert out["duckdb"] == str((home / "actprm.duckdb").resolve())
+    assert out["mlflow_tracking_uri"].startswith("sqlite:///")
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=out["mlflow_tracking_uri"], registry_uri=out["mlflow_tracking_uri"])
+    versions = client.search_model_versions("name='actprm-prm'")
+    assert sorted(int(v.version) for v in versions) == sorted(r["model_version"] for r in out["rounds"])
+    assert int(client.get_model_version_by_alias("actprm-prm", "champion").version) == out["champion"]
+    assert int(client.get_model_version_by_alias("actprm-prm", "challenger").version) == out["rounds"][-1]["model_version"]
+    # Each round is an MLflow run tagged with its Prefect flow run and carrying training metrics.
+    runs = client.search_runs([client.get_experiment_by_name("actprm").experiment_id],
+                              "tags.`mlflow.runName` = 'round-1'")
+    assert runs and runs[0].data.tags.get("prefect.flow_run_id")
+    assert "train/cls_loss" in runs[0].data.metrics or any(k.startswith("train") for k in runs[0].data.metrics)
+
+
+@pytest.mark.slow
+def test_status_shows_champion_pool_counts_and_budget(finished_run):
+    home, out = finished_run
+    status = one_json(cli(home, "status", "--json"))
+    assert status["champion"] == out["champion"]
+    (pool,) = status["pools"]
+    assert pool["name"] == "sample" and pool["trajectories"] == 160 and pool["status"] == "registered"
+    assert status["budget_left"]["global"]["spent"]["labels"] == 80
+
+
+@pytest.mark.slow
+def test_rerun_does_not_pay_twice_for_the_same_labels(finished_run, tmp_path):
+    """A second `run` on the same home re-scores with the champion but never re-buys a label."""
+    home, out = finished_run
+    proc = cli(home, "label", "--select", "all", "--max-labels", "0", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = one_json(proc)
+    # Everything already bought is served from the label cache; the zero cap buys nothing new.
+    assert summary["cached"] == 80
+    assert summary["labeled"] == 0
+    assert summary["stopped_because"] in {"budget", "done"}
+
+
+def test_status_on_an_empty_home_has_no_champion(tmp_path):
+    status = one_json(cli(tmp_path / "fresh", "status", "--json"))
+    assert status["champion"] is None and status["pools"] == []
+
+
+def test_errors_are_one_line_with_a_json_error_object(tmp_path):
+    proc = cli(tmp_path / "fresh", "ingest", str(tmp_path / "missing.jsonl"), "--pool", "p", "--json")
+    assert proc.returncode == 1
+    err = one_json(proc)
+    assert "missing.jsonl" in err["error"]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
