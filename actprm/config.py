@@ -78,7 +78,7 @@ class TrainSettings(BaseModel):
 
 class LoopSettings(BaseModel):
     rounds: int = Field(2, description="Maximum active-learning rounds.")
-    labels_per_round: int = Field(200, description="Judge labels bought per round (the round's budget).")
+    labels_per_round: int = Field(100, description="Judge labels bought per round (the round's budget).")
     plateau_rounds: int = Field(2, description="Stop after this many rounds without an F1 gain.")
     eval_fraction: float = Field(0.2, description="Share of a gold-labeled pool held out for evaluation.")
     warm_start: bool = Field(True, description="Start each round from the previous round's model.")
@@ -98,7 +98,7 @@ class IngestSettings(BaseModel):
 
 
 class SynthSettings(BaseModel):
-    n: int = Field(2_000, description="Trajectories in the built-in sample pool.")
+    n: int = Field(1_000, description="Trajectories in the built-in sample pool.")
     seed: int = Field(0, description="Generator seed.")
     error_rate: float = Field(0.5, description="Share of trajectories with an injected first error.")
 

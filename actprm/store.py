@@ -43,8 +43,14 @@ CREATE TABLE IF NOT EXISTS pools (
     updated_at TIMESTAMP DEFAULT current_timestamp
 );
 
+-- trajectories, pool_members and gold_labels have NO primary key, on purpose: DuckDB maintains an ART
+-- index per key on every insert and commit, which made ingest of a 1M-line pool 4x slower than reading
+-- the file (bench/bench_ingest.py). Their keys (id; (pool, trajectory_id); trajectory_id) are still
+-- unique: only ingest (`Store.insert_stage`) and `actprm.testing.pools` write these tables, both anti-join
+-- against what is stored, and DuckDB's single-writer file lock serializes them. Lookups by id use hash
+-- joins and zonemaps, which need no index. Do not use INSERT OR REPLACE / ON CONFLICT on them.
 CREATE TABLE IF NOT EXISTS trajectories (
-    id VARCHAR PRIMARY KEY,    -- content hash of (question, steps)
+    id VARCHAR NOT NULL,       -- content hash of (question, steps); unique (see above)
     question VARCHAR NOT NULL,
     steps VARCHAR[] NOT NULL,
     num_steps INTEGER NOT NULL
@@ -55,14 +61,14 @@ CREATE TABLE IF NOT EXISTS pool_members (
     trajectory_id VARCHAR NOT NULL,
     line_no BIGINT,            -- first line of the pool's input where it appeared
     source_id VARCHAR,         -- the source's own id (e.g. PRMBench idx + ':original'/':modified')
-    split VARCHAR DEFAULT 'train',  -- train | eval (held out for evaluation)
-    PRIMARY KEY (pool, trajectory_id)
+    split VARCHAR DEFAULT 'train'   -- train | eval (held out for evaluation)
+    -- (pool, trajectory_id) is unique; no PRIMARY KEY (see trajectories)
 );
 
 -- Gold labels from the source (ProcessBench label, PRMBench error_steps, ...), kept apart from
 -- labels bought from a judge. first_error: 0-based index of the first wrong step, -1 = all correct.
 CREATE TABLE IF NOT EXISTS gold_labels (
-    trajectory_id VARCHAR PRIMARY KEY,
+    trajectory_id VARCHAR NOT NULL,  -- unique; no PRIMARY KEY (see trajectories)
     first_error INTEGER NOT NULL,
     step_labels TINYINT[],     -- 1 correct / 0 wrong per step where the source has them
     error_kind VARCHAR,        -- e.g. PRMBench classification or synth error kind
@@ -676,29 +682,43 @@ class Store:
     def insert_stage(self, stage: str, pool: str, source_format: str) -> dict:
         """Deduplicates the stage's good rows (within the input, then against the pool) and stores the
         new ones: a trajectory once across pools, its pool membership, its gold labels if any.
-        A line counts as accepted when at least one of its trajectories is new to the pool."""
+        A line counts as accepted when at least one of its trajectories is new to the pool.
+
+        This anti-join dedupe is what keeps trajectories.id, pool_members (pool, trajectory_id) and
+        gold_labels.trajectory_id unique (the tables have no PRIMARY KEY, see SCHEMA); the caller holds
+        the store's single-writer lock, so no other process inserts in between."""
         q = self._q(stage)
-        # the first occurrence of each id in the input (narrow keys only), unless the pool has it already
-        pos = "(file_idx::BIGINT << 40) + (line_no << 4) + view_no"
-        with self.transaction():
-            self.sql("CREATE OR REPLACE TEMP TABLE ingest_keep AS "
-                     f"SELECT id, min({pos}) AS pos FROM {q} s WHERE reason IS NULL "
-                     "AND NOT EXISTS (SELECT 1 FROM pool_members m WHERE m.pool = ? AND m.trajectory_id = s.id) "
-                     "GROUP BY id", [pool])
-            new = f"SELECT s.* FROM {q} s JOIN ingest_keep k ON k.id = s.id AND k.pos = {pos}"
-            self.sql("INSERT INTO trajectories (id, question, steps, num_steps) "
-                     f"SELECT id, question, steps, num_steps FROM ({new}) n "
-                     "WHERE NOT EXISTS (SELECT 1 FROM trajectories t WHERE t.id = n.id)")
-            self.sql("INSERT INTO pool_members (pool, trajectory_id, line_no, source_id) "
-                     f"SELECT ?, id, line_no, source_id FROM ({new})", [pool])
-            # the first source to label a trajectory keeps its gold label
-            self.sql("INSERT INTO gold_labels (trajectory_id, first_error, step_labels, error_kind, source_format) "
-                     f"SELECT id, first_error, step_labels, error_kind, ? FROM ({new}) n WHERE first_error IS NOT NULL "
-                     "AND NOT EXISTS (SELECT 1 FROM gold_labels g WHERE g.trajectory_id = n.id)", [source_format])
-            accepted, new_traj = self.sql(
-                f"SELECT count(DISTINCT pos >> 4), count(*) FROM ingest_keep").fetchone()
-            good = self.sql(f"SELECT count(DISTINCT (file_idx, line_no)) FROM {q} WHERE reason IS NULL").fetchone()[0]
-            self.sql("DROP TABLE ingest_keep")
+        # A row's position in the input; unique per stage row, so the inserts below semi-join on one BIGINT.
+        pos = "((file_idx::BIGINT << 40) + (line_no << 4) + view_no)"
+        # Rows land in tables nobody reads in insertion order (readers ORDER BY line_no): let DuckDB
+        # write in parallel and skip the order-keeping buffers.
+        self.sql("SET preserve_insertion_order = false")
+        try:
+            with self.transaction():
+                # The first occurrence of each id in the input (narrow keys only), unless the pool has it
+                # already; `known`/`gold`: another pool already stored the trajectory / its gold label.
+                self.sql("CREATE OR REPLACE TEMP TABLE ingest_keep AS "
+                         "SELECT k.pos, EXISTS (SELECT 1 FROM trajectories t WHERE t.id = k.id) AS known, "
+                         "EXISTS (SELECT 1 FROM gold_labels g WHERE g.trajectory_id = k.id) AS gold "
+                         f"FROM (SELECT id, min({pos}) AS pos FROM {q} s WHERE reason IS NULL "
+                         "      AND NOT EXISTS (SELECT 1 FROM pool_members m WHERE m.pool = ? AND m.trajectory_id = s.id) "
+                         "      GROUP BY id) k", [pool])
+                self.sql("INSERT INTO trajectories (id, question, steps, num_steps) "
+                         f"SELECT id, question, steps, num_steps FROM {q} "
+                         f"WHERE {pos} IN (SELECT pos FROM ingest_keep WHERE NOT known)")
+                self.sql("INSERT INTO pool_members (pool, trajectory_id, line_no, source_id) "
+                         f"SELECT ?, id, line_no, source_id FROM {q} WHERE {pos} IN (SELECT pos FROM ingest_keep)",
+                         [pool])
+                # the first source to label a trajectory keeps its gold label
+                self.sql("INSERT INTO gold_labels (trajectory_id, first_error, step_labels, error_kind, source_format) "
+                         f"SELECT id, first_error, step_labels, error_kind, ? FROM {q} WHERE first_error IS NOT NULL "
+                         f"AND {pos} IN (SELECT pos FROM ingest_keep WHERE NOT gold)", [source_format])
+                accepted, new_traj = self.sql(
+                    "SELECT count(DISTINCT pos >> 4), count(*) FROM ingest_keep").fetchone()
+                good = self.sql(f"SELECT count(DISTINCT {pos} >> 4) FROM {q} WHERE reason IS NULL").fetchone()[0]
+                self.sql("DROP TABLE ingest_keep")
+        finally:
+            self.sql("RESET preserve_insertion_order")
         return {"accepted": int(accepted), "duplicates": int(good - accepted), "trajectories_added": int(new_traj)}
 
     def drop_stage(self, stage: str) -> None:

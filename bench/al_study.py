@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pool", default=None, help="an ingested pool (default: a synthetic pool made for the preset)")
     ap.add_argument("--seeds", default=None, help="comma-separated seeds (default: the preset's)")
     ap.add_argument("--model-preset", default=None, help="model preset (default: the study preset's)")
-    ap.add_argument("--home", default=str(ROOT / ".actprm-bench"), help="work dir: DuckDB, MLflow, state cache")
+    ap.add_argument("--home", default=str(ROOT / ".actprm" / "bench-study"),
+                    help="work dir: DuckDB, MLflow store, cached backbone states")
     ap.add_argument("--output", default=str(ROOT / "bench" / "results"), help="where al_study.* are written")
     args = ap.parse_args(argv)
 

@@ -62,7 +62,7 @@ def active_learning(
     best_f1, rounds_without_gain = float("-inf"), 0
     for k in range(1, settings.loop.rounds + 1):
         run_id = pipeline.open_run_task(settings, f"round-{k}", {"pool": pool, "round": k}, parent=parent)
-        scored = score_stage(settings, pool, model_dir, model_version, run_id)
+        scored = score_stage(settings, pool, model_dir, model_version, run_id, split="train")
         ids = select_task(str(settings.duckdb_path), pool, model_version, settings.loop.labels_per_round,
                           settings.uncertainty.strategy, pipeline.judge_model_name(settings),
                           settings.judge.prompt_version)
@@ -76,7 +76,7 @@ def active_learning(
         evaluation = evaluate_stage(settings, pool, trained["model_dir"], run_id)
         registered = register_stage(settings, trained["model_dir"], evaluation, run_id)
         record = pipeline.round_record(k, scored, labeled, trained, evaluation, registered)
-        pipeline.record_round_task(settings, parent, pool, record, run_id)
+        pipeline.record_round_task(settings, parent, pool, record, run_id, settings.loop.rounds)
         pipeline.close_run_task(settings, run_id)
         history.append(record)
         model_dir, model_version = trained["model_dir"], registered["model_version_key"]

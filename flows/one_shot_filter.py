@@ -42,7 +42,7 @@ def one_shot_filter(
     prepare_eval_split_task(db, pool, settings.loop.eval_fraction, settings.train.seed)
     parent = pipeline.open_run_task(settings, "one_shot_filter", {"pool": pool, "keep_fraction": keep_fraction})
     model_dir, model_version = starting_model_stage(settings, model)
-    scored = score_stage(settings, pool, model_dir, model_version, parent)
+    scored = score_stage(settings, pool, model_dir, model_version, parent, split="train")
     cap = int(keep_fraction * (scored["scored"] + scored["skipped_already_scored"]))
     ids = select_task(db, pool, model_version, cap, "actprm", pipeline.judge_model_name(settings),
                       settings.judge.prompt_version)

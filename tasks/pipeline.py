@@ -92,7 +92,8 @@ def round_record(k: int, scored: dict, labeled: dict, trained: dict, evaluation:
 
 
 @task(name="record-round", cache_policy=NO_CACHE)
-def record_round_task(settings: Settings, parent: str, pool: str, record: dict, run_id: str) -> None:
+def record_round_task(settings: Settings, parent: str, pool: str, record: dict, run_id: str,
+                      total_rounds: int | None = None) -> None:
     with Store(settings.duckdb_path) as store:
         store.record_round(parent, record["round"], pool, labels_bought=record["labels_bought"],
                            train_trajectories=record["train_trajectories"], f1=record["f1"],
@@ -102,6 +103,8 @@ def record_round_task(settings: Settings, parent: str, pool: str, record: dict, 
     if record["f1"] is not None:
         client.log_metric(parent, "f1", record["f1"], step=record["round"])
     client.log_metric(parent, "labels_bought", record["labels_bought"], step=record["round"])
+    if total_rounds:
+        ProgressArtifact(f"rounds-{pool}", f"Active-learning rounds on {pool}").update(record["round"], total_rounds)
 
 
 @task(name="finish", cache_policy=NO_CACHE)
@@ -132,6 +135,7 @@ def finish_task(settings: Settings, parent: str, pool: str, history: list[dict],
     client = MlflowClient(settings.tracking_uri)
     client.log_dict(parent, summary, "summary.json")
     client.set_terminated(parent, "FINISHED")
+    summary["mlflow_run_url"] = mlflow_run_link(settings, parent)
     summary["summary"] = human_summary(summary)
     publish_artifacts(summary)
     return summary
@@ -164,13 +168,45 @@ def human_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
+class ProgressArtifact:
+    """A Prefect progress artifact (0-100%) updated as work advances; a no-op outside a flow run."""
+
+    def __init__(self, key: str, description: str):
+        self.artifact_id = None
+        if prefect_flow_run_id() is None:
+            return
+        from prefect.artifacts import create_progress_artifact
+
+        key = "".join(c if c.isalnum() else "-" for c in key.lower())  # artifact keys: lowercase, dashes
+        self.artifact_id = create_progress_artifact(progress=0.0, key=key, description=description)
+
+    def update(self, done: int, total: int) -> None:
+        if self.artifact_id is None:
+            return
+        from prefect.artifacts import update_progress_artifact
+
+        update_progress_artifact(self.artifact_id, progress=100.0 * done / max(total, 1))
+
+
+def mlflow_run_link(settings: Settings, run_id: str) -> str | None:
+    """A browsable link to an MLflow run when the store is a tracking server."""
+    uri = settings.tracking_uri
+    if not uri.startswith("http"):
+        return None
+    run = MlflowClient(uri).get_run(run_id)
+    return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+
+
 def publish_artifacts(summary: dict) -> None:
     """Markdown + table artifacts on the Prefect flow run (no-op outside a flow run)."""
     if prefect_flow_run_id() is None:
         return
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    create_markdown_artifact(markdown="```\n" + summary["summary"] + "\n```", key="actprm-summary",
-                             description="ActPRM run summary")
+    link = summary.get("mlflow_run_url")
+    markdown = "```\n" + summary["summary"] + "\n```"
+    markdown += f"\n\nMLflow run: [{summary['mlflow_run_id']}]({link})" if link else \
+        f"\n\nMLflow run id: `{summary['mlflow_run_id']}` (store: `{summary['mlflow_tracking_uri']}`)"
+    create_markdown_artifact(markdown=markdown, key="actprm-summary", description="ActPRM run summary")
     if summary["rounds"]:
         create_table_artifact(table=summary["rounds"], key="actprm-rounds", description="Rounds")

@@ -13,6 +13,8 @@ the main process writes (DuckDB has one writer per file); other processes pass `
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import hashlib
 import sys
 import time
@@ -70,7 +72,8 @@ class ScoreSummary:
 def score_pool(store: Store | None, pool: str, model: EnsemblePRM, tokenizer, model_version: str, *,
                strategy: str = "actprm", p_threshold: float = 0.95, std_threshold: float = 0.005,
                batch_size: int = 32, shard_size: int = 2048, max_length: int = 512, split: str | None = None,
-               progress: bool = True, max_shards: int | None = None, accelerator=None) -> ScoreSummary:
+               progress: bool = True, max_shards: int | None = None, accelerator=None,
+               on_shard: Callable[[int, int], None] | None = None) -> ScoreSummary:
     """Score every trajectory of `pool` this model version has not scored yet (see module doc).
 
     `max_shards` stops after that many shards (a partial, resumable run)."""
@@ -123,6 +126,8 @@ def score_pool(store: Store | None, pool: str, model: EnsemblePRM, tokenizer, mo
                 summary.shards += 1
                 summary.scored += len(rows)
                 summary.uncertain_this_run += sum(r["uncertain"] for r in rows)
+                if on_shard is not None:
+                    on_shard(summary.scored, len(todo))
             summary.tokens += tokens
             summary.padded_tokens += padded
     finally:
@@ -244,16 +249,20 @@ def log_scoring_to_mlflow(summary: ScoreSummary, mu_sigma_arrays, out_dir: str |
 
 @task(name="score", cache_policy=NO_CACHE, tags=["duckdb"])
 def score_stage(settings: Settings, pool: str, model_dir: str | Path, model_version: str,
-                run_id: str | None = None) -> dict:
+                run_id: str | None = None, split: str | None = None) -> dict:
     """Flow stage: load the saved PRM, score the pool with the configured uncertainty settings, log
     metrics and the mu/sigma histogram to MLflow run `run_id`; returns ScoreSummary.as_dict()."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer = EnsemblePRM.from_pretrained(model_dir, with_tokenizer=True, device=device)
     u = settings.uncertainty
+    from tasks.pipeline import ProgressArtifact
+
+    progress = ProgressArtifact(f"score-{pool}", f"Scoring pool {pool} with {model_version}")
     with Store(settings.duckdb_path) as store:
         summary = score_pool(store, pool, model, tokenizer, str(model_version), strategy=u.strategy,
                              p_threshold=u.p_threshold, std_threshold=u.std_threshold, batch_size=u.batch_size,
-                             shard_size=u.shard_size, max_length=settings.model.max_length)
+                             shard_size=u.shard_size, max_length=settings.model.max_length, split=split,
+                             on_shard=progress.update)
         arrays = store.score_distributions(pool, str(model_version)) if run_id else None
     if run_id:
         log_scoring_to_mlflow(summary, arrays, settings.reports_dir / "scoring" / str(model_version),

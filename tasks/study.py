@@ -23,6 +23,9 @@ Simplifications, to fit 30 minutes on 2 CPU cores:
   labeled. Training is identical for all strategies (no in-training selection): only selection differs.
 - Rounding: a budget b buys round-half-up(b * N) labels over N train trajectories (`budget_labels`);
   ActPRM buys fewer only when its rule finds too few uncertain trajectories left (reported as `labels`).
+
+Each seed also evaluates the untrained ensemble (`untrained_f1`): when full-data training does not beat
+it by LEARNED_F1, the result carries a `warning` that the PRM learned nothing and the comparison is moot.
 """
 
 from __future__ import annotations

@@ -14,12 +14,16 @@ def make_pool(store: Store, name: str, records: list[dict], *, eval_every: int =
     for i, r in enumerate(records):
         tid = trajectory_id(r["question"], r["steps"])
         ids.append(tid)
-        store.sql("INSERT OR IGNORE INTO trajectories VALUES (?, ?, ?, ?)", [tid, r["question"], r["steps"], len(r["steps"])])
+        # these tables have no PRIMARY KEY (see actprm.store.SCHEMA): keep their keys unique by hand
+        store.sql("INSERT INTO trajectories SELECT ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM trajectories WHERE id = ?)",
+                  [tid, r["question"], r["steps"], len(r["steps"]), tid])
         split = "eval" if eval_every and i % eval_every == eval_every - 1 else "train"
-        store.sql("INSERT OR REPLACE INTO pool_members (pool, trajectory_id, line_no, source_id, split) "
+        store.sql("DELETE FROM pool_members WHERE pool = ? AND trajectory_id = ?", [name, tid])
+        store.sql("INSERT INTO pool_members (pool, trajectory_id, line_no, source_id, split) "
                   "VALUES (?, ?, ?, ?, ?)", [name, tid, i, r.get("id"), split])
         if r.get("first_error") is not None:
-            store.sql("INSERT OR REPLACE INTO gold_labels (trajectory_id, first_error, error_kind, source_format) "
+            store.sql("DELETE FROM gold_labels WHERE trajectory_id = ?", [tid])
+            store.sql("INSERT INTO gold_labels (trajectory_id, first_error, error_kind, source_format) "
                       "VALUES (?, ?, ?, 'test')", [tid, r["first_error"], r.get("error_kind")])
     return ids
 
