@@ -82,6 +82,8 @@ class LoopSettings(BaseModel):
     plateau_rounds: int = Field(2, description="Stop after this many rounds without an F1 gain.")
     eval_fraction: float = Field(0.2, description="Share of a gold-labeled pool held out for evaluation.")
     warm_start: bool = Field(True, description="Start each round from the previous round's model.")
+    train_on: Literal["round", "all"] = Field(
+        "round", description="Train each round on its newly bought labels (paper's online update) or on all labels so far.")
 
 
 class RegistrySettings(BaseModel):

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -656,7 +657,12 @@ class Store:
             f"{good('v.question')}, {good('v.steps')}, {good('len(v.steps)')}, {good('v.first_error')}, "
             f"{good('v.step_labels')}, {good('v.error_kind')}, {good('v.source_id')} FROM ({rows})"
         )
-        self.sql(sql, [path, file_idx, source or path])
+        # every stage row carries its own line_no: no need to keep the reader's order while inserting
+        self.sql("SET preserve_insertion_order = false")
+        try:
+            self.sql(sql, [path, file_idx, source or path])
+        finally:
+            self.sql("RESET preserve_insertion_order")
         for line_no, why in (unreadable or {}).items():
             self.sql(f"UPDATE {q(stage)} SET reason = ? WHERE file_idx = ? AND line_no = ?", [why, file_idx, line_no])
 
@@ -679,10 +685,14 @@ class Store:
                      "ORDER BY file_idx, line_no", [pool])
         return int(self.sql(f"SELECT count(*) FROM {q} WHERE reason IS NOT NULL").fetchone()[0])
 
-    def insert_stage(self, stage: str, pool: str, source_format: str) -> dict:
+    def insert_stage(self, stage: str, pool: str, source_format: str, *, compress_text: bool = True) -> dict:
         """Deduplicates the stage's good rows (within the input, then against the pool) and stores the
         new ones: a trajectory once across pools, its pool membership, its gold labels if any.
         A line counts as accepted when at least one of its trajectories is new to the pool.
+
+        `compress_text=False` stores the new trajectories' text uncompressed: DuckDB's string compression
+        (DICT_FSST) is most of the cost of this insert (1M synthetic trajectories: 9.8 s compressed vs
+        2.5 s plain, bench/bench_ingest.py) but the table takes ~2.3x the disk.
 
         This anti-join dedupe is what keeps trajectories.id, pool_members (pool, trajectory_id) and
         gold_labels.trajectory_id unique (the tables have no PRIMARY KEY, see SCHEMA); the caller holds
@@ -703,9 +713,15 @@ class Store:
                          f"FROM (SELECT id, min({pos}) AS pos FROM {q} s WHERE reason IS NULL "
                          "      AND NOT EXISTS (SELECT 1 FROM pool_members m WHERE m.pool = ? AND m.trajectory_id = s.id) "
                          "      GROUP BY id) k", [pool])
-                self.sql("INSERT INTO trajectories (id, question, steps, num_steps) "
-                         f"SELECT id, question, steps, num_steps FROM {q} "
-                         f"WHERE {pos} IN (SELECT pos FROM ingest_keep WHERE NOT known)")
+                if not compress_text:
+                    self.sql("SET force_compression = 'uncompressed'")
+                try:
+                    self.sql("INSERT INTO trajectories (id, question, steps, num_steps) "
+                             f"SELECT id, question, steps, num_steps FROM {q} "
+                             f"WHERE {pos} IN (SELECT pos FROM ingest_keep WHERE NOT known)")
+                finally:
+                    if not compress_text:
+                        self.sql("RESET force_compression")
                 self.sql("INSERT INTO pool_members (pool, trajectory_id, line_no, source_id) "
                          f"SELECT ?, id, line_no, source_id FROM {q} WHERE {pos} IN (SELECT pos FROM ingest_keep)",
                          [pool])
@@ -758,18 +774,27 @@ class Store:
         return [r[0] for r in self.sql("SELECT name FROM pools WHERE status = 'registered' AND name IS DISTINCT FROM ? "
                                        "ORDER BY created_at", [exclude]).fetchall()]
 
-    def pool_validation_batch(self, pool: str, shard: int, shards: int):
-        """One shard (by id hash, so equal ids share a shard) of a pool's per-trajectory facts as pandas:
-        the columns the data contract checks, never the full text."""
-        return self.sql(
-            "SELECT t.id, t.question IS NULL AS question_null, length(t.question) AS question_chars, "
+    def pool_validation_facts(self, pool: str, shards: int) -> str:
+        """Materializes a pool's per-trajectory facts (the columns the data contract checks, never the
+        full text) once, each row tagged with its shard (by id hash, so equal ids share a shard), into a
+        temp table; returns its name. Read shards with `validation_shard`, then `drop_stage` it. One scan
+        of the pool instead of one per shard."""
+        name = f"validation_facts_{uuid.uuid4().hex[:12]}"
+        self.sql(
+            f"CREATE TEMP TABLE {self._q(name)} AS SELECT (hash(m.trajectory_id) % ?)::INTEGER AS shard, "
+            "t.id, t.question IS NULL AS question_null, length(t.question) AS question_chars, "
             "t.num_steps, len(t.steps) AS steps_len, list_max(list_transform(t.steps, lambda s: length(s))) AS max_step_chars, "
             "list_bool_or(list_transform(t.steps, lambda s: s IS NULL)) AS has_null_step, "
             "g.first_error, len(g.step_labels) AS step_labels_len, g.error_kind, "
             "(g.trajectory_id IS NOT NULL)::INTEGER AS labeled, (g.first_error >= 0)::DOUBLE AS is_error "
             "FROM pool_members m JOIN trajectories t ON t.id = m.trajectory_id "
             "LEFT JOIN gold_labels g ON g.trajectory_id = m.trajectory_id "
-            "WHERE m.pool = ? AND hash(m.trajectory_id) % ? = ?", [pool, shards, shard]).df()
+            "WHERE m.pool = ? ORDER BY shard", [shards, pool])
+        return name
+
+    def validation_shard(self, facts: str, shard: int):
+        """One shard of a `pool_validation_facts` table as a pandas frame (without the shard column)."""
+        return self.sql(f"SELECT * EXCLUDE (shard) FROM {self._q(facts)} WHERE shard = ?", [shard]).df()
 
     def quarantine_reasons(self, pool: str, limit: int = 10) -> list[tuple[str, int]]:
         return [(r[0], int(r[1])) for r in self.sql(

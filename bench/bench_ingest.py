@@ -1,6 +1,7 @@
 """Benchmark: ingest of an N-trajectory JSONL pool vs a bare DuckDB read_json of the same file.
 
-Targets (issue 3): ingest (stage + quarantine + dedupe/insert) <= 1.5x the bare
+Variants: `ingest` (default, compressed text) and `ingest_plain` (compress_text=False: trajectory text
+stored uncompressed, faster, ~2.3x the disk). Targets (issue 3): ingest (stage + quarantine + dedupe/insert) <= 1.5x the bare
 `CREATE TABLE t AS SELECT * FROM read_json(file)`, peak RSS <= 4 GB, contract validation of every
 row <= 60 s. Each variant runs in its own child process; its peak RSS is the child's ru_maxrss.
 
@@ -37,7 +38,8 @@ def worker(variant: str, pool_file: str, work: str) -> dict:
         out["rows"] = con.execute("SELECT count(*) FROM t").fetchone()[0]
         con.close()
         out["seconds"] = time.perf_counter() - t0
-    elif variant == "ingest":
+        out["db_gb"] = os.path.getsize(os.path.join(work, "bare.duckdb")) / 2**30
+    elif variant in ("ingest", "ingest_plain"):
         from actprm.store import Store
         from tasks import ingest as ing
 
@@ -45,13 +47,16 @@ def worker(variant: str, pool_file: str, work: str) -> dict:
         files = ing.resolve_inputs([pool_file])
         fmt = ing.resolve_format(files, None)
         summary = ing.IngestSummary(pool="bench", format=fmt.name)
-        with Store(os.path.join(work, "ingest.duckdb")) as store:
+        db = os.path.join(work, f"{variant}.duckdb")
+        with Store(db) as store:
             digest = ing.content_hash(files)
             stage_name = ing.stage(store, files, fmt, ing.IngestLimits(), temporary=True)
             out["stage_seconds"] = time.perf_counter() - t0
             ing.quarantine(store, stage_name, "bench", fmt, files, digest, summary)
-            ing.insert(store, stage_name, "bench", fmt, summary)
+            # ingest_plain: trajectory text stored uncompressed (faster insert, ~2.3x the disk)
+            ing.insert(store, stage_name, "bench", fmt, summary, compress_text=variant == "ingest")
         out["seconds"] = time.perf_counter() - t0
+        out["db_gb"] = os.path.getsize(db) / 2**30
         out["summary"] = {k: getattr(summary, k) for k in ("lines_read", "accepted", "quarantined", "duplicates")}
     elif variant == "validate":
         from actprm.store import Store
@@ -109,6 +114,7 @@ def main() -> None:
     try:
         bare = run_child("bare", str(pool_file), work)
         ing = run_child("ingest", str(pool_file), work)
+        plain = run_child("ingest_plain", str(pool_file), work)
         val = run_child("validate", str(pool_file), work)
     finally:
         if not args.keep:
@@ -118,6 +124,9 @@ def main() -> None:
         "load_avg_1m": os.getloadavg()[0],
         "bare_seconds": bare["seconds"], "ingest_seconds": ing["seconds"], "stage_seconds": ing["stage_seconds"],
         "ratio": ing["seconds"] / bare["seconds"], "ratio_target": 1.5,
+        "bare_db_gb": bare["db_gb"], "ingest_db_gb": ing["db_gb"],
+        "ingest_uncompressed_text_seconds": plain["seconds"], "ratio_uncompressed_text": plain["seconds"] / bare["seconds"],
+        "ingest_uncompressed_text_db_gb": plain["db_gb"], "ingest_uncompressed_text_peak_rss_gb": plain["peak_rss_gb"],
         "bare_peak_rss_gb": bare["peak_rss_gb"], "ingest_peak_rss_gb": ing["peak_rss_gb"], "rss_target_gb": 4.0,
         "validate_seconds": val["seconds"], "validate_rows": val["rows"], "validate_target_s": 60,
         "validate_peak_rss_gb": val["peak_rss_gb"], "gx_import_seconds": val["import_seconds"],

@@ -1,7 +1,7 @@
 """The data contract of a trajectory pool, as Great Expectations 1.x suites.
 
 Validated on pandas batches exported from DuckDB (one row per trajectory of the pool, facts only,
-never the text): see `Store.pool_validation_batch` for the columns.
+never the text): see `Store.pool_validation_facts` for the columns.
 
 - `critical`: a failure rejects the pool (schema, nulls, id uniqueness, step count / length bounds,
   label range, an empty pool).

@@ -67,7 +67,8 @@ def active_learning(
                           settings.uncertainty.strategy, pipeline.judge_model_name(settings),
                           settings.judge.prompt_version)
         labeled = label_stage(settings, pool, ids, run_id, round=k)
-        trained = train_stage(settings, pool, init_from=model_dir, round=k, mlflow_run_id=run_id)
+        trained = train_stage(settings, pool, init_from=model_dir, round=k, mlflow_run_id=run_id,
+                              only_ids=ids if settings.loop.train_on == "round" and settings.loop.warm_start else None)
         if trained["skipped"]:
             pipeline.close_run_task(settings, run_id)
             stopped_because = "nothing_to_train" if not labeled["labeled"] else "training_skipped"

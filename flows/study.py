@@ -12,7 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from actprm.config import flow_settings
@@ -35,7 +35,13 @@ def separator_states_task(trajectories: list[dict], preset: str, cache_dir: str,
 
 @task(name="study-seed", cache_policy=NO_CACHE)
 def seed_task(train, evaluation, seed: int, preset: study.StudyPreset, knobs: dict[str, Any]) -> list[dict]:
-    return study.run_seed(train, evaluation, seed=seed, preset=preset, **knobs)
+    logger = get_run_logger()
+
+    def progress(r: dict) -> None:
+        logger.info("seed %d %-9s budget %.2f: F1 %.4f with %d labels (%.1fs)", r["seed"], r["strategy"],
+                    r["budget"], r["f1"], r["labels"], r["seconds"])
+
+    return study.run_seed(train, evaluation, seed=seed, preset=preset, on_run=progress, **knobs)
 
 
 @task(name="study-report", cache_policy=NO_CACHE)

@@ -284,7 +284,8 @@ def _sanitize(f: InputFile, out_path: str, keep_chars: int) -> dict[int, str]:
 def ingest(store_or_path: Store | str | Path, paths: list[str] | str, pool: str, format: str | None = None, *,
            max_question_chars: int = 20_000, max_steps: int = 200, max_step_chars: int = 8_000,
            quarantine_raw_chars: int = 2_000, validate_shard_rows: int = 200_000,
-           reports_dir: str | Path | None = None, emit: bool = True, drift_tolerance: float = 0.5) -> IngestSummary:
+           reports_dir: str | Path | None = None, emit: bool = True, drift_tolerance: float = 0.5,
+           compress_text: bool = True) -> IngestSummary:
     """Ingests `paths` into `pool`: stage -> quarantine -> dedupe/insert -> validate -> report -> register.
 
     Returns the summary; raises ActPRMError for unreadable inputs and when the data contract rejects
@@ -304,7 +305,7 @@ def ingest(store_or_path: Store | str | Path, paths: list[str] | str, pool: str,
         summary.seconds["stage"] = time.perf_counter() - t0
         try:
             quarantine(store, stage_name, pool, fmt, files, digest, summary)
-            insert(store, stage_name, pool, fmt, summary)
+            insert(store, stage_name, pool, fmt, summary, compress_text=compress_text)
         finally:
             store.drop_stage(stage_name)
         summary.seconds["insert"] = time.perf_counter() - t0 - summary.seconds["stage"]
@@ -345,9 +346,11 @@ def quarantine(store: Store, stage_name: str, pool: str, fmt: InputFormat, files
     return summary
 
 
-def insert(store: Store, stage_name: str, pool: str, fmt: InputFormat, summary: IngestSummary) -> IngestSummary:
-    """Deduplicates and stores the stage's good lines, then drops the stage."""
-    added = store.insert_stage(stage_name, pool, fmt.name)
+def insert(store: Store, stage_name: str, pool: str, fmt: InputFormat, summary: IngestSummary, *,
+           compress_text: bool = True) -> IngestSummary:
+    """Deduplicates and stores the stage's good lines, then drops the stage. `compress_text=False` trades
+    ~2.3x the disk for a faster insert (see `Store.insert_stage`)."""
+    added = store.insert_stage(stage_name, pool, fmt.name, compress_text=compress_text)
     summary.accepted, summary.duplicates = added["accepted"], added["duplicates"]
     summary.trajectories_added = added["trajectories_added"]
     if summary.accepted + summary.quarantined + summary.duplicates != summary.lines_read:  # pragma: no cover

@@ -511,7 +511,7 @@ def train_task(examples: list[dict], **kwargs: Any) -> TrainResult:
 
 @task(name="train", cache_policy=NO_CACHE, tags=["duckdb"])
 def train_stage(settings, pool: str, *, init_from: str | Path | None = None, round: int | None = None,
-                mlflow_run_id: str | None = None) -> dict[str, Any]:
+                mlflow_run_id: str | None = None, only_ids: list[str] | None = None) -> dict[str, Any]:
     """Flow stage: train on every judge label of the pool's train split, warm-starting from `init_from`
     (when given and settings.loop.warm_start), logging per-step metrics into MLflow run `mlflow_run_id`.
 
@@ -524,6 +524,11 @@ def train_stage(settings, pool: str, *, init_from: str | Path | None = None, rou
 
     with Store(settings.duckdb_path) as store:
         examples = store.training_examples(pool)
+    if only_ids is not None:
+        # ActPRM's online update (Duan et al., 2025, Alg. 1): a warm-started model learns from the
+        # batch it just selected and paid for, not the whole history again.
+        wanted = set(only_ids)
+        examples = [e for e in examples if e["id"] in wanted]
     m, t, u = settings.model, settings.train, settings.uncertainty
     out = settings.checkpoints_dir / "train" / pool / (mlflow_run_id or "no-run") / f"round-{round or 0}"
     with logging_into(mlflow_run_id, settings.tracking_uri):

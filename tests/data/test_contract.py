@@ -68,11 +68,22 @@ def test_registered_event_and_flow(tmp_path, monkeypatch):
 def test_mlflow_run_gets_counts_sample_and_data_docs(tmp_path, db):
     import mlflow
 
+    # no mlflow.set_experiment: it is process-global and would leak into later tests' runs
+    previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    mlflow.set_experiment(experiment_name="ingest-test")
-    path = write_lines(tmp_path / "in.jsonl", [actprm_record(i) for i in range(4)] + ["broken"])
-    with mlflow.start_run() as run:
-        s = ingest(db, [str(path)], "logged", emit=False, reports_dir=tmp_path / "reports")
+    try:
+        experiment = mlflow.MlflowClient().create_experiment("ingest-test")
+        path = write_lines(tmp_path / "in.jsonl", [actprm_record(i) for i in range(4)] + ["broken"])
+        with mlflow.start_run(experiment_id=experiment) as run:
+            s = ingest(db, [str(path)], "logged", emit=False, reports_dir=tmp_path / "reports")
+        _check_logged(s, run)
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+
+
+def _check_logged(s, run):
+    import mlflow
+
     assert s.report and s.report.endswith("index.html")
     client = mlflow.MlflowClient()
     metrics = client.get_run(run.info.run_id).data.metrics

@@ -94,3 +94,31 @@ def test_reingest_is_idempotent_and_dedup_is_per_pool(tmp_path, db):
         assert store.sql("SELECT count(*) FROM trajectories").fetchone()[0] == 5
         assert store.quarantine_count("a") == 1
         assert store.pools()[0]["status"] == "registered"
+
+
+def test_keys_stay_unique_without_primary_keys(tmp_path, db):
+    """trajectories / pool_members / gold_labels have no PRIMARY KEY (ingest speed): ingest's own dedupe
+    must keep their keys unique across in-file repeats, re-ingests, overlapping pools and relabeling sources."""
+    from actprm.testing.pools import make_pool
+
+    a = write_lines(tmp_path / "a.jsonl", [actprm_record(i) for i in range(5)] + [actprm_record(2)])
+    # overlaps a (3, 4) with other gold labels: the first source to label a trajectory keeps its label
+    b = write_lines(tmp_path / "b.jsonl", [actprm_record(i, first_error=1) for i in range(3, 8)])
+    assert ingest(db, [str(a)], "a", emit=False).duplicates == 1
+    ingest(db, [str(a)], "a", emit=False)
+    ingest(db, [str(b)], "b", emit=False)
+    ingest(db, [str(a), str(b)], "b", emit=False)
+    with Store(db) as store:  # the test-pool writer must not duplicate rows either
+        make_pool(store, "b", [{"question": f"What is {i} plus a few numbers?",
+                               "steps": [f"Step {k + 1} of trajectory {i}: {i} + {k} = {i + k}." for k in range(3)],
+                               "first_error": -1} for i in (0, 7)])
+    with Store(db, read_only=True) as store:
+        for table, key in (("trajectories", "id"), ("pool_members", "(pool, trajectory_id)"),
+                           ("gold_labels", "trajectory_id")):
+            total, distinct = store.sql(f"SELECT count(*), count(DISTINCT {key}) FROM {table}").fetchone()
+            assert total == distinct, table
+        assert store.sql("SELECT count(*) FROM trajectories").fetchone()[0] == 8
+        assert store.pool_size("a") == 5 and store.pool_size("b") == 8
+        labels = dict(store.sql("SELECT t.question, g.first_error FROM gold_labels g "
+                                "JOIN trajectories t ON t.id = g.trajectory_id").fetchall())
+        assert labels["What is 3 plus a few numbers?"] == -1 and labels["What is 6 plus a few numbers?"] == 1
