@@ -213,7 +213,10 @@ def test_api_key_never_reaches_logs_mlflow_or_the_store(tmp_path, caplog, monkey
     import mlflow
 
     caplog.set_level(logging.DEBUG)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # An earlier test may have set MLflow's process-wide URI, which wins over the environment.
+    mlflow.set_tracking_uri(uri)
     with Store(tmp_path / "actprm.duckdb") as store:
         synth_pool(store, "p", 8)
         with JudgeServer(api_key=KEY, script=["malformed"]) as server:
