@@ -99,3 +99,39 @@ def test_errors_are_one_line_with_a_json_error_object(tmp_path):
     # (Ephemeral Prefect may still log its shutdown after our line.)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert errors == [f"error: {err['error']}"]
+
+
+@pytest.mark.slow
+def test_a_failed_run_resumes_without_rescoring_or_rebuying(tmp_path):
+    """Issue 7.6: a run that dies in training, rerun, redoes no finished scoring shard and buys no
+    label twice (DuckDB state is the resume point)."""
+    import datetime
+
+    import duckdb
+
+    home = tmp_path / "home"
+    common = ("run", "--preset", "tiny", "--rounds", "1", "--labels-per-round", "30", "--json")
+    failed = cli(home, *common, "--config", str(_config(tmp_path, lr=1e12)))
+    assert failed.returncode == 1
+    assert "loss" in one_json(failed)["error"].lower()  # the non-finite loss is named, not a traceback
+    rerun_started = datetime.datetime.now()
+
+    proc = cli(home, *common)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = one_json(proc)
+    assert out["rounds"][0]["labels_bought"] == 30
+
+    con = duckdb.connect(str(home / "actprm.duckdb"), read_only=True)
+    init_shards = con.execute("SELECT finished_at FROM score_shards WHERE model_version LIKE 'init:%'").fetchall()
+    assert init_shards and all(t < rerun_started for (t,) in init_shards), "finished shards were scored again"
+    labeled, distinct = con.execute(
+        "SELECT count(*), count(DISTINCT trajectory_id) FROM judge_labels WHERE status = 'labeled'").fetchone()
+    assert labeled == distinct == 60  # 30 kept from the failed run + 30 new, none bought twice
+    settled = con.execute("SELECT count(*) FROM budget_ledger WHERE state = 'settled' AND labels = 1").fetchone()[0]
+    assert settled == labeled  # the ledger paid exactly once per label
+
+
+def _config(tmp_path: Path, lr: float) -> Path:
+    path = tmp_path / "diverge.yaml"
+    path.write_text(f"train:\n  lr: {lr}\n")
+    return path
