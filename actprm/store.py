@@ -397,13 +397,6 @@ class Store:
                        [pool]).fetchone()
         return row[0] if row else None
 
-    def uncertain_train_ids(self, pool: str, model_version: str) -> list[str]:
-        """The pool's uncertain train trajectories under `model_version`, highest acquisition first."""
-        rows = self.sql("SELECT s.trajectory_id FROM scores s JOIN pool_members pm ON pm.trajectory_id = s.trajectory_id "
-                        "WHERE pm.pool = ? AND pm.split = 'train' AND s.model_version = ? AND s.uncertain "
-                        "ORDER BY s.acquisition DESC, s.trajectory_id", [pool, model_version]).fetchall()
-        return [r[0] for r in rows]
-
     def judge_label_quality(self, pool: str, judge_model: str, prompt_version: str) -> dict | None:
         """Judge first-error accuracy against the pool's gold labels, overall and per error_kind, and the
         parse-failure rate; None when the pool has no gold labels for the judged trajectories."""
