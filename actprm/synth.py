@@ -37,6 +37,11 @@ ERROR_KINDS: tuple[str, ...] = (
     "copied_wrong_number",  # an operand that is not the problem's number: medium
     "arithmetic_slip",  # result off by 1..3: subtle
     "skipped_step_carry",  # right arithmetic on a stale intermediate instead of the running value: harder
+    # Errors of reading and reasoning rather than of arithmetic, the kind an LLM judge finds in real
+    # trajectories (cf. PRMBench's soundness/consistency classes, Song et al., 2025): the arithmetic is right.
+    "unsupported_assumption",  # a condition the problem never states ("Assuming 4 more were found"): easy
+    "misread_problem",  # the step narrates and applies the wrong operation ("sells 5" read as "gets 5"): medium
+    "wrong_entity",  # the right number of the wrong thing: another item or another person: medium
 )
 
 # ---------------------------------------------------------------- vocabulary
@@ -93,13 +98,31 @@ CUES: dict[str, tuple[str, ...]] = {
 QUESTIONS = ("How many {item} does {N} have in the end?", "How many {item} are there at the end?",
              "What is the final number of {item}?")
 QUESTIONS_SHARE = ("How many {item} are in each group?", "How many {item} does each share hold?")
-STEP_SETUP_MUL = ("{N} starts with {e} {item}.", "That makes {e} {item} in total.", "First, {e} {item}.")
+STEP_SETUP_MUL = ("{N} starts with {e} {item}.", "That makes {e} {item} in total.", "First, {e} {item}.",
+                  "So {N} has {e} {item}.")
+# Correct steps sometimes name the person and item, or restate the problem's reason ("Since ..."), so the
+# wording of wrong_entity and unsupported_assumption steps is not a giveaway on its own.
 STEP_OP: dict[str, tuple[str, ...]] = {
-    "+": ("After that, {p} has {e} {item}.", "Adding them gives {e}.", "Now there are {e} {item}."),
-    "-": ("Taking them away leaves {e} {item}.", "That leaves {e}.", "Now {p} has {e} {item}."),
-    "*": ("Multiplying gives {e} {item}.", "So there are {e} {item}.", "The new total is {e}."),
-    "/": ("Dividing gives {e} {item} each.", "So each group has {e}.", "That is {e} {item} per group."),
+    "+": ("After that, {p} has {e} {item}.", "Adding them gives {e}.", "Now there are {e} {item}.",
+          "Now {N} has {e} {item}.", "Since {p} gets {n} more, {e}."),
+    "-": ("Taking them away leaves {e} {item}.", "That leaves {e}.", "Now {p} has {e} {item}.",
+          "So {N} is left with {e} {item}.", "Since {n} are gone, {e}."),
+    "*": ("Multiplying gives {e} {item}.", "So there are {e} {item}.", "The new total is {e}.",
+          "Now {N} has {e} {item}.", "Since it is {n} times as many, {e}."),
+    "/": ("Dividing gives {e} {item} each.", "So each group has {e}.", "That is {e} {item} per group.",
+          "Since they are split {n} ways, {e}."),
 }
+# unsupported_assumption: a condition the problem never states, from a blunt guess to a plausible-sounding reason.
+ASSUMPTIONS: dict[str, tuple[str, ...]] = {
+    "+": ("Assuming {p} also finds {k} more, {e}.", "Let's say {k} {item} were already there: {e}.",
+          "Since {p} gets {k} more, {e}.", "Probably {k} more {item} arrive too, so {e}.",
+          "Counting {k} spare {item} as well, {e}."),
+    "-": ("Assuming {k} of them break, {e}.", "Since {k} are gone, {e}.", "Probably {k} {item} go missing, so {e}.",
+          "Let's say {p} keeps {k} aside: {e}.", "Leaving out {k} damaged {item}, {e}."),
+}
+# wrong_entity: the right number, attributed to another person or another item.
+ENTITY_STEPS = ("Now {M} has {e} {item}.", "So there are {e} {other}.", "After that, {M} has {e} {item}.",
+                "That makes {e} {other} in total.")
 FINAL = ("The answer is {n}.", "So the answer is {n}.", "Therefore, the answer is {n}.")
 
 # Total step count (arithmetic steps + the final answer step), 2..12, skewed towards 4-6 like GSM8K solutions.
@@ -181,10 +204,12 @@ def _trajectory(rng: random.Random, wants_error: bool) -> tuple[str, list[str], 
         gold_next = _apply(op, x if x is not None else gold, y)
         used_op, b = op, y
         c = _apply(op, a, b)
+        templates = STEP_SETUP_MUL if x is not None else STEP_OP[op]
         if i == err_at:
             used_op, a, b, c, kind = _inject(r, kind, op, a, b, c, x is None, results, q_numbers, start)
+            templates = _error_templates(r, kind, used_op, b, templates, ctx, items)
         ctx["e"] = f"{a} {used_op} {b} = {c}"
-        templates = STEP_SETUP_MUL if x is not None else STEP_OP[op]
+        ctx["n"] = y
         steps.append(templates[int(r() * len(templates))].format_map(ctx))
         results.append(c)
         gold, cur = gold_next, c
@@ -218,9 +243,34 @@ def _pick_op(r, gold: int, cur: int) -> tuple[str, int]:
                 return "/", divs[int(r() * len(divs))]
 
 
+def _error_templates(r, kind, used_op, b, templates, ctx, items):
+    """The wording of an erroneous step: its own templates for the reading/reasoning kinds."""
+    if kind == "misread_problem":
+        return STEP_OP[used_op]  # narrated as the operation it (wrongly) applies
+    if kind == "unsupported_assumption":
+        ctx["k"] = b
+        return ASSUMPTIONS[used_op]
+    if kind == "wrong_entity":
+        others = [n for n, _ in NAMES if n != ctx["N"]]
+        ctx["M"] = others[int(r() * len(others))]
+        other_items = [it for it in items if it != ctx["item"]]
+        ctx["other"] = other_items[int(r() * len(other_items))]
+        return ENTITY_STEPS
+    return templates
+
+
 def _inject(r, kind, op, a, b, c, has_carry, results, q_numbers, start):
     """Rewrites one step into its erroneous version; returns (op, a, b, c, kind). Falls back to a slip."""
-    if kind == "wrong_operation":
+    if kind == "wrong_entity":
+        return op, a, b, c, kind  # the arithmetic is right; the wording names the wrong thing
+    if kind == "unsupported_assumption" and has_carry:
+        # the step applies an invented amount instead of the problem's operation
+        k_op = "+" if r() < 0.5 else "-"
+        ks = [k for k in range(2, 21) if k not in q_numbers and (k_op == "+" or k < a)]
+        if ks:
+            k = ks[int(r() * len(ks))]
+            return k_op, a, k, _apply(k_op, a, k), kind
+    if kind in ("wrong_operation", "misread_problem"):
         # the confusions people and models make: + for *, + for -, * or - for /
         alts = [o for o in _CONFUSED_OPS[op] if (v := _apply(o, a, b)) is not None and v != c]
         if alts:
@@ -268,6 +318,9 @@ _NUMBER = re.compile(r"\d+")
 _CLAIM = re.compile(r"(-?\d+)\s*([-+*/×÷])\s*(-?\d+)\s*=\s*(-?\d+)")
 _SYMBOL = {"×": "*", "÷": "/"}  # model-written steps may use typographic operators
 _ANSWER = re.compile(r"answer is\s*(-?\d+)", re.IGNORECASE)
+_WORD = re.compile(r"[A-Za-z]+")
+_NAME_WORDS = frozenset(name for name, _ in NAMES)
+_ITEM_WORDS = frozenset(item for items, _, _ in THEMES.values() for item in items)
 
 
 def _question_plan(question: str) -> tuple[list[tuple[str, int | None, int]], int | None] | None:
@@ -306,7 +359,12 @@ def verify_first_error(question: str, steps: list[str]) -> int:
     parsed = _question_plan(question)
     plan, running = parsed if parsed else (None, None)
     known = {int(x) for x in _NUMBER.findall(question)}
+    # Names and items the problem speaks of; a step that speaks of others is about the wrong thing.
+    asked = set(_WORD.findall(question))
+    strangers = (_NAME_WORDS | _ITEM_WORDS) - asked
     for i, step in enumerate(steps):
+        if strangers.intersection(_WORD.findall(step)):
+            return i
         if i == len(steps) - 1:
             m = _ANSWER.search(step)
             done = plan is None or i == len(plan)
@@ -341,7 +399,7 @@ _PARQUET_CHUNK = 50_000
 def _vocabulary_is_json_safe() -> bool:
     texts = [w for pair in NAMES for w in pair] + [w for theme in THEMES.values() for ws in theme for w in ws]
     for group in (SETUP_START, SETUP_MUL, QUESTIONS, QUESTIONS_SHARE, STEP_SETUP_MUL, FINAL, ERROR_KINDS,
-                  *OP_SENTENCES.values(), *STEP_OP.values()):
+                  ENTITY_STEPS, *OP_SENTENCES.values(), *STEP_OP.values(), *ASSUMPTIONS.values()):
         texts += group
     return all(t.isascii() and t.isprintable() and '"' not in t and "\\" not in t for t in texts)
 

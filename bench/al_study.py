@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pool", default=None, help="an ingested pool (default: a synthetic pool made for the preset)")
     ap.add_argument("--seeds", default=None, help="comma-separated seeds (default: the preset's)")
     ap.add_argument("--model-preset", default=None, help="model preset (default: the study preset's)")
+    ap.add_argument("--head-threads", type=int, default=None,
+                    help="torch threads for training the heads (default: the preset's; 1 on a loaded machine)")
     ap.add_argument("--home", default=str(ROOT / ".actprm" / "bench-study"),
                     help="work dir: DuckDB, MLflow store, cached backbone states")
     ap.add_argument("--output", default=str(ROOT / "bench" / "results"), help="where al_study.* are written")
@@ -51,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     from flows.study import study_flow
 
     t0 = time.perf_counter()
-    result = study_flow(pool=pool, study_preset=args.preset, config=config, seeds=seeds, output_dir=args.output)
+    result = study_flow(pool=pool, study_preset=args.preset, config=config, seeds=seeds, output_dir=args.output,
+                        head_threads=args.head_threads)
     seconds = time.perf_counter() - t0
     # Wall time of the whole study (pool creation and backbone pass included) goes with the numbers.
     saved = Path(result["outputs"]["json"])

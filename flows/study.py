@@ -1,6 +1,6 @@
 """The active-learning efficiency study as a Prefect flow (issue 8; protocol in `tasks/study.py`):
 
-    load pool (+ held-out split) -> cache separator states (one backbone pass) -> per seed: full data,
+    load pool (+ held-out split) -> cache step states (one backbone pass) -> per seed: full data,
     then every strategy x budget -> summarize -> table, plot, JSON -> MLflow
 
 This module only wires; the work is in `tasks.study`.
@@ -26,10 +26,10 @@ def load_pool_task(db_path: str, pool: str, eval_fraction: float, seed: int) -> 
         return study.load_pool(store, pool, eval_fraction, seed)
 
 
-@task(name="study-separator-states", cache_policy=NO_CACHE)
-def separator_states_task(trajectories: list[dict], preset: str, cache_dir: str, batch_size: int,
+@task(name="study-step-states", cache_policy=NO_CACHE)
+def step_states_task(trajectories: list[dict], preset: str, cache_dir: str, batch_size: int,
                           max_length: int, backbone_path: str | None, threads: int | None):
-    return study.cached_separator_states(trajectories, preset=preset, cache_dir=cache_dir, batch_size=batch_size,
+    return study.cached_step_states(trajectories, preset=preset, cache_dir=cache_dir, batch_size=batch_size,
                                          max_length=max_length, backbone_path=backbone_path, threads=threads)
 
 
@@ -54,7 +54,8 @@ def report_task(result: dict, output_dir: str, tracking_uri: str, experiment: st
 
 @flow(name="study", log_prints=True)
 def study_flow(pool: str = "sample", study_preset: str = "quick", config: dict[str, Any] | None = None,
-               seeds: list[int] | None = None, output_dir: str | None = None) -> dict[str, Any]:
+               seeds: list[int] | None = None, output_dir: str | None = None,
+               head_threads: int | None = None) -> dict[str, Any]:
     """ActPRM vs random, entropy, BALD and full data on a gold-labeled pool.
 
     Args:
@@ -63,6 +64,7 @@ def study_flow(pool: str = "sample", study_preset: str = "quick", config: dict[s
         config: Nested settings overrides; model.preset replaces the study preset's model when given.
         seeds: Override the preset's seeds.
         output_dir: Where al_study.json/.md/.png go (default: <home>/reports/study).
+        head_threads: Torch threads for the heads' training (default: the preset's; 1 on a loaded machine).
     """
     from flows.ingest_pool import ingest_pool
     from tasks import pipeline
@@ -71,13 +73,14 @@ def study_flow(pool: str = "sample", study_preset: str = "quick", config: dict[s
     chosen_model = ((config or {}).get("model") or {}).get("preset")
     settings = flow_settings(config, model={"preset": chosen_model or preset.model_preset})
     preset = dataclasses.replace(preset, model_preset=settings.model.preset,
-                                 seeds=tuple(seeds) if seeds else preset.seeds)
+                                 seeds=tuple(seeds) if seeds else preset.seeds,
+                                 head_threads=head_threads or preset.head_threads)
     sample = pipeline.sample_pool_task(settings, pool)
     if sample is not None:  # the built-in pool, created on first use (its size: synth.n)
         ingest_pool(paths=[sample], pool=pool, home=str(settings.home))
     data = load_pool_task(str(settings.duckdb_path), pool, settings.loop.eval_fraction, settings.train.seed)
     everything = data["train"] + data["eval"]
-    states, info = separator_states_task(everything, preset.model_preset, str(settings.home / "study" / "cache"),
+    states, info = step_states_task(everything, preset.model_preset, str(settings.home / "study" / "cache"),
                                          preset.feature_batch_size, settings.model.max_length,
                                          settings.model.backbone_path, preset.feature_threads)
     n_train = len(data["train"])

@@ -6,8 +6,8 @@ at that separator. Step labels (the ActPRM / ProcessBench convention) sit only o
 1 before the first error, 0 at it, and nothing (-100, ignored) after it.
 
 The prefix is the tokenizer's chat template (system + user question + assistant turn opener) when it
-has one, as Qwen2.5-Math-PRM does; otherwise ``[CLS] question`` for BERT-like tokenizers (suffix
-``[SEP]``), or ``<bos> question`` for decoders without a template.
+has one, as Qwen2.5-Math-PRM does; otherwise ``[CLS] question [SEP]`` for BERT-like tokenizers (suffix
+``[SEP]``, BERT's pair layout), or ``<bos> question`` for decoders without a template.
 
 Truncation to ``max_length`` happens at step boundaries: the steps that do not fit are cut and get no
 score (``truncated_steps``). The first step is always kept: when even it does not fit, the question
@@ -139,13 +139,17 @@ class StepBatcher:
         self.separator_id = sep
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         self._chat = bool(getattr(tokenizer, "chat_template", None))
+        # BERT-like encoders get their pair layout, [CLS] question [SEP] steps [SEP]: the middle [SEP] tells
+        # where the first step begins (the step_mean readout needs it) and is what such encoders were trained on.
+        self._mid: list[int] = []
         if tokenizer.cls_token_id is not None:
             self._head, self._tail = [tokenizer.cls_token_id], ([tokenizer.sep_token_id] if tokenizer.sep_token_id is not None else [])
+            self._mid = [] if self._chat else list(self._tail)
         elif tokenizer.bos_token_id is not None and not self._chat:
             self._head, self._tail = [tokenizer.bos_token_id], []
         else:
             self._head, self._tail = [], []
-        if max_length < len(self._head) + len(self._tail) + 2:
+        if max_length < len(self._head) + len(self._mid) + len(self._tail) + 2:
             raise ActPRMError(f"max_length={max_length} is too small to hold one step")
 
     def _question_text(self, question: str) -> str:
@@ -161,12 +165,12 @@ class StepBatcher:
         pieces = self.tokenizer([self._question_text(question)] + [_clean(s) for s in steps],
                                 add_special_tokens=False)["input_ids"]
         q_ids, step_ids = list(pieces[0]), [list(p) for p in pieces[1:]]
-        room = self.max_length - len(self._head) - len(self._tail)
-        ids = list(self._head) + q_ids
+        room = self.max_length - len(self._head) - len(self._mid) - len(self._tail)
+        ids = list(self._head) + q_ids + self._mid
         if step_ids and len(q_ids) + len(step_ids[0]) + 1 > room:
             # Keep the first step: cut the question from the left, then the step from the right.
             keep_q = max(0, room - len(step_ids[0]) - 1)
-            ids = list(self._head) + (q_ids[len(q_ids) - keep_q:] if keep_q else [])
+            ids = list(self._head) + (q_ids[len(q_ids) - keep_q:] if keep_q else []) + self._mid
             step_ids[0] = step_ids[0][: room - keep_q - 1]
         step_lab = step_labels(len(steps), first_error)
         labels = [IGNORE_INDEX] * len(ids)

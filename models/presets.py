@@ -77,6 +77,11 @@ def _qwen(backbone_path, dtype, seed):
     return _from_path(path, dtype or torch.bfloat16, "qwen2.5-math-7b")
 
 
+# Per preset, what the heads read per step (PRMConfig.readout). MiniLM is a frozen-by-default sentence
+# encoder trained for mean pooling: its step means carry the step, its separator state hardly does (on the
+# synthetic pool, a linear probe's step AUC is 0.67 on means vs 0.58 at the separator).
+READOUTS: dict[str, str] = {"cpu": "step_mean"}
+
 PRESETS: dict[str, Callable] = {
     "tiny": _tiny,
     "tiny-decoder": _tiny_decoder,
@@ -87,7 +92,7 @@ PRESETS: dict[str, Callable] = {
 
 def build_prm(preset: str, num_heads: int = 32, seed: int = 0, reg_lambda: float = 0.5,
               learning_probability: float = 1.0, freeze_backbone: bool = False,
-              backbone_path: str | None = None, dtype: torch.dtype | None = None):
+              backbone_path: str | None = None, dtype: torch.dtype | None = None, readout: str | None = None):
     """A fresh (backbone + E heads) PRM and its tokenizer, with the step separator in the vocabulary."""
     if preset not in PRESETS:
         raise ActPRMError(f"unknown model preset {preset!r}; choose one of: {', '.join(PRESETS)}")
@@ -101,5 +106,8 @@ def build_prm(preset: str, num_heads: int = 32, seed: int = 0, reg_lambda: float
     sep_id = ensure_separator(tokenizer, backbone)
     config = PRMConfig(num_heads=num_heads, reg_lambda=reg_lambda, learning_probability=learning_probability,
                        seed=seed, freeze_backbone=freeze_backbone, separator_token=STEP_SEPARATOR,
-                       separator_id=sep_id, preset=preset, backbone_name=source)
+                       separator_id=sep_id, preset=preset, backbone_name=source,
+                       readout=readout or READOUTS.get(preset, "separator"),
+                       prefix_end_id=tokenizer.sep_token_id if tokenizer.cls_token_id is not None
+                       and tokenizer.sep_token_id is not None else -1)
     return EnsemblePRM(backbone, config), tokenizer

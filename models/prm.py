@@ -48,6 +48,12 @@ class PRMConfig:
     separator_id: int = -1
     preset: str = ""
     backbone_name: str = ""        # where the backbone came from (path or hub id), for provenance
+    # What the heads read per step. "separator": the hidden state at the step's separator (the paper's and
+    # Qwen2.5-Math-PRM's design; the backbone is fine-tuned to put the step's verdict there). "step_mean": the
+    # mean of the step's token states, separator included: a frozen sentence encoder such as MiniLM was
+    # trained to be read that way, and its state at a newly added separator token carries little of the step.
+    readout: str = "separator"
+    prefix_end_id: int = -1        # token that closes the question (BERT's [SEP]); step 1 starts after it
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -114,6 +120,57 @@ class EnsemblePRM(nn.Module):
             z = torch.relu(torch.baddbmm(self.b2, z, self.w2))
             return torch.baddbmm(self.b3, z, self.w3).squeeze(-1)
 
+    def step_states(self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, H) backbone states -> the (N, H) states the heads read, one per separator in row-major
+        order, with each one's batch row and 0-based step index."""
+        sep = (input_ids == self.separator_id) & attention_mask.bool()
+        rows, cols = sep.nonzero(as_tuple=True)
+        before = sep.long().cumsum(1)
+        step_index = (before - 1)[rows, cols]
+        if self.config.readout == "separator":
+            return hidden[rows, cols], rows, step_index
+        if self.config.readout != "step_mean":
+            raise ActPRMError(f"unknown readout {self.config.readout!r}; use 'separator' or 'step_mean'")
+        # Token t belongs to step j when j separators come before it (the separator closes its own step);
+        # tokens of the question (up to and including prefix_end_id) and after the last separator belong to none.
+        step_of = before - sep.long()
+        in_steps = attention_mask.bool() & (step_of < before[:, -1:])
+        ends = input_ids == self.config.prefix_end_id
+        if self.config.prefix_end_id >= 0 and bool(ends.any()):
+            in_steps &= (ends.long().cumsum(1) - ends.long()) > 0
+        width = int(before[:, -1].max()) if rows.numel() else 0
+        segment = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1) * max(width, 1) + step_of
+        flat = hidden[in_steps].float()
+        seg = segment[in_steps]
+        sums = torch.zeros(input_ids.shape[0] * max(width, 1), hidden.shape[-1], device=hidden.device)
+        sums.index_add_(0, seg, flat)
+        counts = torch.bincount(seg, minlength=sums.shape[0]).clamp(min=1).unsqueeze(1)
+        means = (sums / counts)[rows * max(width, 1) + step_index]
+        # Unit-scale inputs for the heads, as sentence-transformers normalize their pooled embeddings: MiniLM's
+        # step means have a per-feature spread of ~0.1, which left the heads underfit in the study's budget.
+        means = F.layer_norm(means, means.shape[-1:])
+        return means.to(hidden.dtype), rows, step_index
+
+    def step_loss(self, logits: torch.Tensor, step_labels: torch.Tensor, step_trajectory: torch.Tensor,
+                  bootstrap_mask: torch.Tensor | None = None, trajectory_mask: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Paper Eq. 3-4 on (E, N) logits and their (N,) labels (IGNORE_INDEX = unlabeled): the masked BCE
+        mean and the anchor regularization; see `forward` for the masks."""
+        weight = (step_labels != IGNORE_INDEX).float().unsqueeze(0).expand_as(logits)
+        if bootstrap_mask is None and self.training and self.config.learning_probability < 1.0:
+            n = int(step_trajectory.max()) + 1 if step_trajectory.numel() else 0
+            bootstrap_mask = self.sample_bootstrap_mask(n)
+        if bootstrap_mask is not None:
+            weight = weight * bootstrap_mask.to(weight.device, weight.dtype)[:, step_trajectory]
+        if trajectory_mask is not None:
+            weight = weight * trajectory_mask.to(weight.device, weight.dtype)[step_trajectory].unsqueeze(0)
+        target = step_labels.clamp(min=0).float().unsqueeze(0).expand_as(logits)
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        # Mean over the (head, labeled step) pairs that are switched on; 0 (still a graph) when none.
+        cls_loss = (bce * weight).sum() / weight.sum().clamp(min=1.0)
+        return cls_loss, self.config.reg_lambda * self.anchor_distance()
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None,
                 bootstrap_mask: torch.Tensor | None = None, trajectory_mask: torch.Tensor | None = None) -> PRMOutput:
         """Score every separator of the batch; with ``labels`` (B, T) also compute the loss.
@@ -126,26 +183,14 @@ class EnsemblePRM(nn.Module):
         ctx = torch.no_grad() if self.config.freeze_backbone else contextlib.nullcontext()
         with ctx:
             hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        sep = (input_ids == self.separator_id) & attention_mask.bool()
-        rows, cols = sep.nonzero(as_tuple=True)
-        logits = self.head_logits(hidden[rows, cols])
-        step_index = (sep.cumsum(1) - 1)[rows, cols]
-        out = PRMOutput(logits=logits, step_trajectory=rows, step_index=step_index)
+        states, rows, step_index = self.step_states(hidden, input_ids, attention_mask)
+        out = PRMOutput(logits=self.head_logits(states), step_trajectory=rows, step_index=step_index)
         if labels is None:
             return out
-        step_labels = labels[rows, cols]
-        weight = (step_labels != IGNORE_INDEX).float().unsqueeze(0).expand_as(logits)
         if bootstrap_mask is None and self.training and self.config.learning_probability < 1.0:
             bootstrap_mask = self.sample_bootstrap_mask(input_ids.shape[0])
-        if bootstrap_mask is not None:
-            weight = weight * bootstrap_mask.to(weight.device, weight.dtype)[:, rows]
-        if trajectory_mask is not None:
-            weight = weight * trajectory_mask.to(weight.device, weight.dtype)[rows].unsqueeze(0)
-        target = step_labels.clamp(min=0).float().unsqueeze(0).expand_as(logits)
-        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        # Mean over the (head, labeled step) pairs that are switched on; 0 (still a graph) when none.
-        out.cls_loss = (bce * weight).sum() / weight.sum().clamp(min=1.0)
-        out.reg_loss = self.config.reg_lambda * self.anchor_distance()
+        sep = (input_ids == self.separator_id) & attention_mask.bool()
+        out.cls_loss, out.reg_loss = self.step_loss(out.logits, labels[sep], rows, bootstrap_mask, trajectory_mask)
         out.loss = out.cls_loss + out.reg_loss
         return out
 

@@ -13,10 +13,10 @@ does not depend on the strategy); it runs once per seed. Evaluation: ProcessBenc
 (`tasks.evaluate.processbench_metrics`) on the pool's held-out eval split.
 
 Simplifications, to fit 30 minutes on 2 CPU cores:
-- The backbone is frozen and its hidden states at the step separators are computed once per trajectory
-  (`separator_states`); every run then trains only the ensemble heads on those cached states, through the
-  model's own `forward` (heads, BCE, bootstrap mask, anchor regularization): `SeparatorStates` stands in
-  for the backbone and serves the cached states.
+- The backbone is frozen and the per-step states its heads read (`EnsemblePRM.step_states`: the
+  separator state, or the step's token mean for the `cpu` preset) are computed once per trajectory
+  (`step_states`); every run then trains only the ensemble heads on those cached states with the model's
+  own `head_logits` and `step_loss` (BCE, bootstrap mask, anchor regularization).
 - The paper takes one update per pool batch with a 7B backbone; frozen features need more, so after each
   batch the heads take `steps_per_round` AdamW steps on minibatches drawn from all labels bought so far.
   Every run takes the same number of steps whatever its budget, so budgets differ only in what was
@@ -49,6 +49,7 @@ from actprm.errors import ActPRMError
 
 STRATEGY_NAMES = ("actprm", "random", "entropy", "bald")
 WITHIN_F1 = 0.005  # "within 0.5 F1 points of full data", in F1 units
+STATES_VERSION = 3  # bump when the layout or a readout changes, so cached step states are recomputed
 LEARNED_F1 = 0.02  # full data must beat the untrained ensemble by 2 F1 points for the comparison to mean anything
 
 
@@ -65,8 +66,9 @@ class StudyPreset:
     lr: float
     synth_n: int                    # size of the synthetic pool the benchmark creates for this preset
     feature_batch_size: int = 32
-    # Heads training is many small matmuls: on a shared 2-core box one thread is ~10x faster than two
-    # (threads spin waiting for each other); the backbone pass keeps torch's default.
+    # Heads training is many small matmuls. On a quiet 2-core box two threads train the full preset's heads
+    # ~1.7x faster than one; on a loaded box one thread is far faster (threads spin waiting for each other):
+    # bench/al_study.py --head-threads 1. The backbone pass keeps torch's default.
     head_threads: int = 1
     feature_threads: int | None = None  # None: torch's default (all cores)
 
@@ -75,10 +77,11 @@ STUDY_PRESETS: dict[str, StudyPreset] = {
     # Tests and smoke runs: tiny model, few budgets, one seed; seconds.
     "quick": StudyPreset("quick", budgets=(0.2, 0.5, 1.0), seeds=(0,), model_preset="tiny", num_heads=8,
                          rounds=3, steps_per_round=15, batch_size=16, lr=3e-3, synth_n=150, feature_threads=1),
-    # The study of issue 8: MiniLM backbone, paper's 32 heads, 3 seeds; about 30 minutes on 2 cores.
+    # The study of issue 8: MiniLM backbone (step-mean readout), paper's 32 heads, 3 seeds; about 25 minutes
+    # on a quiet 2-core box. 50 steps a round: with 25 the heads underfit (full-data F1 0.15 vs 0.29, seed 0).
     "full": StudyPreset("full", budgets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0), seeds=(0, 1, 2),
-                        model_preset="cpu", num_heads=32, rounds=8, steps_per_round=25, batch_size=32,
-                        lr=3e-3, synth_n=3000),
+                        model_preset="cpu", num_heads=32, rounds=8, steps_per_round=50, batch_size=32,
+                        lr=3e-3, synth_n=3000, head_threads=2),
 }
 
 
@@ -128,12 +131,11 @@ def load_pool(store, pool: str, eval_fraction: float, seed: int) -> dict[str, li
 
 
 # -- cached backbone states --------------------------------------------------------------------
-def separator_states(model, tokenizer, trajectories: list[dict], *, batch_size: int = 32,
-                     max_length: int = 512) -> list[torch.Tensor]:
-    """Per trajectory, the frozen backbone's (scored_steps, H) hidden states at its step separators.
+def step_states(model, tokenizer, trajectories: list[dict], *, batch_size: int = 32,
+                max_length: int = 512) -> list[torch.Tensor]:
+    """Per trajectory, the (scored_steps, H) states the frozen model's heads read (`EnsemblePRM.step_states`).
 
-    The same layout and separator positions as `EnsemblePRM.forward` reads; trajectories are batched by
-    length so padding stays small, and returned in the order given.
+    Trajectories are batched by length so padding stays small, and returned in the order given.
     """
     from models import StepBatcher
 
@@ -146,38 +148,40 @@ def separator_states(model, tokenizer, trajectories: list[dict], *, batch_size: 
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             batch = batcher.encode([trajectories[i]["question"] for i in idx], [trajectories[i]["steps"] for i in idx])
-            hidden = model.backbone(**batch.model_inputs()).last_hidden_state.float()
-            sep = (batch.input_ids == model.separator_id) & batch.attention_mask.bool()
+            hidden = model.backbone(**batch.model_inputs()).last_hidden_state
+            states, rows, _ = model.step_states(hidden, batch.input_ids, batch.attention_mask)
+            per_row = torch.split(states.float(), torch.bincount(rows, minlength=len(idx)).tolist())
             for row, i in enumerate(idx):
-                out[i] = hidden[row][sep[row]].clone()
+                out[i] = per_row[row].clone()
     return out  # type: ignore[return-value]
 
 
-def feature_cache_key(trajectories: list[dict], preset: str, backbone: str, max_length: int) -> str:
-    h = hashlib.sha256(json.dumps([preset, backbone, max_length]).encode())
+def feature_cache_key(trajectories: list[dict], preset: str, backbone: str, max_length: int, readout: str) -> str:
+    h = hashlib.sha256(json.dumps([preset, backbone, max_length, readout, STATES_VERSION]).encode())
     for t in trajectories:
         h.update(t["id"].encode())
     return h.hexdigest()[:16]
 
 
-def cached_separator_states(trajectories: list[dict], *, preset: str, cache_dir: str | Path | None,
+def cached_step_states(trajectories: list[dict], *, preset: str, cache_dir: str | Path | None,
                             batch_size: int = 32, max_length: int = 512, seed: int = 0,
                             backbone_path: str | None = None, threads: int | None = None
                             ) -> tuple[list[torch.Tensor], dict]:
-    """`separator_states` of a fresh `build_prm(preset)` backbone, cached on disk by (trajectories, model)."""
+    """`step_states` of a fresh `build_prm(preset)` model, cached on disk by (trajectories, model, readout)."""
     from models import build_prm
 
     t0 = time.perf_counter()
     model, tokenizer = build_prm(preset, num_heads=1, seed=seed, freeze_backbone=True, backbone_path=backbone_path)
-    key = feature_cache_key(trajectories, preset, model.config.backbone_name, max_length)
-    path = Path(cache_dir) / f"separator-states-{key}.pt" if cache_dir else None
+    key = feature_cache_key(trajectories, preset, model.config.backbone_name, max_length, model.config.readout)
+    path = Path(cache_dir) / f"step-states-{key}.pt" if cache_dir else None
     info = {"preset": preset, "backbone": model.config.backbone_name, "cache_key": key,
-            "hidden_size": model.backbone.config.hidden_size, "separator_id": model.separator_id}
+            "hidden_size": model.backbone.config.hidden_size, "separator_id": model.separator_id,
+            "readout": model.config.readout}
     if path is not None and path.is_file():
         states = torch.load(path)
         return states, info | {"cached": True, "seconds": time.perf_counter() - t0}
     with torch_threads(threads):
-        states = separator_states(model, tokenizer, trajectories, batch_size=batch_size, max_length=max_length)
+        states = step_states(model, tokenizer, trajectories, batch_size=batch_size, max_length=max_length)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -188,7 +192,7 @@ def cached_separator_states(trajectories: list[dict], *, preset: str, cache_dir:
 
 @dataclass
 class PackedPool:
-    """Cached separator states of a split, zero-padded to (N, S, H), with gold step labels."""
+    """Cached step states of a split, zero-padded to (N, S, H), with gold step labels."""
 
     ids: list[str]
     states: torch.Tensor         # (N, S, H) float32
@@ -216,44 +220,37 @@ def pack(trajectories: list[dict], states: list[torch.Tensor]) -> PackedPool:
                       labels, [int(t["gold_first_error"]) for t in trajectories])
 
 
-class SeparatorStates(nn.Module):
-    """Stands in for a frozen backbone: returns the cached states set in `pending` as last_hidden_state.
-
-    `EnsemblePRM.forward` then gathers them at the separator positions of `input_ids` and applies its own
-    heads, loss and anchor regularization, so the study trains exactly the model's heads.
-    """
+class CachedStates(nn.Module):
+    """The backbone slot of a heads-only ensemble: the study feeds cached step states to the heads."""
 
     def __init__(self, hidden_size: int):
         super().__init__()
         self.config = SimpleNamespace(hidden_size=hidden_size)
-        self.pending: torch.Tensor | None = None
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any):
-        assert self.pending is not None and self.pending.shape[:2] == input_ids.shape, "no cached states set"
-        return SimpleNamespace(last_hidden_state=self.pending)
+    def forward(self, *_: Any, **__: Any):
+        raise ActPRMError("this ensemble has no backbone: feed it cached step states (tasks.study)")
 
 
 def heads_model(hidden_size: int, separator_id: int, *, num_heads: int, seed: int, reg_lambda: float,
                 learning_probability: float):
-    """A fresh ensemble (same head init as build_prm with this seed) over cached separator states."""
+    """A fresh ensemble (same head init as build_prm with this seed) over cached step states."""
     from models import EnsemblePRM, PRMConfig
 
     config = PRMConfig(num_heads=num_heads, reg_lambda=reg_lambda, learning_probability=learning_probability,
                        seed=seed, freeze_backbone=True, separator_id=separator_id, preset="cached-states")
-    return EnsemblePRM(SeparatorStates(hidden_size), config)
+    return EnsemblePRM(CachedStates(hidden_size), config)
 
 
 def _forward(model, pool: PackedPool, idx: torch.Tensor, with_labels: bool):
+    """(E, N) logits over the scored steps of `idx` (row-major), their rows and, with labels, the loss."""
     width = int(pool.steps[idx].max())
     present = torch.arange(width).unsqueeze(0) < pool.steps[idx].unsqueeze(1)
-    sep = model.separator_id
-    input_ids = torch.where(present, sep, sep + 1)  # anything but the separator marks padding
-    model.backbone.pending = pool.states[idx, :width]
-    try:
-        return model(input_ids=input_ids, attention_mask=present.long(),
-                     labels=pool.labels[idx, :width] if with_labels else None)
-    finally:
-        model.backbone.pending = None
+    rows = present.nonzero(as_tuple=True)[0]
+    logits = model.head_logits(pool.states[idx, :width][present])
+    if not with_labels:
+        return logits, rows, None
+    cls_loss, reg_loss = model.step_loss(logits, pool.labels[idx, :width][present], rows)
+    return logits, rows, cls_loss + reg_loss
 
 
 @torch.no_grad()
@@ -263,9 +260,8 @@ def step_probabilities(model, pool: PackedPool, idx: torch.Tensor, batch_size: i
     out: list[torch.Tensor] = []
     for start in range(0, len(idx), batch_size):
         part = idx[start:start + batch_size]
-        res = _forward(model, pool, part, with_labels=False)
-        probs = torch.sigmoid(res.logits).float()
-        out += list(torch.split(probs, torch.bincount(res.step_trajectory, minlength=len(part)).tolist(), dim=1))
+        logits, rows, _ = _forward(model, pool, part, with_labels=False)
+        out += list(torch.split(torch.sigmoid(logits), torch.bincount(rows, minlength=len(part)).tolist(), dim=1))
     return out
 
 
@@ -341,7 +337,7 @@ def _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, 
         pool_idx = torch.tensor(labeled)
         for _ in range(preset.steps_per_round):
             idx = pool_idx[torch.randperm(len(pool_idx), generator=draw)[:preset.batch_size]]
-            loss = _forward(model, train, idx, with_labels=True).loss
+            loss = _forward(model, train, idx, with_labels=True)[2]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.head_parameters(), 1.0)

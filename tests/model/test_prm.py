@@ -183,3 +183,37 @@ def test_tokenizer_model_mismatch_is_a_clear_error(tiny):
 
     with pytest.raises(ActPRMError, match="separator"):
         check_compatible(model, build_tiny_tokenizer())
+
+
+def test_step_mean_readout_averages_each_steps_own_tokens():
+    """The step_mean readout (the cpu preset's) reads step j as the mean of the tokens after the question's
+    [SEP] / the previous separator up to and including its own separator, never question or padding tokens,
+    layer-normalized."""
+    model, tokenizer = build_prm("tiny", num_heads=2, seed=0, readout="step_mean")
+    model.eval()  # no dropout: two backbone passes must agree
+    batch = StepBatcher(tokenizer).encode(QUESTIONS, STEPS)
+    hidden = model.backbone(**batch.model_inputs()).last_hidden_state
+    states, rows, step_index = model.step_states(hidden, batch.input_ids, batch.attention_mask)
+    expected = []
+    for b in range(len(QUESTIONS)):
+        ids = batch.input_ids[b].tolist()
+        start = ids.index(tokenizer.sep_token_id) + 1  # the question ends at the pair layout's [SEP]
+        for end in [i for i, t in enumerate(ids) if t == model.separator_id]:
+            mean = hidden[b, start:end + 1].mean(0)
+            expected.append((mean - mean.mean()) / torch.sqrt(mean.var(unbiased=False) + 1e-5))
+            start = end + 1
+    assert rows.tolist() == [0, 0, 0, 1, 1, 1] and step_index.tolist() == [0, 1, 2, 0, 1, 2]
+    torch.testing.assert_close(states, torch.stack(expected))
+    # The scores and the loss go through the same readout.
+    out = model(**batch.model_inputs())
+    torch.testing.assert_close(out.logits, model.head_logits(states))
+
+
+def test_cpu_preset_reads_step_means_and_old_configs_keep_separator():
+    from models.presets import READOUTS
+    from models.prm import PRMConfig
+
+    assert READOUTS["cpu"] == "step_mean"
+    assert PRMConfig.from_json('{"num_heads": 2}').readout == "separator"  # models saved before the option
+    model, _ = build_prm("tiny", num_heads=1)
+    assert model.config.readout == "separator"

@@ -34,7 +34,7 @@ def packed(pool_db):
 
     with Store(pool_db) as store:
         data = study.load_pool(store, POOL, eval_fraction=0.25, seed=0)
-    states, info = study.cached_separator_states(data["train"] + data["eval"], preset="tiny", cache_dir=None,
+    states, info = study.cached_step_states(data["train"] + data["eval"], preset="tiny", cache_dir=None,
                                                  threads=1)
     n = len(data["train"])
     return study.pack(data["train"], states[:n]), study.pack(data["eval"], states[n:]), info
