@@ -11,7 +11,11 @@ sentence), redoes each step's arithmetic and checks that every step applies the 
 planned operands, the running value being the previous step's *claimed* result. It agrees with the generator's
 first_error on every record checked (100% on 20k in bench/bench_synth.py); every error kind is detectable:
 slips and sign/magnitude errors by redoing the arithmetic, wrong operations and copied numbers against the
-question's plan, stale carries against the running value, and final-answer mismatches against the last result.
+question's plan, stale carries against the running value, final-answer mismatches against the last result,
+and steps about another person or item against the names and items the question mentions. Three kinds are
+errors of reading rather than of arithmetic (the step's own claim computes): an unsupported assumption, a
+misread problem (wrong operation, narrated as such) and a wrong entity; a frozen text encoder can learn these,
+while arithmetic slips need a backbone that reads numbers.
 Known tell: sign_or_magnitude errors (and some stale carries) can make later numbers negative, which never
 happens in a correct trajectory.
 """
