@@ -67,6 +67,9 @@ class TrainSettings(BaseModel):
     batch_size: int = Field(16, description="Trajectories per optimizer micro-batch.")
     grad_accum: int = Field(1, description="Gradient accumulation steps.")
     lr: float = Field(2e-4, description="AdamW peak learning rate.")
+    head_lr: float | None = Field(
+        3e-3, description="AdamW peak learning rate of the heads (None: lr). Fresh heads learn far slower than a "
+                          "pre-trained backbone can bear: at lr alone the cpu preset's make run stays at F1 0.")
     weight_decay: float = Field(0.0, description="AdamW weight decay.")
     warmup_ratio: float = Field(0.1, description="Linear warmup share of the steps.")
     seed: int = Field(0, description="Seed for data order, head init and bootstrap masks.")

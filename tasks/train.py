@@ -190,6 +190,7 @@ def train_prm(
     batch_size: int = 16,
     grad_accum: int = 1,
     lr: float = 2e-4,
+    head_lr: float | None = None,
     weight_decay: float = 0.0,
     warmup_ratio: float = 0.1,
     seed: int = 0,
@@ -226,6 +227,7 @@ def train_prm(
 
     for name, value, ok in (("epochs", epochs, epochs >= 1), ("batch_size", batch_size, batch_size >= 1),
                             ("grad_accum", grad_accum, grad_accum >= 1), ("lr", lr, lr > 0),
+                            ("head_lr", head_lr, head_lr is None or head_lr > 0),
                             ("warmup_ratio", warmup_ratio, 0 <= warmup_ratio <= 1),
                             ("checkpoint_every", checkpoint_every, checkpoint_every >= 0),
                             ("p_threshold", p_threshold, 0.5 <= p_threshold <= 1),
@@ -243,7 +245,7 @@ def train_prm(
 
     params = {"preset": preset, "num_heads": num_heads, "init_from": str(init_from) if init_from else None,
               "given_model": model is not None, "epochs": epochs, "batch_size": batch_size,
-              "grad_accum": grad_accum, "lr": lr, "weight_decay": weight_decay, "warmup_ratio": warmup_ratio,
+              "grad_accum": grad_accum, "lr": lr, "head_lr": head_lr, "weight_decay": weight_decay, "warmup_ratio": warmup_ratio,
               "seed": seed, "max_length": max_length, "reg_lambda": reg_lambda,
               "learning_probability": learning_probability, "in_training_selection": in_training_selection,
               "p_threshold": p_threshold, "std_threshold": std_threshold, "max_grad_norm": max_grad_norm,
@@ -297,8 +299,12 @@ def train_prm(
         return {"batch": batch, "first_error": torch.tensor(fes), "index": torch.tensor(indices)}
 
     loader = DataLoader(list(range(len(examples))), batch_size=batch_size, shuffle=True, collate_fn=collate)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
-                                  weight_decay=weight_decay)
+    # Fresh heads on a pre-trained backbone learn at head_lr (when set), the backbone at lr; the warmup and
+    # decay schedule scales both groups alike.
+    heads = {id(p) for p in model.head_parameters()}
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad and id(p) not in heads], "lr": lr},
+              {"params": [p for p in model.parameters() if p.requires_grad and id(p) in heads], "lr": head_lr or lr}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     model.train()  # from_pretrained hands back a model in eval mode
     steps_per_epoch = math.ceil(len(loader) / grad_accum)
@@ -536,7 +542,7 @@ def train_stage(settings, pool: str, *, init_from: str | Path | None = None, rou
             examples, output_dir=out, preset=m.preset, num_heads=m.num_heads,
             init_from=init_from if settings.loop.warm_start else None, freeze_backbone=m.freeze_backbone,
             backbone_path=m.backbone_path, epochs=t.epochs, batch_size=t.batch_size, grad_accum=t.grad_accum,
-            lr=t.lr, weight_decay=t.weight_decay, warmup_ratio=t.warmup_ratio, seed=t.seed, max_length=m.max_length,
+            lr=t.lr, head_lr=t.head_lr, weight_decay=t.weight_decay, warmup_ratio=t.warmup_ratio, seed=t.seed, max_length=m.max_length,
             reg_lambda=m.reg_lambda, learning_probability=m.learning_probability,
             in_training_selection=t.in_training_selection, p_threshold=u.p_threshold, std_threshold=u.std_threshold,
             mixed_precision=t.mixed_precision, gradient_checkpointing=t.gradient_checkpointing,
@@ -565,6 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--grad-accum", type=int, default=1)
     ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--head-lr", type=float, default=None, help="learning rate of the heads (default: --lr)")
     ap.add_argument("--weight-decay", type=float, default=0.0)
     ap.add_argument("--warmup-ratio", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
@@ -592,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         result = train_prm(
             examples, output_dir=args.output_dir, preset=args.preset, num_heads=args.num_heads,
             init_from=args.init_from, epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum,
-            lr=args.lr, weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, seed=args.seed,
+            lr=args.lr, head_lr=args.head_lr, weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, seed=args.seed,
             max_length=args.max_length, reg_lambda=args.reg_lambda, learning_probability=args.learning_probability,
             in_training_selection=not args.no_selection, p_threshold=args.p_threshold,
             std_threshold=args.std_threshold, mixed_precision=args.mixed_precision,

@@ -225,3 +225,16 @@ def test_store_training_examples_are_the_pools_judge_labels(tmp_path):
         assert got[1]["steps"] == ["d", "e", "f"] and got[0]["id"] == ids[0]
         assert [e["first_error"] for e in store.training_examples("p", judge_model="m")] == [1, -1]
         assert store.training_examples("unknown") == []
+
+
+def test_heads_learn_at_head_lr_while_the_backbone_keeps_lr(examples, tmp_path):
+    """The heads and the backbone are two AdamW groups: with lr 0-ish and head_lr 1e-2 the backbone stays
+    where the seed put it and only the heads move."""
+    fresh, _ = build_prm("tiny", num_heads=8, seed=0)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    result = train_prm(examples, output_dir=tmp_path, **(RUN | {"lr": 1e-12, "head_lr": 1e-2}))
+    after = weights(result.model_dir)
+    moved = {k for k in before if k in after and not torch.allclose(before[k], after[k], atol=1e-6)}
+    assert moved == {"w1", "b1", "w2", "b2", "w3", "b3"}, sorted(moved)
+    with pytest.raises(ActPRMError, match="head_lr"):
+        train_prm(examples, output_dir=tmp_path / "bad", **(RUN | {"head_lr": -1.0}))
