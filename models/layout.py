@@ -127,6 +127,15 @@ class StepBatch:
         return int(self.input_ids.numel())
 
 
+def prefix_end_token(tokenizer) -> int | None:
+    """The token that closes the question in the layout, or None: BERT-like encoders without a chat template
+    get their pair layout, [CLS] question [SEP] steps [SEP], where the middle [SEP] tells where the first step
+    begins (the step_mean readout needs it) and is what such encoders were trained on."""
+    if getattr(tokenizer, "chat_template", None) or tokenizer.cls_token_id is None:
+        return None
+    return tokenizer.sep_token_id
+
+
 class StepBatcher:
     """Tokenizes (question, steps) into the separator layout and pads batches."""
 
@@ -139,12 +148,10 @@ class StepBatcher:
         self.separator_id = sep
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         self._chat = bool(getattr(tokenizer, "chat_template", None))
-        # BERT-like encoders get their pair layout, [CLS] question [SEP] steps [SEP]: the middle [SEP] tells
-        # where the first step begins (the step_mean readout needs it) and is what such encoders were trained on.
-        self._mid: list[int] = []
+        prefix_end = prefix_end_token(tokenizer)
+        self._mid: list[int] = [] if prefix_end is None else [prefix_end]
         if tokenizer.cls_token_id is not None:
             self._head, self._tail = [tokenizer.cls_token_id], ([tokenizer.sep_token_id] if tokenizer.sep_token_id is not None else [])
-            self._mid = [] if self._chat else list(self._tail)
         elif tokenizer.bos_token_id is not None and not self._chat:
             self._head, self._tail = [tokenizer.bos_token_id], []
         else:

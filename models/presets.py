@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 
 from actprm.errors import ActPRMError
-from models.layout import STEP_SEPARATOR, ensure_separator
+from models.layout import STEP_SEPARATOR, ensure_separator, prefix_end_token
 from models.prm import EnsemblePRM, PRMConfig
 
 QWEN_HUB_ID = "Qwen/Qwen2.5-Math-7B-Instruct"
@@ -104,10 +104,10 @@ def build_prm(preset: str, num_heads: int = 32, seed: int = 0, reg_lambda: float
     if tokenizer.pad_token_id is None:  # decoders often lack one; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token
     sep_id = ensure_separator(tokenizer, backbone)
+    prefix_end = prefix_end_token(tokenizer)
     config = PRMConfig(num_heads=num_heads, reg_lambda=reg_lambda, learning_probability=learning_probability,
                        seed=seed, freeze_backbone=freeze_backbone, separator_token=STEP_SEPARATOR,
                        separator_id=sep_id, preset=preset, backbone_name=source,
                        readout=readout or READOUTS.get(preset, "separator"),
-                       prefix_end_id=tokenizer.sep_token_id if tokenizer.cls_token_id is not None
-                       and tokenizer.sep_token_id is not None else -1)
+                       prefix_end_id=-1 if prefix_end is None else prefix_end)
     return EnsemblePRM(backbone, config), tokenizer

@@ -50,7 +50,7 @@ class PRMConfig:
     backbone_name: str = ""        # where the backbone came from (path or hub id), for provenance
     # What the heads read per step. "separator": the hidden state at the step's separator (the paper's and
     # Qwen2.5-Math-PRM's design; the backbone is fine-tuned to put the step's verdict there). "step_mean": the
-    # mean of the step's token states, separator included: a frozen sentence encoder such as MiniLM was
+    # layer-normalized mean of the step's token states, separator included: a frozen sentence encoder such as MiniLM was
     # trained to be read that way, and its state at a newly added separator token carries little of the step.
     readout: str = "separator"
     prefix_end_id: int = -1        # token that closes the question (BERT's [SEP]); step 1 starts after it
@@ -124,7 +124,7 @@ class EnsemblePRM(nn.Module):
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, T, H) backbone states -> the (N, H) states the heads read, one per separator in row-major
         order, with each one's batch row and 0-based step index."""
-        sep = (input_ids == self.separator_id) & attention_mask.bool()
+        sep = self.separator_mask(input_ids, attention_mask)
         rows, cols = sep.nonzero(as_tuple=True)
         before = sep.long().cumsum(1)
         step_index = (before - 1)[rows, cols]
@@ -134,33 +134,39 @@ class EnsemblePRM(nn.Module):
             raise ActPRMError(f"unknown readout {self.config.readout!r}; use 'separator' or 'step_mean'")
         # Token t belongs to step j when j separators come before it (the separator closes its own step);
         # tokens of the question (up to and including prefix_end_id) and after the last separator belong to none.
+        # A row without the prefix-end token (another layout) starts its first step at its first token.
         step_of = before - sep.long()
         in_steps = attention_mask.bool() & (step_of < before[:, -1:])
-        ends = input_ids == self.config.prefix_end_id
-        if self.config.prefix_end_id >= 0 and bool(ends.any()):
-            in_steps &= (ends.long().cumsum(1) - ends.long()) > 0
-        width = int(before[:, -1].max()) if rows.numel() else 0
-        segment = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1) * max(width, 1) + step_of
-        flat = hidden[in_steps].float()
+        if self.config.prefix_end_id >= 0:
+            ends = (input_ids == self.config.prefix_end_id).long()
+            in_steps &= ((ends.cumsum(1) - ends) > 0) | (ends.sum(1, keepdim=True) == 0)
+        width = max(int(before[:, -1].max()), 1) if rows.numel() else 1
+        segment = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1) * width + step_of
         seg = segment[in_steps]
-        sums = torch.zeros(input_ids.shape[0] * max(width, 1), hidden.shape[-1], device=hidden.device)
-        sums.index_add_(0, seg, flat)
+        sums = torch.zeros(input_ids.shape[0] * width, hidden.shape[-1], device=hidden.device)
+        sums.index_add_(0, seg, hidden[in_steps].float())
         counts = torch.bincount(seg, minlength=sums.shape[0]).clamp(min=1).unsqueeze(1)
-        means = (sums / counts)[rows * max(width, 1) + step_index]
+        means = (sums / counts)[rows * width + step_index]
         # Unit-scale inputs for the heads, as sentence-transformers normalize their pooled embeddings: MiniLM's
         # step means have a per-feature spread of ~0.1, which left the heads underfit in the study's budget.
         means = F.layer_norm(means, means.shape[-1:])
         return means.to(hidden.dtype), rows, step_index
 
+    def separator_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) bool: where the step separators of the batch are."""
+        return (input_ids == self.separator_id) & attention_mask.bool()
+
     def step_loss(self, logits: torch.Tensor, step_labels: torch.Tensor, step_trajectory: torch.Tensor,
-                  bootstrap_mask: torch.Tensor | None = None, trajectory_mask: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  bootstrap_mask: torch.Tensor | None = None, trajectory_mask: torch.Tensor | None = None,
+                  num_trajectories: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Paper Eq. 3-4 on (E, N) logits and their (N,) labels (IGNORE_INDEX = unlabeled): the masked BCE
-        mean and the anchor regularization; see `forward` for the masks."""
+        mean and the anchor regularization; see `forward` for the masks. A sampled bootstrap mask covers
+        `num_trajectories` rows (default: up to the last row with a step)."""
         weight = (step_labels != IGNORE_INDEX).float().unsqueeze(0).expand_as(logits)
         if bootstrap_mask is None and self.training and self.config.learning_probability < 1.0:
-            n = int(step_trajectory.max()) + 1 if step_trajectory.numel() else 0
-            bootstrap_mask = self.sample_bootstrap_mask(n)
+            if num_trajectories is None:
+                num_trajectories = int(step_trajectory.max()) + 1 if step_trajectory.numel() else 0
+            bootstrap_mask = self.sample_bootstrap_mask(num_trajectories)
         if bootstrap_mask is not None:
             weight = weight * bootstrap_mask.to(weight.device, weight.dtype)[:, step_trajectory]
         if trajectory_mask is not None:
@@ -187,10 +193,9 @@ class EnsemblePRM(nn.Module):
         out = PRMOutput(logits=self.head_logits(states), step_trajectory=rows, step_index=step_index)
         if labels is None:
             return out
-        if bootstrap_mask is None and self.training and self.config.learning_probability < 1.0:
-            bootstrap_mask = self.sample_bootstrap_mask(input_ids.shape[0])
-        sep = (input_ids == self.separator_id) & attention_mask.bool()
-        out.cls_loss, out.reg_loss = self.step_loss(out.logits, labels[sep], rows, bootstrap_mask, trajectory_mask)
+        out.cls_loss, out.reg_loss = self.step_loss(out.logits, labels[self.separator_mask(input_ids, attention_mask)],
+                                                    rows, bootstrap_mask, trajectory_mask,
+                                                    num_trajectories=input_ids.shape[0])
         out.loss = out.cls_loss + out.reg_loss
         return out
 

@@ -337,7 +337,7 @@ def _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, 
         pool_idx = torch.tensor(labeled)
         for _ in range(preset.steps_per_round):
             idx = pool_idx[torch.randperm(len(pool_idx), generator=draw)[:preset.batch_size]]
-            loss = _forward(model, train, idx, with_labels=True)[2]
+            _, _, loss = _forward(model, train, idx, with_labels=True)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.head_parameters(), 1.0)
