@@ -45,8 +45,10 @@ class JudgeSettings(BaseModel):
     prompt_version: str = Field("processbench-v1", description="Critique prompt template version.")
     concurrency: int = Field(16, description="Requests in flight at once.")
     timeout_s: float = Field(120.0, description="Per-request timeout in seconds.")
-    max_retries: int = Field(6, description="Retries per request on 429/5xx/timeouts/connection errors.")
-    max_parse_retries: int = Field(2, description="Re-asks when the answer cannot be parsed.")
+    max_retries: int = Field(6, description="Retries per request on 429/5xx and connections that never opened "
+                             "(a request cut off after sending is re-asked under max_parse_retries).")
+    max_parse_retries: int = Field(2, description="Re-asks of a trajectory after a paid request gave no label: an "
+                                   "unparseable or truncated answer, or a timeout after sending (maybe billed).")
     circuit_breaker: int = Field(20, description="Stop the run after this many consecutive failures.")
     max_completion_tokens: int = Field(4096, description="Completion tokens requested (and reserved) per call.")
     structured_output: bool = Field(False, description="Ask vLLM for JSON-schema structured output.")

@@ -133,13 +133,14 @@ CREATE TABLE IF NOT EXISTS judge_labels (
 
 -- The budget ledger: one row per judge request. A request is `reserved` before it is sent (so
 -- concurrent requests can never overspend) and `settled` with actual usage when its answer is
--- committed (in the same transaction as its label). A reservation left by a crash stays counted
--- as spent until reconciled: we may have been billed for it.
+-- committed (in the same transaction as its label). A request sent but never answered (timeout)
+-- is `maybe_billed`, and a reservation left by a crash `orphaned`: both stay counted as spent at
+-- their worst case, since we may have been billed for them.
 CREATE TABLE IF NOT EXISTS budget_ledger (
     request_id VARCHAR PRIMARY KEY,
     pool VARCHAR,
     trajectory_id VARCHAR,
-    state VARCHAR NOT NULL,        -- reserved | settled | released | orphaned
+    state VARCHAR NOT NULL,        -- reserved | settled | released | maybe_billed | orphaned
     labels INTEGER DEFAULT 0,      -- 1 when the request bought a label
     tokens BIGINT DEFAULT 0,       -- reserved, then actual
     cost DOUBLE DEFAULT 0,         -- reserved, then actual
@@ -321,9 +322,10 @@ class Store:
 
     # -- labels & budget ledger ---------------------------------------------------------------
     # Ledger row states: reserved (sent, answer not committed) -> settled (actual usage, committed
-    # with its label in one transaction) | released (the request failed unbilled). Spent budget counts
-    # reserved, settled and orphaned rows: an orphan is a reservation left by a crashed run, and we may
-    # have been billed for it.
+    # with its label in one transaction) | released (surely unbilled: refused or never sent) |
+    # maybe_billed (sent, no answer: kept at its worst case). Spent budget counts reserved, settled,
+    # maybe_billed and orphaned rows: an orphan is a reservation left by a crashed run, and we may have
+    # been billed for it.
     def ledger_orphan_stale(self) -> int:
         """Mark reservations of a crashed run as orphaned (still counted as spent); call at run start."""
         n = self.sql("SELECT count(*) FROM budget_ledger WHERE state = 'reserved'").fetchone()[0]
@@ -336,7 +338,7 @@ class Store:
         """Labels, tokens and cost spent (reservations at their worst case), globally or for one pool."""
         row = self.sql(
             "SELECT coalesce(sum(labels), 0), coalesce(sum(tokens), 0), coalesce(sum(cost), 0) FROM budget_ledger "
-            "WHERE state IN ('reserved', 'settled', 'orphaned') AND (?::VARCHAR IS NULL OR pool = ?)",
+            "WHERE state IN ('reserved', 'settled', 'maybe_billed', 'orphaned') AND (?::VARCHAR IS NULL OR pool = ?)",
             [pool, pool],
         ).fetchone()
         return {"labels": int(row[0]), "tokens": int(row[1]), "cost": float(row[2])}
@@ -355,8 +357,9 @@ class Store:
     def ledger_write(self, reserve: list[tuple] = (), settle: list[tuple] = (), labels: list[dict] = ()) -> None:
         """One transaction (group commit) of ledger and label changes:
         reserve: (request_id, pool, trajectory_id, tokens, cost) rows sent next, at their worst case;
-        settle: (request_id, state, labels, tokens, cost) with state settled (actual usage) or released
-        (bought nothing); labels: judge_labels rows (a request's label commits with its settlement).
+        settle: (request_id, state, labels, tokens, cost) with state settled (actual usage), released
+        (bought nothing) or maybe_billed (its worst case); labels: judge_labels rows (a request's label
+        commits with its settlement).
         Multi-row statements: DuckDB's per-statement overhead (~1-3 ms) would otherwise cap throughput."""
         with self.transaction() as con:
             if reserve:

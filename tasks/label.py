@@ -1,7 +1,9 @@
 """Stage: label — buy first-error labels from a judge under a hard budget, losing and double-paying none.
 
 Each trajectory's request reserves its worst-case cost in the ledger before it is sent, and its label
-is committed together with the ledger settlement the moment it arrives; the judge_labels key
+is committed together with the ledger settlement the moment it arrives. A request sent and never
+answered (a timeout) may still be billed, so its worst case stays spent and any re-ask reserves
+anew: a cap holds against what the judge bills. The judge_labels key
 (trajectory, judge model, prompt version) is the cache, so a rerun (even after kill -9) pays only for
 what is still missing. All DuckDB writes happen on the event-loop thread through one connection.
 """
@@ -39,8 +41,9 @@ class LabelSummary:
     labeled: int = 0
     failed: int = 0
     cached: int = 0             # already labeled by this judge and prompt: not requested again
-    tokens: int = 0             # judge tokens billed in this run (prompt + completion)
+    tokens: int = 0             # judge tokens billed in this run (prompt + completion), unanswered ones at worst case
     cost: float = 0.0
+    maybe_billed: int = 0       # requests sent but never answered (timeouts): counted as spent at worst case
     budget_left: dict = field(default_factory=dict)
     stopped_because: Literal["done", "budget", "circuit_open"] = "done"
     orphaned_reservations: int = 0  # left by a crashed earlier run, counted as spent
@@ -127,10 +130,20 @@ class _Run:
                 reply: JudgeReply = await self.judge.ask(req, prompt)
             except JudgeUnavailable as exc:
                 attempts += exc.attempts
-                await self.budget.release(r, label=self._label_row(req, "failed", None, exc.reason, None, p_tok, c_tok,
-                                                                   cost, attempts, time.monotonic() - t0))
-                self._count(False, exc.reason)
-                return
+                if exc.maybe_billed:  # sent, never answered: its worst case stays spent
+                    cost += r.cost
+                    self.summary.cost += r.cost
+                    self.summary.tokens += r.tokens
+                    self.summary.maybe_billed += 1
+                last = not exc.maybe_billed or ask == self.max_parse_retries
+                row = self._label_row(req, "failed", None, exc.reason, None, p_tok, c_tok, cost, attempts,
+                                      time.monotonic() - t0) if last else None
+                await (self.budget.keep if exc.maybe_billed else self.budget.release)(r, label=row)
+                if last:
+                    self._count(False, exc.reason)
+                    return
+                await asyncio.sleep(self.judge.reask_delay(ask))
+                continue
             except JudgeFatalError as exc:  # the endpoint refuses us: nothing bought, stop the run
                 await self.budget.release(r)
                 self.fatal = self.fatal or exc
@@ -153,7 +166,8 @@ class _Run:
                 self._sample(req, prompt, reply.text, parsed.first_error, status, parsed.reason)
                 self._count(parsed.ok, parsed.reason)
                 return
-            # Unparseable or truncated: this answer is paid for, then the judge is asked again.
+            # Unparseable or truncated: this answer is paid for, then the judge is asked again
+            # (`max_parse_retries` bounds every re-ask after a paid request that gave no label).
             await self.budget.settle(r, labels=0, tokens=reply.tokens, cost=req_cost)
 
     def _sample(self, req, prompt, answer, first_error, status, reason) -> None:
@@ -270,7 +284,7 @@ def log_labeling_to_mlflow(summary: LabelSummary, sample_rows: list[dict] | None
         return False
     prefix = "label" if summary.round is None else f"label_round{summary.round}"
     metrics = {"labels_bought": summary.labeled, "label_failed": summary.failed, "label_cached": summary.cached,
-               "judge_tokens": summary.tokens, "judge_cost": summary.cost}
+               "judge_tokens": summary.tokens, "judge_cost": summary.cost, "judge_maybe_billed": summary.maybe_billed}
     for q in ("p50", "p90", "p99"):
         value = getattr(summary, f"latency_{q}")
         if value is not None:

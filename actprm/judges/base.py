@@ -59,12 +59,18 @@ class JudgeFatalError(ActPRMError):
 
 class JudgeUnavailable(Exception):
     """A request failed after its transport retries (or was rejected, e.g. 400); the trajectory is
-    recorded as failed with `reason` and the run goes on (until the circuit breaker opens)."""
+    recorded as failed with `reason` and the run goes on (until the circuit breaker opens).
 
-    def __init__(self, reason: str, attempts: int = 1, detail: str = ""):
+    `maybe_billed`: the request reached the judge and no usable answer came back (read timeout, a
+    connection cut mid-answer, a 200 we cannot read). A hosted API bills such a request anyway, so
+    its reservation is kept as spent and the label task, not the transport, decides on a re-ask,
+    under a fresh reservation."""
+
+    def __init__(self, reason: str, attempts: int = 1, detail: str = "", *, maybe_billed: bool = False):
         super().__init__(redact(f"{reason}: {detail}" if detail else reason))
         self.reason = reason
         self.attempts = attempts
+        self.maybe_billed = maybe_billed
 
 
 class Judge(abc.ABC):
@@ -98,6 +104,11 @@ class Judge(abc.ABC):
     @abc.abstractmethod
     async def ask(self, req: JudgeRequest, prompt: str) -> JudgeReply:
         """Answer one request or raise JudgeUnavailable / JudgeFatalError."""
+
+    def reask_delay(self, reask: int) -> float:
+        """Seconds to wait before re-asking after a request that may have been billed but gave no
+        answer (the judge is likely overloaded); judges without a transport need no wait."""
+        return 0.0
 
     async def aclose(self) -> None:
         """Release connections; the label task calls it when the run ends."""

@@ -3,7 +3,9 @@ globally and per pool, backed by the DuckDB `budget_ledger`.
 
 Every request reserves its worst case (prompt upper bound + max completion tokens) before it is
 sent, so however many requests are in flight the caps can never be overspent; the actual usage
-replaces the reservation when the answer is committed. Spent = reserved + settled + orphaned rows.
+replaces the reservation when the answer is committed. A request that was sent but never answered
+(a timeout) keeps its worst case: the judge may have billed it. Spent = reserved + settled +
+maybe_billed + orphaned rows.
 """
 
 from __future__ import annotations
@@ -160,8 +162,15 @@ class Budget:
                                 label={**label, "request_id": r.request_id} if label else None)
         await self._give_back(r, labels, tokens, cost)
 
+    async def keep(self, r: Reservation, *, label: dict | None = None) -> None:
+        """The request was sent and may have been billed, but no answer came back: its worst case
+        stays spent (state maybe_billed), so a cap holds against what the judge bills, not what we read."""
+        await self.writer.write(settle=(r.request_id, "maybe_billed", 0, r.tokens, r.cost),
+                                label={**label, "request_id": r.request_id} if label else None)
+        await self._give_back(r, 0, r.tokens, r.cost)
+
     async def release(self, r: Reservation, *, label: dict | None = None) -> None:
-        """The request bought nothing (rejected, unreachable, interrupted): free its reservation."""
+        """The request surely bought nothing (refused, never sent): free its reservation."""
         await self.writer.write(settle=(r.request_id, "released", 0, 0, 0.0),
                                 label={**label, "request_id": r.request_id} if label else None)
         await self._give_back(r, 0, 0, 0.0)

@@ -1,7 +1,9 @@
 """Any OpenAI-compatible chat endpoint: `vllm serve`, SGLang, or a hosted API.
 
-Retries with exponential backoff and jitter on 429, 5xx, timeouts and dropped connections, honouring
-`Retry-After`; fails fast on 401/403/404 (a wrong key or URL cannot be fixed by waiting).
+Retries with exponential backoff and jitter on 429, 5xx and connections that never opened, honouring
+`Retry-After`; fails fast on 401/403/404 (a wrong key or URL cannot be fixed by waiting). A request
+that was sent and then timed out or was cut off is not retried here: it may have been billed, so the
+label task keeps its reservation as spent and re-asks under a new one.
 The API key lives only in the client's headers: it is registered for redaction and never appears in
 a repr, an exception, a log line or anything stored.
 """
@@ -18,6 +20,11 @@ from actprm.judges import JUDGES
 from actprm.judges.base import (Judge, JudgeFatalError, JudgeReply, JudgeRequest, JudgeUnavailable, redact,
                                 register_secret)
 from actprm.judges.prompt import answer_schema, estimate_prompt_tokens
+
+# Transport failures that happen before the request is on the wire: nothing can have been billed.
+# Everything else that fails after sending (read timeout, a cut connection) may have been.
+NOT_SENT = (httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ConnectError, httpx.ProxyError, httpx.UnsupportedProtocol,
+            httpx.LocalProtocolError)
 
 FATAL_STATUS = {401: "unauthorized (check the API key, ACTPRM_JUDGE_API_KEY)",
                 403: "forbidden (the API key may not use this model)",
@@ -92,20 +99,27 @@ class OpenAIJudge(Judge):
             wait: float | None = None
             try:
                 resp = await self._http().post(self.url, json=body)
+            except NOT_SENT as exc:  # never reached the model: free to retry here
+                reason, detail = ("timeout" if isinstance(exc, httpx.TimeoutException) else "connection_error",
+                                  type(exc).__name__)
             except httpx.TimeoutException:
-                reason, detail = "timeout", f"no answer within {self.timeout_s:g}s"
-            except httpx.TransportError as exc:
-                reason, detail = "connection_error", type(exc).__name__
+                # Sent, then no answer in time: the model may well have generated (and billed) it.
+                raise JudgeUnavailable("timeout", attempt + 1, f"no answer within {self.timeout_s:g}s",
+                                       maybe_billed=True) from None
+            except httpx.TransportError as exc:  # cut after sending: same as a timeout
+                raise JudgeUnavailable("connection_error", attempt + 1, type(exc).__name__, maybe_billed=True) from None
             else:
                 code = resp.status_code
                 if code == 200:
                     reply = _parse_completion(resp, prompt, attempt + 1, time.monotonic() - start)
                     if reply is not None:
                         return reply
-                    reason, detail = "bad_response", "answer is not a chat completion"
-                elif code in FATAL_STATUS:
+                    # A 200 is an answer the model produced: billed, though we cannot read its usage.
+                    raise JudgeUnavailable("bad_response", attempt + 1, "answer is not a chat completion",
+                                           maybe_billed=True)
+                if code in FATAL_STATUS:
                     raise JudgeFatalError(redact(f"judge at {self.url} answered {code} {FATAL_STATUS[code]}"))
-                elif code == 429 or code >= 500:
+                if code == 429 or code >= 500:
                     reason, detail = f"http_{code}", ""
                     wait = _retry_after_s(resp)
                 else:  # 400/413/422: this request is rejected as sent (e.g. longer than the context)
@@ -115,6 +129,9 @@ class OpenAIJudge(Judge):
             delay = min(wait, self.max_retry_after) if wait is not None else self._backoff(attempt)
             await asyncio.sleep(delay)
         raise JudgeUnavailable(reason, self.max_retries + 1, detail)
+
+    def reask_delay(self, reask: int) -> float:
+        return self._backoff(reask)
 
     async def aclose(self) -> None:
         if self._client is not None:

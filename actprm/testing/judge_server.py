@@ -55,7 +55,8 @@ class JudgeServer:
         self._lock = threading.Lock()
         self.requests = 0
         self.injected: Counter = Counter()
-        self.answered: Counter = Counter()   # question -> good answers sent (what a real API bills)
+        self.answered: Counter = Counter()   # question -> good answers delivered
+        self.billed_tokens = 0               # usage of every answer generated, delivered or not (what an API bills)
         self.auth_headers: list[str] = []
         self.last_payload: dict | None = None
         self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
@@ -133,9 +134,11 @@ class JudgeServer:
                     headers = {"Retry-After": server.retry_after} if fault == "429" else {}
                     return self._send(int(fault), b'{"error": "injected"}', headers)
                 time.sleep(server.slow_s if fault == "slow" else server.latency_s)
-                if fault == "badjson":
-                    return self._send(200, b'{"choices": [ not json')
                 prompt = payload["messages"][-1]["content"]
+                if fault == "badjson":  # generated (and billed) but the body is unreadable
+                    with server._lock:
+                        server.billed_tokens += len(prompt) // 4 + 16
+                    return self._send(200, b'{"choices": [ not json')
                 question, steps = read_prompt(prompt)
                 k = server.answer_fn(question, steps)
                 content, finish = f"Checking each paragraph in turn.\n\nThe earliest error: \\boxed{{{k}}}", "stop"
@@ -148,6 +151,8 @@ class JudgeServer:
                 elif fault != "slow":  # a slow answer arrives after the client gave up on it
                     with server._lock:
                         server.answered[question] += 1
+                with server._lock:
+                    server.billed_tokens += len(prompt) // 4 + len(content) // 4
                 body = {"id": "cmpl-local", "object": "chat.completion", "model": payload.get("model"),
                         "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                                      "finish_reason": finish}],

@@ -90,11 +90,34 @@ def test_retry_after_is_honoured_and_transient_errors_are_retried(store):
     assert store.sql("SELECT attempts FROM judge_labels").fetchone()[0] == 5
 
 
-def test_slow_answers_past_the_timeout_are_retried(store):
+def test_slow_answers_past_the_timeout_are_reasked_and_stay_spent(store):
     synth_pool(store, "p", 2)
-    with JudgeServer(script=["slow"], slow_s=1.0) as server:
+    with JudgeServer(script=["slow"], slow_s=0.6) as server:
         s = label_pool(store, "p", judge_for(server, timeout_s=0.3), select="all", concurrency=1, progress=False)
-    assert s.labeled == 2 and server.injected["slow"] == 1
+        time.sleep(0.5)  # the server finishes (and bills) the answer the client gave up on
+    assert s.labeled == 2 and server.injected["slow"] == 1 and s.maybe_billed == 1
+    # the timed-out request stays in the ledger at its worst case: the ledger never under-counts the bill
+    states = dict(store.sql("SELECT state, count(*) FROM budget_ledger GROUP BY state").fetchall())
+    assert states == {"settled": 2, "maybe_billed": 1}
+    assert store.budget_spent("p")["tokens"] >= server.billed_tokens > 0
+
+
+def test_a_judge_that_always_times_out_cannot_spend_past_the_cap(store):
+    """Each sent request may be billed even when its answer never arrives, so the token cap must hold
+    against what the server generated, not against what the client read."""
+    synth_pool(store, "p", 10)
+    cap = 12_000
+    with JudgeServer(script=["slow"] * 500, slow_s=0.3) as server:
+        judge = judge_for(server, timeout_s=0.1, max_retries=6, max_completion_tokens=512)
+        s = label_pool(store, "p", judge, select="all", concurrency=2, limits=BudgetLimits(max_tokens=cap),
+                       progress=False)
+        time.sleep(0.5)
+    assert s.labeled == 0 and s.stopped_because == "budget"
+    assert server.requests == s.maybe_billed >= 3  # one request per reservation: no blind transport retries
+    assert server.billed_tokens <= store.budget_spent()["tokens"] <= cap
+    rows = store.sql("SELECT status, reason FROM judge_labels").fetchall()
+    assert rows and {status for status, _ in rows} == {"failed"}
+    assert {reason for _, reason in rows} <= {"timeout", "budget_exhausted"}
 
 
 def test_unparseable_answers_are_reasked_then_failed_with_a_reason(store):
@@ -143,8 +166,10 @@ def test_under_30_percent_faults_budget_holds_and_no_paid_label_is_lost(store):
     with JudgeServer(faults=faults, slow_s=0.6, seed=11) as server:
         s = label_pool(store, "p", judge_for(server, timeout_s=0.3, max_retries=6, max_completion_tokens=512),
                        select="all", concurrency=8, limits=limits, circuit_breaker=50, progress=False)
+    time.sleep(0.6)  # slow answers still being generated are billed too
     spent = store.budget_spent()
     assert spent["labels"] <= 45 and spent["tokens"] <= 400_000
+    assert spent["tokens"] >= server.billed_tokens  # whatever the server billed is in the ledger
     assert s.stopped_because == "budget" and s.labeled + s.failed == s.requested
     assert sum(server.injected.values()) >= 0.15 * server.requests  # the faults did happen
     # no paid label lost: every good answer the server sent is a stored label, each paid once
