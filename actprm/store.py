@@ -829,26 +829,29 @@ class Store:
             [pool, str(seed), threshold],
         )
 
-    def rank_for_labeling(self, pool: str, model_version: str, judge_model: str, prompt_version: str,
-                          *, only_uncertain: bool, limit: int | None) -> list[str]:
-        """Trajectories of the pool's train split not yet labeled by this judge, best first.
+    def rank_for_labeling(self, pool: str, model_version: str, *, only_uncertain: bool = True,
+                          split: str | None = "train", labeled_by: tuple[str, str] | None = None,
+                          limit: int | None = None) -> list[str]:
+        """Scored trajectories of the pool, highest acquisition first (ties by id, so runs agree).
 
-        Ranked by the acquisition score written at scoring time; ties broken by id for determinism.
+        only_uncertain: just those the ActPRM rule flagged (selection by any other strategy ranks all);
+        split: one split (None: all); labeled_by: a (judge_model, prompt_version) cache key whose
+        labeled trajectories are left out (None: keep them; the label task counts them as cached).
         """
-        q = (
-            "SELECT s.trajectory_id FROM scores s "
-            "JOIN pool_members m ON m.trajectory_id = s.trajectory_id AND m.pool = ? AND m.split = 'train' "
-            "WHERE s.model_version = ? "
-            "AND s.trajectory_id NOT IN (SELECT trajectory_id FROM judge_labels "
-            "    WHERE judge_model = ? AND prompt_version = ? AND status = 'labeled') "
-        )
-        if only_uncertain:
-            q += "AND s.uncertain "
-        q += "ORDER BY s.acquisition DESC, s.trajectory_id"
-        params: list = [pool, model_version, judge_model, prompt_version]
+        judge_model, prompt_version = labeled_by or (None, None)
+        q = ("SELECT s.trajectory_id FROM pool_members pm JOIN scores s "
+             "ON s.trajectory_id = pm.trajectory_id AND s.model_version = $version "
+             "WHERE pm.pool = $pool AND ($split IS NULL OR pm.split = $split) "
+             + ("AND s.uncertain " if only_uncertain else "")
+             + "AND ($judge::VARCHAR IS NULL OR NOT EXISTS (SELECT 1 FROM judge_labels j "
+             "WHERE j.trajectory_id = s.trajectory_id AND j.judge_model = $judge "
+             "AND j.prompt_version = $prompt AND j.status = 'labeled')) "
+             "ORDER BY s.acquisition DESC, s.trajectory_id")
+        params: dict = {"version": model_version, "pool": pool, "split": split, "judge": judge_model,
+                        "prompt": prompt_version}
         if limit is not None:
-            q += " LIMIT ?"
-            params.append(int(limit))
+            q += " LIMIT $limit"
+            params["limit"] = int(limit)
         return [r[0] for r in self.sql(q, params).fetchall()]
 
     def record_round(self, run_id: str, round: int, pool: str, *, labels_bought: int, train_trajectories: int,
@@ -939,23 +942,6 @@ class Store:
             "ON s.trajectory_id = pm.trajectory_id AND s.model_version = ? WHERE pm.pool = ?",
             [model_version, pool]).fetchall()
         return [r[0] for r in rows], [r[1] for r in rows]
-
-    def uncertain_ranked(self, pool: str, model_version: str, exclude_labeled_by: str | None = None,
-                         split: str | None = None, limit: int | None = None) -> list[str]:
-        """Uncertain trajectories of the pool, highest acquisition first (ties by id, so runs agree).
-
-        `exclude_labeled_by` (a judge model name) drops trajectories that judge already labeled."""
-        q = ("SELECT s.trajectory_id FROM pool_members pm JOIN scores s "
-             "ON s.trajectory_id = pm.trajectory_id AND s.model_version = ? "
-             "WHERE pm.pool = ? AND s.uncertain AND (? IS NULL OR pm.split = ?) "
-             "AND (? IS NULL OR NOT EXISTS (SELECT 1 FROM judge_labels j WHERE j.trajectory_id = s.trajectory_id "
-             "AND j.judge_model = ? AND j.status = 'labeled')) "
-             "ORDER BY s.acquisition DESC, s.trajectory_id")
-        params: list = [model_version, pool, split, split, exclude_labeled_by, exclude_labeled_by]
-        if limit is not None:
-            q += " LIMIT ?"
-            params.append(int(limit))
-        return [r[0] for r in self.sql(q, params).fetchall()]
 
     def export_scores_parquet(self, pool: str, model_version: str, path: str | Path) -> int:
         """Write one Parquet row per scored trajectory of the pool; returns the row count."""

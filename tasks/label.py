@@ -256,7 +256,7 @@ def select_for_labeling(store: Store, pool: str, select: str = "uncertain", *, m
         version = model_version or store.latest_scored_model_version(pool)
         if version is None:
             raise ActPRMError(f"pool {pool!r} has no scores yet; run `actprm score` first or use select='random'")
-        return store.uncertain_ranked(pool, version, split="train")
+        return store.rank_for_labeling(pool, version, split="train")
     raise ActPRMError(f"unknown selection {select!r}; choose one of: uncertain, random, all")
 
 

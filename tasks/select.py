@@ -36,8 +36,8 @@ def select_for_labeling(store: Store, pool: str, model_version: str, budget: int
                         judge_model: str, prompt_version: str) -> Selection:
     """Up to `budget` not-yet-labeled train trajectories, best first, for this judge and prompt."""
     only_uncertain = strategy == "actprm"
-    ranked = store.rank_for_labeling(pool, model_version, judge_model, prompt_version,
-                                     only_uncertain=only_uncertain, limit=None)
+    ranked = store.rank_for_labeling(pool, model_version, only_uncertain=only_uncertain,
+                                     labeled_by=(judge_model, prompt_version))
     return Selection(pool=pool, model_version=model_version, strategy=strategy, budget=budget,
                      selected=ranked[: max(budget, 0)], uncertain_available=len(ranked))
 

@@ -85,20 +85,24 @@ def test_scores_and_export_reproduce_the_rule(tmp_path):
     assert summary.as_dict()["uncertain_fraction"] == pytest.approx(summary.uncertain / 40)
 
 
-def test_uncertain_ranked_orders_by_acquisition_and_skips_labeled(tmp_path, prm):
+def test_ranking_orders_by_acquisition_and_skips_what_this_judge_and_prompt_labeled(tmp_path, prm):
     model, tokenizer = prm
     with Store(tmp_path / "b.duckdb") as store:
         make_pool(store, "p", 20)
         score_pool(store, "p", model, tokenizer, "v1", strategy="bald", batch_size=8, progress=False)
         rows = {r["trajectory_id"]: r for r in store.scores_for("p", "v1")}
-        ranked = store.uncertain_ranked("p", "v1")
+        ranked = store.rank_for_labeling("p", "v1", split=None)
         assert set(ranked) == {t for t, r in rows.items() if r["uncertain"]}
         acq = [rows[t]["acquisition"] for t in ranked]
         assert acq == sorted(acq, reverse=True)
         store.sql("INSERT INTO judge_labels (trajectory_id, judge_model, prompt_version, status, first_error) "
                   "VALUES (?, 'judge-x', 'v', 'labeled', -1)", [ranked[0]])
-        assert ranked[0] not in store.uncertain_ranked("p", "v1", exclude_labeled_by="judge-x")
-        assert store.uncertain_ranked("p", "v1", limit=3) == ranked[:3]
+        assert ranked[0] not in store.rank_for_labeling("p", "v1", split=None, labeled_by=("judge-x", "v"))
+        # another prompt version is another cache key: its labels do not count
+        assert ranked[0] in store.rank_for_labeling("p", "v1", split=None, labeled_by=("judge-x", "v2"))
+        assert store.rank_for_labeling("p", "v1", split=None, limit=3) == ranked[:3]
+        everything = store.rank_for_labeling("p", "v1", split=None, only_uncertain=False)
+        assert set(everything) == set(rows) and set(ranked) <= set(everything)
 
 
 def test_resume_scores_only_the_rest(tmp_path, prm):
@@ -127,7 +131,7 @@ def test_resume_scores_only_the_rest(tmp_path, prm):
         assert rest.scored == 14 and rest.skipped_already_scored == 16
         assert rest.scored + rest.skipped_already_scored == store.pool_size("p")
         # `uncertain` describes the whole pool under this version, earlier shards included.
-        assert rest.uncertain == store.score_summary("p", "v1")["uncertain"] == len(store.uncertain_ranked("p", "v1"))
+        assert rest.uncertain == store.score_summary("p", "v1")["uncertain"] == len(store.rank_for_labeling("p", "v1", split=None))
         again = score_pool(store, "p", model, tokenizer, "v1", progress=False)
         assert again.scored == 0 and again.skipped_already_scored == 30
         # Another model version scores everything afresh.
