@@ -522,11 +522,12 @@ def train_stage(settings, pool: str, *, init_from: str | Path | None = None, rou
     (when given and settings.loop.warm_start), logging per-step metrics into MLflow run `mlflow_run_id`.
 
     The DuckDB file is held only while the examples are read, never during training. The output dir is
-    per (pool, MLflow run, round), so a retried task resumes its own checkpoints. Returns
-    TrainResult.as_dict() plus `mlflow_run_id`.
+    per (pool, Prefect flow run, round), or per MLflow run outside a flow: a retried flow run keeps its id
+    but opens new MLflow runs, so keying by flow run lets its training resume from its own checkpoints
+    instead of starting over. Returns TrainResult.as_dict() plus `mlflow_run_id`.
     """
     from actprm.store import Store
-    from actprm.tracking import logging_into
+    from actprm.tracking import logging_into, prefect_flow_run_id
 
     with Store(settings.duckdb_path) as store:
         examples = store.training_examples(pool)
@@ -536,7 +537,9 @@ def train_stage(settings, pool: str, *, init_from: str | Path | None = None, rou
         wanted = set(only_ids)
         examples = [e for e in examples if e["id"] in wanted]
     m, t, u = settings.model, settings.train, settings.uncertainty
-    out = settings.checkpoints_dir / "train" / pool / (mlflow_run_id or "no-run") / f"round-{round or 0}"
+    flow_run = prefect_flow_run_id()
+    scope = f"flow-run-{flow_run}" if flow_run else (mlflow_run_id or "no-run")
+    out = settings.checkpoints_dir / "train" / pool / scope / f"round-{round or 0}"
     with logging_into(mlflow_run_id, settings.tracking_uri):
         result = train_prm(
             examples, output_dir=out, preset=m.preset, num_heads=m.num_heads,

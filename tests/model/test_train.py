@@ -203,6 +203,34 @@ def test_train_stage_trains_on_the_pools_judge_labels_and_logs_into_the_flows_ml
     assert params["train.grad_accum"] == "2" and params["train.trajectories"] == "12"
 
 
+def test_a_retried_flow_run_resumes_its_training_instead_of_starting_over(examples, tmp_path, monkeypatch):
+    """Prefect keeps a flow run's id across its retries, while the flow opens a new MLflow run per attempt."""
+    import actprm.tracking
+    from actprm.config import Settings
+    from actprm.store import Store, trajectory_id
+    from tasks.train import train_stage
+
+    settings = Settings(home=tmp_path, model={"preset": "tiny", "num_heads": 8, "max_length": 128},
+                        train={"epochs": 1, "batch_size": 4, "grad_accum": 1, "lr": 1e-2, "checkpoint_every": 1})
+    with Store(settings.duckdb_path) as store:
+        for i, ex in enumerate(examples[:8]):
+            tid = trajectory_id(ex["question"], ex["steps"])
+            store.sql("INSERT INTO trajectories VALUES (?, ?, ?, ?)", [tid, ex["question"], ex["steps"], len(ex["steps"])])
+            store.sql("INSERT INTO pool_members (pool, trajectory_id, line_no) VALUES ('p', ?, ?)", [tid, i])
+            store.sql("INSERT INTO judge_labels (trajectory_id, judge_model, prompt_version, pool, status, "
+                      "first_error) VALUES (?, 'judge', 'v1', 'p', 'labeled', ?)", [tid, ex["first_error"]])
+    monkeypatch.setattr(actprm.tracking, "prefect_flow_run_id", lambda: "0b7e-flow-run")
+    first = train_stage.fn(settings, "p", round=1)
+    again = train_stage.fn(settings, "p", round=1)  # the retry: same flow run, new attempt
+    assert first["steps"] == 2 and first["resumed_from_step"] is None
+    assert again["resumed_from_step"] == 2 and again["model_dir"] == first["model_dir"]
+    assert "flow-run-0b7e-flow-run" in first["model_dir"]
+    # another flow run trains from scratch in a directory of its own
+    monkeypatch.setattr(actprm.tracking, "prefect_flow_run_id", lambda: "another-flow-run")
+    other = train_stage.fn(settings, "p", round=1)
+    assert other["resumed_from_step"] is None and other["model_dir"] != first["model_dir"]
+
+
 def test_store_training_examples_are_the_pools_judge_labels(tmp_path):
     from actprm.store import Store, trajectory_id
 
