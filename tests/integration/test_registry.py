@@ -205,7 +205,8 @@ def test_loop_stages_evaluate_register_and_restart_from_champion(store_uri, clie
     from actprm.config import Settings
     from actprm.store import Store
     from actprm.testing.pools import synth_pool
-    from tasks.evaluate import evaluate_on_store, evaluate_request, evaluate_round, processbench_metrics
+    from actprm.metrics import processbench_metrics
+    from tasks.evaluate import evaluate_on_store, evaluate_request, evaluate_round
     from tasks.register import load_model, register_round, starting_model
 
     uri, _ = store_uri

@@ -7,16 +7,8 @@ import json
 import pytest
 
 from actprm.errors import ActPRMError
-from tasks.evaluate import (
-    evaluate_predictions,
-    predicted_first_error,
-    prmbench_metrics,
-    processbench_metrics,
-    processbench_tuned,
-    read_eval_data,
-    read_predictions,
-    tune_threshold,
-)
+from actprm.metrics import predicted_first_error, prmbench_metrics, processbench_metrics, processbench_tuned, tune_threshold
+from tasks.evaluate import evaluate_predictions, read_eval_data, read_predictions
 
 # Two subsets. gsm8k: a hit, b wrong step, c hit, d false alarm -> acc_error 1/2, acc_correct 1/2,
 # F1 0.5. math: both right -> F1 1.0. ProcessBench averages subsets: 0.75 (pooling would give 2/3).

@@ -1,0 +1,182 @@
+"""Benchmark metrics as pure functions of (records, step scores), checkable by hand: ProcessBench F1
+(Zheng et al., 2024, arXiv 2412.06559) and PRMBench PRMScore (Song et al., 2025, arXiv 2501.03124).
+
+Step scores are P(step is correct) in [0, 1]. A model may score fewer steps than a trajectory has
+(steps cut by max_length); unscored steps are treated as the benchmarks' reference code treats a
+missing label: the ProcessBench prediction is taken from the scored steps only, and PRMBench
+counts only the scored steps (mr_eval iterates over the predicted labels).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from actprm.errors import ActPRMError
+
+# PRMBench (Song et al., 2025, arXiv 2501.03124) groups its nine error categories into three
+# evaluation subjects (paper Sec. 3 / the leaderboard at prmbench.github.io). "redundency" is
+# spelled as in the data.
+PRMBENCH_GROUPS: dict[str, tuple[str, ...]] = {
+    "simplicity": ("redundency", "circular"),
+    "soundness": ("counterfactual", "step_contradiction", "domain_inconsistency", "confidence"),
+    "sensitivity": ("missing_condition", "deception", "multi_solutions"),
+}
+
+DEFAULT_THRESHOLD = 0.5
+# Thresholds tried when tuning on a dev split: a 0.01 grid over (0, 1).
+THRESHOLD_GRID = tuple(round(0.01 * i, 2) for i in range(1, 100))
+
+
+# -- ProcessBench ----------------------------------------------------------------------------
+def predicted_first_error(scores: Sequence[float], threshold: float = DEFAULT_THRESHOLD) -> int:
+    """ProcessBench's PRM protocol: the first step scored below the threshold, else -1 (all correct)."""
+    for i, s in enumerate(scores):
+        if s < threshold:
+            return i
+    return -1
+
+
+def require_scores(keys: list[str], step_scores: dict[str, Sequence[float]]) -> None:
+    """Every record needs finite scores; a clear error names the first missing or broken ids."""
+    missing = [k for k in keys if k not in step_scores]
+    if missing:
+        shown = ", ".join(repr(m) for m in missing[:5])
+        raise ActPRMError(f"no step scores for {len(missing)} of {len(keys)} evaluation records "
+                          f"(first missing ids: {shown})")
+    broken = [k for k in keys if any(math.isnan(s) or math.isinf(s) for s in step_scores[k])]
+    if broken:
+        raise ActPRMError(f"step scores contain NaN or infinity for {len(broken)} records "
+                          f"(first: {', '.join(repr(b) for b in broken[:5])})")
+
+
+def _harmonic_mean(a: float, b: float) -> float:
+    return 0.0 if a + b == 0 else 2 * a * b / (a + b)
+
+
+def processbench_metrics(
+    records: list[dict],
+    step_scores: dict[str, Sequence[float]],
+    threshold: float = DEFAULT_THRESHOLD,
+    threshold_source: str = "default",
+) -> dict[str, Any]:
+    """ProcessBench F1 (Zheng et al., 2024, arXiv 2412.06559).
+
+    Per subset: acc_error = share of erroneous samples (label != -1) whose predicted first error
+    equals the label; acc_correct = share of correct samples (label == -1) predicted -1;
+    F1 = their harmonic mean. The reported F1 is the unweighted mean over subsets.
+    A subset holding only one kind of sample (possible in a small held-out split) reports the other
+    accuracy as None and uses the available accuracy as its F1.
+    """
+    if not records:
+        raise ActPRMError("no evaluation records: the evaluation set is empty")
+    require_scores([r["id"] for r in records], step_scores)
+    by_subset: dict[str, dict[str, int]] = {}
+    for rec in records:
+        subset = rec.get("subset") or "default"
+        c = by_subset.setdefault(subset, {"err": 0, "err_hit": 0, "ok": 0, "ok_hit": 0})
+        pred = predicted_first_error(step_scores[rec["id"]], threshold)
+        if rec["label"] == -1:
+            c["ok"] += 1
+            c["ok_hit"] += pred == -1
+        else:
+            c["err"] += 1
+            c["err_hit"] += pred == rec["label"]
+    subsets = {}
+    for name, c in sorted(by_subset.items()):
+        acc_error = c["err_hit"] / c["err"] if c["err"] else None
+        acc_correct = c["ok_hit"] / c["ok"] if c["ok"] else None
+        if acc_error is None or acc_correct is None:
+            f1 = acc_error if acc_correct is None else acc_correct
+        else:
+            f1 = _harmonic_mean(acc_error, acc_correct)
+        subsets[name] = {"acc_error": acc_error, "acc_correct": acc_correct, "f1": f1, "n": c["err"] + c["ok"]}
+    return {
+        "f1": sum(s["f1"] for s in subsets.values()) / len(subsets),
+        "subsets": subsets,
+        "threshold": threshold,
+        "threshold_source": threshold_source,
+    }
+
+
+def tune_threshold(records: list[dict], step_scores: dict[str, Sequence[float]],
+                   grid: Sequence[float] = THRESHOLD_GRID) -> float:
+    """The grid threshold with the best ProcessBench F1 on a dev split (ties: closest to 0.5)."""
+    best = max(grid, key=lambda t: (processbench_metrics(records, step_scores, t)["f1"], -abs(t - 0.5)))
+    return float(best)
+
+
+def processbench_tuned(test_records: list[dict], dev_records: list[dict],
+                       step_scores: dict[str, Sequence[float]]) -> dict[str, Any]:
+    """Tune the threshold on the dev records, then report test F1 at that threshold."""
+    t = tune_threshold(dev_records, step_scores)
+    out = processbench_metrics(test_records, step_scores, t, threshold_source="tuned")
+    out["dev_f1"] = processbench_metrics(dev_records, step_scores, t)["f1"]
+    return out
+
+
+# -- PRMBench --------------------------------------------------------------------------------
+def prmbench_key(record: dict) -> str:
+    """PRMBench's `idx` repeats across its category files, so a record is keyed by both.
+
+    The `<classification>_<idx>` form is the one mr_eval (the official toolkit) uses.
+    """
+    return f"{record['classification']}_{record['idx']}"
+
+
+def _f1(tp: int, fp: int, fn: int) -> float:
+    # F1 = 2TP / (2TP + FP + FN); 0 when undefined (mr_eval reports -1 there; 0 keeps means sane).
+    denom = 2 * tp + fp + fn
+    return 2 * tp / denom if denom else 0.0
+
+
+def _prm_score(c: dict[str, int]) -> dict[str, Any]:
+    # Correct steps are the positive class. F1_neg swaps the roles: TN are the true positives,
+    # FN the false positives and FP the false negatives.
+    f1 = _f1(c["tp"], c["fp"], c["fn"])
+    f1_neg = _f1(c["tn"], c["fn"], c["fp"])
+    return {"prmscore": 0.5 * f1 + 0.5 * f1_neg, "f1": f1, "f1_negative": f1_neg, **c}
+
+
+def prmbench_metrics(records: list[dict], step_scores: dict[str, Sequence[float]]) -> dict[str, Any]:
+    """PRMScore (Song et al., 2025): 0.5 * F1 + 0.5 * F1_neg over all steps of the modified processes.
+
+    A step is predicted correct when its score > 0.5; TP/FP/TN/FN are micro-summed over steps with
+    correct steps as positive (mr_eval `eval_on_hallucination_step`; the 0.5/0.5 weights are from
+    mr_visualize's table script). Categories use their own step counts; a group's score is the
+    unweighted mean of its categories' PRMScores (the leaderboard's per-subject overall).
+    `error_steps` are 1-based; ones past the end of the process (present in the data) are ignored,
+    as in mr_eval, which only visits the steps that have a prediction.
+    """
+    if not records:
+        raise ActPRMError("no evaluation records: the evaluation set is empty")
+    require_scores([prmbench_key(r) for r in records], step_scores)
+    zero = {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
+    total = dict(zero)
+    per_cat: dict[str, dict[str, int]] = {}
+    counts: dict[str, int] = {}
+    for rec in records:
+        cat = rec["classification"]
+        c = per_cat.setdefault(cat, dict(zero))
+        counts[cat] = counts.get(cat, 0) + 1
+        wrong = {e - 1 for e in rec["error_steps"]}
+        scores = step_scores[prmbench_key(rec)][: len(rec["modified_process"])]
+        for i, s in enumerate(scores):
+            predicted_correct = s > 0.5
+            if i in wrong:
+                cell = "fp" if predicted_correct else "tn"
+            else:
+                cell = "tp" if predicted_correct else "fn"
+            c[cell] += 1
+            total[cell] += 1
+    categories = {cat: {**_prm_score(c), "n": counts[cat]} for cat, c in sorted(per_cat.items())}
+    groups = {}
+    for group, cats in PRMBENCH_GROUPS.items():
+        present = [categories[c]["prmscore"] for c in cats if c in categories]
+        if present:
+            groups[group] = {"prmscore": sum(present) / len(present),
+                             "categories": [c for c in cats if c in categories]}
+    overall = _prm_score(total)
+    return {"prmscore": overall["prmscore"], "f1": overall["f1"], "f1_negative": overall["f1_negative"],
+            "steps": sum(total.values()), "n": len(records), "categories": categories, "groups": groups}

@@ -1,0 +1,183 @@
+"""The active-learning study's report: the summary (F1 per strategy and budget, the smallest budget within
+0.5 points of full data, ActPRM minus random paired by seed), its table, plot and MLflow run.
+
+The runs it summarizes come from `tasks.study`; the JSON shape is the one issue 8 asks for
+(bench/results/al_study.json).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from tasks.study import LEARNED_F1, STRATEGY_NAMES, WITHIN_F1, StudyPreset, budget_labels
+
+
+def _spread(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def paired_gap(runs: list[dict], strategy: str, baseline: str, budgets: list[float]) -> dict[str, dict]:
+    """Per budget, `strategy` minus `baseline` F1 paired by seed (both meet the same stream and head init
+    in a seed, so the seed-to-seed spread they share cancels): mean, standard error, seeds ahead."""
+    out = {}
+    for b in budgets:
+        a = {r["seed"]: r["f1"] for r in runs if r["strategy"] == strategy and r["budget"] == b}
+        z = {r["seed"]: r["f1"] for r in runs if r["strategy"] == baseline and r["budget"] == b}
+        diffs = [a[k] - z[k] for k in sorted(a.keys() & z.keys())]
+        if diffs:
+            out[str(b)] = {"mean": statistics.fmean(diffs), "se": _spread(diffs) / math.sqrt(len(diffs)),
+                           "seeds_ahead": sum(d > 0 for d in diffs), "seeds": len(diffs)}
+    return out
+
+
+def summarize(runs: list[dict], *, preset: StudyPreset, pool: str, seeds: list[int], train_size: int,
+              eval_size: int, strategies: tuple[str, ...] = STRATEGY_NAMES) -> dict:
+    """The study's numbers in the shape of bench/results/al_study.json."""
+    full = [r for r in runs if r["strategy"] == "full"]
+    full_f1 = statistics.fmean(r["f1"] for r in full)
+    untrained = [r["f1"] for r in runs if r["strategy"] == "untrained"]
+    floor = statistics.fmean(untrained) if untrained else None
+    full_entry = {"f1_mean": full_f1, "f1_std": _spread([r["f1"] for r in full]), "labels": train_size,
+                  "full_data": True}
+    table: dict[str, dict[str, dict]] = {}
+    smallest: dict[str, float | None] = {}
+    for s in strategies:
+        table[s] = {}
+        for b in preset.budgets:
+            if b >= 1:
+                table[s][str(b)] = dict(full_entry)  # every strategy labels everything at b = 1
+                continue
+            rs = [r for r in runs if r["strategy"] == s and r["budget"] == b]
+            f1s = [r["f1"] for r in rs]
+            shares = [r["error_share"] for r in rs if r.get("error_share") is not None]
+            table[s][str(b)] = {"f1_mean": statistics.fmean(f1s), "f1_std": _spread(f1s),
+                                "f1_min": min(f1s), "f1_max": max(f1s),
+                                "labels": int(round(statistics.fmean(r["labels"] for r in rs))),
+                                "error_share": statistics.fmean(shares) if shares else None}
+        within = [b for b in preset.budgets if table[s][str(b)]["f1_mean"] >= full_f1 - WITHIN_F1]
+        smallest[s] = min(within) if within else None
+    out: dict[str, Any] = {"full_data_f1": full_f1, "full_data_f1_std": full_entry["f1_std"],
+                           "strategies": table, "preset": preset.name, "pool": pool, "seeds": list(seeds),
+                           "budgets": list(preset.budgets), "train_size": train_size, "eval_size": eval_size,
+                           "budget_labels": {str(b): budget_labels(b, train_size) for b in preset.budgets},
+                           "smallest_budget_within_0.5pt": smallest, "untrained_f1": floor,
+                           "study_preset": asdict(preset)}
+    if floor is not None and full_f1 - floor < LEARNED_F1:
+        out["warning"] = (f"full-data training barely beats the untrained ensemble (F1 {full_f1:.3f} vs {floor:.3f}): "
+                          "the PRM learned (almost) nothing on this pool, so the strategy comparison is not meaningful")
+    if "actprm" in table and "random" in table:
+        out["actprm_minus_random"] = paired_gap(runs, "actprm", "random", [b for b in preset.budgets if b < 1])
+    if "actprm" in table and "random" in table and "0.5" in table["actprm"]:
+        gap = table["actprm"]["0.5"]["f1_mean"] - table["random"]["0.5"]["f1_mean"]
+        out["actprm_minus_random_at_0.5"] = gap
+        learned = "warning" not in out  # a target met by a PRM that learned nothing is not met
+        out["targets"] = {
+            "actprm_within_0.5pt_at_or_below_0.5": learned and smallest["actprm"] is not None
+            and smallest["actprm"] <= 0.5,
+            "actprm_beats_random_at_0.5_by_3pt": learned and gap >= 0.03,
+        }
+    return out
+
+
+def markdown_table(result: dict) -> str:
+    budgets = result["budgets"]
+    head = "| strategy | " + " | ".join(f"{int(b * 100)}% ({result['budget_labels'][str(b)]})" for b in budgets)
+    lines = [f"# Active-learning study: pool `{result['pool']}`, preset `{result['preset']}`, "
+             f"seeds {result['seeds']}", "",
+             f"Train split {result['train_size']} trajectories, eval split {result['eval_size']}. "
+             f"ProcessBench F1 (mean ± std over seeds) by label budget (labels bought).", "",
+             f"Full data: **{result['full_data_f1']:.4f} ± {result['full_data_f1_std']:.4f}**"
+             + ("" if result.get("untrained_f1") is None else f" (untrained ensemble: {result['untrained_f1']:.4f})"),
+             "", *([f"**Warning:** {result['warning']}", ""] if result.get("warning") else []),
+             head + " | smallest budget within 0.5 pt of full data |",
+             "|---" * (len(budgets) + 2) + "|"]
+    for s, row in result["strategies"].items():
+        cells = [f"{row[str(b)]['f1_mean']:.4f} ± {row[str(b)]['f1_std']:.4f}" for b in budgets]
+        best = result["smallest_budget_within_0.5pt"][s]
+        lines.append(f"| {s} | " + " | ".join(cells) + f" | {'—' if best is None else f'{int(best * 100)}%'} |")
+    gaps = result.get("actprm_minus_random") or {}
+    if gaps:
+        lines += ["", "ActPRM − random, paired by seed (F1 points, mean ± standard error; seeds where ActPRM is ahead):",
+                  "", "| budget | " + " | ".join(f"{int(float(b) * 100)}%" for b in gaps) + " |",
+                  "|---" * (len(gaps) + 1) + "|",
+                  "| ActPRM − random | " + " | ".join(f"{g['mean'] * 100:+.2f} ± {g['se'] * 100:.2f} ({g['seeds_ahead']}/{g['seeds']})"
+                                                    for g in gaps.values()) + " |"]
+    shares = {s: row for s, row in result["strategies"].items()
+              if any(row[str(b)].get("error_share") is not None for b in budgets if b < 1)}
+    if shares:
+        low = [b for b in budgets if b < 1]
+        lines += ["", "Share of bought trajectories that contain an error (the pool's own share is what random buys):",
+                  "", "| strategy | " + " | ".join(f"{int(b * 100)}%" for b in low) + " |", "|---" * (len(low) + 1) + "|"]
+        for s, row in shares.items():
+            lines.append(f"| {s} | " + " | ".join("—" if row[str(b)].get("error_share") is None
+                                                   else f"{row[str(b)]['error_share']:.2f}" for b in low) + " |")
+    if "actprm_minus_random_at_0.5" in result:
+        lines += ["", f"ActPRM − random at 50%: {result['actprm_minus_random_at_0.5'] * 100:+.2f} F1 points."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s, row in result["strategies"].items():
+        bs = result["budgets"]
+        ax.errorbar([row[str(b)]["labels"] for b in bs], [row[str(b)]["f1_mean"] for b in bs],
+                    yerr=[row[str(b)]["f1_std"] for b in bs], marker="o", capsize=3, label=s)
+    full = result["full_data_f1"]
+    ax.axhline(full, color="black", linestyle="--", linewidth=1, label="full data")
+    ax.axhspan(full - WITHIN_F1, full + WITHIN_F1, color="grey", alpha=0.2)
+    ax.set_xlabel("labels bought (trajectories)")
+    ax.set_ylabel("ProcessBench F1 (eval split)")
+    ax.set_title(f"Active learning on {result['pool']} ({result['preset']}, {len(result['seeds'])} seeds)")
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(result: dict, output_dir: str | Path, stem: str = "al_study") -> dict[str, str]:
+    """Writes <stem>.json, <stem>.md and <stem>.png; returns their paths."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md", "plot": out / f"{stem}.png"}
+    paths["json"].write_text(json.dumps(result, indent=2) + "\n")
+    paths["markdown"].write_text(markdown_table(result))
+    plot(result, paths["plot"])
+    return {k: str(v) for k, v in paths.items()}
+
+
+def log_to_mlflow(result: dict, paths: dict[str, str], *, tracking_uri: str, experiment: str,
+                  artifact_root: str | Path | None) -> str:
+    """One MLflow run `study`: F1 per strategy and budget as metrics, the three outputs as artifacts."""
+    import mlflow
+
+    from actprm.tracking import configure_mlflow, start_run
+
+    configure_mlflow(tracking_uri, experiment, artifact_root)
+    with start_run("study", {"actprm.stage": "study", "actprm.pool": result["pool"],
+                             "actprm.study_preset": result["preset"]}) as run:
+        mlflow.log_params({"study.preset": result["preset"], "study.pool": result["pool"],
+                           "study.seeds": ",".join(map(str, result["seeds"])),
+                           "study.train_size": result["train_size"], "study.eval_size": result["eval_size"]})
+        metrics = {"full_data_f1": result["full_data_f1"]}
+        for s, row in result["strategies"].items():
+            for b, cell in row.items():
+                metrics[f"f1_{s}_{int(float(b) * 100)}pct"] = cell["f1_mean"]
+        if "actprm_minus_random_at_0.5" in result:
+            metrics["actprm_minus_random_at_50pct"] = result["actprm_minus_random_at_0.5"]
+        mlflow.log_metrics(metrics)
+        for p in paths.values():
+            mlflow.log_artifact(p, artifact_path="study")
+        return run.info.run_id
