@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from actprm.config import flow_settings
 from actprm.store import Store
-from tasks import study
+from tasks import study, study_report
 
 
 @task(name="study-load-pool", cache_policy=NO_CACHE)
@@ -46,8 +46,8 @@ def seed_task(train, evaluation, seed: int, preset: study.StudyPreset, knobs: di
 
 @task(name="study-report", cache_policy=NO_CACHE)
 def report_task(result: dict, output_dir: str, tracking_uri: str, experiment: str, artifact_root: str) -> dict:
-    paths = study.write_outputs(result, output_dir)
-    run_id = study.log_to_mlflow(result, paths, tracking_uri=tracking_uri, experiment=experiment,
+    paths = study_report.write_outputs(result, output_dir)
+    run_id = study_report.log_to_mlflow(result, paths, tracking_uri=tracking_uri, experiment=experiment,
                                  artifact_root=artifact_root)
     return {"paths": paths, "mlflow_run_id": run_id}
 
@@ -92,7 +92,7 @@ def study_flow(pool: str = "sample", study_preset: str = "quick", config: dict[s
     runs: list[dict] = []
     for seed in preset.seeds:
         runs += seed_task(train, evaluation, seed, preset, knobs)
-    result = study.summarize(runs, preset=preset, pool=pool, seeds=list(preset.seeds), train_size=len(train),
+    result = study_report.summarize(runs, preset=preset, pool=pool, seeds=list(preset.seeds), train_size=len(train),
                              eval_size=len(evaluation))
     result["model"] = {k: info[k] for k in ("preset", "backbone", "hidden_size", "cached", "seconds")}
     result["runs"] = runs

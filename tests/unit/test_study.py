@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from actprm.errors import ActPRMError
-from tasks import study
+from tasks import study, study_report
 
 POOL = "study-tiny"
 
@@ -84,6 +84,17 @@ def test_actprm_never_buys_a_confident_trajectory():
     assert len(picked) == 3 and eligible == 4
 
 
+def test_paired_gap_cancels_the_spread_strategies_share_within_a_seed():
+    # Seeds move both strategies together by up to 0.2 F1; ActPRM is always exactly 0.01 ahead.
+    runs = [{"strategy": s, "budget": 0.5, "seed": k, "f1": base + (0.01 if s == "actprm" else 0.0)}
+            for k, base in enumerate([0.1, 0.3, 0.2]) for s in ("actprm", "random")]
+    runs.append({"strategy": "actprm", "budget": 0.5, "seed": 9, "f1": 0.9})  # no random run to pair with
+    gap = study_report.paired_gap(runs, "actprm", "random", [0.5, 0.2])
+    assert set(gap) == {"0.5"}
+    assert gap["0.5"]["mean"] == pytest.approx(0.01) and gap["0.5"]["se"] == pytest.approx(0.0, abs=1e-12)
+    assert (gap["0.5"]["seeds_ahead"], gap["0.5"]["seeds"]) == (3, 3)
+
+
 def test_study_is_deterministic_under_a_seed(packed):
     train, evaluation, info = packed
     preset = study.study_preset("quick")
@@ -126,6 +137,10 @@ def test_quick_study_flow_end_to_end(pool_db, tmp_path, monkeypatch, prefect_har
     assert sum(r["strategy"] == "untrained" and r["labels"] == 0 for r in result["runs"]) == 2
     assert len(result["runs"]) == 2 * (2 + 2 * 4)
     assert math.isfinite(saved["actprm_minus_random_at_0.5"])
+    gap = saved["actprm_minus_random"]["0.5"]
+    assert gap["seeds"] == 2 and gap["mean"] == pytest.approx(saved["actprm_minus_random_at_0.5"])
+    # what each strategy spent its labels on: a share of erroneous trajectories, known for every run that bought
+    assert all(0.0 <= row[b]["error_share"] <= 1.0 for row in saved["strategies"].values() for b in ("0.2", "0.5"))
 
     assert "| actprm |" in (out / "al_study.md").read_text()
     assert (out / "al_study.png").read_bytes()[:4] == b"\x89PNG"
