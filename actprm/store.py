@@ -421,6 +421,13 @@ class Store:
                 "per_error_kind": {r[0]: {"n": r[1], "accuracy": r[2] / r[1] if r[1] else None} for r in rows},
                 "parse_failure_rate": failed / (labeled + failed) if labeled + failed else 0.0}
 
+    def ledger_summary(self) -> dict[str, dict]:
+        """Judge requests per ledger state, with their tokens and cost: what to hold against an invoice
+        (maybe_billed and orphaned rows are counted at their worst case)."""
+        rows = self.sql("SELECT state, count(*), coalesce(sum(tokens), 0), coalesce(sum(cost), 0) "
+                        "FROM budget_ledger GROUP BY state ORDER BY state").fetchall()
+        return {state: {"requests": int(n), "tokens": int(tokens), "cost": float(cost)} for state, n, tokens, cost in rows}
+
     def ledger_consistency(self) -> dict:
         """Counts that must be zero after any crash: settled label-buying requests without their label
         row, and labeled rows without their settled request."""

@@ -17,10 +17,12 @@ def pipeline_status(settings: Settings) -> dict[str, Any]:
             p["budget_left"] = budget_left(store, p["name"], limits)
         rounds = store.rounds(limit=10)
         overall = budget_left(store, None, limits)
+        requests = store.ledger_summary()
     return {
         "champion": _champion(settings),
         "pools": pools,
         "budget_left": overall,
+        "judge_requests": requests,
         "rounds": rounds,
         "duckdb": str(settings.duckdb_path.resolve()),
         "mlflow_tracking_uri": settings.tracking_uri,

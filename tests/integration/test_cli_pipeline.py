@@ -70,6 +70,12 @@ def test_status_shows_champion_pool_counts_and_budget(finished_run):
     (pool,) = status["pools"]
     assert pool["name"] == "sample" and pool["trajectories"] == 160 and pool["status"] == "registered"
     assert status["budget_left"]["global"]["spent"]["labels"] == 80
+    # every judge request by ledger state; what counts as spent adds up to the budget's spent tokens
+    requests = status["judge_requests"]
+    assert requests["settled"]["requests"] >= 80
+    spent_states = ("reserved", "settled", "maybe_billed", "orphaned")
+    assert sum(requests.get(s, {"tokens": 0})["tokens"] for s in spent_states) == \
+        status["budget_left"]["global"]["spent"]["tokens"]
 
 
 @pytest.mark.slow
