@@ -2,8 +2,9 @@
 
 Retries with exponential backoff and jitter on 429, 5xx and connections that never opened, honouring
 `Retry-After`; fails fast on 401/403/404 (a wrong key or URL cannot be fixed by waiting). A request
-that was sent and then timed out or was cut off is not retried here: it may have been billed, so the
-label task keeps its reservation as spent and re-asks under a new one.
+that was sent and then timed out or was cut off, or that a gateway answered with 504, is not retried
+here: it may have been billed, so the label task keeps its reservation as spent and re-asks under a
+new one.
 The API key lives only in the client's headers: it is registered for redaction and never appears in
 a repr, an exception, a log line or anything stored.
 """
@@ -119,6 +120,9 @@ class OpenAIJudge(Judge):
                                            maybe_billed=True)
                 if code in FATAL_STATUS:
                     raise JudgeFatalError(redact(f"judge at {self.url} answered {code} {FATAL_STATUS[code]}"))
+                if code == 504:  # a gateway gave up on the model, which may still generate (and bill) the answer
+                    raise JudgeUnavailable("http_504", attempt + 1, "gateway timed out waiting for the model",
+                                           maybe_billed=True)
                 if code == 429 or code >= 500:
                     reason, detail = f"http_{code}", ""
                     wait = _retry_after_s(resp)

@@ -3,6 +3,7 @@
 It answers `POST /v1/chat/completions` like `vllm serve` would: it reads the ProcessBench prompt
 back into (question, steps), asks `answer_fn` for the first error and replies with `\\boxed{k}` and
 a `usage` block. Faults are injected at given rates or from a script: 429 with Retry-After, 500,
+504 from a gateway (the answer is still generated and billed),
 slow answers (past the client's timeout), malformed or truncated content, an invalid JSON body, a
 dropped connection, 401. Standard library only; one thread per connection, keep-alive.
 
@@ -21,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-FAULTS = ("429", "500", "slow", "malformed", "truncated", "badjson", "drop", "401")
+FAULTS = ("429", "500", "504", "slow", "malformed", "truncated", "badjson", "drop", "401")
 
 _QUESTION = re.compile(r"\[Math Problem\]\n\n(.*?)\n\n\[Solution\]", re.DOTALL)
 _PARAGRAPH = re.compile(r"<paragraph_(\d+)>\n(.*?)\n</paragraph_\1>", re.DOTALL)
@@ -130,6 +131,10 @@ class JudgeServer:
                     self.close_connection = True
                     self.connection.shutdown(2)
                     return
+                if fault == "504":  # the gateway times out; the model behind it still generates, and bills
+                    with server._lock:
+                        server.billed_tokens += len(payload["messages"][-1]["content"]) // 4 + 16
+                    return self._send(504, b'{"error": "upstream timed out"}')
                 if fault in ("429", "500"):
                     headers = {"Retry-After": server.retry_after} if fault == "429" else {}
                     return self._send(int(fault), b'{"error": "injected"}', headers)

@@ -90,12 +90,14 @@ def test_retry_after_is_honoured_and_transient_errors_are_retried(store):
     assert store.sql("SELECT attempts FROM judge_labels").fetchone()[0] == 5
 
 
-def test_slow_answers_past_the_timeout_are_reasked_and_stay_spent(store):
+@pytest.mark.parametrize("fault", ["slow", "504"])
+def test_answers_lost_after_sending_are_reasked_and_stay_spent(store, fault):
+    """A read timeout, or a gateway's 504, loses an answer the model may still generate and bill."""
     synth_pool(store, "p", 2)
-    with JudgeServer(script=["slow"], slow_s=0.6) as server:
+    with JudgeServer(script=[fault], slow_s=0.6) as server:
         s = label_pool(store, "p", judge_for(server, timeout_s=0.3), select="all", concurrency=1, progress=False)
         time.sleep(0.5)  # the server finishes (and bills) the answer the client gave up on
-    assert s.labeled == 2 and server.injected["slow"] == 1 and s.maybe_billed == 1
+    assert s.labeled == 2 and server.injected[fault] == 1 and s.maybe_billed == 1 and server.requests == 3
     # the timed-out request stays in the ledger at its worst case: the ledger never under-counts the bill
     states = dict(store.sql("SELECT state, count(*) FROM budget_ledger GROUP BY state").fetchall())
     assert states == {"settled": 2, "maybe_billed": 1}
