@@ -156,24 +156,22 @@ class Budget:
         await self.writer.write(reserve=(r.request_id, r.pool, r.trajectory_id, r.tokens, r.cost))
         return r
 
-    async def settle(self, r: Reservation, *, labels: int, tokens: int, cost: float, label: dict | None = None) -> None:
-        """Replace a reservation by actual usage, committing `label` (if any) in the same transaction."""
-        await self.writer.write(settle=(r.request_id, "settled", labels, tokens, cost),
+    async def settle(self, r: Reservation, *, labels: int, tokens: int, cost: float, label: dict | None = None,
+                     state: str = "settled") -> None:
+        """Replace a reservation by what it spent (`state` settled: actual usage), committing `label` (if
+        any) in the same transaction."""
+        await self.writer.write(settle=(r.request_id, state, labels, tokens, cost),
                                 label={**label, "request_id": r.request_id} if label else None)
         await self._give_back(r, labels, tokens, cost)
 
     async def keep(self, r: Reservation, *, label: dict | None = None) -> None:
         """The request was sent and may have been billed, but no answer came back: its worst case
         stays spent (state maybe_billed), so a cap holds against what the judge bills, not what we read."""
-        await self.writer.write(settle=(r.request_id, "maybe_billed", 0, r.tokens, r.cost),
-                                label={**label, "request_id": r.request_id} if label else None)
-        await self._give_back(r, 0, r.tokens, r.cost)
+        await self.settle(r, labels=0, tokens=r.tokens, cost=r.cost, label=label, state="maybe_billed")
 
     async def release(self, r: Reservation, *, label: dict | None = None) -> None:
         """The request surely bought nothing (refused, never sent): free its reservation."""
-        await self.writer.write(settle=(r.request_id, "released", 0, 0, 0.0),
-                                label={**label, "request_id": r.request_id} if label else None)
-        await self._give_back(r, 0, 0, 0.0)
+        await self.settle(r, labels=0, tokens=0, cost=0.0, label=label, state="released")
 
     async def record_failure(self, label: dict) -> None:
         """A failed label row with no request of its own (the budget ran out between re-asks)."""

@@ -83,6 +83,10 @@ class JudgeServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def _bill(self, tokens: int) -> None:
+        with self._lock:
+            self.billed_tokens += tokens
+
     def _pick_fault(self) -> str | None:
         with self._lock:
             self.requests += 1
@@ -132,8 +136,7 @@ class JudgeServer:
                     self.connection.shutdown(2)
                     return
                 if fault == "504":  # the gateway times out; the model behind it still generates, and bills
-                    with server._lock:
-                        server.billed_tokens += len(payload["messages"][-1]["content"]) // 4 + 16
+                    server._bill(len(payload["messages"][-1]["content"]) // 4 + 16)
                     return self._send(504, b'{"error": "upstream timed out"}')
                 if fault in ("429", "500"):
                     headers = {"Retry-After": server.retry_after} if fault == "429" else {}
@@ -141,8 +144,7 @@ class JudgeServer:
                 time.sleep(server.slow_s if fault == "slow" else server.latency_s)
                 prompt = payload["messages"][-1]["content"]
                 if fault == "badjson":  # generated (and billed) but the body is unreadable
-                    with server._lock:
-                        server.billed_tokens += len(prompt) // 4 + 16
+                    server._bill(len(prompt) // 4 + 16)
                     return self._send(200, b'{"choices": [ not json')
                 question, steps = read_prompt(prompt)
                 k = server.answer_fn(question, steps)
@@ -156,8 +158,7 @@ class JudgeServer:
                 elif fault != "slow":  # a slow answer arrives after the client gave up on it
                     with server._lock:
                         server.answered[question] += 1
-                with server._lock:
-                    server.billed_tokens += len(prompt) // 4 + len(content) // 4
+                server._bill(len(prompt) // 4 + len(content) // 4)
                 body = {"id": "cmpl-local", "object": "chat.completion", "model": payload.get("model"),
                         "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                                      "finish_reason": finish}],
