@@ -9,8 +9,10 @@ counts only the scored steps (mr_eval iterates over the predicted labels).
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Sequence
+import statistics
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from actprm.errors import ActPRMError
@@ -69,6 +71,13 @@ def processbench_metrics(
     A subset holding only one kind of sample (possible in a small held-out split) reports the other
     accuracy as None and uses the available accuracy as its F1.
     """
+    return {**_processbench(records, step_scores, lambda _: threshold), "threshold": threshold,
+            "threshold_source": threshold_source}
+
+
+def _processbench(records: list[dict], step_scores: dict[str, Sequence[float]],
+                  threshold_of: Callable[[dict], float]) -> dict[str, Any]:
+    """ProcessBench F1 with each record predicted at its own threshold (`processbench_metrics`)."""
     if not records:
         raise ActPRMError("no evaluation records: the evaluation set is empty")
     require_scores([r["id"] for r in records], step_scores)
@@ -76,7 +85,7 @@ def processbench_metrics(
     for rec in records:
         subset = rec.get("subset") or "default"
         c = by_subset.setdefault(subset, {"err": 0, "err_hit": 0, "ok": 0, "ok_hit": 0})
-        pred = predicted_first_error(step_scores[rec["id"]], threshold)
+        pred = predicted_first_error(step_scores[rec["id"]], threshold_of(rec))
         if rec["label"] == -1:
             c["ok"] += 1
             c["ok_hit"] += pred == -1
@@ -92,12 +101,7 @@ def processbench_metrics(
         else:
             f1 = _harmonic_mean(acc_error, acc_correct)
         subsets[name] = {"acc_error": acc_error, "acc_correct": acc_correct, "f1": f1, "n": c["err"] + c["ok"]}
-    return {
-        "f1": sum(s["f1"] for s in subsets.values()) / len(subsets),
-        "subsets": subsets,
-        "threshold": threshold,
-        "threshold_source": threshold_source,
-    }
+    return {"f1": sum(s["f1"] for s in subsets.values()) / len(subsets), "subsets": subsets}
 
 
 def tune_threshold(records: list[dict], step_scores: dict[str, Sequence[float]],
@@ -114,6 +118,34 @@ def processbench_tuned(test_records: list[dict], dev_records: list[dict],
     out = processbench_metrics(test_records, step_scores, t, threshold_source="tuned")
     out["dev_f1"] = processbench_metrics(dev_records, step_scores, t)["f1"]
     return out
+
+
+def fold_of(record_id: str, folds: int) -> int:
+    """A record's cross-fitting fold: a hash of its id, so the split is the same for every model scored."""
+    return int.from_bytes(hashlib.sha256(record_id.encode()).digest()[:8], "big") % folds
+
+
+def processbench_crossfit(records: list[dict], step_scores: dict[str, Sequence[float]], folds: int = 2,
+                          grid: Sequence[float] = THRESHOLD_GRID) -> dict[str, Any]:
+    """ProcessBench F1 at a threshold tuned on held-out records, when there is no separate dev split.
+
+    The reference code of the paper's pool-based experiment (sail-sg/ActivePRM,
+    examples/py_scripts/pool_based_active_learning.py) picks the threshold with the best F1 on one ProcessBench
+    subset and applies it to the others, because a PRM's scores are not calibrated at 0.5. Here the records are
+    cut into `folds` folds by id (`fold_of`); each fold is predicted at the threshold tuned (`tune_threshold`)
+    on the other folds, so no record is scored at a threshold chosen on itself, and F1 is computed over all
+    records pooled.
+    """
+    if folds < 2:
+        raise ActPRMError(f"cross-fitting needs at least 2 folds, got {folds}")
+    fold = {r["id"]: fold_of(r["id"], folds) for r in records}
+    thresholds = []
+    for k in range(folds):
+        dev = [r for r in records if fold[r["id"]] != k]
+        thresholds.append(tune_threshold(dev, step_scores, grid) if dev else DEFAULT_THRESHOLD)
+    out = _processbench(records, step_scores, lambda r: thresholds[fold[r["id"]]])
+    return {**out, "threshold": statistics.fmean(thresholds), "thresholds": thresholds,
+            "threshold_source": f"cross-fit ({folds} folds)"}
 
 
 # -- PRMBench --------------------------------------------------------------------------------

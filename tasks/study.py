@@ -9,8 +9,9 @@ so every strategy spends it at the same rate. ActPRM only ever buys trajectories
 flags (aleatoric + epistemic, `models.uncertainty`), ranked by the actprm acquisition score; unspent
 quota carries over to later batches. Baselines rank every trajectory of the batch by their own score, as
 `tasks.select` does. Full-data training is the same protocol at b = 1 (every trajectory is labeled, so it
-does not depend on the strategy); it runs once per seed. Evaluation: ProcessBench F1
-(`actprm.metrics.processbench_metrics`) on the pool's held-out eval split.
+does not depend on the strategy); it runs once per seed. Evaluation: ProcessBench F1 on the pool's held-out
+eval split, both at the fixed threshold 0.5 (`f1`) and at a threshold cross-fitted on the eval split
+(`f1_tuned`, `evaluate_heads`), as the paper's reference code tunes it.
 
 Simplifications, to fit 30 minutes on 2 CPU cores:
 - The backbone is frozen and the per-step states its heads read (`EnsemblePRM.step_states`: the
@@ -291,13 +292,24 @@ def select_from_batch(strategy: str, probs: list[torch.Tensor], quota: int, *, p
 
 
 def evaluate_heads(model, pool: PackedPool, subset: str) -> dict:
-    """ProcessBench F1 of the ensemble mean on a packed eval split."""
-    from actprm.metrics import processbench_metrics
+    """ProcessBench F1 of the ensemble mean on a packed eval split, at 0.5 and at a cross-fitted threshold.
+
+    The row carries `f1` (threshold 0.5, as the pipeline's `evaluate` reports without a dev split), its
+    accuracies, and `f1_tuned` (`actprm.metrics.processbench_crossfit`: the paper's reference code tunes the
+    threshold on held-out benchmark records). A strategy can shift where the scores fall (what it buys changes
+    the share of correct steps the heads see) without ranking steps any better or worse; `f1_tuned` is blind
+    to that shift, `f1` is not.
+    """
+    from actprm.metrics import processbench_crossfit, processbench_metrics
 
     probs = step_probabilities(model, pool, torch.arange(len(pool)))
     scores = {i: p.mean(0).tolist() for i, p in zip(pool.ids, probs)}
     records = [{"id": i, "label": fe, "subset": subset} for i, fe in zip(pool.ids, pool.first_errors)]
-    return processbench_metrics(records, scores)
+    at_half = processbench_metrics(records, scores)
+    tuned = processbench_crossfit(records, scores)
+    sub = next(iter(at_half["subsets"].values()))
+    return {"f1": at_half["f1"], "acc_error": sub["acc_error"], "acc_correct": sub["acc_correct"],
+            "f1_tuned": tuned["f1"], "threshold_tuned": tuned["threshold"]}
 
 
 def run_budget(train: PackedPool, evaluation: PackedPool, *, strategy: str, budget: float, seed: int,
@@ -354,11 +366,8 @@ def _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, 
             torch.nn.utils.clip_grad_norm_(model.head_parameters(), 1.0)
             optimizer.step()
             schedule.step()
-    metrics = evaluate_heads(model, evaluation, subset)
-    sub = next(iter(metrics["subsets"].values()))
     return {"strategy": strategy, "budget": budget, "seed": seed, "labels": len(labeled),
-            "f1": metrics["f1"], "acc_error": sub["acc_error"], "acc_correct": sub["acc_correct"],
-            "seconds": round(time.perf_counter() - t0, 3),
+            **evaluate_heads(model, evaluation, subset), "seconds": round(time.perf_counter() - t0, 3),
             # Share of bought trajectories that contain an error: what the strategy spends its labels on.
             "error_share": (sum(train.first_errors[i] >= 0 for i in labeled) / len(labeled)) if labeled else None,
             # ActPRM: trajectories its rule flagged uncertain when their batch came (an upper bound it buys from).
@@ -370,11 +379,8 @@ def untrained_run(evaluation: PackedPool, *, seed: int, preset: StudyPreset, hid
     """The fresh ensemble before any label: the floor that tells whether training learned anything at all."""
     model = heads_model(hidden_size, separator_id, num_heads=preset.num_heads, seed=seed, reg_lambda=reg_lambda,
                         learning_probability=learning_probability)
-    metrics = evaluate_heads(model, evaluation, subset)
-    sub = next(iter(metrics["subsets"].values()))
-    return {"strategy": "untrained", "budget": 0.0, "seed": seed, "labels": 0, "f1": metrics["f1"],
-            "acc_error": sub["acc_error"], "acc_correct": sub["acc_correct"], "seconds": 0.0, "uncertain_seen": None,
-            "error_share": None}
+    return {"strategy": "untrained", "budget": 0.0, "seed": seed, "labels": 0,
+            **evaluate_heads(model, evaluation, subset), "seconds": 0.0, "uncertain_seen": None, "error_share": None}
 
 
 def run_seed(train: PackedPool, evaluation: PackedPool, *, seed: int, preset: StudyPreset,

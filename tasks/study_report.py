@@ -21,13 +21,19 @@ def _spread(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def paired_gap(runs: list[dict], strategy: str, baseline: str, budgets: list[float]) -> dict[str, dict]:
+# The two F1s every run reports (`tasks.study.evaluate_heads`): at the fixed 0.5 threshold, and at a threshold
+# cross-fitted on the eval split. Each gets the same summary; JSON keys of the tuned one end in "_tuned".
+METRICS = {"f1": "", "f1_tuned": "_tuned"}
+
+
+def paired_gap(runs: list[dict], strategy: str, baseline: str, budgets: list[float],
+               metric: str = "f1") -> dict[str, dict]:
     """Per budget, `strategy` minus `baseline` F1 paired by seed (both meet the same stream and head init
     in a seed, so the seed-to-seed spread they share cancels): mean, standard error, seeds ahead."""
     out = {}
     for b in budgets:
-        a = {r["seed"]: r["f1"] for r in runs if r["strategy"] == strategy and r["budget"] == b}
-        z = {r["seed"]: r["f1"] for r in runs if r["strategy"] == baseline and r["budget"] == b}
+        a = {r["seed"]: r[metric] for r in runs if r["strategy"] == strategy and r["budget"] == b}
+        z = {r["seed"]: r[metric] for r in runs if r["strategy"] == baseline and r["budget"] == b}
         diffs = [a[k] - z[k] for k in sorted(a.keys() & z.keys())]
         if diffs:
             out[str(b)] = {"mean": statistics.fmean(diffs), "se": _spread(diffs) / math.sqrt(len(diffs)),
@@ -37,87 +43,105 @@ def paired_gap(runs: list[dict], strategy: str, baseline: str, budgets: list[flo
 
 def summarize(runs: list[dict], *, preset: StudyPreset, pool: str, seeds: list[int], train_size: int,
               eval_size: int, strategies: tuple[str, ...] = STRATEGY_NAMES) -> dict:
-    """The study's numbers in the shape of bench/results/al_study.json."""
+    """The study's numbers in the shape of bench/results/al_study.json (plus the same keys ending in
+    "_tuned" for F1 at the cross-fitted threshold)."""
     full = [r for r in runs if r["strategy"] == "full"]
-    full_f1 = statistics.fmean(r["f1"] for r in full)
-    untrained = [r["f1"] for r in runs if r["strategy"] == "untrained"]
-    floor = statistics.fmean(untrained) if untrained else None
-    full_entry = {"f1_mean": full_f1, "f1_std": _spread([r["f1"] for r in full]), "labels": train_size,
-                  "full_data": True}
-    table: dict[str, dict[str, dict]] = {}
-    smallest: dict[str, float | None] = {}
-    for s in strategies:
-        table[s] = {}
-        for b in preset.budgets:
-            if b >= 1:
-                table[s][str(b)] = dict(full_entry)  # every strategy labels everything at b = 1
-                continue
-            rs = [r for r in runs if r["strategy"] == s and r["budget"] == b]
-            f1s = [r["f1"] for r in rs]
-            shares = [r["error_share"] for r in rs if r.get("error_share") is not None]
-            table[s][str(b)] = {"f1_mean": statistics.fmean(f1s), "f1_std": _spread(f1s),
-                                "f1_min": min(f1s), "f1_max": max(f1s),
-                                "labels": int(round(statistics.fmean(r["labels"] for r in rs))),
-                                "error_share": statistics.fmean(shares) if shares else None}
-        within = [b for b in preset.budgets if table[s][str(b)]["f1_mean"] >= full_f1 - WITHIN_F1]
-        smallest[s] = min(within) if within else None
-    out: dict[str, Any] = {"full_data_f1": full_f1, "full_data_f1_std": full_entry["f1_std"],
-                           "strategies": table, "preset": preset.name, "pool": pool, "seeds": list(seeds),
+    untrained = [r for r in runs if r["strategy"] == "untrained"]
+    table: dict[str, dict[str, dict]] = {s: {} for s in strategies}
+    out: dict[str, Any] = {"strategies": table, "preset": preset.name, "pool": pool, "seeds": list(seeds),
                            "budgets": list(preset.budgets), "train_size": train_size, "eval_size": eval_size,
                            "budget_labels": {str(b): budget_labels(b, train_size) for b in preset.budgets},
-                           "smallest_budget_within_0.5pt": smallest, "untrained_f1": floor,
                            "study_preset": asdict(preset)}
-    if floor is not None and full_f1 - floor < LEARNED_F1:
-        out["warning"] = (f"full-data training barely beats the untrained ensemble (F1 {full_f1:.3f} vs {floor:.3f}): "
-                          "the PRM learned (almost) nothing on this pool, so the strategy comparison is not meaningful")
-    if "actprm" in table and "random" in table:
-        out["actprm_minus_random"] = paired_gap(runs, "actprm", "random", [b for b in preset.budgets if b < 1])
+    for s in strategies:
+        for b in preset.budgets:
+            rs = [r for r in runs if r["strategy"] == s and r["budget"] == b]
+            shares = [r["error_share"] for r in rs if r.get("error_share") is not None]
+            table[s][str(b)] = ({"labels": train_size, "full_data": True} if b >= 1 else  # b = 1 labels everything
+                                {"labels": int(round(statistics.fmean(r["labels"] for r in rs))),
+                                 "error_share": statistics.fmean(shares) if shares else None})
+    for metric, suffix in METRICS.items():
+        full_f1 = statistics.fmean(r[metric] for r in full)
+        out[f"full_data_f1{suffix}"] = full_f1
+        out[f"full_data_f1{suffix}_std"] = _spread([r[metric] for r in full])
+        out[f"untrained_f1{suffix}"] = statistics.fmean(r[metric] for r in untrained) if untrained else None
+        smallest: dict[str, float | None] = {}
+        for s in strategies:
+            for b in preset.budgets:
+                rs = full if b >= 1 else [r for r in runs if r["strategy"] == s and r["budget"] == b]
+                values = [r[metric] for r in rs]
+                cell = table[s][str(b)]
+                cell[f"f1{suffix}_mean"], cell[f"f1{suffix}_std"] = statistics.fmean(values), _spread(values)
+                if b < 1:
+                    cell[f"f1{suffix}_min"], cell[f"f1{suffix}_max"] = min(values), max(values)
+            within = [b for b in preset.budgets if table[s][str(b)][f"f1{suffix}_mean"] >= full_f1 - WITHIN_F1]
+            smallest[s] = min(within) if within else None
+        out[f"smallest_budget_within_0.5pt{suffix}"] = smallest
+        if "actprm" in table and "random" in table:
+            out[f"actprm_minus_random{suffix}"] = paired_gap(runs, "actprm", "random",
+                                                             [b for b in preset.budgets if b < 1], metric)
+    floor = out["untrained_f1"]
+    if floor is not None and out["full_data_f1"] - floor < LEARNED_F1:
+        out["warning"] = (f"full-data training barely beats the untrained ensemble (F1 {out['full_data_f1']:.3f} vs "
+                          f"{floor:.3f}): the PRM learned (almost) nothing on this pool, so the strategy comparison "
+                          "is not meaningful")
     if "actprm" in table and "random" in table and "0.5" in table["actprm"]:
-        gap = table["actprm"]["0.5"]["f1_mean"] - table["random"]["0.5"]["f1_mean"]
-        out["actprm_minus_random_at_0.5"] = gap
         learned = "warning" not in out  # a target met by a PRM that learned nothing is not met
-        out["targets"] = {
-            "actprm_within_0.5pt_at_or_below_0.5": learned and smallest["actprm"] is not None
-            and smallest["actprm"] <= 0.5,
-            "actprm_beats_random_at_0.5_by_3pt": learned and gap >= 0.03,
-        }
+        for suffix in METRICS.values():
+            gap = table["actprm"]["0.5"][f"f1{suffix}_mean"] - table["random"]["0.5"][f"f1{suffix}_mean"]
+            out[f"actprm_minus_random_at_0.5{suffix}"] = gap
+            best = out[f"smallest_budget_within_0.5pt{suffix}"]["actprm"]
+            out[f"targets{suffix}"] = {
+                "actprm_within_0.5pt_at_or_below_0.5": learned and best is not None and best <= 0.5,
+                "actprm_beats_random_at_0.5_by_3pt": learned and gap >= 0.03,
+            }
     return out
 
 
-def markdown_table(result: dict) -> str:
+def _f1_section(result: dict, suffix: str, title: str) -> list[str]:
     budgets = result["budgets"]
-    head = "| strategy | " + " | ".join(f"{int(b * 100)}% ({result['budget_labels'][str(b)]})" for b in budgets)
-    lines = [f"# Active-learning study: pool `{result['pool']}`, preset `{result['preset']}`, "
-             f"seeds {result['seeds']}", "",
-             f"Train split {result['train_size']} trajectories, eval split {result['eval_size']}. "
-             f"ProcessBench F1 (mean ± std over seeds) by label budget (labels bought).", "",
-             f"Full data: **{result['full_data_f1']:.4f} ± {result['full_data_f1_std']:.4f}**"
-             + ("" if result.get("untrained_f1") is None else f" (untrained ensemble: {result['untrained_f1']:.4f})"),
-             "", *([f"**Warning:** {result['warning']}", ""] if result.get("warning") else []),
-             head + " | smallest budget within 0.5 pt of full data |",
-             "|---" * (len(budgets) + 2) + "|"]
+    untrained = result.get(f"untrained_f1{suffix}")
+    lines = [f"## {title}", "",
+             f"Full data: **{result[f'full_data_f1{suffix}']:.4f} ± {result[f'full_data_f1{suffix}_std']:.4f}**"
+             + ("" if untrained is None else f" (untrained ensemble: {untrained:.4f})"), "",
+             "| strategy | " + " | ".join(f"{int(b * 100)}% ({result['budget_labels'][str(b)]})" for b in budgets)
+             + " | smallest budget within 0.5 pt of full data |", "|---" * (len(budgets) + 2) + "|"]
     for s, row in result["strategies"].items():
-        cells = [f"{row[str(b)]['f1_mean']:.4f} ± {row[str(b)]['f1_std']:.4f}" for b in budgets]
-        best = result["smallest_budget_within_0.5pt"][s]
+        cells = [f"{row[str(b)][f'f1{suffix}_mean']:.4f} ± {row[str(b)][f'f1{suffix}_std']:.4f}" for b in budgets]
+        best = result[f"smallest_budget_within_0.5pt{suffix}"][s]
         lines.append(f"| {s} | " + " | ".join(cells) + f" | {'—' if best is None else f'{int(best * 100)}%'} |")
-    gaps = result.get("actprm_minus_random") or {}
+    gaps = result.get(f"actprm_minus_random{suffix}") or {}
     if gaps:
         lines += ["", "ActPRM − random, paired by seed (F1 points, mean ± standard error; seeds where ActPRM is ahead):",
                   "", "| budget | " + " | ".join(f"{int(float(b) * 100)}%" for b in gaps) + " |",
                   "|---" * (len(gaps) + 1) + "|",
                   "| ActPRM − random | " + " | ".join(f"{g['mean'] * 100:+.2f} ± {g['se'] * 100:.2f} ({g['seeds_ahead']}/{g['seeds']})"
                                                     for g in gaps.values()) + " |"]
+    if f"targets{suffix}" in result:
+        met = ", ".join(f"{k}: {'met' if v else 'missed'}" for k, v in result[f"targets{suffix}"].items())
+        lines += ["", f"ActPRM − random at 50%: {result[f'actprm_minus_random_at_0.5{suffix}'] * 100:+.2f} F1 points. "
+                      f"Targets: {met}."]
+    return lines + [""]
+
+
+def markdown_table(result: dict) -> str:
+    budgets = result["budgets"]
+    lines = [f"# Active-learning study: pool `{result['pool']}`, preset `{result['preset']}`, "
+             f"seeds {result['seeds']}", "",
+             f"Train split {result['train_size']} trajectories, eval split {result['eval_size']}. "
+             f"ProcessBench F1 (mean ± std over seeds) by label budget (labels bought), at the fixed threshold 0.5 "
+             "and at a threshold cross-fitted on the eval split (two folds, each scored at the threshold tuned on "
+             "the other).", "", *([f"**Warning:** {result['warning']}", ""] if result.get("warning") else []),
+             *_f1_section(result, "", "F1 at threshold 0.5"),
+             *_f1_section(result, "_tuned", "F1 at the cross-fitted threshold")]
     shares = {s: row for s, row in result["strategies"].items()
               if any(row[str(b)].get("error_share") is not None for b in budgets if b < 1)}
     if shares:
         low = [b for b in budgets if b < 1]
-        lines += ["", "Share of bought trajectories that contain an error (the pool's own share is what random buys):",
+        lines += ["Share of bought trajectories that contain an error (the pool's own share is what random buys):",
                   "", "| strategy | " + " | ".join(f"{int(b * 100)}%" for b in low) + " |", "|---" * (len(low) + 1) + "|"]
         for s, row in shares.items():
             lines.append(f"| {s} | " + " | ".join("—" if row[str(b)].get("error_share") is None
                                                    else f"{row[str(b)]['error_share']:.2f}" for b in low) + " |")
-    if "actprm_minus_random_at_0.5" in result:
-        lines += ["", f"ActPRM − random at 50%: {result['actprm_minus_random_at_0.5'] * 100:+.2f} F1 points."]
     return "\n".join(lines) + "\n"
 
 
@@ -127,18 +151,20 @@ def plot(result: dict, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for s, row in result["strategies"].items():
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, (suffix, title) in zip(axes, (("", "threshold 0.5"), ("_tuned", "cross-fitted threshold"))):
         bs = result["budgets"]
-        ax.errorbar([row[str(b)]["labels"] for b in bs], [row[str(b)]["f1_mean"] for b in bs],
-                    yerr=[row[str(b)]["f1_std"] for b in bs], marker="o", capsize=3, label=s)
-    full = result["full_data_f1"]
-    ax.axhline(full, color="black", linestyle="--", linewidth=1, label="full data")
-    ax.axhspan(full - WITHIN_F1, full + WITHIN_F1, color="grey", alpha=0.2)
-    ax.set_xlabel("labels bought (trajectories)")
-    ax.set_ylabel("ProcessBench F1 (eval split)")
-    ax.set_title(f"Active learning on {result['pool']} ({result['preset']}, {len(result['seeds'])} seeds)")
-    ax.legend()
+        for s, row in result["strategies"].items():
+            ax.errorbar([row[str(b)]["labels"] for b in bs], [row[str(b)][f"f1{suffix}_mean"] for b in bs],
+                        yerr=[row[str(b)][f"f1{suffix}_std"] for b in bs], marker="o", capsize=3, label=s)
+        full = result[f"full_data_f1{suffix}"]
+        ax.axhline(full, color="black", linestyle="--", linewidth=1, label="full data")
+        ax.axhspan(full - WITHIN_F1, full + WITHIN_F1, color="grey", alpha=0.2)
+        ax.set_xlabel("labels bought (trajectories)")
+        ax.set_title(f"ProcessBench F1, {title}")
+    axes[0].set_ylabel("ProcessBench F1 (eval split)")
+    axes[0].legend()
+    fig.suptitle(f"Active learning on {result['pool']} ({result['preset']}, {len(result['seeds'])} seeds)")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,12 +197,14 @@ def log_to_mlflow(result: dict, paths: dict[str, str], *, tracking_uri: str, exp
         mlflow.log_params({"study.preset": result["preset"], "study.pool": result["pool"],
                            "study.seeds": ",".join(map(str, result["seeds"])),
                            "study.train_size": result["train_size"], "study.eval_size": result["eval_size"]})
-        metrics = {"full_data_f1": result["full_data_f1"]}
-        for s, row in result["strategies"].items():
-            for b, cell in row.items():
-                metrics[f"f1_{s}_{int(float(b) * 100)}pct"] = cell["f1_mean"]
-        if "actprm_minus_random_at_0.5" in result:
-            metrics["actprm_minus_random_at_50pct"] = result["actprm_minus_random_at_0.5"]
+        metrics = {}
+        for suffix in METRICS.values():
+            metrics[f"full_data_f1{suffix}"] = result[f"full_data_f1{suffix}"]
+            for s, row in result["strategies"].items():
+                for b, cell in row.items():
+                    metrics[f"f1{suffix}_{s}_{int(float(b) * 100)}pct"] = cell[f"f1{suffix}_mean"]
+            if f"actprm_minus_random_at_0.5{suffix}" in result:
+                metrics[f"actprm_minus_random_at_50pct{suffix}"] = result[f"actprm_minus_random_at_0.5{suffix}"]
         mlflow.log_metrics(metrics)
         for p in paths.values():
             mlflow.log_artifact(p, artifact_path="study")

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from actprm.errors import ActPRMError
-from actprm.metrics import predicted_first_error, prmbench_metrics, processbench_metrics, processbench_tuned, tune_threshold
+from actprm.metrics import (fold_of, predicted_first_error, prmbench_metrics, processbench_crossfit, processbench_metrics,
+                            processbench_tuned, tune_threshold)
 from tasks.evaluate import evaluate_predictions, read_eval_data, read_predictions
 
 # Two subsets. gsm8k: a hit, b wrong step, c hit, d false alarm -> acc_error 1/2, acc_correct 1/2,
@@ -62,6 +63,34 @@ def test_threshold_tuned_on_dev_is_applied_to_test():
     assert m["threshold"] == pytest.approx(0.61) and m["threshold_source"] == "tuned"
     assert m["f1"] == 1.0 and m["dev_f1"] == 1.0
     assert processbench_metrics(test, scores)["f1"] == 0.0  # the default threshold misses i
+
+
+def _ids_in_fold(fold: int, n: int) -> list[str]:
+    return [i for i in (f"t{k}" for k in range(100)) if fold_of(i, 2) == fold][:n]
+
+
+def test_crossfit_scores_each_fold_at_a_threshold_tuned_on_the_other():
+    # Fold 0 separates at t in (0.6, 0.7], fold 1 at t in (0.3, 0.4]: no single threshold fits both.
+    (e0, c0), (e1, c1) = _ids_in_fold(0, 2), _ids_in_fold(1, 2)
+    records = [{"id": e0, "label": 0}, {"id": c0, "label": -1}, {"id": e1, "label": 0}, {"id": c1, "label": -1}]
+    scores = {e0: [0.6], c0: [0.7], e1: [0.3], c1: [0.4]}
+    m = processbench_crossfit(records, scores)
+    assert m["thresholds"] == [pytest.approx(0.4), pytest.approx(0.61)]  # fold 0's from fold 1 and back
+    # Fold 0 at 0.4 misses e0 and keeps c0; fold 1 at 0.61 finds e1 and flags c1: acc 1/2 each, F1 0.5.
+    # Tuning on all four records at once would have scored each fold at its own threshold.
+    assert m["f1"] == pytest.approx(0.5) and m["threshold_source"] == "cross-fit (2 folds)"
+
+
+def test_crossfit_recovers_a_shifted_calibration():
+    # Every error step scores 0.6 and every correct one 0.8: at 0.5 no error is found; any held-out
+    # fold finds the gap, so the cross-fitted F1 is 1.
+    ids = _ids_in_fold(0, 3) + _ids_in_fold(1, 3)
+    records = [{"id": i, "label": (1 if k % 2 else -1)} for k, i in enumerate(ids)]
+    scores = {r["id"]: ([0.8, 0.6] if r["label"] == 1 else [0.8, 0.8]) for r in records}
+    assert processbench_metrics(records, scores)["f1"] == 0.0
+    assert processbench_crossfit(records, scores)["f1"] == 1.0
+    with pytest.raises(ActPRMError, match="at least 2 folds"):
+        processbench_crossfit(records, scores, folds=1)
 
 
 # PRMBench: two records share idx "p1" (as in the real data) in different categories.

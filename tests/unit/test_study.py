@@ -95,6 +95,33 @@ def test_paired_gap_cancels_the_spread_strategies_share_within_a_seed():
     assert (gap["0.5"]["seeds_ahead"], gap["0.5"]["seeds"]) == (3, 3)
 
 
+def test_summary_scores_each_f1_on_its_own_and_judges_targets_on_each():
+    # At 0.5 ActPRM trails random by 10 points at half the labels; at the cross-fitted threshold it is
+    # 4 points ahead and within 0.5 points of full data: the two summaries must not mix.
+    preset = study.StudyPreset("t", budgets=(0.5, 1.0), seeds=(0, 1), model_preset="tiny", num_heads=2, rounds=1,
+                               steps_per_round=1, batch_size=1, lr=0.1, synth_n=10)
+    def row(strategy, budget, seed, f1, f1_tuned):
+        return {"strategy": strategy, "budget": budget, "seed": seed, "labels": int(budget * 10), "f1": f1,
+                "f1_tuned": f1_tuned, "error_share": 0.5}
+    runs = []
+    for seed in (0, 1):
+        runs += [row("untrained", 0.0, seed, 0.1, 0.2), row("full", 1.0, seed, 0.6, 0.7),
+                 row("actprm", 0.5, seed, 0.3, 0.7), row("random", 0.5, seed, 0.4, 0.66)]
+    out = study_report.summarize(runs, preset=preset, pool="p", seeds=[0, 1], train_size=10, eval_size=4,
+                                 strategies=("actprm", "random"))
+    assert (out["full_data_f1"], out["full_data_f1_tuned"]) == (pytest.approx(0.6), pytest.approx(0.7))
+    assert out["strategies"]["actprm"]["0.5"]["f1_tuned_mean"] == pytest.approx(0.7)
+    assert out["actprm_minus_random_at_0.5"] == pytest.approx(-0.1)
+    assert out["actprm_minus_random_at_0.5_tuned"] == pytest.approx(0.04)
+    assert out["smallest_budget_within_0.5pt"] == {"actprm": 1.0, "random": 1.0}
+    assert out["smallest_budget_within_0.5pt_tuned"] == {"actprm": 0.5, "random": 1.0}
+    assert out["targets"] == {"actprm_within_0.5pt_at_or_below_0.5": False, "actprm_beats_random_at_0.5_by_3pt": False}
+    assert out["targets_tuned"] == {"actprm_within_0.5pt_at_or_below_0.5": True, "actprm_beats_random_at_0.5_by_3pt": True}
+    assert out["actprm_minus_random_tuned"]["0.5"]["seeds_ahead"] == 2
+    text = study_report.markdown_table(out)
+    assert "F1 at the cross-fitted threshold" in text and "+4.00 ± 0.00 (2/2)" in text
+
+
 def test_study_is_deterministic_under_a_seed(packed):
     train, evaluation, info = packed
     preset = study.study_preset("quick")
@@ -129,6 +156,7 @@ def test_quick_study_flow_end_to_end(pool_db, tmp_path, monkeypatch, prefect_har
         assert set(row) == {"0.2", "0.5", "1.0"}
         for budget, cell in row.items():
             assert 0.0 <= cell["f1_mean"] <= 1.0 and cell["f1_std"] >= 0.0
+            assert 0.0 <= cell["f1_tuned_mean"] <= 1.0 and cell["f1_tuned_std"] >= 0.0
             want = study.budget_labels(float(budget), saved["train_size"])
             assert cell["labels"] <= want if strategy == "actprm" else cell["labels"] == want
         assert row["1.0"]["f1_mean"] == pytest.approx(saved["full_data_f1"])
@@ -147,5 +175,6 @@ def test_quick_study_flow_end_to_end(pool_db, tmp_path, monkeypatch, prefect_har
     client = MlflowClient(f"sqlite:///{(home / 'mlflow.db').resolve()}")
     run = client.get_run(result["mlflow_run_id"])
     assert run.data.metrics["full_data_f1"] == pytest.approx(saved["full_data_f1"])
+    assert run.data.metrics["full_data_f1_tuned"] == pytest.approx(saved["full_data_f1_tuned"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "study")}
     assert artifacts == {"study/al_study.json", "study/al_study.md", "study/al_study.png"}
