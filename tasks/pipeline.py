@@ -50,22 +50,40 @@ def open_run_task(settings: Settings, name: str, tags: dict[str, Any], parent: s
     """Create an MLflow run (nested under `parent`) tagged with the Prefect flow-run id; returns its id.
 
     Runs are created by id rather than kept active in the flow, so that each task logs into the
-    right run wherever Prefect executes it.
+    right run wherever Prefect executes it. A retried Prefect flow run keeps its id, so the run its earlier
+    attempt opened under this name and parent is reopened instead: one MLflow run per round, however often
+    the flow is retried (training resumes from the same flow run's checkpoints, tasks/train.py).
     """
     experiment_id = configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
+    client = MlflowClient(settings.tracking_uri)
+    flow_run_id = prefect_flow_run_id()
+    if flow_run_id:
+        earlier = earlier_attempt_run(client, experiment_id, flow_run_id, name, parent)
+        if earlier is not None:
+            client.update_run(earlier, status="RUNNING")
+            return earlier
     all_tags = {f"actprm.{k}": str(v) for k, v in tags.items()}
     all_tags["mlflow.runName"] = name
-    flow_run_id = prefect_flow_run_id()
     if flow_run_id:
         all_tags["prefect.flow_run_id"] = flow_run_id
     if parent:
         all_tags["mlflow.parentRunId"] = parent
-    client = MlflowClient(settings.tracking_uri)
     run = client.create_run(experiment_id, tags=all_tags, run_name=name)
     if parent is None:
         for key, value in flatten_params(settings.model_dump(mode="json", exclude={"judge": {"api_key"}})).items():
             client.log_param(run.info.run_id, key, value)
     return run.info.run_id
+
+
+def earlier_attempt_run(client: MlflowClient, experiment_id: str, flow_run_id: str, name: str,
+                        parent: str | None) -> str | None:
+    """The oldest run this Prefect flow run opened under `name` and `parent`, or None."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}' "
+                              f"AND attributes.run_name = '{name}'", order_by=["attributes.start_time ASC"])
+    for run in runs:
+        if run.data.tags.get("mlflow.parentRunId") == parent:
+            return run.info.run_id
+    return None
 
 
 @task(name="close-mlflow-run", cache_policy=NO_CACHE)

@@ -414,7 +414,13 @@ def register_round(settings, model_dir: str, evaluation: dict, run_id: str | Non
     configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
     name = settings.registry.model_name
     tags = {"actprm.pool": evaluation.get("pool"), "actprm.preset": settings.model.preset}
-    version = log_model(model_dir, run_id, name=name, tags={k: v for k, v in tags.items() if v is not None})
+    # A retried flow run reopens its round's MLflow run (tasks.pipeline.open_run_task): the version that run
+    # already registered is this round's model, so the retry gates it again instead of registering a copy.
+    earlier = MlflowClient().search_model_versions(f"name='{name}' and run_id='{run_id}'") if run_id else []
+    if earlier:
+        version = min(int(v.version) for v in earlier)
+    else:
+        version = log_model(model_dir, run_id, name=name, tags={k: v for k, v in tags.items() if v is not None})
     reevaluate = None
     if evaluation.get("pool"):
         def reevaluate(champion: int) -> float:

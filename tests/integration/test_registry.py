@@ -252,3 +252,46 @@ def test_loop_stages_evaluate_register_and_restart_from_champion(store_uri, clie
                                         "label": t["gold_first_error"]}) + "\n" for t in gold))
     on_file = evaluate_request(settings, data=str(data))
     assert on_file["benchmark"] == "processbench" and on_file["f1"] == pytest.approx(evaluation["f1"])
+
+
+def test_a_retried_flow_run_reopens_its_runs_instead_of_opening_new_ones(store_uri, client, tmp_path, monkeypatch):
+    """Prefect keeps a flow run's id across retries: the retry must land in the same parent and round runs."""
+    import tasks.pipeline as pipeline
+    from actprm.config import Settings
+
+    uri, _ = store_uri
+    settings = Settings(home=tmp_path / "home", mlflow_tracking_uri=uri, experiment="test")
+
+    def attempt(flow_run_id):
+        monkeypatch.setattr(pipeline, "prefect_flow_run_id", lambda: flow_run_id)
+        parent = pipeline.open_run_task.fn(settings, "active_learning", {"pool": "p"})
+        return parent, pipeline.open_run_task.fn(settings, "round-1", {"pool": "p", "round": 1}, parent=parent)
+
+    parent, round_1 = attempt("flow-run-a")
+    pipeline.close_run_task.fn(settings, round_1, "FAILED")
+    assert attempt("flow-run-a") == (parent, round_1)
+    assert client.get_run(round_1).info.status == "RUNNING"  # reopened for the retry to log into
+    assert client.get_run(round_1).data.tags["mlflow.parentRunId"] == parent
+    other = attempt("flow-run-b")
+    assert other[0] != parent and other[1] != round_1
+    assert attempt(None)[0] != attempt(None)[0]  # outside a flow run nothing identifies an earlier attempt
+
+
+def test_a_retried_round_gates_the_version_it_already_registered(store_uri, client, model_dir, tmp_path):
+    from actprm.config import Settings
+    from tasks.register import register_round
+
+    uri, _ = store_uri
+    settings = Settings(home=tmp_path / "home", mlflow_tracking_uri=uri, experiment="test",
+                        registry={"model_name": "prm-retried-round"})
+    with start_run("round-1") as run:
+        pass
+    first = register_round(settings, str(model_dir), {"f1": 0.4}, run.info.run_id)
+    again = register_round(settings, str(model_dir), {"f1": 0.4}, run.info.run_id)
+    assert first["model_version_key"] == again["model_version_key"] == "prm-retried-round/v1"
+    assert len(client.search_model_versions("name='prm-retried-round'")) == 1
+    assert champion_version("prm-retried-round", client) == 1
+    with start_run("round-2") as run:
+        pass
+    assert register_round(settings, str(model_dir), {"f1": 0.5}, run.info.run_id)["model_version_key"] == \
+        "prm-retried-round/v2"  # another round's run registers its own version
