@@ -38,7 +38,7 @@ def seed_task(train, evaluation, seed: int, preset: study.StudyPreset, knobs: di
     logger = get_run_logger()
 
     def progress(r: dict) -> None:
-        logger.info("seed %d %-9s budget %.2f: F1 %.4f (cross-fitted threshold: %.4f) with %d labels (%.1fs)",
+        logger.info("seed %d %-9s budget %.2f: F1 %.4f at 0.5, %.4f at a cross-fitted threshold; %d labels (%.1fs)",
                     r["seed"], r["strategy"], r["budget"], r["f1"], r["f1_tuned"], r["labels"], r["seconds"])
 
     return study.run_seed(train, evaluation, seed=seed, preset=preset, on_run=progress, **knobs)
