@@ -236,6 +236,8 @@ def evaluate(
     model: Annotated[Optional[str], typer.Option("--model", help="models:/actprm-prm@champion, a version URI or a model dir.")] = None,
     predictions: Annotated[Optional[Path], typer.Option("--predictions", help="JSONL of {id, step_scores} from any PRM.")] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="ProcessBench or PRMBench JSONL.")] = None,
+    dev_data: Annotated[Optional[Path], typer.Option(
+        "--dev-data", help="ProcessBench JSONL to tune the step threshold on (default: 0.5).")] = None,
     pool: PoolOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
@@ -250,7 +252,7 @@ def evaluate(
 
         return evaluate_champion(
             model=model, predictions=str(predictions) if predictions else None,
-            data=str(data) if data else None, pool=pool,
+            data=str(data) if data else None, pool=pool, dev_data=str(dev_data) if dev_data else None,
         )
 
     _run(json_out=json_out, debug=debug)

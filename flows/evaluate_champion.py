@@ -17,6 +17,7 @@ def evaluate_champion(
     predictions: str | None = None,
     pool: str | None = None,
     config: dict[str, Any] | None = None,
+    dev_data: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a PRM.
 
@@ -26,6 +27,8 @@ def evaluate_champion(
         predictions: JSONL of {"id", "step_scores"} from any PRM, scored against `data` instead of a model.
         pool: Evaluate on this pool's held-out split instead of a file.
         config: Any other settings, as nested overrides.
+        dev_data: ProcessBench JSONL to tune the step threshold on (with `data`); default threshold 0.5.
     """
     settings = flow_settings(config)
-    return evaluate_request_stage(settings, model=model, data=data, predictions=predictions, pool=pool)
+    return evaluate_request_stage(settings, model=model, data=data, predictions=predictions, pool=pool,
+                                  dev_data=dev_data)

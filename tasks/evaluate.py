@@ -17,7 +17,7 @@ from typing import Any
 
 from actprm.errors import ActPRMError
 from actprm.metrics import (DEFAULT_THRESHOLD, require_scores, predicted_first_error, prmbench_key, prmbench_metrics,
-                            processbench_metrics, processbench_tuned)
+                            processbench_crossfit, processbench_metrics, processbench_tuned)
 
 
 # -- files -----------------------------------------------------------------------------------
@@ -232,6 +232,11 @@ def evaluate_on_store(store, pool: str, model, tokenizer, split: str = "eval", *
     by_id = {t["id"]: s for t, s in zip(trajectories, scores)}
     records = [{"id": t["id"], "label": int(t["gold_first_error"]), "subset": pool} for t in trajectories]
     result = processbench_metrics(records, by_id, threshold)
+    # F1 at a threshold tuned on held-out folds of the same split (`processbench_crossfit`): tells a model that
+    # ranks steps well but scores them off-centre from one that ranks them badly. The gate keeps using `f1`.
+    if len(records) >= 2:
+        tuned = processbench_crossfit(records, by_id)
+        result["f1_tuned"], result["threshold_tuned"] = tuned["f1"], tuned["threshold"]
     kinds: dict[str, dict[str, float]] = {}
     for t in trajectories:
         kind = t["error_kind"] or ("none" if t["gold_first_error"] == -1 else "unknown")
@@ -270,7 +275,7 @@ def _log_evaluation(run_id: str | None, result: dict, tracking_uri: str | None =
     if run_id is None:
         return
     client = MlflowClient(tracking_uri)
-    metrics = {f"{prefix}_{k}": v for k, v in result.items() if k in ("f1", "prmscore", "f1_negative")}
+    metrics = {f"{prefix}_{k}": v for k, v in result.items() if k in ("f1", "f1_tuned", "prmscore", "f1_negative")}
     for name, sub in result.get("subsets", {}).items():
         metrics.update({f"{prefix}_{name}_{k}": v for k, v in sub.items() if k != "n" and v is not None})
     for kind, v in result.get("error_kinds", {}).items():
@@ -292,8 +297,11 @@ def evaluate_round(settings, pool: str, model_dir: str, run_id: str | None = Non
 
 
 def evaluate_request(settings, *, model: str | None = None, data: str | None = None,
-                     predictions: str | None = None, pool: str | None = None) -> dict:
-    """`actprm evaluate`: a predictions file, or a model (default: the champion) on a file or a pool."""
+                     predictions: str | None = None, pool: str | None = None, dev_data: str | None = None) -> dict:
+    """`actprm evaluate`: a predictions file, or a model (default: the champion) on a file or a pool.
+
+    With `dev_data` the ProcessBench threshold is tuned on that file instead of fixed at 0.5.
+    """
     from actprm.tracking import configure_mlflow, start_run
     from tasks.register import champion_version
 
@@ -302,18 +310,20 @@ def evaluate_request(settings, *, model: str | None = None, data: str | None = N
     if predictions is not None:
         if data is None:
             raise ActPRMError("--predictions needs --data: the benchmark file the predictions are for")
-        result = evaluate_predictions(data, predictions)
+        result = evaluate_predictions(data, predictions, dev_data_path=dev_data)
         result["predictions"] = str(predictions)
     else:
         if data is None and pool is None:
             raise ActPRMError("give --data FILE (ProcessBench/PRMBench JSONL) or --pool NAME to evaluate on")
+        if dev_data is not None and data is None:
+            raise ActPRMError("--dev-data tunes the threshold for --data; a pool's evaluation reports f1_tuned itself")
         if model is None:
             if champion_version(name) is None:
                 raise ActPRMError(f"{name} has no champion yet: pass --model, or run `actprm run` first")
             model = f"models:/{name}@champion"
         sizes = {"batch_size": settings.uncertainty.batch_size, "max_length": settings.model.max_length}
         result = (evaluate_pool(settings.duckdb_path, pool, model, **sizes) if pool is not None
-                  else evaluate_model(model, data, **sizes))
+                  else evaluate_model(model, data, dev_data_path=dev_data, **sizes))
     if data is not None:
         result["data"] = str(data)
     with start_run("evaluate", {"actprm.stage": "evaluate", "actprm.benchmark": result["benchmark"]}) as run:

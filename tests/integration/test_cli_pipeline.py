@@ -141,3 +141,25 @@ def _config(tmp_path: Path, lr: float) -> Path:
     path = tmp_path / "diverge.yaml"
     path.write_text(f"train:\n  lr: {lr}\n")
     return path
+
+
+def test_evaluate_tunes_the_threshold_on_a_dev_file(tmp_path):
+    # Errors score 0.6 and correct steps 0.7 in both files: at 0.5 no error is found (F1 0); tuned on the
+    # dev file the threshold lands in (0.6, 0.7] and finds every one.
+    def bench(path, rows):
+        path.write_text("".join(json.dumps({"id": i, "problem": "p", "steps": ["s"] * len(sc), "label": lab}) + "\n"
+                                for i, lab, sc in rows))
+        return path
+
+    dev = bench(tmp_path / "dev.jsonl", [("g", -1, [0.7, 0.8]), ("h", 0, [0.6, 0.9])])
+    test = bench(tmp_path / "test.jsonl", [("i", 0, [0.6, 0.9]), ("j", -1, [0.7])])
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text("".join(json.dumps({"id": i, "step_scores": sc}) + "\n" for i, sc in
+                             {"g": [0.7, 0.8], "h": [0.6, 0.9], "i": [0.6, 0.9], "j": [0.7]}.items()))
+    home = tmp_path / "home"
+    tuned = one_json(cli(home, "evaluate", "--data", str(test), "--predictions", str(preds), "--dev-data", str(dev),
+                         "--json"))
+    assert tuned["threshold_source"] == "tuned" and tuned["threshold"] == pytest.approx(0.61)
+    assert tuned["f1"] == 1.0 and tuned["dev_f1"] == 1.0
+    fixed = one_json(cli(home, "evaluate", "--data", str(test), "--predictions", str(preds), "--json"))
+    assert fixed["threshold"] == 0.5 and fixed["f1"] == 0.0

@@ -224,6 +224,8 @@ def test_loop_stages_evaluate_register_and_restart_from_champion(store_uri, clie
     assert evaluation["n"] == 10 and evaluation["subsets"]["toy"]["n"] == 10
     assert sum(k["n"] for k in evaluation["error_kinds"].values()) == 10
     assert client.get_run(run.info.run_id).data.metrics["eval_f1"] == pytest.approx(evaluation["f1"])
+    # and F1 at a threshold cross-fitted on the split's two folds, which the gate does not use
+    assert client.get_run(run.info.run_id).data.metrics["eval_f1_tuned"] == pytest.approx(evaluation["f1_tuned"])
 
     # The same numbers from the pure metric on the model's step scores and the gold labels.
     model, tokenizer, _ = load_model(model_dir)
@@ -238,6 +240,10 @@ def test_loop_stages_evaluate_register_and_restart_from_champion(store_uri, clie
     records = [{"id": t["id"], "label": t["gold_first_error"], "subset": "toy"} for t in gold]
     assert processbench_metrics(records, dict(zip([t["id"] for t in gold], scores)))["f1"] == pytest.approx(
         evaluation["f1"])
+    from actprm.metrics import processbench_crossfit
+
+    assert processbench_crossfit(records, dict(zip([t["id"] for t in gold], scores)))["f1"] == pytest.approx(
+        evaluation["f1_tuned"])
 
     registered = register_round(settings, model_dir, evaluation, run.info.run_id)
     assert registered["decision"] == "promoted" and registered["model_version_key"] == "prm-stages/v1"
