@@ -120,6 +120,18 @@ def test_summary_scores_each_f1_on_its_own_and_judges_targets_on_each():
     assert out["actprm_minus_random_tuned"]["0.5"]["seeds_ahead"] == 2
     text = study_report.markdown_table(out)
     assert "F1 at the cross-fitted threshold" in text and "+4.00 ± 0.00 (2/2)" in text
+    assert "warning" not in out and "warning_tuned" not in out
+
+    # The untrained ensemble already ranks as well at the tuned threshold as full data: that F1 learned nothing,
+    # so its targets are not met however the strategies compare, while the F1 at 0.5 keeps its verdict.
+    for r in runs:
+        if r["strategy"] == "untrained":
+            r["f1_tuned"] = 0.69
+    out = study_report.summarize(runs, preset=preset, pool="p", seeds=[0, 1], train_size=10, eval_size=4,
+                                 strategies=("actprm", "random"))
+    assert "warning" not in out and "learned (almost) nothing" in out["warning_tuned"]
+    assert out["targets_tuned"] == {"actprm_within_0.5pt_at_or_below_0.5": False, "actprm_beats_random_at_0.5_by_3pt": False}
+    assert "**Warning:**" in study_report.markdown_table(out).split("F1 at the cross-fitted threshold")[1]
 
 
 def test_study_is_deterministic_under_a_seed(packed):
