@@ -416,7 +416,8 @@ def register_round(settings, model_dir: str, evaluation: dict, run_id: str | Non
     tags = {"actprm.pool": evaluation.get("pool"), "actprm.preset": settings.model.preset}
     # A retried flow run reopens its round's MLflow run (tasks.pipeline.open_run_task): the version that run
     # already registered is this round's model, so the retry gates it again instead of registering a copy.
-    earlier = MlflowClient().search_model_versions(f"name='{name}' and run_id='{run_id}'") if run_id else []
+    client = MlflowClient()
+    earlier = client.search_model_versions(f"name='{name}' and run_id='{run_id}'") if run_id else []
     if earlier:
         version = min(int(v.version) for v in earlier)
     else:
@@ -432,7 +433,6 @@ def register_round(settings, model_dir: str, evaluation: dict, run_id: str | Non
     gate = promotion_gate(None, name, version, evaluation["f1"], settings.registry.min_delta,
                           eval_set=evaluation.get("eval_set"), reevaluate=reevaluate)
     if run_id is not None:
-        client = MlflowClient()
         client.set_tag(run_id, "actprm.model_version", str(version))
         client.set_tag(run_id, "actprm.gate.decision", gate["decision"])
     return {**gate, "model_version_key": model_version_key(name, version)}

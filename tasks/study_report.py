@@ -47,52 +47,47 @@ def summarize(runs: list[dict], *, preset: StudyPreset, pool: str, seeds: list[i
     "_tuned" for F1 at the cross-fitted threshold)."""
     full = [r for r in runs if r["strategy"] == "full"]
     untrained = [r for r in runs if r["strategy"] == "untrained"]
+    # The runs behind each cell; at b = 1 every strategy labels everything, so its cell is full data.
+    cells = {(s, b): full if b >= 1 else [r for r in runs if r["strategy"] == s and r["budget"] == b]
+             for s in strategies for b in preset.budgets}
     table: dict[str, dict[str, dict]] = {s: {} for s in strategies}
+    for (s, b), rs in cells.items():
+        shares = [r["error_share"] for r in rs if r.get("error_share") is not None]
+        table[s][str(b)] = ({"labels": train_size, "full_data": True} if b >= 1 else
+                            {"labels": int(round(statistics.fmean(r["labels"] for r in rs))),
+                             "error_share": statistics.fmean(shares) if shares else None})
     out: dict[str, Any] = {"strategies": table, "preset": preset.name, "pool": pool, "seeds": list(seeds),
                            "budgets": list(preset.budgets), "train_size": train_size, "eval_size": eval_size,
                            "budget_labels": {str(b): budget_labels(b, train_size) for b in preset.budgets},
                            "study_preset": asdict(preset)}
-    for s in strategies:
-        for b in preset.budgets:
-            rs = [r for r in runs if r["strategy"] == s and r["budget"] == b]
-            shares = [r["error_share"] for r in rs if r.get("error_share") is not None]
-            table[s][str(b)] = ({"labels": train_size, "full_data": True} if b >= 1 else  # b = 1 labels everything
-                                {"labels": int(round(statistics.fmean(r["labels"] for r in rs))),
-                                 "error_share": statistics.fmean(shares) if shares else None})
+    compare = "actprm" in table and "random" in table
     for metric, suffix in METRICS.items():
         full_f1 = statistics.fmean(r[metric] for r in full)
-        out[f"full_data_f1{suffix}"] = full_f1
-        out[f"full_data_f1{suffix}_std"] = _spread([r[metric] for r in full])
-        out[f"untrained_f1{suffix}"] = statistics.fmean(r[metric] for r in untrained) if untrained else None
-        smallest: dict[str, float | None] = {}
-        for s in strategies:
-            for b in preset.budgets:
-                rs = full if b >= 1 else [r for r in runs if r["strategy"] == s and r["budget"] == b]
-                values = [r[metric] for r in rs]
-                cell = table[s][str(b)]
-                cell[f"f1{suffix}_mean"], cell[f"f1{suffix}_std"] = statistics.fmean(values), _spread(values)
-                if b < 1:
-                    cell[f"f1{suffix}_min"], cell[f"f1{suffix}_max"] = min(values), max(values)
-            within = [b for b in preset.budgets if table[s][str(b)][f"f1{suffix}_mean"] >= full_f1 - WITHIN_F1]
-            smallest[s] = min(within) if within else None
+        floor = statistics.fmean(r[metric] for r in untrained) if untrained else None
+        out[f"full_data_f1{suffix}"], out[f"full_data_f1{suffix}_std"] = full_f1, _spread([r[metric] for r in full])
+        out[f"untrained_f1{suffix}"] = floor
+        for (s, b), rs in cells.items():
+            values, cell = [r[metric] for r in rs], table[s][str(b)]
+            cell[f"f1{suffix}_mean"], cell[f"f1{suffix}_std"] = statistics.fmean(values), _spread(values)
+            if b < 1:
+                cell[f"f1{suffix}_min"], cell[f"f1{suffix}_max"] = min(values), max(values)
+        smallest = {s: min((b for b in preset.budgets if table[s][str(b)][f"f1{suffix}_mean"] >= full_f1 - WITHIN_F1),
+                           default=None) for s in strategies}
         out[f"smallest_budget_within_0.5pt{suffix}"] = smallest
-        if "actprm" in table and "random" in table:
-            out[f"actprm_minus_random{suffix}"] = paired_gap(runs, "actprm", "random",
-                                                             [b for b in preset.budgets if b < 1], metric)
-    for suffix in METRICS.values():
         # Judged per F1: heads can learn to rank steps (the tuned F1 moves) while their scores never cross 0.5.
-        full_f1, floor = out[f"full_data_f1{suffix}"], out[f"untrained_f1{suffix}"]
-        if floor is not None and full_f1 - floor < LEARNED_F1:
+        learned = floor is None or full_f1 - floor >= LEARNED_F1
+        if not learned:
             out[f"warning{suffix}"] = (
                 f"full-data training barely beats the untrained ensemble (F1 {full_f1:.3f} vs {floor:.3f}): the PRM "
                 "learned (almost) nothing on this pool by this F1, so the strategy comparison on it is not meaningful")
-    if "actprm" in table and "random" in table and "0.5" in table["actprm"]:
-        for suffix in METRICS.values():
-            learned = f"warning{suffix}" not in out  # a target met by a PRM that learned nothing is not met
+        if compare:
+            out[f"actprm_minus_random{suffix}"] = paired_gap(runs, "actprm", "random",
+                                                             [b for b in preset.budgets if b < 1], metric)
+        if compare and "0.5" in table["actprm"]:
             gap = table["actprm"]["0.5"][f"f1{suffix}_mean"] - table["random"]["0.5"][f"f1{suffix}_mean"]
             out[f"actprm_minus_random_at_0.5{suffix}"] = gap
-            best = out[f"smallest_budget_within_0.5pt{suffix}"]["actprm"]
-            out[f"targets{suffix}"] = {
+            best = smallest["actprm"]
+            out[f"targets{suffix}"] = {  # a target met by a PRM that learned nothing is not met
                 "actprm_within_0.5pt_at_or_below_0.5": learned and best is not None and best <= 0.5,
                 "actprm_beats_random_at_0.5_by_3pt": learned and gap >= 0.03,
             }
