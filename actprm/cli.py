@@ -19,6 +19,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from actprm.config import ConfigError, Settings, load_settings, runtime_environment
+from actprm.errors import ActPRMError
 
 app = typer.Typer(
     add_completion=False,
@@ -334,6 +335,9 @@ def study(
     pool: PoolOpt = None,
     preset: PresetOpt = None,
     study_preset: Annotated[str, typer.Option("--study-preset", help="quick (minutes) or full (30 min on 2 cores).")] = "quick",
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Comma-separated seeds (default: the study preset's).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="Where al_study.json/.md/.png go (default: <home>/reports/study).")] = None,
+    extend: Annotated[bool, typer.Option("--extend", help="Add --seeds to the study already in --output; seeds it has are not rerun.")] = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     config: ConfigOpt = None,
@@ -346,9 +350,23 @@ def study(
         settings = prepare(config, overrides)
         from flows.study import study_flow
 
-        return study_flow(pool=pool or settings.default_pool, study_preset=study_preset, config=overrides)
+        return study_flow(pool=pool or settings.default_pool, study_preset=study_preset, config=overrides,
+                          seeds=parse_seeds(seeds), output_dir=str(output) if output else None, extend=extend)
 
     _run(json_out=json_out, debug=debug)
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    """--seeds 0,1,2 -> [0, 1, 2]; a clear one-line error for anything else."""
+    if text is None:
+        return None
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ActPRMError(f"--seeds takes comma-separated integers like 0,1,2, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ActPRMError(f"--seeds takes distinct comma-separated integers like 0,1,2, got {text!r}")
+    return seeds
 
 
 def main() -> None:

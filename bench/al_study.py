@@ -8,7 +8,9 @@ them to MLflow (experiment `actprm`, run `study`, under --home). Protocol and si
 
 The synthetic pool (actprm.synth) is created and ingested on first use under --home; --pool names an
 already-ingested pool instead (it must have gold labels). Backbone states are cached under
-<home>/study/cache, so a rerun with other seeds or budgets skips the backbone pass.
+<home>/study/cache, so a rerun with other seeds or budgets skips the backbone pass. --extend adds seeds to
+the study already in --output (e.g. --seeds 3,4 --extend makes a 3-seed study a 5-seed one) without rerunning
+the seeds it has; wall_seconds then adds up every invocation.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--home", default=str(ROOT / ".actprm" / "bench-study"),
                     help="work dir: DuckDB, MLflow store, cached backbone states")
     ap.add_argument("--output", default=str(ROOT / "bench" / "results"), help="where al_study.* are written")
+    ap.add_argument("--extend", action="store_true",
+                    help="add --seeds to the study already in --output instead of starting a new one")
     args = ap.parse_args(argv)
 
     preset = study_preset(args.preset)
@@ -52,14 +56,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from flows.study import study_flow
 
+    earlier = Path(args.output) / "al_study.json"
+    spent = (json.loads(earlier.read_text()).get("wall_seconds_per_invocation")
+             or [json.loads(earlier.read_text()).get("wall_seconds", 0.0)]) if args.extend and earlier.is_file() else []
     t0 = time.perf_counter()
     result = study_flow(pool=pool, study_preset=args.preset, config=config, seeds=seeds, output_dir=args.output,
-                        head_threads=args.head_threads)
+                        head_threads=args.head_threads, extend=args.extend)
     seconds = time.perf_counter() - t0
     # Wall time of the whole study (pool creation and backbone pass included) goes with the numbers.
     saved = Path(result["outputs"]["json"])
     data = json.loads(saved.read_text())
-    data["wall_seconds"] = round(seconds, 1)
+    data["wall_seconds_per_invocation"] = [*spent, round(seconds, 1)]
+    data["wall_seconds"] = round(sum(data["wall_seconds_per_invocation"]), 1)
     data["cpu_count"] = os.cpu_count()
     saved.write_text(json.dumps(data, indent=2) + "\n")
     print(Path(result["outputs"]["markdown"]).read_text())

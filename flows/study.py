@@ -55,7 +55,7 @@ def report_task(result: dict, output_dir: str, tracking_uri: str, experiment: st
 @flow(name="study", log_prints=True)
 def study_flow(pool: str = "sample", study_preset: str = "quick", config: dict[str, Any] | None = None,
                seeds: list[int] | None = None, output_dir: str | None = None,
-               head_threads: int | None = None) -> dict[str, Any]:
+               head_threads: int | None = None, extend: bool = False) -> dict[str, Any]:
     """ActPRM vs random, entropy, BALD and full data on a gold-labeled pool.
 
     Args:
@@ -65,6 +65,8 @@ def study_flow(pool: str = "sample", study_preset: str = "quick", config: dict[s
         seeds: Override the preset's seeds.
         output_dir: Where al_study.json/.md/.png go (default: <home>/reports/study).
         head_threads: Torch threads for the heads' training (default: the preset's; 1 on a loaded machine).
+        extend: Add seeds to the study already in output_dir (its al_study.json): seeds it has are not rerun,
+            and the summary covers all of them. Refused when it was made under other settings.
     """
     from flows.ingest_pool import ingest_pool
     from tasks import pipeline
@@ -79,23 +81,33 @@ def study_flow(pool: str = "sample", study_preset: str = "quick", config: dict[s
     if sample is not None:  # the built-in pool, created on first use (its size: synth.n)
         ingest_pool(paths=[sample], pool=pool, home=str(settings.home))
     data = load_pool_task(str(settings.duckdb_path), pool, settings.loop.eval_fraction, settings.train.seed)
+    knobs = {"reg_lambda": settings.model.reg_lambda, "learning_probability": settings.model.learning_probability,
+             "p_threshold": settings.uncertainty.p_threshold, "std_threshold": settings.uncertainty.std_threshold,
+             "subset": pool}
+    split = study.split_fingerprint(data)
+    out = output_dir or str(settings.reports_dir / "study")
+    runs: list[dict] = []
+    if extend:  # checked before the backbone pass, so a mismatch fails in seconds
+        runs = study_report.previous_runs(Path(out) / "al_study.json", pool=pool, preset=preset, knobs=knobs,
+                                          split=split, train_size=len(data["train"]), eval_size=len(data["eval"]))
     everything = data["train"] + data["eval"]
     states, info = step_states_task(everything, preset.model_preset, str(settings.home / "study" / "cache"),
                                          preset.feature_batch_size, settings.model.max_length,
                                          settings.model.backbone_path, preset.feature_threads)
     n_train = len(data["train"])
     train, evaluation = study.pack(data["train"], states[:n_train]), study.pack(data["eval"], states[n_train:])
-    knobs = {"hidden_size": info["hidden_size"], "separator_id": info["separator_id"],
-             "reg_lambda": settings.model.reg_lambda, "learning_probability": settings.model.learning_probability,
-             "p_threshold": settings.uncertainty.p_threshold, "std_threshold": settings.uncertainty.std_threshold,
-             "subset": pool}
-    runs: list[dict] = []
+    knobs = {**knobs, "hidden_size": info["hidden_size"], "separator_id": info["separator_id"]}
+    done = {r["seed"] for r in runs}
     for seed in preset.seeds:
-        runs += seed_task(train, evaluation, seed, preset, knobs)
-    result = study_report.summarize(runs, preset=preset, pool=pool, seeds=list(preset.seeds), train_size=len(train),
-                             eval_size=len(evaluation))
+        if seed not in done:
+            runs += seed_task(train, evaluation, seed, preset, knobs)
+    seeds = sorted(done | set(preset.seeds))
+    preset = dataclasses.replace(preset, seeds=tuple(seeds))
+    result = study_report.summarize(runs, preset=preset, pool=pool, seeds=seeds, train_size=len(train),
+                                    eval_size=len(evaluation))
     result["model"] = {k: info[k] for k in ("preset", "backbone", "hidden_size", "cached", "seconds")}
+    result["knobs"], result["split_sha256"] = knobs, split
     result["runs"] = runs
-    out = output_dir or str(settings.reports_dir / "study")
     reported = report_task(result, out, settings.tracking_uri, settings.experiment, str(settings.artifact_root))
-    return {**result, "outputs": reported["paths"], "mlflow_run_id": reported["mlflow_run_id"]}
+    summary = Path(reported["paths"]["markdown"]).read_text() + f"\noutputs: {', '.join(reported['paths'].values())}"
+    return {**result, "outputs": reported["paths"], "mlflow_run_id": reported["mlflow_run_id"], "summary": summary}

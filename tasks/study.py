@@ -139,6 +139,16 @@ def load_pool(store, pool: str, eval_fraction: float, seed: int) -> dict[str, li
 
 
 # -- cached backbone states --------------------------------------------------------------------
+def split_fingerprint(data: dict[str, list[dict]]) -> str:
+    """sha256 of the train and eval trajectory ids in order: two studies ran on the same split iff they match."""
+    h = hashlib.sha256()
+    for part in ("train", "eval"):
+        h.update(f"{part}:{len(data[part])}\n".encode())
+        for t in data[part]:
+            h.update(f"{t['id']}\n".encode())
+    return h.hexdigest()
+
+
 def step_states(model, tokenizer, trajectories: list[dict], *, batch_size: int = 32,
                 max_length: int = 512) -> list[torch.Tensor]:
     """Per trajectory, the (scored_steps, H) states the frozen model's heads read (`EnsemblePRM.step_states`).

@@ -94,6 +94,52 @@ def summarize(runs: list[dict], *, preset: StudyPreset, pool: str, seeds: list[i
     return out
 
 
+# What must match for runs of two invocations to be summarized together: everything that shapes a run's F1.
+# Threads only change speed, and seeds are what an extension adds.
+_SPEED_ONLY = {"seeds", "head_threads", "feature_threads"}
+
+
+def previous_runs(path: str | Path, *, pool: str, preset: StudyPreset, knobs: dict[str, Any],
+                  split: str, train_size: int, eval_size: int) -> list[dict]:
+    """The runs of an earlier study that a new invocation extends with more seeds.
+
+    Raises ActPRMError (one line) when the earlier study was made under anything that changes a run's F1:
+    another pool or split, another study or model preset, other heads or uncertainty knobs. Runs of the same
+    seed are deterministic (`tasks.study`), so an extended study summarizes exactly as one run over all its
+    seeds would.
+    """
+    from actprm.errors import ActPRMError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ActPRMError(f"cannot extend {path}: no such study (run it once without --extend)")
+    try:
+        earlier = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ActPRMError(f"cannot extend {path}: not a study's JSON ({e})") from None
+    if not isinstance(earlier, dict) or not isinstance(earlier.get("runs"), list):
+        raise ActPRMError(f"cannot extend {path}: it holds no per-run results (\"runs\")")
+    if earlier.get("pool") != pool:
+        raise ActPRMError(f"cannot extend {path}: it was made on pool {earlier.get('pool')!r}, not {pool!r}")
+    # Studies written before the split was fingerprinted carry none (nor knobs); their runs used the defaults.
+    if earlier.get("split_sha256", split) != split or (earlier.get("train_size"), earlier.get("eval_size")) != (
+            train_size, eval_size):
+        raise ActPRMError(f"cannot extend {path}: pool {pool!r} was split into other train/eval trajectories then "
+                          "(re-ingested, or another eval_fraction or seed)")
+    # Compared as JSON sees them (tuples read back as lists).
+    mine = {k: v for k, v in json.loads(json.dumps(asdict(preset))).items() if k not in _SPEED_ONLY}
+    theirs = {k: v for k, v in (earlier.get("study_preset") or {}).items() if k not in _SPEED_ONLY}
+    for key in sorted(mine.keys() | theirs.keys()):
+        if mine.get(key) != theirs.get(key):
+            raise ActPRMError(f"cannot extend {path}: study preset {key} was {theirs.get(key)!r}, "
+                              f"this run has {mine.get(key)!r}")
+    recorded = earlier.get("knobs") or {}
+    for key in sorted(knobs.keys() & recorded.keys()):
+        if knobs[key] != recorded[key]:
+            raise ActPRMError(f"cannot extend {path}: {key} was {recorded[key]!r}, this run has {knobs[key]!r}")
+    return earlier["runs"]
+
+
 def _f1_section(result: dict, suffix: str, title: str) -> list[str]:
     budgets = result["budgets"]
     untrained = result.get(f"untrained_f1{suffix}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -190,3 +191,80 @@ def test_quick_study_flow_end_to_end(pool_db, tmp_path, monkeypatch, prefect_har
     assert run.data.metrics["full_data_f1_tuned"] == pytest.approx(saved["full_data_f1_tuned"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "study")}
     assert artifacts == {"study/al_study.json", "study/al_study.md", "study/al_study.png"}
+
+
+def test_extending_a_study_adds_seeds_without_rerunning_those_it_has(pool_db, tmp_path, monkeypatch, prefect_harness):
+    from flows.study import study_flow
+
+    monkeypatch.setenv("ACTPRM_HOME", str(pool_db.parent))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "results"
+    config = {"model": {"preset": "tiny"}}
+    first = study_flow(pool=POOL, study_preset="quick", config=config, seeds=[0], output_dir=str(out))
+    extended = study_flow(pool=POOL, study_preset="quick", config=config, seeds=[0, 1], output_dir=str(out),
+                          extend=True)
+
+    saved = json.loads((out / "al_study.json").read_text())
+    assert saved["seeds"] == [0, 1] and saved["study_preset"]["seeds"] == [0, 1]
+    # Seed 0's runs are the earlier invocation's, timings included: it was not trained again.
+    assert [r for r in saved["runs"] if r["seed"] == 0] == first["runs"]
+    assert sum(r["seed"] == 1 for r in saved["runs"]) == len(first["runs"])
+    assert saved["actprm_minus_random"]["0.5"]["seeds"] == 2
+    # The summary is the one a single invocation over both seeds computes from the same runs.
+    preset = dataclasses.replace(study.study_preset("quick"), seeds=(0, 1))
+    again = study_report.summarize(saved["runs"], preset=preset, pool=POOL, seeds=[0, 1],
+                                   train_size=saved["train_size"], eval_size=saved["eval_size"])
+    assert json.loads(json.dumps(again)) == {k: v for k, v in saved.items() if k in again}
+    assert extended["mlflow_run_id"] != first["mlflow_run_id"]
+
+    # Other uncertainty knobs would change what ActPRM buys: extending under them is refused, before any work.
+    with pytest.raises(ActPRMError, match="cannot extend .*p_threshold was 0.95, this run has 0.9"):
+        study_flow(pool=POOL, study_preset="quick", config={**config, "uncertainty": {"p_threshold": 0.9}},
+                   seeds=[2], output_dir=str(out), extend=True)
+    assert json.loads((out / "al_study.json").read_text()) == saved
+
+
+def _earlier(tmp_path, **changes):
+    preset = study.study_preset("quick")
+    earlier = {"pool": "p", "train_size": 10, "eval_size": 4, "split_sha256": "abc",
+               "study_preset": json.loads(json.dumps(dataclasses.asdict(preset))),
+               "knobs": {"p_threshold": 0.95, "subset": "p"}, "runs": [{"seed": 0, "strategy": "full"}]}
+    path = tmp_path / "al_study.json"
+    path.write_text(json.dumps({**earlier, **changes}))
+    return path, preset
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"pool": "q"}, "it was made on pool 'q', not 'p'"),
+    ({"split_sha256": "def"}, "pool 'p' was split into other train/eval trajectories"),
+    ({"eval_size": 5}, "pool 'p' was split into other train/eval trajectories"),
+    ({"knobs": {"p_threshold": 0.9}}, "p_threshold was 0.9, this run has 0.95"),
+])
+def test_extend_refuses_a_study_made_under_other_settings(tmp_path, changes, message):
+    path, preset = _earlier(tmp_path, **changes)
+    with pytest.raises(ActPRMError, match=message):
+        study_report.previous_runs(path, pool="p", preset=preset, knobs={"p_threshold": 0.95, "subset": "p"},
+                                   split="abc", train_size=10, eval_size=4)
+
+
+def test_extend_accepts_other_threads_and_seeds_but_not_another_preset(tmp_path):
+    path, preset = _earlier(tmp_path)
+    faster = dataclasses.replace(preset, seeds=(5, 6), head_threads=2)
+    runs = study_report.previous_runs(path, pool="p", preset=faster, knobs={"p_threshold": 0.95}, split="abc",
+                                      train_size=10, eval_size=4)
+    assert runs == [{"seed": 0, "strategy": "full"}]
+    with pytest.raises(ActPRMError, match="study preset steps_per_round was 15, this run has 30"):
+        study_report.previous_runs(path, pool="p", preset=dataclasses.replace(preset, steps_per_round=30), knobs={},
+                                   split="abc", train_size=10, eval_size=4)
+    with pytest.raises(ActPRMError, match="no such study"):
+        study_report.previous_runs(tmp_path / "none.json", pool="p", preset=preset, knobs={}, split="abc",
+                                   train_size=10, eval_size=4)
+
+
+def test_cli_seeds_are_distinct_integers():
+    from actprm.cli import parse_seeds
+
+    assert parse_seeds("3, 4,5") == [3, 4, 5] and parse_seeds(None) is None
+    for bad in ("a,b", "1,1", ","):
+        with pytest.raises(ActPRMError, match="--seeds takes"):
+            parse_seeds(bad)
