@@ -10,7 +10,11 @@ The synthetic pool (actprm.synth) is created and ingested on first use under --h
 already-ingested pool instead (it must have gold labels). Backbone states are cached under
 <home>/study/cache, so a rerun with other seeds or budgets skips the backbone pass. --extend adds seeds to
 the study already in --output (e.g. --seeds 3,4 --extend makes a 3-seed study a 5-seed one) without rerunning
-the seeds it has; wall_seconds then adds up every invocation.
+the seeds it has; wall_seconds then adds up every invocation. --set changes preset fields for a variant
+(its name in the outputs records them) and --strategies compares a subset, e.g. a 5-seed check of one change:
+
+    .venv/bin/python bench/al_study.py --pool prmbench --seeds 0,1,2,3,4 --strategies actprm,random \
+        --set rounds=16 --set steps_per_round=25 --set budgets=0.5,1.0 --output bench/results/VARIANT
 """
 
 from __future__ import annotations
@@ -43,11 +47,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--home", default=str(ROOT / ".actprm" / "bench-study"),
                     help="work dir: DuckDB, MLflow store, cached backbone states")
     ap.add_argument("--output", default=str(ROOT / "bench" / "results"), help="where al_study.* are written")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="change a study preset field, e.g. --set rounds=16 --set budgets=0.5,1.0 (repeatable)")
+    ap.add_argument("--strategies", default=None, help="comma-separated subset of actprm,random,entropy,bald")
     ap.add_argument("--extend", action="store_true",
                     help="add --seeds to the study already in --output instead of starting a new one")
     args = ap.parse_args(argv)
 
     preset = study_preset(args.preset)
+    bad = [kv for kv in args.set if "=" not in kv]
+    if bad:
+        ap.error(f"--set takes FIELD=VALUE, got {bad[0]!r}")
+    overrides = dict(kv.split("=", 1) for kv in args.set)
     pool = args.pool or f"synth-study-{preset.synth_n}"
     os.environ["ACTPRM_HOME"] = args.home
     config = {"home": args.home, "default_pool": pool, "synth": {"n": preset.synth_n, "seed": 0},
@@ -61,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
              or [json.loads(earlier.read_text()).get("wall_seconds", 0.0)]) if args.extend and earlier.is_file() else []
     t0 = time.perf_counter()
     result = study_flow(pool=pool, study_preset=args.preset, config=config, seeds=seeds, output_dir=args.output,
-                        head_threads=args.head_threads, extend=args.extend)
+                        head_threads=args.head_threads, extend=args.extend, preset_overrides=overrides,
+                        strategies=args.strategies.split(",") if args.strategies else None)
     seconds = time.perf_counter() - t0
     # Wall time of the whole study (pool creation and backbone pass included) goes with the numbers.
     saved = Path(result["outputs"]["json"])

@@ -34,14 +34,16 @@ def step_states_task(trajectories: list[dict], preset: str, cache_dir: str, batc
 
 
 @task(name="study-seed", cache_policy=NO_CACHE)
-def seed_task(train, evaluation, seed: int, preset: study.StudyPreset, knobs: dict[str, Any]) -> list[dict]:
+def seed_task(train, evaluation, seed: int, preset: study.StudyPreset, knobs: dict[str, Any],
+              strategies: tuple[str, ...]) -> list[dict]:
     logger = get_run_logger()
 
     def progress(r: dict) -> None:
         logger.info("seed %d %-9s budget %.2f: F1 %.4f at 0.5, %.4f at a cross-fitted threshold; %d labels (%.1fs)",
                     r["seed"], r["strategy"], r["budget"], r["f1"], r["f1_tuned"], r["labels"], r["seconds"])
 
-    return study.run_seed(train, evaluation, seed=seed, preset=preset, on_run=progress, **knobs)
+    return study.run_seed(train, evaluation, seed=seed, preset=preset, strategies=strategies, on_run=progress,
+                          **knobs)
 
 
 @task(name="study-report", cache_policy=NO_CACHE)
@@ -55,7 +57,8 @@ def report_task(result: dict, output_dir: str, tracking_uri: str, experiment: st
 @flow(name="study", log_prints=True)
 def study_flow(pool: str = "sample", study_preset: str = "quick", config: dict[str, Any] | None = None,
                seeds: list[int] | None = None, output_dir: str | None = None,
-               head_threads: int | None = None, extend: bool = False) -> dict[str, Any]:
+               head_threads: int | None = None, extend: bool = False,
+               preset_overrides: dict[str, Any] | None = None, strategies: list[str] | None = None) -> dict[str, Any]:
     """ActPRM vs random, entropy, BALD and full data on a gold-labeled pool.
 
     Args:
@@ -67,11 +70,15 @@ def study_flow(pool: str = "sample", study_preset: str = "quick", config: dict[s
         head_threads: Torch threads for the heads' training (default: the preset's; 1 on a loaded machine).
         extend: Add seeds to the study already in output_dir (its al_study.json): seeds it has are not rerun,
             and the summary covers all of them. Refused when it was made under other settings.
+        preset_overrides: Study preset fields to change, e.g. {"rounds": 16, "budgets": "0.5,1.0"}; the
+            preset's name in the outputs records them.
+        strategies: A subset of actprm, random, entropy, bald (default: all four).
     """
     from flows.ingest_pool import ingest_pool
     from tasks import pipeline
 
-    preset = study.study_preset(study_preset)
+    preset = study.customize(study.study_preset(study_preset), preset_overrides)
+    chosen = study.strategy_names(strategies)
     chosen_model = ((config or {}).get("model") or {}).get("preset")
     settings = flow_settings(config, model={"preset": chosen_model or preset.model_preset})
     preset = dataclasses.replace(preset, model_preset=settings.model.preset,
@@ -89,7 +96,8 @@ def study_flow(pool: str = "sample", study_preset: str = "quick", config: dict[s
     runs: list[dict] = []
     if extend:  # checked before the backbone pass, so a mismatch fails in seconds
         runs = study_report.previous_runs(Path(out) / "al_study.json", pool=pool, preset=preset, knobs=knobs,
-                                          split=split, train_size=len(data["train"]), eval_size=len(data["eval"]))
+                                          split=split, train_size=len(data["train"]), eval_size=len(data["eval"]),
+                                          strategies=chosen)
     everything = data["train"] + data["eval"]
     states, info = step_states_task(everything, preset.model_preset, str(settings.home / "study" / "cache"),
                                          preset.feature_batch_size, settings.model.max_length,
@@ -100,11 +108,11 @@ def study_flow(pool: str = "sample", study_preset: str = "quick", config: dict[s
     done = {r["seed"] for r in runs}
     for seed in preset.seeds:
         if seed not in done:
-            runs += seed_task(train, evaluation, seed, preset, knobs)
+            runs += seed_task(train, evaluation, seed, preset, knobs, chosen)
     seeds = sorted(done | set(preset.seeds))
     preset = dataclasses.replace(preset, seeds=tuple(seeds))
     result = study_report.summarize(runs, preset=preset, pool=pool, seeds=seeds, train_size=len(train),
-                                    eval_size=len(evaluation))
+                                    eval_size=len(evaluation), strategies=chosen)
     result["model"] = {k: info[k] for k in ("preset", "backbone", "hidden_size", "cached", "seconds")}
     result["knobs"], result["split_sha256"] = knobs, split
     result["runs"] = runs

@@ -34,6 +34,7 @@ The summary, table, plot and MLflow run are in `tasks.study_report`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -109,6 +110,55 @@ def study_preset(name: str) -> StudyPreset:
         return STUDY_PRESETS[name]
     except KeyError:
         raise ActPRMError(f"unknown study preset {name!r}; choose one of: {', '.join(STUDY_PRESETS)}") from None
+
+
+_FIXED = ("name", "seeds", "model_preset")  # the name records what changed; the others have their own options
+
+
+def customize(preset: StudyPreset, overrides: dict[str, Any] | None) -> StudyPreset:
+    """The preset with some fields replaced (`bench/al_study.py --set rounds=16`); values may be strings, as a
+    command line gives them. The name records what changed, so a table never passes a variant off as the preset."""
+    if not overrides:
+        return preset
+    settable = [f.name for f in dataclasses.fields(StudyPreset) if f.name not in _FIXED]
+    changes = {}
+    for key, value in overrides.items():
+        if key not in settable:
+            raise ActPRMError(f"cannot set study preset field {key!r}; settable: {', '.join(settable)}")
+        changes[key] = _field_value(key, getattr(preset, key), value)
+    label = ", ".join(f"{k}={v}" for k, v in sorted(changes.items()))
+    return dataclasses.replace(preset, name=f"{preset.name} ({label})", **changes)
+
+
+def _field_value(key: str, current: Any, value: Any) -> Any:
+    kind = ("comma-separated budget fractions in (0, 1]" if isinstance(current, tuple) else
+            "true or false" if isinstance(current, bool) else "a positive number")
+    try:
+        if isinstance(current, tuple):
+            out = tuple(float(v) for v in (value.split(",") if isinstance(value, str) else value))
+            ok = bool(out) and all(0 < b <= 1 for b in out)
+        elif isinstance(current, bool):
+            out = value if isinstance(value, bool) else {"true": True, "false": False}[str(value).lower()]
+            ok = True
+        else:  # ints (and feature_threads, None or an int) stay ints; lr stays a float
+            out = float(value) if isinstance(current, float) else int(value)
+            ok = out > 0
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise ActPRMError(f"study preset field {key!r} takes {kind}, got {value!r}")
+    return out
+
+
+def strategy_names(names: list[str] | tuple[str, ...] | str | None) -> tuple[str, ...]:
+    """The strategies a study compares, in the canonical order; all of them by default."""
+    if not names:
+        return STRATEGY_NAMES
+    wanted = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
+    unknown = [n for n in wanted if n not in STRATEGY_NAMES]
+    if unknown or not wanted:
+        raise ActPRMError(f"unknown study strategy {(unknown or [''])[0]!r}; choose from: {', '.join(STRATEGY_NAMES)}")
+    return tuple(n for n in STRATEGY_NAMES if n in wanted)
 
 
 def budget_labels(budget: float, n: int) -> int:

@@ -94,13 +94,14 @@ def summarize(runs: list[dict], *, preset: StudyPreset, pool: str, seeds: list[i
     return out
 
 
-# What must match for runs of two invocations to be summarized together: everything that shapes a run's F1.
-# Threads only change speed, and seeds are what an extension adds.
-_SPEED_ONLY = {"seeds", "head_threads", "feature_threads"}
+# What must match for runs of two invocations to be summarized together: every preset field that shapes a
+# run's F1. Threads only change speed, seeds are what an extension adds, and the name only labels the fields.
+_NOT_COMPARED = {"name", "seeds", "head_threads", "feature_threads"}
 
 
 def previous_runs(path: str | Path, *, pool: str, preset: StudyPreset, knobs: dict[str, Any],
-                  split: str, train_size: int, eval_size: int) -> list[dict]:
+                  split: str, train_size: int, eval_size: int,
+                  strategies: tuple[str, ...] = STRATEGY_NAMES) -> list[dict]:
     """The runs of an earlier study that a new invocation extends with more seeds.
 
     Raises ActPRMError (one line) when the earlier study was made under anything that changes a run's F1:
@@ -127,12 +128,15 @@ def previous_runs(path: str | Path, *, pool: str, preset: StudyPreset, knobs: di
         raise ActPRMError(f"cannot extend {path}: pool {pool!r} was split into other train/eval trajectories then "
                           "(re-ingested, or another eval_fraction or seed)")
     # Compared as JSON sees them (tuples read back as lists).
-    mine = {k: v for k, v in json.loads(json.dumps(asdict(preset))).items() if k not in _SPEED_ONLY}
-    theirs = {k: v for k, v in (earlier.get("study_preset") or {}).items() if k not in _SPEED_ONLY}
+    mine = {k: v for k, v in json.loads(json.dumps(asdict(preset))).items() if k not in _NOT_COMPARED}
+    theirs = {k: v for k, v in (earlier.get("study_preset") or {}).items() if k not in _NOT_COMPARED}
     for key in sorted(mine.keys() | theirs.keys()):
         if mine.get(key) != theirs.get(key):
             raise ActPRMError(f"cannot extend {path}: study preset {key} was {theirs.get(key)!r}, "
                               f"this run has {mine.get(key)!r}")
+    if set(earlier.get("strategies") or ()) != set(strategies):
+        raise ActPRMError(f"cannot extend {path}: it compares {', '.join(earlier.get('strategies') or ())}, "
+                          f"this run {', '.join(strategies)}")
     recorded = earlier.get("knobs") or {}
     for key in sorted(knobs.keys() & recorded.keys()):
         if knobs[key] != recorded[key]:

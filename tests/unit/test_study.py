@@ -200,27 +200,37 @@ def test_extending_a_study_adds_seeds_without_rerunning_those_it_has(pool_db, tm
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = tmp_path / "results"
     config = {"model": {"preset": "tiny"}}
-    first = study_flow(pool=POOL, study_preset="quick", config=config, seeds=[0], output_dir=str(out))
+    # A variant of the quick preset on two strategies: what a user checking one change runs.
+    variant = {"preset_overrides": {"budgets": "0.5,1.0", "rounds": 2}, "strategies": ["random", "actprm"]}
+    first = study_flow(pool=POOL, study_preset="quick", config=config, seeds=[0], output_dir=str(out), **variant)
     extended = study_flow(pool=POOL, study_preset="quick", config=config, seeds=[0, 1], output_dir=str(out),
-                          extend=True)
+                          extend=True, **variant)
 
     saved = json.loads((out / "al_study.json").read_text())
     assert saved["seeds"] == [0, 1] and saved["study_preset"]["seeds"] == [0, 1]
+    assert saved["preset"] == "quick (budgets=(0.5, 1.0), rounds=2)" and set(saved["strategies"]) == {"actprm", "random"}
+    assert {(r["strategy"], r["budget"]) for r in first["runs"]} == {
+        ("untrained", 0.0), ("full", 1.0), ("actprm", 0.5), ("random", 0.5)}
     # Seed 0's runs are the earlier invocation's, timings included: it was not trained again.
     assert [r for r in saved["runs"] if r["seed"] == 0] == first["runs"]
     assert sum(r["seed"] == 1 for r in saved["runs"]) == len(first["runs"])
     assert saved["actprm_minus_random"]["0.5"]["seeds"] == 2
     # The summary is the one a single invocation over both seeds computes from the same runs.
-    preset = dataclasses.replace(study.study_preset("quick"), seeds=(0, 1))
+    preset = dataclasses.replace(study.customize(study.study_preset("quick"), variant["preset_overrides"]),
+                                 seeds=(0, 1))
     again = study_report.summarize(saved["runs"], preset=preset, pool=POOL, seeds=[0, 1],
-                                   train_size=saved["train_size"], eval_size=saved["eval_size"])
+                                   train_size=saved["train_size"], eval_size=saved["eval_size"],
+                                   strategies=("actprm", "random"))
     assert json.loads(json.dumps(again)) == {k: v for k, v in saved.items() if k in again}
     assert extended["mlflow_run_id"] != first["mlflow_run_id"]
 
     # Other uncertainty knobs would change what ActPRM buys: extending under them is refused, before any work.
     with pytest.raises(ActPRMError, match="cannot extend .*p_threshold was 0.95, this run has 0.9"):
         study_flow(pool=POOL, study_preset="quick", config={**config, "uncertainty": {"p_threshold": 0.9}},
-                   seeds=[2], output_dir=str(out), extend=True)
+                   seeds=[2], output_dir=str(out), extend=True, **variant)
+    with pytest.raises(ActPRMError, match="cannot extend .*study preset rounds was 2, this run has 3"):
+        study_flow(pool=POOL, study_preset="quick", config=config, seeds=[2], output_dir=str(out), extend=True,
+                   preset_overrides={"budgets": "0.5,1.0"}, strategies=["actprm", "random"])
     assert json.loads((out / "al_study.json").read_text()) == saved
 
 
@@ -228,7 +238,8 @@ def _earlier(tmp_path, **changes):
     preset = study.study_preset("quick")
     earlier = {"pool": "p", "train_size": 10, "eval_size": 4, "split_sha256": "abc",
                "study_preset": json.loads(json.dumps(dataclasses.asdict(preset))),
-               "knobs": {"p_threshold": 0.95, "subset": "p"}, "runs": [{"seed": 0, "strategy": "full"}]}
+               "knobs": {"p_threshold": 0.95, "subset": "p"}, "runs": [{"seed": 0, "strategy": "full"}],
+               "strategies": {s: {} for s in study.STRATEGY_NAMES}}
     path = tmp_path / "al_study.json"
     path.write_text(json.dumps({**earlier, **changes}))
     return path, preset
@@ -239,6 +250,7 @@ def _earlier(tmp_path, **changes):
     ({"split_sha256": "def"}, "pool 'p' was split into other train/eval trajectories"),
     ({"eval_size": 5}, "pool 'p' was split into other train/eval trajectories"),
     ({"knobs": {"p_threshold": 0.9}}, "p_threshold was 0.9, this run has 0.95"),
+    ({"strategies": {"actprm": {}, "random": {}}}, "it compares actprm, random, this run actprm, random, entropy, bald"),
 ])
 def test_extend_refuses_a_study_made_under_other_settings(tmp_path, changes, message):
     path, preset = _earlier(tmp_path, **changes)
@@ -268,3 +280,24 @@ def test_cli_seeds_are_distinct_integers():
     for bad in ("a,b", "1,1", ","):
         with pytest.raises(ActPRMError, match="--seeds takes"):
             parse_seeds(bad)
+
+
+def test_a_preset_variant_is_named_for_what_it_changes_and_bad_fields_are_refused():
+    full = study.study_preset("full")
+    variant = study.customize(full, {"rounds": "16", "budgets": "0.5,1.0", "lr_decay": "false", "lr": "1e-3"})
+    assert (variant.rounds, variant.budgets, variant.lr_decay, variant.lr) == (16, (0.5, 1.0), False, 1e-3)
+    assert variant.name == "full (budgets=(0.5, 1.0), lr=0.001, lr_decay=False, rounds=16)"
+    assert variant.steps_per_round == full.steps_per_round and study.customize(full, {}) is full
+    for bad, message in [({"name": "x"}, "cannot set study preset field 'name'"),
+                         ({"rounds": "many"}, "'rounds' takes a positive number, got 'many'"),
+                         ({"steps_per_round": "0"}, "'steps_per_round' takes a positive number"),
+                         ({"budgets": "0.5,1.5"}, "'budgets' takes comma-separated budget fractions in \\(0, 1\\]")]:
+        with pytest.raises(ActPRMError, match=message):
+            study.customize(full, bad)
+
+
+def test_strategy_subsets_keep_the_canonical_order():
+    assert study.strategy_names(None) == study.STRATEGY_NAMES
+    assert study.strategy_names("random, actprm") == ("actprm", "random")
+    with pytest.raises(ActPRMError, match="unknown study strategy 'greedy'"):
+        study.strategy_names(["actprm", "greedy"])
