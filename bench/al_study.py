@@ -10,7 +10,8 @@ The synthetic pool (actprm.synth) is created and ingested on first use under --h
 already-ingested pool instead (it must have gold labels). Backbone states are cached under
 <home>/study/cache, so a rerun with other seeds or budgets skips the backbone pass. --extend adds seeds to
 the study already in --output (e.g. --seeds 3,4 --extend makes a 3-seed study a 5-seed one) without rerunning
-the seeds it has; wall_seconds then adds up every invocation. --set changes preset fields for a variant
+the seeds it has; wall_seconds then adds up every invocation. The outputs are rewritten after every seed, so
+after a crash the same command with --extend goes on from the last finished seed. --set changes preset fields for a variant
 (its name in the outputs records them) and --strategies compares a subset, e.g. a 5-seed check of one change:
 
     .venv/bin/python bench/al_study.py --pool prmbench --seeds 0,1,2,3,4 --strategies actprm,random \

@@ -46,6 +46,11 @@ def seed_task(train, evaluation, seed: int, preset: study.StudyPreset, knobs: di
                           **knobs)
 
 
+@task(name="study-checkpoint", cache_policy=NO_CACHE)
+def checkpoint_task(result: dict, output_dir: str) -> dict[str, str]:
+    return study_report.write_outputs(result, output_dir)
+
+
 @task(name="study-report", cache_policy=NO_CACHE)
 def report_task(result: dict, output_dir: str, tracking_uri: str, experiment: str, artifact_root: str) -> dict:
     paths = study_report.write_outputs(result, output_dir)
@@ -105,17 +110,17 @@ def study_flow(pool: str = "sample", study_preset: str = "quick", config: dict[s
     n_train = len(data["train"])
     train, evaluation = study.pack(data["train"], states[:n_train]), study.pack(data["eval"], states[n_train:])
     knobs = {**knobs, "hidden_size": info["hidden_size"], "separator_id": info["separator_id"]}
+    model = {k: info[k] for k in ("preset", "backbone", "hidden_size", "cached", "seconds")}
+    facts = {"preset": preset, "pool": pool, "strategies": chosen, "train_size": len(train),
+             "eval_size": len(evaluation), "model": model, "knobs": knobs, "split": split}
     done = {r["seed"] for r in runs}
     for seed in preset.seeds:
         if seed not in done:
             runs += seed_task(train, evaluation, seed, preset, knobs, chosen)
-    seeds = sorted(done | set(preset.seeds))
-    preset = dataclasses.replace(preset, seeds=tuple(seeds))
-    result = study_report.summarize(runs, preset=preset, pool=pool, seeds=seeds, train_size=len(train),
-                                    eval_size=len(evaluation), strategies=chosen)
-    result["model"] = {k: info[k] for k in ("preset", "backbone", "hidden_size", "cached", "seconds")}
-    result["knobs"], result["split_sha256"] = knobs, split
-    result["runs"] = runs
+            # The outputs hold every finished seed, so a crash loses at most the seed in progress and a rerun
+            # with extend=True goes on from there.
+            checkpoint_task(study_report.study_result(runs, **facts), out)
+    result = study_report.study_result(runs, **facts)
     reported = report_task(result, out, settings.tracking_uri, settings.experiment, str(settings.artifact_root))
     summary = Path(reported["paths"]["markdown"]).read_text() + f"\noutputs: {', '.join(reported['paths'].values())}"
     return {**result, "outputs": reported["paths"], "mlflow_run_id": reported["mlflow_run_id"], "summary": summary}

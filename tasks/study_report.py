@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,17 @@ def previous_runs(path: str | Path, *, pool: str, preset: StudyPreset, knobs: di
     return earlier["runs"]
 
 
+def study_result(runs: list[dict], *, preset: StudyPreset, pool: str, strategies: tuple[str, ...], train_size: int,
+                 eval_size: int, model: dict, knobs: dict[str, Any], split: str) -> dict:
+    """The study's JSON for the runs so far: the summary over every seed that has runs, the runs themselves, and
+    what a later `extend` must match (knobs, split fingerprint)."""
+    seeds = sorted({r["seed"] for r in runs})
+    result = summarize(runs, preset=replace(preset, seeds=tuple(seeds)), pool=pool, seeds=seeds,
+                       train_size=train_size, eval_size=eval_size, strategies=strategies)
+    result.update(model=model, knobs=knobs, split_sha256=split, runs=runs)
+    return result
+
+
 def _f1_section(result: dict, suffix: str, title: str) -> list[str]:
     budgets = result["budgets"]
     untrained = result.get(f"untrained_f1{suffix}")
@@ -226,10 +238,18 @@ def write_outputs(result: dict, output_dir: str | Path, stem: str = "al_study") 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md", "plot": out / f"{stem}.png"}
-    paths["json"].write_text(json.dumps(result, indent=2) + "\n")
-    paths["markdown"].write_text(markdown_table(result))
-    plot(result, paths["plot"])
+    # Each file is written beside its final name and renamed over it, so a kill mid-write never leaves a torn
+    # JSON for `extend` to read. The JSON goes last: it is what a rerun trusts.
+    plot(result, _partial(paths["plot"]))
+    _partial(paths["markdown"]).write_text(markdown_table(result))
+    _partial(paths["json"]).write_text(json.dumps(result, indent=2) + "\n")
+    for path in (paths["plot"], paths["markdown"], paths["json"]):
+        os.replace(_partial(path), path)
     return {k: str(v) for k, v in paths.items()}
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(f".{path.stem}.partial{path.suffix}")
 
 
 def log_to_mlflow(result: dict, paths: dict[str, str], *, tracking_uri: str, experiment: str,

@@ -193,7 +193,7 @@ def test_quick_study_flow_end_to_end(pool_db, tmp_path, monkeypatch, prefect_har
     assert artifacts == {"study/al_study.json", "study/al_study.md", "study/al_study.png"}
 
 
-def test_extending_a_study_adds_seeds_without_rerunning_those_it_has(pool_db, tmp_path, monkeypatch, prefect_harness):
+def test_a_study_that_crashed_goes_on_from_its_last_finished_seed(pool_db, tmp_path, monkeypatch, prefect_harness):
     from flows.study import study_flow
 
     monkeypatch.setenv("ACTPRM_HOME", str(pool_db.parent))
@@ -202,7 +202,22 @@ def test_extending_a_study_adds_seeds_without_rerunning_those_it_has(pool_db, tm
     config = {"model": {"preset": "tiny"}}
     # A variant of the quick preset on two strategies: what a user checking one change runs.
     variant = {"preset_overrides": {"budgets": "0.5,1.0", "rounds": 2}, "strategies": ["random", "actprm"]}
-    first = study_flow(pool=POOL, study_preset="quick", config=config, seeds=[0], output_dir=str(out), **variant)
+    real_run_seed = study.run_seed
+
+    def crash_in_seed_1(*args, seed, **kwargs):
+        if seed == 1:
+            raise RuntimeError("worker lost")
+        return real_run_seed(*args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(study, "run_seed", crash_in_seed_1)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        study_flow(pool=POOL, study_preset="quick", config=config, seeds=[0, 1], output_dir=str(out), **variant)
+    monkeypatch.setattr(study, "run_seed", real_run_seed)
+    # The outputs hold the seed that finished: a consistent 1-seed study, not nothing and not a torn file.
+    first = json.loads((out / "al_study.json").read_text())
+    assert first["seeds"] == [0] and {r["seed"] for r in first["runs"]} == {0}
+    assert "seeds [0]" in (out / "al_study.md").read_text() and not list(out.glob(".*partial*"))
+
     extended = study_flow(pool=POOL, study_preset="quick", config=config, seeds=[0, 1], output_dir=str(out),
                           extend=True, **variant)
 
@@ -222,7 +237,7 @@ def test_extending_a_study_adds_seeds_without_rerunning_those_it_has(pool_db, tm
                                    train_size=saved["train_size"], eval_size=saved["eval_size"],
                                    strategies=("actprm", "random"))
     assert json.loads(json.dumps(again)) == {k: v for k, v in saved.items() if k in again}
-    assert extended["mlflow_run_id"] != first["mlflow_run_id"]
+    assert extended["mlflow_run_id"] and extended["seeds"] == [0, 1]
 
     # Other uncertainty knobs would change what ActPRM buys: extending under them is refused, before any work.
     with pytest.raises(ActPRMError, match="cannot extend .*p_threshold was 0.95, this run has 0.9"):
