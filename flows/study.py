@@ -1,7 +1,8 @@
 """The active-learning efficiency study as a Prefect flow (issue 8; protocol in `tasks/study.py`):
 
-    load pool (+ held-out split) -> cache step states (one backbone pass) -> per seed: full data,
-    then every strategy x budget -> summarize -> table, plot, JSON -> MLflow
+    load pool (+ held-out split) [-> the earlier study's runs, with extend] -> cache step states (one
+    backbone pass) -> per seed not yet run: full data, then every strategy x budget, then a checkpoint of
+    the outputs -> summarize -> table, plot, JSON -> MLflow
 
 This module only wires; the work is in `tasks.study`.
 """
