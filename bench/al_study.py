@@ -34,7 +34,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.study import STUDY_PRESETS, study_preset  # noqa: E402
+from tasks.study import STUDY_PRESETS, strategy_names, study_preset  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,17 +64,25 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["ACTPRM_HOME"] = args.home
     config = {"home": args.home, "default_pool": pool, "synth": {"n": preset.synth_n, "seed": 0},
               "model": {"preset": args.model_preset}}
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    from actprm.cli import parse_seeds
+    from actprm.errors import ActPRMError
+
+    try:
+        seeds, strategies = parse_seeds(args.seeds), strategy_names(args.strategies)
+    except ActPRMError as e:
+        ap.error(str(e))
 
     from flows.study import study_flow
 
     earlier = Path(args.output) / "al_study.json"
-    spent = (json.loads(earlier.read_text()).get("wall_seconds_per_invocation")
-             or [json.loads(earlier.read_text()).get("wall_seconds", 0.0)]) if args.extend and earlier.is_file() else []
+    spent = []
+    if args.extend and earlier.is_file():
+        before = json.loads(earlier.read_text())
+        spent = before.get("wall_seconds_per_invocation") or [before.get("wall_seconds", 0.0)]
     t0 = time.perf_counter()
     result = study_flow(pool=pool, study_preset=args.preset, config=config, seeds=seeds, output_dir=args.output,
                         head_threads=args.head_threads, extend=args.extend, preset_overrides=overrides,
-                        strategies=args.strategies.split(",") if args.strategies else None)
+                        strategies=list(strategies))
     seconds = time.perf_counter() - t0
     # Wall time of the whole study (pool creation and backbone pass included) goes with the numbers.
     saved = Path(result["outputs"]["json"])

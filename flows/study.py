@@ -115,13 +115,14 @@ def study_flow(pool: str = "sample", study_preset: str = "quick", config: dict[s
     facts = {"preset": preset, "pool": pool, "strategies": chosen, "train_size": len(train),
              "eval_size": len(evaluation), "model": model, "knobs": knobs, "split": split}
     done = {r["seed"] for r in runs}
-    for seed in preset.seeds:
-        if seed not in done:
-            runs += seed_task(train, evaluation, seed, preset, knobs, chosen)
+    pending = [seed for seed in preset.seeds if seed not in done]
+    for i, seed in enumerate(pending):
+        runs += seed_task(train, evaluation, seed, preset, knobs, chosen)
+        if i < len(pending) - 1:  # the report below writes the last one
             # The outputs hold every finished seed, so a crash loses at most the seed in progress and a rerun
             # with extend=True goes on from there.
             checkpoint_task(study_report.study_result(runs, **facts), out)
     result = study_report.study_result(runs, **facts)
     reported = report_task(result, out, settings.tracking_uri, settings.experiment, str(settings.artifact_root))
-    summary = Path(reported["paths"]["markdown"]).read_text() + f"\noutputs: {', '.join(reported['paths'].values())}"
+    summary = study_report.markdown_table(result) + f"\noutputs: {', '.join(reported['paths'].values())}"
     return {**result, "outputs": reported["paths"], "mlflow_run_id": reported["mlflow_run_id"], "summary": summary}

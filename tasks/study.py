@@ -188,7 +188,6 @@ def load_pool(store, pool: str, eval_fraction: float, seed: int) -> dict[str, li
     return out
 
 
-# -- cached backbone states --------------------------------------------------------------------
 def split_fingerprint(data: dict[str, list[dict]]) -> str:
     """sha256 of the train and eval trajectory ids in order: two studies ran on the same split iff they match."""
     h = hashlib.sha256()
@@ -199,6 +198,7 @@ def split_fingerprint(data: dict[str, list[dict]]) -> str:
     return h.hexdigest()
 
 
+# -- cached backbone states --------------------------------------------------------------------
 def step_states(model, tokenizer, trajectories: list[dict], *, batch_size: int = 32,
                 max_length: int = 512) -> list[torch.Tensor]:
     """Per trajectory, the (scored_steps, H) states the frozen model's heads read (`EnsemblePRM.step_states`).

@@ -15,6 +15,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from actprm.errors import ActPRMError
 from tasks.study import LEARNED_F1, STRATEGY_NAMES, WITHIN_F1, StudyPreset, budget_labels
 
 
@@ -110,8 +111,6 @@ def previous_runs(path: str | Path, *, pool: str, preset: StudyPreset, knobs: di
     seed are deterministic (`tasks.study`), so an extended study summarizes exactly as one run over all its
     seeds would.
     """
-    from actprm.errors import ActPRMError
-
     path = Path(path)
     if not path.is_file():
         raise ActPRMError(f"cannot extend {path}: no such study (run it once without --extend)")
