@@ -299,10 +299,13 @@ def test_cli_seeds_are_distinct_integers():
 
 def test_a_preset_variant_is_named_for_what_it_changes_and_bad_fields_are_refused():
     full = study.study_preset("full")
-    variant = study.customize(full, {"rounds": "16", "budgets": "0.5,1.0", "lr_decay": "false", "lr": "1e-3"})
-    assert (variant.rounds, variant.budgets, variant.lr_decay, variant.lr) == (16, (0.5, 1.0), False, 1e-3)
-    assert variant.name == "full (budgets=(0.5, 1.0), lr=0.001, lr_decay=False, rounds=16)"
+    variant = study.customize(full, {"rounds": "32", "budgets": "0.5,1.0", "lr_decay": "false", "lr": "1e-3",
+                                     "steps_per_round": str(full.steps_per_round)})
+    assert (variant.rounds, variant.budgets, variant.lr_decay, variant.lr) == (32, (0.5, 1.0), False, 1e-3)
+    # The name lists what changed: steps_per_round was set to the value the preset already has.
+    assert variant.name == "full (budgets=(0.5, 1.0), lr=0.001, lr_decay=False, rounds=32)"
     assert variant.steps_per_round == full.steps_per_round and study.customize(full, {}) is full
+    assert study.customize(full, {"rounds": str(full.rounds)}) is full
     for bad, message in [({"name": "x"}, "cannot set study preset field 'name'"),
                          ({"rounds": "many"}, "'rounds' takes a positive number, got 'many'"),
                          ({"steps_per_round": "0"}, "'steps_per_round' takes a positive number"),
