@@ -83,15 +83,19 @@ def _processbench(records: list[dict], step_scores: dict[str, Sequence[float]],
     require_scores([r["id"] for r in records], step_scores)
     by_subset: dict[str, dict[str, int]] = {}
     for rec in records:
-        subset = rec.get("subset") or "default"
-        c = by_subset.setdefault(subset, {"err": 0, "err_hit": 0, "ok": 0, "ok_hit": 0})
         pred = predicted_first_error(step_scores[rec["id"]], threshold_of(rec))
-        if rec["label"] == -1:
-            c["ok"] += 1
-            c["ok_hit"] += pred == -1
-        else:
-            c["err"] += 1
-            c["err_hit"] += pred == rec["label"]
+        _count(by_subset, rec, pred == rec["label"])
+    return _f1_of_counts(by_subset)
+
+
+def _count(by_subset: dict[str, dict[str, int]], rec: dict, hit: bool) -> None:
+    c = by_subset.setdefault(rec.get("subset") or "default", {"err": 0, "err_hit": 0, "ok": 0, "ok_hit": 0})
+    kind = "ok" if rec["label"] == -1 else "err"
+    c[kind] += 1
+    c[kind + "_hit"] += hit
+
+
+def _f1_of_counts(by_subset: dict[str, dict[str, int]]) -> dict[str, Any]:
     subsets = {}
     for name, c in sorted(by_subset.items()):
         acc_error = c["err_hit"] / c["err"] if c["err"] else None
@@ -104,11 +108,38 @@ def _processbench(records: list[dict], step_scores: dict[str, Sequence[float]],
     return {"f1": sum(s["f1"] for s in subsets.values()) / len(subsets), "subsets": subsets}
 
 
+def _hit_interval(scores: Sequence[float], label: int) -> tuple[float, float]:
+    """(lo, hi) such that the record is predicted right at threshold t exactly when lo < t <= hi.
+
+    `predicted_first_error` returns `label` when every earlier step scores >= t and step `label` scores < t,
+    and -1 when every step scores >= t; so one pass over the scores answers every threshold of a grid.
+    """
+    if label == -1:
+        return -math.inf, min(scores, default=math.inf)
+    if label >= len(scores):  # the erroneous step was not scored: never predicted
+        return math.inf, -math.inf
+    return scores[label], min(scores[:label], default=math.inf)
+
+
 def tune_threshold(records: list[dict], step_scores: dict[str, Sequence[float]],
                    grid: Sequence[float] = THRESHOLD_GRID) -> float:
-    """The grid threshold with the best ProcessBench F1 on a dev split (ties: closest to 0.5)."""
-    best = max(grid, key=lambda t: (processbench_metrics(records, step_scores, t)["f1"], -abs(t - 0.5)))
-    return float(best)
+    """The grid threshold with the best ProcessBench F1 on a dev split (ties: closest to 0.5).
+
+    Each threshold's F1 is the one `processbench_metrics` gives (the same comparisons, counted from each
+    record's `_hit_interval`), without re-reading every record's scores for every threshold.
+    """
+    if not records:
+        raise ActPRMError("no evaluation records: the evaluation set is empty")
+    require_scores([r["id"] for r in records], step_scores)
+    intervals = [(rec, *_hit_interval(step_scores[rec["id"]], rec["label"])) for rec in records]
+
+    def f1_at(t: float) -> float:
+        by_subset: dict[str, dict[str, int]] = {}
+        for rec, lo, hi in intervals:
+            _count(by_subset, rec, lo < t <= hi)
+        return _f1_of_counts(by_subset)["f1"]
+
+    return float(max(grid, key=lambda t: (f1_at(t), -abs(t - 0.5))))
 
 
 def processbench_tuned(test_records: list[dict], dev_records: list[dict],

@@ -84,13 +84,13 @@ STUDY_PRESETS: dict[str, StudyPreset] = {
     # Tests and smoke runs: tiny model, few budgets, one seed; seconds.
     "quick": StudyPreset("quick", budgets=(0.2, 0.5, 1.0), seeds=(0,), model_preset="tiny", num_heads=8,
                          rounds=3, steps_per_round=15, batch_size=16, lr=3e-3, synth_n=150, feature_threads=1),
-    # The study of issue 8: MiniLM backbone (step-mean readout), paper's 32 heads, 3 seeds; about 25 minutes
-    # on a quiet 2-core box. 400 head steps in all. Batch 56 with lr decay, over 5 seeds: full-data F1
-    # 0.296 ± 0.020, against 0.251 ± 0.066 with batch 32 and a constant lr (0.300 ± 0.018 with batch 64, but
-    # ~30% slower than 56). 16 rounds of 25 steps rather than 8 of 50: the same steps and scoring, but each
-    # batch is picked by heads that trained 1/16 of the stream ago. On PRMBench (5 seeds) that moved ActPRM at
-    # 50% from 2.5 to 0.6 F1 points short of full data, and its lead over random from +2.7 to +4.0 points
-    # (bench/results/al_study_prmbench_rounds8 holds the 8-round study).
+    # The study of issue 8: MiniLM backbone (step-mean readout), paper's 32 heads, 3 seeds; about 30 minutes
+    # on a quiet 2-core box. 400 head steps in all: with 200 the heads underfit (full-data F1 0.15 vs 0.29,
+    # seed 0). Batch 56 with lr decay, over 5 seeds: full-data F1 0.296 ± 0.020, against 0.251 ± 0.066 with
+    # batch 32 and a constant lr (0.300 ± 0.018 with batch 64, but ~30% slower than 56). 16 rounds of 25
+    # steps rather than 8 of 50: the same steps and scoring, but each batch is picked by heads that trained
+    # 1/16 of the stream ago. On PRMBench (5 seeds) that moved ActPRM at 50% from 2.5 to 0.6 F1 points short
+    # of full data, and its lead over random from +2.7 to +4.0 points (bench/results/*_rounds8: 8 rounds).
     "full": StudyPreset("full", budgets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0), seeds=(0, 1, 2),
                         model_preset="cpu", num_heads=32, rounds=16, steps_per_round=25, batch_size=56,
                         lr=3e-3, synth_n=3000, head_threads=2),

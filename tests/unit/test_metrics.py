@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
 from actprm.errors import ActPRMError
-from actprm.metrics import (fold_of, predicted_first_error, prmbench_metrics, processbench_crossfit, processbench_metrics,
-                            processbench_tuned, tune_threshold)
+from actprm.metrics import (THRESHOLD_GRID, fold_of, predicted_first_error, prmbench_metrics, processbench_crossfit,
+                            processbench_metrics, processbench_tuned, tune_threshold)
 from tasks.evaluate import evaluate_predictions, read_eval_data, read_predictions
 
 # Two subsets. gsm8k: a hit, b wrong step, c hit, d false alarm -> acc_error 1/2, acc_correct 1/2,
@@ -63,6 +64,21 @@ def test_threshold_tuned_on_dev_is_applied_to_test():
     assert m["threshold"] == pytest.approx(0.61) and m["threshold_source"] == "tuned"
     assert m["f1"] == 1.0 and m["dev_f1"] == 1.0
     assert processbench_metrics(test, scores)["f1"] == 0.0  # the default threshold misses i
+
+
+def test_tuned_threshold_is_the_grid_argmax_of_processbench_f1():
+    # tune_threshold counts each record's hit interval instead of predicting it at all 99 thresholds; it must
+    # pick what a brute-force sweep of processbench_metrics picks. Scores sit on grid values (a step scored
+    # exactly t is not below t), labels fall past the scored steps, and some records have no scored step.
+    rng = random.Random(7)
+    for trial in range(30):
+        records, scores = [], {}
+        for k in range(rng.randint(1, 40)):
+            n = rng.randint(0, 6)
+            scores[f"r{k}"] = [rng.choice([rng.random(), round(rng.randint(1, 99) * 0.01, 2)]) for _ in range(n)]
+            records.append({"id": f"r{k}", "label": rng.randint(-1, 7), "subset": rng.choice(["a", "b"])})
+        brute = max(THRESHOLD_GRID, key=lambda t: (processbench_metrics(records, scores, t)["f1"], -abs(t - 0.5)))
+        assert tune_threshold(records, scores) == brute, trial
 
 
 def _ids_in_fold(fold: int, n: int) -> list[str]:
