@@ -78,14 +78,18 @@ def processbench_metrics(
 def _processbench(records: list[dict], step_scores: dict[str, Sequence[float]],
                   threshold_of: Callable[[dict], float]) -> dict[str, Any]:
     """ProcessBench F1 with each record predicted at its own threshold (`processbench_metrics`)."""
-    if not records:
-        raise ActPRMError("no evaluation records: the evaluation set is empty")
-    require_scores([r["id"] for r in records], step_scores)
+    _require_records(records, step_scores)
     by_subset: dict[str, dict[str, int]] = {}
     for rec in records:
         pred = predicted_first_error(step_scores[rec["id"]], threshold_of(rec))
         _count(by_subset, rec, pred == rec["label"])
     return _f1_of_counts(by_subset)
+
+
+def _require_records(records: list[dict], step_scores: dict[str, Sequence[float]]) -> None:
+    if not records:
+        raise ActPRMError("no evaluation records: the evaluation set is empty")
+    require_scores([r["id"] for r in records], step_scores)
 
 
 def _count(by_subset: dict[str, dict[str, int]], rec: dict, hit: bool) -> None:
@@ -128,9 +132,7 @@ def tune_threshold(records: list[dict], step_scores: dict[str, Sequence[float]],
     Each threshold's F1 is the one `processbench_metrics` gives (the same comparisons, counted from each
     record's `_hit_interval`), without re-reading every record's scores for every threshold.
     """
-    if not records:
-        raise ActPRMError("no evaluation records: the evaluation set is empty")
-    require_scores([r["id"] for r in records], step_scores)
+    _require_records(records, step_scores)
     intervals = [(rec, *_hit_interval(step_scores[rec["id"]], rec["label"])) for rec in records]
 
     def f1_at(t: float) -> float:

@@ -121,15 +121,14 @@ _FIXED = ("name", "seeds", "model_preset")  # the name records what changed; the
 def customize(preset: StudyPreset, overrides: dict[str, Any] | None) -> StudyPreset:
     """The preset with some fields replaced (`bench/al_study.py --set rounds=16`); values may be strings, as a
     command line gives them. The name records what changed, so a table never passes a variant off as the preset."""
-    if not overrides:
-        return preset
     settable = [f.name for f in dataclasses.fields(StudyPreset) if f.name not in _FIXED]
     changes = {}
-    for key, value in overrides.items():
+    for key, value in (overrides or {}).items():
         if key not in settable:
             raise ActPRMError(f"cannot set study preset field {key!r}; settable: {', '.join(settable)}")
-        changes[key] = _field_value(key, getattr(preset, key), value)
-    changes = {k: v for k, v in changes.items() if v != getattr(preset, k)}  # `--set rounds=16` on a 16-round preset
+        new = _field_value(key, getattr(preset, key), value)
+        if new != getattr(preset, key):  # `--set rounds=16` on a 16-round preset changes nothing
+            changes[key] = new
     if not changes:
         return preset
     label = ", ".join(f"{k}={v}" for k, v in sorted(changes.items()))
