@@ -10,6 +10,7 @@ This module only wires; the work is in `tasks.study`.
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,7 @@ def study_flow(pool: str = "sample", study_preset: str = "quick", config: dict[s
     from flows.ingest_pool import ingest_pool
     from tasks import pipeline
 
+    started = time.perf_counter()  # the wall time recorded in the outputs: pool creation and backbone pass included
     preset = study.customize(study.study_preset(study_preset), preset_overrides)
     chosen = study.strategy_names(strategies)
     chosen_model = ((config or {}).get("model") or {}).get("preset")
@@ -100,8 +102,9 @@ def study_flow(pool: str = "sample", study_preset: str = "quick", config: dict[s
     split = study.split_fingerprint(data)
     out = output_dir or str(settings.reports_dir / "study")
     runs: list[dict] = []
+    spent: list[float] = []  # wall seconds of the invocations that made the earlier runs
     if extend:  # checked before the backbone pass, so a mismatch fails in seconds
-        runs = study_report.previous_runs(Path(out) / "al_study.json", pool=pool, preset=preset, knobs=knobs,
+        runs, spent = study_report.previous_runs(Path(out) / "al_study.json", pool=pool, preset=preset, knobs=knobs,
                                           split=split, train_size=len(data["train"]), eval_size=len(data["eval"]),
                                           strategies=chosen)
     everything = data["train"] + data["eval"]
@@ -121,8 +124,10 @@ def study_flow(pool: str = "sample", study_preset: str = "quick", config: dict[s
         if i < len(pending) - 1:  # the report below writes the last one
             # The outputs hold every finished seed, so a crash loses at most the seed in progress and a rerun
             # with extend=True goes on from there.
-            checkpoint_task(study_report.study_result(runs, **facts), out)
-    result = study_report.study_result(runs, **facts)
+            checkpoint_task(study_report.study_result(runs, **facts, wall_seconds_per_invocation=[
+                *spent, time.perf_counter() - started]), out)
+    result = study_report.study_result(runs, **facts,
+                                       wall_seconds_per_invocation=[*spent, time.perf_counter() - started])
     reported = report_task(result, out, settings.tracking_uri, settings.experiment, str(settings.artifact_root))
     summary = study_report.markdown_table(result) + f"\noutputs: {', '.join(reported['paths'].values())}"
     return {**result, "outputs": reported["paths"], "mlflow_run_id": reported["mlflow_run_id"], "summary": summary}

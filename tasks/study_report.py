@@ -103,8 +103,9 @@ _NOT_COMPARED = {"name", "seeds", "head_threads", "feature_threads"}
 
 def previous_runs(path: str | Path, *, pool: str, preset: StudyPreset, knobs: dict[str, Any],
                   split: str, train_size: int, eval_size: int,
-                  strategies: tuple[str, ...] = STRATEGY_NAMES) -> list[dict]:
-    """The runs of an earlier study that a new invocation extends with more seeds.
+                  strategies: tuple[str, ...] = STRATEGY_NAMES) -> tuple[list[dict], list[float]]:
+    """The runs of an earlier study that a new invocation extends with more seeds, and the wall seconds of each
+    invocation that made them.
 
     Raises ActPRMError (one line) when the earlier study was made under anything that changes a run's F1:
     another pool or split, another study or model preset, other heads or uncertainty knobs. Runs of the same
@@ -141,17 +142,26 @@ def previous_runs(path: str | Path, *, pool: str, preset: StudyPreset, knobs: di
     for key in sorted(knobs.keys() & recorded.keys()):
         if knobs[key] != recorded[key]:
             raise ActPRMError(f"cannot extend {path}: {key} was {recorded[key]!r}, this run has {knobs[key]!r}")
-    return earlier["runs"]
+    # Studies from before the flow timed itself carry one total, or none.
+    spent = earlier.get("wall_seconds_per_invocation")
+    if spent is None:
+        spent = [earlier["wall_seconds"]] if "wall_seconds" in earlier else []
+    return earlier["runs"], [float(s) for s in spent]
 
 
 def study_result(runs: list[dict], *, preset: StudyPreset, pool: str, strategies: tuple[str, ...], train_size: int,
-                 eval_size: int, model: dict, knobs: dict[str, Any], split: str) -> dict:
-    """The study's JSON for the runs so far: the summary over every seed that has runs, the runs themselves, and
-    what a later `extend` must match (knobs, split fingerprint)."""
+                 eval_size: int, model: dict, knobs: dict[str, Any], split: str,
+                 wall_seconds_per_invocation: list[float] = ()) -> dict:
+    """The study's JSON for the runs so far: the summary over every seed that has runs, the runs themselves,
+    what a later `extend` must match (knobs, split fingerprint), and the wall time spent on them: one entry per
+    invocation, the last one up to now (so a checkpoint left by a crash still counts the time it cost)."""
     seeds = sorted({r["seed"] for r in runs})
     result = summarize(runs, preset=replace(preset, seeds=tuple(seeds)), pool=pool, seeds=seeds,
                        train_size=train_size, eval_size=eval_size, strategies=strategies)
     result.update(model=model, knobs=knobs, split_sha256=split, runs=runs)
+    if wall_seconds_per_invocation:
+        spent = [round(float(s), 1) for s in wall_seconds_per_invocation]
+        result.update(wall_seconds_per_invocation=spent, wall_seconds=round(sum(spent), 1))
     return result
 
 

@@ -217,12 +217,16 @@ def test_a_study_that_crashed_goes_on_from_its_last_finished_seed(pool_db, tmp_p
     first = json.loads((out / "al_study.json").read_text())
     assert first["seeds"] == [0] and {r["seed"] for r in first["runs"]} == {0}
     assert "seeds [0]" in (out / "al_study.md").read_text() and not list(out.glob(".*partial*"))
+    # The checkpoint counts the crashed invocation's time, so the study's total does not lose it.
+    assert len(first["wall_seconds_per_invocation"]) == 1 and first["wall_seconds"] > 0
 
     extended = study_flow(pool=POOL, study_preset="quick", config=config, seeds=[0, 1], output_dir=str(out),
                           extend=True, **variant)
 
     saved = json.loads((out / "al_study.json").read_text())
     assert saved["seeds"] == [0, 1] and saved["study_preset"]["seeds"] == [0, 1]
+    spent = saved["wall_seconds_per_invocation"]
+    assert spent[0] == first["wall_seconds"] and len(spent) == 2 and saved["wall_seconds"] == pytest.approx(sum(spent))
     assert saved["preset"] == "quick (budgets=(0.5, 1.0), rounds=2)" and set(saved["strategies"]) == {"actprm", "random"}
     assert {(r["strategy"], r["budget"]) for r in first["runs"]} == {
         ("untrained", 0.0), ("full", 1.0), ("actprm", 0.5), ("random", 0.5)}
@@ -277,9 +281,13 @@ def test_extend_refuses_a_study_made_under_other_settings(tmp_path, changes, mes
 def test_extend_accepts_other_threads_and_seeds_but_not_another_preset(tmp_path):
     path, preset = _earlier(tmp_path)
     faster = dataclasses.replace(preset, seeds=(5, 6), head_threads=2)
-    runs = study_report.previous_runs(path, pool="p", preset=faster, knobs={"p_threshold": 0.95}, split="abc",
-                                      train_size=10, eval_size=4)
-    assert runs == [{"seed": 0, "strategy": "full"}]
+    runs, spent = study_report.previous_runs(path, pool="p", preset=faster, knobs={"p_threshold": 0.95},
+                                             split="abc", train_size=10, eval_size=4)
+    assert runs == [{"seed": 0, "strategy": "full"}] and spent == []
+    # A study written before the flow timed each invocation carries one total: it stays counted.
+    path.write_text(json.dumps({**json.loads(path.read_text()), "wall_seconds": 61.5}))
+    assert study_report.previous_runs(path, pool="p", preset=faster, knobs={}, split="abc", train_size=10,
+                                      eval_size=4)[1] == [61.5]
     with pytest.raises(ActPRMError, match="study preset steps_per_round was 15, this run has 30"):
         study_report.previous_runs(path, pool="p", preset=dataclasses.replace(preset, steps_per_round=30), knobs={},
                                    split="abc", train_size=10, eval_size=4)
