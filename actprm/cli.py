@@ -117,6 +117,7 @@ def synth(
     n: Annotated[int, typer.Option("--n", help="Number of trajectories.")] = 2000,
     seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
     error_rate: Annotated[float, typer.Option(help="Share with an injected first error.")] = 0.5,
+    mix: Annotated[str, typer.Option("--mix", help="Error-kind mix: uniform, or reading (70% errors of reading).")] = "uniform",
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     config: ConfigOpt = None,
@@ -128,7 +129,7 @@ def synth(
         prepare(config)
         from actprm.synth import write_pool
 
-        return write_pool(path, n=n, seed=seed, error_rate=error_rate, progress=not json_out)
+        return write_pool(path, n=n, seed=seed, error_rate=error_rate, progress=not json_out, mix=mix)
 
     _run(json_out=json_out, debug=debug)
 

@@ -108,6 +108,7 @@ class SynthSettings(BaseModel):
     n: int = Field(1_000, description="Trajectories in the built-in sample pool.")
     seed: int = Field(0, description="Generator seed.")
     error_rate: float = Field(0.5, description="Share of trajectories with an injected first error.")
+    mix: Literal["uniform", "reading"] = Field("uniform", description="Error-kind mix (actprm.synth.KIND_MIXES).")
 
 
 class YamlSource(PydanticBaseSettingsSource):

@@ -29,6 +29,7 @@ import re
 import time
 from bisect import bisect_right
 from collections.abc import Iterator
+from itertools import accumulate
 from pathlib import Path
 
 from actprm.errors import ActPRMError
@@ -47,6 +48,22 @@ ERROR_KINDS: tuple[str, ...] = (
     "misread_problem",  # the step narrates and applies the wrong operation ("sells 5" read as "gets 5"): medium
     "wrong_entity",  # the right number of the wrong thing: another item or another person: medium
 )
+
+# How often each kind is drawn for an erroneous trajectory. "uniform": every kind alike, so two thirds of the
+# errors are arithmetic, which a frozen text encoder cannot check (MiniLM does not compute 7 * 12): on that
+# pool full-data training reaches ProcessBench F1 0.29 and random picks match it with half the labels, so an
+# active-learning comparison there measures noise (bench/results/al_study_uniform). "reading": 70% of the
+# errors are drawn as errors of reading (each of the three 14/60; about 66% stay so, as an assumption on the first
+# step becomes a slip) and 30% as arithmetic (each of the six 3/60), so the PRM under test can learn most errors
+# and the arithmetic ones remain a hard tail it mostly cannot. Chosen before any
+# ActPRM run, on one seed, from what full data and random picks reach (F1 at 0.5): 0.53 with all labels, 0.50 at
+# half and 0.30 at a fifth, against 0.34, 0.33 and 0.17 on "uniform"; the learning curve still climbs at 50%.
+KIND_MIXES: dict[str, dict[str, float] | None] = {
+    "uniform": None,
+    "reading": {"sign_or_magnitude": 3, "final_answer_mismatch": 3, "wrong_operation": 3, "copied_wrong_number": 3,
+                "arithmetic_slip": 3, "skipped_step_carry": 3, "unsupported_assumption": 14, "misread_problem": 14,
+                "wrong_entity": 14},
+}
 
 # ---------------------------------------------------------------- vocabulary
 NAMES = (
@@ -154,7 +171,8 @@ def _divisors(gold: int, cur: int) -> list[int]:
 
 
 # ---------------------------------------------------------------- generator
-def _trajectory(rng: random.Random, wants_error: bool) -> tuple[str, list[str], int, str | None]:
+def _trajectory(rng: random.Random, wants_error: bool, kind_cum: list[float] | None = None
+                ) -> tuple[str, list[str], int, str | None]:
     r = rng.random
     name, pron = NAMES[int(r() * len(NAMES))]
     items, boxes, places = THEMES[THEME_NAMES[int(r() * len(THEME_NAMES))]]
@@ -166,7 +184,8 @@ def _trajectory(rng: random.Random, wants_error: bool) -> tuple[str, list[str], 
     kind: str | None = None
     err_at = -1
     if wants_error:
-        kind = ERROR_KINDS[int(r() * len(ERROR_KINDS))]
+        u = r()
+        kind = ERROR_KINDS[int(u * len(ERROR_KINDS)) if kind_cum is None else bisect_right(kind_cum, u * kind_cum[-1])]
         if kind == "skipped_step_carry" and n_ops < 2:
             kind = "arithmetic_slip"
         if kind == "final_answer_mismatch":
@@ -301,16 +320,31 @@ def _inject(r, kind, op, a, b, c, has_carry, results, q_numbers, start):
     return op, a, b, c + delta, "arithmetic_slip"
 
 
-def generate(n: int, seed: int = 0, error_rate: float = 0.5) -> Iterator[dict]:
-    """Yields `n` trajectories in the actprm record format; record i depends only on (seed, i)."""
+def kind_mix(name: str) -> dict[str, float] | None:
+    """The weights of a named mix of error kinds (KIND_MIXES); None means every kind alike."""
+    try:
+        return KIND_MIXES[name]
+    except KeyError:
+        raise ActPRMError(f"unknown error-kind mix {name!r}; choose one of: {', '.join(KIND_MIXES)}") from None
+
+
+def generate(n: int, seed: int = 0, error_rate: float = 0.5, mix: str = "uniform") -> Iterator[dict]:
+    """Yields `n` trajectories in the actprm record format; record i depends only on (seed, i, mix).
+
+    The mix only changes which kind an erroneous trajectory gets (the same random draw picks it), so which
+    trajectories are erroneous, their lengths and every correct trajectory are the same under every mix."""
     if n < 0 or not 0.0 <= error_rate <= 1.0:
         raise ActPRMError(f"synth needs n >= 0 and 0 <= error_rate <= 1 (got n={n}, error_rate={error_rate})")
+    weights = kind_mix(mix)
+    kind_cum = None
+    if weights is not None:
+        kind_cum = list(accumulate(float(weights.get(k, 0.0)) for k in ERROR_KINDS))
     rng = random.Random()
     base = (seed & 0xFFFFFFFF) << 40
     for i in range(n):
         rng.seed(base | i)  # per-record seed: any record can be regenerated alone
         wants_error = rng.random() < error_rate
-        question, steps, first_error, kind = _trajectory(rng, wants_error)
+        question, steps, first_error, kind = _trajectory(rng, wants_error, kind_cum)
         labels = [1] * len(steps) if first_error < 0 else [1] * first_error + [0]
         yield {"id": f"synth-{seed}-{i}", "question": question, "steps": steps, "hard_labels": labels,
                "first_error": first_error, "error_kind": kind}
@@ -422,7 +456,8 @@ def _line(rec: dict) -> str:
         rec["first_error"], "null" if kind is None else f'"{kind}"')
 
 
-def write_pool(path: str | Path, n: int, seed: int = 0, error_rate: float = 0.5, progress: bool = False) -> dict:
+def write_pool(path: str | Path, n: int, seed: int = 0, error_rate: float = 0.5, progress: bool = False,
+               mix: str = "uniform") -> dict:
     """Streams `n` trajectories to JSONL (.jsonl, .jsonl.gz, .jsonl.zst) or Parquet (.parquet), chosen by
     extension, without holding the pool in memory. Output is byte-identical for the same arguments."""
     path = Path(path)
@@ -431,7 +466,7 @@ def write_pool(path: str | Path, n: int, seed: int = 0, error_rate: float = 0.5,
     if fmt is None:
         raise ActPRMError(f"cannot write pool {str(path)!r}: use a .jsonl, .jsonl.gz, .jsonl.zst or .parquet path")
     path.parent.mkdir(parents=True, exist_ok=True)
-    records = generate(n, seed, error_rate)
+    records = generate(n, seed, error_rate, mix)
     if progress:
         from tqdm import tqdm
 

@@ -38,10 +38,12 @@ def sample_pool_task(settings: Settings, pool: str) -> str | None:
             store.require_pool(pool)
     from actprm.synth import write_pool
 
-    path = settings.home / "data" / f"{pool}-n{settings.synth.n}-s{settings.synth.seed}.jsonl"
+    synth = settings.synth
+    mix = "" if synth.mix == "uniform" else f"-{synth.mix}"
+    path = settings.home / "data" / f"{pool}-n{synth.n}-s{synth.seed}{mix}.jsonl"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_pool(path, n=settings.synth.n, seed=settings.synth.seed, error_rate=settings.synth.error_rate)
+        write_pool(path, n=synth.n, seed=synth.seed, error_rate=synth.error_rate, mix=synth.mix)
     return str(path)
 
 

@@ -68,6 +68,7 @@ class StudyPreset:
     batch_size: int                 # trajectories per optimizer step
     lr: float
     synth_n: int                    # size of the synthetic pool the benchmark creates for this preset
+    synth_mix: str = "uniform"      # its error-kind mix (actprm.synth.KIND_MIXES)
     # Linear decay of lr to 0 over the run (transformers' "linear" schedule, no warmup). With a constant lr
     # the last minibatches decide where the 0.5 threshold falls: full-data F1 spread 0.066 over 5 seeds,
     # against 0.018 with decay (bs 64).
@@ -93,7 +94,7 @@ STUDY_PRESETS: dict[str, StudyPreset] = {
     # of full data, and its lead over random from +2.7 to +4.0 points (bench/results/*_rounds8: 8 rounds).
     "full": StudyPreset("full", budgets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0), seeds=(0, 1, 2),
                         model_preset="cpu", num_heads=32, rounds=16, steps_per_round=25, batch_size=56,
-                        lr=3e-3, synth_n=3000, head_threads=2),
+                        lr=3e-3, synth_n=3000, synth_mix="reading", head_threads=2),
 }
 
 
@@ -115,7 +116,9 @@ def study_preset(name: str) -> StudyPreset:
         raise ActPRMError(f"unknown study preset {name!r}; choose one of: {', '.join(STUDY_PRESETS)}") from None
 
 
-_FIXED = ("name", "seeds", "model_preset")  # the name records what changed; the others have their own options
+# The name records what changed; seeds and the model have their own options, and the pool (synth_mix) is a
+# different pool, not a variant of the protocol.
+_FIXED = ("name", "seeds", "model_preset", "synth_mix")
 
 
 def customize(preset: StudyPreset, overrides: dict[str, Any] | None) -> StudyPreset:

@@ -144,3 +144,26 @@ def test_reading_errors_keep_the_arithmetic_right_and_the_judge_still_catches_th
             assert strangers, step  # another person or another item than the problem's
         seen[kind] += 1
     assert min(seen.values()) > 50, seen
+
+
+def test_the_reading_mix_changes_only_the_kinds_of_the_errors():
+    """The study's pool: mostly errors of reading (which a text encoder can learn), every kind still present,
+    the same problems otherwise, and the judge still agrees with every label."""
+    from actprm.config import SynthSettings
+    from actprm.synth import KIND_MIXES
+
+    uniform, reading = list(generate(3000, seed=7)), list(generate(3000, seed=7, mix="reading"))
+    for u, r in zip(uniform, reading):
+        assert (u["first_error"] < 0) == (r["first_error"] < 0) and len(u["steps"]) == len(r["steps"])
+        if u["first_error"] < 0:
+            assert u == r
+    kinds = Counter(r["error_kind"] for r in reading if r["error_kind"])
+    share = sum(kinds[k] for k in ("unsupported_assumption", "misread_problem", "wrong_entity")) / sum(kinds.values())
+    # 70% are drawn as reading errors; an assumption made on the first step (no running value yet) becomes a slip
+    assert 0.6 < share < 0.75 and set(kinds) == set(ERROR_KINDS)
+    assert all(verify_first_error(r["question"], r["steps"]) == r["first_error"] for r in reading)
+    # the config offers exactly the generator's mixes
+    assert set(SynthSettings.model_fields["mix"].annotation.__args__) == set(KIND_MIXES)
+    with pytest.raises(ActPRMError, match="unknown error-kind mix 'policy'; choose one of: uniform, reading") as err:
+        list(generate(5, mix="policy"))
+    assert "\n" not in str(err.value)
