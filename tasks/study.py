@@ -85,9 +85,10 @@ STUDY_PRESETS: dict[str, StudyPreset] = {
     # Tests and smoke runs: tiny model, few budgets, one seed; seconds.
     "quick": StudyPreset("quick", budgets=(0.2, 0.5, 1.0), seeds=(0,), model_preset="tiny", num_heads=8,
                          rounds=3, steps_per_round=15, batch_size=16, lr=3e-3, synth_n=150, feature_threads=1),
-    # The study of issue 8: MiniLM backbone (step-mean readout), paper's 32 heads, 3 seeds; about 30 minutes
-    # on a quiet 2-core box. 400 head steps in all: with 200 the heads underfit (full-data F1 0.15 vs 0.29,
-    # seed 0). Batch 56 with lr decay, over 5 seeds: full-data F1 0.296 ± 0.020, against 0.251 ± 0.066 with
+    # The study of issue 8: MiniLM backbone (step-mean readout), paper's 32 heads, 3 seeds, on the synthetic
+    # pool with the `reading` error-kind mix (actprm.synth.KIND_MIXES); about 30 minutes on the 2-core box. The
+    # numbers below were measured on the `uniform` mix. 400 head steps in all: with 200 the heads underfit
+    # (full-data F1 0.15 vs 0.29, seed 0). Batch 56 with lr decay, over 5 seeds: full-data F1 0.296 ± 0.020, against 0.251 ± 0.066 with
     # batch 32 and a constant lr (0.300 ± 0.018 with batch 64, but ~30% slower than 56). 16 rounds of 25
     # steps rather than 8 of 50: the same steps and scoring, but each batch is picked by heads that trained
     # 1/16 of the stream ago. On PRMBench (5 seeds) that moved ActPRM at 50% from 2.5 to 0.6 F1 points short
@@ -383,19 +384,22 @@ def evaluate_heads(model, pool: PackedPool, subset: str) -> dict:
 def run_budget(train: PackedPool, evaluation: PackedPool, *, strategy: str, budget: float, seed: int,
                preset: StudyPreset, hidden_size: int, separator_id: int, reg_lambda: float = 0.5,
                learning_probability: float = 1.0, p_threshold: float = 0.95, std_threshold: float = 0.005,
-               subset: str = "pool") -> dict:
-    """One active-learning run over the stream of the train split; returns its labels and eval F1."""
+               subset: str = "pool", inspect: Callable[[Any, list[int]], None] | None = None) -> dict:
+    """One active-learning run over the stream of the train split; returns its labels and eval F1.
+
+    `inspect`, when given, is called with the trained ensemble and the train positions bought, in buying order
+    (bench/al_study_kinds.py reads what a strategy bought and what the heads learned from it)."""
     if strategy != "full" and strategy not in STRATEGY_NAMES:
         raise ActPRMError(f"unknown study strategy {strategy!r}; choose one of: full, {', '.join(STRATEGY_NAMES)}")
     if not 0 < budget <= 1:
         raise ActPRMError(f"budget fractions must be in (0, 1], got {budget}")
     with torch_threads(preset.head_threads):
         return _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, separator_id,
-                           reg_lambda, learning_probability, p_threshold, std_threshold, subset)
+                           reg_lambda, learning_probability, p_threshold, std_threshold, subset, inspect)
 
 
 def _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, separator_id, reg_lambda,
-                learning_probability, p_threshold, std_threshold, subset) -> dict:
+                learning_probability, p_threshold, std_threshold, subset, inspect) -> dict:
     t0 = time.perf_counter()
     model = heads_model(hidden_size, separator_id, num_heads=preset.num_heads, seed=seed, reg_lambda=reg_lambda,
                         learning_probability=learning_probability)
@@ -434,6 +438,8 @@ def _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, 
             torch.nn.utils.clip_grad_norm_(model.head_parameters(), 1.0)
             optimizer.step()
             schedule.step()
+    if inspect is not None:
+        inspect(model, list(labeled))
     return {"strategy": strategy, "budget": budget, "seed": seed, "labels": len(labeled),
             **evaluate_heads(model, evaluation, subset), "seconds": round(time.perf_counter() - t0, 3),
             # Share of bought trajectories that contain an error: what the strategy spends its labels on.

@@ -62,8 +62,13 @@ def test_every_strategy_spends_exactly_its_budget(packed):
     preset = study.study_preset("quick")
     for budget in (0.1, 0.3):
         for strategy in study.STRATEGY_NAMES:
+            seen = {}
             run = study.run_budget(train, evaluation, strategy=strategy, budget=budget, seed=1, preset=preset,
+                                   inspect=lambda model, bought: seen.update(model=model, bought=bought),
                                    **_knobs(info))
+            # What bench/al_study_kinds.py reads: each trajectory bought once, and the heads that were evaluated.
+            assert len(seen["bought"]) == len(set(seen["bought"])) == run["labels"]
+            assert study.evaluate_heads(seen["model"], evaluation, "p")["f1"] == run["f1"]
             want = study.budget_labels(budget, len(train))
             if strategy == "actprm":  # never more; fewer only when too few trajectories are uncertain
                 assert run["labels"] <= min(want, run["uncertain_seen"])

@@ -127,12 +127,12 @@ def test_unknown_extension_is_a_one_line_user_error(tmp_path):
 def test_reading_errors_keep_the_arithmetic_right_and_the_judge_still_catches_them(pool):
     """unsupported_assumption, misread_problem and wrong_entity are errors of reading, not of arithmetic:
     the erroneous step's own claim computes, so only the problem tells it is wrong."""
-    from actprm.synth import NAMES, THEMES, _apply
+    from actprm.synth import NAMES, READING_KINDS, THEMES, _apply
 
     seen = Counter()
     for r in pool:
         kind = r["error_kind"]
-        if kind not in ("unsupported_assumption", "misread_problem", "wrong_entity"):
+        if kind not in READING_KINDS:
             continue
         step = r["steps"][r["first_error"]]
         a, op, b, c = re.search(r"(-?\d+) ([-+*/]) (-?\d+) = (-?\d+)", step).groups()
@@ -150,7 +150,7 @@ def test_the_reading_mix_changes_only_the_kinds_of_the_errors():
     """The study's pool: mostly errors of reading (which a text encoder can learn), every kind still present,
     the same problems otherwise, and the judge still agrees with every label."""
     from actprm.config import SynthSettings
-    from actprm.synth import KIND_MIXES
+    from actprm.synth import KIND_MIXES, READING_KINDS
 
     uniform, reading = list(generate(3000, seed=7)), list(generate(3000, seed=7, mix="reading"))
     for u, r in zip(uniform, reading):
@@ -158,7 +158,7 @@ def test_the_reading_mix_changes_only_the_kinds_of_the_errors():
         if u["first_error"] < 0:
             assert u == r
     kinds = Counter(r["error_kind"] for r in reading if r["error_kind"])
-    share = sum(kinds[k] for k in ("unsupported_assumption", "misread_problem", "wrong_entity")) / sum(kinds.values())
+    share = sum(kinds[k] for k in READING_KINDS) / sum(kinds.values())
     # 70% are drawn as reading errors; an assumption made on the first step (no running value yet) becomes a slip
     assert 0.6 < share < 0.75 and set(kinds) == set(ERROR_KINDS)
     assert all(verify_first_error(r["question"], r["steps"]) == r["first_error"] for r in reading)

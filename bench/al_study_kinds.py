@@ -1,0 +1,138 @@
+"""What each strategy of a synthetic-pool study buys, and what the heads it trained catch, by error kind.
+
+Reruns some runs of a study made by bench/al_study.py on the preset's synthetic pool (same pool, split, preset
+and knobs, read from the study's JSON, so each run reproduces the study's F1, which is checked) and reports, per
+strategy and budget, averaged over seeds:
+- the share of bought trajectories that are correct, carry an error of reading, or an arithmetic error
+  (`actprm.synth.READING_KINDS`; random buys the pool's own shares);
+- on the eval split, the share of each group whose first error (or absence of one) the ensemble mean finds at
+  threshold 0.5, which is what ProcessBench F1 counts (Zheng et al., 2024).
+
+    .venv/bin/python bench/al_study_kinds.py                    # bench/results/al_study.json, 20% and 50%
+
+Writes bench/results/al_study_kinds.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+GROUPS = ("correct", "reading", "arithmetic")
+
+
+def group_of(kind: str | None) -> str:
+    from actprm.synth import READING_KINDS
+
+    return "correct" if kind is None else "reading" if kind in READING_KINDS else "arithmetic"
+
+
+def load_study(path: Path, home: Path):
+    """The study's preset, knobs and runs, and its packed train/eval splits with each trajectory's error group."""
+    from actprm.config import Settings
+    from actprm.errors import ActPRMError
+    from actprm.store import Store, trajectory_id
+    from actprm.synth import generate
+    from tasks import study
+
+    saved = json.loads(path.read_text())
+    fields = {f.name for f in dataclasses.fields(study.StudyPreset)}
+    raw = {k: v for k, v in saved["study_preset"].items() if k in fields}
+    preset = study.StudyPreset(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    settings = Settings()
+    with Store(home / "actprm.duckdb", read_only=True) as store:
+        data = study.load_pool(store, saved["pool"], settings.loop.eval_fraction, settings.train.seed)
+    if study.split_fingerprint(data) != saved["split_sha256"]:
+        raise ActPRMError(f"pool {saved['pool']!r} under {home} is not split as the study in {path} was")
+    kinds = {trajectory_id(r["question"], r["steps"]): r["error_kind"]
+             for r in generate(preset.synth_n, seed=0, mix=preset.synth_mix)}
+    everything = data["train"] + data["eval"]
+    missing = sum(t["id"] not in kinds for t in everything)
+    if missing:
+        raise ActPRMError(f"{missing} trajectories of pool {saved['pool']!r} are not in the preset's synthetic pool "
+                          f"(n={preset.synth_n}, mix={preset.synth_mix}): error kinds are known only there")
+    states, info = study.cached_step_states(everything, preset=preset.model_preset, cache_dir=home / "study" / "cache",
+                                            batch_size=preset.feature_batch_size)
+    n = len(data["train"])
+    train, evaluation = study.pack(data["train"], states[:n]), study.pack(data["eval"], states[n:])
+    groups = {"train": [group_of(kinds[i]) for i in train.ids], "eval": [group_of(kinds[i]) for i in evaluation.ids]}
+    return saved, preset, train, evaluation, groups
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--study", default=str(ROOT / "bench" / "results" / "al_study.json"), help="a study's JSON")
+    ap.add_argument("--home", default=str(ROOT / ".actprm" / "bench-study"), help="the study's --home")
+    ap.add_argument("--budgets", default="0.2,0.5", help="comma-separated budget fractions the study ran")
+    ap.add_argument("--strategies", default="actprm,random", help="comma-separated strategies the study ran")
+    ap.add_argument("--output", default=str(ROOT / "bench" / "results"), help="where al_study_kinds.* go")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from actprm.metrics import predicted_first_error
+    from tasks import study
+
+    t0 = time.perf_counter()
+    saved, preset, train, evaluation, groups = load_study(Path(args.study), Path(args.home))
+    knobs = dict(saved["knobs"])
+    recorded = {(r["strategy"], r["budget"], r["seed"]): r["f1"] for r in saved["runs"]}
+    plan = [("full", 1.0)] + [(s, float(b)) for b in args.budgets.split(",") for s in args.strategies.split(",")]
+    rows: dict[str, list[dict]] = defaultdict(list)
+    for seed in saved["seeds"]:
+        for strategy, budget in plan:
+            seen: dict = {}
+            r = study.run_budget(train, evaluation, strategy=strategy, budget=budget, seed=seed, preset=preset,
+                                 inspect=lambda model, bought: seen.update(model=model, bought=bought), **knobs)
+            if recorded.get((strategy, budget, seed)) != r["f1"]:
+                print(f"warning: {strategy} at {budget} seed {seed} gave F1 {r['f1']:.4f}, the study recorded "
+                      f"{recorded.get((strategy, budget, seed))}", file=sys.stderr)
+            bought = Counter(groups["train"][i] for i in seen["bought"])
+            probs = study.step_probabilities(seen["model"], evaluation, torch.arange(len(evaluation)))
+            found: dict[str, list[bool]] = defaultdict(list)
+            for p, gold, g in zip(probs, evaluation.first_errors, groups["eval"]):
+                found[g].append(predicted_first_error(p.mean(0).tolist()) == gold)
+            row = {"seed": seed, "f1": r["f1"], "f1_tuned": r["f1_tuned"],
+                   "bought": {g: bought[g] / len(seen["bought"]) for g in GROUPS},
+                   "found": {g: statistics.fmean(found[g]) for g in GROUPS}}
+            rows[f"{strategy}@{budget}"].append(row)
+            print(f"seed {seed} {strategy:7s} {budget:.2f}: F1 {r['f1']:.4f}; bought "
+                  + ", ".join(f"{g} {row['bought'][g]:.2f}" for g in GROUPS) + "; found "
+                  + ", ".join(f"{g} {row['found'][g]:.2f}" for g in GROUPS), flush=True)
+    summary = {key: {"f1": statistics.fmean(r["f1"] for r in rs), "f1_tuned": statistics.fmean(r["f1_tuned"] for r in rs),
+                     **{f"{part}_{g}": statistics.fmean(r[part][g] for r in rs) for part in ("bought", "found")
+                        for g in GROUPS}} for key, rs in rows.items()}
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"study": args.study, "pool": saved["pool"], "preset": saved["preset"], "seeds": saved["seeds"],
+              "eval_groups": dict(Counter(groups["eval"])), "summary": summary, "runs": rows,
+              "wall_seconds": round(time.perf_counter() - t0, 1)}
+    (out / "al_study_kinds.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [f"# What each strategy buys, by error kind: pool `{saved['pool']}`, seeds {saved['seeds']}", "",
+             "Shares of the trajectories bought, and of the eval split's trajectories whose first error (or its "
+             "absence) the ensemble finds at threshold 0.5; means over seeds. Eval split: "
+             + ", ".join(f"{n} {g}" for g, n in result["eval_groups"].items()) + ".", "",
+             "| run | F1 | F1 cross-fitted | bought correct | bought reading | bought arithmetic | found correct "
+             "| found reading | found arithmetic |", "|---" * 9 + "|"]
+    for key, s in summary.items():
+        lines.append(f"| {key} | {s['f1']:.3f} | {s['f1_tuned']:.3f} | "
+                     + " | ".join(f"{s[f'{part}_{g}']:.2f}" for part in ("bought", "found") for g in GROUPS) + " |")
+    (out / "al_study_kinds.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
