@@ -6,7 +6,8 @@ strategy and budget, averaged over seeds:
 - the share of bought trajectories that are correct, carry an error of reading, or an arithmetic error
   (`actprm.synth.READING_KINDS`; random buys the pool's own shares);
 - on the eval split, the share of each group whose first error (or absence of one) the ensemble mean finds at
-  threshold 0.5, which is what ProcessBench F1 counts (Zheng et al., 2024).
+  threshold 0.5, which is what ProcessBench F1 counts (Zheng et al., 2024);
+- the same two shares for each of the nine error kinds (`actprm.synth.ERROR_KINDS`).
 
     .venv/bin/python bench/al_study_kinds.py                    # bench/results/al_study.json, 20% and 50%
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import statistics
 import sys
@@ -67,8 +69,8 @@ def load_study(path: Path, home: Path):
                                             batch_size=preset.feature_batch_size)
     n = len(data["train"])
     train, evaluation = study.pack(data["train"], states[:n]), study.pack(data["eval"], states[n:])
-    groups = {"train": [group_of(kinds[i]) for i in train.ids], "eval": [group_of(kinds[i]) for i in evaluation.ids]}
-    return saved, preset, train, evaluation, groups
+    labels = {"train": [kinds[i] or "correct" for i in train.ids], "eval": [kinds[i] or "correct" for i in evaluation.ids]}
+    return saved, preset, train, evaluation, labels
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,10 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from actprm.metrics import predicted_first_error
+    from actprm.synth import ERROR_KINDS
     from tasks import study
 
     t0 = time.perf_counter()
-    saved, preset, train, evaluation, groups = load_study(Path(args.study), Path(args.home))
+    saved, preset, train, evaluation, kinds = load_study(Path(args.study), Path(args.home))
+    groups = {split: [group_of(None if k == "correct" else k) for k in ks] for split, ks in kinds.items()}
     knobs = dict(saved["knobs"])
     recorded = {(r["strategy"], r["budget"], r["seed"]): r["f1"] for r in saved["runs"]}
     plan = [("full", 1.0)] + [(s, float(b)) for b in args.budgets.split(",") for s in args.strategies.split(",")]
@@ -100,13 +104,19 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"warning: {strategy} at {budget} seed {seed} gave F1 {r['f1']:.4f}, the study recorded "
                       f"{recorded.get((strategy, budget, seed))}", file=sys.stderr)
             bought = Counter(groups["train"][i] for i in seen["bought"])
+            bought_kind = Counter(kinds["train"][i] for i in seen["bought"])
             probs = study.step_probabilities(seen["model"], evaluation, torch.arange(len(evaluation)))
             found: dict[str, list[bool]] = defaultdict(list)
-            for p, gold, g in zip(probs, evaluation.first_errors, groups["eval"]):
-                found[g].append(predicted_first_error(p.mean(0).tolist()) == gold)
+            for p, gold, g, k in zip(probs, evaluation.first_errors, groups["eval"], kinds["eval"]):
+                hit = predicted_first_error(p.mean(0).tolist()) == gold
+                found[g].append(hit)
+                if g != "correct":
+                    found[k].append(hit)
             row = {"seed": seed, "f1": r["f1"], "f1_tuned": r["f1_tuned"],
                    "bought": {g: bought[g] / len(seen["bought"]) for g in GROUPS},
-                   "found": {g: statistics.fmean(found[g]) for g in GROUPS}}
+                   "found": {g: statistics.fmean(found[g]) for g in GROUPS},
+                   "bought_kind": {k: bought_kind[k] / len(seen["bought"]) for k in ERROR_KINDS},
+                   "found_kind": {k: statistics.fmean(found[k]) if found[k] else math.nan for k in ERROR_KINDS}}
             rows[f"{strategy}@{budget}"].append(row)
             print(f"seed {seed} {strategy:7s} {budget:.2f}: F1 {r['f1']:.4f}; bought "
                   + ", ".join(f"{g} {row['bought'][g]:.2f}" for g in GROUPS) + "; found "
@@ -114,10 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = {key: {"f1": statistics.fmean(r["f1"] for r in rs), "f1_tuned": statistics.fmean(r["f1_tuned"] for r in rs),
                      **{f"{part}_{g}": statistics.fmean(r[part][g] for r in rs) for part in ("bought", "found")
                         for g in GROUPS}} for key, rs in rows.items()}
+    by_kind = {key: {part: {k: statistics.fmean(r[f"{part}_kind"][k] for r in rs) for k in ERROR_KINDS}
+                     for part in ("bought", "found")} for key, rs in rows.items()}
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     result = {"study": args.study, "pool": saved["pool"], "preset": saved["preset"], "seeds": saved["seeds"],
-              "eval_groups": dict(Counter(groups["eval"])), "summary": summary, "runs": rows,
+              "eval_groups": dict(Counter(groups["eval"])), "eval_kinds": dict(Counter(kinds["eval"])),
+              "summary": summary, "by_kind": by_kind, "runs": rows,
               "wall_seconds": round(time.perf_counter() - t0, 1)}
     (out / "al_study_kinds.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# What each strategy buys, by error kind: pool `{saved['pool']}`, seeds {saved['seeds']}", "",
@@ -129,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     for key, s in summary.items():
         lines.append(f"| {key} | {s['f1']:.3f} | {s['f1_tuned']:.3f} | "
                      + " | ".join(f"{s[f'{part}_{g}']:.2f}" for part in ("bought", "found") for g in GROUPS) + " |")
+    lines += ["", "By error kind (reading kinds last): share of the trajectories bought / share of the eval split's "
+              "trajectories of that kind whose first error the ensemble finds.", "",
+              "| run | " + " | ".join(k.replace("_", " ") for k in ERROR_KINDS) + " |", "|---" * (len(ERROR_KINDS) + 1) + "|"]
+    for key, parts in by_kind.items():
+        lines.append(f"| {key} | " + " | ".join(f"{parts['bought'][k]:.3f} / {parts['found'][k]:.2f}"
+                                               for k in ERROR_KINDS) + " |")
     (out / "al_study_kinds.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
