@@ -327,6 +327,12 @@ def kind_mix(name: str) -> dict[str, float] | None:
         raise ActPRMError(f"unknown error-kind mix {name!r}; choose one of: {', '.join(KIND_MIXES)}") from None
 
 
+def mix_tag(mix: str) -> str:
+    """What a pool's name or file gains for its mix: nothing for the default "uniform", else "-<mix>"."""
+    kind_mix(mix)
+    return "" if mix == "uniform" else f"-{mix}"
+
+
 def generate(n: int, seed: int = 0, error_rate: float = 0.5, mix: str = "uniform") -> Iterator[dict]:
     """Yields `n` trajectories in the actprm record format; record i depends only on (seed, i, mix).
 
@@ -335,9 +341,7 @@ def generate(n: int, seed: int = 0, error_rate: float = 0.5, mix: str = "uniform
     if n < 0 or not 0.0 <= error_rate <= 1.0:
         raise ActPRMError(f"synth needs n >= 0 and 0 <= error_rate <= 1 (got n={n}, error_rate={error_rate})")
     weights = kind_mix(mix)
-    kind_cum = None
-    if weights is not None:
-        kind_cum = list(accumulate(float(weights.get(k, 0.0)) for k in ERROR_KINDS))
+    kind_cum = None if weights is None else list(accumulate(float(weights.get(k, 0.0)) for k in ERROR_KINDS))
     rng = random.Random()
     base = (seed & 0xFFFFFFFF) << 40
     for i in range(n):

@@ -10,9 +10,10 @@ The synthetic pool (actprm.synth) is created and ingested on first use under --h
 already-ingested pool instead (it must have gold labels). Backbone states are cached under
 <home>/study/cache, so a rerun with other seeds or budgets skips the backbone pass. --extend adds seeds to
 the study already in --output (e.g. --seeds 3,4 --extend makes a 3-seed study a 5-seed one) without rerunning
-the seeds it has; wall_seconds then adds up every invocation (a crashed one up to its last checkpoint). The outputs are rewritten after every seed, so
-after a crash the same command with --extend goes on from the last finished seed. --set changes preset fields for a variant
-(its name in the outputs records them) and --strategies compares a subset, e.g. a 5-seed check of one change:
+the seeds it has; wall_seconds then adds up every invocation (a crashed one up to its last checkpoint). The
+outputs are rewritten after every seed, so after a crash the same command with --extend goes on from the last
+finished seed. --set changes preset fields for a variant (its name in the outputs records them) and
+--strategies compares a subset, e.g. a 5-seed check of one change:
 
     .venv/bin/python bench/al_study.py --pool prmbench --seeds 0,1,2,3,4 --strategies actprm,random \
         --set rounds=16 --set steps_per_round=25 --set budgets=0.5,1.0 --output bench/results/VARIANT
@@ -60,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         ap.error(f"--set takes FIELD=VALUE, got {bad[0]!r}")
     overrides = dict(kv.split("=", 1) for kv in args.set)
-    mix = "" if preset.synth_mix == "uniform" else f"-{preset.synth_mix}"
-    pool = args.pool or f"synth-study-{preset.synth_n}{mix}"
+    from actprm.synth import mix_tag
+
+    pool = args.pool or f"synth-study-{preset.synth_n}{mix_tag(preset.synth_mix)}"
     os.environ["ACTPRM_HOME"] = args.home
     config = {"home": args.home, "default_pool": pool,
               "synth": {"n": preset.synth_n, "seed": 0, "mix": preset.synth_mix},

@@ -35,14 +35,15 @@ sys.path.insert(0, str(ROOT))
 GROUPS = ("correct", "reading", "arithmetic")
 
 
-def group_of(kind: str | None) -> str:
+def group_of(kind: str) -> str:
     from actprm.synth import READING_KINDS
 
-    return "correct" if kind is None else "reading" if kind in READING_KINDS else "arithmetic"
+    return kind if kind == "correct" else "reading" if kind in READING_KINDS else "arithmetic"
 
 
 def load_study(path: Path, home: Path):
-    """The study's preset, knobs and runs, and its packed train/eval splits with each trajectory's error group."""
+    """The study's JSON and preset, its packed train/eval splits, and each split's error kinds in order
+    ("correct" for a trajectory without an error)."""
     from actprm.config import Settings
     from actprm.errors import ActPRMError
     from actprm.store import Store, trajectory_id
@@ -58,7 +59,7 @@ def load_study(path: Path, home: Path):
         data = study.load_pool(store, saved["pool"], settings.loop.eval_fraction, settings.train.seed)
     if study.split_fingerprint(data) != saved["split_sha256"]:
         raise ActPRMError(f"pool {saved['pool']!r} under {home} is not split as the study in {path} was")
-    kinds = {trajectory_id(r["question"], r["steps"]): r["error_kind"]
+    kinds = {trajectory_id(r["question"], r["steps"]): r["error_kind"] or "correct"
              for r in generate(preset.synth_n, seed=0, mix=preset.synth_mix)}
     everything = data["train"] + data["eval"]
     missing = sum(t["id"] not in kinds for t in everything)
@@ -67,10 +68,9 @@ def load_study(path: Path, home: Path):
                           f"(n={preset.synth_n}, mix={preset.synth_mix}): error kinds are known only there")
     states, info = study.cached_step_states(everything, preset=preset.model_preset, cache_dir=home / "study" / "cache",
                                             batch_size=preset.feature_batch_size)
-    n = len(data["train"])
-    train, evaluation = study.pack(data["train"], states[:n]), study.pack(data["eval"], states[n:])
-    labels = {"train": [kinds[i] or "correct" for i in train.ids], "eval": [kinds[i] or "correct" for i in evaluation.ids]}
-    return saved, preset, train, evaluation, labels
+    train, evaluation = study.pack_splits(data, states)
+    return saved, preset, train, evaluation, {"train": [kinds[i] for i in train.ids],
+                                              "eval": [kinds[i] for i in evaluation.ids]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     saved, preset, train, evaluation, kinds = load_study(Path(args.study), Path(args.home))
-    groups = {split: [group_of(None if k == "correct" else k) for k in ks] for split, ks in kinds.items()}
+    groups = {split: [group_of(k) for k in ks] for split, ks in kinds.items()}
     knobs = dict(saved["knobs"])
     recorded = {(r["strategy"], r["budget"], r["seed"]): r["f1"] for r in saved["runs"]}
     plan = [("full", 1.0)] + [(s, float(b)) for b in args.budgets.split(",") for s in args.strategies.split(",")]
@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {seed} {strategy:7s} {budget:.2f}: F1 {r['f1']:.4f}; bought "
                   + ", ".join(f"{g} {row['bought'][g]:.2f}" for g in GROUPS) + "; found "
                   + ", ".join(f"{g} {row['found'][g]:.2f}" for g in GROUPS), flush=True)
-    summary = {key: {"f1": statistics.fmean(r["f1"] for r in rs), "f1_tuned": statistics.fmean(r["f1_tuned"] for r in rs),
+    summary = {key: {"f1": statistics.fmean(r["f1"] for r in rs),
+                     "f1_tuned": statistics.fmean(r["f1_tuned"] for r in rs),
                      **{f"{part}_{g}": statistics.fmean(r[part][g] for r in rs) for part in ("bought", "found")
                         for g in GROUPS}} for key, rs in rows.items()}
     by_kind = {key: {part: {k: statistics.fmean(r[f"{part}_kind"][k] for r in rs) for k in ERROR_KINDS}
@@ -144,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                      + " | ".join(f"{s[f'{part}_{g}']:.2f}" for part in ("bought", "found") for g in GROUPS) + " |")
     lines += ["", "By error kind (reading kinds last): share of the trajectories bought / share of the eval split's "
               "trajectories of that kind whose first error the ensemble finds.", "",
-              "| run | " + " | ".join(k.replace("_", " ") for k in ERROR_KINDS) + " |", "|---" * (len(ERROR_KINDS) + 1) + "|"]
+              "| run | " + " | ".join(k.replace("_", " ") for k in ERROR_KINDS) + " |",
+              "|---" * (len(ERROR_KINDS) + 1) + "|"]
     for key, parts in by_kind.items():
         lines.append(f"| {key} | " + " | ".join(f"{parts['bought'][k]:.3f} / {parts['found'][k]:.2f}"
                                                for k in ERROR_KINDS) + " |")

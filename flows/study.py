@@ -111,12 +111,14 @@ def study_flow(pool: str = "sample", study_preset: str = "quick", config: dict[s
     states, info = step_states_task(everything, preset.model_preset, str(settings.home / "study" / "cache"),
                                          preset.feature_batch_size, settings.model.max_length,
                                          settings.model.backbone_path, preset.feature_threads)
-    n_train = len(data["train"])
-    train, evaluation = study.pack(data["train"], states[:n_train]), study.pack(data["eval"], states[n_train:])
+    train, evaluation = study.pack_splits(data, states)
     knobs = {**knobs, "hidden_size": info["hidden_size"], "separator_id": info["separator_id"]}
     model = {k: info[k] for k in ("preset", "backbone", "hidden_size", "cached", "seconds")}
     facts = {"preset": preset, "pool": pool, "strategies": chosen, "train_size": len(train),
              "eval_size": len(evaluation), "model": model, "knobs": knobs, "split": split}
+    def wall() -> list[float]:  # the earlier invocations', then this one's so far
+        return [*spent, time.perf_counter() - started]
+
     done = {r["seed"] for r in runs}
     pending = [seed for seed in preset.seeds if seed not in done]
     for i, seed in enumerate(pending):
@@ -124,10 +126,8 @@ def study_flow(pool: str = "sample", study_preset: str = "quick", config: dict[s
         if i < len(pending) - 1:  # the report below writes the last one
             # The outputs hold every finished seed, so a crash loses at most the seed in progress and a rerun
             # with extend=True goes on from there.
-            checkpoint_task(study_report.study_result(runs, **facts, wall_seconds_per_invocation=[
-                *spent, time.perf_counter() - started]), out)
-    result = study_report.study_result(runs, **facts,
-                                       wall_seconds_per_invocation=[*spent, time.perf_counter() - started])
+            checkpoint_task(study_report.study_result(runs, **facts, wall_seconds_per_invocation=wall()), out)
+    result = study_report.study_result(runs, **facts, wall_seconds_per_invocation=wall())
     reported = report_task(result, out, settings.tracking_uri, settings.experiment, str(settings.artifact_root))
     summary = study_report.markdown_table(result) + f"\noutputs: {', '.join(reported['paths'].values())}"
     return {**result, "outputs": reported["paths"], "mlflow_run_id": reported["mlflow_run_id"], "summary": summary}

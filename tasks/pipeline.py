@@ -36,11 +36,10 @@ def sample_pool_task(settings: Settings, pool: str) -> str | None:
             return None
         if pool != settings.default_pool:
             store.require_pool(pool)
-    from actprm.synth import write_pool
+    from actprm.synth import mix_tag, write_pool
 
     synth = settings.synth
-    mix = "" if synth.mix == "uniform" else f"-{synth.mix}"
-    path = settings.home / "data" / f"{pool}-n{synth.n}-s{synth.seed}{mix}.jsonl"
+    path = settings.home / "data" / f"{pool}-n{synth.n}-s{synth.seed}{mix_tag(synth.mix)}.jsonl"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         write_pool(path, n=synth.n, seed=synth.seed, error_rate=synth.error_rate, mix=synth.mix)

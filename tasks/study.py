@@ -88,11 +88,11 @@ STUDY_PRESETS: dict[str, StudyPreset] = {
     # The study of issue 8: MiniLM backbone (step-mean readout), paper's 32 heads, 3 seeds, on the synthetic
     # pool with the `reading` error-kind mix (actprm.synth.KIND_MIXES); about 30 minutes on the 2-core box. The
     # numbers below were measured on the `uniform` mix. 400 head steps in all: with 200 the heads underfit
-    # (full-data F1 0.15 vs 0.29, seed 0). Batch 56 with lr decay, over 5 seeds: full-data F1 0.296 ± 0.020, against 0.251 ± 0.066 with
-    # batch 32 and a constant lr (0.300 ± 0.018 with batch 64, but ~30% slower than 56). 16 rounds of 25
-    # steps rather than 8 of 50: the same steps and scoring, but each batch is picked by heads that trained
-    # 1/16 of the stream ago. On PRMBench (5 seeds) that moved ActPRM at 50% from 2.5 to 0.6 F1 points short
-    # of full data, and its lead over random from +2.7 to +4.0 points (bench/results/*_rounds8: 8 rounds).
+    # (full-data F1 0.15 vs 0.29, seed 0). Batch 56 with lr decay, over 5 seeds: full-data F1 0.296 ± 0.020,
+    # against 0.251 ± 0.066 with batch 32 and a constant lr (0.300 ± 0.018 with batch 64, but ~30% slower than
+    # 56). 16 rounds of 25 steps rather than 8 of 50: the same steps and scoring, but each batch is picked by
+    # heads that trained 1/16 of the stream ago. On PRMBench (5 seeds) that moved ActPRM at 50% from 2.5 to 0.6
+    # F1 points short of full data, and its lead over random from +2.7 to +4.0 points (bench/results/*_rounds8).
     "full": StudyPreset("full", budgets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0), seeds=(0, 1, 2),
                         model_preset="cpu", num_heads=32, rounds=16, steps_per_round=25, batch_size=56,
                         lr=3e-3, synth_n=3000, synth_mix="reading", head_threads=2),
@@ -295,6 +295,12 @@ def pack(trajectories: list[dict], states: list[torch.Tensor]) -> PackedPool:
         labels[i, :k] = torch.tensor(step_labels(len(t["steps"]), int(t["gold_first_error"]))[:k])
     return PackedPool([t["id"] for t in trajectories], packed, torch.tensor([int(s.shape[0]) for s in states]),
                       labels, [int(t["gold_first_error"]) for t in trajectories])
+
+
+def pack_splits(data: dict[str, list[dict]], states: list[torch.Tensor]) -> tuple[PackedPool, PackedPool]:
+    """The train and eval splits packed, from the states of `data["train"] + data["eval"]` in that order."""
+    n = len(data["train"])
+    return pack(data["train"], states[:n]), pack(data["eval"], states[n:])
 
 
 class CachedStates(nn.Module):

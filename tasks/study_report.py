@@ -11,6 +11,7 @@ import json
 import math
 import os
 import statistics
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -151,7 +152,7 @@ def previous_runs(path: str | Path, *, pool: str, preset: StudyPreset, knobs: di
 
 def study_result(runs: list[dict], *, preset: StudyPreset, pool: str, strategies: tuple[str, ...], train_size: int,
                  eval_size: int, model: dict, knobs: dict[str, Any], split: str,
-                 wall_seconds_per_invocation: list[float] = ()) -> dict:
+                 wall_seconds_per_invocation: Sequence[float] = ()) -> dict:
     """The study's JSON for the runs so far: the summary over every seed that has runs, the runs themselves,
     what a later `extend` must match (knobs, split fingerprint), and the wall time spent on them: one entry per
     invocation, the last one up to now (so a checkpoint left by a crash still counts the time it cost)."""
