@@ -333,7 +333,7 @@ def status(
 
 @app.command()
 def study(
-    pool: PoolOpt = None,
+    pool: Annotated[Optional[str], typer.Option("--pool", help="A pool with gold labels (default: the study preset's synthetic pool, created on first use).")] = None,
     preset: PresetOpt = None,
     study_preset: Annotated[str, typer.Option("--study-preset", help="quick (minutes) or full (30 min on 2 cores).")] = "quick",
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="Comma-separated seeds (default: the study preset's).")] = None,
@@ -348,10 +348,11 @@ def study(
     @command
     def _run():
         overrides = {"model": {"preset": preset}}
-        settings = prepare(config, overrides)
+        prepare(config, overrides)
         from flows.study import study_flow
 
-        return study_flow(pool=pool or settings.default_pool, study_preset=study_preset, config=overrides,
+        # No --pool: the study preset's own synthetic pool, the one bench/al_study.py measures.
+        return study_flow(pool=pool, study_preset=study_preset, config=overrides,
                           seeds=parse_seeds(seeds), output_dir=str(output) if output else None, extend=extend)
 
     _run(json_out=json_out, debug=debug)

@@ -35,7 +35,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.study import STUDY_PRESETS, strategy_names, study_preset  # noqa: E402
+from tasks.study import STUDY_PRESETS, strategy_names  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,18 +56,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="add --seeds to the study already in --output instead of starting a new one")
     args = ap.parse_args(argv)
 
-    preset = study_preset(args.preset)
     bad = [kv for kv in args.set if "=" not in kv]
     if bad:
         ap.error(f"--set takes FIELD=VALUE, got {bad[0]!r}")
     overrides = dict(kv.split("=", 1) for kv in args.set)
-    from actprm.synth import mix_tag
-
-    pool = args.pool or f"synth-study-{preset.synth_n}{mix_tag(preset.synth_mix)}"
     os.environ["ACTPRM_HOME"] = args.home
-    config = {"home": args.home, "default_pool": pool,
-              "synth": {"n": preset.synth_n, "seed": 0, "mix": preset.synth_mix},
-              "model": {"preset": args.model_preset}}
+    config = {"home": args.home, "model": {"preset": args.model_preset}}
     from actprm.cli import parse_seeds
     from actprm.errors import ActPRMError
 
@@ -79,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     from flows.study import study_flow
 
     t0 = time.perf_counter()
-    result = study_flow(pool=pool, study_preset=args.preset, config=config, seeds=seeds, output_dir=args.output,
+    result = study_flow(pool=args.pool, study_preset=args.preset, config=config, seeds=seeds, output_dir=args.output,
                         head_threads=args.head_threads, extend=args.extend, preset_overrides=overrides,
                         strategies=list(strategies))
     seconds = time.perf_counter() - t0

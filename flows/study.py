@@ -62,14 +62,15 @@ def report_task(result: dict, output_dir: str, tracking_uri: str, experiment: st
 
 
 @flow(name="study", log_prints=True)
-def study_flow(pool: str = "sample", study_preset: str = "quick", config: dict[str, Any] | None = None,
+def study_flow(pool: str | None = None, study_preset: str = "quick", config: dict[str, Any] | None = None,
                seeds: list[int] | None = None, output_dir: str | None = None,
                head_threads: int | None = None, extend: bool = False,
                preset_overrides: dict[str, Any] | None = None, strategies: list[str] | None = None) -> dict[str, Any]:
     """ActPRM vs random, entropy, BALD and full data on a gold-labeled pool.
 
     Args:
-        pool: An ingested pool with gold labels ("sample" is created from the built-in generator if missing).
+        pool: An ingested pool with gold labels. None: the study preset's own synthetic pool
+            (tasks.study.synthetic_pool, e.g. synth-study-3000-reading for full), created on first use.
         study_preset: quick (tiny model, seconds) or full (MiniLM, ~30 min on 2 cores); see tasks.study.STUDY_PRESETS.
         config: Nested settings overrides; model.preset replaces the study preset's model when given.
         seeds: Override the preset's seeds.
@@ -88,12 +89,16 @@ def study_flow(pool: str = "sample", study_preset: str = "quick", config: dict[s
     preset = study.customize(study.study_preset(study_preset), preset_overrides)
     chosen = study.strategy_names(strategies)
     chosen_model = ((config or {}).get("model") or {}).get("preset")
-    settings = flow_settings(config, model={"preset": chosen_model or preset.model_preset})
+    own_pool = {}
+    if pool is None:  # the preset's synthetic pool, whatever the config's synth section says
+        pool, synth = study.synthetic_pool(preset)
+        own_pool = {"default_pool": pool, "synth": synth}
+    settings = flow_settings(config, model={"preset": chosen_model or preset.model_preset}, **own_pool)
     preset = dataclasses.replace(preset, model_preset=settings.model.preset,
                                  seeds=tuple(seeds) if seeds else preset.seeds,
                                  head_threads=head_threads or preset.head_threads)
     sample = pipeline.sample_pool_task(settings, pool)
-    if sample is not None:  # the built-in pool, created on first use (its size: synth.n)
+    if sample is not None:  # the default pool, created on first use (its size: synth.n)
         ingest_pool(paths=[sample], pool=pool, home=str(settings.home))
     data = load_pool_task(str(settings.duckdb_path), pool, settings.loop.eval_fraction, settings.train.seed)
     knobs = {"reg_lambda": settings.model.reg_lambda, "learning_probability": settings.model.learning_probability,

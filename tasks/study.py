@@ -159,6 +159,17 @@ def _field_value(key: str, current: Any, value: Any) -> Any:
     return out
 
 
+def synthetic_pool(preset: StudyPreset) -> tuple[str, dict[str, Any]]:
+    """The preset's own synthetic pool: its name and the `synth` settings that create it on first use.
+
+    A study run without a named pool runs here, so `actprm study --study-preset full` and
+    `bench/al_study.py --preset full` measure the same pool (synth_n trajectories, synth_mix, generator seed 0)."""
+    from actprm.synth import mix_tag
+
+    return (f"synth-study-{preset.synth_n}{mix_tag(preset.synth_mix)}",
+            {"n": preset.synth_n, "seed": 0, "mix": preset.synth_mix})
+
+
 def strategy_names(names: list[str] | tuple[str, ...] | str | None) -> tuple[str, ...]:
     """The strategies a study compares, in the canonical order; all of them by default."""
     if not names:

@@ -198,6 +198,28 @@ def test_quick_study_flow_end_to_end(pool_db, tmp_path, monkeypatch, prefect_har
     assert artifacts == {"study/al_study.json", "study/al_study.md", "study/al_study.png"}
 
 
+def test_a_study_without_a_pool_runs_on_its_presets_synthetic_pool(tmp_path, monkeypatch, prefect_harness):
+    """`actprm study` with no --pool measures the pool bench/al_study.py does, not the config's sample pool."""
+    from actprm.store import Store
+    from flows.study import study_flow
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("ACTPRM_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    preset = study.study_preset("quick")
+    # The config's synth section describes the default sample pool; the study's own pool ignores it.
+    config = {"model": {"preset": "tiny"}, "synth": {"n": 40, "mix": "reading"}}
+    result = study_flow(study_preset="quick", config=config, output_dir=str(tmp_path / "out"),
+                        preset_overrides={"budgets": "0.5,1.0"}, strategies=["random"])
+
+    name, synth = study.synthetic_pool(preset)
+    assert result["pool"] == name == f"synth-study-{preset.synth_n}" and synth["mix"] == preset.synth_mix
+    assert result["train_size"] + result["eval_size"] == preset.synth_n
+    with Store(home / "actprm.duckdb", read_only=True) as store:
+        assert store.pool_exists(name) and not store.pool_exists("sample")
+    assert study.synthetic_pool(study.study_preset("full"))[0] == "synth-study-3000-reading"
+
+
 def test_a_study_that_crashed_goes_on_from_its_last_finished_seed(pool_db, tmp_path, monkeypatch, prefect_harness):
     from flows.study import study_flow
 
