@@ -344,9 +344,29 @@ def test_a_preset_variant_is_named_for_what_it_changes_and_bad_fields_are_refuse
     for bad, message in [({"name": "x"}, "cannot set study preset field 'name'"),
                          ({"rounds": "many"}, "'rounds' takes a positive number, got 'many'"),
                          ({"steps_per_round": "0"}, "'steps_per_round' takes a positive number"),
-                         ({"budgets": "0.5,1.5"}, "'budgets' takes comma-separated budget fractions in \\(0, 1\\]")]:
+                         ({"budgets": "0.5,1.5"}, "'budgets' takes comma-separated budget fractions in \\(0, 1\\]"),
+                         ({"replay_new_share": "1.5"}, "'replay_new_share' takes a share in \\[0, 1\\]")]:
         with pytest.raises(ActPRMError, match=message):
             study.customize(full, bad)
+
+
+def test_replay_minibatch_draws_its_share_from_the_labels_just_bought():
+    labeled, new = torch.arange(100), torch.arange(90, 100)  # positions 90-99 were bought this round
+
+    def gen():
+        return torch.Generator().manual_seed(3)
+
+    # Share 0 is uniform replay, drawn exactly as the study drew before the share existed.
+    uniform = study.replay_minibatch(labeled, new, 16, 0.0, gen())
+    assert torch.equal(uniform, labeled[torch.randperm(100, generator=gen())[:16]])
+    half = study.replay_minibatch(labeled, new, 16, 0.5, gen())
+    assert len(half) == 16 and int((half >= 90).sum()) >= 8 and set(half.tolist()) <= set(range(100))
+    # Fewer new labels than the share asks for: every one of them, the rest from all labels.
+    few = study.replay_minibatch(labeled, new[:3], 16, 0.5, gen())
+    assert len(few) == 16 and {90, 91, 92} <= set(few.tolist())
+    # A round that bought nothing trains on the replay alone.
+    assert len(study.replay_minibatch(labeled, new[:0], 16, 0.5, gen())) == 16
+    assert study.customize(study.study_preset("quick"), {"replay_new_share": "0.25"}).replay_new_share == 0.25
 
 
 def test_strategy_subsets_keep_the_canonical_order():
