@@ -7,7 +7,10 @@ strategy and budget, averaged over seeds:
   (`actprm.synth.READING_KINDS`; random buys the pool's own shares);
 - on the eval split, the share of each group whose first error (or absence of one) the ensemble mean finds at
   threshold 0.5, which is what ProcessBench F1 counts (Zheng et al., 2024);
-- the same two shares for each of the nine error kinds (`actprm.synth.ERROR_KINDS`).
+- the same two shares for each of the nine error kinds (`actprm.synth.ERROR_KINDS`);
+- the F1 of fresh heads trained on the same bought labels streamed in a seeded shuffled order (the study's
+  protocol with every label bought, on that subset): it separates what a strategy buys from when it buys it,
+  since the study's replay weights a label by how early it was bought.
 
     .venv/bin/python bench/al_study_kinds.py                    # bench/results/al_study.json, 20% and 50%
 
@@ -112,17 +115,23 @@ def main(argv: list[str] | None = None) -> int:
                 found[g].append(hit)
                 if g != "correct":
                     found[k].append(hit)
-            row = {"seed": seed, "f1": r["f1"], "f1_tuned": r["f1_tuned"],
+            shuffled = {}
+            if strategy != "full":  # full data already trains on its labels in a shuffled order
+                again = study.run_budget(train.take(seen["bought"]), evaluation, strategy="full", budget=1.0,
+                                         seed=seed, preset=preset, **knobs)
+                shuffled = {"f1_shuffled": again["f1"], "f1_shuffled_tuned": again["f1_tuned"]}
+            row = {"seed": seed, "f1": r["f1"], "f1_tuned": r["f1_tuned"], **shuffled,
                    "bought": {g: bought[g] / len(seen["bought"]) for g in GROUPS},
                    "found": {g: statistics.fmean(found[g]) for g in GROUPS},
                    "bought_kind": {k: bought_kind[k] / len(seen["bought"]) for k in ERROR_KINDS},
                    "found_kind": {k: statistics.fmean(found[k]) if found[k] else math.nan for k in ERROR_KINDS}}
             rows[f"{strategy}@{budget}"].append(row)
-            print(f"seed {seed} {strategy:7s} {budget:.2f}: F1 {r['f1']:.4f}; bought "
+            print(f"seed {seed} {strategy:7s} {budget:.2f}: F1 {r['f1']:.4f}"
+                  + (f" (its labels shuffled: {shuffled['f1_shuffled']:.4f})" if shuffled else "") + "; bought "
                   + ", ".join(f"{g} {row['bought'][g]:.2f}" for g in GROUPS) + "; found "
                   + ", ".join(f"{g} {row['found'][g]:.2f}" for g in GROUPS), flush=True)
-    summary = {key: {"f1": statistics.fmean(r["f1"] for r in rs),
-                     "f1_tuned": statistics.fmean(r["f1_tuned"] for r in rs),
+    summary = {key: {**{f: statistics.fmean(r[f] for r in rs) if f in rs[0] else None
+                        for f in ("f1", "f1_tuned", "f1_shuffled", "f1_shuffled_tuned")},
                      **{f"{part}_{g}": statistics.fmean(r[part][g] for r in rs) for part in ("bought", "found")
                         for g in GROUPS}} for key, rs in rows.items()}
     by_kind = {key: {part: {k: statistics.fmean(r[f"{part}_kind"][k] for r in rs) for k in ERROR_KINDS}
@@ -138,10 +147,16 @@ def main(argv: list[str] | None = None) -> int:
              "Shares of the trajectories bought, and of the eval split's trajectories whose first error (or its "
              "absence) the ensemble finds at threshold 0.5; means over seeds. Eval split: "
              + ", ".join(f"{n} {g}" for g, n in result["eval_groups"].items()) + ".", "",
-             "| run | F1 | F1 cross-fitted | bought correct | bought reading | bought arithmetic | found correct "
-             "| found reading | found arithmetic |", "|---" * 9 + "|"]
+             "\"Its labels, shuffled\": fresh heads trained on the same bought labels streamed in a shuffled order "
+             "(F1 at 0.5 / cross-fitted); the gap to the run's own F1 is what the order of buying cost.", "",
+             "| run | F1 | F1 cross-fitted | its labels, shuffled | bought correct | bought reading "
+             "| bought arithmetic | found correct | found reading | found arithmetic |", "|---" * 10 + "|"]
+
+    def shuffled(s: dict) -> str:
+        return "—" if s["f1_shuffled"] is None else f"{s['f1_shuffled']:.3f} / {s['f1_shuffled_tuned']:.3f}"
+
     for key, s in summary.items():
-        lines.append(f"| {key} | {s['f1']:.3f} | {s['f1_tuned']:.3f} | "
+        lines.append(f"| {key} | {s['f1']:.3f} | {s['f1_tuned']:.3f} | {shuffled(s)} | "
                      + " | ".join(f"{s[f'{part}_{g}']:.2f}" for part in ("bought", "found") for g in GROUPS) + " |")
     lines += ["", "By error kind (reading kinds last): share of the trajectories bought / share of the eval split's "
               "trajectories of that kind whose first error the ensemble finds.", "",

@@ -350,6 +350,14 @@ def test_a_preset_variant_is_named_for_what_it_changes_and_bad_fields_are_refuse
             study.customize(full, bad)
 
 
+def test_a_subset_of_a_packed_pool_keeps_each_trajectory_with_its_states_and_labels(packed):
+    train, _, _ = packed
+    part = train.take([3, 0])
+    assert part.ids == [train.ids[3], train.ids[0]] and part.first_errors == [train.first_errors[3], train.first_errors[0]]
+    assert torch.equal(part.states[0], train.states[3]) and torch.equal(part.labels[1], train.labels[0])
+    assert part.steps.tolist() == [int(train.steps[3]), int(train.steps[0])]
+
+
 def test_replay_minibatch_draws_its_share_from_the_labels_just_bought():
     labeled, new = torch.arange(100), torch.arange(90, 100)  # positions 90-99 were bought this round
 
