@@ -76,6 +76,24 @@ def load_study(path: Path, home: Path):
                                               "eval": [kinds[i] for i in evaluation.ids]}
 
 
+def found_by_group_and_kind(model, evaluation, groups: list[str], kinds: list[str]) -> dict[str, list[bool]]:
+    """Per group and per error kind, whether the ensemble mean finds each eval trajectory's first error (or its
+    absence) at threshold 0.5."""
+    import torch
+
+    from actprm.metrics import predicted_first_error
+    from tasks import study
+
+    probs = study.step_probabilities(model, evaluation, torch.arange(len(evaluation)))
+    found: dict[str, list[bool]] = defaultdict(list)
+    for p, gold, g, k in zip(probs, evaluation.first_errors, groups, kinds):
+        hit = predicted_first_error(p.mean(0).tolist()) == gold
+        found[g].append(hit)
+        if g != "correct":
+            found[k].append(hit)
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--study", default=str(ROOT / "bench" / "results" / "al_study.json"), help="a study's JSON")
@@ -85,9 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", default=str(ROOT / "bench" / "results"), help="where al_study_kinds.* go")
     args = ap.parse_args(argv)
 
-    import torch
-
-    from actprm.metrics import predicted_first_error
     from actprm.synth import ERROR_KINDS
     from tasks import study
 
@@ -108,13 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{recorded.get((strategy, budget, seed))}", file=sys.stderr)
             bought = Counter(groups["train"][i] for i in seen["bought"])
             bought_kind = Counter(kinds["train"][i] for i in seen["bought"])
-            probs = study.step_probabilities(seen["model"], evaluation, torch.arange(len(evaluation)))
-            found: dict[str, list[bool]] = defaultdict(list)
-            for p, gold, g, k in zip(probs, evaluation.first_errors, groups["eval"], kinds["eval"]):
-                hit = predicted_first_error(p.mean(0).tolist()) == gold
-                found[g].append(hit)
-                if g != "correct":
-                    found[k].append(hit)
+            found = found_by_group_and_kind(seen["model"], evaluation, groups["eval"], kinds["eval"])
             shuffled = {}
             if strategy != "full":  # full data already trains on its labels in a shuffled order
                 again = study.run_budget(train.take(seen["bought"]), evaluation, strategy="full", budget=1.0,

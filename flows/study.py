@@ -121,6 +121,7 @@ def study_flow(pool: str | None = None, study_preset: str = "quick", config: dic
     model = {k: info[k] for k in ("preset", "backbone", "hidden_size", "cached", "seconds")}
     facts = {"preset": preset, "pool": pool, "strategies": chosen, "train_size": len(train),
              "eval_size": len(evaluation), "model": model, "knobs": knobs, "split": split}
+
     def wall() -> list[float]:  # the earlier invocations', then this one's so far
         return [*spent, time.perf_counter() - started]
 
