@@ -126,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             found = found_by_group_and_kind(seen["model"], evaluation, groups["eval"], kinds["eval"])
             shuffled = {}
             if strategy != "full":  # full data already trains on its labels in a shuffled order
-                again = study.run_budget(train.take(seen["bought"]), evaluation, strategy="full", budget=1.0,
-                                         seed=seed, preset=preset, **knobs)
+                again = study.retrain_on(train, seen["bought"], evaluation, seed=seed, preset=preset, **knobs)
                 shuffled = {"f1_shuffled": again["f1"], "f1_shuffled_tuned": again["f1_tuned"]}
             row = {"seed": seed, "f1": r["f1"], "f1_tuned": r["f1_tuned"], **shuffled,
                    "bought": {g: bought[g] / len(seen["bought"]) for g in GROUPS},

@@ -12,7 +12,7 @@ import math
 import os
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import MISSING, asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,9 @@ def summarize(runs: list[dict], *, preset: StudyPreset, pool: str, seeds: list[i
             cell[f"f1{suffix}_mean"], cell[f"f1{suffix}_std"] = statistics.fmean(values), _spread(values)
             if b < 1:
                 cell[f"f1{suffix}_min"], cell[f"f1{suffix}_max"] = min(values), max(values)
+            online = [r[f"{metric}_online"] for r in rs if f"{metric}_online" in r]
+            if b < 1 and online:  # final_retrain: the F1 of the heads that did the buying, for comparison
+                cell[f"f1{suffix}_online_mean"] = statistics.fmean(online)
         smallest = {s: min((b for b in preset.budgets if table[s][str(b)][f"f1{suffix}_mean"] >= full_f1 - WITHIN_F1),
                            default=None) for s in strategies}
         out[f"smallest_budget_within_0.5pt{suffix}"] = smallest
@@ -131,7 +134,9 @@ def previous_runs(path: str | Path, *, pool: str, preset: StudyPreset, knobs: di
                           "(re-ingested, or another eval_fraction or seed)")
     # Compared as JSON sees them (tuples read back as lists).
     mine = {k: v for k, v in json.loads(json.dumps(asdict(preset))).items() if k not in _NOT_COMPARED}
-    theirs = {k: v for k, v in (earlier.get("study_preset") or {}).items() if k not in _NOT_COMPARED}
+    # A field added since the earlier study was written ran at its default there (that is what defaults are for).
+    added = {f.name: f.default for f in fields(StudyPreset) if f.default is not MISSING}
+    theirs = {k: v for k, v in (added | (earlier.get("study_preset") or {})).items() if k not in _NOT_COMPARED}
     for key in sorted(mine.keys() | theirs.keys()):
         if mine.get(key) != theirs.get(key):
             raise ActPRMError(f"cannot extend {path}: study preset {key} was {theirs.get(key)!r}, "
@@ -179,6 +184,11 @@ def _f1_section(result: dict, suffix: str, title: str) -> list[str]:
         cells = [f"{row[str(b)][f'f1{suffix}_mean']:.4f} ± {row[str(b)][f'f1{suffix}_std']:.4f}" for b in budgets]
         best = result[f"smallest_budget_within_0.5pt{suffix}"][s]
         lines.append(f"| {s} | " + " | ".join(cells) + f" | {'—' if best is None else f'{int(best * 100)}%'} |")
+    for s, row in result["strategies"].items():
+        if any(f"f1{suffix}_online_mean" in row[str(b)] for b in budgets):
+            cells = [f"{row[str(b)][f'f1{suffix}_online_mean']:.4f}" if f"f1{suffix}_online_mean" in row[str(b)]
+                     else "—" for b in budgets]
+            lines.append(f"| {s}, online | " + " | ".join(cells) + " | |")
     gaps = result.get(f"actprm_minus_random{suffix}") or {}
     if gaps:
         lines += ["", "ActPRM − random, paired by seed (F1 points, mean ± standard error; seeds where ActPRM is ahead):",
@@ -201,6 +211,9 @@ def markdown_table(result: dict) -> str:
              f"ProcessBench F1 (mean ± std over seeds) by label budget (labels bought), at the fixed threshold 0.5 "
              "and at a threshold cross-fitted on the eval split (two folds, each scored at the threshold tuned on "
              "the other).", "",
+             *(["Each run below 100% is scored by fresh heads trained on the labels it bought, in a shuffled order, "
+                "as full data trains on all of them (`final_retrain`); the heads that did the buying score the "
+                "\"online\" rows.", ""] if result["study_preset"].get("final_retrain") else []),
              *_f1_section(result, "", "F1 at threshold 0.5"),
              *_f1_section(result, "_tuned", "F1 at the cross-fitted threshold")]
     shares = {s: row for s, row in result["strategies"].items()

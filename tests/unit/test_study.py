@@ -382,3 +382,47 @@ def test_strategy_subsets_keep_the_canonical_order():
     assert study.strategy_names("random, actprm") == ("actprm", "random")
     with pytest.raises(ActPRMError, match="unknown study strategy 'greedy'"):
         study.strategy_names(["actprm", "greedy"])
+
+
+def test_final_retrain_scores_fresh_heads_trained_on_exactly_the_labels_bought(packed):
+    train, evaluation, info = packed
+    preset = study.study_preset("quick")
+    retrain = study.customize(preset, {"final_retrain": "true"})
+    assert retrain.name == "quick (final_retrain=True)" and not preset.final_retrain
+    seen = {}
+    online = study.run_budget(train, evaluation, strategy="actprm", budget=0.5, seed=2, preset=preset,
+                              inspect=lambda model, bought: seen.update(bought=bought), **_knobs(info))
+    row = study.run_budget(train, evaluation, strategy="actprm", budget=0.5, seed=2, preset=retrain, **_knobs(info))
+    # Buying is untouched: the same labels, and the buying heads' F1 is kept beside the retrained one.
+    assert row["labels"] == online["labels"] == len(seen["bought"]) > 0
+    assert (row["f1_online"], row["f1_tuned_online"]) == (online["f1"], online["f1_tuned"])
+    # The score is full data's protocol run on the bought trajectories alone.
+    alone = study.run_budget(train.take(seen["bought"]), evaluation, strategy="full", budget=1.0, seed=2,
+                             preset=preset, **_knobs(info))
+    assert (row["f1"], row["f1_tuned"]) == (alone["f1"], alone["f1_tuned"])
+    # Full data is already that protocol: it is neither retrained nor changed.
+    full = [study.run_budget(train, evaluation, strategy="full", budget=1.0, seed=2, preset=p, **_knobs(info))
+            for p in (preset, retrain)]
+    assert "f1_online" not in full[1] and full[0]["f1"] == full[1]["f1"]
+    # The report says what scored each run and still shows the buying heads' F1.
+    runs = study.run_seed(train, evaluation, seed=2, preset=retrain, strategies=("actprm", "random"), **_knobs(info))
+    result = study_report.summarize(runs, preset=retrain, pool=POOL, seeds=[2], train_size=len(train),
+                                    eval_size=len(evaluation), strategies=("actprm", "random"))
+    assert result["strategies"]["actprm"]["0.5"]["f1_online_mean"] == next(
+        r["f1_online"] for r in runs if r["strategy"] == "actprm" and r["budget"] == 0.5)
+    table = study_report.markdown_table(result)
+    assert "fresh heads trained on the labels it bought" in table and "| actprm, online |" in table
+
+
+def test_extend_takes_a_preset_field_added_since_as_its_default(tmp_path):
+    path, preset = _earlier(tmp_path)
+    saved = json.loads(path.read_text())
+    for added in ("replay_new_share", "final_retrain"):  # fields a study written before them does not carry
+        del saved["study_preset"][added]
+    path.write_text(json.dumps(saved))
+    runs, _ = study_report.previous_runs(path, pool="p", preset=preset, knobs={}, split="abc", train_size=10,
+                                         eval_size=4)
+    assert runs == [{"seed": 0, "strategy": "full"}]
+    with pytest.raises(ActPRMError, match="study preset final_retrain was False, this run has True"):
+        study_report.previous_runs(path, pool="p", preset=dataclasses.replace(preset, final_retrain=True), knobs={},
+                                   split="abc", train_size=10, eval_size=4)
