@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -178,13 +179,18 @@ class EnsemblePRM(nn.Module):
         return cls_loss, self.config.reg_lambda * self.anchor_distance()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None,
-                bootstrap_mask: torch.Tensor | None = None, trajectory_mask: torch.Tensor | None = None) -> PRMOutput:
+                bootstrap_mask: torch.Tensor | None = None,
+                trajectory_mask: torch.Tensor | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                ) -> PRMOutput:
         """Score every separator of the batch; with ``labels`` (B, T) also compute the loss.
 
         ``bootstrap_mask`` (E, B) of 0/1 says which heads learn from which trajectory; when omitted
         in training mode with learning_probability < 1 it is sampled from the model's seeded
         generator. ``trajectory_mask`` (B,) drops whole trajectories from the loss (ActPRM's
-        in-training selection of uncertain trajectories).
+        in-training selection of uncertain trajectories). It may also be a callable, given this forward's
+        detached (E, N) logits and (N,) step rows, that returns the mask: a selection that reads the very
+        scores it trains on, in one pass instead of a scoring pass and a training pass (the two agree only
+        when the training forward is deterministic: see `has_dropout`).
         """
         ctx = torch.no_grad() if self.config.freeze_backbone else contextlib.nullcontext()
         with ctx:
@@ -193,11 +199,23 @@ class EnsemblePRM(nn.Module):
         out = PRMOutput(logits=self.head_logits(states), step_trajectory=rows, step_index=step_index)
         if labels is None:
             return out
+        if callable(trajectory_mask):
+            trajectory_mask = trajectory_mask(out.logits.detach(), rows)
         out.cls_loss, out.reg_loss = self.step_loss(out.logits, labels[self.separator_mask(input_ids, attention_mask)],
                                                     rows, bootstrap_mask, trajectory_mask,
                                                     num_trajectories=input_ids.shape[0])
         out.loss = out.cls_loss + out.reg_loss
         return out
+
+    def has_dropout(self) -> bool:
+        """Whether a training-mode forward is random (dropout anywhere, as a module or as an attention setting in
+        the backbone's config), so that it scores differently from the eval-mode forward the scoring stage uses.
+        BERT-style backbones (MiniLM) have dropout; Qwen2.5 has none (attention_dropout 0.0)."""
+        if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in self.modules()):
+            return True
+        config = getattr(self.backbone, "config", None)
+        settings = config.to_dict() if hasattr(config, "to_dict") else {}
+        return any("dropout" in k and isinstance(v, (int, float)) and v > 0 for k, v in settings.items())
 
     def anchor_distance(self) -> torch.Tensor:
         """mean((theta - theta_init)^2) over all head parameters (one mean over every element)."""

@@ -7,7 +7,9 @@ ActPRM in-training selection (Duan et al., 2025, arXiv 2504.10559, Sec. 3 / Alg.
 micro-batch the ensemble first scores the trajectories with the same rule as the scoring stage
 (``models.uncertainty``: a step is confident when its ensemble mean is beyond ``p_threshold`` either way and
 its ensemble std is at most ``std_threshold``); trajectories it is already confident about are left out of the
-classification loss, so the update is spent on what the ensemble does not know yet. Per optimizer step we log
+classification loss, so the update is spent on what the ensemble does not know yet. A backbone without dropout
+(Qwen2.5) scores the same in training mode, so selection reads the training forward's own scores instead of
+running a separate no-grad pass (``EnsemblePRM.has_dropout``). Per optimizer step we log
 
 - ``trusted_fraction``: kept / seen, where *seen* counts the trajectories of the optimizer step (all its
   micro-batches, all processes) and *kept* those that entered the classification loss (the uncertain ones;
@@ -154,25 +156,30 @@ def _stale_checkpoints(ckpt_root: Path, fingerprint: str) -> list[Path]:
     return stale
 
 
-def _confident_trajectories(model, batch, first_errors: torch.Tensor, p_threshold: float, std_threshold: float):
-    """Per trajectory of the micro-batch: (the ensemble is confident, its predicted first error == the label).
-
-    The same rule and the same mode as the scoring stage (eval: no dropout; no grad), on the current weights.
-    """
+def _confidence(logits: torch.Tensor, step_trajectory: torch.Tensor, n: int, first_errors: torch.Tensor,
+                p_threshold: float, std_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per trajectory of a micro-batch of n, from its (E, N) step logits: (the ensemble is confident, its predicted
+    first error == the label), by the scoring stage's rule."""
     from models.uncertainty import predicted_first_error, step_stats, trajectory_uncertain
 
-    model.eval()
-    with torch.no_grad():
-        out = model(**batch.model_inputs())
-    model.train()
-    probs = torch.sigmoid(out.logits.float()).cpu()
-    counts = torch.bincount(out.step_trajectory.cpu(), minlength=len(batch)).tolist()
+    probs = torch.sigmoid(logits.float()).cpu()
+    counts = torch.bincount(step_trajectory.cpu(), minlength=n).tolist()
     confident, agrees = [], []
     for i, p in enumerate(torch.split(probs, counts, dim=1)):
         mu, sigma = step_stats(p)
         confident.append(not trajectory_uncertain(mu, sigma, p_threshold, std_threshold))
         agrees.append(int(predicted_first_error(mu)) == int(first_errors[i]))
     return torch.tensor(confident), torch.tensor(agrees)
+
+
+def _confident_trajectories(model, batch, first_errors: torch.Tensor, p_threshold: float, std_threshold: float):
+    """`_confidence` from a scoring pass in the scoring stage's mode (eval: no dropout; no grad), on the current
+    weights: what a model with dropout needs, since its training forward scores differently."""
+    model.eval()
+    with torch.no_grad():
+        out = model(**batch.model_inputs())
+    model.train()
+    return _confidence(out.logits, out.step_trajectory, len(batch), first_errors, p_threshold, std_threshold)
 
 
 def train_prm(
@@ -307,6 +314,9 @@ def train_prm(
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     model.train()  # from_pretrained hands back a model in eval mode
+    # Without dropout the training forward scores exactly as the scoring stage's eval pass would, so selection
+    # reads its scores and skips that extra forward pass of every micro-batch (the Qwen2.5 backbones).
+    one_pass = not accelerator.unwrap_model(model).has_dropout()
     steps_per_epoch = math.ceil(len(loader) / grad_accum)
     total_steps = steps_per_epoch * epochs
     scheduler = accelerator.prepare(get_linear_schedule_with_warmup(
@@ -359,12 +369,19 @@ def train_prm(
             batch: Any = item["batch"]
             n = len(batch)
             with accelerator.accumulate(model):
-                if in_training_selection:
-                    confident, agrees = _confident_trajectories(model, batch, item["first_error"], p_threshold,
-                                                                std_threshold)
+                judged: dict[str, torch.Tensor] = {}
+                if in_training_selection and one_pass:
+                    def keep(logits, rows, n=n, first_errors=item["first_error"]):
+                        judged["confident"], judged["agrees"] = _confidence(logits, rows, n, first_errors,
+                                                                            p_threshold, std_threshold)
+                        return (~judged["confident"]).to(device)
                 else:
-                    confident, agrees = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
-                keep = ~confident
+                    if in_training_selection:
+                        judged["confident"], judged["agrees"] = _confident_trajectories(
+                            model, batch, item["first_error"], p_threshold, std_threshold)
+                    else:
+                        judged["confident"] = judged["agrees"] = torch.zeros(n, dtype=torch.bool)
+                    keep = (~judged["confident"]).to(device)
                 # Dropout and bootstrap masks come from seeds fixed per (seed, optimizer step, micro-batch,
                 # process), not from whatever the RNG went through before (a resumed run builds its data
                 # iterator at another moment): so a resumed run draws exactly what an uninterrupted one does.
@@ -374,10 +391,11 @@ def train_prm(
                 gen = torch.Generator().manual_seed(micro_seed)
                 mask = accelerator.unwrap_model(model).sample_bootstrap_mask(n, generator=gen)
                 out = model(**batch.model_inputs(), labels=batch.labels, bootstrap_mask=mask.to(device),
-                            trajectory_mask=keep.to(device))
+                            trajectory_mask=keep)
+                confident, agrees = judged["confident"], judged["agrees"]
                 loss = out.loss
                 finite = bool(torch.isfinite(loss.detach()))
-                window += torch.tensor([n, int(keep.sum()), int(confident.sum()), int((confident & agrees).sum()),
+                window += torch.tensor([n, int((~confident).sum()), int(confident.sum()), int((confident & agrees).sum()),
                                         float(out.cls_loss.detach()) if finite else 0.0,
                                         float(out.reg_loss.detach()) if finite else 0.0, 0 if finite else 1],
                                        dtype=torch.float64)

@@ -266,3 +266,31 @@ def test_heads_learn_at_head_lr_while_the_backbone_keeps_lr(examples, tmp_path):
     assert moved == {"w1", "b1", "w2", "b2", "w3", "b3"}, sorted(moved)
     with pytest.raises(ActPRMError, match="head_lr"):
         train_prm(examples, output_dir=tmp_path / "bad", **(RUN | {"head_lr": -1.0}))
+
+
+def test_without_dropout_selection_reads_the_training_forward_and_trains_exactly_as_with_a_scoring_pass(
+        examples, tmp_path, monkeypatch):
+    # Qwen2-style backbones have no dropout, BERT-style ones (MiniLM, tiny) do.
+    assert not build_prm("tiny-decoder", num_heads=2)[0].has_dropout() and build_prm("tiny", num_heads=2)[0].has_dropout()
+    # Thresholds at which the fresh ensemble is confident about some trajectories and not others.
+    settings = RUN | {"preset": "tiny-decoder", "p_threshold": 0.5, "std_threshold": 0.035, "epochs": 2}
+
+    def run(out, force_scoring_pass: bool):
+        if force_scoring_pass:
+            monkeypatch.setattr(EnsemblePRM, "has_dropout", lambda self: True)
+        forwards, metrics = [0], []
+        model, tokenizer = build_prm("tiny-decoder", num_heads=8, seed=0)
+        model.backbone.register_forward_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
+        result = train_prm(examples, output_dir=out, model=model, tokenizer=tokenizer,
+                           on_metrics=lambda s, m: metrics.append(m), **settings)
+        monkeypatch.undo()
+        return result, forwards[0], metrics
+
+    one, one_forwards, one_metrics = run(tmp_path / "one", force_scoring_pass=False)
+    two, two_forwards, two_metrics = run(tmp_path / "two", force_scoring_pass=True)
+    micro_batches = 2 * 3  # 2 epochs of 3 micro-batches
+    assert (one_forwards, two_forwards) == (micro_batches, 2 * micro_batches)
+    kept = [m["trusted_fraction"] for m in one_metrics]
+    assert any(0 < k < 1 for k in kept), kept  # selection left some trajectories out, not all
+    assert kept == [m["trusted_fraction"] for m in two_metrics]
+    assert_same_weights(weights(one.model_dir), weights(two.model_dir))
