@@ -339,6 +339,8 @@ def study(
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="Comma-separated seeds (default: the study preset's).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", help="Where al_study.json/.md/.png go (default: <home>/reports/study).")] = None,
     extend: Annotated[bool, typer.Option("--extend", help="Add --seeds to the study already in --output; seeds it has are not rerun.")] = False,
+    strategies: Annotated[Optional[str], typer.Option("--strategies", help="Comma-separated subset of actprm,random,entropy,bald (default: all four).")] = None,
+    fields: Annotated[Optional[list[str]], typer.Option("--set", metavar="FIELD=VALUE", help="Change a study preset field for a variant, e.g. --set final_retrain=true --set budgets=0.2,0.5,1.0 (repeatable; the outputs name the variant).")] = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     config: ConfigOpt = None,
@@ -348,14 +350,32 @@ def study(
     @command
     def _run():
         overrides = {"model": {"preset": preset}}
+        from tasks import study as study_tasks
+
+        # Bad variants are refused before any server starts or pool is made.
+        changes, chosen = parse_fields(fields), study_tasks.strategy_names(strategies)
+        study_tasks.customize(study_tasks.study_preset(study_preset), changes)
         prepare(config, overrides)
         from flows.study import study_flow
 
         # No --pool: the study preset's own synthetic pool, the one bench/al_study.py measures.
         return study_flow(pool=pool, study_preset=study_preset, config=overrides,
-                          seeds=parse_seeds(seeds), output_dir=str(output) if output else None, extend=extend)
+                          seeds=parse_seeds(seeds), output_dir=str(output) if output else None, extend=extend,
+                          preset_overrides=changes, strategies=list(chosen))
 
     _run(json_out=json_out, debug=debug)
+
+
+def parse_fields(pairs: list[str] | None) -> dict[str, str]:
+    """--set rounds=16 --set budgets=0.5,1.0 -> {"rounds": "16", "budgets": "0.5,1.0"}; a clear one-line error
+    for anything that is not FIELD=VALUE (the values are checked by the preset, tasks.study.customize)."""
+    out: dict[str, str] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ActPRMError(f"--set takes FIELD=VALUE, e.g. --set rounds=16, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def parse_seeds(text: str | None) -> list[int] | None:

@@ -56,16 +56,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="add --seeds to the study already in --output instead of starting a new one")
     args = ap.parse_args(argv)
 
-    bad = [kv for kv in args.set if "=" not in kv]
-    if bad:
-        ap.error(f"--set takes FIELD=VALUE, got {bad[0]!r}")
-    overrides = dict(kv.split("=", 1) for kv in args.set)
     os.environ["ACTPRM_HOME"] = args.home
     config = {"home": args.home, "model": {"preset": args.model_preset}}
-    from actprm.cli import parse_seeds
+    from actprm.cli import parse_fields, parse_seeds
     from actprm.errors import ActPRMError
 
     try:
+        overrides = parse_fields(args.set)
         seeds, strategies = parse_seeds(args.seeds), strategy_names(args.strategies)
     except ActPRMError as e:
         ap.error(str(e))

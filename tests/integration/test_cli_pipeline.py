@@ -163,3 +163,14 @@ def test_evaluate_tunes_the_threshold_on_a_dev_file(tmp_path):
     assert tuned["f1"] == 1.0 and tuned["dev_f1"] == 1.0
     fixed = one_json(cli(home, "evaluate", "--data", str(test), "--predictions", str(preds), "--json"))
     assert fixed["threshold"] == 0.5 and fixed["f1"] == 0.0
+
+
+def test_study_variants_are_checked_before_any_work(tmp_path):
+    home = tmp_path / "fresh"
+    for args, message in [(("--set", "rounds"), "--set takes FIELD=VALUE"),
+                          (("--set", "rounds=many"), "study preset field 'rounds' takes a positive number, got 'many'"),
+                          (("--set", "final_retrain=maybe"), "'final_retrain' takes true or false"),
+                          (("--strategies", "actprm,greedy"), "unknown study strategy 'greedy'")]:
+        proc = cli(home, "study", *args, "--json")
+        assert proc.returncode == 1 and message in one_json(proc)["error"], (args, proc.stderr[-2000:])
+    assert not (home / "actprm.duckdb").exists()  # refused before a pool was made
