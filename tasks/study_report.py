@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from actprm.errors import ActPRMError
-from tasks.study import LEARNED_F1, STRATEGY_NAMES, WITHIN_F1, StudyPreset, budget_labels
+from tasks.study import LEARNED_F1, NUMERICS_VERSION, STRATEGY_NAMES, WITHIN_F1, StudyPreset, budget_labels
 
 
 def _spread(values: list[float]) -> float:
@@ -125,6 +125,11 @@ def previous_runs(path: str | Path, *, pool: str, preset: StudyPreset, knobs: di
         raise ActPRMError(f"cannot extend {path}: not a study's JSON ({e})") from None
     if not isinstance(earlier, dict) or not isinstance(earlier.get("runs"), list):
         raise ActPRMError(f"cannot extend {path}: it holds no per-run results (\"runs\")")
+    # Studies written before the version was recorded are version 1.
+    if earlier.get("numerics_version", 1) != NUMERICS_VERSION:
+        raise ActPRMError(f"cannot extend {path}: it was made by version {earlier.get('numerics_version', 1)} of the "
+                          f"study's training arithmetic, this is version {NUMERICS_VERSION} (tasks.study."
+                          "NUMERICS_VERSION); its runs would not reproduce bit for bit, so rerun it")
     if earlier.get("pool") != pool:
         raise ActPRMError(f"cannot extend {path}: it was made on pool {earlier.get('pool')!r}, not {pool!r}")
     # Studies written before the split was fingerprinted carry none (nor knobs); their runs used the defaults.
@@ -164,7 +169,7 @@ def study_result(runs: list[dict], *, preset: StudyPreset, pool: str, strategies
     seeds = sorted({r["seed"] for r in runs})
     result = summarize(runs, preset=replace(preset, seeds=tuple(seeds)), pool=pool, seeds=seeds,
                        train_size=train_size, eval_size=eval_size, strategies=strategies)
-    result.update(model=model, knobs=knobs, split_sha256=split, runs=runs)
+    result.update(model=model, knobs=knobs, split_sha256=split, numerics_version=NUMERICS_VERSION, runs=runs)
     if wall_seconds_per_invocation:
         spent = [round(float(s), 1) for s in wall_seconds_per_invocation]
         result.update(wall_seconds_per_invocation=spent, wall_seconds=round(sum(spent), 1))

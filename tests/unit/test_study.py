@@ -285,7 +285,7 @@ def _earlier(tmp_path, **changes):
     earlier = {"pool": "p", "train_size": 10, "eval_size": 4, "split_sha256": "abc",
                "study_preset": json.loads(json.dumps(dataclasses.asdict(preset))),
                "knobs": {"p_threshold": 0.95, "subset": "p"}, "runs": [{"seed": 0, "strategy": "full"}],
-               "strategies": {s: {} for s in study.STRATEGY_NAMES}}
+               "strategies": {s: {} for s in study.STRATEGY_NAMES}, "numerics_version": study.NUMERICS_VERSION}
     path = tmp_path / "al_study.json"
     path.write_text(json.dumps({**earlier, **changes}))
     return path, preset
@@ -297,6 +297,7 @@ def _earlier(tmp_path, **changes):
     ({"eval_size": 5}, "pool 'p' was split into other train/eval trajectories"),
     ({"knobs": {"p_threshold": 0.9}}, "p_threshold was 0.9, this run has 0.95"),
     ({"strategies": {"actprm": {}, "random": {}}}, "it compares actprm, random, this run actprm, random, entropy, bald"),
+    ({"numerics_version": 1}, "made by version 1 of the study.s training arithmetic"),
 ])
 def test_extend_refuses_a_study_made_under_other_settings(tmp_path, changes, message):
     path, preset = _earlier(tmp_path, **changes)
@@ -426,3 +427,27 @@ def test_extend_takes_a_preset_field_added_since_as_its_default(tmp_path):
     with pytest.raises(ActPRMError, match="study preset final_retrain was False, this run has True"):
         study_report.previous_runs(path, pool="p", preset=dataclasses.replace(preset, final_retrain=True), knobs={},
                                    split="abc", train_size=10, eval_size=4)
+
+
+def test_training_skips_the_unlabeled_steps_and_keeps_the_loss_and_its_gradient(packed):
+    train, _, info = packed
+    idx = torch.arange(len(train))
+
+    def fresh():
+        return study.heads_model(info["hidden_size"], info["separator_id"], num_heads=4, seed=0, reg_lambda=0.5,
+                                 learning_probability=1.0)
+
+    model = fresh()
+    _, rows, loss = study._forward(model, train, idx, with_labels=True)
+    loss.backward()
+    # The same loss over every scored step, those after the first error (IGNORE_INDEX) included.
+    full = fresh()
+    width = int(train.steps.max())
+    scored = torch.arange(width).unsqueeze(0) < train.steps.unsqueeze(1)
+    cls, reg = full.step_loss(full.head_logits(train.states[:, :width][scored]), train.labels[:, :width][scored],
+                              scored.nonzero(as_tuple=True)[0])
+    (cls + reg).backward()
+    assert len(rows) < int(scored.sum())  # the pool has steps after a first error, and they were skipped
+    assert torch.allclose(loss, cls + reg, rtol=1e-6, atol=0)
+    for name in ("w1", "b1", "w2", "b2", "w3", "b3"):
+        assert torch.allclose(getattr(model, name).grad, getattr(full, name).grad, rtol=1e-4, atol=1e-8), name
