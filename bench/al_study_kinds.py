@@ -54,6 +54,10 @@ def load_study(path: Path, home: Path):
     from tasks import study
 
     saved = json.loads(path.read_text())
+    if saved.get("numerics_version", 1) != study.NUMERICS_VERSION:
+        raise ActPRMError(f"{path} was made by version {saved.get('numerics_version', 1)} of the study's training "
+                          f"arithmetic, this is version {study.NUMERICS_VERSION}: its runs would not reproduce; rerun "
+                          "the study with bench/al_study.py first")
     fields = {f.name for f in dataclasses.fields(study.StudyPreset)}
     raw = {k: v for k, v in saved["study_preset"].items() if k in fields}
     preset = study.StudyPreset(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
@@ -107,7 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     from tasks import study
 
     t0 = time.perf_counter()
-    saved, preset, train, evaluation, kinds = load_study(Path(args.study), Path(args.home))
+    from actprm.errors import ActPRMError
+
+    try:
+        saved, preset, train, evaluation, kinds = load_study(Path(args.study), Path(args.home))
+    except ActPRMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     groups = {split: [group_of(k) for k in ks] for split, ks in kinds.items()}
     knobs = dict(saved["knobs"])
     recorded = {(r["strategy"], r["budget"], r["seed"]): r["f1"] for r in saved["runs"]}
