@@ -57,7 +57,7 @@ STRATEGY_NAMES = ("actprm", "random", "entropy", "bald")
 WITHIN_F1 = 0.005  # "within 0.5 F1 points of full data", in F1 units
 STATES_VERSION = 3  # bump when the layout or a readout changes, so cached step states are recomputed
 # Bump when the heads' training changes its float arithmetic (same protocol, other rounding): runs then no longer
-# reproduce bit for bit, so a study is not extended across versions. 2: training skips unlabeled steps.
+# reproduce bit for bit, so a study is not extended across versions. 2: training skips unlabeled steps, fused AdamW.
 NUMERICS_VERSION = 2
 LEARNED_F1 = 0.02  # full data must beat the untrained ensemble by 2 F1 points for the comparison to mean anything
 
@@ -468,8 +468,9 @@ def _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, 
     t0 = time.perf_counter()
     model = heads_model(hidden_size, separator_id, num_heads=preset.num_heads, seed=seed, reg_lambda=reg_lambda,
                         learning_probability=learning_probability)
-    # foreach: the same arithmetic as the default per-tensor loop (bit-identical runs), ~6% faster on CPU.
-    optimizer = torch.optim.AdamW(model.head_parameters(), lr=preset.lr, weight_decay=0.0, foreach=True)
+    # fused: one pass over the parameters per step instead of one per operation, ~10% faster on CPU (the heads
+    # are 1.6M parameters updated 400 times a run); other rounding than the per-tensor loop (NUMERICS_VERSION 2).
+    optimizer = torch.optim.AdamW(model.head_parameters(), lr=preset.lr, weight_decay=0.0, fused=True)
     # The stream order and the minibatches depend on the seed only, so strategies meet the same stream.
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     batches = torch.tensor_split(order, min(preset.rounds, len(train)))
