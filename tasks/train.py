@@ -370,18 +370,18 @@ def train_prm(
             n = len(batch)
             with accelerator.accumulate(model):
                 judged: dict[str, torch.Tensor] = {}
-                if in_training_selection and one_pass:
-                    def keep(logits, rows, n=n, first_errors=item["first_error"]):
+                if not in_training_selection:
+                    judged["confident"] = judged["agrees"] = torch.zeros(n, dtype=torch.bool)
+                elif not one_pass:
+                    judged["confident"], judged["agrees"] = _confident_trajectories(
+                        model, batch, item["first_error"], p_threshold, std_threshold)
+
+                def keep(logits, rows, n=n, first_errors=item["first_error"]):
+                    """The trajectories that enter the loss; with one pass, judged on this forward's scores."""
+                    if not judged:
                         judged["confident"], judged["agrees"] = _confidence(logits, rows, n, first_errors,
                                                                             p_threshold, std_threshold)
-                        return (~judged["confident"]).to(device)
-                else:
-                    if in_training_selection:
-                        judged["confident"], judged["agrees"] = _confident_trajectories(
-                            model, batch, item["first_error"], p_threshold, std_threshold)
-                    else:
-                        judged["confident"] = judged["agrees"] = torch.zeros(n, dtype=torch.bool)
-                    keep = (~judged["confident"]).to(device)
+                    return (~judged["confident"]).to(device)
                 # Dropout and bootstrap masks come from seeds fixed per (seed, optimizer step, micro-batch,
                 # process), not from whatever the RNG went through before (a resumed run builds its data
                 # iterator at another moment): so a resumed run draws exactly what an uninterrupted one does.
