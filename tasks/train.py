@@ -129,31 +129,47 @@ def _fingerprint(examples: list[dict], params: dict[str, Any]) -> str:
     return h.hexdigest()[:16]
 
 
-def _latest_checkpoint(ckpt_root: Path, fingerprint: str) -> Path | None:
-    best: tuple[int, Path] | None = None
-    for d in ckpt_root.glob("step_*"):
-        done = d / CHECKPOINT_DONE
-        if not done.is_file():
-            continue
-        try:
-            meta = json.loads(done.read_text())
-        except (OSError, ValueError):
-            continue
-        if meta.get("fingerprint") == fingerprint and (best is None or meta["step"] > best[0]):
-            best = (int(meta["step"]), d)
-    return None if best is None else best[1]
+class _Checkpoints:
+    """A run's checkpoints, `root/step_N`: accelerate's saved state, complete once CHECKPOINT_DONE is written
+    (last), which also records the fingerprint of the data and settings it belongs to."""
 
+    def __init__(self, root: Path, fingerprint: str, accelerator) -> None:
+        self.root, self.fingerprint, self.accelerator = root, fingerprint, accelerator
 
-def _stale_checkpoints(ckpt_root: Path, fingerprint: str) -> list[Path]:
-    stale = []
-    for d in ckpt_root.glob("step_*"):
-        try:
-            meta = json.loads((d / CHECKPOINT_DONE).read_text())
-        except (OSError, ValueError):
-            meta = {}
-        if meta.get("fingerprint") != fingerprint:
-            stale.append(d)
-    return stale
+    def _done(self) -> list[tuple[int, Path, dict]]:
+        found = []
+        for d in self.root.glob("step_*"):
+            try:
+                meta = json.loads((d / CHECKPOINT_DONE).read_text())
+            except (OSError, ValueError):  # interrupted mid-save (or no marker at all)
+                meta = {}
+            found.append((int(meta.get("step", -1)), d, meta))
+        return found
+
+    def drop_stale(self) -> None:
+        """Remove checkpoints of other data or settings (and unfinished ones of them): never resumed, only disk."""
+        if self.accelerator.is_main_process and self.root.is_dir():
+            for _, d, meta in self._done():
+                if meta.get("fingerprint") != self.fingerprint:
+                    log.warning("removing checkpoint %s: it belongs to other data or settings", d)
+                    shutil.rmtree(d, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+
+    def latest(self) -> Path | None:
+        """The latest complete checkpoint of this run's data and settings."""
+        mine = [(step, d) for step, d, meta in self._done() if meta.get("fingerprint") == self.fingerprint]
+        return max(mine)[1] if mine else None
+
+    def save(self, step: int) -> None:
+        """Save the state after optimizer step `step`; keep the last KEEP_CHECKPOINTS complete ones."""
+        d = self.root / f"step_{step}"
+        self.accelerator.save_state(str(d))
+        if self.accelerator.is_main_process:
+            (d / CHECKPOINT_DONE).write_text(json.dumps({"step": step, "fingerprint": self.fingerprint}))
+            done = sorted((step, d) for step, d, meta in self._done() if meta)
+            for _, old in done[:-KEEP_CHECKPOINTS]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
 
 
 def _confidence(logits: torch.Tensor, step_trajectory: torch.Tensor, n: int, first_errors: torch.Tensor,
@@ -180,6 +196,35 @@ def _confident_trajectories(model, batch, first_errors: torch.Tensor, p_threshol
         out = model(**batch.model_inputs())
     model.train()
     return _confidence(out.logits, out.step_trajectory, len(batch), first_errors, p_threshold, std_threshold)
+
+
+def _make_trainable(model, *, freeze_backbone: bool, reg_lambda: float, learning_probability: float,
+                    gradient_checkpointing: bool) -> None:
+    """Set up a built or loaded model for this run, in place."""
+    if freeze_backbone:  # train only the heads (the forward then runs the backbone without grad)
+        model.config.freeze_backbone = True
+        model.backbone.requires_grad_(False)
+    # The run's settings win over whatever the warm-start model was trained with; saved with the model.
+    model.config.reg_lambda = reg_lambda
+    model.config.learning_probability = learning_probability
+    pooler = getattr(model.backbone, "pooler", None)
+    if pooler is not None:
+        # The PRM reads separator hidden states, never the pooled [CLS] output (BERT/MiniLM backbones): its
+        # weights get no gradient, and DDP refuses trainable parameters that get none.
+        pooler.requires_grad_(False)
+    if gradient_checkpointing:  # transformers 5 renamed it; keep working with either name
+        enable = (getattr(model.backbone, "activation_checkpointing_enable", None)
+                  or model.backbone.gradient_checkpointing_enable)
+        enable()
+
+
+def _optimizer(model, *, lr: float, head_lr: float | None, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW where fresh heads on a pre-trained backbone learn at head_lr (when set) and the backbone at lr; the
+    warmup and decay schedule scales both groups alike."""
+    heads = {id(p) for p in model.head_parameters()}
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad and id(p) not in heads], "lr": lr},
+              {"params": [p for p in model.parameters() if p.requires_grad and id(p) in heads], "lr": head_lr or lr}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay)
 
 
 def train_prm(
@@ -280,21 +325,8 @@ def train_prm(
         else:
             model, tokenizer = build_prm(preset, num_heads=num_heads, seed=seed, backbone_path=backbone_path)
     check_compatible(model, tokenizer)
-    if freeze_backbone:  # train only the heads (the forward then runs the backbone without grad)
-        model.config.freeze_backbone = True
-        model.backbone.requires_grad_(False)
-    # The run's settings win over whatever the warm-start model was trained with; saved with the model.
-    model.config.reg_lambda = reg_lambda
-    model.config.learning_probability = learning_probability
-    pooler = getattr(model.backbone, "pooler", None)
-    if pooler is not None:
-        # The PRM reads separator hidden states, never the pooled [CLS] output (BERT/MiniLM backbones): its
-        # weights get no gradient, and DDP refuses trainable parameters that get none.
-        pooler.requires_grad_(False)
-    if gradient_checkpointing:  # transformers 5 renamed it; keep working with either name
-        enable = (getattr(model.backbone, "activation_checkpointing_enable", None)
-                  or model.backbone.gradient_checkpointing_enable)
-        enable()
+    _make_trainable(model, freeze_backbone=freeze_backbone, reg_lambda=reg_lambda,
+                    learning_probability=learning_probability, gradient_checkpointing=gradient_checkpointing)
     set_seed(seed)  # building/loading a model may consume RNG; training starts from the same state regardless
 
     batcher = StepBatcher(tokenizer, max_length=max_length)
@@ -306,12 +338,7 @@ def train_prm(
         return {"batch": batch, "first_error": torch.tensor(fes), "index": torch.tensor(indices)}
 
     loader = DataLoader(list(range(len(examples))), batch_size=batch_size, shuffle=True, collate_fn=collate)
-    # Fresh heads on a pre-trained backbone learn at head_lr (when set), the backbone at lr; the warmup and
-    # decay schedule scales both groups alike.
-    heads = {id(p) for p in model.head_parameters()}
-    groups = [{"params": [p for p in model.parameters() if p.requires_grad and id(p) not in heads], "lr": lr},
-              {"params": [p for p in model.parameters() if p.requires_grad and id(p) in heads], "lr": head_lr or lr}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay)
+    optimizer = _optimizer(model, lr=lr, head_lr=head_lr, weight_decay=weight_decay)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     model.train()  # from_pretrained hands back a model in eval mode
     # Without dropout the training forward scores exactly as the scoring stage's eval pass would, so selection
@@ -324,29 +351,14 @@ def train_prm(
     state = _Progress()
     accelerator.register_for_checkpointing(state)
 
-    ckpt_root = out_dir / CHECKPOINTS_DIR
+    checkpoints = _Checkpoints(out_dir / CHECKPOINTS_DIR, fingerprint, accelerator)
+    checkpoints.drop_stale()
     resumed_from = None
-    if accelerator.is_main_process and ckpt_root.is_dir():
-        for stale in _stale_checkpoints(ckpt_root, fingerprint):
-            log.warning("removing checkpoint %s: it belongs to other data or settings", stale)
-            shutil.rmtree(stale, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    latest = _latest_checkpoint(ckpt_root, fingerprint) if resume and ckpt_root.is_dir() else None
+    latest = checkpoints.latest() if resume else None
     if latest is not None:
         accelerator.load_state(str(latest))
         resumed_from = state.completed_steps
         log.info("resuming training from %s (optimizer step %d of %d)", latest, resumed_from, total_steps)
-
-    def save_checkpoint() -> None:
-        d = ckpt_root / f"step_{state.completed_steps}"
-        accelerator.save_state(str(d))
-        if accelerator.is_main_process:
-            (d / CHECKPOINT_DONE).write_text(json.dumps({"step": state.completed_steps, "fingerprint": fingerprint}))
-            done = sorted((p for p in ckpt_root.glob("step_*") if (p / CHECKPOINT_DONE).is_file()),
-                          key=lambda p: int(p.name.split("_")[1]))
-            for old in done[:-KEEP_CHECKPOINTS]:
-                shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
 
     mlflow = _active_mlflow() if accelerator.is_main_process else None
     if mlflow is not None:
@@ -440,7 +452,7 @@ def train_prm(
                 bar.update(1)
                 bar.set_postfix(cls=f"{metrics['cls_loss']:.4f}", trusted=f"{metrics['trusted_fraction']:.2f}")
             if checkpoint_every and state.completed_steps % checkpoint_every == 0:
-                save_checkpoint()
+                checkpoints.save(state.completed_steps)
     if bar is not None:
         bar.close()
 
@@ -451,7 +463,7 @@ def train_prm(
                                   f"already confident on all {len(examples)} (p={p_threshold}, std={std_threshold})",
                            resumed_from_step=resumed_from)
     if not checkpoint_every or state.completed_steps % checkpoint_every:
-        save_checkpoint()  # the end state, so a crash while saving the model below loses no training
+        checkpoints.save(state.completed_steps)  # the end state, so a crash while saving the model below loses no training
 
     model_dir = out_dir / MODEL_DIR
     rebuild = None if params["given_model"] else (

@@ -103,6 +103,9 @@ def test_resume_after_a_crash_ends_where_an_uninterrupted_run_does(examples, bas
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert ckpts == ["step_2", "step_4"] and (tmp_path / "checkpoints/step_4" / CHECKPOINT_DONE).is_file()
     assert not (tmp_path / "model").exists()
+    # A later checkpoint cut off mid-save (its completion marker never written) is neither resumed nor kept.
+    (tmp_path / "checkpoints/step_6").mkdir()
+    (tmp_path / "checkpoints/step_6/model.safetensors").write_bytes(b"partial")
 
     resumed_steps: list[int] = []
     result = train_prm(examples, output_dir=tmp_path, checkpoint_every=2,
