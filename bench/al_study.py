@@ -37,6 +37,32 @@ sys.path.insert(0, str(ROOT))
 
 from tasks.study import STUDY_PRESETS, strategy_names  # noqa: E402
 
+# The heads' first-layer GEMM: (steps in a minibatch, MiniLM width) @ (width, 32 heads x 128 hidden units).
+CALIBRATION_SHAPE = (512, 384, 4096)
+
+
+def host_gemm_gflops(threads: int, seconds: float = 3.0) -> float:
+    """Best fp32 GEMM rate of this host with `threads` torch threads, in GFLOP/s.
+
+    This shared 2-core host ran the same preset study in 13 min one day and 36 min another, so a wall time says
+    little alone: every invocation records this rate before and after it runs, next to its wall time."""
+    import torch
+
+    m, k, n = CALIBRATION_SHAPE
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        best, end = float("inf"), time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(before)
+    return 2 * m * k * n / best / 1e9
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -69,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from flows.study import study_flow
 
+    threads = args.head_threads or int(overrides.get("head_threads", 0)) or STUDY_PRESETS[args.preset].head_threads
+    earlier = Path(args.output) / "al_study.json"
+    # One entry per invocation, as wall_seconds_per_invocation: an extended study may span hosts and days.
+    calibration = (json.loads(earlier.read_text()).get("host_gemm_gflops_per_invocation", [])
+                   if args.extend and earlier.is_file() else [])
+    gflops_before = host_gemm_gflops(threads)
     t0 = time.perf_counter()
     result = study_flow(pool=args.pool, study_preset=args.preset, config=config, seeds=seeds, output_dir=args.output,
                         head_threads=args.head_threads, extend=args.extend, preset_overrides=overrides,
@@ -78,9 +110,18 @@ def main(argv: list[str] | None = None) -> int:
     saved = Path(result["outputs"]["json"])
     data = json.loads(saved.read_text())
     data["cpu_count"] = os.cpu_count()
+    import torch
+
+    # Float rounding follows the CPU's kernels: a seed reproduces its runs bit for bit on the same kind of host only
+    # (rerun on another host, the preset's runs moved by up to 6 F1 points each, their means within the spread).
+    data["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    calibration.append({"before": round(gflops_before, 1), "after": round(host_gemm_gflops(threads), 1),
+                        "threads": threads, "shape": list(CALIBRATION_SHAPE)})
+    data["host_gemm_gflops_per_invocation"] = calibration
     saved.write_text(json.dumps(data, indent=2) + "\n")
     print(Path(result["outputs"]["markdown"]).read_text())
-    print(f"wall time {seconds:.0f}s; outputs: {', '.join(result['outputs'].values())}; "
+    print(f"wall time {seconds:.0f}s; host fp32 GEMM {calibration[-1]['before']} GFLOP/s before, "
+          f"{calibration[-1]['after']} after; outputs: {', '.join(result['outputs'].values())}; "
           f"MLflow run {result['mlflow_run_id']}")
     return 0
 
