@@ -71,7 +71,7 @@ def study_flow(pool: str | None = None, study_preset: str = "quick", config: dic
     Args:
         pool: An ingested pool with gold labels. None: the study preset's own synthetic pool
             (tasks.study.synthetic_pool, e.g. synth-study-3000-reading for full), created on first use.
-        study_preset: quick (tiny model, seconds) or full (MiniLM, 13-37 min on 2 cores by the day); see tasks.study.STUDY_PRESETS.
+        study_preset: quick (tiny model, seconds) or full (MiniLM, 13-37 min on 2 cores); see tasks.study.STUDY_PRESETS.
         config: Nested settings overrides; model.preset replaces the study preset's model when given.
         seeds: Override the preset's seeds.
         output_dir: Where al_study.json/.md/.png go (default: <home>/reports/study).

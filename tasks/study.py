@@ -105,8 +105,8 @@ STUDY_PRESETS: dict[str, StudyPreset] = {
     "quick": StudyPreset("quick", budgets=(0.2, 0.5, 1.0), seeds=(0,), model_preset="tiny", num_heads=8,
                          rounds=3, steps_per_round=15, batch_size=16, lr=3e-3, synth_n=150, feature_threads=1),
     # The study of issue 8: MiniLM backbone (step-mean readout), paper's 32 heads, 3 seeds, on the synthetic
-    # pool with the `reading` error-kind mix (actprm.synth.KIND_MIXES); 13-37 minutes on the 2-core box, by the day. The
-    # numbers below were measured on the `uniform` mix. 400 head steps in all: with 200 the heads underfit
+    # pool with the `reading` error-kind mix (actprm.synth.KIND_MIXES); 13-37 minutes on the 2-core box, by the
+    # day. The numbers below were measured on the `uniform` mix. 400 head steps in all: with 200 the heads underfit
     # (full-data F1 0.15 vs 0.29, seed 0). Batch 56 with lr decay, over 5 seeds: full-data F1 0.296 ± 0.020,
     # against 0.251 ± 0.066 with batch 32 and a constant lr (0.300 ± 0.018 with batch 64, but ~30% slower than
     # 56). 16 rounds of 25 steps rather than 8 of 50: the same steps and scoring, but each batch is picked by
