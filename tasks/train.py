@@ -166,8 +166,8 @@ class _Checkpoints:
         self.accelerator.save_state(str(d))
         if self.accelerator.is_main_process:
             (d / CHECKPOINT_DONE).write_text(json.dumps({"step": step, "fingerprint": self.fingerprint}))
-            done = sorted((step, d) for step, d, meta in self._done() if meta)
-            for _, old in done[:-KEEP_CHECKPOINTS]:
+            complete = sorted((n, path) for n, path, meta in self._done() if meta)
+            for _, old in complete[:-KEEP_CHECKPOINTS]:
                 shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
 
