@@ -89,7 +89,7 @@ class StudyPreset:
     # seeded shuffled order) instead of the heads that bought them; the run's own F1 stays as f1_online. This is
     # the paper's large-scale recipe (Sec. 5: ActPRM filters the pool, a PRM is then trained on what it kept) and
     # what `actprm one-shot-filter` does. It doubles the heads training of every run below b = 1, so the presets
-    # leave it off; on the `reading` pool at 50% it moved ActPRM - random from -0.1 to +3.2 points (5 seeds,
+    # leave it off; on the `reading` pool at 50% it moved ActPRM - random from -0.4 to +3.5 points (5 seeds,
     # bench/results/al_study_kinds_5seeds).
     final_retrain: bool = False
     feature_batch_size: int = 32
