@@ -35,7 +35,9 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.study import STUDY_PRESETS, strategy_names  # noqa: E402
+import torch  # noqa: E402
+
+from tasks.study import STUDY_PRESETS, customize, strategy_names  # noqa: E402
 
 # The heads' first-layer GEMM: (steps in a minibatch, MiniLM width) @ (width, 32 heads x 128 hidden units).
 CALIBRATION_SHAPE = (512, 384, 4096)
@@ -46,8 +48,6 @@ def host_gemm_gflops(threads: int, seconds: float = 3.0) -> float:
 
     This shared 2-core host ran the same preset study in 13 min one day and 36 min another, so a wall time says
     little alone: every invocation records this rate before and after it runs, next to its wall time."""
-    import torch
-
     m, k, n = CALIBRATION_SHAPE
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)
@@ -90,12 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = parse_fields(args.set)
         seeds, strategies = parse_seeds(args.seeds), strategy_names(args.strategies)
+        # The threads the heads will train on, as the flow resolves them: what the calibration below must use.
+        threads = args.head_threads or customize(STUDY_PRESETS[args.preset], overrides).head_threads
     except ActPRMError as e:
         ap.error(str(e))
 
     from flows.study import study_flow
 
-    threads = args.head_threads or int(overrides.get("head_threads", 0)) or STUDY_PRESETS[args.preset].head_threads
     earlier = Path(args.output) / "al_study.json"
     # One entry per invocation, as wall_seconds_per_invocation: an extended study may span hosts and days.
     calibration = (json.loads(earlier.read_text()).get("host_gemm_gflops_per_invocation", [])
@@ -110,8 +111,6 @@ def main(argv: list[str] | None = None) -> int:
     saved = Path(result["outputs"]["json"])
     data = json.loads(saved.read_text())
     data["cpu_count"] = os.cpu_count()
-    import torch
-
     # Float rounding follows the CPU's kernels: a seed reproduces its runs bit for bit on the same kind of host only
     # (rerun on another host, the preset's runs moved by up to 6 F1 points each, their means within the spread).
     data["cpu_capability"] = torch.backends.cpu.get_cpu_capability()

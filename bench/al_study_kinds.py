@@ -52,12 +52,10 @@ def load_study(path: Path, home: Path):
     from actprm.store import Store, trajectory_id
     from actprm.synth import generate
     from tasks import study
+    from tasks.study_report import require_numerics
 
     saved = json.loads(path.read_text())
-    if saved.get("numerics_version", 1) != study.NUMERICS_VERSION:
-        raise ActPRMError(f"{path} was made by version {saved.get('numerics_version', 1)} of the study's training "
-                          f"arithmetic, this is version {study.NUMERICS_VERSION}: its runs would not reproduce; rerun "
-                          "the study with bench/al_study.py first")
+    require_numerics(saved, f"cannot reproduce the runs of {path}")
     fields = {f.name for f in dataclasses.fields(study.StudyPreset)}
     raw = {k: v for k, v in saved["study_preset"].items() if k in fields}
     preset = study.StudyPreset(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})

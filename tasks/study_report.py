@@ -100,6 +100,16 @@ def summarize(runs: list[dict], *, preset: StudyPreset, pool: str, seeds: list[i
     return out
 
 
+def require_numerics(saved: dict, refused: str) -> None:
+    """Raise ActPRMError (one line, starting with `refused`) when a study's JSON was made by another version of the
+    heads' training arithmetic (tasks.study.NUMERICS_VERSION): its runs would not reproduce bit for bit."""
+    made = saved.get("numerics_version", 1)  # studies written before the version was recorded are version 1
+    if made != NUMERICS_VERSION:
+        raise ActPRMError(f"{refused}: it was made by version {made} of the study's training arithmetic, this is "
+                          f"version {NUMERICS_VERSION} (tasks.study.NUMERICS_VERSION); its runs would not reproduce "
+                          "bit for bit, so rerun it")
+
+
 # What must match for runs of two invocations to be summarized together: every preset field that shapes a
 # run's F1. Threads only change speed, seeds are what an extension adds, and the name only labels the fields.
 _NOT_COMPARED = {"name", "seeds", "head_threads", "feature_threads"}
@@ -125,11 +135,7 @@ def previous_runs(path: str | Path, *, pool: str, preset: StudyPreset, knobs: di
         raise ActPRMError(f"cannot extend {path}: not a study's JSON ({e})") from None
     if not isinstance(earlier, dict) or not isinstance(earlier.get("runs"), list):
         raise ActPRMError(f"cannot extend {path}: it holds no per-run results (\"runs\")")
-    # Studies written before the version was recorded are version 1.
-    if earlier.get("numerics_version", 1) != NUMERICS_VERSION:
-        raise ActPRMError(f"cannot extend {path}: it was made by version {earlier.get('numerics_version', 1)} of the "
-                          f"study's training arithmetic, this is version {NUMERICS_VERSION} (tasks.study."
-                          "NUMERICS_VERSION); its runs would not reproduce bit for bit, so rerun it")
+    require_numerics(earlier, f"cannot extend {path}")
     if earlier.get("pool") != pool:
         raise ActPRMError(f"cannot extend {path}: it was made on pool {earlier.get('pool')!r}, not {pool!r}")
     # Studies written before the split was fingerprinted carry none (nor knobs); their runs used the defaults.

@@ -136,7 +136,8 @@ class _Checkpoints:
     def __init__(self, root: Path, fingerprint: str, accelerator) -> None:
         self.root, self.fingerprint, self.accelerator = root, fingerprint, accelerator
 
-    def _done(self) -> list[tuple[int, Path, dict]]:
+    def _scan(self) -> list[tuple[int, Path, dict]]:
+        """Every step_* dir with its step and completion record ({} and -1 when it has none: cut off mid-save)."""
         found = []
         for d in self.root.glob("step_*"):
             try:
@@ -149,7 +150,7 @@ class _Checkpoints:
     def drop_stale(self) -> None:
         """Remove checkpoints of other data or settings (and unfinished ones of them): never resumed, only disk."""
         if self.accelerator.is_main_process and self.root.is_dir():
-            for _, d, meta in self._done():
+            for _, d, meta in self._scan():
                 if meta.get("fingerprint") != self.fingerprint:
                     log.warning("removing checkpoint %s: it belongs to other data or settings", d)
                     shutil.rmtree(d, ignore_errors=True)
@@ -157,7 +158,7 @@ class _Checkpoints:
 
     def latest(self) -> Path | None:
         """The latest complete checkpoint of this run's data and settings."""
-        mine = [(step, d) for step, d, meta in self._done() if meta.get("fingerprint") == self.fingerprint]
+        mine = [(step, d) for step, d, meta in self._scan() if meta.get("fingerprint") == self.fingerprint]
         return max(mine)[1] if mine else None
 
     def save(self, step: int) -> None:
@@ -166,7 +167,7 @@ class _Checkpoints:
         self.accelerator.save_state(str(d))
         if self.accelerator.is_main_process:
             (d / CHECKPOINT_DONE).write_text(json.dumps({"step": step, "fingerprint": self.fingerprint}))
-            complete = sorted((n, path) for n, path, meta in self._done() if meta)
+            complete = sorted((n, path) for n, path, meta in self._scan() if meta)
             for _, old in complete[:-KEEP_CHECKPOINTS]:
                 shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
