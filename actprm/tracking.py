@@ -109,6 +109,9 @@ def logging_into(run_id: str | None, tracking_uri: str | None = None) -> Iterato
     if active is not None and active.info.run_id == run_id:
         yield active
         return
+    # MLflow refuses to resume a run while the process has another experiment selected (a study, say, logged into
+    # its own experiment in the same process first), so select the run's.
+    mlflow.set_experiment(experiment_id=mlflow.get_run(run_id).info.experiment_id)
     # Resuming a run must not end it: the flow closes it when the round is over.
     run = mlflow.start_run(run_id=run_id, nested=active is not None)
     try:
