@@ -22,7 +22,6 @@ finished seed. --set changes preset fields for a variant (its name in the output
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -35,33 +34,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-
 from tasks.study import STUDY_PRESETS, customize, strategy_names  # noqa: E402
-
-# The heads' first-layer GEMM: (steps in a minibatch, MiniLM width) @ (width, 32 heads x 128 hidden units).
-CALIBRATION_SHAPE = (512, 384, 4096)
-
-
-def host_gemm_gflops(threads: int, seconds: float = 3.0) -> float:
-    """Best fp32 GEMM rate of this host with `threads` torch threads, in GFLOP/s.
-
-    This shared 2-core host ran the same preset study in 13 min one day and 36 min another, so a wall time says
-    little alone: every invocation records this rate before and after it runs, next to its wall time."""
-    m, k, n = CALIBRATION_SHAPE
-    gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        best, end = float("inf"), time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            t = time.perf_counter()
-            torch.mm(a, b)
-            best = min(best, time.perf_counter() - t)
-    finally:
-        torch.set_num_threads(before)
-    return 2 * m * k * n / best / 1e9
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,37 +63,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = parse_fields(args.set)
         seeds, strategies = parse_seeds(args.seeds), strategy_names(args.strategies)
-        # The threads the heads will train on, as the flow resolves them: what the calibration below must use.
-        threads = args.head_threads or customize(STUDY_PRESETS[args.preset], overrides).head_threads
+        customize(STUDY_PRESETS[args.preset], overrides)  # a bad --set fails here in one line, before Prefect starts
     except ActPRMError as e:
         ap.error(str(e))
 
     from flows.study import study_flow
 
-    earlier = Path(args.output) / "al_study.json"
-    # One entry per invocation, as wall_seconds_per_invocation: an extended study may span hosts and days.
-    calibration = (json.loads(earlier.read_text()).get("host_gemm_gflops_per_invocation", [])
-                   if args.extend and earlier.is_file() else [])
-    gflops_before = host_gemm_gflops(threads)
     t0 = time.perf_counter()
-    result = study_flow(pool=args.pool, study_preset=args.preset, config=config, seeds=seeds, output_dir=args.output,
-                        head_threads=args.head_threads, extend=args.extend, preset_overrides=overrides,
-                        strategies=list(strategies))
+    try:
+        result = study_flow(pool=args.pool, study_preset=args.preset, config=config, seeds=seeds,
+                            output_dir=args.output, head_threads=args.head_threads, extend=args.extend,
+                            preset_overrides=overrides, strategies=list(strategies))
+    except ActPRMError as e:  # e.g. a bad --set value, or --extend of a study made under other settings
+        ap.error(str(e))
     seconds = time.perf_counter() - t0
-    # The flow records its wall time (every invocation's, with --extend); the machine goes with it.
-    saved = Path(result["outputs"]["json"])
-    data = json.loads(saved.read_text())
-    data["cpu_count"] = os.cpu_count()
-    # Float rounding follows the CPU's kernels: a seed reproduces its runs bit for bit on the same kind of host only
-    # (rerun on another host, the preset's runs moved by up to 6 F1 points each, their means within the spread).
-    data["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-    calibration.append({"before": round(gflops_before, 1), "after": round(host_gemm_gflops(threads), 1),
-                        "threads": threads, "shape": list(CALIBRATION_SHAPE)})
-    data["host_gemm_gflops_per_invocation"] = calibration
-    saved.write_text(json.dumps(data, indent=2) + "\n")
+    # The flow records every invocation's wall time and host (CPU kernels, GEMM rate before and after).
+    host = result["host_gemm_gflops_per_invocation"][-1]
     print(Path(result["outputs"]["markdown"]).read_text())
-    print(f"wall time {seconds:.0f}s; host fp32 GEMM {calibration[-1]['before']} GFLOP/s before, "
-          f"{calibration[-1]['after']} after; outputs: {', '.join(result['outputs'].values())}; "
+    print(f"wall time {seconds:.0f}s; host {host['cpu_capability']}, fp32 GEMM {host['before']} GFLOP/s before, "
+          f"{host['after']} after; outputs: {', '.join(result['outputs'].values())}; "
           f"MLflow run {result['mlflow_run_id']}")
     return 0
 

@@ -1,8 +1,8 @@
 """The active-learning efficiency study as a Prefect flow (issue 8; protocol in `tasks/study.py`):
 
-    load pool (+ held-out split) [-> the earlier study's runs, with extend] -> cache step states (one
-    backbone pass) -> per seed not yet run: full data, then every strategy x budget, then a checkpoint of
-    the outputs -> summarize -> table, plot, JSON -> MLflow
+    load pool (+ held-out split) [-> the earlier study's runs, with extend] -> time the host -> cache step
+    states (one backbone pass) -> per seed not yet run: full data, then every strategy x budget, then a
+    checkpoint of the outputs -> time the host again -> summarize -> table, plot, JSON -> MLflow
 
 This module only wires; the work is in `tasks.study`.
 """
@@ -17,6 +17,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from actprm import host
 from actprm.config import flow_settings
 from actprm.store import Store
 from tasks import study, study_report
@@ -33,6 +34,16 @@ def step_states_task(trajectories: list[dict], preset: str, cache_dir: str, batc
                           max_length: int, backbone_path: str | None, threads: int | None):
     return study.cached_step_states(trajectories, preset=preset, cache_dir=cache_dir, batch_size=batch_size,
                                          max_length=max_length, backbone_path=backbone_path, threads=threads)
+
+
+@task(name="study-host", cache_policy=NO_CACHE)
+def host_task(threads: int, seconds: float) -> dict[str, Any]:
+    return host.host_facts(threads, seconds)
+
+
+@task(name="study-host-speed", cache_policy=NO_CACHE)
+def host_speed_task(threads: int, seconds: float) -> float:
+    return round(host.gemm_gflops(threads, seconds), 1)
 
 
 @task(name="study-seed", cache_policy=NO_CACHE)
@@ -106,12 +117,20 @@ def study_flow(pool: str | None = None, study_preset: str = "quick", config: dic
              "subset": pool}
     split = study.split_fingerprint(data)
     out = output_dir or str(settings.reports_dir / "study")
-    runs: list[dict] = []
-    spent: list[float] = []  # wall seconds of the invocations that made the earlier runs
+    earlier = study_report.Earlier([], [], [])  # the invocations that made the runs this one extends
     if extend:  # checked before the backbone pass, so a mismatch fails in seconds
-        runs, spent = study_report.previous_runs(Path(out) / "al_study.json", pool=pool, preset=preset, knobs=knobs,
-                                          split=split, train_size=len(data["train"]), eval_size=len(data["eval"]),
-                                          strategies=chosen)
+        earlier = study_report.previous_runs(Path(out) / "al_study.json", pool=pool, preset=preset, knobs=knobs,
+                                             split=split, train_size=len(data["train"]),
+                                             eval_size=len(data["eval"]), strategies=chosen)
+    runs, spent = earlier.runs, earlier.wall_seconds
+    done = {r["seed"] for r in runs}
+    pending = [seed for seed in preset.seeds if seed not in done]
+    this_host = {**host_task(preset.head_threads, preset.host_seconds), "seeds": pending}
+    hosts = [*earlier.hosts, this_host]
+    if kernels := study_report.other_kernels(hosts):
+        get_run_logger().warning(
+            "this study's seeds now span hosts with different CPU kernels (%s): float rounding follows the kernels, "
+            "so each run reproduces bit for bit only on its own kind of host", ", ".join(kernels))
     everything = data["train"] + data["eval"]
     states, info = step_states_task(everything, preset.model_preset, str(settings.home / "study" / "cache"),
                                          preset.feature_batch_size, settings.model.max_length,
@@ -120,19 +139,18 @@ def study_flow(pool: str | None = None, study_preset: str = "quick", config: dic
     knobs = {**knobs, "hidden_size": info["hidden_size"], "separator_id": info["separator_id"]}
     model = {k: info[k] for k in ("preset", "backbone", "hidden_size", "cached", "seconds")}
     facts = {"preset": preset, "pool": pool, "strategies": chosen, "train_size": len(train),
-             "eval_size": len(evaluation), "model": model, "knobs": knobs, "split": split}
+             "eval_size": len(evaluation), "model": model, "knobs": knobs, "split": split, "hosts": hosts}
 
     def wall() -> list[float]:  # the earlier invocations', then this one's so far
         return [*spent, time.perf_counter() - started]
 
-    done = {r["seed"] for r in runs}
-    pending = [seed for seed in preset.seeds if seed not in done]
     for i, seed in enumerate(pending):
         runs += seed_task(train, evaluation, seed, preset, knobs, chosen)
         if i < len(pending) - 1:  # the report below writes the last one
             # The outputs hold every finished seed, so a crash loses at most the seed in progress and a rerun
             # with extend=True goes on from there.
             checkpoint_task(study_report.study_result(runs, **facts, wall_seconds_per_invocation=wall()), out)
+    this_host["after"] = host_speed_task(preset.head_threads, preset.host_seconds)
     result = study_report.study_result(runs, **facts, wall_seconds_per_invocation=wall())
     reported = report_task(result, out, settings.tracking_uri, settings.experiment, str(settings.artifact_root))
     summary = study_report.markdown_table(result) + f"\noutputs: {', '.join(reported['paths'].values())}"

@@ -98,12 +98,16 @@ class StudyPreset:
     # bench/al_study.py --head-threads 1. The backbone pass keeps torch's default.
     head_threads: int = 1
     feature_threads: int | None = None  # None: torch's default (all cores)
+    # Seconds spent timing the host's GEMM before and after each invocation (actprm.host), recorded next to its
+    # wall time: the same preset took 13 minutes one day and 36 the next on the same 2-core host.
+    host_seconds: float = 3.0
 
 
 STUDY_PRESETS: dict[str, StudyPreset] = {
     # Tests and smoke runs: tiny model, few budgets, one seed; seconds.
     "quick": StudyPreset("quick", budgets=(0.2, 0.5, 1.0), seeds=(0,), model_preset="tiny", num_heads=8,
-                         rounds=3, steps_per_round=15, batch_size=16, lr=3e-3, synth_n=150, feature_threads=1),
+                         rounds=3, steps_per_round=15, batch_size=16, lr=3e-3, synth_n=150, feature_threads=1,
+                         host_seconds=0.2),
     # The study of issue 8: MiniLM backbone (step-mean readout), paper's 32 heads, 3 seeds, on the synthetic
     # pool with the `reading` error-kind mix (actprm.synth.KIND_MIXES); 13-37 minutes on the 2-core box, by the
     # day. The numbers below were measured on the `uniform` mix. 400 head steps in all: with 200 the heads underfit

@@ -14,7 +14,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import MISSING, asdict, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from actprm.errors import ActPRMError
 from tasks.study import LEARNED_F1, NUMERICS_VERSION, STRATEGY_NAMES, WITHIN_F1, StudyPreset, budget_labels
@@ -111,15 +111,23 @@ def require_numerics(saved: dict, refused: str) -> None:
 
 
 # What must match for runs of two invocations to be summarized together: every preset field that shapes a
-# run's F1. Threads only change speed, seeds are what an extension adds, and the name only labels the fields.
-_NOT_COMPARED = {"name", "seeds", "head_threads", "feature_threads"}
+# run's F1. Threads and host timing only change or measure speed, seeds are what an extension adds, and the name
+# only labels the fields.
+_NOT_COMPARED = {"name", "seeds", "head_threads", "feature_threads", "host_seconds"}
+
+
+class Earlier(NamedTuple):
+    """What a study's earlier invocations left for the one that extends it."""
+    runs: list[dict]
+    wall_seconds: list[float]  # one entry per invocation
+    hosts: list[dict]          # one entry per invocation that recorded its host (actprm.host.host_facts)
 
 
 def previous_runs(path: str | Path, *, pool: str, preset: StudyPreset, knobs: dict[str, Any],
                   split: str, train_size: int, eval_size: int,
-                  strategies: tuple[str, ...] = STRATEGY_NAMES) -> tuple[list[dict], list[float]]:
-    """The runs of an earlier study that a new invocation extends with more seeds, and the wall seconds of each
-    invocation that made them.
+                  strategies: tuple[str, ...] = STRATEGY_NAMES) -> Earlier:
+    """The runs of an earlier study that a new invocation extends with more seeds, and the wall seconds and host
+    of each invocation that made them.
 
     Raises ActPRMError (one line) when the earlier study was made under anything that changes a run's F1:
     another pool or split, another study or model preset, other heads or uncertainty knobs. Runs of the same
@@ -163,15 +171,26 @@ def previous_runs(path: str | Path, *, pool: str, preset: StudyPreset, knobs: di
     spent = earlier.get("wall_seconds_per_invocation")
     if spent is None:
         spent = [earlier["wall_seconds"]] if "wall_seconds" in earlier else []
-    return earlier["runs"], [float(s) for s in spent]
+    hosts = [dict(h) for h in earlier.get("host_gemm_gflops_per_invocation") or []]
+    if len(hosts) == 1 and "cpu_capability" in earlier:  # written by the bench before each entry named its kernels
+        hosts[0].setdefault("cpu_capability", earlier["cpu_capability"])
+    return Earlier(earlier["runs"], [float(s) for s in spent], hosts)
+
+
+def other_kernels(hosts: Sequence[dict]) -> list[str]:
+    """The CPU kernel sets of a study's invocations, when they are more than one: its runs then reproduce bit for
+    bit only on their own kind of host (actprm.host)."""
+    kinds = sorted({h["cpu_capability"] for h in hosts if h.get("cpu_capability")})
+    return kinds if len(kinds) > 1 else []
 
 
 def study_result(runs: list[dict], *, preset: StudyPreset, pool: str, strategies: tuple[str, ...], train_size: int,
                  eval_size: int, model: dict, knobs: dict[str, Any], split: str,
-                 wall_seconds_per_invocation: Sequence[float] = ()) -> dict:
+                 wall_seconds_per_invocation: Sequence[float] = (), hosts: Sequence[dict] = ()) -> dict:
     """The study's JSON for the runs so far: the summary over every seed that has runs, the runs themselves,
-    what a later `extend` must match (knobs, split fingerprint), and the wall time spent on them: one entry per
-    invocation, the last one up to now (so a checkpoint left by a crash still counts the time it cost)."""
+    what a later `extend` must match (knobs, split fingerprint), and the wall time spent on them and the host
+    that spent it: one entry per invocation, the last one up to now (so a checkpoint left by a crash still
+    counts the time it cost)."""
     seeds = sorted({r["seed"] for r in runs})
     result = summarize(runs, preset=replace(preset, seeds=tuple(seeds)), pool=pool, seeds=seeds,
                        train_size=train_size, eval_size=eval_size, strategies=strategies)
@@ -179,6 +198,11 @@ def study_result(runs: list[dict], *, preset: StudyPreset, pool: str, strategies
     if wall_seconds_per_invocation:
         spent = [round(float(s), 1) for s in wall_seconds_per_invocation]
         result.update(wall_seconds_per_invocation=spent, wall_seconds=round(sum(spent), 1))
+    if hosts:  # the field's name predates the kernels and seeds in each entry
+        result.update(host_gemm_gflops_per_invocation=[dict(h) for h in hosts],
+                      cpu_capability=hosts[-1].get("cpu_capability"), cpu_count=hosts[-1].get("cpu_count"))
+        if other_kernels(hosts):
+            result["cpu_capabilities"] = other_kernels(hosts)
     return result
 
 
@@ -236,7 +260,28 @@ def markdown_table(result: dict) -> str:
         for s, row in shares.items():
             lines.append(f"| {s} | " + " | ".join("—" if row[str(b)].get("error_share") is None
                                                    else f"{row[str(b)]['error_share']:.2f}" for b in low) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _host_section(result)) + "\n"
+
+
+def _host_section(result: dict) -> list[str]:
+    """Where the time went and on what: a wall time means little without the host's speed that day."""
+    hosts = result.get("host_gemm_gflops_per_invocation") or []
+    walls = result.get("wall_seconds_per_invocation") or []
+    if not hosts:
+        return []
+    lines = ["", "## Wall time and host", "",
+             "| invocation | seeds | wall | CPU kernels | CPUs | fp32 GEMM GFLOP/s before → after |", "|---" * 6 + "|"]
+    for i, h in enumerate(hosts):
+        wall = f"{walls[i] / 60:.1f} min" if i < len(walls) else "—"
+        seeds = ", ".join(map(str, h["seeds"])) if "seeds" in h else "—"
+        after = "—" if h.get("after") is None else h["after"]
+        lines.append(f"| {i + 1} | {seeds} | {wall} | {h.get('cpu_capability') or '—'} | {h.get('cpu_count') or '—'} "
+                     f"| {h.get('before')} → {after} |")
+    if result.get("cpu_capabilities"):
+        lines += ["", f"**Note:** these seeds ran on hosts with different CPU kernels "
+                      f"({', '.join(result['cpu_capabilities'])}); float rounding follows the kernels, so each run "
+                      "reproduces bit for bit only on its own kind of host."]
+    return lines
 
 
 def plot(result: dict, path: str | Path) -> Path:
@@ -307,6 +352,11 @@ def log_to_mlflow(result: dict, paths: dict[str, str], *, tracking_uri: str, exp
                     metrics[f"f1{suffix}_{s}_{int(float(b) * 100)}pct"] = cell[f"f1{suffix}_mean"]
             if f"actprm_minus_random_at_0.5{suffix}" in result:
                 metrics[f"actprm_minus_random_at_50pct{suffix}"] = result[f"actprm_minus_random_at_0.5{suffix}"]
+        host = (result.get("host_gemm_gflops_per_invocation") or [{}])[-1]
+        if host:
+            mlflow.log_params({"study.cpu_capability": host.get("cpu_capability"),
+                               "study.cpu_count": host.get("cpu_count")})
+            metrics["host_gemm_gflops"] = host["before"]
         mlflow.log_metrics(metrics)
         for p in paths.values():
             mlflow.log_artifact(p, artifact_path="study")

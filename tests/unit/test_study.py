@@ -246,6 +246,13 @@ def test_a_study_that_crashed_goes_on_from_its_last_finished_seed(pool_db, tmp_p
     assert "seeds [0]" in (out / "al_study.md").read_text() and not list(out.glob(".*partial*"))
     # The checkpoint counts the crashed invocation's time, so the study's total does not lose it.
     assert len(first["wall_seconds_per_invocation"]) == 1 and first["wall_seconds"] > 0
+    # ... and the host it ran on, which it never timed again.
+    [crashed_host] = first["host_gemm_gflops_per_invocation"]
+    assert crashed_host["seeds"] == [0, 1] and crashed_host["before"] > 0 and crashed_host["after"] is None
+    assert crashed_host["cpu_capability"] == first["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    # Say the crashed invocation ran on a host with other kernels: its runs reproduce bit for bit only there.
+    first["host_gemm_gflops_per_invocation"][0]["cpu_capability"] = "OTHER-KERNELS"
+    (out / "al_study.json").write_text(json.dumps(first))
 
     extended = study_flow(pool=POOL, study_preset="quick", config=config, seeds=[0, 1], output_dir=str(out),
                           extend=True, **variant)
@@ -261,6 +268,13 @@ def test_a_study_that_crashed_goes_on_from_its_last_finished_seed(pool_db, tmp_p
     assert [r for r in saved["runs"] if r["seed"] == 0] == first["runs"]
     assert sum(r["seed"] == 1 for r in saved["runs"]) == len(first["runs"])
     assert saved["actprm_minus_random"]["0.5"]["seeds"] == 2
+    # Each invocation's host, with the seeds it ran: the study says its seeds span two kinds of host.
+    hosts = saved["host_gemm_gflops_per_invocation"]
+    assert [h["seeds"] for h in hosts] == [[0, 1], [1]] and hosts[1]["after"] > 0
+    here = torch.backends.cpu.get_cpu_capability()
+    assert saved["cpu_capability"] == here and saved["cpu_capabilities"] == sorted(["OTHER-KERNELS", here])
+    table = (out / "al_study.md").read_text()
+    assert "## Wall time and host" in table and "different CPU kernels (" in table
     # The summary is the one a single invocation over both seeds computes from the same runs.
     preset = dataclasses.replace(study.customize(study.study_preset("quick"), variant["preset_overrides"]),
                                  seeds=(0, 1))
@@ -309,19 +323,30 @@ def test_extend_refuses_a_study_made_under_other_settings(tmp_path, changes, mes
 def test_extend_accepts_other_threads_and_seeds_but_not_another_preset(tmp_path):
     path, preset = _earlier(tmp_path)
     faster = dataclasses.replace(preset, seeds=(5, 6), head_threads=2)
-    runs, spent = study_report.previous_runs(path, pool="p", preset=faster, knobs={"p_threshold": 0.95},
-                                             split="abc", train_size=10, eval_size=4)
-    assert runs == [{"seed": 0, "strategy": "full"}] and spent == []
+    earlier = study_report.previous_runs(path, pool="p", preset=faster, knobs={"p_threshold": 0.95},
+                                         split="abc", train_size=10, eval_size=4)
+    assert earlier.runs == [{"seed": 0, "strategy": "full"}] and earlier.wall_seconds == [] and earlier.hosts == []
     # A study written before the flow timed each invocation carries one total: it stays counted.
     path.write_text(json.dumps({**json.loads(path.read_text()), "wall_seconds": 61.5}))
     assert study_report.previous_runs(path, pool="p", preset=faster, knobs={}, split="abc", train_size=10,
-                                      eval_size=4)[1] == [61.5]
+                                      eval_size=4).wall_seconds == [61.5]
     with pytest.raises(ActPRMError, match="study preset steps_per_round was 15, this run has 30"):
         study_report.previous_runs(path, pool="p", preset=dataclasses.replace(preset, steps_per_round=30), knobs={},
                                    split="abc", train_size=10, eval_size=4)
     with pytest.raises(ActPRMError, match="no such study"):
         study_report.previous_runs(tmp_path / "none.json", pool="p", preset=preset, knobs={}, split="abc",
                                    train_size=10, eval_size=4)
+
+
+def test_a_host_entry_written_before_entries_named_their_kernels_takes_the_studys(tmp_path):
+    """bench/al_study.py used to record the kernels once per study, beside a one-entry host list."""
+    path, preset = _earlier(tmp_path, cpu_capability="AVX2",
+                            host_gemm_gflops_per_invocation=[{"before": 90.0, "after": 88.5, "threads": 2}])
+    earlier = study_report.previous_runs(path, pool="p", preset=preset, knobs={}, split="abc", train_size=10,
+                                         eval_size=4)
+    assert earlier.hosts == [{"before": 90.0, "after": 88.5, "threads": 2, "cpu_capability": "AVX2"}]
+    assert study_report.other_kernels(earlier.hosts) == []
+    assert study_report.other_kernels([*earlier.hosts, {"cpu_capability": "AVX512"}]) == ["AVX2", "AVX512"]
 
 
 def test_cli_seeds_are_distinct_integers():
@@ -421,9 +446,9 @@ def test_extend_takes_a_preset_field_added_since_as_its_default(tmp_path):
     for added in ("replay_new_share", "final_retrain"):  # fields a study written before them does not carry
         del saved["study_preset"][added]
     path.write_text(json.dumps(saved))
-    runs, _ = study_report.previous_runs(path, pool="p", preset=preset, knobs={}, split="abc", train_size=10,
+    earlier = study_report.previous_runs(path, pool="p", preset=preset, knobs={}, split="abc", train_size=10,
                                          eval_size=4)
-    assert runs == [{"seed": 0, "strategy": "full"}]
+    assert earlier.runs == [{"seed": 0, "strategy": "full"}]
     with pytest.raises(ActPRMError, match="study preset final_retrain was False, this run has True"):
         study_report.previous_runs(path, pool="p", preset=dataclasses.replace(preset, final_retrain=True), knobs={},
                                    split="abc", train_size=10, eval_size=4)
