@@ -11,3 +11,7 @@ class BudgetExhausted(ActPRMError):
 
 class CircuitOpen(ActPRMError):
     """Too many consecutive judge failures; the run stopped, keeping every label bought."""
+
+
+class UnknownPool(ActPRMError):
+    """A command named a pool that was never ingested."""

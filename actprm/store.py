@@ -19,6 +19,8 @@ from pathlib import Path
 
 import duckdb
 
+from actprm.errors import UnknownPool
+
 SCHEMA_VERSION = 1
 
 # Trajectories are keyed by a content hash of (question, steps) so the same trajectory is stored
@@ -268,7 +270,7 @@ class Store:
     def require_pool(self, pool: str) -> None:
         if not self.pool_exists(pool):
             known = ", ".join(p["name"] for p in self.pools()) or "none"
-            raise KeyError(f"unknown pool {pool!r} (known pools: {known}); ingest it first with `actprm ingest`")
+            raise UnknownPool(f"unknown pool {pool!r} (known pools: {known}); ingest it first with `actprm ingest`")
 
     # -- reading trajectories ---------------------------------------------------------------
     def trajectories(self, ids: list[str]) -> list[dict]:

@@ -258,10 +258,7 @@ def evaluate_pool(duckdb_path: str | Path, pool: str, model_dir_or_uri: str | Pa
 
     model, tokenizer, version = load_model(model_dir_or_uri, device=_device())
     with Store(duckdb_path) as store:
-        try:
-            store.require_pool(pool)
-        except KeyError as exc:
-            raise ActPRMError(exc.args[0]) from None
+        store.require_pool(pool)
         result = evaluate_on_store(store, pool, model, tokenizer, split, batch_size=batch_size,
                                    max_length=max_length, threshold=threshold)
     return {"benchmark": "pool", "pool": pool, "split": split, "model": str(model_dir_or_uri),

@@ -265,10 +265,7 @@ def label_pool(store: Store, pool: str, judge: Judge, *, select: str = "uncertai
                seed: int = 0, progress: bool = True, round: int | None = None, max_parse_retries: int = 2,
                circuit_breaker: int = 20) -> LabelSummary:
     """Label the not-yet-labeled train trajectories of `pool` picked by `select`, at most `max_requests`."""
-    try:
-        ids = select_for_labeling(store, pool, select, model_version=model_version, seed=seed)
-    except KeyError as exc:
-        raise ActPRMError(str(exc.args[0])) from None
+    ids = select_for_labeling(store, pool, select, model_version=model_version, seed=seed)
     return label_ids(store, ids, judge, pool=pool, limits=limits, concurrency=concurrency, max_requests=max_requests,
                      max_parse_retries=max_parse_retries, circuit_breaker=circuit_breaker, progress=progress,
                      round=round)

@@ -218,10 +218,7 @@ def load_pool(store, pool: str, eval_fraction: float, seed: int) -> dict[str, li
     """The pool's gold-labeled train and eval trajectories; holds out an eval split when there is none."""
     from tasks.select import prepare_eval_split
 
-    try:
-        store.require_pool(pool)
-    except KeyError as exc:
-        raise ActPRMError(exc.args[0]) from None
+    store.require_pool(pool)
     if not store.has_gold_labels(pool):
         raise ActPRMError(f"pool {pool!r} has no gold labels: the study needs them to stand in for the judge")
     prepare_eval_split(store, pool, eval_fraction, seed)

@@ -105,6 +105,10 @@ def test_errors_are_one_line_with_a_json_error_object(tmp_path):
     # (Ephemeral Prefect may still log its shutdown after our line.)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert errors == [f"error: {err['error']}"]
+    # A pool that was never ingested is named as the user typed it, with what there is instead.
+    proc = cli(tmp_path / "fresh", "label", "--pool", "nope", "--judge", "verifier", "--json")
+    assert proc.returncode == 1 and one_json(proc)["error"] == (
+        "unknown pool 'nope' (known pools: none); ingest it first with `actprm ingest`")
 
 
 @pytest.mark.slow
