@@ -80,6 +80,7 @@ class _Run:
         summary.orphaned_reservations = self.budget.orphaned
         self.stop: str | None = None
         self.fatal: JudgeFatalError | None = None
+        self.crash: tuple[str, Exception] | None = None  # the first unexpected error, with its trajectory
         self.consecutive_failures = 0
         self.latencies: list[float] = []
         self.failures: Counter = Counter()
@@ -183,7 +184,14 @@ class _Run:
                 req = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            await self.label_one(req)
+            try:
+                await self.label_one(req)
+            except Exception as exc:  # noqa: BLE001 - a bug or a reply nobody foresaw: stop, keep what is paid for
+                # The other workers finish the requests they have in flight and commit their labels before the
+                # run raises this; the request that failed keeps its reservation, which the next run counts as
+                # spent (an orphan), so nothing is bought twice and no cap is overrun.
+                self.crash = self.crash or (req.trajectory_id, exc)
+                self.stop = self.stop or "error"
 
 
 async def alabel_ids(store: Store, ids: list[str], judge: Judge, *, pool: str, limits: BudgetLimits | None = None,
@@ -216,6 +224,11 @@ async def alabel_ids(store: Store, ids: list[str], judge: Judge, *, pool: str, l
             await judge.aclose()
     if run.fatal is not None:
         raise run.fatal
+    if run.crash is not None:
+        trajectory_id, exc = run.crash
+        raise ActPRMError(f"labeling stopped at trajectory {trajectory_id} with judge {judge.model}: "
+                          f"{type(exc).__name__}: {redact(str(exc)).splitlines()[0] if str(exc) else ''} "
+                          f"({summary.labeled} labels bought before it are kept)") from exc
     summary.stopped_because = run.stop or "done"  # type: ignore[assignment]
     summary.failures_by_reason = dict(run.failures)
     summary.latency_p50, summary.latency_p90, summary.latency_p99 = (

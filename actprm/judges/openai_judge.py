@@ -2,7 +2,7 @@
 
 Retries with exponential backoff and jitter on 429, 5xx and connections that never opened, honouring
 `Retry-After`; fails fast on 401/403/404 (a wrong key or URL cannot be fixed by waiting). A request
-that was sent and then timed out or was cut off, or that a gateway answered with 504, is not retried
+that was sent and then timed out or was cut off, or that a gateway answered with 504 or 524, is not retried
 here: it may have been billed, so the label task keeps its reservation as spent and re-asks under a
 new one.
 The API key lives only in the client's headers: it is registered for redaction and never appears in
@@ -20,12 +20,18 @@ import httpx
 from actprm.judges import JUDGES
 from actprm.judges.base import (Judge, JudgeFatalError, JudgeReply, JudgeRequest, JudgeUnavailable, redact,
                                 register_secret)
-from actprm.judges.prompt import answer_schema, estimate_prompt_tokens
+from actprm.judges.prompt import answer_schema, estimate_prompt_tokens, max_prompt_tokens
 
 # Transport failures that happen before the request is on the wire: nothing can have been billed.
 # Everything else that fails after sending (read timeout, a cut connection) may have been.
 NOT_SENT = (httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ConnectError, httpx.ProxyError, httpx.UnsupportedProtocol,
             httpx.LocalProtocolError)
+
+# A gateway that timed out waiting for the model: 504, and Cloudflare's 524 (it hands the request to the origin,
+# then gives up after ~100 s while the model goes on generating). Retrying these under the same reservation could
+# buy several generations against one worst case. Other 5xx (502, 503, ...) are the proxy or server failing to take
+# the request, so they are retried here.
+GATEWAY_TIMEOUT = {504, 524}
 
 FATAL_STATUS = {401: "unauthorized (check the API key, ACTPRM_JUDGE_API_KEY)",
                 403: "forbidden (the API key may not use this model)",
@@ -112,7 +118,8 @@ class OpenAIJudge(Judge):
             else:
                 code = resp.status_code
                 if code == 200:
-                    reply = _parse_completion(resp, prompt, attempt + 1, time.monotonic() - start)
+                    reply = _parse_completion(resp, prompt, attempt + 1, time.monotonic() - start,
+                                              self.max_completion_tokens)
                     if reply is not None:
                         return reply
                     # A 200 is an answer the model produced: billed, though we cannot read its usage.
@@ -120,8 +127,8 @@ class OpenAIJudge(Judge):
                                            maybe_billed=True)
                 if code in FATAL_STATUS:
                     raise JudgeFatalError(redact(f"judge at {self.url} answered {code} {FATAL_STATUS[code]}"))
-                if code == 504:  # a gateway gave up on the model, which may still generate (and bill) the answer
-                    raise JudgeUnavailable("http_504", attempt + 1, "gateway timed out waiting for the model",
+                if code in GATEWAY_TIMEOUT:  # the model got the request and may still generate (and bill) it
+                    raise JudgeUnavailable(f"http_{code}", attempt + 1, "gateway timed out waiting for the model",
                                            maybe_billed=True)
                 if code == 429 or code >= 500:
                     reason, detail = f"http_{code}", ""
@@ -146,22 +153,52 @@ class OpenAIJudge(Judge):
         return f"OpenAIJudge(url={self.url!r}, model={self.model!r}, prompt_version={self.prompt_version!r})"
 
 
-def _parse_completion(resp: httpx.Response, prompt: str, attempts: int, latency_s: float) -> JudgeReply | None:
+def _parse_completion(resp: httpx.Response, prompt: str, attempts: int, latency_s: float,
+                      max_completion_tokens: int) -> JudgeReply | None:
+    """The reply in a chat completion, or None when the body is not one. Usage is what the budget is charged:
+    a count that is missing is estimated, and one that cannot be a real count (negative, not an integer, absurdly
+    large) is charged at the request's worst case, never trusted to lower the spend."""
     try:
         data = resp.json()
         choice = data["choices"][0]
-        text = choice["message"].get("content")
+        text = _content_text(choice["message"].get("content"))
         usage = data.get("usage") or {}
-        # A server that reports no usage is metered by estimate rather than for free.
-        prompt_tokens = usage.get("prompt_tokens")
-        completion_tokens = usage.get("completion_tokens")
-        return JudgeReply(text=text, finish_reason=choice.get("finish_reason"),
-                          prompt_tokens=int(estimate_prompt_tokens(prompt) if prompt_tokens is None else prompt_tokens),
-                          completion_tokens=int(len(text or "") // 4 + 1 if completion_tokens is None
-                                                else completion_tokens),
-                          attempts=attempts, latency_s=latency_s)
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         return None
+    if not isinstance(usage, dict):
+        usage = {}
+    prompt_tokens = _usage(usage.get("prompt_tokens"), estimate_prompt_tokens(prompt), max_prompt_tokens(prompt))
+    completion_tokens = _usage(usage.get("completion_tokens"), len(text or "") // 4 + 1, max_completion_tokens)
+    return JudgeReply(text=text, finish_reason=choice.get("finish_reason"), prompt_tokens=prompt_tokens,
+                      completion_tokens=completion_tokens, attempts=attempts, latency_s=latency_s)
+
+
+def _content_text(content) -> str | None:
+    """A message's text: a string, or the text parts of a content array (the form Mistral's API and others
+    answer in); anything else is not an answer we can read."""
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [c["text"] for c in content if isinstance(c, dict) and isinstance(c.get("text"), str)]
+        return "".join(parts) if parts else None
+    raise TypeError(f"message content is a {type(content).__name__}")
+
+
+# No request is billed 2^40 tokens: a count above it is garbage (and would not fit the ledger's BIGINT anyway).
+_ABSURD_TOKENS = 1 << 40
+
+
+def _usage(reported, estimate: int, worst: int) -> int:
+    """A reported token count as the budget is charged: `estimate` when the server reports none; `worst` (the
+    request's reservation) when the number cannot be a real count (a negative one would hand budget back); the
+    count itself otherwise, even above `worst`: a server that bills past max_completion_tokens has billed it."""
+    if reported is None:
+        return estimate
+    if isinstance(reported, bool) or not isinstance(reported, (int, float)) or reported != reported:  # NaN
+        return worst
+    if reported < 0 or reported > _ABSURD_TOKENS or reported != int(reported):
+        return worst
+    return int(reported)
 
 
 def _load_secret_block(name: str) -> str:

@@ -134,6 +134,8 @@ def parse_answer(text: str | None, n_steps: int, *, finish_reason: str | None = 
     inner = boxes[0].strip()
     if not _INT.fullmatch(inner):
         return ParsedAnswer(None, "not_integer")
+    if len(inner.lstrip("+-")) > 9:  # no trajectory has a billion steps; int() refuses over 4,300 digits
+        return ParsedAnswer(None, "out_of_range")
     return _in_range(int(inner), n_steps)
 
 

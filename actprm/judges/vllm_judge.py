@@ -43,8 +43,12 @@ class VLLMJudge(Judge):
     def _sampling(self, n_steps: int):
         kw = {"temperature": self.temperature, "max_tokens": self.max_completion_tokens}
         if self.structured_output:
-            from vllm.sampling_params import StructuredOutputsParams
-
+            try:
+                from vllm.sampling_params import StructuredOutputsParams
+            except ImportError:
+                raise JudgeFatalError(
+                    f"this vLLM ({getattr(self._vllm, '__version__', '?')}) has no StructuredOutputsParams "
+                    "(vLLM >= 0.12): upgrade it or set judge.structured_output to false") from None
             kw["structured_outputs"] = StructuredOutputsParams(json=answer_schema(n_steps))
         return self._vllm.SamplingParams(**kw)
 
@@ -65,22 +69,34 @@ class VLLMJudge(Judge):
                     batch.append(await asyncio.wait_for(self._queue.get(), left))
                 except TimeoutError:
                     break
-            messages = [[{"role": "user", "content": p}] for _, p, _, _ in batch]
-            params = [self._sampling(len(r.steps)) for r, _, _, _ in batch]
+            # Every failure lands on the batch's futures: an exception escaping this loop would end the worker
+            # task silently and leave every `ask` waiting forever.
             try:
+                messages = [[{"role": "user", "content": p}] for _, p, _, _ in batch]
+                params = [self._sampling(len(r.steps)) for r, _, _, _ in batch]
                 outputs = await asyncio.to_thread(self._llm.chat, messages, params, use_tqdm=False)
-            except Exception as exc:  # one bad batch fails its requests, not the run
-                for *_, fut, _ in batch:
-                    fut.set_exception(JudgeUnavailable("engine_error", detail=type(exc).__name__))
+                now = time.monotonic()
+                replies = [JudgeReply(out.outputs[0].text, out.outputs[0].finish_reason,
+                                      len(out.prompt_token_ids or []), len(out.outputs[0].token_ids or []),
+                                      latency_s=now - t0) for (_, _, _, t0), out in zip(batch, outputs, strict=True)]
+            except JudgeFatalError as exc:  # a configuration vLLM cannot run: the run stops with this line
+                _fail(batch, exc)
                 continue
-            now = time.monotonic()
-            for (_, _, fut, t0), out in zip(batch, outputs):
-                gen = out.outputs[0]
-                fut.set_result(JudgeReply(gen.text, gen.finish_reason, len(out.prompt_token_ids or []),
-                                          len(gen.token_ids or []), latency_s=now - t0))
+            except Exception as exc:  # one bad batch fails its requests, not the run
+                _fail(batch, JudgeUnavailable("engine_error", detail=type(exc).__name__))
+                continue
+            for (_, _, fut, _), reply in zip(batch, replies):
+                if not fut.done():
+                    fut.set_result(reply)
 
     async def aclose(self) -> None:
         if self._worker is not None:
             self._worker.cancel()
             self._worker = None
             self._queue = None
+
+
+def _fail(batch: list, exc: Exception) -> None:
+    for _, _, fut, _ in batch:
+        if not fut.done():
+            fut.set_exception(exc)

@@ -3,9 +3,12 @@
 It answers `POST /v1/chat/completions` like `vllm serve` would: it reads the ProcessBench prompt
 back into (question, steps), asks `answer_fn` for the first error and replies with `\\boxed{k}` and
 a `usage` block. Faults are injected at given rates or from a script: 429 with Retry-After, 500,
-504 from a gateway (the answer is still generated and billed),
+504 or 524 from a gateway (the answer is still generated and billed),
 slow answers (past the client's timeout), malformed or truncated content, an invalid JSON body, a
-dropped connection, 401. Standard library only; one thread per connection, keep-alive.
+dropped connection, 401; and answers other servers give: the content as an array of text parts
+(`chunks`, as Mistral's API answers), a box holding a 5,000-digit number (`hugebox`), a usage block with
+a negative or an impossibly large prompt count (`negusage`, `hugeusage`). Standard library only; one
+thread per connection, keep-alive.
 
     python -m actprm.testing.judge_server --latency 0.1     # prints the base URL, serves until killed
 """
@@ -22,7 +25,8 @@ from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-FAULTS = ("429", "500", "504", "slow", "malformed", "truncated", "badjson", "drop", "401")
+FAULTS = ("429", "500", "504", "524", "slow", "malformed", "truncated", "badjson", "drop", "401", "chunks", "hugebox",
+          "negusage", "hugeusage")
 
 _QUESTION = re.compile(r"\[Math Problem\]\n\n(.*?)\n\n\[Solution\]", re.DOTALL)
 _PARAGRAPH = re.compile(r"<paragraph_(\d+)>\n(.*?)\n</paragraph_\1>", re.DOTALL)
@@ -135,9 +139,9 @@ class JudgeServer:
                     self.close_connection = True
                     self.connection.shutdown(2)
                     return
-                if fault == "504":  # the gateway times out; the model behind it still generates, and bills
+                if fault in ("504", "524"):  # the gateway times out; the model behind it still generates, and bills
                     server._bill(len(payload["messages"][-1]["content"]) // 4 + 16)
-                    return self._send(504, b'{"error": "upstream timed out"}')
+                    return self._send(int(fault), b'{"error": "upstream timed out"}')
                 if fault in ("429", "500"):
                     headers = {"Retry-After": server.retry_after} if fault == "429" else {}
                     return self._send(int(fault), b'{"error": "injected"}', headers)
@@ -155,15 +159,20 @@ class JudgeServer:
                     content = "The first mistake is somewhere in the middle, I think."
                 elif fault == "truncated":
                     content, finish = "Checking each paragraph in turn. Paragraph 0 is", "length"
+                elif fault == "hugebox":
+                    content = "The earliest error: \\boxed{" + "9" * 5000 + "}"
                 elif fault != "slow":  # a slow answer arrives after the client gave up on it
                     with server._lock:
                         server.answered[question] += 1
                 server._bill(len(prompt) // 4 + len(content) // 4)
+                usage = {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(content) // 4,
+                         "total_tokens": len(prompt) // 4 + len(content) // 4}
+                if fault in ("negusage", "hugeusage"):
+                    usage["prompt_tokens"] = -100_000 if fault == "negusage" else 10**19
+                message = {"role": "assistant",
+                           "content": [{"type": "text", "text": content}] if fault == "chunks" else content}
                 body = {"id": "cmpl-local", "object": "chat.completion", "model": payload.get("model"),
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                     "finish_reason": finish}],
-                        "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(content) // 4,
-                                  "total_tokens": len(prompt) // 4 + len(content) // 4}}
+                        "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage}
                 try:
                     self._send(200, json.dumps(body).encode())
                 except (BrokenPipeError, ConnectionResetError):

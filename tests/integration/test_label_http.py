@@ -90,9 +90,10 @@ def test_retry_after_is_honoured_and_transient_errors_are_retried(store):
     assert store.sql("SELECT attempts FROM judge_labels").fetchone()[0] == 5
 
 
-@pytest.mark.parametrize("fault", ["slow", "504"])
+@pytest.mark.parametrize("fault", ["slow", "504", "524"])
 def test_answers_lost_after_sending_are_reasked_and_stay_spent(store, fault):
-    """A read timeout, or a gateway's 504, loses an answer the model may still generate and bill."""
+    """A read timeout, or a gateway's 504 (Cloudflare's 524), loses an answer the model may still generate and
+    bill: one request per reservation, never a blind transport retry."""
     synth_pool(store, "p", 2)
     with JudgeServer(script=[fault], slow_s=0.6) as server:
         s = label_pool(store, "p", judge_for(server, timeout_s=0.3), select="all", concurrency=1, progress=False)
@@ -134,6 +135,24 @@ def test_unparseable_answers_are_reasked_then_failed_with_a_reason(store):
     # every unparseable answer was paid for: 6 settled requests, 1 of them bought a label
     rows = store.sql("SELECT count(*), sum(labels) FROM budget_ledger WHERE state = 'settled'").fetchone()
     assert rows == (6, 1)
+
+
+def test_answers_in_other_servers_shapes_are_read_or_failed_and_never_lower_the_spend(store):
+    """Content as text parts (Mistral's API) is an answer; a box holding a 5,000-digit number is an unparseable
+    one; a usage block that cannot be real (negative, or too large to store) is charged at the request's worst
+    case. None of them stops the run."""
+    ids = synth_pool(store, "p", 5)
+    script = ["chunks", "hugebox", "hugebox", "hugebox", "negusage", "hugeusage", None]
+    with JudgeServer(script=script) as server:
+        s = label_pool(store, "p", judge_for(server, max_completion_tokens=512), select="all", concurrency=1,
+                       max_parse_retries=2, progress=False)
+    assert (s.labeled, s.failed, s.failures_by_reason, s.stopped_because) == (4, 1, {"out_of_range": 1}, "done")
+    gold = dict(store.sql("SELECT trajectory_id, first_error FROM gold_labels").fetchall())
+    labeled = labeled_rows(store)
+    assert labeled == {t: gold[t] for t in ids if t in labeled} and len(labeled) == 4
+    tokens = [t for (t,) in store.sql("SELECT prompt_tokens FROM judge_labels").fetchall()]
+    assert min(tokens) > 0 and max(tokens) < 100_000
+    assert store.budget_spent("p")["tokens"] >= server.billed_tokens > 0
 
 
 def test_unauthorized_fails_fast_with_one_line_and_no_key(store, caplog):

@@ -30,6 +30,40 @@ def test_registry_has_every_backend_and_vllm_explains_the_missing_extra():
         build_judge("openai", bogus_option=1)
 
 
+def test_the_vllm_judge_fails_a_broken_batch_with_an_error_instead_of_hanging(monkeypatch):
+    """The engine runs batches in a background task: a failure there must reach every waiting `ask`. (vLLM itself
+    needs a GPU; this stands in a module with its API.)"""
+    import asyncio
+    import sys
+    import types
+
+    from actprm.judges.base import JudgeFatalError, JudgeRequest, JudgeUnavailable
+
+    class LLM:
+        def __init__(self, model, **engine_kwargs):
+            pass
+
+        def chat(self, messages, params, use_tqdm=False):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    vllm = types.ModuleType("vllm")
+    vllm.LLM, vllm.SamplingParams, vllm.__version__ = LLM, dict, "0.9.2"
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    monkeypatch.setitem(sys.modules, "vllm.sampling_params", types.ModuleType("vllm.sampling_params"))  # pre-0.12
+    req = JudgeRequest("t1", "What is 2 + 2?", ["2 + 2 = 4"])
+
+    async def ask(judge):
+        try:
+            return await asyncio.wait_for(judge.ask(req, judge.prompt(req)), timeout=10)
+        finally:
+            await judge.aclose()
+
+    with pytest.raises(JudgeFatalError, match=r"this vLLM \(0.9.2\) has no StructuredOutputsParams"):
+        asyncio.run(ask(build_judge("vllm", model="m", structured_output=True)))
+    with pytest.raises(JudgeUnavailable, match="engine_error: RuntimeError"):
+        asyncio.run(ask(build_judge("vllm", model="m")))
+
+
 def test_settings_map_onto_judge_and_budget(monkeypatch):
     from actprm.config import Settings
     from actprm.judges import judge_kwargs_from_settings
@@ -102,6 +136,35 @@ def test_stale_reservations_of_a_crashed_run_count_as_spent(store):
                    progress=False)
     assert s.orphaned_reservations == 1 and s.labeled == 4  # the orphan may have been billed
     assert store.ledger_consistency()["states"]["orphaned"] == 1
+
+
+def test_an_unforeseen_error_on_one_trajectory_stops_the_run_keeping_every_label_paid_for(store):
+    """Whatever goes wrong on one reply (a bug, an answer no parser foresaw), the requests other workers have in
+    flight are answered, paid for and committed before the run stops; a rerun buys only what is missing."""
+    import asyncio
+
+    from actprm.judges.oracle import OracleJudge
+
+    ids = synth_pool(store, "p", 12)
+    doomed = ids[5]
+
+    class Flaky(OracleJudge):
+        async def ask(self, req, prompt):
+            await asyncio.sleep(0.05)  # several requests in flight when the doomed one fails
+            if req.trajectory_id == doomed:
+                raise RuntimeError("reply nobody foresaw")
+            return await super().ask(req, prompt)
+
+    with pytest.raises(ActPRMError, match=f"labeling stopped at trajectory {doomed} .*RuntimeError: reply nobody "
+                                          r"foresaw \(\d+ labels bought before it are kept\)"):
+        label_ids(store, ids, Flaky(), pool="p", concurrency=4, progress=False)
+    # The 4 workers had the doomed trajectory and up to 3 others in flight: those were answered and committed.
+    kept = _spent_labels(store)
+    assert kept >= 5 and store.ledger_consistency()["states"].get("settled") == kept
+    again = label_ids(store, ids, build_judge("oracle"), pool="p", concurrency=4, progress=False)
+    assert (again.cached, again.labeled, again.orphaned_reservations) == (kept, 12 - kept, 1)
+    paid = "SELECT count(*) FROM budget_ledger WHERE state = 'settled' AND labels = 1"
+    assert store.sql(paid).fetchone()[0] == 12 == _spent_labels(store)
 
 
 def test_uncertain_selection_follows_acquisition_and_skips_eval_split(store):
