@@ -19,7 +19,7 @@ from pathlib import Path
 
 import duckdb
 
-from actprm.errors import UnknownPool
+from actprm.errors import ActPRMError, UnknownPool
 
 SCHEMA_VERSION = 1
 
@@ -268,9 +268,18 @@ class Store:
         return int(self.sql(q, params).fetchone()[0])
 
     def require_pool(self, pool: str) -> None:
-        if not self.pool_exists(pool):
+        """A pool that may be scored, labeled, trained or studied: ingested to the end and passed by its data
+        contract. An ingest that was killed leaves its pool `ingesting`, possibly with part of its lines."""
+        status = self.pool_status(pool)
+        if status is None:
             known = ", ".join(p["name"] for p in self.pools()) or "none"
             raise UnknownPool(f"unknown pool {pool!r} (known pools: {known}); ingest it first with `actprm ingest`")
+        if status == "ingesting":
+            raise ActPRMError(f"pool {pool!r} is incomplete: its last ingest stopped before the end; run the same "
+                              "`actprm ingest` again (lines already stored are not added twice)")
+        if status == "rejected":
+            raise ActPRMError(f"pool {pool!r} was rejected by its data contract; see its report "
+                              "(`actprm status`), fix the input and ingest it again")
 
     # -- reading trajectories ---------------------------------------------------------------
     def trajectories(self, ids: list[str]) -> list[dict]:
@@ -744,6 +753,11 @@ class Store:
 
     def drop_stage(self, stage: str) -> None:
         self.sql(f"DROP TABLE IF EXISTS {self._q(stage)}")
+
+    def stage_tables(self, prefix: str) -> list[str]:
+        """Names of the real (not temporary) tables starting with `prefix`, e.g. stages an ingest left behind."""
+        return [r[0] for r in self.sql("SELECT table_name FROM duckdb_tables() WHERE NOT temporary "
+                                       "AND starts_with(table_name, ?) ORDER BY table_name", [prefix]).fetchall()]
 
     def upsert_pool(self, name: str, *, source: str, format: str, content_hash: str, status: str) -> None:
         self.sql("INSERT INTO pools (name, source, format, content_hash, status) VALUES (?, ?, ?, ?, ?) "

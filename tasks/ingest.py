@@ -116,10 +116,12 @@ def resolve_inputs(paths: list[str] | str) -> list[InputFile]:
     seen: set[str] = set()
     files = []
     for p in out:
+        # One spelling per file (absolute, links resolved): the quarantine is keyed by it, so re-ingesting a
+        # file named another way replaces its quarantined lines instead of counting them twice.
         key = str(Path(p).resolve())
         if key not in seen:
             seen.add(key)
-            files.append(InputFile(p, input_kind(p)))
+            files.append(InputFile(key, input_kind(p)))
     return files
 
 
@@ -213,7 +215,8 @@ def stage(store: Store, files: list[InputFile], fmt: InputFormat, limits: Ingest
           temporary: bool = False) -> str:
     """Reads, parses and checks every line of every file into a fresh stage table; returns its name.
     `temporary`: the same open store will quarantine and insert (the stage then never touches disk)."""
-    name = f"ingest_stage_{uuid.uuid4().hex[:12]}"
+    drop_orphan_stages(store)
+    name = f"{STAGE_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:12]}"
     store.create_ingest_stage(name, temporary=temporary)
     try:
         for i, f in enumerate(files):
@@ -224,7 +227,39 @@ def stage(store: Store, files: list[InputFile], fmt: InputFormat, limits: Ingest
     return name
 
 
+STAGE_PREFIX = "ingest_stage_"
+
+
+def drop_orphan_stages(store: Store) -> list[str]:
+    """Drops the stage tables of ingests whose process is gone (killed between the flow's tasks, which hand the
+    stage over in the DuckDB file); returns their names. A live process's stage is left alone."""
+    dropped = []
+    for name in store.stage_tables(STAGE_PREFIX):
+        pid, _, tag = name[len(STAGE_PREFIX):].partition("_")
+        if pid.isdigit() and tag and not _alive(int(pid)):
+            store.drop_stage(name)
+            dropped.append(name)
+    if dropped:
+        log.info("dropped %d stage table(s) left by killed ingests: %s", len(dropped), ", ".join(dropped))
+    return dropped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def _stage_one(store: Store, stage_name: str, fmt: InputFormat, i: int, f: InputFile, limits: IngestLimits) -> None:
+    if f.kind == "jsonl.zst" and not _zstd_complete(f.path):
+        # DuckDB (and zstandard's stream reader) read a cut zstd stream as a shorter file, without an error: the
+        # lines after the cut would be neither stored nor quarantined. (A cut gzip stream is an IOException.)
+        raise ActPRMError(f"cannot read {f.path}: the zstd stream ends mid-frame (a truncated or partly copied "
+                          "file); nothing from it was ingested")
     try:
         store.stage_file(stage_name, fmt, i, f.path, f.kind, limits.as_dict())
         return
@@ -245,12 +280,32 @@ def _stage_one(store: Store, stage_name: str, fmt: InputFormat, i: int, f: Input
             raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
 
 
+def _zstd_complete(path: str, chunk: int = 1 << 20) -> bool:
+    """True when every zstd frame in the file ends (decompressing it once, ~1 GB/s; the output is dropped)."""
+    import zstandard
+
+    decompressor = zstandard.ZstdDecompressor()
+    frame, mid_frame = decompressor.decompressobj(), False
+    try:
+        with open(path, "rb") as fh:
+            while data := fh.read(chunk):
+                while data:
+                    frame.decompress(data)
+                    mid_frame, data = not frame.eof, b""
+                    if frame.eof:  # the next frame, if any, starts in what this one left
+                        data, frame = frame.unused_data, decompressor.decompressobj()
+    except zstandard.ZstdError as exc:
+        raise ActPRMError(f"cannot read {path}: not a zstd stream ({_one_line(exc)})") from None
+    return not mid_frame
+
+
 _MAX_TEXT_LINE = 16 << 20  # longer lines are unreadable for the raw reader (its max_line_size is 32 MiB)
 
 
 def _sanitize(f: InputFile, out_path: str, keep_chars: int) -> dict[int, str]:
     """Streams `f` to a plain JSONL copy where each line that is not valid UTF-8, is too long or holds a
-    control-character delimiter is replaced by a marked (never valid JSON) excerpt; returns their reasons."""
+    control-character delimiter is replaced by a marked (never valid JSON) excerpt; returns their reasons. A line
+    holding a carriage return is re-serialized when it is JSON, and marked otherwise."""
     reasons: dict[int, str] = {}
     try:
         with _open_text(f) as src, open(out_path, "wb") as out:
@@ -269,12 +324,20 @@ def _sanitize(f: InputFile, out_path: str, keep_chars: int) -> dict[int, str]:
                         why = "not valid UTF-8"
                 if why is None and Store.RAW_LINE_DELIMITER.encode() in body:
                     why = "malformed JSON"
+                if why is None and b"\r" in body:
+                    # The raw reader takes a lone CR for a line break. Inside a line, JSON allows it only as
+                    # whitespace between tokens: such a line is re-serialized (same values, no CR); any other
+                    # (a raw CR inside a string) is not JSON.
+                    try:
+                        body = json.dumps(json.loads(body), ensure_ascii=False).encode()
+                    except ValueError:
+                        why = "malformed JSON"
                 if why is None:
                     out.write(body + b"\n")
                     continue
                 reasons[n] = why
                 text = body[: keep_chars * 4].decode("utf-8", errors="backslashreplace")
-                text = text.replace(Store.RAW_LINE_DELIMITER, "\\u001f")
+                text = text.replace(Store.RAW_LINE_DELIMITER, "\\u001f").replace("\r", "\\r")  # the reader splits at CR
                 out.write(("!unreadable " + text).encode() + b"\n")
     except (OSError, EOFError, ValueError) as exc:
         raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None

@@ -30,9 +30,10 @@ def judge_model_name(settings: Settings) -> str:
 @task(name="sample-pool", cache_policy=NO_CACHE)
 def sample_pool_task(settings: Settings, pool: str) -> str | None:
     """The embedded default: the built-in sample pool's file, written on first use (None when the
-    pool is already ingested). Any other unknown pool is a clear error."""
+    pool is already ingested). Any other unknown pool, or one whose ingest did not finish, is a clear error;
+    the default pool is then ingested again (its file is the same, so nothing is added twice)."""
     with Store(settings.duckdb_path) as store:
-        if store.pool_exists(pool):
+        if store.pool_status(pool) == "registered":
             return None
         if pool != settings.default_pool:
             store.require_pool(pool)

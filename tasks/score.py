@@ -88,8 +88,7 @@ def score_pool(store: Store | None, pool: str, model: EnsemblePRM, tokenizer, mo
     if is_main:
         if store is None:
             raise ActPRMError("score_pool needs an open Store on the main process")
-        if not store.pool_exists(pool):
-            raise ActPRMError(f"unknown pool {pool!r}; ingest it first with `actprm ingest`")
+        store.require_pool(pool)
         todo = store.unscored_ids(pool, model_version, split)
         summary.skipped_already_scored = store.pool_size(pool, split) - len(todo)
     if distributed:
