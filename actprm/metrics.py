@@ -196,12 +196,18 @@ def _f1(tp: int, fp: int, fn: int) -> float:
     return 2 * tp / denom if denom else 0.0
 
 
-def _prm_score(c: dict[str, int]) -> dict[str, Any]:
+# Categories scored by F1 alone: every step of a multi_solutions process is correct (it solves the problem another
+# way), so there is no error for F1_neg to find; mr_visualize's table script (get_prmscore_from_current_res_dict)
+# scores them by F1, and 0.5 * F1 would cap a perfect PRM at 0.5 there.
+F1_ONLY_CATEGORIES = frozenset({"multi_solutions"})
+
+
+def _prm_score(c: dict[str, int], f1_only: bool = False) -> dict[str, Any]:
     # Correct steps are the positive class. F1_neg swaps the roles: TN are the true positives,
     # FN the false positives and FP the false negatives.
     f1 = _f1(c["tp"], c["fp"], c["fn"])
     f1_neg = _f1(c["tn"], c["fn"], c["fp"])
-    return {"prmscore": 0.5 * f1 + 0.5 * f1_neg, "f1": f1, "f1_negative": f1_neg, **c}
+    return {"prmscore": f1 if f1_only else 0.5 * f1 + 0.5 * f1_neg, "f1": f1, "f1_negative": f1_neg, **c}
 
 
 def prmbench_metrics(records: list[dict], step_scores: dict[str, Sequence[float]]) -> dict[str, Any]:
@@ -209,7 +215,8 @@ def prmbench_metrics(records: list[dict], step_scores: dict[str, Sequence[float]
 
     A step is predicted correct when its score > 0.5; TP/FP/TN/FN are micro-summed over steps with
     correct steps as positive (mr_eval `eval_on_hallucination_step`; the 0.5/0.5 weights are from
-    mr_visualize's table script). Categories use their own step counts; a group's score is the
+    mr_visualize's table script). Categories use their own step counts, and multi_solutions, which has no
+    erroneous step, is scored by F1 alone (F1_ONLY_CATEGORIES, as that script does); a group's score is the
     unweighted mean of its categories' PRMScores (the leaderboard's per-subject overall).
     `error_steps` are 1-based; ones past the end of the process (present in the data) are ignored,
     as in mr_eval, which only visits the steps that have a prediction.
@@ -235,7 +242,8 @@ def prmbench_metrics(records: list[dict], step_scores: dict[str, Sequence[float]
                 cell = "tp" if predicted_correct else "fn"
             c[cell] += 1
             total[cell] += 1
-    categories = {cat: {**_prm_score(c), "n": counts[cat]} for cat, c in sorted(per_cat.items())}
+    categories = {cat: {**_prm_score(c, cat in F1_ONLY_CATEGORIES), "n": counts[cat]}
+                  for cat, c in sorted(per_cat.items())}
     groups = {}
     for group, cats in PRMBENCH_GROUPS.items():
         present = [categories[c]["prmscore"] for c in cats if c in categories]

@@ -144,6 +144,19 @@ def test_prmscore_micro_sums_steps_with_categories_and_groups():
     assert "sensitivity" not in m["groups"]  # no category of that group present
 
 
+def test_multi_solutions_is_scored_by_f1_alone_as_prmbench_does():
+    """Every step of a multi_solutions process is correct: there is no error to find, so the category's score is
+    F1 (a perfect PRM gets 1.0 there, not 0.5); the overall PRMScore still pools its steps as positives."""
+    records = [{"idx": "m1", "classification": "multi_solutions", "modified_question": "q",
+                "modified_process": ["a", "b", "c", "d"], "error_steps": []}]
+    perfect = prmbench_metrics(records, {"multi_solutions_m1": [0.9, 0.8, 0.7, 0.6]})
+    assert perfect["categories"]["multi_solutions"]["prmscore"] == pytest.approx(1.0)
+    assert perfect["groups"]["sensitivity"]["prmscore"] == pytest.approx(1.0)
+    one_miss = prmbench_metrics(records, {"multi_solutions_m1": [0.9, 0.2, 0.7, 0.6]})
+    assert one_miss["categories"]["multi_solutions"]["prmscore"] == pytest.approx(2 * 3 / (2 * 3 + 1))
+    assert perfect["prmscore"] == pytest.approx(0.5)  # overall: F1 1.0, F1_neg 0 (no erroneous step anywhere)
+
+
 def test_prmscore_of_always_correct_is_half_f1_only():
     # A PRM that calls every step correct finds no error: F1_neg = 0.
     scores = {k: [0.99] * len(v) for k, v in PRMB_SCORES.items()}
