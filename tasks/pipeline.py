@@ -20,11 +20,18 @@ from actprm.store import Store
 from actprm.tracking import configure_mlflow, flatten_params, prefect_flow_run_id
 
 
-def judge_model_name(settings: Settings) -> str:
-    """The judge identity labels are cached under (programmatic judges have no served model)."""
+def judge_identity(settings: Settings) -> tuple[str, str]:
+    """The (judge model, prompt version) labels are bought and cached under: selection skips what it has
+    labeled, and training learns from its labels only.
+
+    A served judge (openai, vllm) is named by the settings, so it is not built here: building the vllm judge
+    loads the model onto the GPU. A programmatic judge has no served model: it is built (cheaply) for its name.
+    """
     from actprm.judges import build_judge, judge_kwargs_from_settings
 
-    return build_judge(settings.judge.backend, **judge_kwargs_from_settings(settings)).model
+    kwargs = judge_kwargs_from_settings(settings)
+    model = kwargs.get("model") or build_judge(settings.judge.backend, **kwargs).model
+    return model, settings.judge.prompt_version
 
 
 @task(name="sample-pool", cache_policy=NO_CACHE)

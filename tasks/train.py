@@ -115,6 +115,8 @@ def _check_examples(examples: list[dict]) -> None:
         steps = ex.get("steps")
         if not isinstance(ex.get("question"), str) or not isinstance(steps, list) or not steps:
             raise ActPRMError(f"training example {i} needs a question and a non-empty list of steps")
+        if not all(isinstance(step, str) for step in steps):
+            raise ActPRMError(f"training example {i} has a step that is not a string")
         fe = ex.get("first_error")
         if not isinstance(fe, int) or isinstance(fe, bool) or not -1 <= fe < len(steps):
             raise ActPRMError(f"training example {i} has first_error={fe!r}; expected -1 (all correct) "
@@ -302,7 +304,10 @@ def train_prm(
               "seed": seed, "max_length": max_length, "reg_lambda": reg_lambda,
               "learning_probability": learning_probability, "in_training_selection": in_training_selection,
               "p_threshold": p_threshold, "std_threshold": std_threshold, "max_grad_norm": max_grad_norm,
-              "freeze_backbone": freeze_backbone, "backbone_path": backbone_path}
+              "freeze_backbone": freeze_backbone, "backbone_path": backbone_path,
+              # A checkpoint's position in the data and its per-rank random states are only valid for the same
+              # number of processes (accelerate launch sets WORLD_SIZE), and its weights for the same precision.
+              "mixed_precision": mixed_precision, "processes": int(os.environ.get("WORLD_SIZE", "1"))}
     fingerprint = _fingerprint(examples, params)
 
     # accelerate keeps one AcceleratorState per process and refuses a second run with other mixed precision;
@@ -559,9 +564,14 @@ def train_stage(settings, pool: str, *, init_from: str | Path | None = None, rou
     """
     from actprm.store import Store
     from actprm.tracking import logging_into, prefect_flow_run_id
+    from tasks.pipeline import judge_identity
 
+    judge_model, prompt_version = judge_identity(settings)
     with Store(settings.duckdb_path) as store:
-        examples = store.training_examples(pool)
+        store.require_pool(pool)
+        # The labels of the judge and prompt this pipeline buys with, as selection counts them: a label bought
+        # under another prompt version (or judge) would otherwise train in silently, newest first.
+        examples = store.training_examples(pool, judge_model=judge_model, prompt_version=prompt_version)
     if only_ids is not None:
         # ActPRM's online update (Duan et al., 2025, Alg. 1): a warm-started model learns from the
         # batch it just selected and paid for, not the whole history again.
@@ -587,6 +597,28 @@ def train_stage(settings, pool: str, *, init_from: str | Path | None = None, rou
 
 
 # -- `accelerate launch -m tasks.train` --------------------------------------------------------------
+def _read_examples(path: str) -> list[dict]:
+    """Training examples from a JSONL file, each line checked (`_check_examples` checks the values)."""
+    try:
+        fh = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise ActPRMError(f"--examples {path}: {exc.strerror}") from None
+    examples = []
+    with fh:
+        for n, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                example = json.loads(line)
+            except ValueError as exc:
+                raise ActPRMError(f"--examples {path} line {n}: not JSON ({exc})") from None
+            if not isinstance(example, dict):
+                raise ActPRMError(f"--examples {path} line {n}: expected a JSON object, got {type(example).__name__}")
+            examples.append(example)
+    return examples
+
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point for multi-process runs: examples from a JSONL file (one {question, steps, first_error}
     per line) or from a pool's judge labels in DuckDB."""
@@ -597,6 +629,8 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--examples", help="JSONL file of {question, steps, first_error}")
     src.add_argument("--pool", help="pool whose judge-labeled trajectories to train on (needs --duckdb)")
     ap.add_argument("--duckdb", help="DuckDB file of the pipeline (with --pool)")
+    ap.add_argument("--judge-model", help="with --pool: only this judge's labels (default: the newest label of each)")
+    ap.add_argument("--prompt-version", help="with --pool: only labels bought under this prompt version")
     ap.add_argument("--output-dir", required=True)
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--num-heads", type=int, default=32)
@@ -621,15 +655,18 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.examples:
-            with open(args.examples, encoding="utf-8") as fh:
-                examples = [json.loads(line) for line in fh if line.strip()]
+            examples = _read_examples(args.examples)
         else:
             if not args.duckdb:
                 raise ActPRMError("--pool needs --duckdb")
+            if not os.path.isfile(args.duckdb):  # opening a missing file would create an empty store
+                raise ActPRMError(f"--duckdb {args.duckdb}: no such file")
             from actprm.store import Store
 
             with Store(args.duckdb, read_only=True) as store:
-                examples = store.training_examples(args.pool)
+                store.require_pool(args.pool)
+                examples = store.training_examples(args.pool, judge_model=args.judge_model,
+                                                   prompt_version=args.prompt_version)
         result = train_prm(
             examples, output_dir=args.output_dir, preset=args.preset, num_heads=args.num_heads,
             init_from=args.init_from, epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum,

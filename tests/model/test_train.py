@@ -6,6 +6,7 @@ learns anything at all learns to find the first error here.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 
@@ -176,29 +177,39 @@ def test_bad_label_is_rejected(tmp_path):
         train_prm(bad, output_dir=tmp_path, **RUN)
 
 
+def _labeled_pool(db, labeled: list[dict], other_prompt: list[dict] = ()) -> None:
+    """Registered pool `p` holding `labeled` with labels of the default judge and prompt (verifier, processbench-v1)
+    and `other_prompt` with labels bought under another prompt version."""
+    from actprm.store import Store, trajectory_id
+
+    with Store(db) as store:
+        store.upsert_pool("p", source="[]", format="actprm", content_hash="h", status="registered")
+        for i, ex in enumerate([*labeled, *other_prompt]):
+            tid = trajectory_id(ex["question"], ex["steps"])
+            store.sql("INSERT INTO trajectories VALUES (?, ?, ?, ?)", [tid, ex["question"], ex["steps"], len(ex["steps"])])
+            store.sql("INSERT INTO pool_members (pool, trajectory_id, line_no) VALUES ('p', ?, ?)", [tid, i])
+            prompt = "processbench-v1" if i < len(labeled) else "processbench-v0"
+            store.sql("INSERT INTO judge_labels (trajectory_id, judge_model, prompt_version, pool, status, "
+                      "first_error) VALUES (?, 'verifier:synth', ?, 'p', 'labeled', ?)", [tid, prompt, ex["first_error"]])
+
+
 def test_train_stage_trains_on_the_pools_judge_labels_and_logs_into_the_flows_mlflow_run(examples, tmp_path):
     from mlflow import MlflowClient
 
     from actprm.config import Settings
-    from actprm.store import Store, trajectory_id
     from tasks.train import train_stage
 
     settings = Settings(home=tmp_path, model={"preset": "tiny", "num_heads": 8, "max_length": 128},
                         train={"epochs": 1, "batch_size": 4, "grad_accum": 2, "lr": 1e-2})
-    with Store(settings.duckdb_path) as store:
-        for i, ex in enumerate(examples[:12]):
-            tid = trajectory_id(ex["question"], ex["steps"])
-            store.sql("INSERT INTO trajectories VALUES (?, ?, ?, ?)",
-                      [tid, ex["question"], ex["steps"], len(ex["steps"])])
-            store.sql("INSERT INTO pool_members (pool, trajectory_id, line_no) VALUES ('p', ?, ?)", [tid, i])
-            store.sql("INSERT INTO judge_labels (trajectory_id, judge_model, prompt_version, pool, status, "
-                      "first_error) VALUES (?, 'judge', 'v1', 'p', 'labeled', ?)", [tid, ex["first_error"]])
+    # The settings' judge (verifier) and prompt bought 12 labels; 3 more came from an older prompt version.
+    _labeled_pool(settings.duckdb_path, examples[:12], examples[12:15])
     client = MlflowClient(settings.tracking_uri)
     experiment = client.create_experiment("train-test", artifact_location=(tmp_path / "artifacts").as_uri())
     run_id = client.create_run(experiment).info.run_id  # the flows create runs by id, as here
 
     trained = train_stage.fn(settings, "p", round=1, mlflow_run_id=run_id)
-    # 12 trajectories in micro-batches of 4, two per optimizer step -> 2 steps (the last one short).
+    # The 12 labels of this judge and prompt (not the other prompt's 3) in micro-batches of 4, two per optimizer
+    # step -> 2 steps (the last one short).
     assert trained["train_trajectories"] == 12 and trained["steps"] == 2 and not trained["skipped"]
     assert trained["mlflow_run_id"] == run_id and EnsemblePRM.from_pretrained(trained["model_dir"]) is not None
     assert [h.step for h in client.get_metric_history(run_id, "train/cls_loss")] == [1, 2]
@@ -210,18 +221,11 @@ def test_a_retried_flow_run_resumes_its_training_instead_of_starting_over(exampl
     """Prefect keeps a flow run's id across its retries, while the flow opens a new MLflow run per attempt."""
     import actprm.tracking
     from actprm.config import Settings
-    from actprm.store import Store, trajectory_id
     from tasks.train import train_stage
 
     settings = Settings(home=tmp_path, model={"preset": "tiny", "num_heads": 8, "max_length": 128},
                         train={"epochs": 1, "batch_size": 4, "grad_accum": 1, "lr": 1e-2, "checkpoint_every": 1})
-    with Store(settings.duckdb_path) as store:
-        for i, ex in enumerate(examples[:8]):
-            tid = trajectory_id(ex["question"], ex["steps"])
-            store.sql("INSERT INTO trajectories VALUES (?, ?, ?, ?)", [tid, ex["question"], ex["steps"], len(ex["steps"])])
-            store.sql("INSERT INTO pool_members (pool, trajectory_id, line_no) VALUES ('p', ?, ?)", [tid, i])
-            store.sql("INSERT INTO judge_labels (trajectory_id, judge_model, prompt_version, pool, status, "
-                      "first_error) VALUES (?, 'judge', 'v1', 'p', 'labeled', ?)", [tid, ex["first_error"]])
+    _labeled_pool(settings.duckdb_path, examples[:8])
     monkeypatch.setattr(actprm.tracking, "prefect_flow_run_id", lambda: "0b7e-flow-run")
     first = train_stage.fn(settings, "p", round=1)
     again = train_stage.fn(settings, "p", round=1)  # the retry: same flow run, new attempt
@@ -297,3 +301,30 @@ def test_without_dropout_selection_reads_the_training_forward_and_trains_exactly
     assert any(0 < k < 1 for k in kept), kept  # selection left some trajectories out, not all
     assert kept == [m["trusted_fraction"] for m in two_metrics]
     assert_same_weights(weights(one.model_dir), weights(two.model_dir))
+
+
+def test_the_launch_entry_point_answers_bad_input_with_one_line(tmp_path, capsys):
+    """`accelerate launch -m tasks.train` is run by hand: a typo gets a one-line error, not a traceback or a
+    'skipped' success."""
+    from actprm.store import Store
+    from tasks.train import main
+
+    good = json.dumps({"question": "q", "steps": ["a", "b"], "first_error": 1})
+    cases = {"missing.jsonl": None, "not_json.jsonl": good + "\n{oops\n", "a_list.jsonl": "[1, 2]\n",
+             "number_step.jsonl": json.dumps({"question": "q", "steps": ["a", 7], "first_error": -1}) + "\n"}
+    expected = {"missing.jsonl": "missing.jsonl: No such file or directory", "not_json.jsonl": "line 2: not JSON",
+                "a_list.jsonl": "line 1: expected a JSON object, got list",
+                "number_step.jsonl": "training example 0 has a step that is not a string"}
+    for name, text in cases.items():
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        assert main(["--examples", str(tmp_path / name), "--output-dir", str(tmp_path / "out")]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and expected[name] in err[0], (name, err)
+
+    db = tmp_path / "actprm.duckdb"
+    assert main(["--pool", "p", "--duckdb", str(db), "--output-dir", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err.strip() == f"error: --duckdb {db}: no such file" and not db.exists()
+    Store(db).open().close()
+    assert main(["--pool", "typo", "--duckdb", str(db), "--output-dir", str(tmp_path / "out")]) == 1
+    assert "unknown pool 'typo'" in capsys.readouterr().err
