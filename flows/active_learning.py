@@ -56,11 +56,18 @@ def active_learning(
     prepare_eval_split_task(str(settings.duckdb_path), pool, settings.loop.eval_fraction, settings.train.seed)
     parent = pipeline.open_run_task(settings, "active_learning", {"pool": pool})
 
-    model_dir, model_version = starting_model_stage(settings)
-    history: list[dict[str, Any]] = []
+    # A retried flow run goes on after the rounds its earlier attempts finished, from the model the last of them
+    # registered: rerunning them would buy a new batch each and retrain onto versions already registered.
+    history, resume = pipeline.finished_rounds_task(settings, parent, pool)
+    model_dir, model_version = resume or starting_model_stage(settings)
     stopped_because = "rounds"
     best_f1, rounds_without_gain = float("-inf"), 0
-    for k in range(1, settings.loop.rounds + 1):
+    for record in history:
+        if record["f1"] is not None and record["f1"] > best_f1:
+            best_f1, rounds_without_gain = record["f1"], 0
+        else:
+            rounds_without_gain += 1
+    for k in range(len(history) + 1, settings.loop.rounds + 1):
         run_id = pipeline.open_run_task(settings, f"round-{k}", {"pool": pool, "round": k}, parent=parent)
         scored = score_stage(settings, pool, model_dir, model_version, run_id, split="train")
         ids = select_task(str(settings.duckdb_path), pool, model_version, settings.loop.labels_per_round,

@@ -118,6 +118,41 @@ def round_record(k: int, scored: dict, labeled: dict, trained: dict, evaluation:
     }
 
 
+@task(name="finished-rounds", cache_policy=NO_CACHE)
+def finished_rounds_task(settings: Settings, parent: str,
+                         pool: str) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
+    """The rounds an earlier attempt of this flow run finished (a retried Prefect flow run reopens its parent
+    MLflow run, which keys them) as `round_record`s, first round first, and the model the next round starts
+    from: (folder, model-version key) of the version the last of them registered, None for a new run.
+
+    Only the leading run of rounds 1, 2, ... counts. The folder is the one that round trained into when this
+    host still has it (so the next round is the one the first attempt started), else the registry's copy.
+    """
+    from tasks.register import model_version_key, resolve_model_dir
+    from tasks.train import MODEL_DIR, round_dir
+
+    with Store(settings.duckdb_path) as store:
+        rows = sorted(store.rounds(parent, limit=1_000_000), key=lambda r: r["round"])
+    finished = []
+    for row in rows:
+        if row["round"] != len(finished) + 1 or row["model_version"] is None:
+            break
+        finished.append({"round": row["round"], "scored": None, "uncertain": None,
+                         "labels_bought": row["labels_bought"], "label_failed": None, "judge_tokens": None,
+                         "judge_cost": None, "train_trajectories": row["train_trajectories"], "f1": row["f1"],
+                         "model_version": int(row["model_version"]), "promoted": row["promoted"],
+                         "mlflow_run_id": row["mlflow_run_id"]})
+    if not finished:
+        return [], None
+    last = finished[-1]
+    name = settings.registry.model_name
+    folder = round_dir(settings, pool, last["round"], last["mlflow_run_id"]) / MODEL_DIR
+    if not (folder / "prm_config.json").is_file():
+        configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
+        folder, _ = resolve_model_dir(f"models:/{name}/{last['model_version']}")
+    return finished, (str(folder), model_version_key(name, last["model_version"]))
+
+
 @task(name="record-round", cache_policy=NO_CACHE)
 def record_round_task(settings: Settings, parent: str, pool: str, record: dict, run_id: str,
                       total_rounds: int | None = None) -> None:

@@ -368,7 +368,13 @@ def train_prm(
 
     mlflow = _active_mlflow() if accelerator.is_main_process else None
     if mlflow is not None:
-        mlflow.log_params({f"train.{k}": v for k, v in params.items()} | {"train.trajectories": len(examples)})
+        try:
+            mlflow.log_params({f"train.{k}": v for k, v in params.items()} | {"train.trajectories": len(examples)})
+        except mlflow.exceptions.MlflowException as exc:  # MLflow never lets a logged param change
+            # A retried flow run reopens its round's MLflow run; when the retry trains under other settings (e.g.
+            # from the registered copy of the previous round's model on another worker), the first attempt's
+            # params stay and the metrics below are this training's.
+            log.warning("the MLflow run keeps the params of an earlier attempt: %s", str(exc).splitlines()[0][:300])
 
     bar = None
     if progress and accelerator.is_local_main_process:
@@ -551,6 +557,17 @@ def train_task(examples: list[dict], **kwargs: Any) -> TrainResult:
     return result
 
 
+def round_dir(settings, pool: str, round: int | None, mlflow_run_id: str | None = None) -> Path:
+    """Where a round trains (checkpoints, then MODEL_DIR): per (pool, Prefect flow run, round), or per MLflow run
+    outside a flow. A retried flow run keeps its id but opens new MLflow runs, so keying by flow run lets its
+    training resume from its own checkpoints, and its next round start from the model a finished round left."""
+    from actprm.tracking import prefect_flow_run_id
+
+    flow_run = prefect_flow_run_id()
+    scope = f"flow-run-{flow_run}" if flow_run else (mlflow_run_id or "no-run")
+    return settings.checkpoints_dir / "train" / pool / scope / f"round-{round or 0}"
+
+
 @task(name="train", cache_policy=NO_CACHE, tags=["duckdb"])
 def train_stage(settings, pool: str, *, init_from: str | Path | None = None, round: int | None = None,
                 mlflow_run_id: str | None = None, only_ids: list[str] | None = None) -> dict[str, Any]:
@@ -558,12 +575,10 @@ def train_stage(settings, pool: str, *, init_from: str | Path | None = None, rou
     (when given and settings.loop.warm_start), logging per-step metrics into MLflow run `mlflow_run_id`.
 
     The DuckDB file is held only while the examples are read, never during training. The output dir is
-    per (pool, Prefect flow run, round), or per MLflow run outside a flow: a retried flow run keeps its id
-    but opens new MLflow runs, so keying by flow run lets its training resume from its own checkpoints
-    instead of starting over. Returns TrainResult.as_dict() plus `mlflow_run_id`.
+    `round_dir`. Returns TrainResult.as_dict() plus `mlflow_run_id`.
     """
     from actprm.store import Store
-    from actprm.tracking import logging_into, prefect_flow_run_id
+    from actprm.tracking import logging_into
     from tasks.pipeline import judge_identity
 
     judge_model, prompt_version = judge_identity(settings)
@@ -578,9 +593,7 @@ def train_stage(settings, pool: str, *, init_from: str | Path | None = None, rou
         wanted = set(only_ids)
         examples = [e for e in examples if e["id"] in wanted]
     m, t, u = settings.model, settings.train, settings.uncertainty
-    flow_run = prefect_flow_run_id()
-    scope = f"flow-run-{flow_run}" if flow_run else (mlflow_run_id or "no-run")
-    out = settings.checkpoints_dir / "train" / pool / scope / f"round-{round or 0}"
+    out = round_dir(settings, pool, round, mlflow_run_id)
     with logging_into(mlflow_run_id, settings.tracking_uri):
         result = train_prm(
             examples, output_dir=out, preset=m.preset, num_heads=m.num_heads,

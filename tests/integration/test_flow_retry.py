@@ -1,0 +1,59 @@
+"""A retried active-learning flow run goes on after the rounds it finished (the tiny preset, a real Prefect
+flow, DuckDB file and MLflow store)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_a_retried_flow_run_goes_on_after_its_finished_rounds(actprm_home, prefect_harness, monkeypatch):
+    """Prefect keeps a flow run's id across retries. Attempt 1 finishes round 1 and dies evaluating round 2; the
+    retry must not redo round 1 (it would buy a new batch and retrain onto the version round 1 registered) but go
+    on with round 2 from the model round 1 registered."""
+    from mlflow import MlflowClient
+
+    import actprm.tracking
+    import flows.active_learning as loop
+    from actprm.config import load_settings
+    from actprm.store import Store
+    from tasks import pipeline
+
+    monkeypatch.setattr(actprm.tracking, "prefect_flow_run_id", lambda: "retried-flow-run")
+    monkeypatch.setattr(pipeline, "prefect_flow_run_id", lambda: "retried-flow-run")
+    real_evaluate = loop.evaluate_stage
+    started_from = []
+    real_score = loop.score_stage
+
+    def score(settings, pool, model_dir, model_version, run_id, **kw):
+        started_from.append(model_version)
+        return real_score(settings, pool, model_dir, model_version, run_id, **kw)
+
+    def dies_in_round_2(settings, pool, model_dir, run_id):
+        if "round-2" in str(model_dir):
+            raise RuntimeError("worker lost")
+        return real_evaluate(settings, pool, model_dir, run_id)
+
+    monkeypatch.setattr(loop, "score_stage", score)
+    monkeypatch.setattr(loop, "evaluate_stage", dies_in_round_2)
+    args = dict(pool="sample", rounds=2, labels_per_round=20, preset="tiny",
+                config={"synth": {"n": 120}, "model": {"num_heads": 4}, "train": {"epochs": 1}})
+    with pytest.raises(RuntimeError, match="worker lost"):
+        loop.active_learning(**args)
+    monkeypatch.setattr(loop, "evaluate_stage", real_evaluate)
+    summary = loop.active_learning(**args)
+
+    settings = load_settings()
+    name = settings.registry.model_name
+    versions = sorted(int(v.version) for v in MlflowClient(settings.tracking_uri).search_model_versions(f"name='{name}'"))
+    assert [r["round"] for r in summary["rounds"]] == [1, 2] and versions == [1, 2]
+    assert [r["model_version"] for r in summary["rounds"]] == [1, 2]
+    # Attempt 1 scored rounds 1 and 2; the retry scored only round 2, with the version round 1 registered.
+    assert started_from[2:] == [f"{name}/v1"] and started_from[1] == f"{name}/v1"
+    with Store(settings.duckdb_path, read_only=True) as store:
+        assert [r["round"] for r in store.rounds(summary["mlflow_run_id"])] == [2, 1]
+        labels = store.sql("SELECT count(*) FROM judge_labels WHERE status = 'labeled'").fetchone()[0]
+    # Round 1's 20 and round 2's: 20 bought by the attempt that died after buying them, 20 by the retry, which
+    # selects anew (this flow does not keep a round's selection across attempts).
+    assert labels == 60
