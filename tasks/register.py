@@ -195,6 +195,9 @@ def _require_version(client: MlflowClient, name: str, version: int) -> Any:
                           f"(versions: {', '.join(map(str, known)) or 'none'})") from None
 
 
+GATE_ATTEMPTS = 3  # comparisons tried while someone else keeps moving the champion alias
+
+
 def promotion_gate(client: MlflowClient | None, name: str, version: int, challenger_f1: float,
                    min_delta: float = 0.0, *, eval_set: str | None = None,
                    reevaluate: Callable[[int], float] | None = None) -> dict[str, Any]:
@@ -212,32 +215,19 @@ def promotion_gate(client: MlflowClient | None, name: str, version: int, challen
         tag(name, str(version), "actprm.eval_set", eval_set)
     tag(name, str(version), "actprm.gate.min_delta", repr(float(min_delta)))
 
-    current = _alias_version(client, name, CHAMPION)
-    champion_f1: float | None = None
-    if current is None:
-        promoted, reason = True, "no champion yet"
-    elif current == version:
-        promoted, reason = True, "already the champion"
-        champion_f1 = float(challenger_f1)
+    # Re-scoring the champion takes minutes, and `actprm promote` may move the alias meanwhile: the comparison
+    # is made again against whoever is champion once it ends, so a manual promotion or rollback is never undone
+    # by a gate that compared with the champion it replaced. (MLflow has no compare-and-set on aliases; what is
+    # left is the moment between this check and the write.)
+    for _ in range(GATE_ATTEMPTS):
+        current = _alias_version(client, name, CHAMPION)
+        promoted, champion_f1, reason = _compare(client, name, version, current, challenger_f1, min_delta,
+                                                 eval_set, reevaluate)
+        if _alias_version(client, name, CHAMPION) == current:
+            break
     else:
-        champ_tags = client.get_model_version(name, str(current)).tags
-        same_set = "actprm.eval_f1" in champ_tags and champ_tags.get("actprm.eval_set") == eval_set
-        if same_set:
-            champion_f1 = float(champ_tags["actprm.eval_f1"])
-        elif reevaluate is not None:
-            champion_f1 = float(reevaluate(current))
-            tag(name, str(current), "actprm.eval_f1", repr(champion_f1))
-            if eval_set is not None:
-                tag(name, str(current), "actprm.eval_set", eval_set)
-        else:
-            where = champ_tags.get("actprm.eval_set", "no recorded evaluation set")
-            raise ActPRMError(
-                f"cannot compare v{version} with champion v{current}: champion F1 was measured on {where}, "
-                f"challenger on {eval_set or 'an unnamed set'}; re-evaluate the champion on the same set "
-                f"or promote by hand with `actprm promote --version {version}`")
-        promoted = challenger_f1 >= champion_f1 + min_delta
-        reason = (f"F1 {challenger_f1:.4f} {'>=' if promoted else '<'} champion F1 {champion_f1:.4f} "
-                  f"+ min_delta {min_delta:g}")
+        raise ActPRMError(f"the champion of {name} changed {GATE_ATTEMPTS} times while the gate compared v{version} "
+                          f"with it; run the gate again, or promote by hand with `actprm promote --version {version}`")
 
     tag(name, str(version), "actprm.gate.decision", "promoted" if promoted else "rejected")
     tag(name, str(version), "actprm.gate.champion_f1", "none" if champion_f1 is None else repr(champion_f1))
@@ -248,6 +238,33 @@ def promotion_gate(client: MlflowClient | None, name: str, version: int, challen
     return {"decision": "promoted" if promoted else "rejected", "version": version,
             "challenger_f1": float(challenger_f1), "champion_version": current, "champion_f1": champion_f1,
             "min_delta": float(min_delta), "eval_set": eval_set, "reason": reason}
+
+
+def _compare(client: MlflowClient, name: str, version: int, current: int | None, challenger_f1: float,
+             min_delta: float, eval_set: str | None,
+             reevaluate: Callable[[int], float] | None) -> tuple[bool, float | None, str]:
+    """(promote?, champion F1, reason) for challenger `version` against champion `current`."""
+    if current is None:
+        return True, None, "no champion yet"
+    if current == version:
+        return True, float(challenger_f1), "already the champion"
+    champ_tags = client.get_model_version(name, str(current)).tags
+    if "actprm.eval_f1" in champ_tags and champ_tags.get("actprm.eval_set") == eval_set:
+        champion_f1 = float(champ_tags["actprm.eval_f1"])
+    elif reevaluate is not None:
+        champion_f1 = float(reevaluate(current))
+        client.set_model_version_tag(name, str(current), "actprm.eval_f1", repr(champion_f1))
+        if eval_set is not None:
+            client.set_model_version_tag(name, str(current), "actprm.eval_set", eval_set)
+    else:
+        where = champ_tags.get("actprm.eval_set", "no recorded evaluation set")
+        raise ActPRMError(
+            f"cannot compare v{version} with champion v{current}: champion F1 was measured on {where}, "
+            f"challenger on {eval_set or 'an unnamed set'}; re-evaluate the champion on the same set "
+            f"or promote by hand with `actprm promote --version {version}`")
+    promoted = challenger_f1 >= champion_f1 + min_delta
+    return promoted, champion_f1, (f"F1 {challenger_f1:.4f} {'>=' if promoted else '<'} champion F1 "
+                                   f"{champion_f1:.4f} + min_delta {min_delta:g}")
 
 
 def promote(name: str = MODEL_NAME, version: int | None = None, rollback: bool = False,

@@ -123,6 +123,37 @@ def test_gate_refuses_f1s_from_different_eval_sets_unless_it_can_reevaluate(clie
     assert client.get_model_version(name, str(v1)).tags["actprm.eval_set"] == "poolB:eval:222"
 
 
+def test_a_rollback_made_while_the_gate_rescored_the_champion_is_not_undone(client, name, model_dir):
+    """Re-scoring the champion takes minutes; an operator rolls back v3 -> v2 meanwhile. The gate must compare the
+    challenger with v2, the champion once it is done, and keep the rolled-back v3 out of the history."""
+    v1, v2, v3, v5 = _versions(client, model_dir, 4, name)
+    for v in (v1, v2, v3):
+        promote(name, version=v, client=client)
+    assert champion_history(client, name) == [v1, v2]
+    rescored = []
+
+    def rescore_while_someone_rolls_back(champion: int) -> float:
+        rescored.append(champion)
+        if len(rescored) == 1:
+            promote(name, rollback=True, client=client)  # v3 -> v2, history [v1]
+        return {v2: 0.40, v3: 0.70}[champion]
+
+    out = promotion_gate(client, name, v5, 0.5, eval_set="new-pool:eval:1", reevaluate=rescore_while_someone_rolls_back)
+    assert rescored == [v3, v2] and out["champion_version"] == v2 and out["champion_f1"] == pytest.approx(0.40)
+    assert out["decision"] == "promoted" and champion_version(name, client) == v5
+    assert champion_history(client, name) == [v1, v2]  # not [v1, v3]: the rollback stands
+
+    # Someone who keeps moving the alias gets a clear error, not a promotion decided against a stale champion.
+    v6 = _versions(client, model_dir, 1, name)[0]
+
+    def never_settles(champion: int) -> float:
+        promote(name, version=v1 if champion != v1 else v2, client=client)
+        return 0.1
+
+    with pytest.raises(ActPRMError, match=f"changed 3 times while the gate compared v{v6}"):
+        promotion_gate(client, name, v6, 0.9, eval_set="other-pool:eval:2", reevaluate=never_settles)
+
+
 def test_manual_promote_and_rollback_walk_the_history(client, name, model_dir):
     v1, v2, v3 = _versions(client, model_dir, 3, name)
     promotion_gate(client, name, v1, 0.5, eval_set="s")
