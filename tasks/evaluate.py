@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 import functools
 import math
 import re
@@ -80,7 +81,27 @@ def read_eval_data(path: str | Path) -> tuple[str, list[dict]]:
             records.append(rec)
     if not records:
         raise ActPRMError(f"{path}: no evaluation records")
+    # Scores are matched to records by key: a repeated key would judge a record on another one's scores.
+    keys = Counter(prmbench_key(r) if kind == "prmbench" else r["id"] for r in records)
+    if len(keys) != len(records):
+        twice = next(k for k, n in keys.items() if n > 1)
+        raise ActPRMError(f"{path}: record {twice!r} appears twice; evaluation ids must be unique across the set "
+                          "(e.g. prefix them with their subset)")
     return kind, records
+
+
+def _read_dev(dev_data_path: str | Path, kind: str, records: list[dict]) -> list[dict]:
+    """The dev split a ProcessBench threshold is tuned on: ProcessBench records that are not test records."""
+    if kind != "processbench":
+        raise ActPRMError("--dev-data tunes the ProcessBench step threshold; PRMBench's PRMScore is defined at 0.5")
+    dev_kind, dev_records = read_eval_data(dev_data_path)
+    if dev_kind != "processbench":
+        raise ActPRMError(f"{dev_data_path}: threshold tuning needs a ProcessBench-format dev split, not {dev_kind}")
+    shared = {r["id"] for r in records} & {r["id"] for r in dev_records}
+    if shared:
+        raise ActPRMError(f"{dev_data_path}: {len(shared)} dev record(s) are also test records "
+                          f"(e.g. {sorted(shared)[0]!r}); tune the threshold on records the test set does not hold")
+    return dev_records
 
 
 def _check_scores(key: str, scores: Any, where: str) -> list[float]:
@@ -138,18 +159,16 @@ def evaluate_predictions(data_path: str | Path, predictions_path: str | Path, *,
     are read from the same predictions file.
     """
     kind, records = read_eval_data(data_path)
+    dev_records = None if dev_data_path is None else _read_dev(dev_data_path, kind, records)
     predictions = read_predictions(predictions_path)
     scores = _match_scores(kind, records, predictions)
     _check_lengths(kind, records, scores)
     if kind == "prmbench":
         return {"benchmark": "prmbench", **prmbench_metrics(records, scores)}
-    if dev_data_path is None:
+    if dev_records is None:
         return {"benchmark": "processbench", **processbench_metrics(records, scores, threshold)}
-    dev_kind, dev_records = read_eval_data(dev_data_path)
-    if dev_kind != "processbench":
-        raise ActPRMError(f"{dev_data_path}: threshold tuning needs a ProcessBench-format dev split")
-    dev_scores = _match_scores(dev_kind, dev_records, predictions)
-    _check_lengths(dev_kind, dev_records, dev_scores)
+    dev_scores = _match_scores("processbench", dev_records, predictions)
+    _check_lengths("processbench", dev_records, dev_scores)
     return {"benchmark": "processbench", **processbench_tuned(records, dev_records, {**scores, **dev_scores})}
 
 
@@ -198,14 +217,14 @@ def evaluate_model(model_dir_or_uri: str | Path, data_path: str | Path, *, batch
     from tasks.register import load_model
 
     kind, records = read_eval_data(data_path)
+    dev_records = None if dev_data_path is None else _read_dev(dev_data_path, kind, records)  # before the model loads
     model, tokenizer, version = load_model(model_dir_or_uri, device=_device())
     scores = _score_records(kind, records, model, tokenizer, batch_size, max_length)
     result: dict[str, Any] = {"benchmark": kind, "model": str(model_dir_or_uri), "model_version": version}
     if kind == "prmbench":
         return {**result, **prmbench_metrics(records, scores)}
-    if dev_data_path is None:
+    if dev_records is None:
         return {**result, **processbench_metrics(records, scores, threshold)}
-    _, dev_records = read_eval_data(dev_data_path)
     dev_scores = _score_records("processbench", dev_records, model, tokenizer, batch_size, max_length)
     return {**result, **processbench_tuned(records, dev_records, {**scores, **dev_scores})}
 

@@ -223,3 +223,25 @@ def test_record_missing_fields_is_a_clear_error(tmp_path):
     data = _write_jsonl(tmp_path / "gsm8k.jsonl", [{"id": "a", "problem": "p", "steps": ["s"]}])
     with pytest.raises(ActPRMError, match=r"gsm8k.jsonl:1: processbench record lacks label"):
         read_eval_data(data)
+
+
+def test_evaluation_files_with_repeated_ids_or_a_dev_split_that_overlaps_the_test_are_refused(tmp_path):
+    """Scores are matched to records by id: a repeated id would judge one record on another's scores, and a
+    threshold tuned on test records would be scored on them."""
+    rows = [{"id": r["id"], "problem": "p", "steps": ["s"] * len(PB_SCORES[r["id"]]), "label": r["label"]}
+            for r in PB_RECORDS]
+    folder = tmp_path / "bench"
+    folder.mkdir()
+    _write_jsonl(folder / "gsm8k.jsonl", rows[:2])
+    _write_jsonl(folder / "math.jsonl", [{**rows[2], "id": rows[0]["id"]}])  # ids restart in each subset file
+    with pytest.raises(ActPRMError, match=f"record {rows[0]['id']!r} appears twice"):
+        read_eval_data(folder)
+
+    test = _write_jsonl(tmp_path / "test.jsonl", rows[:3])
+    dev = _write_jsonl(tmp_path / "dev.jsonl", rows[2:])
+    preds = _write_jsonl(tmp_path / "preds.jsonl", [{"id": k, "step_scores": v} for k, v in PB_SCORES.items()])
+    with pytest.raises(ActPRMError, match=f"1 dev record.s. are also test records .e.g. {rows[2]['id']!r}"):
+        evaluate_predictions(test, preds, dev_data_path=dev)
+    prmbench = _write_jsonl(tmp_path / "prmbench.jsonl", PRMB_RECORDS)
+    with pytest.raises(ActPRMError, match="PRMBench's PRMScore is defined at 0.5"):
+        evaluate_predictions(prmbench, preds, dev_data_path=dev)
