@@ -8,7 +8,8 @@ defined for E = 1, where it is 0). Every consumer (scoring, export, training sel
 A step is *confident* when sigma <= std_threshold and (mu >= p_threshold or mu <= 1 - p_threshold)
 (paper: 0.95 and 0.005). A trajectory is *uncertain* when any step up to and including its first
 predicted error (the first step with mu < 0.5; all steps when there is none) is not confident: later
-steps do not matter to a PRM whose verdict is "the first error is here".
+steps do not matter to a PRM whose verdict is "the first error is here". A step the model never read
+(past its max_length) is not confident either.
 
 Acquisition strategies map one trajectory's (E, S) probabilities to a score for ranking when the budget
 is smaller than the uncertain set (higher = label first). The `uncertain` flag is always the ActPRM
@@ -54,10 +55,15 @@ def confident_steps(mu: torch.Tensor, sigma: torch.Tensor, p_threshold: float = 
 
 
 def trajectory_uncertain(mu: torch.Tensor, sigma: torch.Tensor, p_threshold: float = P_THRESHOLD,
-                         std_threshold: float = STD_THRESHOLD) -> bool:
-    """The ActPRM rule; a trajectory with no scored step is uncertain (we know nothing about it)."""
+                         std_threshold: float = STD_THRESHOLD, unscored_steps: int = 0) -> bool:
+    """The ActPRM rule; a trajectory with no scored step is uncertain (we know nothing about it).
+
+    `unscored_steps`: steps past the model's max_length, never read. When no scored step is predicted wrong,
+    the decisive steps run to the end of the trajectory, so those unread steps decide it: uncertain."""
     mu, sigma = torch.as_tensor(mu, dtype=torch.float64), torch.as_tensor(sigma, dtype=torch.float64)
     if len(mu) == 0:
+        return True
+    if unscored_steps > 0 and predicted_first_error(mu) < 0:
         return True
     k = decisive_steps(mu)
     return not bool(confident_steps(mu[:k], sigma[:k], p_threshold, std_threshold).all())

@@ -183,7 +183,8 @@ def _score_row(trajectory_id: str, model_version: str, probs: torch.Tensor, trun
         "mu": mu32.tolist(), "sigma": sigma32.tolist(),
         "scored_steps": int(probs.shape[1]), "truncated_steps": int(truncated_steps),
         "predicted_first_error": predicted_first_error(mu32.double()),
-        "uncertain": trajectory_uncertain(mu32.double(), sigma32.double(), p_threshold, std_threshold),
+        "uncertain": trajectory_uncertain(mu32.double(), sigma32.double(), p_threshold, std_threshold,
+                                          unscored_steps=truncated_steps),
         "acquisition": acquisition(strategy, probs, p_threshold=p_threshold, std_threshold=std_threshold,
                                    generator=generator),
     }

@@ -60,6 +60,15 @@ def test_steps_after_the_first_predicted_error_do_not_matter():
     assert trajectory_uncertain(torch.tensor([]), torch.tensor([])) is True
 
 
+def test_steps_the_model_never_read_decide_a_trajectory_with_no_predicted_error():
+    """Past max_length a trajectory's steps are not scored: when the read ones all look right, the verdict rests
+    on the unread ones, so the trajectory is uncertain; a predicted error among the read steps still decides."""
+    confident = torch.tensor([0.999, 0.999, 0.999])
+    assert trajectory_uncertain(confident, torch.zeros(3)) is False
+    assert trajectory_uncertain(confident, torch.zeros(3), unscored_steps=7) is True
+    assert trajectory_uncertain(torch.tensor([0.999, 0.001, 0.999]), torch.zeros(3), unscored_steps=7) is False
+
+
 def test_strategies_are_registered_and_unknown_is_an_error():
     assert STRATEGIES.names() == ["actprm", "bald", "entropy", "random"]
     with pytest.raises(ActPRMError, match="actprm"):
