@@ -838,18 +838,30 @@ class Store:
         rows = self.sql("SELECT split, count(*) FROM pool_members WHERE pool = ? GROUP BY split", [pool]).fetchall()
         return {r[0]: int(r[1]) for r in rows}
 
-    def assign_eval_split(self, pool: str, fraction: float, seed: int) -> None:
-        """Hold out a deterministic share of a pool's gold-labeled trajectories for evaluation.
+    def assign_eval_split(self, pool: str, fraction: float, seed: int, view_suffixes: tuple[str, ...] = ()) -> None:
+        """Hold out a deterministic share of a pool's gold-labeled *problems* for evaluation.
 
-        The share is decided by a hash of (seed, id), so it is stable across reruns and does not
-        depend on ingestion order; trajectories without gold labels always stay in `train`.
+        Trajectories of one problem go to the same split, so the eval split measures problems the PRM never
+        trained on: a problem is the source record a view was made from (its source id without one of
+        `view_suffixes`; PRMBench's idx names the PRM800K problem its 8 error categories modified) or else the
+        question. Held out by trajectory instead, 92% of PRMBench's eval trajectories had their question in
+        train. The share is decided by a hash of (seed, the problem's first trajectory id), so a problem with
+        one trajectory is split as that trajectory alone would be; it is stable across reruns and does not
+        depend on ingestion order. Trajectories without gold labels always stay in `train`.
         """
         threshold = int(fraction * 10_000)
+        problem = "t.question"
+        for suffix in sorted(set(view_suffixes) - {""}):
+            problem = (f"CASE WHEN ends_with(pm.source_id, {self._lit(suffix)}) "
+                       f"THEN 'record:' || left(pm.source_id, length(pm.source_id) - {len(suffix)}) ELSE {problem} END")
         self.sql(
-            "UPDATE pool_members SET split = 'eval' WHERE pool = ? AND split = 'train' "
-            "AND trajectory_id IN (SELECT trajectory_id FROM gold_labels) "
-            "AND hash(? || trajectory_id) % 10000 < ?",
-            [pool, str(seed), threshold],
+            "UPDATE pool_members SET split = 'eval' WHERE pool = ? AND split = 'train' AND trajectory_id IN ("
+            "  SELECT trajectory_id FROM ("
+            "    SELECT pm.trajectory_id, min(pm.trajectory_id) OVER (PARTITION BY " + problem + ") AS first_id "
+            "    FROM pool_members pm JOIN trajectories t ON t.id = pm.trajectory_id "
+            "    WHERE pm.pool = ? AND pm.trajectory_id IN (SELECT trajectory_id FROM gold_labels)) "
+            "  WHERE hash(? || first_id) % 10000 < ?)",
+            [pool, pool, str(seed), threshold],
         )
 
     def rank_for_labeling(self, pool: str, model_version: str, *, only_uncertain: bool = True,

@@ -112,14 +112,19 @@ def study_flow(pool: str | None = None, study_preset: str = "quick", config: dic
     if sample is not None:  # the default pool, created on first use (its size: synth.n)
         ingest_pool(paths=[sample], pool=pool, home=str(settings.home))
     data = load_pool_task(str(settings.duckdb_path), pool, settings.loop.eval_fraction, settings.train.seed)
+    # Everything that changes a run's F1 beyond the preset; --extend refuses a study made under other values. (A
+    # study written before a knob was recorded is compared on the knobs it has.)
     knobs = {"reg_lambda": settings.model.reg_lambda, "learning_probability": settings.model.learning_probability,
              "p_threshold": settings.uncertainty.p_threshold, "std_threshold": settings.uncertainty.std_threshold,
              "subset": pool}
+    backbone = {"max_length": settings.model.max_length, "backbone_path": settings.model.backbone_path,
+                "unread_steps_uncertain": True}  # recorded and compared, not run arguments
     split = study.split_fingerprint(data)
     out = output_dir or str(settings.reports_dir / "study")
     earlier = study_report.Earlier([], [], [])  # the invocations that made the runs this one extends
     if extend:  # checked before the backbone pass, so a mismatch fails in seconds
-        earlier = study_report.previous_runs(Path(out) / "al_study.json", pool=pool, preset=preset, knobs=knobs,
+        earlier = study_report.previous_runs(Path(out) / "al_study.json", pool=pool, preset=preset,
+                                             knobs={**knobs, **backbone},
                                              split=split, train_size=len(data["train"]),
                                              eval_size=len(data["eval"]), strategies=chosen)
     runs, spent = earlier.runs, earlier.wall_seconds
@@ -138,8 +143,11 @@ def study_flow(pool: str | None = None, study_preset: str = "quick", config: dic
     train, evaluation = study.pack_splits(data, states)
     knobs = {**knobs, "hidden_size": info["hidden_size"], "separator_id": info["separator_id"]}
     model = {k: info[k] for k in ("preset", "backbone", "hidden_size", "cached", "seconds")}
+    # Trajectories cut at max_length: their unread steps count as uncertain, and an error there cannot be found.
+    model["cut_trajectories"] = {"train": int((train.unread > 0).sum()), "eval": int((evaluation.unread > 0).sum())}
     facts = {"preset": preset, "pool": pool, "strategies": chosen, "train_size": len(train),
-             "eval_size": len(evaluation), "model": model, "knobs": knobs, "split": split, "hosts": hosts}
+             "eval_size": len(evaluation), "model": model, "knobs": {**knobs, **backbone}, "split": split,
+             "hosts": hosts}
 
     def wall() -> list[float]:  # the earlier invocations', then this one's so far
         return [*spent, time.perf_counter() - started]

@@ -46,7 +46,11 @@ def prepare_eval_split(store: Store, pool: str, fraction: float, seed: int) -> d
     """Hold out part of a gold-labeled pool for evaluation (once; idempotent afterwards)."""
     counts = store.split_counts(pool)
     if "eval" not in counts and fraction > 0 and store.has_gold_labels(pool):
-        store.assign_eval_split(pool, fraction, seed)
+        from actprm.formats import FORMATS
+
+        # Views of one source record carry its id with their own suffix (PRMBench: ':original', ':modified').
+        suffixes = tuple({v.id_suffix for name in FORMATS.names() for v in FORMATS.get(name).views})
+        store.assign_eval_split(pool, fraction, seed, view_suffixes=suffixes)
         counts = store.split_counts(pool)
     return counts
 

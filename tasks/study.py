@@ -311,6 +311,7 @@ class PackedPool:
     steps: torch.Tensor          # (N,) scored steps per trajectory
     labels: torch.Tensor         # (N, S) 1 before the first error, 0 at it, IGNORE_INDEX elsewhere
     first_errors: list[int]      # gold, 0-based, -1 = all correct
+    unread: torch.Tensor         # (N,) steps past the backbone's max_length, never read
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -319,7 +320,7 @@ class PackedPool:
         """The trajectories at `positions`, in that order, as a pool of their own."""
         idx = torch.tensor(positions, dtype=torch.long)
         return PackedPool([self.ids[i] for i in positions], self.states[idx], self.steps[idx], self.labels[idx],
-                          [self.first_errors[i] for i in positions])
+                          [self.first_errors[i] for i in positions], self.unread[idx])
 
 
 def pack(trajectories: list[dict], states: list[torch.Tensor]) -> PackedPool:
@@ -335,7 +336,8 @@ def pack(trajectories: list[dict], states: list[torch.Tensor]) -> PackedPool:
         # The labels of the scored steps only, as StepBatcher lays them out when later steps are cut.
         labels[i, :k] = torch.tensor(step_labels(len(t["steps"]), int(t["gold_first_error"]))[:k])
     return PackedPool([t["id"] for t in trajectories], packed, torch.tensor([int(s.shape[0]) for s in states]),
-                      labels, [int(t["gold_first_error"]) for t in trajectories])
+                      labels, [int(t["gold_first_error"]) for t in trajectories],
+                      torch.tensor([len(t["steps"]) - int(s.shape[0]) for t, s in zip(trajectories, states)]))
 
 
 def pack_splits(data: dict[str, list[dict]], states: list[torch.Tensor]) -> tuple[PackedPool, PackedPool]:
@@ -410,11 +412,13 @@ def replay_minibatch(labeled: torch.Tensor, new: torch.Tensor, size: int, new_sh
 
 
 def select_from_batch(strategy: str, probs: list[torch.Tensor], quota: int, *, p_threshold: float,
-                      std_threshold: float, generator: torch.Generator) -> tuple[list[int], int]:
+                      std_threshold: float, generator: torch.Generator,
+                      unread: list[int] | None = None) -> tuple[list[int], int]:
     """Positions (in the batch) to label, best first, and how many were eligible.
 
     The same rule as `tasks.select.select_for_labeling`: ActPRM considers only the trajectories its
-    ensemble is uncertain about; the baselines rank the whole batch by their own score.
+    ensemble is uncertain about (`unread`: steps past max_length, which make a trajectory whose read steps all
+    look right uncertain, as `tasks.score` flags it); the baselines rank the whole batch by their own score.
     """
     from models.uncertainty import acquisition, step_stats, trajectory_uncertain
 
@@ -422,7 +426,9 @@ def select_from_batch(strategy: str, probs: list[torch.Tensor], quota: int, *, p
               for p in probs]
     eligible = range(len(probs))
     if strategy == "actprm":
-        eligible = [i for i in eligible if trajectory_uncertain(*step_stats(probs[i]), p_threshold, std_threshold)]
+        unread = unread or [0] * len(probs)
+        eligible = [i for i in eligible
+                    if trajectory_uncertain(*step_stats(probs[i]), p_threshold, std_threshold, unread[i])]
     return sorted(eligible, key=lambda i: (-scores[i], i))[:max(quota, 0)], len(eligible)
 
 
@@ -490,7 +496,8 @@ def _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, 
         else:
             probs = step_probabilities(model, train, batch)
             picked, eligible = select_from_batch(strategy, probs, quota, p_threshold=p_threshold,
-                                                 std_threshold=std_threshold, generator=pick)
+                                                 std_threshold=std_threshold, generator=pick,
+                                                 unread=train.unread[batch].tolist())
             chosen = [int(batch[i]) for i in picked]
             uncertain_seen += eligible if strategy == "actprm" else 0
         labeled += chosen

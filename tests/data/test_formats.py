@@ -136,3 +136,42 @@ def test_unreadable_inputs_are_one_line_errors(tmp_path, db):
         ingest(db, [str(tmp_path / "fake.parquet")], "bad", emit=False)
     with Store(db, read_only=True) as store:
         assert not store.pool_exists("bad")
+
+
+def test_the_eval_split_holds_out_whole_problems(tmp_path, db):
+    """PRMBench modifies each PRM800K problem (its idx) in up to 8 ways, with slightly different question texts:
+    held out by trajectory, 92% of the real eval split had its question in train. Every view of one idx, and every
+    trajectory of one question, must land in the same split; a problem with one trajectory is split as before
+    (by its own id), so pools of distinct problems keep their split."""
+    from tasks.select import prepare_eval_split
+
+    lines = []
+    for i in range(60):
+        original = [f"Problem {i}: a minute is 60 seconds.", f"{i} * 60 = {i * 60}."]
+        for kind in ("circular", "confidence", "redundency"):
+            rec = prmbench_record(f"p{i}", kind, original, [original[0], f"{i} * 60 = {i * 60 + 1}, {kind}."], [2])
+            rec["modified_question"] = f"Problem {i}, as {kind} words it."  # the text differs, the problem does not
+            lines.append(rec)
+    write_lines(tmp_path / "prm.jsonl", lines)
+    write_lines(tmp_path / "shared.jsonl", [actprm_record(i, question=f"Question {i // 4}") for i in range(80)])
+    write_lines(tmp_path / "alone.jsonl", [actprm_record(i) for i in range(200)])
+    ingest(db, [str(tmp_path / "prm.jsonl")], "prm", emit=False)
+    ingest(db, [str(tmp_path / "shared.jsonl")], "shared", emit=False)
+    ingest(db, [str(tmp_path / "alone.jsonl")], "alone", emit=False)
+    with Store(db) as store:
+        for pool in ("prm", "shared", "alone"):
+            counts = prepare_eval_split(store, pool, 0.25, seed=0)
+            assert 0 < counts["eval"] < counts["train"], (pool, counts)
+        problems = store.sql(
+            "SELECT split_part(m.source_id, ':', 1) AS idx, count(DISTINCT m.split) FROM pool_members m "
+            "WHERE m.pool = 'prm' GROUP BY idx").fetchall()
+        assert len(problems) == 60 and all(n == 1 for _, n in problems)
+        questions = store.sql(
+            "SELECT t.question, count(DISTINCT m.split) FROM pool_members m JOIN trajectories t ON t.id = m.trajectory_id "
+            "WHERE m.pool = 'shared' GROUP BY t.question").fetchall()
+        assert len(questions) == 20 and all(n == 1 for _, n in questions)
+        # One trajectory per problem: the split a per-trajectory hash of (seed, id) gives.
+        per_trajectory = store.sql(
+            "SELECT count(*) FROM pool_members WHERE pool = 'alone' "
+            "AND (split = 'eval') != (hash('0' || trajectory_id) % 10000 < 2500)").fetchone()[0]
+        assert per_trajectory == 0

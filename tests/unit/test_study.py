@@ -88,6 +88,10 @@ def test_actprm_never_buys_a_confident_trajectory():
     picked, eligible = study.select_from_batch("entropy", probs, 3, p_threshold=0.95, std_threshold=0.005,
                                                generator=gen)
     assert len(picked) == 3 and eligible == 4
+    # Cut at max_length, a trajectory whose read steps all look right is uncertain, as the pipeline's scoring says.
+    picked, eligible = study.select_from_batch("actprm", probs, 3, p_threshold=0.95, std_threshold=0.005,
+                                               generator=gen, unread=[0, 0, 5, 0])
+    assert sorted(picked) == [1, 2, 3] and eligible == 3
 
 
 def test_paired_gap_cancels_the_spread_strategies_share_within_a_seed():
