@@ -34,5 +34,8 @@ stop:
 bench: .venv/.installed
 	$(PY) bench/run_all.py
 
+# Stops what `make serve` started first: its pid files are under .actprm, and without them `make stop` would
+# leave the servers holding their ports.
 clean:
+	if [ -x .venv/bin/python ] && [ -d .actprm/servers ]; then bash scripts/stop.sh; fi
 	rm -rf .actprm

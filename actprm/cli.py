@@ -240,7 +240,8 @@ def evaluate(
     data: Annotated[Optional[Path], typer.Option("--data", help="ProcessBench or PRMBench JSONL.")] = None,
     dev_data: Annotated[Optional[Path], typer.Option(
         "--dev-data", help="ProcessBench JSONL to tune the step threshold on (default: 0.5).")] = None,
-    pool: PoolOpt = None,
+    pool: Annotated[Optional[str], typer.Option(
+        "--pool", help="Evaluate on this ingested pool's held-out eval split (instead of --data).")] = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     config: ConfigOpt = None,

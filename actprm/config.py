@@ -183,10 +183,13 @@ class Settings(BaseSettings):
         return self.home / "checkpoints"
 
     def judge_api_key(self) -> str | None:
-        # ACTPRM_JUDGE_API_KEY is the documented variable; ACTPRM_JUDGE__API_KEY works through pydantic too.
-        if self.judge.api_key is not None:
-            return self.judge.api_key.get_secret_value()
-        return os.environ.get("ACTPRM_JUDGE_API_KEY")
+        # ACTPRM_JUDGE_API_KEY is the documented variable; it comes first, as the environment beats a YAML file (a
+        # key rotated in the environment must not lose to an old one in the config). judge.api_key holds the
+        # YAML's, or ACTPRM_JUDGE__API_KEY's through pydantic.
+        from_env = os.environ.get("ACTPRM_JUDGE_API_KEY")
+        if from_env:
+            return from_env
+        return self.judge.api_key.get_secret_value() if self.judge.api_key is not None else None
 
 
 def load_settings(overrides: dict[str, Any] | None = None, config_file: str | Path | None = None) -> Settings:

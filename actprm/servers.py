@@ -260,6 +260,12 @@ def up(stack: Stack, *, ui: bool = True, scheduler: bool = True, deploy: bool = 
 
     `scheduler=False` keeps the schedules on the deployments but creates no scheduled runs (tests).
     """
+    # Refused before anything starts, so the clean-up below only ever stops what this call started (a second
+    # `make serve` on other ports used to fail half-way and take the running stack down with it).
+    running = sorted(name for name, pid in status(stack.home).items() if pid is not None)
+    if running:
+        raise ActPRMError(f"the stack under {stack.home} already runs ({', '.join(running)}); "
+                          "run `make stop` first")
     for port, what in ((stack.prefect_port, "Prefect"), (stack.mlflow_port, "MLflow")):
         if _port_taken(stack.host, port):
             raise ActPRMError(f"port {port} for the {what} server is in use; stop it or pick another port")
@@ -294,11 +300,24 @@ def down(home: Path, *, grace_s: float = 15) -> list[str]:
         if not pid_file.exists():
             continue
         pid = int(pid_file.read_text())
-        if _alive(pid):
+        if _alive(pid) and _runs(pid, name):
             _stop_group(pid, grace_s)
             stopped.append(name)
         pid_file.unlink(missing_ok=True)
     return stopped
+
+
+# What each service's command line holds: a pid file left by a crash may name a pid the system has since given to
+# another program, which must not be signalled.
+_COMMAND = {"prefect": "prefect", "mlflow": "mlflow", "worker": "prefect"}
+
+
+def _runs(pid: int, name: str) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return True  # no /proc (not Linux): trust the pid file
+    return _COMMAND.get(name, name) in cmdline
 
 
 def _stop_group(pid: int, grace_s: float) -> None:
@@ -327,7 +346,7 @@ def status(home: Path) -> dict[str, int | None]:
     for name in SERVICES:
         pid_file = Path(home) / "servers" / f"{name}.pid"
         pid = int(pid_file.read_text()) if pid_file.exists() else None
-        out[name] = pid if pid is not None and _alive(pid) else None
+        out[name] = pid if pid is not None and _alive(pid) and _runs(pid, name) else None
     return out
 
 
@@ -375,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
             print("Stop with:    make stop")
     except ActPRMError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (httpx.HTTPError, subprocess.TimeoutExpired) as e:  # a server down or too slow to answer
+        print(f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
         return 1
     return 0
 

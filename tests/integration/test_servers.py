@@ -153,3 +153,35 @@ def test_registered_pool_starts_active_learning_and_promotes_a_champion(stack, t
     # Its files are kept under ACTPRM_HOME, where `make serve` points MLflow's artifact store.
     assert list(Path(stack.home, "mlartifacts").rglob("MLmodel")), "no logged model under ACTPRM_HOME/mlartifacts"
     assert Path(stack.home, "actprm.duckdb").exists()
+
+
+def test_a_second_serve_or_a_stale_pid_file_never_stops_the_wrong_process(tmp_path):
+    """`make serve` on a home whose stack runs is refused before it starts anything (it used to fail half-way and
+    tear the running stack down); `make stop` signals a pid from a pid file only when that process is the service
+    (a crash leaves pid files whose pids the system later gives to other programs)."""
+    import subprocess
+    import sys
+
+    from actprm.errors import ActPRMError
+    from actprm.servers import status
+
+    servers = tmp_path / "home" / "servers"
+    servers.mkdir(parents=True)
+    # Stand-ins, each in its own session as the services are: a process whose command line names mlflow, and one
+    # that is not a service at all.
+    mlflow = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "mlflow"], start_new_session=True)
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        (servers / "mlflow.pid").write_text(str(mlflow.pid))
+        (servers / "prefect.pid").write_text(str(bystander.pid))
+        assert status(tmp_path / "home") == {"worker": None, "mlflow": mlflow.pid, "prefect": None}
+        stack = Stack(home=tmp_path / "home", prefect_port=free_port(), mlflow_port=free_port())
+        with pytest.raises(ActPRMError, match=r"already runs \(mlflow\); run `make stop` first"):
+            up(stack, deploy=False, worker=False)
+        assert mlflow.poll() is None and bystander.poll() is None
+        assert down(tmp_path / "home", grace_s=5) == ["mlflow"]
+        assert mlflow.wait(timeout=10) is not None and bystander.poll() is None  # the bystander lives on
+    finally:
+        for proc in (mlflow, bystander):
+            proc.kill()
+            proc.wait()

@@ -76,6 +76,11 @@ def test_settings_map_onto_judge_and_budget(monkeypatch):
     assert "sk-from-env-123" not in repr(judge)
     limits = BudgetLimits.from_settings(settings.budget)
     assert (limits.max_labels, limits.per_pool_max_cost, limits.max_tokens) == (7, 1.5, None)
+    # The environment beats a config file: a key rotated in ACTPRM_JUDGE_API_KEY wins over an old one in YAML.
+    from_yaml = Settings(judge={"backend": "openai", "api_key": "sk-old-from-yaml"})
+    assert from_yaml.judge_api_key() == "sk-from-env-123"
+    monkeypatch.delenv("ACTPRM_JUDGE_API_KEY")
+    assert from_yaml.judge_api_key() == "sk-old-from-yaml"
 
 
 def test_verifier_labels_the_synthetic_pool_like_its_gold(store):
