@@ -99,7 +99,7 @@ class EnsemblePRM(nn.Module):
             self.register_buffer(f"anchor_{name}", value.clone())
         self._mask_generator = torch.Generator().manual_seed(config.seed + 1)
         if config.freeze_backbone:
-            self.backbone.requires_grad_(False)
+            self.freeze(True)
 
     # -- the network -------------------------------------------------------------------------
     @property
@@ -114,12 +114,14 @@ class EnsemblePRM(nn.Module):
         """(N, H) separator hidden states -> (E, N) logits, all heads in three batched matmuls."""
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             x = hidden.float()
-            e, h, k = self.w1.shape
+            # float32 whatever the module was cast to: DeepSpeed's bf16 mode casts the whole model, heads included.
+            w1, b1, w2, b2, w3, b3 = (t.float() for t in (self.w1, self.b1, self.w2, self.b2, self.w3, self.b3))
+            e, h, k = w1.shape
             # Layer 1 as one GEMM against the heads' weights laid side by side: (N, H) @ (H, E*K).
-            z = (x @ self.w1.permute(1, 0, 2).reshape(h, e * k)).view(-1, e, k).transpose(0, 1)
-            z = torch.relu(z + self.b1)
-            z = torch.relu(torch.baddbmm(self.b2, z, self.w2))
-            return torch.baddbmm(self.b3, z, self.w3).squeeze(-1)
+            z = (x @ w1.permute(1, 0, 2).reshape(h, e * k)).view(-1, e, k).transpose(0, 1)
+            z = torch.relu(z + b1)
+            z = torch.relu(torch.baddbmm(b2, z, w2))
+            return torch.baddbmm(b3, z, w3).squeeze(-1)
 
     def step_states(self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -210,7 +212,10 @@ class EnsemblePRM(nn.Module):
     def has_dropout(self) -> bool:
         """Whether a training-mode forward is random (dropout anywhere, as a module or as an attention setting in
         the backbone's config), so that it scores differently from the eval-mode forward the scoring stage uses.
-        BERT-style backbones (MiniLM) have dropout; Qwen2.5 has none (attention_dropout 0.0)."""
+        BERT-style backbones (MiniLM) have dropout; Qwen2.5 has none (attention_dropout 0.0). A frozen backbone runs
+        in eval mode (`train`), and the heads have no dropout."""
+        if self.config.freeze_backbone:
+            return False
         if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in self.modules()):
             return True
         config = getattr(self.backbone, "config", None)
@@ -221,6 +226,32 @@ class EnsemblePRM(nn.Module):
         """mean((theta - theta_init)^2) over all head parameters (one mean over every element)."""
         total = sum(((getattr(self, n) - getattr(self, f"anchor_{n}")) ** 2).sum() for n in HEAD_PARAMS)
         return total / sum(getattr(self, n).numel() for n in HEAD_PARAMS)
+
+    def train(self, mode: bool = True) -> EnsemblePRM:
+        """A frozen backbone stays in eval mode: its weights never change, so dropout would only train the heads on
+        noised states that scoring (eval mode) never shows them."""
+        super().train(mode)
+        if self.config.freeze_backbone:
+            self.backbone.eval()
+        return self
+
+    def freeze(self, frozen: bool) -> None:
+        """Train only the heads (the forward then runs the backbone without grad and in eval mode), or all of it."""
+        self.config.freeze_backbone = frozen
+        self.backbone.requires_grad_(not frozen)
+        self.train(self.training)
+
+    def bootstrap_mask_for(self, trajectory_keys: list[int], seed: int) -> torch.Tensor:
+        """(E, B) mask fixed per (seed, trajectory): head e learns from a trajectory in every epoch of a run or in
+        none, with probability learning_probability (the bootstrap of the ensemble, drawn once per trajectory; a
+        mask drawn afresh for every minibatch would let a head see a trajectory in most epochs)."""
+        p = float(self.config.learning_probability)
+        if p >= 1.0:
+            return torch.ones(self.config.num_heads, len(trajectory_keys))
+        columns = [torch.bernoulli(torch.full((self.config.num_heads,), p),
+                                   generator=torch.Generator().manual_seed(seed * 1_000_003 + int(key)))
+                   for key in trajectory_keys]
+        return torch.stack(columns, dim=1)
 
     def sample_bootstrap_mask(self, num_trajectories: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(E, B) Bernoulli(learning_probability) mask: which head learns from which trajectory."""

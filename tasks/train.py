@@ -204,10 +204,9 @@ def _confident_trajectories(model, batch, first_errors: torch.Tensor, p_threshol
 def _make_trainable(model, *, freeze_backbone: bool, reg_lambda: float, learning_probability: float,
                     gradient_checkpointing: bool) -> None:
     """Set up a built or loaded model for this run, in place."""
-    if freeze_backbone:  # train only the heads (the forward then runs the backbone without grad)
-        model.config.freeze_backbone = True
-        model.backbone.requires_grad_(False)
-    # The run's settings win over whatever the warm-start model was trained with; saved with the model.
+    # The run's settings win over whatever the warm-start model was trained with (a model trained with a frozen
+    # backbone may be fine-tuned whole in a later run); saved with the model.
+    model.freeze(freeze_backbone)
     model.config.reg_lambda = reg_lambda
     model.config.learning_probability = learning_probability
     pooler = getattr(model.backbone, "pooler", None)
@@ -406,14 +405,14 @@ def train_prm(
                         judged["confident"], judged["agrees"] = _confidence(logits, rows, n, first_errors,
                                                                             p_threshold, std_threshold)
                     return (~judged["confident"]).to(device)
-                # Dropout and bootstrap masks come from seeds fixed per (seed, optimizer step, micro-batch,
-                # process), not from whatever the RNG went through before (a resumed run builds its data
-                # iterator at another moment): so a resumed run draws exactly what an uninterrupted one does.
+                # Dropout comes from a seed fixed per (seed, optimizer step, micro-batch, process), not from
+                # whatever the RNG went through before (a resumed run builds its data iterator at another
+                # moment): so a resumed run draws exactly what an uninterrupted one does.
                 micro_seed = (((seed * 1_000_003 + state.completed_steps) * 1_009 + micro) * 131
                               + accelerator.process_index)
                 torch.manual_seed(micro_seed)
-                gen = torch.Generator().manual_seed(micro_seed)
-                mask = accelerator.unwrap_model(model).sample_bootstrap_mask(n, generator=gen)
+                # The bootstrap mask is fixed per (seed, trajectory), whatever minibatch or epoch it comes in.
+                mask = accelerator.unwrap_model(model).bootstrap_mask_for(item["index"].tolist(), seed)
                 out = model(**batch.model_inputs(), labels=batch.labels, bootstrap_mask=mask.to(device),
                             trajectory_mask=keep)
                 confident, agrees = judged["confident"], judged["agrees"]

@@ -165,6 +165,46 @@ def test_freeze_backbone_trains_heads_only():
     assert model.w1.grad is not None
 
 
+def test_a_frozen_backbone_stays_in_eval_mode_and_a_warm_start_can_unfreeze_it(tmp_path):
+    """Frozen, the backbone never changes: dropout in it would train the heads on states scoring never shows them.
+    A model trained with a frozen backbone may be fine-tuned whole later: the run's setting wins."""
+    from tasks.train import _make_trainable
+
+    model, tokenizer = build_prm("cpu", num_heads=2, freeze_backbone=True)  # MiniLM: BERT dropout 0.1
+    model.train()
+    assert not model.backbone.training and not model.has_dropout()
+    batch = StepBatcher(tokenizer).encode(QUESTIONS, STEPS, FIRST_ERRORS)
+    first, again = (model(**batch.model_inputs()).logits for _ in range(2))
+    assert torch.equal(first, again)
+    model.save_pretrained(tmp_path / "m", tokenizer)
+    loaded = EnsemblePRM.from_pretrained(tmp_path / "m")
+    _make_trainable(loaded, freeze_backbone=False, reg_lambda=0.5, learning_probability=1.0,
+                    gradient_checkpointing=False)
+    loaded.train()
+    assert not loaded.config.freeze_backbone and loaded.backbone.training and loaded.has_dropout()
+    assert all(p.requires_grad for n, p in loaded.backbone.named_parameters() if "pooler" not in n)
+
+
+def test_heads_run_in_float32_when_the_model_is_cast_to_bf16():
+    """DeepSpeed's bf16 mode casts the whole module, heads included."""
+    model, tokenizer = build_prm("tiny", num_heads=2)
+    batch = StepBatcher(tokenizer).encode(QUESTIONS, STEPS, FIRST_ERRORS)
+    out = model.bfloat16()(**batch.model_inputs(), labels=batch.labels)
+    assert out.logits.dtype == torch.float32 and torch.isfinite(out.loss)
+
+
+def test_the_bootstrap_mask_is_fixed_per_trajectory_across_minibatches_and_epochs():
+    """Bootstrap: a head learns from a given trajectory in every epoch or in none. Redrawn per minibatch, a head
+    saw a trajectory at least once in 3 epochs with probability 1 - 0.5^3 = 0.875 instead of 0.5."""
+    model, _ = build_prm("tiny", num_heads=32, learning_probability=0.5)
+    epoch_1 = model.bootstrap_mask_for([4, 9, 2], seed=7)
+    epoch_2 = model.bootstrap_mask_for([2, 4], seed=7)  # the same trajectories, in another minibatch
+    assert torch.equal(epoch_2, epoch_1[:, [2, 0]])
+    many = model.bootstrap_mask_for(list(range(2000)), seed=7)
+    assert abs(many.mean().item() - 0.5) < 0.02 and not torch.equal(many, model.bootstrap_mask_for(range(2000), 8))
+    assert torch.equal(build_prm("tiny", num_heads=3)[0].bootstrap_mask_for([1, 2], seed=0), torch.ones(3, 2))
+
+
 def test_unknown_preset_and_bad_backbone_path_are_clear_errors(tmp_path):
     with pytest.raises(ActPRMError, match="tiny.*cpu.*qwen2.5-math-7b"):
         build_prm("gpt-5")
