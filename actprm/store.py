@@ -803,6 +803,7 @@ class Store:
             f"CREATE TEMP TABLE {self._q(name)} AS SELECT (hash(m.trajectory_id) % ?)::INTEGER AS shard, "
             "t.id, t.question IS NULL AS question_null, length(t.question) AS question_chars, "
             "t.num_steps, len(t.steps) AS steps_len, list_max(list_transform(t.steps, lambda s: length(s))) AS max_step_chars, "
+            "list_min(list_transform(t.steps, lambda s: length(s))) AS min_step_chars, "
             "list_bool_or(list_transform(t.steps, lambda s: s IS NULL)) AS has_null_step, "
             "g.first_error, len(g.step_labels) AS step_labels_len, g.error_kind, "
             "(g.trajectory_id IS NOT NULL)::INTEGER AS labeled, (g.first_error >= 0)::DOUBLE AS is_error "

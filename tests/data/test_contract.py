@@ -30,6 +30,19 @@ def test_tightened_limits_reject_rows_already_in_the_pool(tmp_path, db):
         assert store.pool_status("p") == "rejected"
 
 
+def test_a_valid_pool_validated_in_many_shards_is_registered_and_an_empty_step_is_caught(tmp_path, db):
+    """Rows go to shards by id hash, so a shard of a small pool may be empty: that is no reason to reject a valid
+    pool. A row with an empty step (stored by another path than ingest, which quarantines it) breaks the contract."""
+    path = write_lines(tmp_path / "a.jsonl", [actprm_record(i) for i in range(4)])
+    s = ingest(db, [str(path)], "p", emit=False, validate_shard_rows=1)
+    assert s.status == "registered" and not s.failures
+    with Store(db) as store:
+        store.sql("UPDATE trajectories SET steps = list_append(steps, '') WHERE id = (SELECT min(id) FROM trajectories)")
+        store.sql("UPDATE trajectories SET num_steps = len(steps)")
+    with pytest.raises(ActPRMError, match="min_step_chars"):
+        ingest(db, [str(path)], "p", emit=False)
+
+
 def test_drift_against_earlier_pools_is_a_warning(tmp_path, db):
     ingest(db, [str(write_lines(tmp_path / "a.jsonl", [actprm_record(i, n_steps=3, first_error=i % 2 - 1)
                                                        for i in range(10)]))], "base", emit=False)
