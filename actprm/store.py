@@ -150,6 +150,16 @@ CREATE TABLE IF NOT EXISTS budget_ledger (
     settled_at TIMESTAMP
 );
 
+-- What a round of a flow run selected for the judge, best first: a retried flow run labels and trains on the
+-- same trajectories instead of selecting anew (its first attempt may have bought them already).
+CREATE TABLE IF NOT EXISTS round_selections (
+    run_id VARCHAR NOT NULL,       -- the flow's parent MLflow run (kept across retries of a Prefect flow run)
+    round INTEGER NOT NULL,
+    rank INTEGER NOT NULL,
+    trajectory_id VARCHAR NOT NULL,
+    PRIMARY KEY (run_id, round, rank)
+);
+
 -- One row per active-learning round, for `actprm status` and resumable flows.
 CREATE TABLE IF NOT EXISTS rounds (
     run_id VARCHAR NOT NULL,       -- the flow run (or CLI invocation) id
@@ -898,6 +908,19 @@ class Store:
             "model_version, promoted, mlflow_run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [run_id, round, pool, labels_bought, train_trajectories, f1, model_version, promoted, mlflow_run_id],
         )
+
+    def round_selection(self, run_id: str, round: int) -> list[str] | None:
+        """The trajectories a round selected, best first; None when it has not selected yet."""
+        rows = self.sql("SELECT trajectory_id FROM round_selections WHERE run_id = ? AND round = ? ORDER BY rank",
+                        [run_id, round]).fetchall()
+        return [r[0] for r in rows] if rows else None
+
+    def keep_round_selection(self, run_id: str, round: int, trajectory_ids: list[str]) -> None:
+        with self.transaction():
+            self.sql("DELETE FROM round_selections WHERE run_id = ? AND round = ?", [run_id, round])
+            if trajectory_ids:
+                self.con.executemany("INSERT INTO round_selections VALUES (?, ?, ?, ?)",
+                                     [(run_id, round, i, t) for i, t in enumerate(trajectory_ids)])
 
     def rounds(self, run_id: str | None = None, limit: int = 50) -> list[dict]:
         q = ("SELECT run_id, round, pool, labels_bought, train_trajectories, f1, model_version, promoted, "

@@ -71,7 +71,7 @@ def active_learning(
         run_id = pipeline.open_run_task(settings, f"round-{k}", {"pool": pool, "round": k}, parent=parent)
         scored = score_stage(settings, pool, model_dir, model_version, run_id, split="train")
         ids = select_task(str(settings.duckdb_path), pool, model_version, settings.loop.labels_per_round,
-                          settings.uncertainty.strategy, *pipeline.judge_identity(settings))
+                          settings.uncertainty.strategy, *pipeline.judge_identity(settings), run_id=parent, round=k)
         labeled = label_stage(settings, pool, ids, run_id, round=k)
         trained = train_stage(settings, pool, init_from=model_dir, round=k, mlflow_run_id=run_id,
                               only_ids=ids if settings.loop.train_on == "round" and settings.loop.warm_start else None)

@@ -44,7 +44,8 @@ def one_shot_filter(
     model_dir, model_version = starting_model_stage(settings, model)
     scored = score_stage(settings, pool, model_dir, model_version, parent, split="train")
     cap = int(keep_fraction * (scored["scored"] + scored["skipped_already_scored"]))
-    ids = select_task(db, pool, model_version, cap, "actprm", *pipeline.judge_identity(settings))
+    ids = select_task(db, pool, model_version, cap, "actprm", *pipeline.judge_identity(settings),
+                      run_id=parent, round=1)
     labeled = label_stage(settings, pool, ids, parent, round=1)
     trained = train_stage(settings, pool, init_from=model_dir, round=1, mlflow_run_id=parent)
     evaluation = registered = None

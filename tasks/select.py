@@ -57,10 +57,19 @@ def prepare_eval_split(store: Store, pool: str, fraction: float, seed: int) -> d
 
 @task(name="select", tags=["duckdb"])
 def select_task(db_path: str, pool: str, model_version: str, budget: int, strategy: str,
-                judge_model: str, prompt_version: str) -> list[str]:
+                judge_model: str, prompt_version: str, run_id: str | None = None,
+                round: int | None = None) -> list[str]:
+    """The round's selection. With `run_id` and `round` it is kept, and a retry of the round gets it back: selecting
+    anew would skip what the first attempt already bought and buy a second batch."""
     with Store(Path(db_path)) as store:
-        return select_for_labeling(store, pool, model_version, budget, strategy=strategy,
-                                   judge_model=judge_model, prompt_version=prompt_version).selected
+        kept = store.round_selection(run_id, round) if run_id is not None and round is not None else None
+        if kept is not None:
+            return kept
+        selected = select_for_labeling(store, pool, model_version, budget, strategy=strategy,
+                                       judge_model=judge_model, prompt_version=prompt_version).selected
+        if run_id is not None and round is not None:
+            store.keep_round_selection(run_id, round, selected)
+        return selected
 
 
 @task(name="prepare-eval-split", tags=["duckdb"])
