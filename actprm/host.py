@@ -23,8 +23,8 @@ def cpu_capability() -> str:
 
 
 def gemm_gflops(threads: int, seconds: float = 3.0) -> float:
-    """Best fp32 GEMM rate of GEMM_SHAPE with `threads` torch threads over `seconds`, in GFLOP/s (at least one
-    multiplication, however short `seconds`)."""
+    """Best fp32 GEMM rate of GEMM_SHAPE with `threads` torch threads over `seconds`, in GFLOP/s to 0.1 (at least
+    one multiplication, however short `seconds`)."""
     m, k, n = GEMM_SHAPE
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)
@@ -38,10 +38,10 @@ def gemm_gflops(threads: int, seconds: float = 3.0) -> float:
             best = min(best, time.perf_counter() - t)
     finally:
         torch.set_num_threads(before)
-    return 2 * m * k * n / best / 1e9
+    return round(2 * m * k * n / best / 1e9, 1)
 
 
 def host_facts(threads: int, seconds: float) -> dict:
     """This host as one study invocation records it; `after` is filled in when the invocation ends."""
     return {"cpu_capability": cpu_capability(), "cpu_count": os.cpu_count(), "threads": threads,
-            "shape": list(GEMM_SHAPE), "before": round(gemm_gflops(threads, seconds), 1), "after": None}
+            "shape": list(GEMM_SHAPE), "before": gemm_gflops(threads, seconds), "after": None}

@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 
 from actprm.errors import ActPRMError
+from actprm.processes import pid_alive
 
 # The work pool every deployment in prefect.yaml targets (the docker worker and the static test check it).
 WORK_POOL = "actprm-process"
@@ -110,25 +111,11 @@ def _pid_file(stack: Stack, name: str) -> Path:
     return stack.servers_dir / f"{name}.pid"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still answers kill(0); treat it as dead.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
-    except OSError:
-        return True
-
-
 def start_service(stack: Stack, name: str, argv: list[str], env: dict[str, str]) -> int:
     """Start `argv` in the background in its own process group; pid to `servers/<name>.pid`, output to `<name>.log`."""
     stack.servers_dir.mkdir(parents=True, exist_ok=True)
     pid_file = _pid_file(stack, name)
-    if pid_file.exists() and _alive(int(pid_file.read_text())):
+    if pid_file.exists() and pid_alive(int(pid_file.read_text())):
         raise ActPRMError(f"{name} already runs (pid {pid_file.read_text().strip()}); run `make stop` first")
     log = open(stack.servers_dir / f"{name}.log", "ab")
     proc = subprocess.Popen(
@@ -171,7 +158,7 @@ def wait_http(url: str, *, timeout: float, pid: int | None = None, what: str = "
     """Poll `url` until it answers 200; fail early when the process behind it died."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if pid is not None and not _alive(pid):
+        if pid is not None and not pid_alive(pid):
             raise ActPRMError(f"{what} exited during startup; see {log or 'its log'}")
         try:
             if httpx.get(url, timeout=5).status_code == 200:
@@ -245,7 +232,7 @@ def deploy_all(stack: Stack, *, timeout: float = 600) -> str:
 def wait_worker_online(stack: Stack, *, pool: str = WORK_POOL, timeout: float, pid: int | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if pid is not None and not _alive(pid):
+        if pid is not None and not pid_alive(pid):
             raise ActPRMError(f"worker exited during startup; see {stack.servers_dir / 'worker.log'}")
         r = httpx.post(f"{stack.prefect_api_url}/work_pools/{pool}/workers/filter", json={}, timeout=10)
         if r.status_code == 200 and any(w.get("status") == "ONLINE" for w in r.json()):
@@ -300,7 +287,7 @@ def down(home: Path, *, grace_s: float = 15) -> list[str]:
         if not pid_file.exists():
             continue
         pid = int(pid_file.read_text())
-        if _alive(pid) and _runs(pid, name):
+        if _serving(pid, name):
             _stop_group(pid, grace_s)
             stopped.append(name)
         pid_file.unlink(missing_ok=True)
@@ -312,7 +299,10 @@ def down(home: Path, *, grace_s: float = 15) -> list[str]:
 _COMMAND = {"prefect": "prefect", "mlflow": "mlflow", "worker": "prefect"}
 
 
-def _runs(pid: int, name: str) -> bool:
+def _serving(pid: int, name: str) -> bool:
+    """Whether `pid` is alive and is the service `name`."""
+    if not pid_alive(pid):
+        return False
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
@@ -328,7 +318,7 @@ def _stop_group(pid: int, grace_s: float) -> None:
     except ProcessLookupError:
         return
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and pid_alive(pid):
         try:
             os.waitpid(pid, os.WNOHANG)  # reap it when it is our child (tests); harmless otherwise
         except ChildProcessError:
@@ -346,7 +336,7 @@ def status(home: Path) -> dict[str, int | None]:
     for name in SERVICES:
         pid_file = Path(home) / "servers" / f"{name}.pid"
         pid = int(pid_file.read_text()) if pid_file.exists() else None
-        out[name] = pid if pid is not None and _alive(pid) and _runs(pid, name) else None
+        out[name] = pid if pid is not None and _serving(pid, name) else None
     return out
 
 

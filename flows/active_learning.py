@@ -61,12 +61,6 @@ def active_learning(
     history, resume = pipeline.finished_rounds_task(settings, parent, pool)
     model_dir, model_version = resume or starting_model_stage(settings)
     stopped_because = "rounds"
-    best_f1, rounds_without_gain = float("-inf"), 0
-    for record in history:
-        if record["f1"] is not None and record["f1"] > best_f1:
-            best_f1, rounds_without_gain = record["f1"], 0
-        else:
-            rounds_without_gain += 1
     for k in range(len(history) + 1, settings.loop.rounds + 1):
         run_id = pipeline.open_run_task(settings, f"round-{k}", {"pool": pool, "round": k}, parent=parent)
         scored = score_stage(settings, pool, model_dir, model_version, run_id, split="train")
@@ -91,13 +85,10 @@ def active_learning(
         if labeled["stopped_because"] in ("budget", "circuit_open"):
             stopped_because = labeled["stopped_because"]
             break
-        if evaluation["f1"] > best_f1:
-            best_f1, rounds_without_gain = evaluation["f1"], 0
-        else:
-            rounds_without_gain += 1
-            if rounds_without_gain >= settings.loop.plateau_rounds:
-                stopped_because = "plateau"
-                break
+        without_gain = pipeline.rounds_without_gain(history)
+        if without_gain and without_gain >= settings.loop.plateau_rounds:
+            stopped_because = "plateau"
+            break
         if not ids:
             stopped_because = "nothing_uncertain"
             break

@@ -43,7 +43,7 @@ def host_task(threads: int, seconds: float) -> dict[str, Any]:
 
 @task(name="study-host-speed", cache_policy=NO_CACHE)
 def host_speed_task(threads: int, seconds: float) -> float:
-    return round(host.gemm_gflops(threads, seconds), 1)
+    return host.gemm_gflops(threads, seconds)
 
 
 @task(name="study-seed", cache_policy=NO_CACHE)

@@ -7,12 +7,12 @@ calls them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from collections import Counter
-import functools
 import math
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 

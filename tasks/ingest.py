@@ -27,6 +27,7 @@ import duckdb
 
 from actprm.errors import ActPRMError
 from actprm.formats import FORMATS, InputFormat, detect_format
+from actprm.processes import pid_alive
 from actprm.store import Store
 
 log = logging.getLogger(__name__)
@@ -236,22 +237,12 @@ def drop_orphan_stages(store: Store) -> list[str]:
     dropped = []
     for name in store.stage_tables(STAGE_PREFIX):
         pid, _, tag = name[len(STAGE_PREFIX):].partition("_")
-        if pid.isdigit() and tag and not _alive(int(pid)):
+        if pid.isdigit() and tag and not pid_alive(int(pid)):
             store.drop_stage(name)
             dropped.append(name)
     if dropped:
         log.info("dropped %d stage table(s) left by killed ingests: %s", len(dropped), ", ".join(dropped))
     return dropped
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except (ProcessLookupError, OverflowError):
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def _stage_one(store: Store, stage_name: str, fmt: InputFormat, i: int, f: InputFile, limits: IngestLimits) -> None:

@@ -153,6 +153,18 @@ def finished_rounds_task(settings: Settings, parent: str,
     return finished, (str(folder), model_version_key(name, last["model_version"]))
 
 
+def rounds_without_gain(history: list[dict[str, Any]]) -> int:
+    """Rounds since the best F1 so far, for the plateau rule (a round without an F1 is no gain): derived from the
+    history, so a retried flow run counts the rounds its earlier attempts finished."""
+    best, without = float("-inf"), 0
+    for record in history:
+        if record["f1"] is not None and record["f1"] > best:
+            best, without = record["f1"], 0
+        else:
+            without += 1
+    return without
+
+
 @task(name="record-round", cache_policy=NO_CACHE)
 def record_round_task(settings: Settings, parent: str, pool: str, record: dict, run_id: str,
                       total_rounds: int | None = None) -> None:

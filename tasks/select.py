@@ -61,13 +61,14 @@ def select_task(db_path: str, pool: str, model_version: str, budget: int, strate
                 round: int | None = None) -> list[str]:
     """The round's selection. With `run_id` and `round` it is kept, and a retry of the round gets it back: selecting
     anew would skip what the first attempt already bought and buy a second batch."""
+    keyed = run_id is not None and round is not None
     with Store(Path(db_path)) as store:
-        kept = store.round_selection(run_id, round) if run_id is not None and round is not None else None
+        kept = store.round_selection(run_id, round) if keyed else None
         if kept is not None:
             return kept
         selected = select_for_labeling(store, pool, model_version, budget, strategy=strategy,
                                        judge_model=judge_model, prompt_version=prompt_version).selected
-        if run_id is not None and round is not None:
+        if keyed:
             store.keep_round_selection(run_id, round, selected)
         return selected
 
