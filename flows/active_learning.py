@@ -60,8 +60,10 @@ def active_learning(
     # registered: rerunning them would buy a new batch each and retrain onto versions already registered.
     history, resume = pipeline.finished_rounds_task(settings, parent, pool)
     model_dir, model_version = resume or starting_model_stage(settings)
-    stopped_because = "rounds"
-    for k in range(len(history) + 1, settings.loop.rounds + 1):
+    # An attempt that stopped on a plateau and died before finishing the run must not buy one more round.
+    stopped_because = "plateau" if pipeline.plateaued(history, settings.loop.plateau_rounds) else "rounds"
+    next_rounds = range(len(history) + 1, settings.loop.rounds + 1) if stopped_because == "rounds" else ()
+    for k in next_rounds:
         run_id = pipeline.open_run_task(settings, f"round-{k}", {"pool": pool, "round": k}, parent=parent)
         scored = score_stage(settings, pool, model_dir, model_version, run_id, split="train")
         ids = select_task(str(settings.duckdb_path), pool, model_version, settings.loop.labels_per_round,
@@ -85,8 +87,7 @@ def active_learning(
         if labeled["stopped_because"] in ("budget", "circuit_open"):
             stopped_because = labeled["stopped_because"]
             break
-        without_gain = pipeline.rounds_without_gain(history)
-        if without_gain and without_gain >= settings.loop.plateau_rounds:
+        if pipeline.plateaued(history, settings.loop.plateau_rounds):
             stopped_because = "plateau"
             break
         if not ids:

@@ -165,6 +165,12 @@ def rounds_without_gain(history: list[dict[str, Any]]) -> int:
     return without
 
 
+def plateaued(history: list[dict[str, Any]], plateau_rounds: int) -> bool:
+    """The plateau rule: `plateau_rounds` rounds in a row without an F1 gain (none before the first round)."""
+    without = rounds_without_gain(history)
+    return bool(without) and without >= plateau_rounds
+
+
 @task(name="record-round", cache_policy=NO_CACHE)
 def record_round_task(settings: Settings, parent: str, pool: str, record: dict, run_id: str,
                       total_rounds: int | None = None) -> None:

@@ -58,3 +58,41 @@ def test_a_retried_flow_run_goes_on_after_its_finished_rounds(actprm_home, prefe
     # Round 1's 20 and round 2's 20: the retry got round 2's kept selection back, which the attempt that died had
     # already bought, so it bought nothing new (without the kept selection: 60, a second batch for round 2).
     assert labels == 40
+
+
+def test_a_retried_flow_run_that_had_stopped_on_a_plateau_buys_no_more_rounds(actprm_home, prefect_harness,
+                                                                               monkeypatch):
+    """Attempt 1 stops on a plateau after round 2 and dies closing the run; the retry must see the plateau in
+    the rounds it finished and buy nothing, not a third round."""
+    import actprm.tracking
+    import flows.active_learning as loop
+    from tasks import pipeline
+
+    monkeypatch.setattr(actprm.tracking, "prefect_flow_run_id", lambda: "plateaued-flow-run")
+    monkeypatch.setattr(pipeline, "prefect_flow_run_id", lambda: "plateaued-flow-run")
+    real_evaluate, real_finish, real_score = loop.evaluate_stage, pipeline.finish_task, loop.score_stage
+    scored_rounds = []
+
+    def flat_f1(settings, pool, model_dir, run_id):  # round 2 gains nothing over round 1: a plateau of 1
+        return {**real_evaluate(settings, pool, model_dir, run_id), "f1": 0.5}
+
+    def score(settings, pool, model_dir, model_version, run_id, **kw):
+        scored_rounds.append(model_version)
+        return real_score(settings, pool, model_dir, model_version, run_id, **kw)
+
+    def dies_closing(*args, **kwargs):
+        raise RuntimeError("worker lost")
+
+    monkeypatch.setattr(loop, "evaluate_stage", flat_f1)
+    monkeypatch.setattr(loop, "score_stage", score)
+    monkeypatch.setattr(pipeline, "finish_task", dies_closing)
+    args = dict(pool="sample", rounds=4, labels_per_round=20, preset="tiny",
+                config={"synth": {"n": 120}, "model": {"num_heads": 4}, "train": {"epochs": 1},
+                        "loop": {"plateau_rounds": 1}})
+    with pytest.raises(RuntimeError, match="worker lost"):
+        loop.active_learning(**args)
+    assert len(scored_rounds) == 2  # rounds 1 and 2, then the plateau
+    monkeypatch.setattr(pipeline, "finish_task", real_finish)
+    summary = loop.active_learning(**args)
+    assert len(scored_rounds) == 2, "the retry scored (and would have bought) a third round"
+    assert summary["stopped_because"] == "plateau" and [r["round"] for r in summary["rounds"]] == [1, 2]
