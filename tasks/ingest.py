@@ -69,6 +69,7 @@ class IngestSummary:
     report: str | None = None
     format: str = ""
     files: list[str] = field(default_factory=list)
+    content_hash: str = ""
     trajectories_added: int = 0
     pool_trajectories: int = 0
     labeled_fraction: float = 0.0
@@ -393,7 +394,7 @@ def _opened(store_or_path: Store | str | Path):
 def quarantine(store: Store, stage_name: str, pool: str, fmt: InputFormat, files: list[InputFile], digest: str,
                summary: IngestSummary) -> IngestSummary:
     """Opens (or reopens) the pool's registry row and moves the stage's bad lines into quarantine."""
-    summary.lines_read = store.stage_counts(stage_name)["lines_read"]
+    summary.lines_read, summary.content_hash = store.stage_counts(stage_name)["lines_read"], digest
     store.upsert_pool(pool, source=json.dumps([f.path for f in files]), format=fmt.name, content_hash=digest,
                       status="ingesting")
     summary.quarantined = store.quarantine_stage(stage_name, pool)
@@ -404,7 +405,8 @@ def insert(store: Store, stage_name: str, pool: str, fmt: InputFormat, summary: 
            compress_text: bool = True) -> IngestSummary:
     """Deduplicates and stores the stage's good lines, then drops the stage. `compress_text=False` trades
     ~2.3x the disk for a faster insert (see `Store.insert_stage`)."""
-    added = store.insert_stage(stage_name, pool, fmt.name, compress_text=compress_text)
+    added = store.insert_stage(stage_name, pool, fmt.name, content_hash=summary.content_hash or None,
+                               compress_text=compress_text)
     summary.accepted, summary.duplicates = added["accepted"], added["duplicates"]
     summary.trajectories_added = added["trajectories_added"]
     if summary.accepted + summary.quarantined + summary.duplicates != summary.lines_read:  # pragma: no cover
@@ -418,6 +420,9 @@ def finish(store: Store, summary: IngestSummary, result) -> IngestSummary:
     summary.failures, summary.warnings = list(result.failures), list(result.warnings)
     summary.report = result.report
     summary.status = "rejected" if result.failures else "registered"
+    for digest, lines in store.unfinished_ingests(summary.pool, but=summary.content_hash):
+        summary.warnings.append(f"an earlier ingest into this pool (input {digest[:12]}) was killed after storing "
+                                f"{lines} lines; they are in the pool and validated with it, but no report counts them")
     store.finish_pool(summary.pool, status=summary.status, report=summary.report,
                       counts={k: getattr(summary, k) for k in ("lines_read", "accepted", "quarantined", "duplicates")})
     stats = store.pool_label_stats(summary.pool)

@@ -89,3 +89,51 @@ def test_an_ingest_killed_between_tasks_leaves_a_pool_nobody_uses_until_a_rerun_
         assert store.stage_tables("ingest_stage_") == [] and store.pool_size("p") == 30
         assert store.quarantine_count("p") == 1
         store.require_pool("p")
+
+
+def _killed_after_insert(path, db) -> str:
+    """A process that runs the flow's stage, quarantine and insert tasks on `path` into pool "p", then dies."""
+    return textwrap.dedent(f"""
+        import os, signal
+        from actprm.store import Store
+        from actprm.formats import FORMATS
+        from tasks import ingest as ing
+        files = ing.resolve_inputs([{str(path)!r}])
+        fmt = FORMATS.get("actprm")
+        with Store({str(db)!r}) as store:
+            stage = ing.stage(store, files, fmt, ing.IngestLimits())
+            summary = ing.IngestSummary(pool="p", format=fmt.name, files=[f.path for f in files])
+            ing.quarantine(store, stage, "p", fmt, files, ing.content_hash(files), summary)
+            ing.insert(store, stage, "p", fmt, summary)
+            os.kill(os.getpid(), signal.SIGKILL)
+    """)
+
+
+def test_a_rerun_after_a_kill_between_insert_and_register_reports_the_lines_the_dead_run_stored(tmp_path, db):
+    """kill -9 after the insert committed and before the pool was registered: the 30 good lines are stored but
+    no report counted them. The rerun of the same input must report them as accepted and its trajectories as
+    added (the event that starts the loop carries that count), not as 30 duplicates and nothing added."""
+    path = write_lines(tmp_path / "in.jsonl", [actprm_record(i) for i in range(30)] + ["{oops"])
+    proc = subprocess.run([sys.executable, "-c", _killed_after_insert(path, db)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    with Store(db, read_only=True) as store:
+        assert store.pool_status("p") == "ingesting" and store.pool_size("p") == 30
+
+    s = ingest(db, [str(path)], "p", format="actprm", emit=False)
+    assert (s.status, s.lines_read, s.accepted, s.quarantined, s.duplicates) == ("registered", 31, 30, 1, 0)
+    assert s.trajectories_added == 30 and not [w for w in s.warnings if "killed" in w]
+    # Registered, the receipt is spent: ingesting the same input again finds only duplicates.
+    again = ingest(db, [str(path)], "p", format="actprm", emit=False)
+    assert (again.accepted, again.duplicates, again.trajectories_added) == (0, 30, 0)
+
+
+def test_an_unfinished_ingest_of_other_input_is_named_in_the_next_reports_warnings(tmp_path, db):
+    killed = write_lines(tmp_path / "killed.jsonl", [actprm_record(i) for i in range(10)])
+    proc = subprocess.run([sys.executable, "-c", _killed_after_insert(killed, db)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    other = write_lines(tmp_path / "other.jsonl", [actprm_record(i) for i in range(10, 15)])
+    s = ingest(db, [str(other)], "p", format="actprm", emit=False)
+    assert (s.accepted, s.duplicates, s.pool_trajectories) == (5, 0, 15)
+    assert [w for w in s.warnings if "killed after storing 10 lines" in w]
