@@ -11,6 +11,7 @@ Every process is started in its own session (process group) with a pid file and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from actprm.errors import ActPRMError
-from actprm.processes import pid_alive
+from actprm.processes import descendants, pid_alive, same_process
 
 # The work pool every deployment in prefect.yaml targets (the docker worker and the static test check it).
 WORK_POOL = "actprm-process"
@@ -288,7 +289,9 @@ def down(home: Path, *, grace_s: float = 15) -> list[str]:
             continue
         pid = int(pid_file.read_text())
         if _serving(pid, name):
+            below = descendants(pid)  # before the service dies and its children are re-parented
             _stop_group(pid, grace_s)
+            _stop_left_behind(below, grace_s)
             stopped.append(name)
         pid_file.unlink(missing_ok=True)
     return stopped
@@ -328,6 +331,31 @@ def _stop_group(pid: int, grace_s: float) -> None:
         os.killpg(pid, signal.SIGKILL)  # stragglers in the group, or a leader that ignored SIGTERM
     except ProcessLookupError:
         pass
+
+
+def _stop_left_behind(processes: list[tuple[int, int]], grace_s: float) -> None:
+    """Stops what a service had started outside its process group and left running: the worker's flow runs sit in
+    sessions of their own, so the group signal misses them. Each gets SIGTERM (with its own group, so a flow run's
+    data-loader workers go too), then SIGKILL after `grace_s`."""
+    def signal_all(sig: int) -> list[tuple[int, int]]:
+        alive = [(p, t) for p, t in processes if same_process(p, t)]
+        for p, _ in alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if os.getpgid(p) == p:
+                    os.killpg(p, sig)
+                else:
+                    os.kill(p, sig)
+        return alive
+
+    processes = signal_all(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while processes and time.monotonic() < deadline:
+        for p, _ in processes:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(p, os.WNOHANG)
+        time.sleep(0.2)
+        processes = [(p, t) for p, t in processes if same_process(p, t)]
+    signal_all(signal.SIGKILL)
 
 
 def status(home: Path) -> dict[str, int | None]:

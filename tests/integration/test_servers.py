@@ -185,3 +185,78 @@ def test_a_second_serve_or_a_stale_pid_file_never_stops_the_wrong_process(tmp_pa
         for proc in (mlflow, bystander):
             proc.kill()
             proc.wait()
+
+
+def test_stop_reaches_what_a_service_started_in_a_session_of_its_own(tmp_path):
+    """Prefect's process worker starts each flow run in a new session, out of the worker's process group, so
+    signalling the group left flow runs (and the judge calls and training they were doing) running after
+    `make stop`. Stand-ins: a "worker" whose child puts itself in its own session, and whose grandchild sits in
+    that child's group."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from actprm.processes import descendants, pid_alive
+
+    servers = tmp_path / "home" / "servers"
+    servers.mkdir(parents=True)
+    flow_run = ("import subprocess, sys, time; "
+                "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); time.sleep(120)")
+    worker_code = (f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {flow_run!r}], "
+                   "start_new_session=True); time.sleep(120)")
+    worker = subprocess.Popen([sys.executable, "-c", worker_code, "prefect", "worker"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while len(descendants(worker.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        below = [pid for pid, _ in descendants(worker.pid)]
+        assert len(below) == 2, "the stand-in flow run did not start"
+        (servers / "worker.pid").write_text(str(worker.pid))
+        assert down(tmp_path / "home", grace_s=5) == ["worker"]
+        worker.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(pid_alive(p) for p in below) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in below if pid_alive(p)], "a flow run outlived `make stop`"
+    finally:
+        worker.kill()
+        worker.wait()
+        for pid in below if "below" in locals() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _flow_run_processes(flow_run_id: str) -> list[int]:
+    """pids whose environment names the flow run: the process the worker started for it, and its children."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode() in (proc / "environ").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_stop_during_a_flow_run_stops_the_flow_run_too(stack):
+    """The live check of the test above, on the real worker: `make stop` while an active-learning run works must
+    leave no flow-run process behind (it would go on writing the DuckDB file and buying labels). Runs last: it
+    stops the module's stack."""
+    from actprm.processes import pid_alive
+
+    al_id = _deployments(stack)["active-learning"]["id"]
+    run = _api(stack, "POST", f"/deployments/{al_id}/create_flow_run", {"parameters": {"pool": "sample", "rounds": 50}})
+    deadline, pids = time.monotonic() + 300, []
+    while not pids and time.monotonic() < deadline:
+        state = _api(stack, "GET", f"/flow_runs/{run['id']}")["state_type"]
+        assert state not in TERMINAL, f"the flow run ended {state} before the stop\n{_worker_log_tail(stack)}"
+        pids = _flow_run_processes(run["id"]) if state == "RUNNING" else []
+        time.sleep(1)
+    assert pids, f"no process for the running flow run\n{_worker_log_tail(stack)}"
+    assert "worker" in down(stack.home)
+    deadline = time.monotonic() + 30
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in pids if pid_alive(p)], "the flow run's processes outlived `make stop`"
