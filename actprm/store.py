@@ -165,7 +165,7 @@ CREATE TABLE IF NOT EXISTS round_selections (
 -- this input's new lines), not as duplicates, and its event counts the trajectories it added.
 CREATE TABLE IF NOT EXISTS ingest_receipts (
     pool VARCHAR NOT NULL,
-    content_hash VARCHAR NOT NULL,  -- pools.content_hash of the input
+    content_hash VARCHAR NOT NULL,  -- the input's pools.content_hash and its format (`tasks.ingest.receipt_key`)
     accepted BIGINT NOT NULL,
     trajectories_added BIGINT NOT NULL,
     PRIMARY KEY (pool, content_hash)
@@ -773,11 +773,14 @@ class Store:
                 good = self.sql(f"SELECT count(DISTINCT {pos} >> 4) FROM {q} WHERE reason IS NULL").fetchone()[0]
                 self.sql("DROP TABLE ingest_keep")
                 if content_hash is not None:
-                    accepted, new_traj = self.sql(
+                    receipt = self.sql(
                         "INSERT INTO ingest_receipts VALUES (?, ?, ?, ?) ON CONFLICT (pool, content_hash) DO UPDATE "
                         "SET accepted = accepted + excluded.accepted, "
                         "trajectories_added = trajectories_added + excluded.trajectories_added "
                         "RETURNING accepted, trajectories_added", [pool, content_hash, accepted, new_traj]).fetchone()
+                    # Never more accepted lines than good ones (a receipt of the same bytes read with other limits
+                    # may hold lines this run quarantines): they stay in the pool, counted as far as they can be.
+                    accepted, new_traj = min(receipt[0], good), receipt[1]
         finally:
             self.sql("RESET preserve_insertion_order")
         return {"accepted": int(accepted), "duplicates": int(good - accepted), "trajectories_added": int(new_traj)}
@@ -810,7 +813,7 @@ class Store:
         """(content hash, lines accepted) of ingests into `pool` of inputs other than `but` that stored lines and
         were killed before the pool was registered: their lines are in the pool, counted by no report."""
         return [(h, int(n)) for h, n in self.sql(
-            "SELECT content_hash, accepted FROM ingest_receipts WHERE pool = ? AND content_hash <> ? "
+            "SELECT content_hash, accepted FROM ingest_receipts WHERE pool = ? AND content_hash <> ? AND accepted > 0 "
             "ORDER BY content_hash", [pool, but]).fetchall()]
 
     def set_pool_status(self, name: str, status: str) -> None:

@@ -405,7 +405,7 @@ def insert(store: Store, stage_name: str, pool: str, fmt: InputFormat, summary: 
            compress_text: bool = True) -> IngestSummary:
     """Deduplicates and stores the stage's good lines, then drops the stage. `compress_text=False` trades
     ~2.3x the disk for a faster insert (see `Store.insert_stage`)."""
-    added = store.insert_stage(stage_name, pool, fmt.name, content_hash=summary.content_hash or None,
+    added = store.insert_stage(stage_name, pool, fmt.name, content_hash=receipt_key(summary),
                                compress_text=compress_text)
     summary.accepted, summary.duplicates = added["accepted"], added["duplicates"]
     summary.trajectories_added = added["trajectories_added"]
@@ -415,13 +415,19 @@ def insert(store: Store, stage_name: str, pool: str, fmt: InputFormat, summary: 
     return summary
 
 
+def receipt_key(summary: IngestSummary) -> str:
+    """What makes a rerun the same ingest as a killed one (`Store.insert_stage`): the same bytes read as the same
+    format."""
+    return f"{summary.content_hash}:{summary.format}"
+
+
 def finish(store: Store, summary: IngestSummary, result) -> IngestSummary:
     """Records the contract verdict: `rejected` on any critical failure, else `registered`."""
     summary.failures, summary.warnings = list(result.failures), list(result.warnings)
     summary.report = result.report
     summary.status = "rejected" if result.failures else "registered"
-    for digest, lines in store.unfinished_ingests(summary.pool, but=summary.content_hash):
-        summary.warnings.append(f"an earlier ingest into this pool (input {digest[:12]}) was killed after storing "
+    for key, lines in store.unfinished_ingests(summary.pool, but=receipt_key(summary)):
+        summary.warnings.append(f"an earlier ingest into this pool (input {key[:12]}) was killed after storing "
                                 f"{lines} lines; they are in the pool and validated with it, but no report counts them")
     store.finish_pool(summary.pool, status=summary.status, report=summary.report,
                       counts={k: getattr(summary, k) for k in ("lines_read", "accepted", "quarantined", "duplicates")})

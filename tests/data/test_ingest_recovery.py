@@ -137,3 +137,28 @@ def test_an_unfinished_ingest_of_other_input_is_named_in_the_next_reports_warnin
     s = ingest(db, [str(other)], "p", format="actprm", emit=False)
     assert (s.accepted, s.duplicates, s.pool_trajectories) == (5, 0, 15)
     assert [w for w in s.warnings if "killed after storing 10 lines" in w]
+
+
+def test_a_rerun_with_stricter_limits_after_a_kill_never_counts_negative_duplicates(tmp_path, db):
+    """The same bytes, rerun after the kill with a step limit that now quarantines 10 of the 30 lines the dead run
+    stored: the receipt may not claim more accepted lines than this run finds good."""
+    path = write_lines(tmp_path / "in.jsonl", [actprm_record(i, n_steps=3 if i < 20 else 5) for i in range(30)])
+    proc = subprocess.run([sys.executable, "-c", _killed_after_insert(path, db)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    # The pool holds the dead run's 5-step trajectories, past the new limit: the contract rejects it, and says so.
+    with pytest.raises(ActPRMError, match="num_steps") as rejected:
+        ingest(db, [str(path)], "p", format="actprm", emit=False, max_steps=4)
+    s = rejected.value.summary
+    assert (s.lines_read, s.accepted, s.quarantined, s.duplicates) == (30, 20, 10, 0)
+
+
+def test_a_killed_ingest_that_stored_nothing_is_not_reported_as_a_loss(tmp_path, db):
+    path = write_lines(tmp_path / "in.jsonl", [actprm_record(i) for i in range(10)])
+    ingest(db, [str(path)], "p", format="actprm", emit=False)
+    proc = subprocess.run([sys.executable, "-c", _killed_after_insert(path, db)], capture_output=True, text=True,
+                          timeout=300)  # a re-ingest of the registered file: all duplicates, killed
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    other = write_lines(tmp_path / "other.jsonl", [actprm_record(i) for i in range(10, 12)])
+    s = ingest(db, [str(other)], "p", format="actprm", emit=False)
+    assert s.accepted == 2 and not [w for w in s.warnings if "killed" in w]
