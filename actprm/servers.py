@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from actprm.errors import ActPRMError
-from actprm.processes import descendants, pid_alive, same_process
+from actprm.processes import Proc, descendants, members, pid_alive, start_time
 
 # The work pool every deployment in prefect.yaml targets (the docker worker and the static test check it).
 WORK_POOL = "actprm-process"
@@ -116,15 +116,17 @@ def start_service(stack: Stack, name: str, argv: list[str], env: dict[str, str])
     """Start `argv` in the background in its own process group; pid to `servers/<name>.pid`, output to `<name>.log`."""
     stack.servers_dir.mkdir(parents=True, exist_ok=True)
     pid_file = _pid_file(stack, name)
-    if pid_file.exists() and pid_alive(int(pid_file.read_text())):
-        raise ActPRMError(f"{name} already runs (pid {pid_file.read_text().strip()}); run `make stop` first")
+    running = _service_pid(pid_file, name)
+    if running is not None:
+        raise ActPRMError(f"{name} already runs (pid {running}); run `make stop` first")
     log = open(stack.servers_dir / f"{name}.log", "ab")
     proc = subprocess.Popen(
         argv, cwd=stack.repo, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
     log.close()
-    pid_file.write_text(str(proc.pid))
+    # With its start time: a pid the system gives out again after a crash or reboot is then never taken for it.
+    pid_file.write_text(f"{proc.pid} {start_time(proc.pid) or ''}".strip())
     return proc.pid
 
 
@@ -285,13 +287,11 @@ def down(home: Path, *, grace_s: float = 15) -> list[str]:
     stopped: list[str] = []
     for name in SERVICES:
         pid_file = servers / f"{name}.pid"
-        if not pid_file.exists():
-            continue
-        pid = int(pid_file.read_text())
-        if _serving(pid, name):
+        pid = _service_pid(pid_file, name)
+        if pid is not None:
             below = descendants(pid)  # before the service dies and its children are re-parented
             _stop_group(pid, grace_s)
-            _stop_left_behind(below, grace_s)
+            _stop_left_behind(pid, below, grace_s)
             stopped.append(name)
         pid_file.unlink(missing_ok=True)
     return stopped
@@ -300,6 +300,18 @@ def down(home: Path, *, grace_s: float = 15) -> list[str]:
 # What each service's command line holds: a pid file left by a crash may name a pid the system has since given to
 # another program, which must not be signalled.
 _COMMAND = {"prefect": "prefect", "mlflow": "mlflow", "worker": "prefect"}
+
+
+def _service_pid(pid_file: Path, name: str) -> int | None:
+    """The pid in `pid_file` when that process is still the service `name` (None when it is not, or no file)."""
+    try:
+        fields = pid_file.read_text().split()
+        pid, started = int(fields[0]), (int(fields[1]) if len(fields) > 1 else None)
+    except (OSError, IndexError, ValueError):
+        return None
+    if started is not None and start_time(pid) not in (None, started):
+        return None  # the pid now names a process started later (pid files written before held no start time)
+    return pid if _serving(pid, name) else None
 
 
 def _serving(pid: int, name: str) -> bool:
@@ -333,38 +345,36 @@ def _stop_group(pid: int, grace_s: float) -> None:
         pass
 
 
-def _stop_left_behind(processes: list[tuple[int, int]], grace_s: float) -> None:
+def _stop_left_behind(service: int, below: list[Proc], grace_s: float) -> None:
     """Stops what a service had started outside its process group and left running: the worker's flow runs sit in
-    sessions of their own, so the group signal misses them. Each gets SIGTERM (with its own group, so a flow run's
-    data-loader workers go too), then SIGKILL after `grace_s`."""
-    def signal_all(sig: int) -> list[tuple[int, int]]:
-        alive = [(p, t) for p, t in processes if same_process(p, t)]
-        for p, _ in alive:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                if os.getpgid(p) == p:
-                    os.killpg(p, sig)
-                else:
-                    os.kill(p, sig)
-        return alive
+    sessions of their own, so the group signal misses them. The groups and sessions they were in get SIGTERM
+    (so a flow run's data-loader workers go too), then, looked up again, SIGKILL after `grace_s`: a process one of
+    them started during the grace is in them too."""
+    groups = {p.group for p in below} - {service}
+    sessions = {p.session for p in below} - {service}
 
-    processes = signal_all(signal.SIGTERM)
+    def signal_all(sig: int) -> bool:
+        left = members(groups, sessions)
+        for p in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p.pid, sig)
+        return bool(left)
+
     deadline = time.monotonic() + grace_s
-    while processes and time.monotonic() < deadline:
-        for p, _ in processes:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(p, os.WNOHANG)
-        time.sleep(0.2)
-        processes = [(p, t) for p, t in processes if same_process(p, t)]
-    signal_all(signal.SIGKILL)
+    if signal_all(signal.SIGTERM):
+        while members(groups, sessions) and time.monotonic() < deadline:
+            for p in below:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(p.pid, os.WNOHANG)
+            time.sleep(0.2)
+        signal_all(signal.SIGKILL)
 
 
 def status(home: Path) -> dict[str, int | None]:
     """pid of each running service (None when not running)."""
     out: dict[str, int | None] = {}
     for name in SERVICES:
-        pid_file = Path(home) / "servers" / f"{name}.pid"
-        pid = int(pid_file.read_text()) if pid_file.exists() else None
-        out[name] = pid if pid is not None and _serving(pid, name) else None
+        out[name] = _service_pid(Path(home) / "servers" / f"{name}.pid", name)
     return out
 
 
