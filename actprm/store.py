@@ -21,7 +21,7 @@ import duckdb
 
 from actprm.errors import ActPRMError, UnknownPool
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Trajectories are keyed by a content hash of (question, steps) so the same trajectory is stored
 # once across pools. The SQL expression below and `trajectory_id` in Python must agree.
@@ -183,9 +183,16 @@ CREATE TABLE IF NOT EXISTS rounds (
     promoted BOOLEAN,
     mlflow_run_id VARCHAR,
     finished_at TIMESTAMP DEFAULT current_timestamp,
+    stopped_because VARCHAR,       -- why the loop stopped after this round (budget, plateau, ...); NULL: it went on
     PRIMARY KEY (run_id, round)
 );
 """
+
+# What a file made by an older version lacks, by the version that added it (CREATE TABLE IF NOT EXISTS leaves an
+# existing table as it was).
+MIGRATIONS = {
+    2: "ALTER TABLE rounds ADD COLUMN IF NOT EXISTS stopped_because VARCHAR",
+}
 
 
 class StoreLockedError(RuntimeError):
@@ -231,6 +238,9 @@ class Store:
                 delay = min(delay * 2, 1.0)
         if not self.read_only:
             self.con.execute(SCHEMA)
+            row = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            for version in range(int(row[0]) + 1 if row else SCHEMA_VERSION + 1, SCHEMA_VERSION + 1):
+                self.con.execute(MIGRATIONS[version])
             self.con.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
             )
@@ -935,11 +945,12 @@ class Store:
 
     def record_round(self, run_id: str, round: int, pool: str, *, labels_bought: int, train_trajectories: int,
                      f1: float | None, model_version: str | None, promoted: bool | None,
-                     mlflow_run_id: str | None) -> None:
+                     mlflow_run_id: str | None, stopped_because: str | None = None) -> None:
         self.sql(
             "INSERT OR REPLACE INTO rounds (run_id, round, pool, labels_bought, train_trajectories, f1, "
-            "model_version, promoted, mlflow_run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [run_id, round, pool, labels_bought, train_trajectories, f1, model_version, promoted, mlflow_run_id],
+            "model_version, promoted, mlflow_run_id, stopped_because) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [run_id, round, pool, labels_bought, train_trajectories, f1, model_version, promoted, mlflow_run_id,
+             stopped_because],
         )
 
     def round_selection(self, run_id: str, round: int) -> list[str] | None:
@@ -957,7 +968,7 @@ class Store:
 
     def rounds(self, run_id: str | None = None, limit: int = 50) -> list[dict]:
         q = ("SELECT run_id, round, pool, labels_bought, train_trajectories, f1, model_version, promoted, "
-             "mlflow_run_id, finished_at::VARCHAR FROM rounds")
+             "mlflow_run_id, finished_at::VARCHAR, stopped_because FROM rounds")
         params: list = []
         if run_id:
             q += " WHERE run_id = ?"
@@ -965,7 +976,7 @@ class Store:
         q += " ORDER BY finished_at DESC, round DESC LIMIT ?"
         params.append(limit)
         cols = ["run_id", "round", "pool", "labels_bought", "train_trajectories", "f1", "model_version",
-                "promoted", "mlflow_run_id", "finished_at"]
+                "promoted", "mlflow_run_id", "finished_at", "stopped_because"]
         return [dict(zip(cols, r)) for r in self.sql(q, params).fetchall()]
 
     # -- scores ------------------------------------------------------------------------------

@@ -60,8 +60,9 @@ def active_learning(
     # registered: rerunning them would buy a new batch each and retrain onto versions already registered.
     history, resume = pipeline.finished_rounds_task(settings, parent, pool)
     model_dir, model_version = resume or starting_model_stage(settings)
-    # An attempt that stopped on a plateau and died before finishing the run must not buy one more round.
-    stopped_because = "plateau" if pipeline.plateaued(history, settings.loop.plateau_rounds) else "rounds"
+    # An attempt that had stopped (budget, plateau, nothing uncertain) and died before closing the run must not
+    # score the pool again and buy one more round.
+    stopped_because = pipeline.stopped_before(history, settings.loop.plateau_rounds) or "rounds"
     next_rounds = range(len(history) + 1, settings.loop.rounds + 1) if stopped_because == "rounds" else ()
     for k in next_rounds:
         run_id = pipeline.open_run_task(settings, f"round-{k}", {"pool": pool, "round": k}, parent=parent)
@@ -79,19 +80,14 @@ def active_learning(
         evaluation = evaluate_stage(settings, pool, trained["model_dir"], run_id)
         registered = register_stage(settings, trained["model_dir"], evaluation, run_id)
         record = pipeline.round_record(k, scored, labeled, trained, evaluation, registered)
+        history.append(record)
+        # Decided before the round is recorded, and recorded with it, so a retry stops where this attempt did.
+        record["stopped_because"] = pipeline.stop_after_round(history, labeled, ids, settings.loop.plateau_rounds)
         pipeline.record_round_task(settings, parent, pool, record, run_id, settings.loop.rounds)
         pipeline.close_run_task(settings, run_id)
-        history.append(record)
         model_dir, model_version = trained["model_dir"], registered["model_version_key"]
-
-        if labeled["stopped_because"] in ("budget", "circuit_open"):
-            stopped_because = labeled["stopped_because"]
-            break
-        if pipeline.plateaued(history, settings.loop.plateau_rounds):
-            stopped_because = "plateau"
-            break
-        if not ids:
-            stopped_because = "nothing_uncertain"
+        if record["stopped_because"]:
+            stopped_because = record["stopped_because"]
             break
 
     summary = pipeline.finish_task(settings, parent, pool, history, stopped_because)

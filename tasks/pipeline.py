@@ -141,7 +141,7 @@ def finished_rounds_task(settings: Settings, parent: str,
                          "labels_bought": row["labels_bought"], "label_failed": None, "judge_tokens": None,
                          "judge_cost": None, "train_trajectories": row["train_trajectories"], "f1": row["f1"],
                          "model_version": int(row["model_version"]), "promoted": row["promoted"],
-                         "mlflow_run_id": row["mlflow_run_id"]})
+                         "mlflow_run_id": row["mlflow_run_id"], "stopped_because": row["stopped_because"]})
     if not finished:
         return [], None
     last = finished[-1]
@@ -171,6 +171,30 @@ def plateaued(history: list[dict[str, Any]], plateau_rounds: int) -> bool:
     return bool(without) and without >= plateau_rounds
 
 
+# Why the loop stops after a round that finished; a retried flow run stops where its earlier attempt had decided
+# to (the judge's circuit breaker is not among them: a retry, later, should try the judge again).
+FINAL_STOPS = ("budget", "plateau", "nothing_uncertain")
+
+
+def stop_after_round(history: list[dict[str, Any]], labeled: dict, selected: list, plateau_rounds: int) -> str | None:
+    """Why the loop stops after the last round of `history` (None: it goes on)."""
+    if labeled["stopped_because"] in ("budget", "circuit_open"):
+        return labeled["stopped_because"]
+    if plateaued(history, plateau_rounds):
+        return "plateau"
+    return None if selected else "nothing_uncertain"
+
+
+def stopped_before(history: list[dict[str, Any]], plateau_rounds: int) -> str | None:
+    """Why an earlier attempt of this flow run had stopped after its finished rounds, None when it had not: the
+    reason it recorded with its last round, or the plateau rule on them (rounds recorded before reasons were)."""
+    if not history:
+        return None
+    if history[-1].get("stopped_because") in FINAL_STOPS:
+        return history[-1]["stopped_because"]
+    return "plateau" if plateaued(history, plateau_rounds) else None
+
+
 @task(name="record-round", cache_policy=NO_CACHE)
 def record_round_task(settings: Settings, parent: str, pool: str, record: dict, run_id: str,
                       total_rounds: int | None = None) -> None:
@@ -178,7 +202,8 @@ def record_round_task(settings: Settings, parent: str, pool: str, record: dict, 
         store.record_round(parent, record["round"], pool, labels_bought=record["labels_bought"],
                            train_trajectories=record["train_trajectories"], f1=record["f1"],
                            model_version=None if record["model_version"] is None else str(record["model_version"]),
-                           promoted=record["promoted"], mlflow_run_id=run_id)
+                           promoted=record["promoted"], mlflow_run_id=run_id,
+                           stopped_because=record.get("stopped_because"))
     client = MlflowClient(settings.tracking_uri)
     if record["f1"] is not None:
         client.log_metric(parent, "f1", record["f1"], step=record["round"])

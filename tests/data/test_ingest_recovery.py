@@ -162,3 +162,4 @@ def test_a_killed_ingest_that_stored_nothing_is_not_reported_as_a_loss(tmp_path,
     other = write_lines(tmp_path / "other.jsonl", [actprm_record(i) for i in range(10, 12)])
     s = ingest(db, [str(other)], "p", format="actprm", emit=False)
     assert s.accepted == 2 and not [w for w in s.warnings if "killed" in w]
+

@@ -60,16 +60,17 @@ def test_a_retried_flow_run_goes_on_after_its_finished_rounds(actprm_home, prefe
     assert labels == 40
 
 
-def test_a_retried_flow_run_that_had_stopped_on_a_plateau_buys_no_more_rounds(actprm_home, prefect_harness,
-                                                                               monkeypatch):
-    """Attempt 1 stops on a plateau after round 2 and dies closing the run; the retry must see the plateau in
-    the rounds it finished and buy nothing, not a third round."""
+@pytest.mark.parametrize("stop", ["plateau", "budget"])
+def test_a_retried_flow_run_that_had_stopped_buys_no_more_rounds(stop, actprm_home, prefect_harness, monkeypatch):
+    """Attempt 1 stops after round 2 (no F1 gain over round 1 / the label cap reached) and dies closing the run;
+    the retry must stop there too, not score the pool again for a third round (hours with a 7B model) and buy it
+    or retrain on nothing new."""
     import actprm.tracking
     import flows.active_learning as loop
     from tasks import pipeline
 
-    monkeypatch.setattr(actprm.tracking, "prefect_flow_run_id", lambda: "plateaued-flow-run")
-    monkeypatch.setattr(pipeline, "prefect_flow_run_id", lambda: "plateaued-flow-run")
+    monkeypatch.setattr(actprm.tracking, "prefect_flow_run_id", lambda: f"{stop}-flow-run")
+    monkeypatch.setattr(pipeline, "prefect_flow_run_id", lambda: f"{stop}-flow-run")
     real_evaluate, real_finish, real_score = loop.evaluate_stage, pipeline.finish_task, loop.score_stage
     scored_rounds = []
 
@@ -83,16 +84,17 @@ def test_a_retried_flow_run_that_had_stopped_on_a_plateau_buys_no_more_rounds(ac
     def dies_closing(*args, **kwargs):
         raise RuntimeError("worker lost")
 
-    monkeypatch.setattr(loop, "evaluate_stage", flat_f1)
+    if stop == "plateau":
+        monkeypatch.setattr(loop, "evaluate_stage", flat_f1)
     monkeypatch.setattr(loop, "score_stage", score)
     monkeypatch.setattr(pipeline, "finish_task", dies_closing)
-    args = dict(pool="sample", rounds=4, labels_per_round=20, preset="tiny",
-                config={"synth": {"n": 120}, "model": {"num_heads": 4}, "train": {"epochs": 1},
-                        "loop": {"plateau_rounds": 1}})
+    config = {"synth": {"n": 120}, "model": {"num_heads": 4}, "train": {"epochs": 1}}
+    config |= {"loop": {"plateau_rounds": 1}} if stop == "plateau" else {"budget": {"max_labels": 30}}
+    args = dict(pool="sample", rounds=4, labels_per_round=20, preset="tiny", config=config)
     with pytest.raises(RuntimeError, match="worker lost"):
         loop.active_learning(**args)
-    assert len(scored_rounds) == 2  # rounds 1 and 2, then the plateau
+    assert len(scored_rounds) == 2  # rounds 1 and 2, then the stop
     monkeypatch.setattr(pipeline, "finish_task", real_finish)
     summary = loop.active_learning(**args)
     assert len(scored_rounds) == 2, "the retry scored (and would have bought) a third round"
-    assert summary["stopped_because"] == "plateau" and [r["round"] for r in summary["rounds"]] == [1, 2]
+    assert summary["stopped_because"] == stop and [r["round"] for r in summary["rounds"]] == [1, 2]
