@@ -290,7 +290,7 @@ def down(home: Path, *, grace_s: float = 15) -> list[str]:
         pid = _service_pid(pid_file, name)
         if pid is not None:
             below = descendants(pid)  # before the service dies and its children are re-parented
-            _stop_group(pid, grace_s)
+            _stop_group(pid, grace_s, below)
             _stop_left_behind(pid, below, grace_s)
             stopped.append(name)
         pid_file.unlink(missing_ok=True)
@@ -311,6 +311,9 @@ def _service_pid(pid_file: Path, name: str) -> int | None:
         return None
     if started is not None and start_time(pid) not in (None, started):
         return None  # the pid now names a process started later (pid files written before held no start time)
+    with contextlib.suppress(OSError):
+        if os.getsid(pid) != pid:
+            return None  # every service leads its own session (start_service); whatever got its pid may not
     return pid if _serving(pid, name) else None
 
 
@@ -325,7 +328,7 @@ def _serving(pid: int, name: str) -> bool:
     return _COMMAND.get(name, name) in cmdline
 
 
-def _stop_group(pid: int, grace_s: float) -> None:
+def _stop_group(pid: int, grace_s: float, below: list[Proc]) -> None:
     # Each service is a session leader (start_new_session), so its pgid is its pid: this reaches the children
     # it spawned (uvicorn workers, flow-run processes) and nothing else.
     try:
@@ -339,6 +342,8 @@ def _stop_group(pid: int, grace_s: float) -> None:
         except ChildProcessError:
             pass
         time.sleep(0.2)
+    if pid_alive(pid):  # what it started during the grace, seen before SIGKILL hands it to init
+        below.extend(descendants(pid))
     try:
         os.killpg(pid, signal.SIGKILL)  # stragglers in the group, or a leader that ignored SIGTERM
     except ProcessLookupError:
@@ -347,14 +352,19 @@ def _stop_group(pid: int, grace_s: float) -> None:
 
 def _stop_left_behind(service: int, below: list[Proc], grace_s: float) -> None:
     """Stops what a service had started outside its process group and left running: the worker's flow runs sit in
-    sessions of their own, so the group signal misses them. The groups and sessions they were in get SIGTERM
-    (so a flow run's data-loader workers go too), then, looked up again, SIGKILL after `grace_s`: a process one of
-    them started during the grace is in them too."""
-    groups = {p.group for p in below} - {service}
-    sessions = {p.session for p in below} - {service}
+    sessions of their own, so the group signal misses them. The groups and sessions they lead get SIGTERM (so a
+    flow run's data-loader workers go too), then, looked up again, SIGKILL after `grace_s`: a process one of them
+    started during the grace is in them too.
+
+    Only groups and sessions a process below the service leads, never the caller's: and once one is found empty
+    it is dropped, since its id may then be given to a new process."""
+    leaders = {p.pid for p in below}
+    ids = ({p.group for p in below} | {p.session for p in below}) & leaders
+    ids -= {service, os.getpgrp(), os.getsid(0)}
 
     def signal_all(sig: int) -> bool:
-        left = members(groups, sessions)
+        left = members(ids, ids)
+        ids.intersection_update({p.group for p in left} | {p.session for p in left})
         for p in left:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(p.pid, sig)
@@ -362,10 +372,14 @@ def _stop_left_behind(service: int, below: list[Proc], grace_s: float) -> None:
 
     deadline = time.monotonic() + grace_s
     if signal_all(signal.SIGTERM):
-        while members(groups, sessions) and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             for p in below:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(p.pid, os.WNOHANG)
+            left = members(ids, ids)
+            ids.intersection_update({p.group for p in left} | {p.session for p in left})
+            if not ids:
+                return
             time.sleep(0.2)
         signal_all(signal.SIGKILL)
 

@@ -967,8 +967,12 @@ class Store:
                                      [(run_id, round, i, t) for i, t in enumerate(trajectory_ids)])
 
     def rounds(self, run_id: str | None = None, limit: int = 50) -> list[dict]:
+        # A read-only handle on a file older than schema version 2 cannot add the column (`MIGRATIONS`).
+        reason = "stopped_because" if self.sql(
+            "SELECT count(*) FROM duckdb_columns() WHERE table_name = 'rounds' AND column_name = 'stopped_because'"
+        ).fetchone()[0] else "NULL"
         q = ("SELECT run_id, round, pool, labels_bought, train_trajectories, f1, model_version, promoted, "
-             "mlflow_run_id, finished_at::VARCHAR, stopped_because FROM rounds")
+             f"mlflow_run_id, finished_at::VARCHAR, {reason} FROM rounds")
         params: list = []
         if run_id:
             q += " WHERE run_id = ?"

@@ -271,6 +271,35 @@ def test_a_pid_file_whose_pid_was_given_to_another_process_names_no_service(tmp_
         other.wait()
 
 
+def test_an_old_pid_file_naming_a_process_of_the_callers_session_stops_nothing(tmp_path):
+    """Pid files written before they held a start time give only the pid. If a program started from the user's
+    terminal now has it (and names mlflow), `make stop` must neither stop it nor take its terminal session for a
+    service's: run in a session of its own, so a regression kills that session and not pytest's."""
+    import subprocess
+    import sys
+    import textwrap
+
+    servers = tmp_path / "home" / "servers"
+    servers.mkdir(parents=True)
+    script = textwrap.dedent(f"""
+        import subprocess, sys, time
+        from actprm.servers import down, status
+        child = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);" \\
+                " time.sleep(60)"
+        terminal_job = subprocess.Popen([sys.executable, "-c", child, "mlflow", "ui"], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        time.sleep(1)
+        open({str(servers / "mlflow.pid")!r}, "w").write(str(terminal_job.pid))
+        print(status({str(tmp_path / "home")!r})["mlflow"], down({str(tmp_path / "home")!r}, grace_s=2),
+              terminal_job.poll(), flush=True)
+        terminal_job.kill()
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          start_new_session=True)
+    assert proc.returncode == 0, f"make stop killed its own session\n{proc.stderr[-2000:]}"
+    assert proc.stdout.split() == ["None", "[]", "None"]  # not a service; nothing stopped; the job lives on
+
+
 def _flow_run_processes(flow_run_id: str) -> list[int]:
     """pids whose environment names the flow run: the process the worker started for it, and its children."""
     found = []
