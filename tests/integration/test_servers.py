@@ -284,8 +284,8 @@ def test_an_old_pid_file_naming_a_process_of_the_callers_session_stops_nothing(t
     script = textwrap.dedent(f"""
         import subprocess, sys, time
         from actprm.servers import down, status
-        child = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);" \\
-                " time.sleep(60)"
+        child = "import subprocess, sys, time; " \\
+                "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
         terminal_job = subprocess.Popen([sys.executable, "-c", child, "mlflow", "ui"], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
         time.sleep(1)
@@ -305,7 +305,8 @@ def _flow_run_processes(flow_run_id: str) -> list[int]:
     found = []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode() in (proc / "environ").read_bytes():
+            environ = (proc / "environ").read_bytes() if proc.name.isdigit() else b""
+            if f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode() in environ:
                 found.append(int(proc.name))
         except OSError:
             continue
