@@ -293,6 +293,9 @@ def down(home: Path, *, grace_s: float = 15) -> list[str]:
             _stop_group(pid, grace_s, below)
             _stop_left_behind(pid, below, grace_s)
             stopped.append(name)
+        elif (pid := _leaderless_group(pid_file)) is not None:
+            _stop_group(pid, grace_s, [])
+            stopped.append(name)
         pid_file.unlink(missing_ok=True)
     return stopped
 
@@ -309,12 +312,26 @@ def _service_pid(pid_file: Path, name: str) -> int | None:
         pid, started = int(fields[0]), (int(fields[1]) if len(fields) > 1 else None)
     except (OSError, IndexError, ValueError):
         return None
-    if started is not None and start_time(pid) not in (None, started):
-        return None  # the pid now names a process started later (pid files written before held no start time)
+    if started is not None and start_time(pid) != started:
+        return None  # gone, or the pid now names a process started later (older pid files hold no start time)
     with contextlib.suppress(OSError):
         if os.getsid(pid) != pid:
             return None  # every service leads its own session (start_service); whatever got its pid may not
     return pid if _serving(pid, name) else None
+
+
+def _leaderless_group(pid_file: Path) -> int | None:
+    """The service's process group when the service itself is gone but processes of its group live on (the mlflow
+    CLI killed, its uvicorn serving on): they would hold the port with no pid file left to stop them. Only for pid
+    files with a start time, which prove the group was the service's; a group id is not given out again while the
+    group has a member."""
+    try:
+        pid, started = (int(f) for f in pid_file.read_text().split())
+    except (OSError, ValueError):
+        return None
+    if start_time(pid) is not None or not members({pid}, set()):
+        return None
+    return pid
 
 
 def _serving(pid: int, name: str) -> bool:
@@ -333,10 +350,10 @@ def _stop_group(pid: int, grace_s: float, below: list[Proc]) -> None:
     # it spawned (uvicorn workers, flow-run processes) and nothing else.
     try:
         os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):  # gone, or not ours to stop
         return
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and pid_alive(pid):
+    while time.monotonic() < deadline and (pid_alive(pid) or members({pid}, set())):
         try:
             os.waitpid(pid, os.WNOHANG)  # reap it when it is our child (tests); harmless otherwise
         except ChildProcessError:
@@ -344,10 +361,9 @@ def _stop_group(pid: int, grace_s: float, below: list[Proc]) -> None:
         time.sleep(0.2)
     if pid_alive(pid):  # what it started during the grace, seen before SIGKILL hands it to init
         below.extend(descendants(pid))
-    try:
-        os.killpg(pid, signal.SIGKILL)  # stragglers in the group, or a leader that ignored SIGTERM
-    except ProcessLookupError:
-        pass
+    if members({pid}, set()):  # only a group that still has members: an empty one's id may be given out again
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)  # stragglers in the group, or a leader that ignored SIGTERM
 
 
 def _stop_left_behind(service: int, below: list[Proc], grace_s: float) -> None:
@@ -361,10 +377,19 @@ def _stop_left_behind(service: int, below: list[Proc], grace_s: float) -> None:
     leaders = {p.pid for p in below}
     ids = ({p.group for p in below} | {p.session for p in below}) & leaders
     ids -= {service, os.getpgrp(), os.getsid(0)}
+    known = {(p.pid, p.started) for p in below}
+
+    def look() -> list[Proc]:
+        # An id is kept while a process already seen in it is there: one found without any may have been given out
+        # again (it emptied while the service was being stopped), and is dropped for good.
+        left = members(ids, ids)
+        ids.intersection_update({i for p in left if (p.pid, p.started) in known for i in (p.group, p.session)})
+        left = [p for p in left if p.group in ids or p.session in ids]
+        known.update((p.pid, p.started) for p in left)
+        return left
 
     def signal_all(sig: int) -> bool:
-        left = members(ids, ids)
-        ids.intersection_update({p.group for p in left} | {p.session for p in left})
+        left = look()
         for p in left:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(p.pid, sig)
@@ -376,9 +401,7 @@ def _stop_left_behind(service: int, below: list[Proc], grace_s: float) -> None:
             for p in below:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(p.pid, os.WNOHANG)
-            left = members(ids, ids)
-            ids.intersection_update({p.group for p in left} | {p.session for p in left})
-            if not ids:
+            if not look():
                 return
             time.sleep(0.2)
         signal_all(signal.SIGKILL)

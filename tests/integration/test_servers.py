@@ -8,6 +8,11 @@ that leaves a `champion` in the MLflow registry.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -16,6 +21,7 @@ import httpx
 import pytest
 import yaml
 
+from actprm.processes import descendants
 from actprm.servers import REPO_ROOT, WORK_POOL, Stack, down, free_port, up
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -214,7 +220,7 @@ def test_stop_reaches_what_a_service_started_in_a_session_of_its_own(tmp_path):
     import subprocess
     import sys
 
-    from actprm.processes import descendants, pid_alive
+    from actprm.processes import descendants, pid_alive, start_time
 
     servers = tmp_path / "home" / "servers"
     servers.mkdir(parents=True)
@@ -222,27 +228,28 @@ def test_stop_reaches_what_a_service_started_in_a_session_of_its_own(tmp_path):
     worker_code = (f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {_FLOW_RUN!r}, "
                    f"{str(late_pid)!r}], start_new_session=True); time.sleep(120)")
     worker = subprocess.Popen([sys.executable, "-c", worker_code, "prefect", "worker"], start_new_session=True)
-    below: list[int] = []
+    below: list[tuple[int, int]] = []
     try:
         deadline = time.monotonic() + 30
         while len(descendants(worker.pid)) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
-        below = [p.pid for p in descendants(worker.pid)]
+        below = [(p.pid, p.started) for p in descendants(worker.pid)]
         assert len(below) == 2, "the stand-in flow run did not start"
         (servers / "worker.pid").write_text(str(worker.pid))
         assert down(tmp_path / "home", grace_s=5) == ["worker"]
         worker.wait(timeout=10)
         assert late_pid.exists(), "the stand-in flow run did not start its late process"
-        below.append(int(late_pid.read_text()))
+        late = int(late_pid.read_text())
+        below.append((late, start_time(late)))
         deadline = time.monotonic() + 10
-        while any(pid_alive(p) for p in below) and time.monotonic() < deadline:
+        while any(pid_alive(p) for p, _ in below) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not [p for p in below if pid_alive(p)], "a flow run outlived `make stop`"
+        assert not [p for p, _ in below if pid_alive(p)], "a flow run outlived `make stop`"
     finally:
         worker.kill()
         worker.wait()
-        for pid in below:
-            with contextlib.suppress(ProcessLookupError):
+        for pid, started in below:
+            if start_time(pid) == started:  # still the process this test started, not a pid given out again
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -294,10 +301,45 @@ def test_an_old_pid_file_naming_a_process_of_the_callers_session_stops_nothing(t
               terminal_job.poll(), flush=True)
         terminal_job.kill()
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          start_new_session=True)
-    assert proc.returncode == 0, f"make stop killed its own session\n{proc.stderr[-2000:]}"
-    assert proc.stdout.split() == ["None", "[]", "None"]  # not a service; nothing stopped; the job lives on
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the terminal job's child, left in the script's group
+    assert proc.returncode == 0, f"make stop killed its own session\n{err[-2000:]}"
+    assert out.split() == ["None", "[]", "None"]  # not a service; nothing stopped; the job lives on
+
+
+def test_stop_reaches_a_services_group_whose_leader_died(tmp_path):
+    """The mlflow CLI killed (-9, or by the OOM killer) leaves its uvicorn serving in the service's group: `make
+    stop` must still stop that group, not report nothing running and drop the pid file, leaving the port taken."""
+    from actprm.processes import pid_alive, start_time
+    from actprm.servers import status
+
+    servers = tmp_path / "home" / "servers"
+    servers.mkdir(parents=True)
+    code = ("import subprocess, sys, time; "
+            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)', 'uvicorn']); time.sleep(120)")
+    cli = subprocess.Popen([sys.executable, "-c", code, "mlflow", "server"], start_new_session=True)
+    try:
+        (servers / "mlflow.pid").write_text(f"{cli.pid} {start_time(cli.pid)}")
+        deadline = time.monotonic() + 30
+        while not descendants(cli.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (uvicorn,) = [p.pid for p in descendants(cli.pid)]
+        cli.kill()
+        cli.wait()
+        assert status(tmp_path / "home")["mlflow"] is None and pid_alive(uvicorn)
+        assert down(tmp_path / "home", grace_s=5) == ["mlflow"]
+        deadline = time.monotonic() + 10
+        while pid_alive(uvicorn) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not pid_alive(uvicorn), "the dead service's group outlived `make stop`"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(cli.pid, signal.SIGKILL)
 
 
 def _flow_run_processes(flow_run_id: str) -> list[int]:
