@@ -1,5 +1,5 @@
-"""Whether a process id names a live process: for pid files (the servers) and for the pid in a stage table's name
-(an ingest killed between its tasks)."""
+"""Processes by id, from /proc: whether one lives (for pid files and for the pid in a stage table's name), its
+start time, and the processes below it or in its group or session (for `make stop`)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ def pid_alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
     except OSError:
         return True
-
 
 
 class Proc(NamedTuple):

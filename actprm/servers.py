@@ -305,12 +305,19 @@ def down(home: Path, *, grace_s: float = 15) -> list[str]:
 _COMMAND = {"prefect": "prefect", "mlflow": "mlflow", "worker": "prefect"}
 
 
-def _service_pid(pid_file: Path, name: str) -> int | None:
-    """The pid in `pid_file` when that process is still the service `name` (None when it is not, or no file)."""
+def _read_pid_file(pid_file: Path) -> tuple[int, int | None] | None:
+    """(pid, start time) from a pid file; files written before they held a start time give (pid, None)."""
     try:
         fields = pid_file.read_text().split()
-        pid, started = int(fields[0]), (int(fields[1]) if len(fields) > 1 else None)
+        return int(fields[0]), (int(fields[1]) if len(fields) > 1 else None)
     except (OSError, IndexError, ValueError):
+        return None
+
+
+def _service_pid(pid_file: Path, name: str) -> int | None:
+    """The pid in `pid_file` when that process is still the service `name` (None when it is not, or no file)."""
+    pid, started = _read_pid_file(pid_file) or (None, None)
+    if pid is None:
         return None
     if started is not None and start_time(pid) != started:
         return None  # gone, or the pid now names a process started later (older pid files hold no start time)
@@ -325,11 +332,8 @@ def _leaderless_group(pid_file: Path) -> int | None:
     CLI killed, its uvicorn serving on): they would hold the port with no pid file left to stop them. Only for pid
     files with a start time, which prove the group was the service's; a group id is not given out again while the
     group has a member."""
-    try:
-        pid, started = (int(f) for f in pid_file.read_text().split())
-    except (OSError, ValueError):
-        return None
-    if start_time(pid) is not None or not members({pid}, set()):
+    pid, started = _read_pid_file(pid_file) or (None, None)
+    if started is None or start_time(pid) is not None or not members({pid}, set()):
         return None
     return pid
 
