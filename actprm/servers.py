@@ -343,10 +343,12 @@ def _serving(pid: int, name: str) -> bool:
     if not pid_alive(pid):
         return False
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return True  # no /proc (not Linux): trust the pid file
-    return _COMMAND.get(name, name) in cmdline
+    # An argument that is the program itself (`.venv/bin/prefect`, run by its interpreter), not a substring of the
+    # whole command line: any process of a checkout under a folder named `*prefect*` or `*mlflow*` would match that.
+    return any(Path(arg).name == _COMMAND.get(name, name) for arg in argv)
 
 
 def _stop_group(pid: int, grace_s: float, below: list[Proc]) -> None:

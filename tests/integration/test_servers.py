@@ -174,9 +174,12 @@ def test_a_second_serve_or_a_stale_pid_file_never_stops_the_wrong_process(tmp_pa
     servers = tmp_path / "home" / "servers"
     servers.mkdir(parents=True)
     # Stand-ins, each in its own session as the services are: a process whose command line names mlflow, and one
-    # that is not a service at all.
+    # that is not a service at all, though it runs from a checkout whose folder is named after prefect.
     mlflow = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "mlflow"], start_new_session=True)
-    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    script = tmp_path / "my-prefect-checkout" / "job.py"
+    script.parent.mkdir()
+    script.write_text("import time; time.sleep(60)")
+    bystander = subprocess.Popen([sys.executable, str(script)], start_new_session=True)
     try:
         (servers / "mlflow.pid").write_text(str(mlflow.pid))
         (servers / "prefect.pid").write_text(str(bystander.pid))
