@@ -44,6 +44,18 @@ def paired_gap(runs: list[dict], strategy: str, baseline: str, budgets: list[flo
     return out
 
 
+# Where a run's scores fall against the 0.5 threshold: the share of the eval split's erroneous trajectories whose
+# first error it finds there (ProcessBench's acc_error, Zheng et al., 2024), of correct ones it passes (acc_correct),
+# and the threshold the cross-fit tuned. A strategy can lead at 0.5 only because what it bought moved its scores
+# towards where 0.5 finds more errors; these columns show that shift next to the F1 it explains.
+CALIBRATION = ("acc_error", "acc_correct", "threshold_tuned")
+
+
+def _calibration(rs: list[dict]) -> dict[str, float]:
+    return {f"{k}_mean": statistics.fmean(r[k] for r in rs) for k in CALIBRATION
+            if rs and all(r.get(k) is not None for r in rs)}
+
+
 def summarize(runs: list[dict], *, preset: StudyPreset, pool: str, seeds: list[int], train_size: int,
               eval_size: int, strategies: tuple[str, ...] = STRATEGY_NAMES) -> dict:
     """The study's numbers in the shape of bench/results/al_study.json (plus the same keys ending in
@@ -59,6 +71,7 @@ def summarize(runs: list[dict], *, preset: StudyPreset, pool: str, seeds: list[i
         table[s][str(b)] = ({"labels": train_size, "full_data": True} if b >= 1 else
                             {"labels": int(round(statistics.fmean(r["labels"] for r in rs))),
                              "error_share": statistics.fmean(shares) if shares else None})
+        table[s][str(b)] |= _calibration(rs)
     out: dict[str, Any] = {"strategies": table, "preset": preset.name, "pool": pool, "seeds": list(seeds),
                            "budgets": list(preset.budgets), "train_size": train_size, "eval_size": eval_size,
                            "budget_labels": {str(b): budget_labels(b, train_size) for b in preset.budgets},
@@ -260,7 +273,25 @@ def markdown_table(result: dict) -> str:
         for s, row in shares.items():
             lines.append(f"| {s} | " + " | ".join("—" if row[str(b)].get("error_share") is None
                                                    else f"{row[str(b)]['error_share']:.2f}" for b in low) + " |")
-    return "\n".join(lines + _host_section(result)) + "\n"
+    return "\n".join(lines + _calibration_section(result) + _host_section(result)) + "\n"
+
+
+def _calibration_section(result: dict) -> list[str]:
+    budgets = result["budgets"]
+    rows = {s: row for s, row in result["strategies"].items()
+            if all(f"{k}_mean" in row[str(b)] for b in budgets for k in CALIBRATION)}
+    if not rows:  # a study saved before these were summarized
+        return []
+    lines = ["", "Where the 0.5 threshold falls: share of the eval split's erroneous trajectories whose first error is "
+             "found at 0.5 / share of its correct trajectories passed at 0.5 · the cross-fitted threshold. A lead at "
+             "0.5 that the cross-fitted F1 does not share comes from where the scores fall, not from how they rank "
+             "the steps:", "",
+             "| strategy | " + " | ".join(f"{int(b * 100)}%" for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
+    for s, row in rows.items():
+        lines.append(f"| {s} | " + " | ".join(
+            f"{row[str(b)]['acc_error_mean']:.2f} / {row[str(b)]['acc_correct_mean']:.2f} · "
+            f"{row[str(b)]['threshold_tuned_mean']:.2f}" for b in budgets) + " |")
+    return lines
 
 
 def _host_section(result: dict) -> list[str]:

@@ -144,6 +144,36 @@ def test_summary_scores_each_f1_on_its_own_and_judges_targets_on_each():
     assert "**Warning:**" in study_report.markdown_table(out).split("F1 at the cross-fitted threshold")[1]
 
 
+def test_the_report_shows_where_each_strategys_scores_fall_against_the_threshold():
+    # ActPRM's labels move its scores so that 0.5 finds more first errors (0.4 vs 0.3) and the tuned threshold
+    # drops: the table must show that next to the F1, full data's at 100%, and a study saved before these
+    # fields existed must still render, without the section.
+    preset = study.StudyPreset("t", budgets=(0.5, 1.0), seeds=(0, 1), model_preset="tiny", num_heads=2, rounds=1,
+                               steps_per_round=1, batch_size=1, lr=0.1, synth_n=10)
+    def row(strategy, budget, seed, acc_error, threshold):
+        return {"strategy": strategy, "budget": budget, "seed": seed, "labels": int(budget * 10), "f1": 0.5,
+                "f1_tuned": 0.5, "error_share": 0.5, "acc_error": acc_error, "acc_correct": 0.9,
+                "threshold_tuned": threshold}
+    runs = []
+    for seed in (0, 1):
+        runs += [row("full", 1.0, seed, 0.2, 0.8), row("actprm", 0.5, seed, 0.3 + 0.1 * seed, 0.6),
+                 row("random", 0.5, seed, 0.3, 0.75)]
+    out = study_report.summarize(runs, preset=preset, pool="p", seeds=[0, 1], train_size=10, eval_size=4,
+                                 strategies=("actprm", "random"))
+    assert out["strategies"]["actprm"]["0.5"]["acc_error_mean"] == pytest.approx(0.35)
+    assert out["strategies"]["random"]["1.0"]["threshold_tuned_mean"] == pytest.approx(0.8)
+    text = study_report.markdown_table(out)
+    assert "| actprm | 0.35 / 0.90 · 0.60 | 0.20 / 0.90 · 0.80 |" in text
+    assert "| random | 0.30 / 0.90 · 0.75 | 0.20 / 0.90 · 0.80 |" in text
+
+    for r in runs:
+        del r["acc_error"], r["acc_correct"], r["threshold_tuned"]
+    old = study_report.summarize(runs, preset=preset, pool="p", seeds=[0, 1], train_size=10, eval_size=4,
+                                 strategies=("actprm", "random"))
+    assert "acc_error_mean" not in old["strategies"]["actprm"]["0.5"]
+    assert "Where the 0.5 threshold falls" not in study_report.markdown_table(old)
+
+
 def test_study_is_deterministic_under_a_seed(packed):
     train, evaluation, info = packed
     preset = study.study_preset("quick")
