@@ -46,7 +46,7 @@ def paired_gap(runs: list[dict], strategy: str, baseline: str, budgets: list[flo
 
 # Where a run's scores fall against the 0.5 threshold: the share of the eval split's erroneous trajectories whose
 # first error it finds there (ProcessBench's acc_error, Zheng et al., 2024), of correct ones it passes (acc_correct),
-# and the threshold the cross-fit tuned. A strategy can lead at 0.5 only because what it bought moved its scores
+# and the threshold the cross-fit tuned. A strategy can lead at 0.5 merely because what it bought moved its scores
 # towards where 0.5 finds more errors; these columns show that shift next to the F1 it explains.
 CALIBRATION = ("acc_error", "acc_correct", "threshold_tuned")
 
@@ -269,11 +269,15 @@ def markdown_table(result: dict) -> str:
     if shares:
         low = [b for b in budgets if b < 1]
         lines += ["Share of bought trajectories that contain an error (the pool's own share is what random buys):",
-                  "", "| strategy | " + " | ".join(f"{int(b * 100)}%" for b in low) + " |", "|---" * (len(low) + 1) + "|"]
+                  "", *_budget_header(low)]
         for s, row in shares.items():
             lines.append(f"| {s} | " + " | ".join("—" if row[str(b)].get("error_share") is None
                                                    else f"{row[str(b)]['error_share']:.2f}" for b in low) + " |")
     return "\n".join(lines + _calibration_section(result) + _host_section(result)) + "\n"
+
+
+def _budget_header(budgets: Sequence[float]) -> list[str]:
+    return ["| strategy | " + " | ".join(f"{int(b * 100)}%" for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
 
 
 def _calibration_section(result: dict) -> list[str]:
@@ -285,8 +289,7 @@ def _calibration_section(result: dict) -> list[str]:
     lines = ["", "Where the 0.5 threshold falls: share of the eval split's erroneous trajectories whose first error is "
              "found at 0.5 / share of its correct trajectories passed at 0.5 · the cross-fitted threshold. A lead at "
              "0.5 that the cross-fitted F1 does not share comes from where the scores fall, not from how they rank "
-             "the steps:", "",
-             "| strategy | " + " | ".join(f"{int(b * 100)}%" for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
+             "the steps:", "", *_budget_header(budgets)]
     for s, row in rows.items():
         lines.append(f"| {s} | " + " | ".join(
             f"{row[str(b)]['acc_error_mean']:.2f} / {row[str(b)]['acc_correct_mean']:.2f} · "

@@ -145,7 +145,7 @@ def test_summary_scores_each_f1_on_its_own_and_judges_targets_on_each():
 
 
 def test_the_report_shows_where_each_strategys_scores_fall_against_the_threshold():
-    # ActPRM's labels move its scores so that 0.5 finds more first errors (0.4 vs 0.3) and the tuned threshold
+    # ActPRM's labels move its scores so that 0.5 finds more first errors (0.35 vs 0.3) and the tuned threshold
     # drops: the table must show that next to the F1, full data's at 100%, and a study saved before these
     # fields existed must still render, without the section.
     preset = study.StudyPreset("t", budgets=(0.5, 1.0), seeds=(0, 1), model_preset="tiny", num_heads=2, rounds=1,
