@@ -4,7 +4,9 @@ DuckDB allows one read-write *process* per file, so connections here are short-l
 opens the store, does its work, and closes it, and a second process waits for the lock (bounded)
 and then fails with a clear message instead of crashing or corrupting the file.
 
-Other modules never write SQL strings of their own; they call the methods below.
+Other modules never write SQL strings of their own; they call the methods below. The one exception is
+`actprm.formats.sql`, which writes the SELECT that parses an input format's lines: it knows no table, and
+`stage_file` below runs it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import duckdb
 
 from actprm.errors import ActPRMError, UnknownPool
+from actprm.formats.sql import quote_ident, quote_literal, staging_select
 
 SCHEMA_VERSION = 2
 
@@ -484,164 +487,11 @@ class Store:
         return {"settled_without_label": int(missing_label), "label_without_settled": int(missing_request),
                 "states": {k: int(v) for k, v in states.items()}}
 
-
     # -- ingest ------------------------------------------------------------------------------
-    # Every input line is read by DuckDB as raw text with its line number, then parsed, checked and
-    # split in SQL: good records go to a staging table, bad ones carry a reason into quarantine. Nothing
-    # is parsed row by row in Python, and every line read ends up counted (accepted/quarantined/duplicate).
-    # A four-byte run of control characters as the CSV delimiter: it can only occur in a line that is
-    # not valid JSON anyway, and DuckDB then fails (strict mode) and the caller falls back to a sanitized copy.
-    RAW_LINE_DELIMITER = "\x1f\x1e\x1d\x1c"
-
-    @staticmethod
-    def _q(name: str) -> str:
-        """A quoted SQL identifier / struct key."""
-        return '"' + name.replace('"', '""') + '"'
-
-    @staticmethod
-    def _lit(text: str) -> str:
-        return "'" + text.replace("'", "''") + "'"
-
-    def _view_layers(self, view, limits: dict) -> list[list[str]]:
-        """SQL columns of one view of a record `f` (its fields as JSON), in dependent layers: raw fields,
-        derived lists, label values, then the view as a struct (trajectory, gold labels and the first
-        reason it is unusable, NULL when usable). `@` is the view's column prefix. Checks run in order
-        and CASE evaluates each branch only on the rows that reach it."""
-        q, lit = self._q, self._lit
-        fj = lambda k: f"f.{q(k)}" if k else "NULL"  # noqa: E731
-        qk, sk, lk = view.question, view.steps, view.label_key
-        max_q, max_n, max_c = limits["max_question_chars"], limits["max_steps"], limits["max_step_chars"]
-        if view.labels == "step_tags":
-            # Math-Shepherd: the parts between tags are steps; the question is the text of the first part
-            # before "Step 1:", and the label text has +/- where the input has a tag.
-            tag = lit(view.step_tag)
-            layer1 = [f"{fj(sk)} AS @sj", f"{fj(lk)} AS @lj", f"{fj(view.error_kind_key)} AS @ekj",
-                      f"{fj(view.id_key)} AS @ij",
-                      f"CASE WHEN json_type({fj(sk)}) = 'VARCHAR' THEN string_split({fj(sk)}->>'$', {tag}) END AS @parts"]
-            layer2 = ["strpos(@parts[1], 'Step 1:') AS @s1",
-                      "CASE WHEN json_type(@lj) = 'VARCHAR' THEN @lj->>'$' END AS @lt"]
-            n = "(len(@parts) - 1)"
-            ws = "' \t\r\n'"  # trim() alone strips spaces only; steps are separated by newlines
-            layer3 = [f"trim(@parts[1][1:@s1 - 1], {ws}) AS @qt",
-                      f"list_concat([trim(@parts[1][@s1:], {ws})], "
-                      f"list_transform(@parts[2:len(@parts) - 1], lambda x: trim(x, {ws}))) AS @sp",
-                      # position of the k-th sign: the k - 1 tags before it each shrank to one char
-                      f"CASE WHEN @lt IS NOT NULL AND @s1 > 0 THEN list_transform(range(1, {n} + 1), lambda k: substr(@lt, "
-                      "(list_sum(list_transform(@parts[1:k], lambda p: length(p))) + k)::BIGINT, 1)) END AS @signs"]
-            checks = [
-                ("@sj IS NULL", f"{sk} is missing or null"),
-                ("@parts IS NULL", f"{sk} is not a string"),
-                (f"{n} = 0", f"{sk} has no step tag {view.step_tag}"),
-                ("trim(@parts[len(@parts)], ' \t\r\n') <> ''", f"{sk} has text after the last step tag"),
-                ("@s1 = 0", f"{sk} has no 'Step 1:' before the first tag"),
-                ("trim(@qt) = ''", "question is empty"),
-            ]
-            label_checks = [
-                ("@lt IS NULL", f"{lk} is missing or not a string"),
-                (f"length(@lt) <> length({fj(sk)}->>'$') - {n} * (length({tag}) - 1)", f"{lk} does not match {sk}"),
-                ("NOT list_bool_and(list_transform(@signs, lambda c: c IN ('+', '-')))",
-                 f"{lk} does not have +/- where {sk} has a tag"),
-            ]
-            first_error = "coalesce(list_position(@signs, '-') - 1, -1)"
-            step_labels = "list_transform(@signs, lambda c: (c = '+')::TINYINT)"
-        else:
-            layer1 = [f"{fj(qk)} AS @qj", f"{fj(sk)} AS @sj", f"{fj(lk)} AS @lj", f"{fj(view.first_error_key)} AS @fej",
-                      f"{fj(view.error_kind_key)} AS @ekj", f"{fj(view.id_key)} AS @ij",
-                      # from_json hands back fields as compact JSON text: the first char gives the type.
-                      # One parse of the steps for their types, one for their text.
-                      f"json_type(CASE WHEN starts_with({fj(sk)}, '[') THEN {fj(sk)} END, '$[*]') AS @se"]
-            layer2 = ["CASE WHEN starts_with(@qj, '\"') THEN @qj->>'$' END AS @qt",
-                      "from_json(CASE WHEN @se IS NOT NULL THEN @sj END, '[\"VARCHAR\"]') AS @sp"]
-            n = "len(@se)"
-            checks = [
-                ("@qj IS NULL", f"{qk} is missing or null"),
-                ("@qt IS NULL", f"{qk} is not a string"),
-                ("trim(@qt) = ''", f"{qk} is empty"),
-                ("@sj IS NULL", f"{sk} is missing or null"),
-                ("@se IS NULL", f"{sk} is not a list"),
-                ("len(@se) = 0", f"{sk} is empty"),
-                ("list_contains(@se, 'NULL')", f"{sk} has a null step"),
-                ("NOT list_bool_and(list_transform(@se, lambda t: t = 'VARCHAR'))",
-                 f"{sk} has a step that is not a string"),
-            ]
-            label_cols, label_checks, first_error, step_labels = self._label_sql(view, n)
-            layer3 = label_cols
-        checks += [
-            (f"strlen(@qt) > {max_q} AND length(@qt) > {max_q}", f"question longer than {max_q} chars"),
-            (f"{n} > {max_n}", f"more than {max_n} steps"),
-            # byte length first (cheap); characters only when the bytes are over the limit
-            (f"list_max(list_transform(@sp, lambda x: strlen(x))) > {max_c} "
-             f"AND list_max(list_transform(@sp, lambda x: length(x))) > {max_c}", f"a step longer than {max_c} chars"),
-            ("list_min(list_transform(@sp, lambda x: strlen(x))) = 0", "a step is empty"),
-        ] + label_checks
-        reason = "CASE " + " ".join(f"WHEN {c} THEN {lit(r)}" for c, r in checks) + " END"
-        error_kind = "CASE WHEN json_type(@ekj) = 'VARCHAR' THEN @ekj->>'$' END" if view.error_kind_key else "NULL"
-        source_id = f"(@ij->>'$') || {lit(view.id_suffix)}" if view.id_key else "NULL"
-        labeled = view.labels != "none"
-        final = (f"struct_pack(reason := {reason}, question := @qt, steps := @sp, "
-                 f"first_error := {'(' + first_error + ')::INTEGER' if labeled else 'NULL::INTEGER'}, "
-                 f"step_labels := {'(' + step_labels + ')::TINYINT[]' if labeled else 'NULL::TINYINT[]'}, "
-                 f"error_kind := {error_kind}::VARCHAR, source_id := {source_id}::VARCHAR) AS @view")
-        return [layer1, layer2, layer3, [final]]
-
-    def _label_sql(self, view, n: str) -> tuple[list[str], list, str, str]:
-        """(columns, checks, first_error, step_labels) SQL for the JSON-valued label encodings."""
-        lk, kind = view.label_key, view.labels
-        is_int = "json_type(x) IN ('BIGINT', 'UBIGINT')"
-        if kind == "none":
-            return [], [], "NULL", "NULL"
-        if kind == "all_correct":
-            return [], [], "-1", f"list_transform(range({n}), lambda i: 1)"
-        if kind == "first_error":
-            cols = ["CASE WHEN json_type(@lj) IN ('BIGINT', 'UBIGINT') THEN TRY_CAST(@lj->>'$' AS INTEGER) END AS @fe"]
-            checks = [("@lj IS NULL", f"{lk} is missing or null"),
-                      ("@fe IS NULL", f"{lk} is not an integer"),
-                      (f"@fe < -1 OR @fe >= {n}", f"{lk} out of range (-1 or a step index)")]
-            # ProcessBench: the steps after the first error carry no label
-            labels = f"list_transform(range(CASE WHEN @fe < 0 THEN {n} ELSE @fe + 1 END), lambda i: (i <> @fe)::TINYINT)"
-            return cols, checks, "@fe", labels
-        cols = ["from_json(CASE WHEN starts_with(@lj, '[') THEN @lj END, '[\"JSON\"]') AS @ll"]
-        if kind in ("hard_labels", "bool_labels"):
-            want = "x IN ('0', '1')" if kind == "hard_labels" else "x IN ('true', 'false')"
-            what = "0/1" if kind == "hard_labels" else "true/false"
-            vals = "list_transform(@ll, lambda x: (x IN ('1', 'true'))::TINYINT)"
-            fe = f"coalesce(list_position({vals}, 0) - 1, -1)"
-            checks = [("@lj IS NULL", f"{lk} is missing or null"),
-                      ("@ll IS NULL", f"{lk} is not a list"),
-                      ("len(@ll) = 0", f"{lk} is empty"),
-                      (f"NOT list_bool_and(list_transform(@ll, lambda x: coalesce({want}, false)))", f"{lk} must hold only {what}"),
-                      (f"len(@ll) > {n}", f"{lk} has more labels than steps")]
-            if kind == "bool_labels":
-                checks.append((f"len(@ll) <> {n}", f"{lk} and steps differ in length"))
-            else:
-                checks.append((f"{fe} = -1 AND len(@ll) < {n}", f"{lk} stop before the last step without an error"))
-            if view.first_error_key:
-                checks.append(("@fej IS NOT NULL AND (json_type(@fej) NOT IN ('BIGINT', 'UBIGINT') "
-                               f"OR TRY_CAST(@fej->>'$' AS INTEGER) IS DISTINCT FROM {fe})",
-                               f"{view.first_error_key} disagrees with {lk}"))
-            return cols, checks, fe, vals
-        if kind == "error_steps":
-            es = "list_transform(@ll, lambda x: TRY_CAST(x AS INTEGER))"
-            checks = [("@lj IS NULL", f"{lk} is missing or null"),
-                      ("@ll IS NULL", f"{lk} is not a list"),
-                      ("len(@ll) = 0", f"{lk} is empty"),
-                      (f"NOT list_bool_and(list_transform(@ll, lambda x: coalesce({is_int}, false)))", f"{lk} must hold step numbers"),
-                      (f"list_min({es}) < 1 OR list_max({es}) > {n}", f"{lk} out of range (1-based step numbers)")]
-            # PRMBench error_steps are 1-based; every listed step is wrong, the others are correct
-            return (cols, checks, f"list_min({es}) - 1",
-                    f"list_transform(range(1, {n} + 1), lambda i: (NOT list_contains({es}, i))::TINYINT)")
-        raise ValueError(f"unknown label kind {kind!r}")
-
-    def _reader_sql(self, kind: str) -> str:
-        """(line_no, raw) of one input file given as parameter ?."""
-        if kind == "parquet":
-            return ("SELECT p.file_row_number + 1 AS line_no, to_json(p) AS raw "
-                    "FROM read_parquet(?, file_row_number = true) p")
-        compression = {"jsonl": "none", "jsonl.gz": "gzip", "jsonl.zst": "zstd"}[kind]
-        return ("SELECT ordinality AS line_no, raw FROM read_csv(?, columns = {'raw': 'VARCHAR'}, "
-                f"delim = {self._lit(self.RAW_LINE_DELIMITER)}, quote = '', escape = '', header = false, "
-                f"auto_detect = false, strict_mode = true, compression = '{compression}', "
-                "max_line_size = 33554432, buffer_size = 67108864) WITH ORDINALITY")
+    # `actprm.formats.sql` writes the SELECT that parses and checks one input file's lines for a format; the
+    # methods below run it into a stage table, move the bad lines to quarantine and store the new trajectories.
+    _q = staticmethod(quote_ident)
+    _lit = staticmethod(quote_literal)
 
     def create_ingest_stage(self, stage: str, *, temporary: bool = False, memory_limit: str = "3GB") -> None:
         """A stage table; `temporary` when the same connection stages and inserts (no disk write), else a
@@ -659,49 +509,7 @@ class Store:
         """Parses and checks every line of one file into the stage table (one row per view of a good
         line, one row per bad line). `unreadable`: line_no -> reason for lines the reader could not take."""
         q = self._q
-        struct = "{" + ", ".join(f'"{k}": "JSON"' for k in fmt.keys()) + "}"
-        layers: list[list[str]] = [[], [], [], []]
-        for i, view in enumerate(fmt.views):
-            for depth, cols in enumerate(self._view_layers(view, limits)):
-                layers[depth] += [c.replace("@", f"v{i}_") for c in cols]
-        ctes = []
-        prev = "fields"
-        for depth, cols in enumerate(layers):
-            if cols:
-                ctes.append(f"l{depth} AS (SELECT *, {', '.join(cols)} FROM {prev})")
-                prev = f"l{depth}"
-        nviews = len(fmt.views)
-        view_reasons = ", ".join(f"v{i}_view.reason" for i in range(nviews))
-        id_sql = TRAJECTORY_ID_SQL.replace("{q}", "v.question").replace("{s}", "v.steps")
-        raw_chars = int(limits["quarantine_raw_chars"])
-        ws = "' \t\r\n'"
-        views = ", ".join(f"v{i}_view" for i in range(nviews))
-        # One pass, one row per bad line and one per view of a good line (no UNION: it would parse twice).
-        if nviews == 1:
-            rows = "SELECT line_no, raw, reason, v0_view AS v, 1 AS vi FROM judged"
-        else:
-            keep = f"CASE WHEN reason IS NULL THEN {nviews} ELSE 1 END"
-            rows = (f"SELECT line_no, raw, reason, unnest(list_slice([{views}], 1, {keep})) AS v, "
-                    f"unnest(list_slice(range(1, {nviews + 1}), 1, {keep})) AS vi FROM judged")
-        good = lambda e: f"CASE WHEN reason IS NULL THEN {e} END"  # noqa: E731
-        sql = (
-            f"INSERT INTO {q(stage)} "
-            "WITH lines AS (" + self._reader_sql(kind) + "), "
-            # json_valid first: the common case pays one parse and no trimming
-            "checked AS (SELECT line_no, raw, CASE WHEN raw IS NULL THEN 'blank line' "
-            "  WHEN json_valid(raw) THEN CASE WHEN starts_with(raw, '{') OR json_type(raw) = 'OBJECT' THEN NULL "
-            "    ELSE 'not a JSON object' END "
-            f"  WHEN trim(raw, {ws}) = '' THEN 'blank line' ELSE 'malformed JSON' END AS line_reason FROM lines), "
-            f"fields AS (SELECT *, from_json(CASE WHEN line_reason IS NULL THEN raw END, {self._lit(struct)}) AS f "
-            "  FROM checked), "
-            + ", ".join(ctes) + ", "
-            # a line is usable only when every one of its views is; the first reason is reported
-            f"judged AS (SELECT *, coalesce(line_reason, {view_reasons}) AS reason FROM {prev}) "
-            f"SELECT ?::INTEGER, ?::VARCHAR, line_no, {good('vi')}, reason, "
-            f"CASE WHEN reason IS NOT NULL THEN left(coalesce(raw, ''), {raw_chars}) END, {good(id_sql)}, "
-            f"{good('v.question')}, {good('v.steps')}, {good('len(v.steps)')}, {good('v.first_error')}, "
-            f"{good('v.step_labels')}, {good('v.error_kind')}, {good('v.source_id')} FROM ({rows})"
-        )
+        sql = f"INSERT INTO {q(stage)} " + staging_select(fmt, kind, limits, TRAJECTORY_ID_SQL)
         # every stage row carries its own line_no: no need to keep the reader's order while inserting
         self.sql("SET preserve_insertion_order = false")
         try:
@@ -710,7 +518,6 @@ class Store:
             self.sql("RESET preserve_insertion_order")
         for line_no, why in (unreadable or {}).items():
             self.sql(f"UPDATE {q(stage)} SET reason = ? WHERE file_idx = ? AND line_no = ?", [why, file_idx, line_no])
-
     def stage_counts(self, stage: str) -> dict:
         """Lines seen in the stage: good ones, bad ones (by reason) — before deduplication."""
         q = self._q(stage)

@@ -27,6 +27,7 @@ import duckdb
 
 from actprm.errors import ActPRMError
 from actprm.formats import FORMATS, InputFormat, detect_format
+from actprm.formats.sql import RAW_LINE_DELIMITER
 from actprm.processes import pid_alive
 from actprm.store import Store
 
@@ -314,7 +315,7 @@ def _sanitize(f: InputFile, out_path: str, keep_chars: int) -> dict[int, str]:
                         body.decode("utf-8")
                     except UnicodeDecodeError:
                         why = "not valid UTF-8"
-                if why is None and Store.RAW_LINE_DELIMITER.encode() in body:
+                if why is None and RAW_LINE_DELIMITER.encode() in body:
                     why = "malformed JSON"
                 if why is None and b"\r" in body:
                     # The raw reader takes a lone CR for a line break. Inside a line, JSON allows it only as
@@ -329,7 +330,7 @@ def _sanitize(f: InputFile, out_path: str, keep_chars: int) -> dict[int, str]:
                     continue
                 reasons[n] = why
                 text = body[: keep_chars * 4].decode("utf-8", errors="backslashreplace")
-                text = text.replace(Store.RAW_LINE_DELIMITER, "\\u001f").replace("\r", "\\r")  # the reader splits at CR
+                text = text.replace(RAW_LINE_DELIMITER, "\\u001f").replace("\r", "\\r")  # the reader splits at CR
                 out.write(("!unreadable " + text).encode() + b"\n")
     except (OSError, EOFError, ValueError) as exc:
         raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
