@@ -229,6 +229,73 @@ def _optimizer(model, *, lr: float, head_lr: float | None, weight_decay: float) 
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay)
 
 
+def _check_settings(**settings: Any) -> None:
+    """One-line errors for training settings out of range, before anything is built."""
+    ok = {"epochs": lambda v: v >= 1, "batch_size": lambda v: v >= 1, "grad_accum": lambda v: v >= 1,
+          "lr": lambda v: v > 0, "head_lr": lambda v: v is None or v > 0, "warmup_ratio": lambda v: 0 <= v <= 1,
+          "checkpoint_every": lambda v: v >= 0, "p_threshold": lambda v: 0.5 <= v <= 1,
+          "std_threshold": lambda v: v >= 0, "mixed_precision": lambda v: v in MIXED_PRECISION}
+    for name, value in settings.items():
+        if not ok[name](value):
+            raise ActPRMError(f"invalid training setting {name}={value!r}")
+
+
+def _accelerator(*, mixed_precision: str, grad_accum: int, seed: int):
+    """A fresh Accelerator for one training run."""
+    from accelerate import Accelerator, DataLoaderConfiguration
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import GradientAccumulationPlugin
+
+    # accelerate keeps one AcceleratorState per process and refuses a second run with other mixed precision;
+    # a process that trains several times (a flow's rounds, a study) starts each run from a clean state. The
+    # process group (PartialState) is kept. Private API: accelerate exposes no public reset.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+    # An Accelerator launched from a config file takes mixed precision from it unless we insist on one.
+    return Accelerator(
+        mixed_precision=None if mixed_precision == "no" else mixed_precision,
+        # A plugin, not gradient_accumulation_steps=: `accelerate launch` exports its own default (1) in an
+        # environment variable that would silently override the argument and break the LR schedule.
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=grad_accum),
+        step_scheduler_with_optimizer=False,  # stepped by hand once per optimizer step, on every process
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed),
+    )
+
+
+def _log_params(mlflow, params: dict[str, Any]) -> None:
+    try:
+        mlflow.log_params({f"train.{k}": v for k, v in params.items()})
+    except mlflow.exceptions.MlflowException as exc:  # MLflow never lets a logged param change
+        # A retried flow run reopens its round's MLflow run; when the retry trains under other settings (e.g.
+        # from the registered copy of the previous round's model on another worker), the first attempt's
+        # params stay and the metrics are this training's.
+        log.warning("the MLflow run keeps the params of an earlier attempt: %s", str(exc).splitlines()[0][:300])
+
+
+def _optimizer_step(accelerator, model, optimizer, scheduler, totals: torch.Tensor, *, step: int, lr: float,
+                    max_grad_norm: float | None, mixed_precision: str) -> float | None:
+    """Take optimizer step `step` from the accumulated gradients, given the step's window `totals` summed over
+    processes; returns the gradient norm before clipping (None when not clipped or not taken). Refuses a
+    non-finite loss or gradient before any weight changes; takes no step when no trajectory was kept."""
+    kept, nonfinite = float(totals[1]), float(totals[6])
+    if nonfinite:
+        raise ActPRMError(f"training diverged at optimizer step {step}: the loss is not finite "
+                          f"(lr={lr}); lower the learning rate or check the model weights — nothing was saved")
+    grad_norm = None
+    if kept > 0:
+        if max_grad_norm:
+            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), max_grad_norm))
+            if not math.isfinite(grad_norm) and mixed_precision != "fp16":
+                raise ActPRMError(f"training diverged at optimizer step {step}: gradient norm "
+                                  f"is {grad_norm} (lr={lr}); lower the learning rate — nothing was saved")
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        scheduler.step()
+    return grad_norm
+
+
 def train_prm(
     examples: list[dict],
     *,
@@ -271,24 +338,15 @@ def train_prm(
     latest checkpoint that matches the same data and settings. `on_metrics(step, metrics)` is called on the
     main process after every optimizer step. Raises ActPRMError on bad arguments or a non-finite loss.
     """
-    from accelerate import Accelerator, DataLoaderConfiguration
-    from accelerate.state import AcceleratorState, GradientState
-    from accelerate.utils import GradientAccumulationPlugin, set_seed
+    from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
     from transformers import get_linear_schedule_with_warmup
 
     from models import EnsemblePRM, StepBatcher, build_prm, check_compatible
 
-    for name, value, ok in (("epochs", epochs, epochs >= 1), ("batch_size", batch_size, batch_size >= 1),
-                            ("grad_accum", grad_accum, grad_accum >= 1), ("lr", lr, lr > 0),
-                            ("head_lr", head_lr, head_lr is None or head_lr > 0),
-                            ("warmup_ratio", warmup_ratio, 0 <= warmup_ratio <= 1),
-                            ("checkpoint_every", checkpoint_every, checkpoint_every >= 0),
-                            ("p_threshold", p_threshold, 0.5 <= p_threshold <= 1),
-                            ("std_threshold", std_threshold, std_threshold >= 0),
-                            ("mixed_precision", mixed_precision, mixed_precision in MIXED_PRECISION)):
-        if not ok:
-            raise ActPRMError(f"invalid training setting {name}={value!r}")
+    _check_settings(epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, head_lr=head_lr,
+                    warmup_ratio=warmup_ratio, checkpoint_every=checkpoint_every, p_threshold=p_threshold,
+                    std_threshold=std_threshold, mixed_precision=mixed_precision)
     if (model is None) != (tokenizer is None):
         raise ActPRMError("pass both model and tokenizer, or neither")
     _check_examples(examples)
@@ -309,20 +367,7 @@ def train_prm(
               "mixed_precision": mixed_precision, "processes": int(os.environ.get("WORLD_SIZE", "1"))}
     fingerprint = _fingerprint(examples, params)
 
-    # accelerate keeps one AcceleratorState per process and refuses a second run with other mixed precision;
-    # a process that trains several times (a flow's rounds, a study) starts each run from a clean state. The
-    # process group (PartialState) is kept. Private API: accelerate exposes no public reset.
-    AcceleratorState._reset_state()
-    GradientState._reset_state()
-    # An Accelerator launched from a config file takes mixed precision from it unless we insist on one.
-    accelerator = Accelerator(
-        mixed_precision=None if mixed_precision == "no" else mixed_precision,
-        # A plugin, not gradient_accumulation_steps=: `accelerate launch` exports its own default (1) in an
-        # environment variable that would silently override the argument and break the LR schedule.
-        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=grad_accum),
-        step_scheduler_with_optimizer=False,  # stepped by hand once per optimizer step, on every process
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed),
-    )
+    accelerator = _accelerator(mixed_precision=mixed_precision, grad_accum=grad_accum, seed=seed)
     set_seed(seed)
     if model is None:
         if init_from:
@@ -367,13 +412,7 @@ def train_prm(
 
     mlflow = _active_mlflow() if accelerator.is_main_process else None
     if mlflow is not None:
-        try:
-            mlflow.log_params({f"train.{k}": v for k, v in params.items()} | {"train.trajectories": len(examples)})
-        except mlflow.exceptions.MlflowException as exc:  # MLflow never lets a logged param change
-            # A retried flow run reopens its round's MLflow run; when the retry trains under other settings (e.g.
-            # from the registered copy of the previous round's model on another worker), the first attempt's
-            # params stay and the metrics below are this training's.
-            log.warning("the MLflow run keeps the params of an earlier attempt: %s", str(exc).splitlines()[0][:300])
+        _log_params(mlflow, params | {"trajectories": len(examples)})
 
     bar = None
     if progress and accelerator.is_local_main_process:
@@ -423,30 +462,15 @@ def train_prm(
                                         float(out.reg_loss.detach()) if finite else 0.0, 0 if finite else 1],
                                        dtype=torch.float64)
                 # Backward even on a non-finite loss: under DDP every rank must join the gradient all-reduce;
-                # the step is refused below, before any weight changes.
+                # `_optimizer_step` refuses the step, before any weight changes.
                 accelerator.backward(loss)
                 micro += 1
                 if not accelerator.sync_gradients:
                     continue
                 totals = accelerator.reduce(window.to(device), reduction="sum").cpu()
-                kept, nonfinite = float(totals[1]), float(totals[6])
-                if nonfinite:
-                    raise ActPRMError(
-                        f"training diverged at optimizer step {state.completed_steps + 1}: the loss is not finite "
-                        f"(lr={lr}); lower the learning rate or check the model weights — nothing was saved")
-                grad_norm = None
-                if kept > 0:
-                    if max_grad_norm:
-                        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), max_grad_norm))
-                        if not math.isfinite(grad_norm) and mixed_precision != "fp16":
-                            raise ActPRMError(
-                                f"training diverged at optimizer step {state.completed_steps + 1}: gradient norm "
-                                f"is {grad_norm} (lr={lr}); lower the learning rate — nothing was saved")
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
-                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-                    scheduler.step()
+                grad_norm = _optimizer_step(accelerator, model, optimizer, scheduler, totals,
+                                            step=state.completed_steps + 1, lr=lr, max_grad_norm=max_grad_norm,
+                                            mixed_precision=mixed_precision)
 
             metrics = state.record_step(epoch, totals.tolist(), micro * accelerator.num_processes)
             metrics["lr"] = scheduler.get_last_lr()[0]

@@ -171,6 +171,15 @@ def test_non_finite_loss_stops_with_a_clear_error(examples, tmp_path):
     assert not (tmp_path / "model").exists()
 
 
+@pytest.mark.parametrize("setting", [{"lr": 0}, {"grad_accum": 0}, {"warmup_ratio": 1.5}, {"head_lr": -1e-3},
+                                     {"p_threshold": 0.4}, {"mixed_precision": "fp8"}])
+def test_a_setting_out_of_range_is_refused_in_one_line_before_anything_is_written(setting, examples, tmp_path):
+    (name, value), = setting.items()
+    with pytest.raises(ActPRMError, match=rf"^invalid training setting {name}={value!r}$"):
+        train_prm(examples, output_dir=tmp_path / "run", **(RUN | setting))
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_label_is_rejected(tmp_path):
     bad = [{"question": "q", "steps": ["a", "b"], "first_error": 2}]
     with pytest.raises(ActPRMError, match="first_error=2"):
