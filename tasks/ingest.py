@@ -27,7 +27,7 @@ import duckdb
 
 from actprm.errors import ActPRMError
 from actprm.formats import FORMATS, InputFormat, detect_format
-from actprm.formats.sql import RAW_LINE_DELIMITER
+from actprm.store.parsing import RAW_LINE_DELIMITER
 from actprm.processes import pid_alive
 from actprm.store import Store
 

@@ -4,8 +4,7 @@ Every input line is read by DuckDB as raw text with its line number, then parsed
 SQL: a good line becomes one row per view (trajectory, gold labels), a bad one a single row with the first
 reason it is unusable. Nothing is parsed row by row in Python, and every line read ends up counted
 (accepted/quarantined/duplicate). This module only *writes* that SELECT from a format's description
-(`actprm.formats.spec`) and knows no table: `actprm.store`, the owner of the schema, runs it into an
-ingest stage table.
+(`actprm.formats.spec`) and names no table: `Store.stage_file` runs it into an ingest stage table.
 """
 
 from __future__ import annotations
