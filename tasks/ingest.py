@@ -1,8 +1,8 @@
 """Ingest: stream trajectory files into the DuckDB store, quarantining every bad line with a reason.
 
 Every line read is accounted for: accepted + quarantined + duplicates = lines_read. DuckDB reads each
-line as raw text with its line number and does all parsing and checking in SQL (see the `ingest`
-section of `actprm.store`), so a 1M-line file never becomes Python objects.
+line as raw text with its line number and does all parsing and checking in SQL (`actprm.store.parsing`,
+run by the `ingest` section of `Store`), so a 1M-line file never becomes Python objects.
 
 Counts are per input line. A line holding several trajectories (PRMBench: original + modified) is
 accepted when at least one of them is new to the pool; `trajectories_added` counts trajectories.
@@ -27,9 +27,9 @@ import duckdb
 
 from actprm.errors import ActPRMError
 from actprm.formats import FORMATS, InputFormat, detect_format
-from actprm.store.parsing import RAW_LINE_DELIMITER
 from actprm.processes import pid_alive
 from actprm.store import Store
+from actprm.store.parsing import RAW_LINE_DELIMITER
 
 log = logging.getLogger(__name__)
 
