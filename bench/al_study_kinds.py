@@ -72,8 +72,8 @@ def load_study(path: Path, home: Path):
         raise ActPRMError(f"{missing} trajectories of pool {saved['pool']!r} are not in the preset's synthetic pool "
                           f"(n={preset.synth_n}, mix={preset.synth_mix}): error kinds are known only there")
     states, info = study.cached_step_states(everything, preset=preset.model_preset, cache_dir=home / "study" / "cache",
-                                            batch_size=preset.feature_batch_size)
-    train, evaluation = study.pack_splits(data, states)
+                                            batch_size=preset.feature_batch_size, top_layers=preset.top_layers)
+    train, evaluation = study.pack_splits(data, states, info["top"])
     return saved, preset, train, evaluation, {"train": [kinds[i] for i in train.ids],
                                               "eval": [kinds[i] for i in evaluation.ids]}
 

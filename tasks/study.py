@@ -17,7 +17,9 @@ Simplifications, to fit 30 minutes on 2 CPU cores:
 - The backbone is frozen and the per-step states its heads read (`EnsemblePRM.step_states`: the
   separator state, or the step's token mean for the `cpu` preset) are computed once per trajectory
   (`step_states`); every run then trains only the ensemble heads on those cached states with the model's
-  own `head_logits` and `step_loss` (BCE, bootstrap mask, anchor regularization).
+  own `head_logits` and `step_loss` (BCE, bootstrap mask, anchor regularization). `top_layers` (off in the
+  presets) trains the backbone's top layers too: the states entering them are cached per token instead, and each
+  run trains its own copy of the pretrained layers with the heads (`TopLayers`).
 - The paper takes one update per pool batch with a 7B backbone; frozen features need more, so after each
   batch the heads take `steps_per_round` AdamW steps on minibatches drawn from all labels bought so far
   (`replay_minibatch`; `replay_new_share` of each from the batch's own labels), with the learning rate
@@ -59,6 +61,7 @@ STATES_VERSION = 3  # bump when the layout or a readout changes, so cached step 
 # Bump when the heads' training changes its float arithmetic (same protocol, other rounding): runs then no longer
 # reproduce bit for bit, so a study is not extended across versions. 2: training skips unlabeled steps, fused AdamW.
 NUMERICS_VERSION = 2
+TOKEN_GROUP = 16  # trajectories per forward of the trained top layers (`_forward_tokens`)
 LEARNED_F1 = 0.02  # full data must beat the untrained ensemble by 2 F1 points for the comparison to mean anything
 
 
@@ -92,6 +95,13 @@ class StudyPreset:
     # leave it off; on the `reading` pool at 50% it moved ActPRM - random from -0.4 to +3.5 points (5 seeds,
     # bench/results/al_study_kinds_5seeds).
     final_retrain: bool = False
+    # Train the backbone's top `top_layers` transformer layers with the heads (0: the whole backbone stays frozen).
+    # The states entering those layers are cached per token instead of the step states, and every run trains its
+    # own copy of the pretrained layers at `top_layers_lr` (the heads keep `lr`), on the same schedule. The paper
+    # fine-tunes the whole 7B backbone; this is the part of that a 2-core box can afford (MiniLM's last layer: a
+    # full-data run of `full` takes ~140 s instead of ~8 s on a 400 GFLOP/s host). The layers run without dropout, so selection reads the network it trains.
+    top_layers: int = 0
+    top_layers_lr: float = 1e-4
     feature_batch_size: int = 32
     # Heads training is many small matmuls. On a quiet 2-core box two threads train the full preset's heads
     # ~1.7x faster than one; on a loaded box one thread is far faster (threads spin waiting for each other):
@@ -172,6 +182,10 @@ def _field_value(key: str, current: Any, value: Any) -> Any:
         elif isinstance(current, bool):
             out = value if isinstance(value, bool) else {"true": True, "false": False}[str(value).lower()]
             ok = True
+        elif key == "top_layers":
+            kind = "a whole number of layers, 0 or more"
+            out = int(value)
+            ok = out >= 0
         elif key == "replay_new_share":
             kind = "a share in [0, 1]"
             out = float(value)
@@ -243,23 +257,28 @@ def split_fingerprint(data: dict[str, list[dict]]) -> str:
 
 
 # -- cached backbone states --------------------------------------------------------------------
+def _length_batches(tokenizer, trajectories: list[dict], batch_size: int, max_length: int):
+    """(positions, encoded batch) over the trajectories, batched by length so padding stays small."""
+    from models import StepBatcher
+
+    batcher = StepBatcher(tokenizer, max_length=max_length)
+    order = sorted(range(len(trajectories)), key=lambda i: len(trajectories[i]["question"])
+                   + sum(len(s) for s in trajectories[i]["steps"]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        yield idx, batcher.encode([trajectories[i]["question"] for i in idx], [trajectories[i]["steps"] for i in idx])
+
+
 def step_states(model, tokenizer, trajectories: list[dict], *, batch_size: int = 32,
                 max_length: int = 512) -> list[torch.Tensor]:
     """Per trajectory, the (scored_steps, H) states the frozen model's heads read (`EnsemblePRM.step_states`).
 
     Trajectories are batched by length so padding stays small, and returned in the order given.
     """
-    from models import StepBatcher
-
-    batcher = StepBatcher(tokenizer, max_length=max_length)
-    order = sorted(range(len(trajectories)), key=lambda i: len(trajectories[i]["question"])
-                   + sum(len(s) for s in trajectories[i]["steps"]))
     out: list[torch.Tensor | None] = [None] * len(trajectories)
     model.eval()
     with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            batch = batcher.encode([trajectories[i]["question"] for i in idx], [trajectories[i]["steps"] for i in idx])
+        for idx, batch in _length_batches(tokenizer, trajectories, batch_size, max_length):
             hidden = model.backbone(**batch.model_inputs()).last_hidden_state
             states, rows, _ = model.step_states(hidden, batch.input_ids, batch.attention_mask)
             per_row = torch.split(states.float(), torch.bincount(rows, minlength=len(idx)).tolist())
@@ -268,8 +287,69 @@ def step_states(model, tokenizer, trajectories: list[dict], *, batch_size: int =
     return out  # type: ignore[return-value]
 
 
-def feature_cache_key(trajectories: list[dict], preset: str, backbone: str, max_length: int, readout: str) -> str:
-    h = hashlib.sha256(json.dumps([preset, backbone, max_length, readout, STATES_VERSION]).encode())
+def token_states(model, tokenizer, trajectories: list[dict], top_layers: int, *, batch_size: int = 32,
+                 max_length: int = 512) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per trajectory, the (tokens, H) states entering the frozen model's top `top_layers` layers and its (tokens,)
+    input ids, padding dropped; batched by length as `step_states`, returned in the order given."""
+    out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(trajectories)
+    model.eval()
+    with torch.no_grad():
+        for idx, batch in _length_batches(tokenizer, trajectories, batch_size, max_length):
+            hidden = model.backbone(**batch.model_inputs(), output_hidden_states=True).hidden_states[-1 - top_layers]
+            for row, i in enumerate(idx):
+                real = batch.attention_mask[row].bool()
+                out[i] = (hidden[row][real].float().clone(), batch.input_ids[row][real].clone())
+    return out  # type: ignore[return-value]
+
+
+class TopLayers(nn.Module):
+    """The backbone slot of an ensemble that trains the backbone's top layers: it runs them on cached states that
+    enter them (`token_states`), and carries how the heads read steps off their output."""
+
+    def __init__(self, layers: nn.ModuleList, hidden_size: int, *, separator_id: int, readout: str,
+                 prefix_end_id: int):
+        super().__init__()
+        self.layers = layers
+        self.config = SimpleNamespace(hidden_size=hidden_size)
+        self.separator_id, self.readout, self.prefix_end_id = separator_id, readout, prefix_end_id
+
+    @classmethod
+    def of(cls, model, k: int) -> TopLayers:
+        """A copy of the top k layers of a BERT-style model's encoder (MiniLM, the tiny preset)."""
+        import copy
+
+        layers = getattr(getattr(model.backbone, "encoder", None), "layer", None)
+        if layers is None:
+            raise ActPRMError(f"study preset field top_layers needs a BERT-style encoder; the {model.config.preset!r} "
+                              "backbone has none: use top_layers=0")
+        if not 0 < k <= len(layers):
+            raise ActPRMError(f"study preset field top_layers is {k}, but the {model.config.preset!r} backbone has "
+                              f"{len(layers)} layers")
+        return cls(copy.deepcopy(nn.ModuleList(list(layers)[-k:])), model.backbone.config.hidden_size,
+                   separator_id=model.separator_id, readout=model.config.readout,
+                   prefix_end_id=model.config.prefix_end_id)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # The additive (B, 1, 1, T) mask BERT's layers take: padding keys get the dtype's lowest value.
+        extended = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+        for layer in self.layers:
+            hidden = layer(hidden, attention_mask=extended)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        return hidden
+
+    def train(self, mode: bool = True) -> TopLayers:
+        """The layers always run as in eval mode (no dropout), so the scores a strategy picks by and the network it
+        trains are the same function, and runs reproduce under a seed without touching torch's global generator."""
+        super().train(mode)
+        self.layers.eval()
+        return self
+
+
+def feature_cache_key(trajectories: list[dict], preset: str, backbone: str, max_length: int, readout: str,
+                      top_layers: int = 0) -> str:
+    what = [preset, backbone, max_length, readout, STATES_VERSION] + ([f"tokens-entering-top-{top_layers}"]
+                                                                      if top_layers else [])
+    h = hashlib.sha256(json.dumps(what).encode())
     for t in trajectories:
         h.update(t["id"].encode())
     return h.hexdigest()[:16]
@@ -277,23 +357,32 @@ def feature_cache_key(trajectories: list[dict], preset: str, backbone: str, max_
 
 def cached_step_states(trajectories: list[dict], *, preset: str, cache_dir: str | Path | None,
                             batch_size: int = 32, max_length: int = 512, seed: int = 0,
-                            backbone_path: str | None = None, threads: int | None = None
-                            ) -> tuple[list[torch.Tensor], dict]:
-    """`step_states` of a fresh `build_prm(preset)` model, cached on disk by (trajectories, model, readout)."""
+                            backbone_path: str | None = None, threads: int | None = None, top_layers: int = 0
+                            ) -> tuple[list, dict]:
+    """`step_states` of a fresh `build_prm(preset)` model, cached on disk by (trajectories, model, readout).
+
+    With `top_layers` > 0, the `token_states` entering the model's top layers instead, and `info["top"]`: a copy of
+    those pretrained layers (`TopLayers`), for `pack_splits`."""
     from models import build_prm
 
     t0 = time.perf_counter()
     model, tokenizer = build_prm(preset, num_heads=1, seed=seed, freeze_backbone=True, backbone_path=backbone_path)
-    key = feature_cache_key(trajectories, preset, model.config.backbone_name, max_length, model.config.readout)
-    path = Path(cache_dir) / f"step-states-{key}.pt" if cache_dir else None
+    top = TopLayers.of(model, top_layers) if top_layers else None  # before the pass, so a bad k fails in seconds
+    key = feature_cache_key(trajectories, preset, model.config.backbone_name, max_length, model.config.readout,
+                            top_layers)
+    path = Path(cache_dir) / f"{'token' if top else 'step'}-states-{key}.pt" if cache_dir else None
     info = {"preset": preset, "backbone": model.config.backbone_name, "cache_key": key,
             "hidden_size": model.backbone.config.hidden_size, "separator_id": model.separator_id,
-            "readout": model.config.readout}
+            "readout": model.config.readout, "top_layers": top_layers, "top": top}
     if path is not None and path.is_file():
         states = torch.load(path)
         return states, info | {"cached": True, "seconds": time.perf_counter() - t0}
     with torch_threads(threads):
-        states = step_states(model, tokenizer, trajectories, batch_size=batch_size, max_length=max_length)
+        if top is not None:
+            states = token_states(model, tokenizer, trajectories, top_layers, batch_size=batch_size,
+                                  max_length=max_length)
+        else:
+            states = step_states(model, tokenizer, trajectories, batch_size=batch_size, max_length=max_length)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -304,7 +393,10 @@ def cached_step_states(trajectories: list[dict], *, preset: str, cache_dir: str 
 
 @dataclass
 class PackedPool:
-    """Cached step states of a split, zero-padded to (N, S, H), with gold step labels."""
+    """Cached step states of a split, zero-padded to (N, S, H), with gold step labels.
+
+    With `top` (the preset's `top_layers` > 0), `states` are instead the (N, T, H) token states entering the
+    backbone's top layers, with their `input_ids` and `attention_mask`; each run trains its own copy of `top`."""
 
     ids: list[str]
     states: torch.Tensor         # (N, S, H) float32
@@ -312,6 +404,9 @@ class PackedPool:
     labels: torch.Tensor         # (N, S) 1 before the first error, 0 at it, IGNORE_INDEX elsewhere
     first_errors: list[int]      # gold, 0-based, -1 = all correct
     unread: torch.Tensor         # (N,) steps past the backbone's max_length, never read
+    input_ids: torch.Tensor | None = None       # (N, T), token pools only
+    attention_mask: torch.Tensor | None = None  # (N, T), token pools only
+    top: TopLayers | None = None                # the pretrained top layers, token pools only
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -319,8 +414,10 @@ class PackedPool:
     def take(self, positions: list[int]) -> PackedPool:
         """The trajectories at `positions`, in that order, as a pool of their own."""
         idx = torch.tensor(positions, dtype=torch.long)
+        tokens = {} if self.top is None else {"input_ids": self.input_ids[idx],
+                                              "attention_mask": self.attention_mask[idx], "top": self.top}
         return PackedPool([self.ids[i] for i in positions], self.states[idx], self.steps[idx], self.labels[idx],
-                          [self.first_errors[i] for i in positions], self.unread[idx])
+                          [self.first_errors[i] for i in positions], self.unread[idx], **tokens)
 
 
 def pack(trajectories: list[dict], states: list[torch.Tensor]) -> PackedPool:
@@ -340,9 +437,34 @@ def pack(trajectories: list[dict], states: list[torch.Tensor]) -> PackedPool:
                       torch.tensor([len(t["steps"]) - int(s.shape[0]) for t, s in zip(trajectories, states)]))
 
 
-def pack_splits(data: dict[str, list[dict]], states: list[torch.Tensor]) -> tuple[PackedPool, PackedPool]:
-    """The train and eval splits packed, from the states of `data["train"] + data["eval"]` in that order."""
+def pack_tokens(trajectories: list[dict], states: list[tuple[torch.Tensor, torch.Tensor]], top: TopLayers
+                ) -> PackedPool:
+    """`token_states` zero-padded to (N, T, H), with the step labels of the steps the tokens hold (those whose
+    separator survived max_length), laid out as `pack` lays them."""
+    from models import IGNORE_INDEX, step_labels
+
+    n, width = len(trajectories), max(int(ids.shape[0]) for _, ids in states)
+    scored = [int((ids == top.separator_id).sum()) for _, ids in states]
+    packed = torch.zeros(n, width, states[0][0].shape[1])
+    input_ids = torch.zeros(n, width, dtype=torch.long)
+    mask = torch.zeros(n, width, dtype=torch.long)
+    labels = torch.full((n, max(max(scored), 1)), IGNORE_INDEX, dtype=torch.long)
+    for i, (t, (hidden, ids), k) in enumerate(zip(trajectories, states, scored)):
+        packed[i, :len(ids)], input_ids[i, :len(ids)], mask[i, :len(ids)] = hidden, ids, 1
+        labels[i, :k] = torch.tensor(step_labels(len(t["steps"]), int(t["gold_first_error"]))[:k])
+    return PackedPool([t["id"] for t in trajectories], packed, torch.tensor(scored), labels,
+                      [int(t["gold_first_error"]) for t in trajectories],
+                      torch.tensor([len(t["steps"]) - k for t, k in zip(trajectories, scored)]),
+                      input_ids=input_ids, attention_mask=mask, top=top)
+
+
+def pack_splits(data: dict[str, list[dict]], states: list, top: TopLayers | None = None
+                ) -> tuple[PackedPool, PackedPool]:
+    """The train and eval splits packed, from the states of `data["train"] + data["eval"]` in that order (token
+    states when `top` is given)."""
     n = len(data["train"])
+    if top is not None:
+        return pack_tokens(data["train"], states[:n], top), pack_tokens(data["eval"], states[n:], top)
     return pack(data["train"], states[:n]), pack(data["eval"], states[n:])
 
 
@@ -358,13 +480,21 @@ class CachedStates(nn.Module):
 
 
 def heads_model(hidden_size: int, separator_id: int, *, num_heads: int, seed: int, reg_lambda: float,
-                learning_probability: float):
-    """A fresh ensemble (same head init as build_prm with this seed) over cached step states."""
+                learning_probability: float, top: TopLayers | None = None):
+    """A fresh ensemble (same head init as build_prm with this seed) over cached step states, or, with `top`,
+    over a trainable copy of those pretrained top layers."""
+    import copy
+
     from models import EnsemblePRM, PRMConfig
 
+    if top is None:
+        config = PRMConfig(num_heads=num_heads, reg_lambda=reg_lambda, learning_probability=learning_probability,
+                           seed=seed, freeze_backbone=True, separator_id=separator_id, preset="cached-states")
+        return EnsemblePRM(CachedStates(hidden_size), config)
     config = PRMConfig(num_heads=num_heads, reg_lambda=reg_lambda, learning_probability=learning_probability,
-                       seed=seed, freeze_backbone=True, separator_id=separator_id, preset="cached-states")
-    return EnsemblePRM(CachedStates(hidden_size), config)
+                       seed=seed, separator_id=separator_id, preset="cached-token-states", readout=top.readout,
+                       prefix_end_id=top.prefix_end_id)
+    return EnsemblePRM(copy.deepcopy(top).requires_grad_(True), config)
 
 
 def _forward(model, pool: PackedPool, idx: torch.Tensor, with_labels: bool):
@@ -375,6 +505,8 @@ def _forward(model, pool: PackedPool, idx: torch.Tensor, with_labels: bool):
     synthetic pool (the loss is the same up to float rounding)."""
     from models import IGNORE_INDEX
 
+    if pool.top is not None:
+        return _forward_tokens(model, pool, idx, with_labels)
     width = int(pool.steps[idx].max())
     present = torch.arange(width).unsqueeze(0) < pool.steps[idx].unsqueeze(1)
     if with_labels:
@@ -385,6 +517,33 @@ def _forward(model, pool: PackedPool, idx: torch.Tensor, with_labels: bool):
         return logits, rows, None
     cls_loss, reg_loss = model.step_loss(logits, pool.labels[idx, :width][present], rows)
     return logits, rows, cls_loss + reg_loss
+
+
+def _forward_tokens(model, pool: PackedPool, idx: torch.Tensor, with_labels: bool):
+    """`_forward` on a token pool: the model's top layers run on the cached states that enter them, then its heads
+    read the steps off their output (`EnsemblePRM.step_states`), the labeled steps only when training."""
+    from models import IGNORE_INDEX
+
+    lengths = pool.attention_mask[idx].sum(1)
+    # The layers run on groups of trajectories of similar length, each padded to its own longest: a minibatch
+    # padded to its longest trajectory would be about half padding on the synthetic pool.
+    parts = []
+    for group in torch.split(torch.argsort(lengths, stable=True), TOKEN_GROUP):
+        width, where = int(lengths[group].max()), idx[group]
+        ids, mask = pool.input_ids[where, :width], pool.attention_mask[where, :width]
+        states, rows, step_index = model.step_states(model.backbone(pool.states[where, :width], mask), ids, mask)
+        parts.append((states, group[rows], step_index))
+    states, rows, step_index = (torch.cat(t) for t in zip(*parts))
+    # Back to row-major order over idx, as `_forward` and `step_probabilities` lay steps out.
+    order = torch.argsort(rows * (int(step_index.max()) + 1 if step_index.numel() else 1) + step_index)
+    states, rows, step_index = states[order], rows[order], step_index[order]
+    if not with_labels:
+        return model.head_logits(states), rows, None
+    labels = pool.labels[idx][rows, step_index]
+    keep = labels != IGNORE_INDEX
+    logits = model.head_logits(states[keep])
+    cls_loss, reg_loss = model.step_loss(logits, labels[keep], rows[keep])
+    return logits, rows[keep], cls_loss + reg_loss
 
 
 @torch.no_grad()
@@ -474,10 +633,14 @@ def _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, 
                 learning_probability, p_threshold, std_threshold, subset, inspect) -> dict:
     t0 = time.perf_counter()
     model = heads_model(hidden_size, separator_id, num_heads=preset.num_heads, seed=seed, reg_lambda=reg_lambda,
-                        learning_probability=learning_probability)
+                        learning_probability=learning_probability, top=train.top)
+    layers = [] if train.top is None else list(model.backbone.parameters())
     # fused: one pass over the parameters per step instead of one per operation, ~10% faster on CPU (the heads
     # are 1.6M parameters updated 400 times a run); other rounding than the per-tensor loop (NUMERICS_VERSION 2).
-    optimizer = torch.optim.AdamW(model.head_parameters(), lr=preset.lr, weight_decay=0.0, fused=True)
+    optimizer = torch.optim.AdamW(
+        model.head_parameters() if not layers else [{"params": model.head_parameters()},
+                                                    {"params": layers, "lr": preset.top_layers_lr}],
+        lr=preset.lr, weight_decay=0.0, fused=True)
     # The stream order and the minibatches depend on the seed only, so strategies meet the same stream.
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     batches = torch.tensor_split(order, min(preset.rounds, len(train)))
@@ -511,6 +674,8 @@ def _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.head_parameters(), 1.0)
+            if layers:  # on their own, so a layer's gradient does not shrink the heads' step
+                torch.nn.utils.clip_grad_norm_(layers, 1.0)
             optimizer.step()
             schedule.step()
     if inspect is not None:
@@ -543,7 +708,7 @@ def untrained_run(evaluation: PackedPool, *, seed: int, preset: StudyPreset, hid
                   reg_lambda: float = 0.5, learning_probability: float = 1.0, subset: str = "pool", **_: Any) -> dict:
     """The fresh ensemble before any label: the floor that tells whether training learned anything at all."""
     model = heads_model(hidden_size, separator_id, num_heads=preset.num_heads, seed=seed, reg_lambda=reg_lambda,
-                        learning_probability=learning_probability)
+                        learning_probability=learning_probability, top=evaluation.top)
     return {"strategy": "untrained", "budget": 0.0, "seed": seed, "labels": 0,
             **evaluate_heads(model, evaluation, subset), "seconds": 0.0, "uncertain_seen": None, "error_share": None}
 

@@ -510,3 +510,89 @@ def test_training_skips_the_unlabeled_steps_and_keeps_the_loss_and_its_gradient(
     assert torch.allclose(loss, cls + reg, rtol=1e-6, atol=0)
     for name in ("w1", "b1", "w2", "b2", "w3", "b3"):
         assert torch.allclose(getattr(model, name).grad, getattr(full, name).grad, rtol=1e-4, atol=1e-8), name
+
+
+@pytest.fixture(scope="module")
+def token_packed(pool_db):
+    """The same splits as `packed`, as the token states entering the tiny backbone's top layer."""
+    from actprm.store import Store
+
+    with Store(pool_db) as store:
+        data = study.load_pool(store, POOL, eval_fraction=0.25, seed=0)
+    states, info = study.cached_step_states(data["train"] + data["eval"], preset="tiny", cache_dir=None, threads=1,
+                                            top_layers=1)
+    train, evaluation = study.pack_splits(data, states, info["top"])
+    return train, evaluation, info
+
+
+def test_the_top_layer_run_on_its_cached_input_reads_the_same_steps_as_the_frozen_backbone(packed, token_packed):
+    steps, _, info = packed
+    tokens, _, token_info = token_packed
+    assert token_info["top_layers"] == 1 and (token_info["hidden_size"], token_info["separator_id"]) == (
+        info["hidden_size"], info["separator_id"])
+    # The same trajectories, the same scored steps and labels, whichever way the states were cached.
+    assert tokens.ids == steps.ids and torch.equal(tokens.steps, steps.steps)
+    assert torch.equal(tokens.labels, steps.labels[:, :tokens.labels.shape[1]]) and torch.equal(tokens.unread,
+                                                                                                steps.unread)
+    # Before any training the pretrained layer on the cached tokens gives the step states the backbone gave.
+    model = study.heads_model(info["hidden_size"], info["separator_id"], num_heads=4, seed=0, reg_lambda=0.5,
+                              learning_probability=1.0, top=tokens.top)
+    frozen = study.heads_model(info["hidden_size"], info["separator_id"], num_heads=4, seed=0, reg_lambda=0.5,
+                               learning_probability=1.0)
+    idx = torch.arange(len(tokens))
+    assert len(idx) > 2 * study.TOKEN_GROUP  # the layer runs on several groups of similar length
+    for a, b in zip(study.step_probabilities(model, tokens, idx), study.step_probabilities(frozen, steps, idx)):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+    # And the training loss over the labeled steps is the same loss.
+    shuffled = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(0))]
+    _, rows, loss = study._forward(model, tokens, shuffled, with_labels=True)
+    _, frozen_rows, frozen_loss = study._forward(frozen, steps, shuffled, with_labels=True)
+    assert torch.equal(rows, frozen_rows) and torch.allclose(loss, frozen_loss, rtol=1e-5)
+
+
+def test_a_run_with_top_layers_trains_them_and_reproduces_under_its_seed(token_packed):
+    train, evaluation, info = token_packed
+    preset = study.customize(study.study_preset("quick"), {"top_layers": "1", "top_layers_lr": "1e-3"})
+    assert preset.name == "quick (top_layers=1, top_layers_lr=0.001)"
+    seen = {}
+    row = study.run_budget(train, evaluation, strategy="actprm", budget=0.5, seed=1, preset=preset,
+                           inspect=lambda model, bought: seen.update(model=model), **_knobs(info))
+    assert 0 < row["labels"] <= study.budget_labels(0.5, len(train))
+    trained = dict(seen["model"].backbone.named_parameters())
+    pretrained = dict(train.top.named_parameters())
+    assert trained.keys() == pretrained.keys()
+    assert all(p.requires_grad for p in trained.values())
+    assert any(not torch.equal(trained[k], pretrained[k]) for k in trained)  # the layer learned
+    assert all(not p.requires_grad for p in pretrained.values())  # and the pool's pretrained copy is untouched
+    again = study.run_budget(train, evaluation, strategy="actprm", budget=0.5, seed=1, preset=preset, **_knobs(info))
+    assert {k: again[k] for k in ("labels", "f1", "f1_tuned")} == {k: row[k] for k in ("labels", "f1", "f1_tuned")}
+
+
+def test_top_layers_beyond_the_backbone_or_below_zero_are_refused_in_one_line(pool_db):
+    assert study.customize(study.study_preset("full"), {"top_layers": "0"}) is study.study_preset("full")
+    with pytest.raises(ActPRMError, match="'top_layers' takes a whole number of layers, 0 or more, got '-1'"):
+        study.customize(study.study_preset("full"), {"top_layers": "-1"})
+    with pytest.raises(ActPRMError, match="top_layers is 3, but the 'tiny' backbone has 2 layers"):
+        study.cached_step_states([], preset="tiny", cache_dir=None, top_layers=3)
+
+
+def test_a_study_with_top_layers_caches_their_input_once_and_a_rerun_reproduces_it(pool_db, tmp_path, monkeypatch,
+                                                                                   prefect_harness):
+    from flows.study import study_flow
+
+    home = pool_db.parent
+    monkeypatch.setenv("ACTPRM_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    def run(out):
+        return study_flow(pool=POOL, study_preset="quick", config={"model": {"preset": "tiny"}}, seeds=[0],
+                          output_dir=str(tmp_path / out), strategies=["actprm"],
+                          preset_overrides={"top_layers": "1", "budgets": "0.5,1.0"})
+
+    first, second = run("a"), run("b")
+    saved = json.loads((tmp_path / "a" / "al_study.json").read_text())
+    assert saved["study_preset"]["top_layers"] == 1 and "top_layers=1" in saved["preset"]
+    assert len(list((home / "study" / "cache").glob("token-states-*.pt"))) == 1
+    assert (first["model"]["cached"], second["model"]["cached"]) == (False, True)
+    assert [(r["strategy"], r["f1"], r["labels"]) for r in first["runs"]] == [
+        (r["strategy"], r["f1"], r["labels"]) for r in second["runs"]]
