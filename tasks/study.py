@@ -99,7 +99,8 @@ class StudyPreset:
     # The states entering those layers are cached per token instead of the step states, and every run trains its
     # own copy of the pretrained layers at `top_layers_lr` (the heads keep `lr`), on the same schedule. The paper
     # fine-tunes the whole 7B backbone; this is the part of that a 2-core box can afford (MiniLM's last layer: a
-    # full-data run of `full` takes ~140 s instead of ~8 s on a 400 GFLOP/s host). The layers run without dropout, so selection reads the network it trains.
+    # full-data run of `full` takes ~140 s instead of ~8 s on a 400 GFLOP/s host). The layers run without dropout,
+    # so selection reads the network it trains (bench/results/al_study_retrain_replay_new_top1).
     top_layers: int = 0
     top_layers_lr: float = 1e-4
     feature_batch_size: int = 32
