@@ -51,7 +51,7 @@ def load_study(path: Path, home: Path):
     from actprm.errors import ActPRMError
     from actprm.store import Store, trajectory_id
     from actprm.synth import generate
-    from tasks import study
+    from tasks import study, study_states
     from tasks.study_report import require_numerics
 
     saved = json.loads(path.read_text())
@@ -71,9 +71,10 @@ def load_study(path: Path, home: Path):
     if missing:
         raise ActPRMError(f"{missing} trajectories of pool {saved['pool']!r} are not in the preset's synthetic pool "
                           f"(n={preset.synth_n}, mix={preset.synth_mix}): error kinds are known only there")
-    states, info = study.cached_step_states(everything, preset=preset.model_preset, cache_dir=home / "study" / "cache",
-                                            batch_size=preset.feature_batch_size, top_layers=preset.top_layers)
-    train, evaluation = study.pack_splits(data, states, info["top"])
+    states, info = study_states.cached_step_states(everything, preset=preset.model_preset,
+                                                   cache_dir=home / "study" / "cache",
+                                                   batch_size=preset.feature_batch_size, top_layers=preset.top_layers)
+    train, evaluation = study_states.pack_splits(data, states, info["top"])
     return saved, preset, train, evaluation, {"train": [kinds[i] for i in train.ids],
                                               "eval": [kinds[i] for i in evaluation.ids]}
 
@@ -84,9 +85,9 @@ def found_by_group_and_kind(model, evaluation, groups: list[str], kinds: list[st
     import torch
 
     from actprm.metrics import predicted_first_error
-    from tasks import study
+    from tasks import study_states
 
-    probs = study.step_probabilities(model, evaluation, torch.arange(len(evaluation)))
+    probs = study_states.step_probabilities(model, evaluation, torch.arange(len(evaluation)))
     found: dict[str, list[bool]] = defaultdict(list)
     for p, gold, g, k in zip(probs, evaluation.first_errors, groups, kinds):
         hit = predicted_first_error(p.mean(0).tolist()) == gold

@@ -33,35 +33,30 @@ Simplifications, to fit 30 minutes on 2 CPU cores:
 
 Each seed also evaluates the untrained ensemble (`untrained_f1`): when full-data training does not beat
 it by LEARNED_F1, the result carries a `warning` that the PRM learned nothing and the comparison is moot.
-The summary, table, plot and MLflow run are in `tasks.study_report`.
+The cached backbone states and the ensembles over them are in `tasks.study_states`; the summary, table, plot
+and MLflow run are in `tasks.study_report`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
-import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
-from torch import nn
 
 from actprm.errors import ActPRMError
+from tasks.study_states import PackedPool, forward_pool, heads_model, step_probabilities, torch_threads
 
 STRATEGY_NAMES = ("actprm", "random", "entropy", "bald")
 WITHIN_F1 = 0.005  # "within 0.5 F1 points of full data", in F1 units
-STATES_VERSION = 3  # bump when the layout or a readout changes, so cached step states are recomputed
 # Bump when the heads' training changes its float arithmetic (same protocol, other rounding): runs then no longer
 # reproduce bit for bit, so a study is not extended across versions. 2: training skips unlabeled steps, fused AdamW.
 NUMERICS_VERSION = 2
-TOKEN_GROUP = 16  # trajectories per forward of the trained top layers (`_forward_tokens`)
 LEARNED_F1 = 0.02  # full data must beat the untrained ensemble by 2 F1 points for the comparison to mean anything
 
 
@@ -131,17 +126,6 @@ STUDY_PRESETS: dict[str, StudyPreset] = {
                         model_preset="cpu", num_heads=32, rounds=16, steps_per_round=25, batch_size=56,
                         lr=3e-3, synth_n=3000, synth_mix="reading", head_threads=2),
 }
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None):
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def study_preset(name: str) -> StudyPreset:
@@ -257,308 +241,6 @@ def split_fingerprint(data: dict[str, list[dict]]) -> str:
     return h.hexdigest()
 
 
-# -- cached backbone states --------------------------------------------------------------------
-def _length_batches(tokenizer, trajectories: list[dict], batch_size: int, max_length: int):
-    """(positions, encoded batch) over the trajectories, batched by length so padding stays small."""
-    from models import StepBatcher
-
-    batcher = StepBatcher(tokenizer, max_length=max_length)
-    order = sorted(range(len(trajectories)), key=lambda i: len(trajectories[i]["question"])
-                   + sum(len(s) for s in trajectories[i]["steps"]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        yield idx, batcher.encode([trajectories[i]["question"] for i in idx], [trajectories[i]["steps"] for i in idx])
-
-
-def step_states(model, tokenizer, trajectories: list[dict], *, batch_size: int = 32,
-                max_length: int = 512) -> list[torch.Tensor]:
-    """Per trajectory, the (scored_steps, H) states the frozen model's heads read (`EnsemblePRM.step_states`).
-
-    Trajectories are batched by length so padding stays small, and returned in the order given.
-    """
-    out: list[torch.Tensor | None] = [None] * len(trajectories)
-    model.eval()
-    with torch.no_grad():
-        for idx, batch in _length_batches(tokenizer, trajectories, batch_size, max_length):
-            hidden = model.backbone(**batch.model_inputs()).last_hidden_state
-            states, rows, _ = model.step_states(hidden, batch.input_ids, batch.attention_mask)
-            per_row = torch.split(states.float(), torch.bincount(rows, minlength=len(idx)).tolist())
-            for row, i in enumerate(idx):
-                out[i] = per_row[row].clone()
-    return out  # type: ignore[return-value]
-
-
-def token_states(model, tokenizer, trajectories: list[dict], top_layers: int, *, batch_size: int = 32,
-                 max_length: int = 512) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per trajectory, the (tokens, H) states entering the frozen model's top `top_layers` layers and its (tokens,)
-    input ids, padding dropped; batched by length as `step_states`, returned in the order given."""
-    out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(trajectories)
-    model.eval()
-    with torch.no_grad():
-        for idx, batch in _length_batches(tokenizer, trajectories, batch_size, max_length):
-            hidden = model.backbone(**batch.model_inputs(), output_hidden_states=True).hidden_states[-1 - top_layers]
-            for row, i in enumerate(idx):
-                real = batch.attention_mask[row].bool()
-                out[i] = (hidden[row][real].float().clone(), batch.input_ids[row][real].clone())
-    return out  # type: ignore[return-value]
-
-
-class TopLayers(nn.Module):
-    """The backbone slot of an ensemble that trains the backbone's top layers: it runs them on cached states that
-    enter them (`token_states`), and carries how the heads read steps off their output."""
-
-    def __init__(self, layers: nn.ModuleList, hidden_size: int, *, separator_id: int, readout: str,
-                 prefix_end_id: int):
-        super().__init__()
-        self.layers = layers
-        self.config = SimpleNamespace(hidden_size=hidden_size)
-        self.separator_id, self.readout, self.prefix_end_id = separator_id, readout, prefix_end_id
-
-    @classmethod
-    def of(cls, model, k: int) -> TopLayers:
-        """A copy of the top k layers of a BERT-style model's encoder (MiniLM, the tiny preset)."""
-        import copy
-
-        layers = getattr(getattr(model.backbone, "encoder", None), "layer", None)
-        if layers is None:
-            raise ActPRMError(f"study preset field top_layers needs a BERT-style encoder; the {model.config.preset!r} "
-                              "backbone has none: use top_layers=0")
-        if not 0 < k <= len(layers):
-            raise ActPRMError(f"study preset field top_layers is {k}, but the {model.config.preset!r} backbone has "
-                              f"{len(layers)} layers")
-        return cls(copy.deepcopy(nn.ModuleList(list(layers)[-k:])), model.backbone.config.hidden_size,
-                   separator_id=model.separator_id, readout=model.config.readout,
-                   prefix_end_id=model.config.prefix_end_id)
-
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        # The additive (B, 1, 1, T) mask BERT's layers take: padding keys get the dtype's lowest value.
-        extended = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
-        for layer in self.layers:
-            hidden = layer(hidden, attention_mask=extended)
-            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
-        return hidden
-
-    def train(self, mode: bool = True) -> TopLayers:
-        """The layers always run as in eval mode (no dropout), so the scores a strategy picks by and the network it
-        trains are the same function, and runs reproduce under a seed without touching torch's global generator."""
-        super().train(mode)
-        self.layers.eval()
-        return self
-
-
-def feature_cache_key(trajectories: list[dict], preset: str, backbone: str, max_length: int, readout: str,
-                      top_layers: int = 0) -> str:
-    what = [preset, backbone, max_length, readout, STATES_VERSION] + ([f"tokens-entering-top-{top_layers}"]
-                                                                      if top_layers else [])
-    h = hashlib.sha256(json.dumps(what).encode())
-    for t in trajectories:
-        h.update(t["id"].encode())
-    return h.hexdigest()[:16]
-
-
-def cached_step_states(trajectories: list[dict], *, preset: str, cache_dir: str | Path | None,
-                            batch_size: int = 32, max_length: int = 512, seed: int = 0,
-                            backbone_path: str | None = None, threads: int | None = None, top_layers: int = 0
-                            ) -> tuple[list, dict]:
-    """`step_states` of a fresh `build_prm(preset)` model, cached on disk by (trajectories, model, readout).
-
-    With `top_layers` > 0, the `token_states` entering the model's top layers instead, and `info["top"]`: a copy of
-    those pretrained layers (`TopLayers`), for `pack_splits`."""
-    from models import build_prm
-
-    t0 = time.perf_counter()
-    model, tokenizer = build_prm(preset, num_heads=1, seed=seed, freeze_backbone=True, backbone_path=backbone_path)
-    top = TopLayers.of(model, top_layers) if top_layers else None  # before the pass, so a bad k fails in seconds
-    key = feature_cache_key(trajectories, preset, model.config.backbone_name, max_length, model.config.readout,
-                            top_layers)
-    path = Path(cache_dir) / f"{'token' if top else 'step'}-states-{key}.pt" if cache_dir else None
-    info = {"preset": preset, "backbone": model.config.backbone_name, "cache_key": key,
-            "hidden_size": model.backbone.config.hidden_size, "separator_id": model.separator_id,
-            "readout": model.config.readout, "top_layers": top_layers, "top": top}
-    if path is not None and path.is_file():
-        states = torch.load(path)
-        return states, info | {"cached": True, "seconds": time.perf_counter() - t0}
-    with torch_threads(threads):
-        if top is not None:
-            states = token_states(model, tokenizer, trajectories, top_layers, batch_size=batch_size,
-                                  max_length=max_length)
-        else:
-            states = step_states(model, tokenizer, trajectories, batch_size=batch_size, max_length=max_length)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(states, tmp)
-        tmp.replace(path)
-    return states, info | {"cached": False, "seconds": time.perf_counter() - t0}
-
-
-@dataclass
-class PackedPool:
-    """Cached step states of a split, zero-padded to (N, S, H), with gold step labels.
-
-    With `top` (the preset's `top_layers` > 0), `states` are instead the (N, T, H) token states entering the
-    backbone's top layers, with their `input_ids` and `attention_mask`; each run trains its own copy of `top`."""
-
-    ids: list[str]
-    states: torch.Tensor         # (N, S, H) float32
-    steps: torch.Tensor          # (N,) scored steps per trajectory
-    labels: torch.Tensor         # (N, S) 1 before the first error, 0 at it, IGNORE_INDEX elsewhere
-    first_errors: list[int]      # gold, 0-based, -1 = all correct
-    unread: torch.Tensor         # (N,) steps past the backbone's max_length, never read
-    input_ids: torch.Tensor | None = None       # (N, T), token pools only
-    attention_mask: torch.Tensor | None = None  # (N, T), token pools only
-    top: TopLayers | None = None                # the pretrained top layers, token pools only
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def take(self, positions: list[int]) -> PackedPool:
-        """The trajectories at `positions`, in that order, as a pool of their own."""
-        idx = torch.tensor(positions, dtype=torch.long)
-        tokens = {} if self.top is None else {"input_ids": self.input_ids[idx],
-                                              "attention_mask": self.attention_mask[idx], "top": self.top}
-        return PackedPool([self.ids[i] for i in positions], self.states[idx], self.steps[idx], self.labels[idx],
-                          [self.first_errors[i] for i in positions], self.unread[idx], **tokens)
-
-
-def pack(trajectories: list[dict], states: list[torch.Tensor]) -> PackedPool:
-    from models import IGNORE_INDEX, step_labels
-
-    n, width = len(trajectories), max(int(s.shape[0]) for s in states)
-    hidden = states[0].shape[1]
-    packed = torch.zeros(n, width, hidden)
-    labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
-    for i, (t, s) in enumerate(zip(trajectories, states)):
-        k = int(s.shape[0])
-        packed[i, :k] = s
-        # The labels of the scored steps only, as StepBatcher lays them out when later steps are cut.
-        labels[i, :k] = torch.tensor(step_labels(len(t["steps"]), int(t["gold_first_error"]))[:k])
-    return PackedPool([t["id"] for t in trajectories], packed, torch.tensor([int(s.shape[0]) for s in states]),
-                      labels, [int(t["gold_first_error"]) for t in trajectories],
-                      torch.tensor([len(t["steps"]) - int(s.shape[0]) for t, s in zip(trajectories, states)]))
-
-
-def pack_tokens(trajectories: list[dict], states: list[tuple[torch.Tensor, torch.Tensor]], top: TopLayers
-                ) -> PackedPool:
-    """`token_states` zero-padded to (N, T, H), with the step labels of the steps the tokens hold (those whose
-    separator survived max_length), laid out as `pack` lays them."""
-    from models import IGNORE_INDEX, step_labels
-
-    n, width = len(trajectories), max(int(ids.shape[0]) for _, ids in states)
-    scored = [int((ids == top.separator_id).sum()) for _, ids in states]
-    packed = torch.zeros(n, width, states[0][0].shape[1])
-    input_ids = torch.zeros(n, width, dtype=torch.long)
-    mask = torch.zeros(n, width, dtype=torch.long)
-    labels = torch.full((n, max(max(scored), 1)), IGNORE_INDEX, dtype=torch.long)
-    for i, (t, (hidden, ids), k) in enumerate(zip(trajectories, states, scored)):
-        packed[i, :len(ids)], input_ids[i, :len(ids)], mask[i, :len(ids)] = hidden, ids, 1
-        labels[i, :k] = torch.tensor(step_labels(len(t["steps"]), int(t["gold_first_error"]))[:k])
-    return PackedPool([t["id"] for t in trajectories], packed, torch.tensor(scored), labels,
-                      [int(t["gold_first_error"]) for t in trajectories],
-                      torch.tensor([len(t["steps"]) - k for t, k in zip(trajectories, scored)]),
-                      input_ids=input_ids, attention_mask=mask, top=top)
-
-
-def pack_splits(data: dict[str, list[dict]], states: list, top: TopLayers | None = None
-                ) -> tuple[PackedPool, PackedPool]:
-    """The train and eval splits packed, from the states of `data["train"] + data["eval"]` in that order (token
-    states when `top` is given)."""
-    n = len(data["train"])
-    if top is not None:
-        return pack_tokens(data["train"], states[:n], top), pack_tokens(data["eval"], states[n:], top)
-    return pack(data["train"], states[:n]), pack(data["eval"], states[n:])
-
-
-class CachedStates(nn.Module):
-    """The backbone slot of a heads-only ensemble: the study feeds cached step states to the heads."""
-
-    def __init__(self, hidden_size: int):
-        super().__init__()
-        self.config = SimpleNamespace(hidden_size=hidden_size)
-
-    def forward(self, *_: Any, **__: Any):
-        raise ActPRMError("this ensemble has no backbone: feed it cached step states (tasks.study)")
-
-
-def heads_model(hidden_size: int, separator_id: int, *, num_heads: int, seed: int, reg_lambda: float,
-                learning_probability: float, top: TopLayers | None = None):
-    """A fresh ensemble (same head init as build_prm with this seed) over cached step states, or, with `top`,
-    over a trainable copy of those pretrained top layers."""
-    import copy
-
-    from models import EnsemblePRM, PRMConfig
-
-    if top is None:
-        config = PRMConfig(num_heads=num_heads, reg_lambda=reg_lambda, learning_probability=learning_probability,
-                           seed=seed, freeze_backbone=True, separator_id=separator_id, preset="cached-states")
-        return EnsemblePRM(CachedStates(hidden_size), config)
-    config = PRMConfig(num_heads=num_heads, reg_lambda=reg_lambda, learning_probability=learning_probability,
-                       seed=seed, separator_id=separator_id, preset="cached-token-states", readout=top.readout,
-                       prefix_end_id=top.prefix_end_id)
-    return EnsemblePRM(copy.deepcopy(top).requires_grad_(True), config)
-
-
-def _forward(model, pool: PackedPool, idx: torch.Tensor, with_labels: bool):
-    """(E, N) logits over the scored steps of `idx` (row-major), their rows and, with labels, the loss.
-
-    With labels only the labeled steps are scored: a step after the first error carries IGNORE_INDEX and adds
-    nothing to the loss or its gradient, and skipping it saves a quarter of the training compute on the
-    synthetic pool (the loss is the same up to float rounding)."""
-    from models import IGNORE_INDEX
-
-    if pool.top is not None:
-        return _forward_tokens(model, pool, idx, with_labels)
-    width = int(pool.steps[idx].max())
-    present = torch.arange(width).unsqueeze(0) < pool.steps[idx].unsqueeze(1)
-    if with_labels:
-        present &= pool.labels[idx, :width] != IGNORE_INDEX
-    rows = present.nonzero(as_tuple=True)[0]
-    logits = model.head_logits(pool.states[idx, :width][present])
-    if not with_labels:
-        return logits, rows, None
-    cls_loss, reg_loss = model.step_loss(logits, pool.labels[idx, :width][present], rows)
-    return logits, rows, cls_loss + reg_loss
-
-
-def _forward_tokens(model, pool: PackedPool, idx: torch.Tensor, with_labels: bool):
-    """`_forward` on a token pool: the model's top layers run on the cached states that enter them, then its heads
-    read the steps off their output (`EnsemblePRM.step_states`), the labeled steps only when training."""
-    from models import IGNORE_INDEX
-
-    lengths = pool.attention_mask[idx].sum(1)
-    # The layers run on groups of trajectories of similar length, each padded to its own longest: a minibatch
-    # padded to its longest trajectory would be about half padding on the synthetic pool.
-    parts = []
-    for group in torch.split(torch.argsort(lengths, stable=True), TOKEN_GROUP):
-        width, where = int(lengths[group].max()), idx[group]
-        ids, mask = pool.input_ids[where, :width], pool.attention_mask[where, :width]
-        states, rows, step_index = model.step_states(model.backbone(pool.states[where, :width], mask), ids, mask)
-        parts.append((states, group[rows], step_index))
-    states, rows, step_index = (torch.cat(t) for t in zip(*parts))
-    # Back to row-major order over idx, as `_forward` and `step_probabilities` lay steps out.
-    order = torch.argsort(rows * (int(step_index.max()) + 1 if step_index.numel() else 1) + step_index)
-    states, rows, step_index = states[order], rows[order], step_index[order]
-    if not with_labels:
-        return model.head_logits(states), rows, None
-    labels = pool.labels[idx][rows, step_index]
-    keep = labels != IGNORE_INDEX
-    logits = model.head_logits(states[keep])
-    cls_loss, reg_loss = model.step_loss(logits, labels[keep], rows[keep])
-    return logits, rows[keep], cls_loss + reg_loss
-
-
-@torch.no_grad()
-def step_probabilities(model, pool: PackedPool, idx: torch.Tensor, batch_size: int = 512) -> list[torch.Tensor]:
-    """Per trajectory of `idx`, its (E, scored_steps) P(step correct), as `EnsemblePRM.step_probabilities`."""
-    model.eval()
-    out: list[torch.Tensor] = []
-    for start in range(0, len(idx), batch_size):
-        part = idx[start:start + batch_size]
-        logits, rows, _ = _forward(model, pool, part, with_labels=False)
-        out += list(torch.split(torch.sigmoid(logits), torch.bincount(rows, minlength=len(part)).tolist(), dim=1))
-    return out
-
-
 # -- one run --------------------------------------------------------------------------------------
 def replay_minibatch(labeled: torch.Tensor, new: torch.Tensor, size: int, new_share: float,
                      generator: torch.Generator) -> torch.Tensor:
@@ -671,7 +353,7 @@ def _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, 
         pool_idx, new_idx = torch.tensor(labeled), torch.tensor(chosen, dtype=torch.long)
         for _ in range(preset.steps_per_round):
             idx = replay_minibatch(pool_idx, new_idx, preset.batch_size, preset.replay_new_share, draw)
-            _, _, loss = _forward(model, train, idx, with_labels=True)
+            _, _, loss = forward_pool(model, train, idx, with_labels=True)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.head_parameters(), 1.0)

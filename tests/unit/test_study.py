@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from actprm.errors import ActPRMError
-from tasks import study, study_report
+from tasks import study, study_report, study_states
 
 POOL = "study-tiny"
 
@@ -35,10 +35,10 @@ def packed(pool_db):
 
     with Store(pool_db) as store:
         data = study.load_pool(store, POOL, eval_fraction=0.25, seed=0)
-    states, info = study.cached_step_states(data["train"] + data["eval"], preset="tiny", cache_dir=None,
-                                                 threads=1)
+    states, info = study_states.cached_step_states(data["train"] + data["eval"], preset="tiny", cache_dir=None,
+                                                   threads=1)
     n = len(data["train"])
-    return study.pack(data["train"], states[:n]), study.pack(data["eval"], states[n:]), info
+    return study_states.pack(data["train"], states[:n]), study_states.pack(data["eval"], states[n:]), info
 
 
 def _knobs(info):
@@ -493,11 +493,11 @@ def test_training_skips_the_unlabeled_steps_and_keeps_the_loss_and_its_gradient(
     idx = torch.arange(len(train))
 
     def fresh():
-        return study.heads_model(info["hidden_size"], info["separator_id"], num_heads=4, seed=0, reg_lambda=0.5,
-                                 learning_probability=1.0)
+        return study_states.heads_model(info["hidden_size"], info["separator_id"], num_heads=4, seed=0,
+                                        reg_lambda=0.5, learning_probability=1.0)
 
     model = fresh()
-    _, rows, loss = study._forward(model, train, idx, with_labels=True)
+    _, rows, loss = study_states.forward_pool(model, train, idx, with_labels=True)
     loss.backward()
     # The same loss over every scored step, those after the first error (IGNORE_INDEX) included.
     full = fresh()
@@ -519,9 +519,9 @@ def token_packed(pool_db):
 
     with Store(pool_db) as store:
         data = study.load_pool(store, POOL, eval_fraction=0.25, seed=0)
-    states, info = study.cached_step_states(data["train"] + data["eval"], preset="tiny", cache_dir=None, threads=1,
-                                            top_layers=1)
-    train, evaluation = study.pack_splits(data, states, info["top"])
+    states, info = study_states.cached_step_states(data["train"] + data["eval"], preset="tiny", cache_dir=None,
+                                                   threads=1, top_layers=1)
+    train, evaluation = study_states.pack_splits(data, states, info["top"])
     return train, evaluation, info
 
 
@@ -535,18 +535,19 @@ def test_the_top_layer_run_on_its_cached_input_reads_the_same_steps_as_the_froze
     assert torch.equal(tokens.labels, steps.labels[:, :tokens.labels.shape[1]]) and torch.equal(tokens.unread,
                                                                                                 steps.unread)
     # Before any training the pretrained layer on the cached tokens gives the step states the backbone gave.
-    model = study.heads_model(info["hidden_size"], info["separator_id"], num_heads=4, seed=0, reg_lambda=0.5,
-                              learning_probability=1.0, top=tokens.top)
-    frozen = study.heads_model(info["hidden_size"], info["separator_id"], num_heads=4, seed=0, reg_lambda=0.5,
-                               learning_probability=1.0)
+    model = study_states.heads_model(info["hidden_size"], info["separator_id"], num_heads=4, seed=0, reg_lambda=0.5,
+                                     learning_probability=1.0, top=tokens.top)
+    frozen = study_states.heads_model(info["hidden_size"], info["separator_id"], num_heads=4, seed=0,
+                                      reg_lambda=0.5, learning_probability=1.0)
     idx = torch.arange(len(tokens))
-    assert len(idx) > 2 * study.TOKEN_GROUP  # the layer runs on several groups of similar length
-    for a, b in zip(study.step_probabilities(model, tokens, idx), study.step_probabilities(frozen, steps, idx)):
+    assert len(idx) > 2 * study_states.TOKEN_GROUP  # the layer runs on several groups of similar length
+    probabilities = study_states.step_probabilities
+    for a, b in zip(probabilities(model, tokens, idx), probabilities(frozen, steps, idx)):
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
     # And the training loss over the labeled steps is the same loss.
     shuffled = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(0))]
-    _, rows, loss = study._forward(model, tokens, shuffled, with_labels=True)
-    _, frozen_rows, frozen_loss = study._forward(frozen, steps, shuffled, with_labels=True)
+    _, rows, loss = study_states.forward_pool(model, tokens, shuffled, with_labels=True)
+    _, frozen_rows, frozen_loss = study_states.forward_pool(frozen, steps, shuffled, with_labels=True)
     assert torch.equal(rows, frozen_rows) and torch.allclose(loss, frozen_loss, rtol=1e-5)
 
 
@@ -573,7 +574,7 @@ def test_top_layers_beyond_the_backbone_or_below_zero_are_refused_in_one_line(po
     with pytest.raises(ActPRMError, match="'top_layers' takes a whole number of layers, 0 or more, got '-1'"):
         study.customize(study.study_preset("full"), {"top_layers": "-1"})
     with pytest.raises(ActPRMError, match="top_layers is 3, but the 'tiny' backbone has 2 layers"):
-        study.cached_step_states([], preset="tiny", cache_dir=None, top_layers=3)
+        study_states.cached_step_states([], preset="tiny", cache_dir=None, top_layers=3)
 
 
 def test_a_study_with_top_layers_caches_their_input_once_and_a_rerun_reproduces_it(pool_db, tmp_path, monkeypatch,
