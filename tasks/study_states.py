@@ -10,6 +10,7 @@ packed per split (`pack_splits`), and read by `heads_model` ensembles through `f
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import time
@@ -24,7 +25,7 @@ from torch import nn
 from actprm.errors import ActPRMError
 
 STATES_VERSION = 3  # bump when the layout or a readout changes, so cached step states are recomputed
-TOKEN_GROUP = 16  # trajectories per forward of the trained top layers (`_forward_tokens`)
+TOKEN_GROUP = 16  # trajectories per forward of the trained top layers (`_token_steps`)
 
 
 @contextlib.contextmanager
@@ -97,8 +98,6 @@ class TopLayers(nn.Module):
     @classmethod
     def of(cls, model, k: int) -> TopLayers:
         """A copy of the top k layers of a BERT-style model's encoder (MiniLM, the tiny preset)."""
-        import copy
-
         layers = getattr(getattr(model.backbone, "encoder", None), "layer", None)
         if layers is None:
             raise ActPRMError(f"study preset field top_layers needs a BERT-style encoder; the {model.config.preset!r} "
@@ -137,9 +136,9 @@ def feature_cache_key(trajectories: list[dict], preset: str, backbone: str, max_
 
 
 def cached_step_states(trajectories: list[dict], *, preset: str, cache_dir: str | Path | None,
-                            batch_size: int = 32, max_length: int = 512, seed: int = 0,
-                            backbone_path: str | None = None, threads: int | None = None, top_layers: int = 0
-                            ) -> tuple[list, dict]:
+                       batch_size: int = 32, max_length: int = 512, seed: int = 0,
+                       backbone_path: str | None = None, threads: int | None = None, top_layers: int = 0
+                       ) -> tuple[list, dict]:
     """`step_states` of a fresh `build_prm(preset)` model, cached on disk by (trajectories, model, readout).
 
     With `top_layers` > 0, the `token_states` entering the model's top layers instead, and `info["top"]`: a copy of
@@ -201,42 +200,42 @@ class PackedPool:
                           [self.first_errors[i] for i in positions], self.unread[idx], **tokens)
 
 
-def pack(trajectories: list[dict], states: list[torch.Tensor]) -> PackedPool:
+def _packed_pool(trajectories: list[dict], states: torch.Tensor, scored: list[int], width: int,
+                 **tokens: Any) -> PackedPool:
+    """The pool over already padded `states`, with the gold labels of each trajectory's `scored` steps laid out
+    (N, width) as StepBatcher lays them out when later steps are cut, and the steps left unread."""
     from models import IGNORE_INDEX, step_labels
 
-    n, width = len(trajectories), max(int(s.shape[0]) for s in states)
-    hidden = states[0].shape[1]
-    packed = torch.zeros(n, width, hidden)
-    labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
-    for i, (t, s) in enumerate(zip(trajectories, states)):
-        k = int(s.shape[0])
-        packed[i, :k] = s
-        # The labels of the scored steps only, as StepBatcher lays them out when later steps are cut.
+    labels = torch.full((len(trajectories), width), IGNORE_INDEX, dtype=torch.long)
+    for i, (t, k) in enumerate(zip(trajectories, scored)):
         labels[i, :k] = torch.tensor(step_labels(len(t["steps"]), int(t["gold_first_error"]))[:k])
-    return PackedPool([t["id"] for t in trajectories], packed, torch.tensor([int(s.shape[0]) for s in states]),
-                      labels, [int(t["gold_first_error"]) for t in trajectories],
-                      torch.tensor([len(t["steps"]) - int(s.shape[0]) for t, s in zip(trajectories, states)]))
+    return PackedPool([t["id"] for t in trajectories], states, torch.tensor(scored), labels,
+                      [int(t["gold_first_error"]) for t in trajectories],
+                      torch.tensor([len(t["steps"]) - k for t, k in zip(trajectories, scored)]), **tokens)
+
+
+def pack(trajectories: list[dict], states: list[torch.Tensor]) -> PackedPool:
+    """`step_states` zero-padded to (N, S, H), with their steps' gold labels."""
+    scored = [int(s.shape[0]) for s in states]
+    packed = torch.zeros(len(trajectories), max(scored), states[0].shape[1])
+    for i, s in enumerate(states):
+        packed[i, :len(s)] = s
+    return _packed_pool(trajectories, packed, scored, max(scored))
 
 
 def pack_tokens(trajectories: list[dict], states: list[tuple[torch.Tensor, torch.Tensor]], top: TopLayers
                 ) -> PackedPool:
     """`token_states` zero-padded to (N, T, H), with the step labels of the steps the tokens hold (those whose
     separator survived max_length), laid out as `pack` lays them."""
-    from models import IGNORE_INDEX, step_labels
-
     n, width = len(trajectories), max(int(ids.shape[0]) for _, ids in states)
     scored = [int((ids == top.separator_id).sum()) for _, ids in states]
     packed = torch.zeros(n, width, states[0][0].shape[1])
     input_ids = torch.zeros(n, width, dtype=torch.long)
     mask = torch.zeros(n, width, dtype=torch.long)
-    labels = torch.full((n, max(max(scored), 1)), IGNORE_INDEX, dtype=torch.long)
-    for i, (t, (hidden, ids), k) in enumerate(zip(trajectories, states, scored)):
+    for i, (hidden, ids) in enumerate(states):
         packed[i, :len(ids)], input_ids[i, :len(ids)], mask[i, :len(ids)] = hidden, ids, 1
-        labels[i, :k] = torch.tensor(step_labels(len(t["steps"]), int(t["gold_first_error"]))[:k])
-    return PackedPool([t["id"] for t in trajectories], packed, torch.tensor(scored), labels,
-                      [int(t["gold_first_error"]) for t in trajectories],
-                      torch.tensor([len(t["steps"]) - k for t, k in zip(trajectories, scored)]),
-                      input_ids=input_ids, attention_mask=mask, top=top)
+    return _packed_pool(trajectories, packed, scored, max(max(scored), 1), input_ids=input_ids,
+                        attention_mask=mask, top=top)
 
 
 def pack_splits(data: dict[str, list[dict]], states: list, top: TopLayers | None = None
@@ -264,18 +263,16 @@ def heads_model(hidden_size: int, separator_id: int, *, num_heads: int, seed: in
                 learning_probability: float, top: TopLayers | None = None):
     """A fresh ensemble (same head init as build_prm with this seed) over cached step states, or, with `top`,
     over a trainable copy of those pretrained top layers."""
-    import copy
-
     from models import EnsemblePRM, PRMConfig
 
+    heads = dict(num_heads=num_heads, reg_lambda=reg_lambda, learning_probability=learning_probability, seed=seed,
+                 separator_id=separator_id)
     if top is None:
-        config = PRMConfig(num_heads=num_heads, reg_lambda=reg_lambda, learning_probability=learning_probability,
-                           seed=seed, freeze_backbone=True, separator_id=separator_id, preset="cached-states")
-        return EnsemblePRM(CachedStates(hidden_size), config)
-    config = PRMConfig(num_heads=num_heads, reg_lambda=reg_lambda, learning_probability=learning_probability,
-                       seed=seed, separator_id=separator_id, preset="cached-token-states", readout=top.readout,
-                       prefix_end_id=top.prefix_end_id)
-    return EnsemblePRM(copy.deepcopy(top).requires_grad_(True), config)
+        return EnsemblePRM(CachedStates(hidden_size),
+                           PRMConfig(**heads, freeze_backbone=True, preset="cached-states"))
+    return EnsemblePRM(copy.deepcopy(top).requires_grad_(True),
+                       PRMConfig(**heads, preset="cached-token-states", readout=top.readout,
+                                 prefix_end_id=top.prefix_end_id))
 
 
 def forward_pool(model, pool: PackedPool, idx: torch.Tensor, with_labels: bool):
@@ -287,24 +284,24 @@ def forward_pool(model, pool: PackedPool, idx: torch.Tensor, with_labels: bool):
     from models import IGNORE_INDEX
 
     if pool.top is not None:
-        return _forward_tokens(model, pool, idx, with_labels)
-    width = int(pool.steps[idx].max())
-    present = torch.arange(width).unsqueeze(0) < pool.steps[idx].unsqueeze(1)
-    if with_labels:
-        present &= pool.labels[idx, :width] != IGNORE_INDEX
-    rows = present.nonzero(as_tuple=True)[0]
-    logits = model.head_logits(pool.states[idx, :width][present])
+        states, rows, labels = _token_steps(model, pool, idx)
+    else:
+        width = int(pool.steps[idx].max())
+        present = torch.arange(width).unsqueeze(0) < pool.steps[idx].unsqueeze(1)
+        rows = present.nonzero(as_tuple=True)[0]
+        states, labels = pool.states[idx, :width][present], pool.labels[idx, :width][present]
     if not with_labels:
-        return logits, rows, None
-    cls_loss, reg_loss = model.step_loss(logits, pool.labels[idx, :width][present], rows)
-    return logits, rows, cls_loss + reg_loss
+        return model.head_logits(states), rows, None
+    keep = labels != IGNORE_INDEX
+    logits = model.head_logits(states[keep])
+    cls_loss, reg_loss = model.step_loss(logits, labels[keep], rows[keep])
+    return logits, rows[keep], cls_loss + reg_loss
 
 
-def _forward_tokens(model, pool: PackedPool, idx: torch.Tensor, with_labels: bool):
-    """`forward_pool` on a token pool: the model's top layers run on the cached states that enter them, then its heads
-    read the steps off their output (`EnsemblePRM.step_states`), the labeled steps only when training."""
-    from models import IGNORE_INDEX
-
+def _token_steps(model, pool: PackedPool, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The scored steps of `idx` in a token pool, row-major: the model's top layers run on the cached states that
+    enter them, then the steps are read off their output (`EnsemblePRM.step_states`). Their states, rows and
+    labels."""
     lengths = pool.attention_mask[idx].sum(1)
     # The layers run on groups of trajectories of similar length, each padded to its own longest: a minibatch
     # padded to its longest trajectory would be about half padding on the synthetic pool.
@@ -318,13 +315,7 @@ def _forward_tokens(model, pool: PackedPool, idx: torch.Tensor, with_labels: boo
     # Back to row-major order over idx, as `forward_pool` and `step_probabilities` lay steps out.
     order = torch.argsort(rows * (int(step_index.max()) + 1 if step_index.numel() else 1) + step_index)
     states, rows, step_index = states[order], rows[order], step_index[order]
-    if not with_labels:
-        return model.head_logits(states), rows, None
-    labels = pool.labels[idx][rows, step_index]
-    keep = labels != IGNORE_INDEX
-    logits = model.head_logits(states[keep])
-    cls_loss, reg_loss = model.step_loss(logits, labels[keep], rows[keep])
-    return logits, rows[keep], cls_loss + reg_loss
+    return states, rows, pool.labels[idx][rows, step_index]
 
 
 @torch.no_grad()
