@@ -24,17 +24,15 @@ never kept anything is reported as skipped, never as a NaN loss.
 Reproducible on CPU: the data order (accelerate's seedable sampler, reseeded per epoch), the bootstrap masks
 and dropout (both reseeded per micro-batch) are all functions of ``seed`` and the step, so the same
 seed gives identical final weights, and a run resumed from ``checkpoints/step_N`` ends where an
-uninterrupted one does.
+uninterrupted one does (the checkpoints, their fingerprint and the counters they carry: tasks/train_state.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import os
-import shutil
 import sys
 import warnings
 from collections.abc import Callable
@@ -45,14 +43,12 @@ from typing import Any
 import torch
 
 from actprm.errors import ActPRMError
+from tasks.train_state import CHECKPOINTS_DIR, Checkpoints, Progress, final_metrics, run_fingerprint, save_final_model
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS_DIR = "checkpoints"
 MODEL_DIR = "model"
 RESULT_FILE = "train_result.json"
-CHECKPOINT_DONE = "checkpoint.json"  # written last: a checkpoint without it was interrupted mid-save
-KEEP_CHECKPOINTS = 2
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
@@ -70,46 +66,6 @@ class TrainResult:
         return asdict(self)
 
 
-class _Progress:
-    """Run counters that must survive a resume; saved by accelerator.save_state (register_for_checkpointing)."""
-
-    def __init__(self) -> None:
-        self.completed_steps = 0
-        self.seen = self.kept = self.confident = self.pseudo_correct = 0
-        self.epoch_counts: dict[int, list[int]] = {}  # epoch -> [seen, kept, confident, pseudo_correct]
-        self.last: dict[str, float] = {}
-
-    def record_step(self, epoch: int, totals: list[float], micro_batches: int) -> dict[str, float]:
-        """Count one optimizer step from its summed window; return its metrics (see the module docstring)."""
-        seen, kept, conf, correct, cls_sum, reg_sum, _ = totals
-        self.completed_steps += 1
-        counts = (int(seen), int(kept), int(conf), int(correct))
-        self.seen, self.kept = self.seen + counts[0], self.kept + counts[1]
-        self.confident, self.pseudo_correct = self.confident + counts[2], self.pseudo_correct + counts[3]
-        per_epoch = self.epoch_counts.setdefault(epoch, [0, 0, 0, 0])
-        for j, v in enumerate(counts):
-            per_epoch[j] += v
-        metrics = {"loss": (cls_sum + reg_sum) / micro_batches, "cls_loss": cls_sum / micro_batches,
-                   "reg_loss": reg_sum / micro_batches, "trusted_fraction": kept / seen,
-                   "kept_trajectories": kept, "confident_trajectories": conf, "epoch": epoch}
-        if conf:
-            metrics["pseudo_label_accuracy"] = correct / conf
-        self.last = metrics
-        return dict(metrics)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"completed_steps": self.completed_steps, "seen": self.seen, "kept": self.kept,
-                "confident": self.confident, "pseudo_correct": self.pseudo_correct,
-                "epoch_counts": {str(k): v for k, v in self.epoch_counts.items()}, "last": self.last}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.completed_steps = int(state["completed_steps"])
-        self.seen, self.kept = int(state["seen"]), int(state["kept"])
-        self.confident, self.pseudo_correct = int(state["confident"]), int(state["pseudo_correct"])
-        self.epoch_counts = {int(k): list(v) for k, v in state["epoch_counts"].items()}
-        self.last = dict(state["last"])
-
-
 def _check_examples(examples: list[dict]) -> None:
     for i, ex in enumerate(examples):
         steps = ex.get("steps")
@@ -121,58 +77,6 @@ def _check_examples(examples: list[dict]) -> None:
         if not isinstance(fe, int) or isinstance(fe, bool) or not -1 <= fe < len(steps):
             raise ActPRMError(f"training example {i} has first_error={fe!r}; expected -1 (all correct) "
                               f"or a step index in 0..{len(steps) - 1}")
-
-
-def _fingerprint(examples: list[dict], params: dict[str, Any]) -> str:
-    """What a checkpoint must match to be resumed: the data and every knob that changes the weights."""
-    h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
-    for ex in examples:
-        h.update(json.dumps([ex["question"], ex["steps"], ex["first_error"]], ensure_ascii=False).encode())
-    return h.hexdigest()[:16]
-
-
-class _Checkpoints:
-    """A run's checkpoints, `root/step_N`: accelerate's saved state, complete once CHECKPOINT_DONE is written
-    (last), which also records the fingerprint of the data and settings it belongs to."""
-
-    def __init__(self, root: Path, fingerprint: str, accelerator) -> None:
-        self.root, self.fingerprint, self.accelerator = root, fingerprint, accelerator
-
-    def _scan(self) -> list[tuple[int, Path, dict]]:
-        """Every step_* dir with its step and completion record ({} and -1 when it has none: cut off mid-save)."""
-        found = []
-        for d in self.root.glob("step_*"):
-            try:
-                meta = json.loads((d / CHECKPOINT_DONE).read_text())
-            except (OSError, ValueError):  # interrupted mid-save (or no marker at all)
-                meta = {}
-            found.append((int(meta.get("step", -1)), d, meta))
-        return found
-
-    def drop_stale(self) -> None:
-        """Remove checkpoints of other data or settings (and unfinished ones of them): never resumed, only disk."""
-        if self.accelerator.is_main_process and self.root.is_dir():
-            for _, d, meta in self._scan():
-                if meta.get("fingerprint") != self.fingerprint:
-                    log.warning("removing checkpoint %s: it belongs to other data or settings", d)
-                    shutil.rmtree(d, ignore_errors=True)
-        self.accelerator.wait_for_everyone()
-
-    def latest(self) -> Path | None:
-        """The latest complete checkpoint of this run's data and settings."""
-        mine = [(step, d) for step, d, meta in self._scan() if meta.get("fingerprint") == self.fingerprint]
-        return max(mine)[1] if mine else None
-
-    def save(self, step: int) -> None:
-        """Save the state after optimizer step `step`; keep the last KEEP_CHECKPOINTS complete ones."""
-        d = self.root / f"step_{step}"
-        self.accelerator.save_state(str(d))
-        if self.accelerator.is_main_process:
-            (d / CHECKPOINT_DONE).write_text(json.dumps({"step": step, "fingerprint": self.fingerprint}))
-            complete = sorted((n, path) for n, path, meta in self._scan() if meta)
-            for _, old in complete[:-KEEP_CHECKPOINTS]:
-                shutil.rmtree(old, ignore_errors=True)
-        self.accelerator.wait_for_everyone()
 
 
 def _confidence(logits: torch.Tensor, step_trajectory: torch.Tensor, n: int, first_errors: torch.Tensor,
@@ -365,7 +269,7 @@ def train_prm(
               # A checkpoint's position in the data and its per-rank random states are only valid for the same
               # number of processes (accelerate launch sets WORLD_SIZE), and its weights for the same precision.
               "mixed_precision": mixed_precision, "processes": int(os.environ.get("WORLD_SIZE", "1"))}
-    fingerprint = _fingerprint(examples, params)
+    fingerprint = run_fingerprint(examples, params)
 
     accelerator = _accelerator(mixed_precision=mixed_precision, grad_accum=grad_accum, seed=seed)
     set_seed(seed)
@@ -398,10 +302,10 @@ def train_prm(
     total_steps = steps_per_epoch * epochs
     scheduler = accelerator.prepare(get_linear_schedule_with_warmup(
         optimizer, num_warmup_steps=math.ceil(warmup_ratio * total_steps), num_training_steps=total_steps))
-    state = _Progress()
+    state = Progress()
     accelerator.register_for_checkpointing(state)
 
-    checkpoints = _Checkpoints(out_dir / CHECKPOINTS_DIR, fingerprint, accelerator)
+    checkpoints = Checkpoints(out_dir / CHECKPOINTS_DIR, fingerprint, accelerator)
     checkpoints.drop_stale()
     resumed_from = None
     latest = checkpoints.latest() if resume else None
@@ -491,7 +395,7 @@ def train_prm(
     if bar is not None:
         bar.close()
 
-    final = _final_metrics(state, epochs - 1)
+    final = final_metrics(state, epochs - 1)
     if state.kept == 0:
         return TrainResult(None, len(examples), state.completed_steps, final, skipped=True,
                            reason=f"in-training selection left no trajectory to learn from: the ensemble is "
@@ -504,47 +408,13 @@ def train_prm(
     rebuild = None if params["given_model"] else (
         (lambda: EnsemblePRM.from_pretrained(init_from)) if init_from
         else (lambda: build_prm(preset, num_heads=num_heads, seed=seed, backbone_path=backbone_path)[0]))
-    _save_final_model(accelerator, model, tokenizer, model_dir, rebuild)
+    save_final_model(accelerator, model, tokenizer, model_dir, rebuild)
     result = TrainResult(str(model_dir), len(examples), state.completed_steps, final,
                          resumed_from_step=resumed_from)
     if accelerator.is_main_process:
         (out_dir / RESULT_FILE).write_text(json.dumps(result.as_dict() | {"fingerprint": fingerprint}, indent=2))
     accelerator.wait_for_everyone()
     return result
-
-
-def _save_final_model(accelerator, model, tokenizer, model_dir: Path, rebuild: Callable | None) -> None:
-    """model.save_pretrained on the main process, gathering the weights first where they are sharded."""
-    unwrapped = accelerator.unwrap_model(model)
-    if accelerator.distributed_type.name != "FSDP":  # single process, DDP and ZeRO-2 keep whole parameters
-        if accelerator.is_main_process:
-            unwrapped.save_pretrained(model_dir, tokenizer=tokenizer)
-        return
-    # FSDP2 shards the parameters themselves: gather them (a collective: every rank) and write them from a
-    # plain copy rebuilt on the main process the way this run built its model. Not exercised on CPU.
-    full_state = accelerator.get_state_dict(model)
-    if accelerator.is_main_process:
-        if rebuild is None:
-            raise ActPRMError("under FSDP pass preset/init_from instead of a model object, so the final "
-                              "model can be rebuilt for saving")
-        plain = rebuild()
-        plain.config = unwrapped.config
-        plain.load_state_dict(full_state)
-        plain.save_pretrained(model_dir, tokenizer=tokenizer)
-
-
-def _final_metrics(state: _Progress, last_epoch: int) -> dict[str, Any]:
-    """The last step's losses, plus selection figures over the final epoch and over the whole run."""
-    seen, kept, conf, correct = state.epoch_counts.get(last_epoch, [0, 0, 0, 0])
-    return {
-        "cls_loss": state.last.get("cls_loss"), "reg_loss": state.last.get("reg_loss"),
-        "loss": state.last.get("loss"),
-        "trusted_fraction": kept / seen if seen else None,
-        "pseudo_label_accuracy": correct / conf if conf else None,
-        "run_trusted_fraction": state.kept / state.seen if state.seen else None,
-        "run_pseudo_label_accuracy": state.pseudo_correct / state.confident if state.confident else None,
-        "kept_trajectories": state.kept, "seen_trajectories": state.seen,
-    }
 
 
 def _active_mlflow():
@@ -652,7 +522,6 @@ def _read_examples(path: str) -> list[dict]:
                 raise ActPRMError(f"--examples {path} line {n}: expected a JSON object, got {type(example).__name__}")
             examples.append(example)
     return examples
-
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,8 @@ import torch
 from actprm.errors import ActPRMError
 from models import EnsemblePRM, StepBatcher, build_prm
 from models.uncertainty import predicted_first_error, step_stats
-from tasks.train import CHECKPOINT_DONE, train_prm, train_task
+from tasks.train import train_prm, train_task
+from tasks.train_state import CHECKPOINT_DONE
 
 # 24 trajectories / batch 8 = 3 optimizer steps per epoch, 9 in all.
 RUN = dict(epochs=3, batch_size=8, lr=1e-2, num_heads=8, max_length=128, seed=0, progress=False)
