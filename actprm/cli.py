@@ -277,7 +277,7 @@ def promote(
         if (version is None) == (not rollback):
             raise ConfigError("give exactly one of --version N or --rollback")
         from actprm.tracking import configure_mlflow
-        from tasks.register import promote as promote_version
+        from tasks.champion import promote as promote_version
 
         configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
         return promote_version(settings.registry.model_name, version=version, rollback=rollback)

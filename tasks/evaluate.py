@@ -319,7 +319,7 @@ def evaluate_request(settings, *, model: str | None = None, data: str | None = N
     With `dev_data` the ProcessBench threshold is tuned on that file instead of fixed at 0.5.
     """
     from actprm.tracking import configure_mlflow, start_run
-    from tasks.register import champion_version
+    from tasks.champion import champion_version
 
     configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
     name = settings.registry.model_name

@@ -215,7 +215,7 @@ def record_round_task(settings: Settings, parent: str, pool: str, record: dict, 
 @task(name="finish", cache_policy=NO_CACHE)
 def finish_task(settings: Settings, parent: str, pool: str, history: list[dict], stopped_because: str) -> dict:
     """Close the flow's MLflow run and post a markdown summary + table artifact to Prefect."""
-    from tasks.register import champion_version
+    from tasks.champion import champion_version
 
     configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
     champion = champion_version(settings.registry.model_name)

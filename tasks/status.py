@@ -34,7 +34,7 @@ def _champion(settings: Settings) -> int | None:
     if settings.tracking_uri.startswith("sqlite:///") and not (settings.home / "mlflow.db").exists():
         return None
     from actprm.tracking import configure_mlflow
-    from tasks.register import champion_version
+    from tasks.champion import champion_version
 
     configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
     return champion_version(settings.registry.model_name)

@@ -13,14 +13,8 @@ from mlflow.tracking import MlflowClient
 
 from actprm.errors import ActPRMError
 from actprm.tracking import configure_mlflow, flatten_params, log_params, start_run
-from tasks.register import (
-    champion_history,
-    champion_version,
-    load_champion,
-    log_model,
-    promote,
-    promotion_gate,
-)
+from tasks.champion import champion_history, champion_version, promote, promotion_gate
+from tasks.register import load_champion, log_model
 
 @pytest.fixture(scope="module")
 def store_uri(tmp_path_factory):
