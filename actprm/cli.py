@@ -250,7 +250,7 @@ def evaluate(
 
     @command
     def _run():
-        settings = prepare(config)
+        prepare(config)  # exports ACTPRM_CONFIG and the offline environment; the flow loads its settings from them
         from flows.evaluate_champion import evaluate_champion
 
         return evaluate_champion(

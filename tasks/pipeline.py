@@ -7,10 +7,8 @@ Prefect flow-run id, markdown/table artifacts) and set up the embedded defaults.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
-import mlflow
 from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.cache_policies import NO_CACHE

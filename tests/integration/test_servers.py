@@ -217,7 +217,6 @@ def test_stop_reaches_what_a_service_started_in_a_session_of_its_own(tmp_path):
     worker that died without stopping them (killed after the grace, or crashed) left flow runs (and the judge
     calls and training they were doing) running after `make stop`. Stand-ins: a "worker" whose child puts itself in
     its own session; that child's child sits in its group, and one more starts after `make stop` looked."""
-    import contextlib
     import os
     import signal
     import subprocess
