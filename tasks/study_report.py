@@ -11,6 +11,7 @@ import json
 import math
 import os
 import statistics
+import textwrap
 from collections.abc import Sequence
 from dataclasses import MISSING, asdict, fields, replace
 from pathlib import Path
@@ -337,7 +338,9 @@ def plot(result: dict, path: str | Path) -> Path:
         ax.set_title(f"ProcessBench F1, {title}")
     axes[0].set_ylabel("ProcessBench F1 (eval split)")
     axes[0].legend()
-    fig.suptitle(f"Active learning on {result['pool']} ({result['preset']}, {len(result['seeds'])} seeds)")
+    # A study run with several --set knobs has a long preset name: wrapped, or the figure clips it at both ends.
+    title = f"Active learning on {result['pool']} ({result['preset']}, {len(result['seeds'])} seeds)"
+    fig.suptitle(textwrap.fill(title, width=110))
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
