@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from actprm.errors import ActPRMError
-from tasks.train_state import CHECKPOINTS_DIR, Checkpoints, Progress, final_metrics, run_fingerprint, save_final_model
+from tasks.train_state import CHECKPOINTS_DIR, Checkpoints, Progress, run_fingerprint, save_final_model
 
 log = logging.getLogger(__name__)
 
@@ -395,7 +395,7 @@ def train_prm(
     if bar is not None:
         bar.close()
 
-    final = final_metrics(state, epochs - 1)
+    final = state.final_metrics(epochs - 1)
     if state.kept == 0:
         return TrainResult(None, len(examples), state.completed_steps, final, skipped=True,
                            reason=f"in-training selection left no trajectory to learn from: the ensemble is "

@@ -71,6 +71,19 @@ class Progress:
         self.epoch_counts = {int(k): list(v) for k, v in state["epoch_counts"].items()}
         self.last = dict(state["last"])
 
+    def final_metrics(self, last_epoch: int) -> dict[str, Any]:
+        """The last step's losses, plus selection figures over the final epoch and over the whole run."""
+        seen, kept, conf, correct = self.epoch_counts.get(last_epoch, [0, 0, 0, 0])
+        return {
+            "cls_loss": self.last.get("cls_loss"), "reg_loss": self.last.get("reg_loss"),
+            "loss": self.last.get("loss"),
+            "trusted_fraction": kept / seen if seen else None,
+            "pseudo_label_accuracy": correct / conf if conf else None,
+            "run_trusted_fraction": self.kept / self.seen if self.seen else None,
+            "run_pseudo_label_accuracy": self.pseudo_correct / self.confident if self.confident else None,
+            "kept_trajectories": self.kept, "seen_trajectories": self.seen,
+        }
+
 
 class Checkpoints:
     """A run's checkpoints, `root/step_N`: accelerate's saved state, complete once CHECKPOINT_DONE is written
@@ -114,20 +127,6 @@ class Checkpoints:
             for _, old in complete[:-KEEP_CHECKPOINTS]:
                 shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
-
-
-def final_metrics(state: Progress, last_epoch: int) -> dict[str, Any]:
-    """The last step's losses, plus selection figures over the final epoch and over the whole run."""
-    seen, kept, conf, correct = state.epoch_counts.get(last_epoch, [0, 0, 0, 0])
-    return {
-        "cls_loss": state.last.get("cls_loss"), "reg_loss": state.last.get("reg_loss"),
-        "loss": state.last.get("loss"),
-        "trusted_fraction": kept / seen if seen else None,
-        "pseudo_label_accuracy": correct / conf if conf else None,
-        "run_trusted_fraction": state.kept / state.seen if state.seen else None,
-        "run_pseudo_label_accuracy": state.pseudo_correct / state.confident if state.confident else None,
-        "kept_trajectories": state.kept, "seen_trajectories": state.seen,
-    }
 
 
 def save_final_model(accelerator, model, tokenizer, model_dir: Path, rebuild: Callable | None) -> None:
