@@ -17,6 +17,10 @@ finished seed. --set changes preset fields for a variant (its name in the output
 
     .venv/bin/python bench/al_study.py --pool prmbench --seeds 0,1,2,3,4 --strategies actprm,random \
         --set rounds=16 --set steps_per_round=25 --set budgets=0.5,1.0 --output bench/results/VARIANT
+
+--set check_steps=true also trains full data at twice the head steps per seed and warns when that lifts it by
+more than 0.5 F1 points (the runs are then step-limited and a tie with full data is not the target met); with
+--extend it checks the seeds the study already has, without rerunning them.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The active-learning efficiency study as a Prefect flow (issue 8; protocol in `tasks/study.py`):
 
     load pool (+ held-out split) [-> the earlier study's runs, with extend] -> time the host -> cache step
-    states (one backbone pass) -> per seed not yet run: full data, then every strategy x budget, then a
-    checkpoint of the outputs -> time the host again -> summarize -> table, plot, JSON -> MLflow
+    states (one backbone pass) [-> with check_steps, the step check of earlier seeds that lack it] -> per seed
+    not yet run: full data (and its step check), then every strategy x budget, then a checkpoint of the
+    outputs -> time the host again -> summarize -> table, plot, JSON -> MLflow
 
 This module only wires; the work is in `tasks.study`.
 """
@@ -58,6 +59,14 @@ def seed_task(train, evaluation, seed: int, preset: study.StudyPreset, knobs: di
 
     return study.run_seed(train, evaluation, seed=seed, preset=preset, strategies=strategies, on_run=progress,
                           **knobs)
+
+
+@task(name="study-step-check", cache_policy=NO_CACHE)
+def step_check_task(train, evaluation, seed: int, preset: study.StudyPreset, knobs: dict[str, Any]) -> dict:
+    row = study.step_check_run(train, evaluation, seed=seed, preset=preset, **knobs)
+    get_run_logger().info("seed %d full data at %d head steps: F1 %.4f at 0.5, %.4f at a cross-fitted threshold "
+                          "(%.1fs)", seed, row["steps"], row["f1"], row["f1_tuned"], row["seconds"])
+    return row
 
 
 @task(name="study-checkpoint", cache_policy=NO_CACHE)
@@ -153,6 +162,12 @@ def study_flow(pool: str | None = None, study_preset: str = "quick", config: dic
     def wall() -> list[float]:  # the earlier invocations', then this one's so far
         return [*spent, time.perf_counter() - started]
 
+    if preset.check_steps:  # seeds an earlier invocation ran without the step check get it now, before new ones
+        checked = {r["seed"] for r in runs if r["strategy"] == study.STEP_CHECK}
+        if unchecked := sorted(done - checked):
+            this_host["step_check_seeds"] = unchecked  # they ran here, on this host's kernels
+        for seed in unchecked:
+            runs.append(step_check_task(train, evaluation, seed, preset, knobs))
     for i, seed in enumerate(pending):
         runs += seed_task(train, evaluation, seed, preset, knobs, chosen)
         if i < len(pending) - 1:  # the report below writes the last one

@@ -33,6 +33,9 @@ Simplifications, to fit 30 minutes on 2 CPU cores:
 
 Each seed also evaluates the untrained ensemble (`untrained_f1`): when full-data training does not beat
 it by LEARNED_F1, the result carries a `warning` that the PRM learned nothing and the comparison is moot.
+With `check_steps` each seed also trains full data at twice the head steps (`step_check_run`): when that lifts
+it by more than WITHIN_F1 the steps under-train full data, the result carries `warning_steps`, and a tie with
+full data does not count as the target met.
 The cached backbone states and the ensembles over them are in `tasks.study_states`; the summary, table, plot
 and MLflow run are in `tasks.study_report`.
 """
@@ -54,6 +57,7 @@ from tasks.study_states import PackedPool, forward_pool, heads_model, step_proba
 
 STRATEGY_NAMES = ("actprm", "random", "entropy", "bald")
 WITHIN_F1 = 0.005  # "within 0.5 F1 points of full data", in F1 units
+STEP_CHECK = "full_2x_steps"  # the run label of full data at twice the head steps (`check_steps`)
 # Bump when the heads' training changes its float arithmetic (same protocol, other rounding): runs then no longer
 # reproduce bit for bit, so a study is not extended across versions. 2: training skips unlabeled steps, fused AdamW.
 NUMERICS_VERSION = 2
@@ -98,6 +102,12 @@ class StudyPreset:
     # so selection reads the network it trains (bench/results/al_study_retrain_replay_new_top1).
     top_layers: int = 0
     top_layers_lr: float = 1e-4
+    # Also train full data at twice the head steps, once per seed (the `STEP_CHECK` run), and report what it gains.
+    # Every run takes the same steps whatever its budget, so when those steps under-train full data a half ties it
+    # only because both are short of training: on 6,000 trajectories doubling 400 steps lifted full data +3.3 F1
+    # points at 0.5, more than ActPRM (bench/results/al_study_6000_retrain_replay_new_steps50). It adds runs and
+    # changes none, so an extension may add it to a study made without it.
+    check_steps: bool = False
     feature_batch_size: int = 32
     # Heads training is many small matmuls. On a quiet 2-core box two threads train the full preset's heads
     # ~1.7x faster than one; on a loaded box one thread is far faster (threads spin waiting for each other):
@@ -333,7 +343,7 @@ def _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, 
     pick = torch.Generator().manual_seed(seed * 7919 + 1)
     draw = torch.Generator().manual_seed(seed * 7919 + 2)
     labeled: list[int] = []
-    seen = uncertain_seen = 0
+    seen = uncertain_seen = steps = 0
     for batch in batches:
         seen += len(batch)
         quota = min(len(batch), budget_labels(budget, seen) - len(labeled))
@@ -361,6 +371,7 @@ def _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, 
                 torch.nn.utils.clip_grad_norm_(layers, 1.0)
             optimizer.step()
             schedule.step()
+            steps += 1
     if inspect is not None:
         inspect(model, list(labeled))
     scores = evaluate_heads(model, evaluation, subset)
@@ -370,7 +381,7 @@ def _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, 
                             separator_id=separator_id, reg_lambda=reg_lambda,
                             learning_probability=learning_probability, subset=subset)
         scores |= {f"{k}_online": online[k] for k in ("f1", "f1_tuned")}
-    return {"strategy": strategy, "budget": budget, "seed": seed, "labels": len(labeled),
+    return {"strategy": strategy, "budget": budget, "seed": seed, "labels": len(labeled), "steps": steps,
             **scores, "seconds": round(time.perf_counter() - t0, 3),
             # Share of bought trajectories that contain an error: what the strategy spends its labels on.
             "error_share": (sum(train.first_errors[i] >= 0 for i in labeled) / len(labeled)) if labeled else None,
@@ -396,15 +407,28 @@ def untrained_run(evaluation: PackedPool, *, seed: int, preset: StudyPreset, hid
             **evaluate_heads(model, evaluation, subset), "seconds": 0.0, "uncertain_seen": None, "error_share": None}
 
 
+def step_check_run(train: PackedPool, evaluation: PackedPool, *, seed: int, preset: StudyPreset,
+                   **knobs: Any) -> dict:
+    """Full data at twice the preset's head steps, with the same seed (stream, head init, minibatch draws) and
+    a schedule decaying over the doubled run: what full data gains when it is trained longer (`check_steps`)."""
+    longer = dataclasses.replace(preset, steps_per_round=2 * preset.steps_per_round)
+    row = run_budget(train, evaluation, strategy="full", budget=1.0, seed=seed, preset=longer, **knobs)
+    return row | {"strategy": STEP_CHECK}
+
+
 def run_seed(train: PackedPool, evaluation: PackedPool, *, seed: int, preset: StudyPreset,
              strategies: tuple[str, ...] = STRATEGY_NAMES, on_run: Callable[[dict], None] | None = None,
              **knobs: Any) -> list[dict]:
-    """The untrained floor and full data once, then every strategy at every budget below 1, for one seed."""
-    plan = [("untrained", 0.0), ("full", 1.0)] + [(s, b) for b in preset.budgets if b < 1 for s in strategies]
+    """The untrained floor and full data once (and at twice the steps, with `check_steps`), then every strategy
+    at every budget below 1, for one seed."""
+    plan = [("untrained", 0.0), ("full", 1.0), *([(STEP_CHECK, 1.0)] if preset.check_steps else [])]
+    plan += [(s, b) for b in preset.budgets if b < 1 for s in strategies]
     rows = []
     for strategy, budget in plan:
         if strategy == "untrained":
             row = untrained_run(evaluation, seed=seed, preset=preset, **knobs)
+        elif strategy == STEP_CHECK:
+            row = step_check_run(train, evaluation, seed=seed, preset=preset, **knobs)
         else:
             row = run_budget(train, evaluation, strategy=strategy, budget=budget, seed=seed, preset=preset, **knobs)
         rows.append(row)

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from actprm.errors import ActPRMError
-from tasks.study import LEARNED_F1, NUMERICS_VERSION, STRATEGY_NAMES, WITHIN_F1, StudyPreset, budget_labels
+from tasks.study import (LEARNED_F1, NUMERICS_VERSION, STEP_CHECK, STRATEGY_NAMES, WITHIN_F1, StudyPreset,
+                         budget_labels)
 
 
 def _spread(values: list[float]) -> float:
@@ -100,6 +101,16 @@ def summarize(runs: list[dict], *, preset: StudyPreset, pool: str, seeds: list[i
             out[f"warning{suffix}"] = (
                 f"full-data training barely beats the untrained ensemble (F1 {full_f1:.3f} vs {floor:.3f}): the PRM "
                 "learned (almost) nothing on this pool by this F1, so the strategy comparison on it is not meaningful")
+        converged = True  # unless the step check shows more training lifts full data beyond the target's tolerance
+        if check := step_check(runs, metric):
+            out[f"step_check{suffix}"] = check
+            converged = check["gain"] <= WITHIN_F1
+            if not converged:
+                out[f"warning_steps{suffix}"] = (
+                    f"full data gains {check['gain'] * 100:+.2f} ± {check['se'] * 100:.2f} F1 points with twice the "
+                    f"head steps ({check['steps']} → {check['steps_2x']}; {check['seeds_ahead']}/{check['seeds']} "
+                    "seeds): every run is short of training, so a budget within 0.5 points of full data here may "
+                    "only be as under-trained as it; raise steps_per_round until this gain is within 0.5 points")
         if compare:
             out[f"actprm_minus_random{suffix}"] = paired_gap(runs, "actprm", "random",
                                                              [b for b in preset.budgets if b < 1], metric)
@@ -108,10 +119,28 @@ def summarize(runs: list[dict], *, preset: StudyPreset, pool: str, seeds: list[i
             out[f"actprm_minus_random_at_0.5{suffix}"] = gap
             best = smallest["actprm"]
             out[f"targets{suffix}"] = {  # a target met by a PRM that learned nothing is not met
-                "actprm_within_0.5pt_at_or_below_0.5": learned and best is not None and best <= 0.5,
+                # ... nor is a tie with a full-data run that more steps would lift past it.
+                "actprm_within_0.5pt_at_or_below_0.5": learned and converged and best is not None and best <= 0.5,
                 "actprm_beats_random_at_0.5_by_3pt": learned and gap >= 0.03,
             }
     return out
+
+
+def step_check(runs: list[dict], metric: str = "f1") -> dict | None:
+    """Full data at twice the head steps (`tasks.study.step_check_run`) against full data, paired by seed: the
+    2x-steps F1, the gain (mean, standard error, seeds where the longer run is ahead) and both step counts; None
+    when no seed ran the check."""
+    full = {r["seed"]: r for r in runs if r["strategy"] == "full"}
+    longer = {r["seed"]: r for r in runs if r["strategy"] == STEP_CHECK and r["seed"] in full}
+    if not longer:
+        return None
+    diffs = [longer[k][metric] - full[k][metric] for k in sorted(longer)]
+    steps_2x = longer[min(longer)]["steps"]
+    return {"full_data_f1_2x_steps": statistics.fmean(r[metric] for r in longer.values()),
+            "gain": statistics.fmean(diffs), "se": _spread(diffs) / math.sqrt(len(diffs)),
+            "seeds_ahead": sum(d > 0 for d in diffs), "seeds": len(diffs),
+            # Full-data runs made before rows counted their steps took half the check's, as every check does.
+            "steps": full[min(longer)].get("steps", steps_2x // 2), "steps_2x": steps_2x}
 
 
 def require_numerics(saved: dict, refused: str) -> None:
@@ -127,7 +156,8 @@ def require_numerics(saved: dict, refused: str) -> None:
 # What must match for runs of two invocations to be summarized together: every preset field that shapes a
 # run's F1. Threads and host timing only change or measure speed, seeds are what an extension adds, and the name
 # only labels the fields.
-_NOT_COMPARED = {"name", "seeds", "head_threads", "feature_threads", "host_seconds"}
+# check_steps adds runs (full data at twice the steps) and changes none, so an extension may turn it on.
+_NOT_COMPARED = {"name", "seeds", "head_threads", "feature_threads", "host_seconds", "check_steps"}
 
 
 class Earlier(NamedTuple):
@@ -223,10 +253,16 @@ def study_result(runs: list[dict], *, preset: StudyPreset, pool: str, strategies
 def _f1_section(result: dict, suffix: str, title: str) -> list[str]:
     budgets = result["budgets"]
     untrained = result.get(f"untrained_f1{suffix}")
-    lines = [f"## {title}", "", *([f"**Warning:** {result[f'warning{suffix}']}", ""]
-                                   if result.get(f"warning{suffix}") else []),
+    check = result.get(f"step_check{suffix}")
+    lines = [f"## {title}", "", *(line for key in (f"warning{suffix}", f"warning_steps{suffix}") if result.get(key)
+                                  for line in (f"**Warning:** {result[key]}", "")),
              f"Full data: **{result[f'full_data_f1{suffix}']:.4f} ± {result[f'full_data_f1{suffix}_std']:.4f}**"
-             + ("" if untrained is None else f" (untrained ensemble: {untrained:.4f})"), "",
+             + ("" if untrained is None else f" (untrained ensemble: {untrained:.4f})")
+             + ("" if check is None else
+                f"; at twice the head steps ({check['steps']} → {check['steps_2x']}): "
+                f"{check['full_data_f1_2x_steps']:.4f}, "
+                f"{check['gain'] * 100:+.2f} ± {check['se'] * 100:.2f} points paired by seed "
+                f"({check['seeds_ahead']}/{check['seeds']} seeds ahead)"), "",
              "| strategy | " + " | ".join(f"{int(b * 100)}% ({result['budget_labels'][str(b)]})" for b in budgets)
              + " | smallest budget within 0.5 pt of full data |", "|---" * (len(budgets) + 2) + "|"]
     for s, row in result["strategies"].items():
@@ -334,6 +370,9 @@ def plot(result: dict, path: str | Path) -> Path:
         full = result[f"full_data_f1{suffix}"]
         ax.axhline(full, color="black", linestyle="--", linewidth=1, label="full data")
         ax.axhspan(full - WITHIN_F1, full + WITHIN_F1, color="grey", alpha=0.2)
+        if check := result.get(f"step_check{suffix}"):
+            ax.axhline(check["full_data_f1_2x_steps"], color="black", linestyle=":", linewidth=1,
+                       label="full data, 2x head steps")
         ax.set_xlabel("labels bought (trajectories)")
         ax.set_title(f"ProcessBench F1, {title}")
     axes[0].set_ylabel("ProcessBench F1 (eval split)")
@@ -384,6 +423,8 @@ def log_to_mlflow(result: dict, paths: dict[str, str], *, tracking_uri: str, exp
         metrics = {}
         for suffix in METRICS.values():
             metrics[f"full_data_f1{suffix}"] = result[f"full_data_f1{suffix}"]
+            if check := result.get(f"step_check{suffix}"):
+                metrics[f"full_data_f1_2x_steps{suffix}"] = check["full_data_f1_2x_steps"]
             for s, row in result["strategies"].items():
                 for b, cell in row.items():
                     metrics[f"f1{suffix}_{s}_{int(float(b) * 100)}pct"] = cell[f"f1{suffix}_mean"]

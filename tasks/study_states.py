@@ -13,6 +13,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,14 +42,20 @@ def torch_threads(n: int | None):
 
 def _length_batches(tokenizer, trajectories: list[dict], batch_size: int, max_length: int):
     """(positions, encoded batch) over the trajectories, batched by length so padding stays small."""
+    from tqdm import tqdm
+
     from models import StepBatcher
 
     batcher = StepBatcher(tokenizer, max_length=max_length)
     order = sorted(range(len(trajectories)), key=lambda i: len(trajectories[i]["question"])
                    + sum(len(s) for s in trajectories[i]["steps"]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        yield idx, batcher.encode([trajectories[i]["question"] for i in idx], [trajectories[i]["steps"] for i in idx])
+    # The one backbone pass of a study: minutes on a large pool on 2 cores, before any run logs a line.
+    with tqdm(total=len(order), unit="traj", desc="backbone states", file=sys.stderr, dynamic_ncols=True) as bar:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            yield idx, batcher.encode([trajectories[i]["question"] for i in idx],
+                                      [trajectories[i]["steps"] for i in idx])
+            bar.update(len(idx))
 
 
 def step_states(model, tokenizer, trajectories: list[dict], *, batch_size: int = 32,

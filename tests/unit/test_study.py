@@ -597,3 +597,85 @@ def test_a_study_with_top_layers_caches_their_input_once_and_a_rerun_reproduces_
     assert (first["model"]["cached"], second["model"]["cached"]) == (False, True)
     assert [(r["strategy"], r["f1"], r["labels"]) for r in first["runs"]] == [
         (r["strategy"], r["f1"], r["labels"]) for r in second["runs"]]
+
+
+def test_a_tie_with_full_data_that_more_head_steps_would_break_is_not_the_target_met():
+    # ActPRM's half ties full data and leads random by 4 points, but full data gains 2 points at twice the steps
+    # (seed 0: +1, seed 1: +3): the tie is with an under-trained reference, so only the lead over random stands.
+    preset = study.StudyPreset("t", budgets=(0.5, 1.0), seeds=(0, 1), model_preset="tiny", num_heads=2, rounds=1,
+                               steps_per_round=4, batch_size=1, lr=0.1, synth_n=10, check_steps=True)
+    def row(strategy, budget, seed, f1, steps=4):
+        return {"strategy": strategy, "budget": budget, "seed": seed, "labels": int(budget * 10), "f1": f1,
+                "f1_tuned": f1, "error_share": 0.5, "steps": steps}
+    runs = []
+    for seed, gain in ((0, 0.01), (1, 0.03)):
+        runs += [row("full", 1.0, seed, 0.6), row(study.STEP_CHECK, 1.0, seed, 0.6 + gain, steps=8),
+                 row("actprm", 0.5, seed, 0.6), row("random", 0.5, seed, 0.56)]
+    out = study_report.summarize(runs, preset=preset, pool="p", seeds=[0, 1], train_size=10, eval_size=4,
+                                 strategies=("actprm", "random"))
+    check = out["step_check"]
+    assert check["gain"] == pytest.approx(0.02) and check["se"] == pytest.approx(0.01)
+    assert check["full_data_f1_2x_steps"] == pytest.approx(0.62) and (check["steps"], check["steps_2x"]) == (4, 8)
+    assert (check["seeds_ahead"], check["seeds"]) == (2, 2)
+    # The check is a reference, not a strategy: full data and the table are the study's own steps.
+    assert out["full_data_f1"] == pytest.approx(0.6) and set(out["strategies"]) == {"actprm", "random"}
+    assert out["smallest_budget_within_0.5pt"]["actprm"] == 0.5
+    assert out["targets"] == {"actprm_within_0.5pt_at_or_below_0.5": False, "actprm_beats_random_at_0.5_by_3pt": True}
+    assert "+2.00 ± 1.00 F1 points with twice the head steps (4 → 8; 2/2 seeds)" in out["warning_steps"]
+    text = study_report.markdown_table(out)
+    assert text.count("**Warning:** full data gains +2.00") == 2  # under both F1s
+    assert "at twice the head steps (4 → 8): 0.6200, +2.00 ± 1.00 points paired by seed (2/2 seeds ahead)" in text
+
+    # Within the tolerance (+0.3 points), the steps suffice: no warning, and the tie counts.
+    for r in runs:
+        if r["strategy"] == study.STEP_CHECK:
+            r["f1"] = r["f1_tuned"] = 0.603
+    out = study_report.summarize(runs, preset=preset, pool="p", seeds=[0, 1], train_size=10, eval_size=4,
+                                 strategies=("actprm", "random"))
+    assert "warning_steps" not in out and out["targets"]["actprm_within_0.5pt_at_or_below_0.5"]
+    # A study that never ran the check says nothing about it.
+    plain = study_report.summarize([r for r in runs if r["strategy"] != study.STEP_CHECK], preset=preset, pool="p",
+                                   seeds=[0, 1], train_size=10, eval_size=4, strategies=("actprm", "random"))
+    assert "step_check" not in plain and "twice the head steps" not in study_report.markdown_table(plain)
+
+
+def test_the_step_check_trains_full_data_on_twice_the_steps_under_the_same_seed(packed):
+    train, evaluation, info = packed
+    preset = study.customize(study.study_preset("quick"), {"check_steps": "true", "budgets": "0.5,1.0"})
+    runs = study.run_seed(train, evaluation, seed=1, preset=preset, strategies=("random",), **_knobs(info))
+    assert [r["strategy"] for r in runs] == ["untrained", "full", study.STEP_CHECK, "random"]
+    full, check = runs[1], runs[2]
+    assert full["steps"] == preset.rounds * preset.steps_per_round and check["steps"] == 2 * full["steps"]
+    assert check["labels"] == full["labels"] == len(train)
+    # It is exactly full data's run with the steps doubled, nothing else changed.
+    longer = dataclasses.replace(preset, steps_per_round=2 * preset.steps_per_round, check_steps=False)
+    again = study.run_budget(train, evaluation, strategy="full", budget=1.0, seed=1, preset=longer, **_knobs(info))
+    assert (check["f1"], check["f1_tuned"]) == (again["f1"], again["f1_tuned"])
+    # ... and the study's other runs do not depend on whether it ran.
+    plain = study.run_seed(train, evaluation, seed=1, preset=dataclasses.replace(preset, check_steps=False),
+                           strategies=("random",), **_knobs(info))
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert strip(plain) == strip([r for r in runs if r["strategy"] != study.STEP_CHECK])
+
+
+def test_extending_a_study_with_the_step_check_checks_its_seeds_without_rerunning_them(pool_db, tmp_path,
+                                                                                      monkeypatch, prefect_harness):
+    from flows.study import study_flow
+
+    monkeypatch.setenv("ACTPRM_HOME", str(pool_db.parent))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "results"
+    kwargs = {"pool": POOL, "study_preset": "quick", "config": {"model": {"preset": "tiny"}}, "output_dir": str(out),
+              "strategies": ["random"]}
+    study_flow(seeds=[0], preset_overrides={"budgets": "0.5,1.0"}, **kwargs)
+    first = json.loads((out / "al_study.json").read_text())
+    assert "step_check" not in first
+
+    study_flow(seeds=[0, 1], preset_overrides={"budgets": "0.5,1.0", "check_steps": "true"}, extend=True, **kwargs)
+    saved = json.loads((out / "al_study.json").read_text())
+    # Seed 0 keeps its runs and gains the check; seed 1 is new and runs it with the rest.
+    assert [r for r in saved["runs"] if r["seed"] == 0 and r["strategy"] != study.STEP_CHECK] == first["runs"]
+    assert sorted(r["seed"] for r in saved["runs"] if r["strategy"] == study.STEP_CHECK) == [0, 1]
+    assert saved["step_check"]["seeds"] == 2 == saved["step_check_tuned"]["seeds"]
+    assert [h.get("step_check_seeds") for h in saved["host_gemm_gflops_per_invocation"]] == [None, [0]]
+    assert "at twice the head steps (" in (out / "al_study.md").read_text()
