@@ -102,7 +102,8 @@ class StudyPreset:
     # so selection reads the network it trains (bench/results/al_study_retrain_replay_new_top1).
     top_layers: int = 0
     top_layers_lr: float = 1e-4
-    # Also train full data at twice the head steps, once per seed (the `STEP_CHECK` run), and report what it gains.
+    # Also train full data at twice the head steps, once per seed (the `STEP_CHECK` run), and report what it gains
+    # (on in the `full` preset).
     # Every run takes the same steps whatever its budget, so when those steps under-train full data a half ties it
     # only because both are short of training: on 6,000 trajectories doubling 400 steps lifted full data +3.3 F1
     # points at 0.5, more than ActPRM (bench/results/al_study_6000_retrain_replay_new_steps50). It adds runs and
@@ -132,9 +133,12 @@ STUDY_PRESETS: dict[str, StudyPreset] = {
     # 56). 16 rounds of 25 steps rather than 8 of 50: the same steps and scoring, but each batch is picked by
     # heads that trained 1/16 of the stream ago. On PRMBench (5 seeds) that moved ActPRM at 50% from 2.5 to 0.6
     # F1 points short of full data, and its lead over random from +2.7 to +4.0 points (bench/results/*_rounds8).
+    # The step check is on: ~40 s a seed on 2 cores for the 3,000-trajectory pool, where doubling the steps moves
+    # full data -0.4 +- 0.6 points (bench/results/al_study_3000_check_steps), but on a larger pool of the user's the
+    # same 400 steps can under-train full data by 3 points (bench/results/al_study_12000), and the study then says so.
     "full": StudyPreset("full", budgets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0), seeds=(0, 1, 2),
                         model_preset="cpu", num_heads=32, rounds=16, steps_per_round=25, batch_size=56,
-                        lr=3e-3, synth_n=3000, synth_mix="reading", head_threads=2),
+                        lr=3e-3, synth_n=3000, synth_mix="reading", head_threads=2, check_steps=True),
 }
 
 
