@@ -25,7 +25,8 @@ Simplifications, to fit 30 minutes on 2 CPU cores:
   (`replay_minibatch`; `replay_new_share` of each from the batch's own labels), with the learning rate
   decaying linearly to 0 over the run (`lr_decay`).
   Every run takes the same number of steps whatever its budget, so budgets differ only in what was
-  labeled. Training is identical for all strategies (no in-training selection): only selection differs.
+  labeled; with `epochs` (off in the presets) a run's steps are instead passes over the labels its budget allows
+  (`round_steps`), so they grow with the pool and shrink with the budget. Training is identical for all strategies (no in-training selection): only selection differs.
 - `final_retrain` (off in the presets) scores what a strategy bought rather than the heads that bought it:
   fresh heads train on the bought labels exactly as full data trains on all of them (`retrain_on`).
 - Rounding: a budget b buys round-half-up(b * N) labels over N train trajectories (`budget_labels`);
@@ -72,7 +73,7 @@ class StudyPreset:
     model_preset: str               # used unless the config names a model preset
     num_heads: int
     rounds: int                     # pool batches the stream is cut into (AL rounds)
-    steps_per_round: int            # head optimizer steps after each batch's labels arrive
+    steps_per_round: int            # head optimizer steps after each batch's labels arrive (unless `epochs`)
     batch_size: int                 # trajectories per optimizer step
     lr: float
     synth_n: int                    # size of the synthetic pool the benchmark creates for this preset
@@ -109,6 +110,13 @@ class StudyPreset:
     # points at 0.5, more than ActPRM (bench/results/al_study_6000_retrain_replay_new_steps50). It adds runs and
     # changes none, so an extension may add it to a study made without it.
     check_steps: bool = False
+    # Head steps as passes over the labels a run may buy, instead of `steps_per_round` fixed steps a round (0: fixed).
+    # A run at budget b over N train trajectories then takes ceil(epochs * budget_labels(b, N) / batch_size) steps,
+    # paced along the stream as its quota is (`round_steps`): a pool four times larger trains four times longer, and
+    # a half takes half full data's steps, as a user who trains "for k epochs" would. Fixed steps fit one pool size:
+    # the 400 that suffice for 3,000 trajectories under-train full data by 3 F1 points on 12,000
+    # (bench/results/al_study_12000). 400 steps on the full preset's 2,394 train trajectories are 9.36 epochs.
+    epochs: float = 0.0
     feature_batch_size: int = 32
     # Heads training is many small matmuls. On a quiet 2-core box two threads train the full preset's heads
     # ~1.7x faster than one; on a loaded box one thread is far faster (threads spin waiting for each other):
@@ -185,6 +193,10 @@ def _field_value(key: str, current: Any, value: Any) -> Any:
             kind = "a whole number of layers, 0 or more"
             out = int(value)
             ok = out >= 0
+        elif key == "epochs":
+            kind = "a number of passes over the labels, 0 (fixed steps_per_round) or more"
+            out = float(value)
+            ok = math.isfinite(out) and out >= 0
         elif key == "replay_new_share":
             kind = "a share in [0, 1]"
             out = float(value)
@@ -267,6 +279,21 @@ def replay_minibatch(labeled: torch.Tensor, new: torch.Tensor, size: int, new_sh
     return torch.cat([fresh, labeled[torch.randperm(len(labeled), generator=generator)[:size - k]]])
 
 
+def round_steps(preset: StudyPreset, budget: float, batch_sizes: list[int]) -> list[int]:
+    """Head steps after each round of the stream: `steps_per_round` each, or with `epochs` as many as bring the
+    run's steps so far to ceil(epochs * labels its budget allows so far / batch_size), so they follow its quota."""
+    if not preset.epochs:
+        return [preset.steps_per_round] * len(batch_sizes)
+    out, seen, done = [], 0, 0
+    for size in batch_sizes:
+        seen += size
+        # round() first: 1.1 * 90 / 3 is 33.00000000000001 in floats, which must not take a 34th step
+        total = math.ceil(round(preset.epochs * budget_labels(budget, seen) / preset.batch_size, 9))
+        out.append(total - done)
+        done = total
+    return out
+
+
 def select_from_batch(strategy: str, probs: list[torch.Tensor], quota: int, *, p_threshold: float,
                       std_threshold: float, generator: torch.Generator,
                       unread: list[int] | None = None) -> tuple[list[int], int]:
@@ -341,14 +368,15 @@ def _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, 
     # The stream order and the minibatches depend on the seed only, so strategies meet the same stream.
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     batches = torch.tensor_split(order, min(preset.rounds, len(train)))
-    total_steps = len(batches) * preset.steps_per_round
+    round_plan = round_steps(preset, budget, [len(b) for b in batches])
+    total_steps = max(sum(round_plan), 1)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, (lambda step: max(0.0, 1 - step / total_steps)) if preset.lr_decay else (lambda step: 1.0))
     pick = torch.Generator().manual_seed(seed * 7919 + 1)
     draw = torch.Generator().manual_seed(seed * 7919 + 2)
     labeled: list[int] = []
     seen = uncertain_seen = steps = 0
-    for batch in batches:
+    for batch, steps_this_round in zip(batches, round_plan):
         seen += len(batch)
         quota = min(len(batch), budget_labels(budget, seen) - len(labeled))
         if strategy == "full" or (strategy != "actprm" and quota >= len(batch)):
@@ -365,7 +393,7 @@ def _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, 
             continue
         model.train()
         pool_idx, new_idx = torch.tensor(labeled), torch.tensor(chosen, dtype=torch.long)
-        for _ in range(preset.steps_per_round):
+        for _ in range(steps_this_round):
             idx = replay_minibatch(pool_idx, new_idx, preset.batch_size, preset.replay_new_share, draw)
             _, _, loss = forward_pool(model, train, idx, with_labels=True)
             optimizer.zero_grad(set_to_none=True)
@@ -415,7 +443,7 @@ def step_check_run(train: PackedPool, evaluation: PackedPool, *, seed: int, pres
                    **knobs: Any) -> dict:
     """Full data at twice the preset's head steps, with the same seed (stream, head init, minibatch draws) and
     a schedule decaying over the doubled run: what full data gains when it is trained longer (`check_steps`)."""
-    longer = dataclasses.replace(preset, steps_per_round=2 * preset.steps_per_round)
+    longer = dataclasses.replace(preset, steps_per_round=2 * preset.steps_per_round, epochs=2 * preset.epochs)
     row = run_budget(train, evaluation, strategy="full", budget=1.0, seed=seed, preset=longer, **knobs)
     return row | {"strategy": STEP_CHECK}
 

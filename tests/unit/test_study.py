@@ -405,7 +405,9 @@ def test_a_preset_variant_is_named_for_what_it_changes_and_bad_fields_are_refuse
                          ({"rounds": "many"}, "'rounds' takes a positive number, got 'many'"),
                          ({"steps_per_round": "0"}, "'steps_per_round' takes a positive number"),
                          ({"budgets": "0.5,1.5"}, "'budgets' takes comma-separated budget fractions in \\(0, 1\\]"),
-                         ({"replay_new_share": "1.5"}, "'replay_new_share' takes a share in \\[0, 1\\]")]:
+                         ({"replay_new_share": "1.5"}, "'replay_new_share' takes a share in \\[0, 1\\]"),
+                         ({"epochs": "-1"}, "'epochs' takes a number of passes over the labels, 0 \\(fixed"),
+                         ({"epochs": "nan"}, "'epochs' takes a number of passes")]:
         with pytest.raises(ActPRMError, match=message):
             study.customize(full, bad)
 
@@ -656,6 +658,34 @@ def test_the_step_check_trains_full_data_on_twice_the_steps_under_the_same_seed(
                            strategies=("random",), **_knobs(info))
     strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
     assert strip(plain) == strip([r for r in runs if r["strategy"] != study.STEP_CHECK])
+
+
+def test_with_epochs_the_head_steps_follow_the_labels_a_budget_allows():
+    fixed = study.StudyPreset("t", budgets=(0.5, 1.0), seeds=(0,), model_preset="tiny", num_heads=2, rounds=2,
+                              steps_per_round=5, batch_size=4, lr=0.1, synth_n=10)
+    assert study.round_steps(fixed, 0.5, [5, 5]) == [5, 5] == study.round_steps(fixed, 1.0, [5, 5])
+    epochs = dataclasses.replace(fixed, epochs=2.0)
+    # Full data: 2 passes over 5 then 10 labels at 4 a step: ceil(2.5) = 3 steps, then ceil(5) = 5 in all.
+    assert study.round_steps(epochs, 1.0, [5, 5]) == [3, 2]
+    # Half: its quota is 3 then 5 labels (half up), so ceil(1.5) = 2 steps, then ceil(2.5) = 3 in all.
+    assert study.round_steps(epochs, 0.5, [5, 5]) == [2, 1]
+    # A pool twice as large takes twice the steps.
+    assert sum(study.round_steps(epochs, 1.0, [10, 10])) == 10
+    # 1.1 * 90 / 3 is 33.00000000000001 in floats: 33 steps, not 34 for the rounding error.
+    assert sum(study.round_steps(dataclasses.replace(epochs, epochs=1.1, batch_size=3), 1.0, [45, 45])) == 33
+
+
+def test_with_epochs_a_run_takes_passes_over_its_budget_and_the_step_check_doubles_them(packed):
+    train, evaluation, info = packed
+    preset = study.customize(study.study_preset("quick"), {"epochs": "3", "check_steps": "true", "budgets": "0.5,1.0"})
+    assert "epochs=3.0" in preset.name
+    runs = {r["strategy"]: r for r in study.run_seed(train, evaluation, seed=0, preset=preset,
+                                                     strategies=("random",), **_knobs(info))}
+    n, size = len(train), preset.batch_size
+    assert runs["full"]["steps"] == math.ceil(3 * n / size)
+    assert runs[study.STEP_CHECK]["steps"] == math.ceil(6 * n / size)
+    assert runs["random"]["steps"] == math.ceil(3 * study.budget_labels(0.5, n) / size) < runs["full"]["steps"]
+    assert runs["random"]["labels"] == study.budget_labels(0.5, n)
 
 
 def test_extending_a_study_with_the_step_check_checks_its_seeds_without_rerunning_them(pool_db, tmp_path,
