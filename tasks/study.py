@@ -26,7 +26,8 @@ Simplifications, to fit 30 minutes on 2 CPU cores:
   decaying linearly to 0 over the run (`lr_decay`).
   Every run takes the same number of steps whatever its budget, so budgets differ only in what was
   labeled; with `epochs` (off in the presets) a run's steps are instead passes over the labels its budget allows
-  (`round_steps`), so they grow with the pool and shrink with the budget. Training is identical for all strategies (no in-training selection): only selection differs.
+  (`round_steps`), so they grow with the pool and shrink with the budget. Training is identical for all
+  strategies (no in-training selection): only selection differs.
 - `final_retrain` (off in the presets) scores what a strategy bought rather than the heads that bought it:
   fresh heads train on the bought labels exactly as full data trains on all of them (`retrain_on`).
 - Rounding: a budget b buys round-half-up(b * N) labels over N train trajectories (`budget_labels`);

@@ -110,7 +110,8 @@ def summarize(runs: list[dict], *, preset: StudyPreset, pool: str, seeds: list[i
                     f"full data gains {check['gain'] * 100:+.2f} ± {check['se'] * 100:.2f} F1 points with twice the "
                     f"head steps ({check['steps']} → {check['steps_2x']}; {check['seeds_ahead']}/{check['seeds']} "
                     "seeds): every run is short of training, so a budget within 0.5 points of full data here may "
-                    "only be as under-trained as it; raise steps_per_round (or epochs) until this gain is within 0.5 points")
+                    "only be as under-trained as it; raise steps_per_round (or epochs) until this gain is within "
+                    "0.5 points")
         if compare:
             out[f"actprm_minus_random{suffix}"] = paired_gap(runs, "actprm", "random",
                                                              [b for b in preset.budgets if b < 1], metric)
