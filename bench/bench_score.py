@@ -66,6 +66,11 @@ def timed_score(model, batcher, pool, *, bucket=True, batch_size=16, reps=1) -> 
     return best
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def interleaved_forward_times(models: dict, batcher, pool, *, batch_size: int, reps: int) -> dict:
     """Forward time per model on the same bucketed batches, alternating models batch by batch and keeping
     each batch's fastest of `reps` runs, so load from other processes hits all models alike."""
@@ -73,13 +78,19 @@ def interleaved_forward_times(models: dict, batcher, pool, *, batch_size: int, r
     batches = [batcher.collate(encoded[i: i + batch_size], with_labels=False)
                for i in range(0, len(encoded), batch_size)]
     totals = dict.fromkeys(models, 0.0)
-    with torch.inference_mode():
+    device = next(iter(models.values())).device
+    # As the score stage runs it: bf16 autocast on a GPU, where kernels are asynchronous and each timing waits for
+    # the device to finish.
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         for batch in batches:
+            batch = batch.to(device)
             best = dict.fromkeys(models, float("inf"))
             for _ in range(reps):
                 for name, model in models.items():
+                    _sync(device)
                     t0 = time.perf_counter()
                     model(**batch.model_inputs())
+                    _sync(device)
                     best[name] = min(best[name], time.perf_counter() - t0)
             for name in models:
                 totals[name] += best[name]

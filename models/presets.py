@@ -101,6 +101,19 @@ def build_prm(preset: str, num_heads: int = 32, seed: int = 0, reg_lambda: float
     if not 0.0 <= learning_probability <= 1.0:
         raise ActPRMError(f"learning_probability must be in [0, 1], got {learning_probability}")
     backbone, tokenizer, source = PRESETS[preset](backbone_path, dtype, seed)
+    return wrap_backbone(backbone, tokenizer, preset=preset, source=source, num_heads=num_heads, seed=seed,
+                         reg_lambda=reg_lambda, learning_probability=learning_probability,
+                         freeze_backbone=freeze_backbone, readout=readout)
+
+
+def wrap_backbone(backbone, tokenizer, *, preset: str, source: str, num_heads: int = 32, seed: int = 0,
+                  reg_lambda: float = 0.5, learning_probability: float = 1.0, freeze_backbone: bool = False,
+                  readout: str | None = None):
+    """An already-built backbone + E fresh heads, and its tokenizer with the step separator added.
+
+    `build_prm` loads the backbone a preset names; this is for a backbone built elsewhere, e.g. a 7B-shaped one
+    initialized directly on a GPU by the GPU benchmark (bench/bench_gpu.py), where loading from disk would
+    dominate the measurement."""
     if tokenizer.pad_token_id is None:  # decoders often lack one; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token
     sep_id = ensure_separator(tokenizer, backbone)
