@@ -17,7 +17,9 @@ bf16-autocast scoring beside float32 heads, the Qwen2 decoder at 7B size) are ex
    batches (target <= 1.10x, as on the CPU), length bucketing against plain padding (tokens/s), and the score
    stage's throughput, from which the hours to score one million 512-token trajectories are projected. The
    tokenizer is the tiny character one (about 4x the tokens of Qwen's BPE for the same text), so tokens/s is the
-   number to carry over, not trajectories/s.
+   number to carry over, not trajectories/s. Also the score stage's batch size against larger ones.
+4. `train_throughput`: training tokens/s with accelerate's bf16, fully fine-tuning a Qwen2.5-1.5B-shaped backbone
+   (gradient checkpointing on) and training the heads on the frozen 7B shape.
 
 Each section is written to the output as soon as it finishes, and a section that fails records its error and lets
 the others run.
@@ -29,6 +31,7 @@ the others run.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -60,6 +63,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "gpu.json"
 # Qwen2.5-Math-7B-Instruct's config.json (the paper's backbone); only the vocabulary differs (the tiny tokenizer's).
 QWEN_7B_SHAPE = dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
                      intermediate_size=18944, max_position_embeddings=4096, rope_theta=10000.0, rms_norm_eps=1e-6)
+QWEN_1_5B_SHAPE = dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                       intermediate_size=8960, max_position_embeddings=4096, rope_theta=10000.0, rms_norm_eps=1e-6)
 TOY_SHAPE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                  intermediate_size=128, max_position_embeddings=2048)
 
@@ -184,6 +189,9 @@ def section_scoring_7b_shape(args, device) -> dict:
                                         batch_size=args.batch_size, reps=2)
     bucketed = timed_score(model32, batcher, pool, bucket=True, batch_size=args.batch_size)
     plain = timed_score(model32, batcher, pool, bucket=False, batch_size=args.batch_size)
+    # The score stage's batch_size (default 32) against larger ones, on the same bucketed pool.
+    sweep = {bs: timed_score(model32, batcher, pool, bucket=True, batch_size=bs)["tokens_per_s"]
+             for bs in args.batch_sweep}
     params = sum(p.numel() for p in model32.backbone.parameters())
     tokens_per_s = bucketed["tokens_per_s"]
     return {
@@ -193,10 +201,55 @@ def section_scoring_7b_shape(args, device) -> dict:
                               "target": "<= 1.10"},
         "bucketing": {"bucketed": bucketed, "plain_padding": plain,
                       "tokens_per_s_ratio": bucketed["tokens_per_s"] / plain["tokens_per_s"], "target": ">= 1.3"},
+        "tokens_per_s_by_batch_size": sweep,
         "backbone_tflops_per_s": 2 * params * tokens_per_s / 1e12,  # forward ~ 2 FLOPs per parameter per token
         "hours_per_million_512_token_trajectories": 1e6 * 512 / tokens_per_s / 3600,
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     }
+
+
+def section_train_throughput(args, device, workdir: Path) -> dict:
+    """Training tokens/s with accelerate's bf16: full fine-tuning of a 1.5B-shaped Qwen2 (Qwen2.5-1.5B's
+    architecture; the 7B's AdamW states alone would take ~120 GB of one GPU), and the heads alone on the frozen
+    7B shape (`freeze_backbone`)."""
+    shapes = {"qwen2.5-1.5b-shape full": (QWEN_1_5B_SHAPE, False), "qwen2.5-7b-shape frozen": (QWEN_7B_SHAPE, True)}
+    if args.small:
+        shapes = {"toy full": (TOY_SHAPE, False), "toy frozen": (TOY_SHAPE, True)}
+    pool = [t | {"first_error": -1 if i % 3 == 0 else min(i % 5, len(t["steps"]) - 1)}
+            for i, t in enumerate(mixed_pool(args.train_throughput_n, seed=5))]
+    out = {}
+    for name, (shape, frozen) in shapes.items():
+        model, tokenizer = qwen_shaped_prm(shape, device, num_heads=32)
+        if not frozen:
+            model.backbone.float()  # full fine-tuning keeps float32 master weights; bf16 is autocast's compute
+        tokens = sum(len(StepBatcher(tokenizer, max_length=args.max_length).tokenize(t["question"], t["steps"])
+                         .input_ids) for t in pool)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        stamps: list[float] = []
+
+        def on_step(step: int, metrics: dict, stamps=stamps) -> None:
+            _sync(device)
+            stamps.append(time.perf_counter())
+
+        t0 = time.perf_counter()
+        result = train_prm(pool, output_dir=workdir / name.replace(" ", "-"), model=model, tokenizer=tokenizer,
+                           epochs=1, batch_size=8, lr=1e-5, head_lr=3e-3, freeze_backbone=frozen,
+                           max_length=args.max_length, mixed_precision="bf16", gradient_checkpointing=not frozen,
+                           progress=False, on_metrics=on_step)
+        seconds = time.perf_counter() - t0  # includes saving the model, as a run does
+        # Steady state: from the first optimizer step's end to the last's (the first pays for kernel selection).
+        per_step = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else float("nan")
+        out[name] = {"shape": shape, "frozen_backbone": frozen, "trajectories": len(pool), "tokens": tokens,
+                     "steps": result.steps, "seconds_with_save": seconds, "seconds_per_step": per_step,
+                     "tokens_per_s": tokens / result.steps / per_step, "final_loss": result.metrics.get("loss"),
+                     "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30
+                     if device.type == "cuda" else None}
+        del model, result
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return out
 
 
 def main() -> int:
@@ -209,15 +262,19 @@ def main() -> int:
     ap.add_argument("--score-n", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-length", type=int, default=1024)
-    ap.add_argument("--sections", default="train,score_agreement,scoring_7b_shape")
+    ap.add_argument("--batch-sweep", default="64,128", help="score-stage batch sizes to time besides --batch-size")
+    ap.add_argument("--train-throughput-n", type=int, default=None)
+    ap.add_argument("--sections", default="train,score_agreement,scoring_7b_shape,train_throughput")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     args.train_n = args.train_n or (48 if args.small else 768)
     args.eval_n = args.eval_n or (32 if args.small else 256)
     args.epochs = args.epochs or (1 if args.small else 4)
     args.score_n = args.score_n or (16 if args.small else 512)
+    args.train_throughput_n = args.train_throughput_n or (16 if args.small else 96)
+    args.batch_sweep = [int(b) for b in args.batch_sweep.split(",") if b]
     if args.small:
-        args.batch_size, args.max_length = 8, 256
+        args.batch_size, args.max_length, args.batch_sweep = 8, 256, [16]
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("bench_gpu: no CUDA device here; run it on a GPU machine, or with --device cpu --small", file=sys.stderr)
@@ -239,6 +296,7 @@ def main() -> int:
             "score_agreement": lambda: section_score_agreement(
                 args, device, Path(tmp), (result.get("train") or {}).get("no", {}).get("model_dir")),
             "scoring_7b_shape": lambda: section_scoring_7b_shape(args, device),
+            "train_throughput": lambda: section_train_throughput(args, device, Path(tmp)),
         }
         for name in wanted:
             t0 = time.perf_counter()

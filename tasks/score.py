@@ -4,7 +4,10 @@ The pool's not-yet-scored trajectory ids are cut into shards (the unit of resume
 tokenized, sorted by token length and cut into batches of similar length (length bucketing: little
 padding), scored under inference mode (fp32 on CPU, bf16 autocast on GPU; the heads stay fp32), and
 committed to DuckDB in one transaction together with its `score_shards` row. A rerun scores only what
-this model version has not scored, and kill -9 loses at most the shard in flight.
+this model version has not scored, and kill -9 loses at most the shard in flight. Float32 heads do not make
+GPU and CPU scores identical: the bf16 backbone states move a trained PRM's sigma by up to 0.009 at some steps
+(bench/results/gpu.json), more than the 0.005 std threshold, so a trajectory near the rule's edge can be flagged
+on one device and not the other (on the H200 run, 2 of the 128 a 50% budget buys differed).
 
 With an `accelerate.Accelerator` of several processes, the main process reads each shard and
 broadcasts it, every process scores a disjoint slice (rank::world), the rows are gathered, and only
