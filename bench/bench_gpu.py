@@ -124,7 +124,8 @@ def _agreement(cpu_rows: list[dict], gpu_rows: list[dict]) -> dict:
         "max_abs_delta_sigma": float((flat(cpu_rows, "sigma") - flat(gpu_rows, "sigma")).abs().max()),
         "mean_mu_cpu": float(mu_cpu.mean()),
         "uncertain_cpu": sum(r["uncertain"] for r in cpu_rows),
-        "uncertain_agreement": sum(c["uncertain"] == g["uncertain"] for c, g in zip(cpu_rows, gpu_rows)) / len(cpu_rows),
+        "uncertain_agreement":
+            sum(c["uncertain"] == g["uncertain"] for c, g in zip(cpu_rows, gpu_rows)) / len(cpu_rows),
         "predicted_first_error_agreement":
             sum(c["predicted_first_error"] == g["predicted_first_error"] for c, g in zip(cpu_rows, gpu_rows))
             / len(cpu_rows),

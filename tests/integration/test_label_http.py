@@ -224,8 +224,9 @@ def test_kill_9_mid_run_loses_nothing_and_rerun_pays_only_the_rest(tmp_path):
     with Store(db) as store:
         ids = synth_pool(store, "p", 80)
     with JudgeServer(latency_s=0.05) as server:
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # keep what it held
         child = subprocess.Popen([sys.executable, "-c", CHILD.format(root=str(ROOT), db=str(db), url=server.url)],
-                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                 env={**os.environ, "PYTHONPATH": path})
         deadline = time.monotonic() + 60
         while server.requests < 25 and time.monotonic() < deadline and child.poll() is None:
             time.sleep(0.01)

@@ -49,7 +49,9 @@ def test_kill_9_mid_run_loses_at_most_the_shard_in_flight(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     repo_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=repo_root)
+    # The repo first, then whatever PYTHONPATH already held (a GPU image's packages installed with --target).
+    env = dict(os.environ, HF_HUB_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")])))
     child = subprocess.Popen([sys.executable, str(script), str(db), str(tmp_path / "model")],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     committed = 0
