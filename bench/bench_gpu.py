@@ -31,6 +31,8 @@ the others run.
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import gc
 import json
 import os
@@ -51,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from bench_score import _sync, interleaved_forward_times, mixed_pool, timed_score  # noqa: E402
+from bench_score import cuda_sync, interleaved_forward_times, mixed_pool, timed_score  # noqa: E402
 from models import EnsemblePRM, StepBatcher, build_prm  # noqa: E402
 from models.presets import wrap_backbone  # noqa: E402
 from models.uncertainty import P_THRESHOLD, STD_THRESHOLD  # noqa: E402
@@ -82,6 +84,10 @@ def learnable_pool(n: int, seed: int) -> list[dict]:
     return out
 
 
+def _peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
 def _accuracy(rows: list[dict], pool: list[dict]) -> float:
     return sum(r["predicted_first_error"] == t["first_error"] for r, t in zip(rows, pool)) / len(pool)
 
@@ -90,12 +96,12 @@ def section_train(args, device, workdir: Path) -> dict:
     train, held_out = learnable_pool(args.train_n, seed=1), learnable_pool(args.eval_n, seed=2)
     out: dict = {"preset": "tiny-decoder", "train_trajectories": len(train), "eval_trajectories": len(held_out)}
     for precision in ("no", "bf16"):
-        _sync(device)
+        cuda_sync(device)
         t0 = time.perf_counter()
         result = train_prm(train, output_dir=workdir / f"train-{precision}", preset="tiny-decoder", num_heads=32,
                            epochs=args.epochs, batch_size=16, lr=3e-3, seed=0, max_length=256,
                            mixed_precision=precision, progress=False)
-        _sync(device)
+        cuda_sync(device)
         seconds = time.perf_counter() - t0
         model, tokenizer = EnsemblePRM.from_pretrained(result.model_dir, device=device, with_tokenizer=True)
         rows, _, _ = score_trajectories(model, StepBatcher(tokenizer, max_length=256), held_out, "check")
@@ -139,19 +145,14 @@ def section_score_agreement(args, device, workdir: Path, trained_dir: str | None
     # 24 steps in: the means spread between 0.5 and certainty.
     partial = train_prm(learnable_pool(384, seed=4), output_dir=workdir / "partial", preset="tiny-decoder",
                         num_heads=32, epochs=1, batch_size=16, lr=3e-3, seed=0, max_length=256, progress=False)
+    untrained, tokenizer = build_prm("tiny-decoder", num_heads=32, seed=0)
+    cases = {"untrained": (untrained.eval(), tokenizer)}
+    for name, model_dir in (("partly_trained_fp32", partial.model_dir), ("trained_fp32", trained_dir)):
+        if model_dir is not None:
+            cases[name] = EnsemblePRM.from_pretrained(model_dir, with_tokenizer=True)
     out = {}
-    cases = {"untrained": None, "partly_trained_fp32": partial.model_dir, "trained_fp32": trained_dir}
-    for name, model_dir in cases.items():
-        if model_dir is None and name != "untrained":
-            continue
-        if model_dir is None:
-            cpu_model, tokenizer = build_prm("tiny-decoder", num_heads=32, seed=0)
-            gpu_model, _ = build_prm("tiny-decoder", num_heads=32, seed=0)
-            gpu_model.to(device)
-        else:
-            cpu_model, tokenizer = EnsemblePRM.from_pretrained(model_dir, with_tokenizer=True)
-            gpu_model = EnsemblePRM.from_pretrained(model_dir, device=device)
-        cpu_model.eval(), gpu_model.eval()
+    for name, (cpu_model, tokenizer) in cases.items():
+        gpu_model = copy.deepcopy(cpu_model).to(device)
         batcher = StepBatcher(tokenizer, max_length=256)
         cpu_rows, _, _ = score_trajectories(cpu_model, batcher, held_out, "check")
         gpu_rows, _, _ = score_trajectories(gpu_model, batcher, held_out, "check")
@@ -160,7 +161,7 @@ def section_score_agreement(args, device, workdir: Path, trained_dir: str | None
 
 
 def qwen_shaped_prm(shape: dict, device: torch.device, num_heads: int):
-    """A PRM on Qwen2.5-Math-7B's architecture with random bf16 weights, built on `device` (no download)."""
+    """A PRM on a Qwen2 architecture (`shape`) with random bf16 weights, built on `device` (no download)."""
     from transformers import AutoModel, Qwen2Config
 
     from models.tiny_tokenizer import build_tiny_tokenizer
@@ -170,18 +171,19 @@ def qwen_shaped_prm(shape: dict, device: torch.device, num_heads: int):
     cfg = Qwen2Config(vocab_size=len(tokenizer) + 1, pad_token_id=tokenizer.pad_token_id, **shape)
     with torch.device(device):
         backbone = AutoModel.from_config(cfg, dtype=torch.bfloat16)
-    model, tokenizer = wrap_backbone(backbone, tokenizer, preset="qwen2.5-math-7b", source="random:qwen2.5-7b-shape",
+    source = f"random:qwen2-{shape['hidden_size']}x{shape['num_hidden_layers']}"
+    model, tokenizer = wrap_backbone(backbone, tokenizer, preset="qwen2.5-math-7b", source=source,
                                      num_heads=num_heads, seed=0)
     return model.to(device).eval(), tokenizer
 
 
 def section_scoring_7b_shape(args, device) -> dict:
     shape = TOY_SHAPE if args.small else QWEN_7B_SHAPE
-    _sync(device)
+    cuda_sync(device)
     t0 = time.perf_counter()
     model32, tokenizer = qwen_shaped_prm(shape, device, num_heads=32)
     build_seconds = time.perf_counter() - t0
-    model1 = EnsemblePRM(model32.backbone, model32.config.__class__(**{**vars(model32.config), "num_heads": 1}))
+    model1 = EnsemblePRM(model32.backbone, dataclasses.replace(model32.config, num_heads=1))
     model1.to(device).eval()
     batcher = StepBatcher(tokenizer, max_length=args.max_length)
     pool = mixed_pool(args.score_n)
@@ -205,7 +207,7 @@ def section_scoring_7b_shape(args, device) -> dict:
         "tokens_per_s_by_batch_size": sweep,
         "backbone_tflops_per_s": 2 * params * tokens_per_s / 1e12,  # forward ~ 2 FLOPs per parameter per token
         "hours_per_million_512_token_trajectories": 1e6 * 512 / tokens_per_s / 3600,
-        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "peak_memory_gib": _peak_gib(device),
     }
 
 
@@ -223,14 +225,14 @@ def section_train_throughput(args, device, workdir: Path) -> dict:
         model, tokenizer = qwen_shaped_prm(shape, device, num_heads=32)
         if not frozen:
             model.backbone.float()  # full fine-tuning keeps float32 master weights; bf16 is autocast's compute
-        tokens = sum(len(StepBatcher(tokenizer, max_length=args.max_length).tokenize(t["question"], t["steps"])
-                         .input_ids) for t in pool)
+        batcher = StepBatcher(tokenizer, max_length=args.max_length)
+        tokens = sum(len(batcher.tokenize(t["question"], t["steps"]).input_ids) for t in pool)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         stamps: list[float] = []
 
         def on_step(step: int, metrics: dict, stamps=stamps) -> None:
-            _sync(device)
+            cuda_sync(device)
             stamps.append(time.perf_counter())
 
         t0 = time.perf_counter()
@@ -244,8 +246,7 @@ def section_train_throughput(args, device, workdir: Path) -> dict:
         out[name] = {"shape": shape, "frozen_backbone": frozen, "trajectories": len(pool), "tokens": tokens,
                      "steps": result.steps, "seconds_with_save": seconds, "seconds_per_step": per_step,
                      "tokens_per_s": tokens / result.steps / per_step, "final_loss": result.metrics.get("loss"),
-                     "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30
-                     if device.type == "cuda" else None}
+                     "peak_memory_gib": _peak_gib(device)}
         del model, result
         gc.collect()
         if device.type == "cuda":

@@ -66,7 +66,7 @@ def timed_score(model, batcher, pool, *, bucket=True, batch_size=16, reps=1) -> 
     return best
 
 
-def _sync(device: torch.device) -> None:
+def cuda_sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -87,10 +87,10 @@ def interleaved_forward_times(models: dict, batcher, pool, *, batch_size: int, r
             best = dict.fromkeys(models, float("inf"))
             for _ in range(reps):
                 for name, model in models.items():
-                    _sync(device)
+                    cuda_sync(device)
                     t0 = time.perf_counter()
                     model(**batch.model_inputs())
-                    _sync(device)
+                    cuda_sync(device)
                     best[name] = min(best[name], time.perf_counter() - t0)
             for name in models:
                 totals[name] += best[name]
