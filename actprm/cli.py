@@ -354,42 +354,17 @@ def study(
         from tasks import study as study_tasks
 
         # Bad variants are refused before any server starts or pool is made.
-        changes, chosen = parse_fields(fields), study_tasks.strategy_names(strategies)
+        changes, chosen = study_tasks.parse_fields(fields), study_tasks.strategy_names(strategies)
         study_tasks.customize(study_tasks.study_preset(study_preset), changes)
         prepare(config, overrides)
         from flows.study import study_flow
 
         # No --pool: the study preset's own synthetic pool, the one bench/al_study.py measures.
         return study_flow(pool=pool, study_preset=study_preset, config=overrides,
-                          seeds=parse_seeds(seeds), output_dir=str(output) if output else None, extend=extend,
-                          preset_overrides=changes, strategies=list(chosen))
+                          seeds=study_tasks.parse_seeds(seeds), output_dir=str(output) if output else None,
+                          extend=extend, preset_overrides=changes, strategies=list(chosen))
 
     _run(json_out=json_out, debug=debug)
-
-
-def parse_fields(pairs: list[str] | None) -> dict[str, str]:
-    """--set rounds=16 --set budgets=0.5,1.0 -> {"rounds": "16", "budgets": "0.5,1.0"}; a clear one-line error
-    for anything that is not FIELD=VALUE (the values are checked by the preset, tasks.study.customize)."""
-    out: dict[str, str] = {}
-    for pair in pairs or ():
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ActPRMError(f"--set takes FIELD=VALUE, e.g. --set rounds=16, got {pair!r}")
-        out[key.strip()] = value.strip()
-    return out
-
-
-def parse_seeds(text: str | None) -> list[int] | None:
-    """--seeds 0,1,2 -> [0, 1, 2]; a clear one-line error for anything else."""
-    if text is None:
-        return None
-    try:
-        seeds = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ActPRMError(f"--seeds takes comma-separated integers like 0,1,2, got {text!r}") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ActPRMError(f"--seeds takes distinct comma-separated integers like 0,1,2, got {text!r}")
-    return seeds
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.study import STUDY_PRESETS, customize, strategy_names  # noqa: E402
+from tasks.study import STUDY_PRESETS, customize, parse_fields, parse_seeds, strategy_names  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ["ACTPRM_HOME"] = args.home
     config = {"home": args.home, "model": {"preset": args.model_preset}}
-    from actprm.cli import parse_fields, parse_seeds
-    from actprm.errors import ActPRMError
+        from actprm.errors import ActPRMError
 
     try:
         overrides = parse_fields(args.set)

@@ -32,10 +32,11 @@ def load_pool_task(db_path: str, pool: str, eval_fraction: float, seed: int) -> 
 
 @task(name="study-step-states", cache_policy=NO_CACHE)
 def step_states_task(trajectories: list[dict], preset: str, cache_dir: str, batch_size: int,
-                     max_length: int, backbone_path: str | None, threads: int | None, top_layers: int = 0):
+                     max_length: int, backbone_path: str | None, threads: int | None, top_layers: int = 0,
+                     device: str = "cpu"):
     return study_states.cached_step_states(trajectories, preset=preset, cache_dir=cache_dir, batch_size=batch_size,
                                            max_length=max_length, backbone_path=backbone_path, threads=threads,
-                                           top_layers=top_layers)
+                                           top_layers=top_layers, device=device)
 
 
 @task(name="study-host", cache_policy=NO_CACHE)
@@ -149,7 +150,8 @@ def study_flow(pool: str | None = None, study_preset: str = "quick", config: dic
     everything = data["train"] + data["eval"]
     states, info = step_states_task(everything, preset.model_preset, str(settings.home / "study" / "cache"),
                                     preset.feature_batch_size, settings.model.max_length,
-                                    settings.model.backbone_path, preset.feature_threads, preset.top_layers)
+                                    settings.model.backbone_path, preset.feature_threads, preset.top_layers,
+                                    preset.device)
     train, evaluation = study_states.pack_splits(data, states, info["top"])
     knobs = {**knobs, "hidden_size": info["hidden_size"], "separator_id": info["separator_id"]}
     model = {k: info[k] for k in ("preset", "backbone", "hidden_size", "cached", "seconds")}

@@ -118,6 +118,11 @@ class StudyPreset:
     # the 400 that suffice for 3,000 trajectories under-train full data by 3 F1 points on 12,000
     # (bench/results/al_study_12000). 400 steps on the full preset's 2,394 train trajectories are 9.36 epochs.
     epochs: float = 0.0
+    # Where the backbone pass and every run's training and scoring happen: "cpu", or "cuda" / "cuda:N" on a GPU.
+    # The packed pool stays in host memory and each minibatch goes to the device, so a token pool (`top_layers`)
+    # larger than the GPU still runs. A GPU rounds differently, so runs reproduce bit for bit only on their own kind
+    # of device, and its name goes into the preset's (a variant, not the CPU study).
+    device: str = "cpu"
     feature_batch_size: int = 32
     # Heads training is many small matmuls. On a quiet 2-core box two threads train the full preset's heads
     # ~1.7x faster than one; on a loaded box one thread is far faster (threads spin waiting for each other):
@@ -180,6 +185,31 @@ def customize(preset: StudyPreset, overrides: dict[str, Any] | None) -> StudyPre
     return dataclasses.replace(preset, name=f"{preset.name} ({label})", **changes)
 
 
+def parse_fields(pairs: list[str] | None) -> dict[str, str]:
+    """--set rounds=16 --set budgets=0.5,1.0 -> {"rounds": "16", "budgets": "0.5,1.0"}; a clear one-line error
+    for anything that is not FIELD=VALUE (the values are checked by the preset, tasks.study.customize)."""
+    out: dict[str, str] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ActPRMError(f"--set takes FIELD=VALUE, e.g. --set rounds=16, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    """--seeds 0,1,2 -> [0, 1, 2]; a clear one-line error for anything else."""
+    if text is None:
+        return None
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ActPRMError(f"--seeds takes comma-separated integers like 0,1,2, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ActPRMError(f"--seeds takes distinct comma-separated integers like 0,1,2, got {text!r}")
+    return seeds
+
+
 def _field_value(key: str, current: Any, value: Any) -> Any:
     kind = ("comma-separated budget fractions in (0, 1]" if isinstance(current, tuple) else
             "true or false" if isinstance(current, bool) else "a positive number")
@@ -198,6 +228,11 @@ def _field_value(key: str, current: Any, value: Any) -> Any:
             kind = "a number of passes over the labels, 0 (fixed steps_per_round) or more"
             out = float(value)
             ok = math.isfinite(out) and out >= 0
+        elif key == "device":
+            kind = "cpu, or cuda / cuda:N where torch sees a CUDA device"
+            out = str(value).strip().lower()
+            ok = out == "cpu" or (out.split(":")[0] == "cuda" and out.count(":") <= 1
+                                  and (":" not in out or out.split(":")[1].isdigit()) and _cuda_has(out))
         elif key == "replay_new_share":
             kind = "a share in [0, 1]"
             out = float(value)
@@ -210,6 +245,11 @@ def _field_value(key: str, current: Any, value: Any) -> Any:
     if not ok:
         raise ActPRMError(f"study preset field {key!r} takes {kind}, got {value!r}")
     return out
+
+
+def _cuda_has(device: str) -> bool:
+    index = int(device.split(":")[1]) if ":" in device else 0
+    return torch.cuda.is_available() and index < torch.cuda.device_count()
 
 
 def synthetic_pool(preset: StudyPreset) -> tuple[str, dict[str, Any]]:
@@ -358,7 +398,7 @@ def _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, 
                 learning_probability, p_threshold, std_threshold, subset, inspect) -> dict:
     t0 = time.perf_counter()
     model = heads_model(hidden_size, separator_id, num_heads=preset.num_heads, seed=seed, reg_lambda=reg_lambda,
-                        learning_probability=learning_probability, top=train.top)
+                        learning_probability=learning_probability, top=train.top).to(preset.device)
     layers = [] if train.top is None else list(model.backbone.parameters())
     # fused: one pass over the parameters per step instead of one per operation, ~10% faster on CPU (the heads
     # are 1.6M parameters updated 400 times a run); other rounding than the per-tensor loop (NUMERICS_VERSION 2).
@@ -435,7 +475,7 @@ def untrained_run(evaluation: PackedPool, *, seed: int, preset: StudyPreset, hid
                   reg_lambda: float = 0.5, learning_probability: float = 1.0, subset: str = "pool", **_: Any) -> dict:
     """The fresh ensemble before any label: the floor that tells whether training learned anything at all."""
     model = heads_model(hidden_size, separator_id, num_heads=preset.num_heads, seed=seed, reg_lambda=reg_lambda,
-                        learning_probability=learning_probability, top=evaluation.top)
+                        learning_probability=learning_probability, top=evaluation.top).to(preset.device)
     return {"strategy": "untrained", "budget": 0.0, "seed": seed, "labels": 0,
             **evaluate_heads(model, evaluation, subset), "seconds": 0.0, "uncertain_seen": None, "error_share": None}
 

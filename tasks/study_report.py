@@ -347,8 +347,13 @@ def _host_section(result: dict) -> list[str]:
         wall = f"{walls[i] / 60:.1f} min" if i < len(walls) else "—"
         seeds = ", ".join(map(str, h["seeds"])) if "seeds" in h else "—"
         after = "—" if h.get("after") is None else h["after"]
+        before = "—" if h.get("before") is None else h["before"]
         lines.append(f"| {i + 1} | {seeds} | {wall} | {h.get('cpu_capability') or '—'} | {h.get('cpu_count') or '—'} "
-                     f"| {h.get('before')} → {after} |")
+                     f"| {before} → {after} |")
+    for i, h in enumerate(hosts):
+        if h.get("gpu"):  # bench/al_study_portable.py on a lent GPU: the runs trained there, not on the CPU
+            lines += ["", f"Invocation {i + 1} trained and scored on {h.get('device')} ({h['gpu']}), torch "
+                          f"{h.get('torch')}, float32 matmul precision {h.get('float32_matmul_precision')}."]
     if result.get("cpu_capabilities"):
         lines += ["", f"**Note:** these seeds ran on hosts with different CPU kernels "
                       f"({', '.join(result['cpu_capabilities'])}); float rounding follows the kernels, so each run "
@@ -389,17 +394,21 @@ def plot(result: dict, path: str | Path) -> Path:
     return path
 
 
-def write_outputs(result: dict, output_dir: str | Path, stem: str = "al_study") -> dict[str, str]:
-    """Writes <stem>.json, <stem>.md and <stem>.png; returns their paths."""
+def write_outputs(result: dict, output_dir: str | Path, stem: str = "al_study", with_plot: bool = True
+                  ) -> dict[str, str]:
+    """Writes <stem>.json, <stem>.md and (`with_plot`: a GPU box may lack matplotlib) <stem>.png; returns their
+    paths."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md", "plot": out / f"{stem}.png"}
+    paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md"}
+    if with_plot:
+        paths = {**paths, "plot": out / f"{stem}.png"}
+        plot(result, _partial(paths["plot"]))
     # Each file is written beside its final name and renamed over it, so a kill mid-write never leaves a torn
     # JSON for `extend` to read. The JSON goes last: it is what a rerun trusts.
-    plot(result, _partial(paths["plot"]))
     _partial(paths["markdown"]).write_text(markdown_table(result))
     _partial(paths["json"]).write_text(json.dumps(result, indent=2) + "\n")
-    for path in (paths["plot"], paths["markdown"], paths["json"]):
+    for path in (*([paths["plot"]] if with_plot else []), paths["markdown"], paths["json"]):
         os.replace(_partial(path), path)
     return {k: str(v) for k, v in paths.items()}
 

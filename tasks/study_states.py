@@ -58,17 +58,23 @@ def _length_batches(tokenizer, trajectories: list[dict], batch_size: int, max_le
             bar.update(len(idx))
 
 
+def _backbone_out(model, batch, **kwargs):
+    """The backbone's output on an encoded batch, on the model's device (the states come back to the CPU after)."""
+    device = next(model.backbone.parameters()).device
+    return model.backbone(**{k: v.to(device) for k, v in batch.model_inputs().items()}, **kwargs)
+
+
 def step_states(model, tokenizer, trajectories: list[dict], *, batch_size: int = 32,
                 max_length: int = 512) -> list[torch.Tensor]:
     """Per trajectory, the (scored_steps, H) states the frozen model's heads read (`EnsemblePRM.step_states`).
 
-    Trajectories are batched by length so padding stays small, and returned in the order given.
+    Trajectories are batched by length so padding stays small, and returned in the order given, on the CPU.
     """
     out: list[torch.Tensor | None] = [None] * len(trajectories)
     model.eval()
     with torch.no_grad():
         for idx, batch in _length_batches(tokenizer, trajectories, batch_size, max_length):
-            hidden = model.backbone(**batch.model_inputs()).last_hidden_state
+            hidden = _backbone_out(model, batch).last_hidden_state.cpu()
             states, rows, _ = model.step_states(hidden, batch.input_ids, batch.attention_mask)
             per_row = torch.split(states.float(), torch.bincount(rows, minlength=len(idx)).tolist())
             for row, i in enumerate(idx):
@@ -84,7 +90,7 @@ def token_states(model, tokenizer, trajectories: list[dict], top_layers: int, *,
     model.eval()
     with torch.no_grad():
         for idx, batch in _length_batches(tokenizer, trajectories, batch_size, max_length):
-            hidden = model.backbone(**batch.model_inputs(), output_hidden_states=True).hidden_states[-1 - top_layers]
+            hidden = _backbone_out(model, batch, output_hidden_states=True).hidden_states[-1 - top_layers].cpu()
             for row, i in enumerate(idx):
                 real = batch.attention_mask[row].bool()
                 out[i] = (hidden[row][real].float().clone(), batch.input_ids[row][real].clone())
@@ -133,9 +139,11 @@ class TopLayers(nn.Module):
 
 
 def feature_cache_key(trajectories: list[dict], preset: str, backbone: str, max_length: int, readout: str,
-                      top_layers: int = 0) -> str:
+                      top_layers: int = 0, device: str = "cpu") -> str:
     what = [preset, backbone, max_length, readout, STATES_VERSION] + ([f"tokens-entering-top-{top_layers}"]
                                                                       if top_layers else [])
+    if torch.device(device).type != "cpu":  # other kernels, other rounding; CPU keys stay what they were
+        what.append(f"device-{torch.device(device).type}")
     h = hashlib.sha256(json.dumps(what).encode())
     for t in trajectories:
         h.update(t["id"].encode())
@@ -144,19 +152,20 @@ def feature_cache_key(trajectories: list[dict], preset: str, backbone: str, max_
 
 def cached_step_states(trajectories: list[dict], *, preset: str, cache_dir: str | Path | None,
                        batch_size: int = 32, max_length: int = 512, seed: int = 0,
-                       backbone_path: str | None = None, threads: int | None = None, top_layers: int = 0
-                       ) -> tuple[list, dict]:
+                       backbone_path: str | None = None, threads: int | None = None, top_layers: int = 0,
+                       device: str = "cpu") -> tuple[list, dict]:
     """`step_states` of a fresh `build_prm(preset)` model, cached on disk by (trajectories, model, readout).
 
     With `top_layers` > 0, the `token_states` entering the model's top layers instead, and `info["top"]`: a copy of
-    those pretrained layers (`TopLayers`), for `pack_splits`."""
+    those pretrained layers (`TopLayers`, on the CPU), for `pack_splits`. The backbone pass runs on `device`; the
+    states are returned on the CPU."""
     from models import build_prm
 
     t0 = time.perf_counter()
     model, tokenizer = build_prm(preset, num_heads=1, seed=seed, freeze_backbone=True, backbone_path=backbone_path)
     top = TopLayers.of(model, top_layers) if top_layers else None  # before the pass, so a bad k fails in seconds
     key = feature_cache_key(trajectories, preset, model.config.backbone_name, max_length, model.config.readout,
-                            top_layers)
+                            top_layers, device)
     path = Path(cache_dir) / f"{'token' if top else 'step'}-states-{key}.pt" if cache_dir else None
     info = {"preset": preset, "backbone": model.config.backbone_name, "cache_key": key,
             "hidden_size": model.backbone.config.hidden_size, "separator_id": model.separator_id,
@@ -164,6 +173,7 @@ def cached_step_states(trajectories: list[dict], *, preset: str, cache_dir: str 
     if path is not None and path.is_file():
         states = torch.load(path)
         return states, info | {"cached": True, "seconds": time.perf_counter() - t0}
+    model.to(device)
     with torch_threads(threads):
         if top is not None:
             states = token_states(model, tokenizer, trajectories, top_layers, batch_size=batch_size,
@@ -287,7 +297,10 @@ def forward_pool(model, pool: PackedPool, idx: torch.Tensor, with_labels: bool):
 
     With labels only the labeled steps are scored: a step after the first error carries IGNORE_INDEX and adds
     nothing to the loss or its gradient, and skipping it saves a quarter of the training compute on the
-    synthetic pool (the loss is the same up to float rounding)."""
+    synthetic pool (the loss is the same up to float rounding).
+
+    The pool stays on the CPU (a token pool of 12,000 trajectories is ~9 GB); what a minibatch reads goes to the
+    model's device, and the results stay there."""
     from models import IGNORE_INDEX
 
     if pool.top is not None:
@@ -297,6 +310,7 @@ def forward_pool(model, pool: PackedPool, idx: torch.Tensor, with_labels: bool):
         present = torch.arange(width).unsqueeze(0) < pool.steps[idx].unsqueeze(1)
         rows = present.nonzero(as_tuple=True)[0]
         states, labels = pool.states[idx, :width][present], pool.labels[idx, :width][present]
+        states, rows, labels = states.to(model.device), rows.to(model.device), labels.to(model.device)
     if not with_labels:
         return model.head_logits(states), rows, None
     keep = labels != IGNORE_INDEX
@@ -309,29 +323,33 @@ def _token_steps(model, pool: PackedPool, idx: torch.Tensor) -> tuple[torch.Tens
     """The scored steps of `idx` in a token pool, row-major: the model's top layers run on the cached states that
     enter them, then the steps are read off their output (`EnsemblePRM.step_states`). Their states, rows and
     labels."""
+    device = model.device
     lengths = pool.attention_mask[idx].sum(1)
     # The layers run on groups of trajectories of similar length, each padded to its own longest: a minibatch
     # padded to its longest trajectory would be about half padding on the synthetic pool.
     parts = []
     for group in torch.split(torch.argsort(lengths, stable=True), TOKEN_GROUP):
         width, where = int(lengths[group].max()), idx[group]
-        ids, mask = pool.input_ids[where, :width], pool.attention_mask[where, :width]
-        states, rows, step_index = model.step_states(model.backbone(pool.states[where, :width], mask), ids, mask)
-        parts.append((states, group[rows], step_index))
+        ids, mask = pool.input_ids[where, :width].to(device), pool.attention_mask[where, :width].to(device)
+        hidden = model.backbone(pool.states[where, :width].to(device), mask)
+        states, rows, step_index = model.step_states(hidden, ids, mask)
+        parts.append((states, group.to(device)[rows], step_index))
     states, rows, step_index = (torch.cat(t) for t in zip(*parts))
     # Back to row-major order over idx, as `forward_pool` and `step_probabilities` lay steps out.
     order = torch.argsort(rows * (int(step_index.max()) + 1 if step_index.numel() else 1) + step_index)
     states, rows, step_index = states[order], rows[order], step_index[order]
-    return states, rows, pool.labels[idx][rows, step_index]
+    return states, rows, pool.labels[idx].to(device)[rows, step_index]
 
 
 @torch.no_grad()
 def step_probabilities(model, pool: PackedPool, idx: torch.Tensor, batch_size: int = 512) -> list[torch.Tensor]:
-    """Per trajectory of `idx`, its (E, scored_steps) P(step correct), as `EnsemblePRM.step_probabilities`."""
+    """Per trajectory of `idx`, its (E, scored_steps) P(step correct), on the CPU as
+    `EnsemblePRM.step_probabilities` returns them."""
     model.eval()
     out: list[torch.Tensor] = []
     for start in range(0, len(idx), batch_size):
         part = idx[start:start + batch_size]
         logits, rows, _ = forward_pool(model, pool, part, with_labels=False)
-        out += list(torch.split(torch.sigmoid(logits), torch.bincount(rows, minlength=len(part)).tolist(), dim=1))
+        out += list(torch.split(torch.sigmoid(logits).cpu(), torch.bincount(rows.cpu(), minlength=len(part)).tolist(),
+                                dim=1))
     return out
