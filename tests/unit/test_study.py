@@ -384,7 +384,7 @@ def test_a_host_entry_written_before_entries_named_their_kernels_takes_the_study
 
 
 def test_cli_seeds_are_distinct_integers():
-    from actprm.cli import parse_seeds
+    from tasks.study import parse_seeds
 
     assert parse_seeds("3, 4,5") == [3, 4, 5] and parse_seeds(None) is None
     for bad in ("a,b", "1,1", ","):
@@ -709,3 +709,74 @@ def test_extending_a_study_with_the_step_check_checks_its_seeds_without_rerunnin
     assert saved["step_check"]["seeds"] == 2 == saved["step_check_tuned"]["seeds"]
     assert [h.get("step_check_seeds") for h in saved["host_gemm_gflops_per_invocation"]] == [None, [0]]
     assert "at twice the head steps (" in (out / "al_study.md").read_text()
+
+
+def _portable():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "al_study_portable.py"
+    spec = importlib.util.spec_from_file_location("al_study_portable", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_study_on_an_exported_split_makes_the_runs_the_flow_makes(pool_db, tmp_path, monkeypatch,
+                                                                     prefect_harness):
+    """bench/al_study_portable.py (for a GPU box without Prefect, DuckDB or MLflow) is the same study."""
+    from flows.study import study_flow
+
+    portable = _portable()
+    monkeypatch.setenv("ACTPRM_HOME", str(pool_db.parent))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    flow = study_flow(pool=POOL, study_preset="quick", config={"model": {"preset": "tiny"}}, seeds=[1],
+                      output_dir=str(tmp_path / "flow"), strategies=["actprm", "random"])
+
+    split = portable.export_split(str(pool_db.parent), POOL, tmp_path / "split.json.gz")
+    assert portable.read_split(tmp_path / "split.json.gz") == split
+    assert (len(split["train"]), len(split["eval"])) == (flow["train_size"], flow["eval_size"])
+    preset = dataclasses.replace(study.study_preset("quick"), model_preset="tiny", seeds=(1,))
+    out = portable.run_study(split, backbone=None, preset=preset, strategies=("actprm", "random"),
+                             output=tmp_path / "portable", log=lambda _: None)
+
+    def runs(result):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in result["runs"]]
+
+    saved = json.loads((tmp_path / "portable" / "al_study.json").read_text())
+    assert runs(saved) == runs(flow) and len(runs(saved)) == 2 + 2 * 2
+    assert saved["split_sha256"] == flow["split_sha256"] and out["runs"] == len(saved["runs"])
+    # every finished run is on disk as it finishes, for a machine taken back mid-seed
+    lines = (tmp_path / "portable" / "runs.jsonl").read_text().splitlines()
+    assert [json.loads(line)["strategy"] for line in lines] == [r["strategy"] for r in saved["runs"]]
+
+
+def test_studies_of_other_seeds_merge_into_the_study_of_all_of_them_and_a_seed_twice_is_refused(pool_db, tmp_path):
+    portable = _portable()
+    split = portable.export_split(str(pool_db.parent), POOL, tmp_path / "split.json.gz")
+    preset = dataclasses.replace(study.study_preset("quick"), model_preset="tiny", budgets=(0.5, 1.0))
+    for seeds in ((0,), (1,), (0, 1)):
+        portable.run_study(split, backbone=None, preset=dataclasses.replace(preset, seeds=seeds),
+                           strategies=("actprm", "random"), output=tmp_path / str(seeds), log=lambda _: None)
+    parts = [tmp_path / str(s) / "al_study.json" for s in ((0,), (1,))]
+    portable.merge_studies(parts, tmp_path / "merged")
+    merged, whole = (json.loads((tmp_path / d / "al_study.json").read_text()) for d in ("merged", str((0, 1))))
+    for key in ("full_data_f1", "strategies", "actprm_minus_random", "seeds", "targets"):
+        assert merged[key] == whole[key], key
+    assert [h["seeds"] for h in merged["host_gemm_gflops_per_invocation"]] == [[0], [1]]
+    with pytest.raises(ActPRMError, match="seed 0 is in an earlier study too"):
+        portable.merge_studies([parts[0], tmp_path / str((0, 1)) / "al_study.json"], tmp_path / "twice")
+    other = tmp_path / "other"
+    portable.run_study(split, backbone=None, preset=dataclasses.replace(preset, seeds=(2,), lr=1e-3),
+                       strategies=("actprm", "random"), output=other, log=lambda _: None)
+    with pytest.raises(ActPRMError, match="study preset lr was"):
+        portable.merge_studies([parts[0], other / "al_study.json"], tmp_path / "mixed")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for a machine without CUDA")
+def test_a_study_device_torch_cannot_see_is_refused_in_one_line():
+    preset = study.study_preset("quick")
+    assert study.customize(preset, {"device": "CPU"}) is preset
+    for bad in ("cuda", "cuda:1", "gpu", "cuda:x"):
+        with pytest.raises(ActPRMError, match="study preset field 'device' takes cpu, or cuda"):
+            study.customize(preset, {"device": bad})
