@@ -54,10 +54,7 @@ def export_split(home: str, pool: str, output: str | Path) -> dict:
     with Store(settings.duckdb_path) as store:
         data = study.load_pool(store, pool, settings.loop.eval_fraction, settings.train.seed)
     split = {"version": SPLIT_VERSION, "pool": pool, "split_sha256": study.split_fingerprint(data),
-             "knobs": {"reg_lambda": settings.model.reg_lambda,
-                       "learning_probability": settings.model.learning_probability,
-                       "p_threshold": settings.uncertainty.p_threshold,
-                       "std_threshold": settings.uncertainty.std_threshold, "subset": pool},
+             "knobs": study.run_knobs(settings, pool),
              "max_length": settings.model.max_length,
              **{part: [{k: t[k] for k in FIELDS} for t in data[part]] for part in ("train", "eval")}}
     Path(output).parent.mkdir(parents=True, exist_ok=True)

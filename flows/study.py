@@ -125,9 +125,7 @@ def study_flow(pool: str | None = None, study_preset: str = "quick", config: dic
     data = load_pool_task(str(settings.duckdb_path), pool, settings.loop.eval_fraction, settings.train.seed)
     # Everything that changes a run's F1 beyond the preset; --extend refuses a study made under other values. (A
     # study written before a knob was recorded is compared on the knobs it has.)
-    knobs = {"reg_lambda": settings.model.reg_lambda, "learning_probability": settings.model.learning_probability,
-             "p_threshold": settings.uncertainty.p_threshold, "std_threshold": settings.uncertainty.std_threshold,
-             "subset": pool}
+    knobs = study.run_knobs(settings, pool)
     backbone = {"max_length": settings.model.max_length, "backbone_path": settings.model.backbone_path,
                 "unread_steps_uncertain": True}  # recorded and compared, not run arguments
     split = study.split_fingerprint(data)

@@ -298,6 +298,14 @@ def load_pool(store, pool: str, eval_fraction: float, seed: int) -> dict[str, li
     return out
 
 
+def run_knobs(settings, pool: str) -> dict[str, Any]:
+    """What a run takes from the settings beyond the preset (heads and uncertainty knobs, the pool as the
+    benchmark subset): the flow and bench/al_study_portable.py pass the same ones, and `extend` compares them."""
+    return {"reg_lambda": settings.model.reg_lambda, "learning_probability": settings.model.learning_probability,
+            "p_threshold": settings.uncertainty.p_threshold, "std_threshold": settings.uncertainty.std_threshold,
+            "subset": pool}
+
+
 def split_fingerprint(data: dict[str, list[dict]]) -> str:
     """sha256 of the train and eval trajectory ids in order: two studies ran on the same split iff they match."""
     h = hashlib.sha256()
