@@ -224,6 +224,8 @@ def run_study(split: dict, *, backbone: str | None, preset, strategies: tuple[st
     del states
     knobs |= {"hidden_size": info["hidden_size"], "separator_id": info["separator_id"]}
     model = {k: info[k] for k in ("preset", "backbone", "hidden_size", "cached", "seconds")}
+    if backbone:  # the export it was rebuilt from, not the temporary folder it was loaded from
+        model["backbone"] = str(backbone)
     model["cut_trajectories"] = {"train": int((train.unread > 0).sum()), "eval": int((evaluation.unread > 0).sum())}
     host = device_facts(preset.device) | {"seeds": []}
     facts = {"preset": preset, "pool": split["pool"], "strategies": strategies, "train_size": len(train),
