@@ -19,7 +19,6 @@ from typing import Annotated, Any, Optional
 import typer
 
 from actprm.config import ConfigError, Settings, load_settings, runtime_environment
-from actprm.errors import ActPRMError
 
 app = typer.Typer(
     add_completion=False,

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ["ACTPRM_HOME"] = args.home
     config = {"home": args.home, "model": {"preset": args.model_preset}}
-        from actprm.errors import ActPRMError
+    from actprm.errors import ActPRMError
 
     try:
         overrides = parse_fields(args.set)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "run_all.py"
-spec = importlib.util.spec_from_file_location("bench_run_all", SCRIPT)
-run_all = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(run_all)
+from actprm.testing.bench import BENCH, load_bench_script
+
+SCRIPT = BENCH / "run_all.py"
+run_all = load_bench_script("run_all")
 
 
 def test_every_benchmark_it_names_exists():
@@ -40,3 +38,19 @@ def test_only_the_gpu_check_on_a_cpu_machine_runs_nothing_and_says_so():
         pytest.skip("this machine has CUDA")
     proc = subprocess.run([sys.executable, str(SCRIPT), "--only", "gpu"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "gpu: skipped" in proc.stdout and "== gpu" not in proc.stdout
+
+
+def test_every_benchmark_script_compiles():
+    """A script no test imports can break unseen (bench/al_study.py once shipped an IndentationError)."""
+    import py_compile
+
+    for script in sorted(SCRIPT.parent.glob("*.py")):
+        py_compile.compile(str(script), doraise=True)
+
+
+def test_the_study_benchmark_refuses_a_bad_variant_in_one_line_before_anything_starts(tmp_path):
+    out = subprocess.run([sys.executable, str(SCRIPT.parent / "al_study.py"), "--home", str(tmp_path),
+                          "--set", "no_such_field=1"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert "cannot set study preset field 'no_such_field'" in out.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "actprm.duckdb").exists()
