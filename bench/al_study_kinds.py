@@ -20,7 +20,6 @@ Writes bench/results/al_study_kinds.json and .md.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -52,13 +51,11 @@ def load_study(path: Path, home: Path):
     from actprm.store import Store, trajectory_id
     from actprm.synth import generate
     from tasks import study, study_states
-    from tasks.study_report import require_numerics
+    from tasks.study_report import require_numerics, saved_preset
 
     saved = json.loads(path.read_text())
     require_numerics(saved, f"cannot reproduce the runs of {path}")
-    fields = {f.name for f in dataclasses.fields(study.StudyPreset)}
-    raw = {k: v for k, v in saved["study_preset"].items() if k in fields}
-    preset = study.StudyPreset(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    preset = saved_preset(saved)
     settings = Settings()
     with Store(home / "actprm.duckdb", read_only=True) as store:
         data = study.load_pool(store, saved["pool"], settings.loop.eval_fraction, settings.train.seed)

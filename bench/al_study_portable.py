@@ -161,20 +161,17 @@ def check_backbone(preset: str, original: str | Path, trimmed: str | Path, split
 def merge_studies(paths: list[str | Path], output: str | Path) -> dict[str, str]:
     """One study from studies of other seeds under the same settings (e.g. each a device call's worth): the
     checks `--extend` makes (`study_report.previous_runs`: pool, split, preset, knobs, strategies), no seed twice."""
-    from dataclasses import fields, replace
+    from dataclasses import replace
 
-    from tasks import study, study_report
+    from tasks import study_report
 
     try:
-        studies = [json.loads(Path(p).read_text()) for p in paths]
+        last = json.loads(Path(paths[-1]).read_text())
     except (OSError, ValueError) as e:
         raise ActPRMError(f"cannot merge: {e}") from None
-    last = studies[-1]
-    known = {f.name for f in fields(study.StudyPreset)}
-    preset = study.StudyPreset(**{k: tuple(v) if isinstance(v, list) else v
-                                  for k, v in last["study_preset"].items() if k in known})
+    preset = study_report.saved_preset(last)
     runs, walls, hosts, seen = [], [], [], set()
-    for path, one in zip(paths, studies):
+    for path in paths:
         earlier = study_report.previous_runs(path, pool=last["pool"], preset=preset, knobs=last["knobs"],
                                              split=last["split_sha256"], train_size=last["train_size"],
                                              eval_size=last["eval_size"], strategies=tuple(last["strategies"]))
@@ -207,7 +204,8 @@ def device_facts(device: str) -> dict:
 
 def run_study(split: dict, *, backbone: str | None, preset, strategies: tuple[str, ...], output: str | Path,
               log=print) -> dict:
-    """The study's runs on the split, seed by seed; the outputs are rewritten after every run."""
+    """The study's runs on the split, seed by seed: each run goes to runs.jsonl as it finishes, and the outputs
+    are rewritten after every seed."""
     from tasks import study, study_report, study_states
 
     started = time.perf_counter()
@@ -223,10 +221,9 @@ def run_study(split: dict, *, backbone: str | None, preset, strategies: tuple[st
     train, evaluation = study_states.pack_splits(data, states, info["top"])
     del states
     knobs |= {"hidden_size": info["hidden_size"], "separator_id": info["separator_id"]}
-    model = {k: info[k] for k in ("preset", "backbone", "hidden_size", "cached", "seconds")}
+    model = study_states.model_facts(info, train, evaluation)
     if backbone:  # the export it was rebuilt from, not the temporary folder it was loaded from
         model["backbone"] = str(backbone)
-    model["cut_trajectories"] = {"train": int((train.unread > 0).sum()), "eval": int((evaluation.unread > 0).sum())}
     host = device_facts(preset.device) | {"seeds": []}
     facts = {"preset": preset, "pool": split["pool"], "strategies": strategies, "train_size": len(train),
              "eval_size": len(evaluation), "model": model,

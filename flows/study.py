@@ -152,9 +152,7 @@ def study_flow(pool: str | None = None, study_preset: str = "quick", config: dic
                                     preset.device)
     train, evaluation = study_states.pack_splits(data, states, info["top"])
     knobs = {**knobs, "hidden_size": info["hidden_size"], "separator_id": info["separator_id"]}
-    model = {k: info[k] for k in ("preset", "backbone", "hidden_size", "cached", "seconds")}
-    # Trajectories cut at max_length: their unread steps count as uncertain, and an error there cannot be found.
-    model["cut_trajectories"] = {"train": int((train.unread > 0).sum()), "eval": int((evaluation.unread > 0).sum())}
+    model = study_states.model_facts(info, train, evaluation)
     facts = {"preset": preset, "pool": pool, "strategies": chosen, "train_size": len(train),
              "eval_size": len(evaluation), "model": model, "knobs": {**knobs, **backbone}, "split": split,
              "hosts": hosts}

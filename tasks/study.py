@@ -47,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -231,8 +232,7 @@ def _field_value(key: str, current: Any, value: Any) -> Any:
         elif key == "device":
             kind = "cpu, or cuda / cuda:N where torch sees a CUDA device"
             out = str(value).strip().lower()
-            ok = out == "cpu" or (out.split(":")[0] == "cuda" and out.count(":") <= 1
-                                  and (":" not in out or out.split(":")[1].isdigit()) and _cuda_has(out))
+            ok = out == "cpu" or (re.fullmatch(r"cuda(:\d+)?", out) is not None and _cuda_has(out))
         elif key == "replay_new_share":
             kind = "a share in [0, 1]"
             out = float(value)

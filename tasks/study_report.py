@@ -144,6 +144,14 @@ def step_check(runs: list[dict], metric: str = "f1") -> dict | None:
             "steps": full[min(longer)].get("steps", steps_2x // 2), "steps_2x": steps_2x}
 
 
+def saved_preset(saved: dict) -> StudyPreset:
+    """The preset a study's JSON was made under (tuples come back from JSON as lists; fields it does not know,
+    from a later version, are dropped)."""
+    known = {f.name for f in fields(StudyPreset)}
+    return StudyPreset(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["study_preset"].items()
+                          if k in known})
+
+
 def require_numerics(saved: dict, refused: str) -> None:
     """Raise ActPRMError (one line, starting with `refused`) when a study's JSON was made by another version of the
     heads' training arithmetic (tasks.study.NUMERICS_VERSION): its runs would not reproduce bit for bit."""
@@ -343,17 +351,18 @@ def _host_section(result: dict) -> list[str]:
         return []
     lines = ["", "## Wall time and host", "",
              "| invocation | seeds | wall | CPU kernels | CPUs | fp32 GEMM GFLOP/s before → after |", "|---" * 6 + "|"]
+    gpus = []  # bench/al_study_portable.py on a lent GPU: those runs trained there, not on the CPU
     for i, h in enumerate(hosts):
+        if h.get("gpu"):
+            gpus += ["", f"Invocation {i + 1} trained and scored on {h.get('device')} ({h['gpu']}), torch "
+                         f"{h.get('torch')}, float32 matmul precision {h.get('float32_matmul_precision')}."]
         wall = f"{walls[i] / 60:.1f} min" if i < len(walls) else "—"
         seeds = ", ".join(map(str, h["seeds"])) if "seeds" in h else "—"
         after = "—" if h.get("after") is None else h["after"]
         before = "—" if h.get("before") is None else h["before"]
         lines.append(f"| {i + 1} | {seeds} | {wall} | {h.get('cpu_capability') or '—'} | {h.get('cpu_count') or '—'} "
                      f"| {before} → {after} |")
-    for i, h in enumerate(hosts):
-        if h.get("gpu"):  # bench/al_study_portable.py on a lent GPU: the runs trained there, not on the CPU
-            lines += ["", f"Invocation {i + 1} trained and scored on {h.get('device')} ({h['gpu']}), torch "
-                          f"{h.get('torch')}, float32 matmul precision {h.get('float32_matmul_precision')}."]
+    lines += gpus
     if result.get("cpu_capabilities"):
         lines += ["", f"**Note:** these seeds ran on hosts with different CPU kernels "
                       f"({', '.join(result['cpu_capabilities'])}); float rounding follows the kernels, so each run "
@@ -400,17 +409,17 @@ def write_outputs(result: dict, output_dir: str | Path, stem: str = "al_study", 
     paths."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md"}
-    if with_plot:
-        paths = {**paths, "plot": out / f"{stem}.png"}
-        plot(result, _partial(paths["plot"]))
     # Each file is written beside its final name and renamed over it, so a kill mid-write never leaves a torn
     # JSON for `extend` to read. The JSON goes last: it is what a rerun trusts.
-    _partial(paths["markdown"]).write_text(markdown_table(result))
-    _partial(paths["json"]).write_text(json.dumps(result, indent=2) + "\n")
-    for path in (*([paths["plot"]] if with_plot else []), paths["markdown"], paths["json"]):
+    order = {"plot": out / f"{stem}.png"} if with_plot else {}
+    order |= {"markdown": out / f"{stem}.md", "json": out / f"{stem}.json"}
+    if with_plot:
+        plot(result, _partial(order["plot"]))
+    _partial(order["markdown"]).write_text(markdown_table(result))
+    _partial(order["json"]).write_text(json.dumps(result, indent=2) + "\n")
+    for path in order.values():
         os.replace(_partial(path), path)
-    return {k: str(v) for k, v in paths.items()}
+    return {k: str(order[k]) for k in ("json", "markdown", "plot") if k in order}
 
 
 def _partial(path: Path) -> Path:

@@ -255,6 +255,13 @@ def pack_tokens(trajectories: list[dict], states: list[tuple[torch.Tensor, torch
                         attention_mask=mask, top=top)
 
 
+def model_facts(info: dict, train: PackedPool, evaluation: PackedPool) -> dict:
+    """What a study records of its backbone pass (`cached_step_states`' info), with the trajectories cut at
+    max_length: their unread steps count as uncertain, and an error there cannot be found."""
+    return {**{k: info[k] for k in ("preset", "backbone", "hidden_size", "cached", "seconds")},
+            "cut_trajectories": {"train": int((train.unread > 0).sum()), "eval": int((evaluation.unread > 0).sum())}}
+
+
 def pack_splits(data: dict[str, list[dict]], states: list, top: TopLayers | None = None
                 ) -> tuple[PackedPool, PackedPool]:
     """The train and eval splits packed, from the states of `data["train"] + data["eval"]` in that order (token

@@ -3,22 +3,17 @@ call's carry, must still give that split exactly the states the whole model give
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
 from actprm.errors import ActPRMError
-
-ROOT = Path(__file__).resolve().parents[2]
+from actprm.testing.bench import load_bench_script
 
 
 def _portable():
-    spec = importlib.util.spec_from_file_location("al_study_portable", ROOT / "bench" / "al_study_portable.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("al_study_portable")
 
 
 def _split():

@@ -712,14 +712,9 @@ def test_extending_a_study_with_the_step_check_checks_its_seeds_without_rerunnin
 
 
 def _portable():
-    import importlib.util
-    from pathlib import Path
+    from actprm.testing.bench import load_bench_script
 
-    path = Path(__file__).resolve().parents[2] / "bench" / "al_study_portable.py"
-    spec = importlib.util.spec_from_file_location("al_study_portable", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("al_study_portable")
 
 
 def test_the_study_on_an_exported_split_makes_the_runs_the_flow_makes(pool_db, tmp_path, monkeypatch,
