@@ -1,0 +1,175 @@
+"""Every active-learning study under bench/results/ in one table: where issue 8's Target stands in each protocol.
+
+Issue 8's Target has two halves, judged at a 50% budget against full data, averaged over seeds: ActPRM within
+0.5 F1 points of full data, and ActPRM ahead of random by 3 points. The studies that measured them differ in pool,
+protocol (the preset fields a variant changed) and seeds, and their findings are spread over a README section; this
+reads each study's al_study.json and prints one row each:
+
+- full data's F1 (at threshold 0.5 / at the cross-fitted threshold) and what twice its steps add (`check_steps`):
+  above 0.5 points the runs are short of training, and a tie with full data is not counted (`tasks.study_report`);
+- ActPRM's 50% minus full data, and ActPRM minus random at 50%, each paired by seed (mean ± standard error);
+- the two Target halves as the study itself judged them (`targets`, `targets_tuned`).
+
+    .venv/bin/python bench/al_study_scoreboard.py          # writes bench/results/al_study_scoreboard.md / .json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tasks.study import STUDY_PRESETS, WITHIN_F1  # noqa: E402
+from tasks.study_report import METRICS, paired_gap, saved_preset  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+HALF = 0.5
+# Fields that say what was run, not how: they are in the pool, seeds and budgets columns or change only speed.
+NOT_PROTOCOL = {"name", "seeds", "budgets", "synth_n", "synth_mix", "head_threads", "feature_threads",
+                "feature_batch_size", "host_seconds", "model_preset",
+                # adds full data at twice the steps (the 2x steps column) and changes no run
+                "check_steps"}
+
+
+def protocol(saved: dict) -> str:
+    """The preset fields a study set away from the `full` preset (its budgets, seeds and pool aside)."""
+    made, base = dataclasses.asdict(saved_preset(saved)), dataclasses.asdict(STUDY_PRESETS["full"])
+    changed = [f"{k}={made[k]}" for k in made if k not in NOT_PROTOCOL and made[k] != base[k]]
+    return ", ".join(changed) or "the `full` preset"
+
+
+def full_steps(saved: dict) -> int | None:
+    """Head steps of a full-data run: as recorded, or (runs made before rows counted them) what fixed steps give."""
+    recorded = next((r.get("steps") for r in saved["runs"] if r["strategy"] == "full"), None)
+    preset = saved_preset(saved)
+    if recorded is None and not preset.epochs:
+        return min(preset.rounds, saved["train_size"]) * preset.steps_per_round
+    return recorded
+
+
+def converged_verdicts(rows: list[dict]) -> list[str]:
+    """Per F1, the studies whose full data passed the step check (twice the steps add at most 0.5 pt), and in how
+    many of those ActPRM's 50% came within 0.5 pt of full data: the Target's first half against a reference that
+    more training would not lift."""
+    out = []
+    for suffix, title in (("", "at threshold 0.5"), ("_tuned", "cross-fitted")):
+        checked = [r for r in rows if r[f"steps_2x_gain{suffix}"] is not None and r[f"actprm_minus_full{suffix}"]]
+        ok = [r for r in checked if r[f"steps_2x_gain{suffix}"]["mean"] <= WITHIN_F1]
+        within = [r["study"] for r in ok if r[f"actprm_minus_full{suffix}"]["mean"] >= -WITHIN_F1]
+        gaps = ", ".join(f"{r[f'actprm_minus_full{suffix}']['mean'] * 100:+.1f}" for r in ok)
+        out.append(f"{title}: {len(ok)} of the {len(checked)} studies with a step check have converged full data; "
+                   f"ActPRM's 50% is within 0.5 pt of it in {len(within)} ({', '.join(within) or 'none'}); "
+                   f"its gaps there: {gaps or 'none'} pt")
+    return out
+
+
+def study_row(name: str, saved: dict) -> dict:
+    """One study's standing against the Target at a 50% budget; gaps in F1 units, None where it did not measure."""
+    runs = saved["runs"]
+    # Full data runs at b = 1; shown at the half, it pairs with the halves seed by seed.
+    at_half = [r | {"budget": HALF} for r in runs if r["strategy"] == "full"]
+    at_half += [r for r in runs if r["strategy"] in ("actprm", "random") and r["budget"] == HALF]
+    row = {"study": name, "pool": saved["pool"], "train_size": saved["train_size"], "protocol": protocol(saved),
+           "seeds": len(saved["seeds"]), "numerics_version": saved.get("numerics_version", 1),
+           "full_steps": full_steps(saved)}
+    for metric, suffix in METRICS.items():
+        if f"full_data_f1{suffix}" not in saved:  # studies made before the cross-fitted F1 existed
+            row |= {f"{key}{suffix}": None for key in ("full", "steps_2x_gain", "actprm_minus_full",
+                                                        "actprm_minus_random", "targets", "actprm_within_0.5pt_from")}
+            continue
+        check = saved.get(f"step_check{suffix}")
+        row[f"full{suffix}"] = saved[f"full_data_f1{suffix}"]
+        row[f"steps_2x_gain{suffix}"] = None if check is None else {"mean": check["gain"], "se": check["se"]}
+        for other in ("full", "random"):
+            gap = paired_gap(at_half, "actprm", other, [HALF], metric).get(str(HALF))
+            row[f"actprm_minus_{other}{suffix}"] = None if gap is None else {k: gap[k] for k in ("mean", "se")}
+        row[f"targets{suffix}"] = saved.get(f"targets{suffix}")
+        row[f"actprm_within_0.5pt_from{suffix}"] = (saved.get(f"smallest_budget_within_0.5pt{suffix}") or {}).get(
+            "actprm")
+    return row
+
+
+def scoreboard(results: Path = RESULTS) -> list[dict]:
+    """A row for every study under `results` (the headline al_study.json and each folder's), by pool then name."""
+    paths = sorted(results.glob("al_study.json")) + sorted(results.glob("*/al_study.json"))
+    rows = [study_row(p.parent.name if p.parent != results else "al_study", json.loads(p.read_text()))
+            for p in paths]
+    return sorted(rows, key=lambda r: (r["train_size"], r["pool"], r["study"]))
+
+
+def _points(gap: dict | None) -> str:
+    return "—" if gap is None else f"{gap['mean'] * 100:+.1f} ± {gap['se'] * 100:.1f}"
+
+
+def _pair(row: dict, key: str) -> str:
+    return " / ".join(_points(row[f"{key}{suffix}"]) for suffix in METRICS.values())
+
+
+def _met(row: dict, half: str) -> str:
+    def one(targets: dict | None) -> str:
+        return "—" if targets is None or half not in targets else ("met" if targets[half] else "no")
+    return " / ".join(one(row[f"targets{s}"]) for s in METRICS.values())
+
+
+def _budget(row: dict) -> str:
+    def one(b: float | None) -> str:
+        return "—" if b is None else f"{b:.0%}"
+    return " / ".join(one(row[f"actprm_within_0.5pt_from{s}"]) for s in METRICS.values())
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "# Issue 8's Target in every study under bench/results/",
+        "",
+        "Each cell reads *at threshold 0.5 / at the cross-fitted threshold*; gaps are F1 points at a 50% budget, "
+        "paired by seed (mean ± standard error). *2x steps*: what full data gains with twice its head steps; above "
+        "+0.5 the study's runs are short of training and a tie with full data is not counted. *Target*: "
+        "ActPRM within 0.5 pt of full data at ≤ 50%, then ActPRM ≥ 3 pt over random at 50%, as each study judged "
+        "them; *within 0.5 pt from*: the smallest budget the study ran at which ActPRM's mean came within 0.5 pt of "
+        "full data (100%: none below). Studies of numerics version 1 used other float rounding (same protocol).",
+        "",
+        "| study | pool (train) | protocol | seeds | full-data steps | full data F1 | 2x steps | ActPRM − full "
+        "| ActPRM − random | ActPRM within 0.5 pt from | Target: within 0.5 pt | Target: +3 pt |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    body = []
+    for r in rows:
+        full = " / ".join("—" if r[f"full{s}"] is None else f"{r[f'full{s}']:.3f}" for s in METRICS.values())
+        version = "" if r["numerics_version"] == 2 else f" (v{r['numerics_version']})"
+        steps = "—" if r["full_steps"] is None else r["full_steps"]
+        body.append(f"| `{r['study']}`{version} | {r['pool']} ({r['train_size']}) | {r['protocol']} | {r['seeds']} "
+                     f"| {steps} | {full} | {_pair(r, 'steps_2x_gain')} | {_pair(r, 'actprm_minus_full')} "
+                     f"| {_pair(r, 'actprm_minus_random')} | {_budget(r)} "
+                     f"| {_met(r, 'actprm_within_0.5pt_at_or_below_0.5')} "
+                     f"| {_met(r, 'actprm_beats_random_at_0.5_by_3pt')} |")
+    verdicts = ["", "Against converged full data (computed from the rows above):", "",
+                *(f"- {line}" for line in converged_verdicts(rows))]
+    return "\n".join(lines + body + verdicts) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", type=Path, default=RESULTS, help="folder of studies (default: bench/results)")
+    ap.add_argument("--output", type=Path, default=None, help="stem to write .md and .json to "
+                    "(default: <results>/al_study_scoreboard)")
+    args = ap.parse_args(argv)
+    rows = scoreboard(args.results)
+    if not rows:
+        print(f"no al_study.json under {args.results}", file=sys.stderr)
+        return 2
+    stem = args.output or args.results / "al_study_scoreboard"
+    stem.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    stem.with_suffix(".md").write_text(markdown(rows))
+    print(markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""bench/al_study_scoreboard.py: one row per study, with the gaps paired by seed as the study defines them."""
+
+import dataclasses
+import json
+
+import pytest
+
+from actprm.testing.bench import BENCH, load_bench_script
+from tasks.study import STEP_CHECK, STUDY_PRESETS
+from tasks.study_report import study_result
+
+scoreboard = load_bench_script("al_study_scoreboard")
+
+# seed -> F1 (at 0.5, cross-fitted) of each run; the two seeds differ, so a gap has a standard error
+F1 = {
+    "full": {0: (0.60, 0.62), 1: (0.50, 0.52)},
+    STEP_CHECK: {0: (0.605, 0.64), 1: (0.50, 0.53)},
+    "actprm": {0: (0.59, 0.60), 1: (0.46, 0.50)},
+    "random": {0: (0.55, 0.61), 1: (0.47, 0.49)},
+}
+
+
+def _study(tmp_path, name: str, **preset_fields) -> dict:
+    preset = dataclasses.replace(STUDY_PRESETS["full"], budgets=(0.5, 1.0), **preset_fields)
+    runs = [{"strategy": "untrained", "budget": 0.0, "seed": s, "labels": 0, "f1": 0.1, "f1_tuned": 0.1}
+            for s in (0, 1)]
+    for strategy, by_seed in F1.items():
+        budget = 0.5 if strategy in ("actprm", "random") else 1.0
+        runs += [{"strategy": strategy, "budget": budget, "seed": s, "labels": 50 if budget < 1 else 100,
+                  "steps": 400, "f1": f1, "f1_tuned": tuned, "error_share": 0.5}
+                 for s, (f1, tuned) in by_seed.items()]
+    saved = study_result(runs, preset=preset, pool="synth-test", strategies=("actprm", "random"), train_size=100,
+                         eval_size=20, model={}, knobs={}, split="x")
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "al_study.json").write_text(json.dumps(saved))
+    return saved
+
+
+def test_a_row_pairs_each_strategy_with_full_data_and_random_seed_by_seed(tmp_path):
+    _study(tmp_path, "longer", steps_per_round=50)
+    [row] = scoreboard.scoreboard(tmp_path)
+    assert row["study"] == "longer" and row["pool"] == "synth-test" and row["seeds"] == 2
+    assert row["protocol"] == "steps_per_round=50"  # budgets, seeds and check_steps are not the protocol
+    assert row["actprm_minus_full"]["mean"] == pytest.approx(-0.025)        # (-0.01 - 0.04) / 2
+    assert row["actprm_minus_full"]["se"] == pytest.approx(0.015)
+    assert row["actprm_minus_random_tuned"]["mean"] == pytest.approx(0.0)   # (-0.01 + 0.01) / 2
+    assert row["steps_2x_gain"]["mean"] == pytest.approx(0.0025)
+    assert row["full_steps"] == 400
+    assert row["targets"] == {"actprm_within_0.5pt_at_or_below_0.5": False, "actprm_beats_random_at_0.5_by_3pt": False}
+
+
+def test_the_verdicts_count_only_studies_whose_full_data_the_step_check_found_converged(tmp_path):
+    _study(tmp_path, "checked")
+    rows = scoreboard.scoreboard(tmp_path)
+    at_half, tuned = scoreboard.converged_verdicts(rows)
+    # at 0.5 twice the steps add +0.25 pt: converged; cross-fitted +1.5 pt: not
+    assert at_half.startswith("at threshold 0.5: 1 of the 1 studies") and "-2.5 pt" in at_half
+    assert tuned.startswith("cross-fitted: 0 of the 1 studies")
+
+
+def test_main_writes_the_table_and_refuses_an_empty_folder(tmp_path, capsys):
+    _study(tmp_path, "one")
+    assert scoreboard.main(["--results", str(tmp_path)]) == 0
+    md = (tmp_path / "al_study_scoreboard.md").read_text()
+    assert "| `one` | synth-test (100) |" in md and "-2.5 ± 1.5 / -2.0 ± 0.0" in md
+    assert json.loads((tmp_path / "al_study_scoreboard.json").read_text())[0]["study"] == "one"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert scoreboard.main(["--results", str(empty)]) == 2
+    assert capsys.readouterr().err.strip() == f"no al_study.json under {empty}"
+
+
+def test_every_committed_study_has_a_row():
+    results = BENCH / "results"
+    rows = scoreboard.scoreboard(results)
+    assert len(rows) == len(list(results.glob("*/al_study.json"))) + (results / "al_study.json").exists()
+    assert all(r["full"] is not None and r["seeds"] >= 1 for r in rows)
