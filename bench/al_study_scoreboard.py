@@ -20,13 +20,15 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.study import STUDY_PRESETS, WITHIN_F1  # noqa: E402
+from tasks.study import STUDY_PRESETS, WITHIN_F1, StudyPreset  # noqa: E402
 from tasks.study_report import METRICS, paired_gap, saved_preset  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -38,30 +40,29 @@ NOT_PROTOCOL = {"name", "seeds", "budgets", "synth_n", "synth_mix", "head_thread
                 "check_steps"}
 
 
-def protocol(saved: dict) -> str:
+def protocol(preset: StudyPreset) -> str:
     """The preset fields a study set away from the `full` preset (its budgets, seeds and pool aside)."""
-    made, base = dataclasses.asdict(saved_preset(saved)), dataclasses.asdict(STUDY_PRESETS["full"])
+    made, base = dataclasses.asdict(preset), dataclasses.asdict(STUDY_PRESETS["full"])
     changed = [f"{k}={made[k]}" for k in made if k not in NOT_PROTOCOL and made[k] != base[k]]
     return ", ".join(changed) or "the `full` preset"
 
 
-def full_steps(saved: dict) -> int | None:
+def full_steps(saved: dict, preset: StudyPreset) -> int | None:
     """Head steps of a full-data run: as recorded, or (runs made before rows counted them) what fixed steps give."""
     recorded = next((r.get("steps") for r in saved["runs"] if r["strategy"] == "full"), None)
-    preset = saved_preset(saved)
     if recorded is None and not preset.epochs:
         return min(preset.rounds, saved["train_size"]) * preset.steps_per_round
     return recorded
 
 
 def converged_verdicts(rows: list[dict]) -> list[str]:
-    """Per F1, the studies whose full data passed the step check (twice the steps add at most 0.5 pt), and in how
+    """Per F1, the studies whose full data passed the step check (the study put no step warning on it), and in how
     many of those ActPRM's 50% came within 0.5 pt of full data: the Target's first half against a reference that
     more training would not lift."""
     out = []
     for suffix, title in (("", "at threshold 0.5"), ("_tuned", "cross-fitted")):
-        checked = [r for r in rows if r[f"steps_2x_gain{suffix}"] is not None and r[f"actprm_minus_full{suffix}"]]
-        ok = [r for r in checked if r[f"steps_2x_gain{suffix}"]["mean"] <= WITHIN_F1]
+        checked = [r for r in rows if r[f"converged{suffix}"] is not None and r[f"actprm_minus_full{suffix}"]]
+        ok = [r for r in checked if r[f"converged{suffix}"]]
         within = [r["study"] for r in ok if r[f"actprm_minus_full{suffix}"]["mean"] >= -WITHIN_F1]
         gaps = ", ".join(f"{r[f'actprm_minus_full{suffix}']['mean'] * 100:+.1f}" for r in ok)
         out.append(f"{title}: {len(ok)} of the {len(checked)} studies with a step check have converged full data; "
@@ -70,26 +71,30 @@ def converged_verdicts(rows: list[dict]) -> list[str]:
     return out
 
 
+def _mean_se(stats: dict | None, mean: str = "mean") -> dict | None:
+    return None if stats is None else {"mean": stats[mean], "se": stats["se"]}
+
+
 def study_row(name: str, saved: dict) -> dict:
-    """One study's standing against the Target at a 50% budget; gaps in F1 units, None where it did not measure."""
-    runs = saved["runs"]
+    """One study's standing against the Target at a 50% budget; gaps in F1 units, None where it did not measure
+    (studies made before the cross-fitted F1 existed have none of its keys)."""
+    runs, preset = saved["runs"], saved_preset(saved)
     # Full data runs at b = 1; shown at the half, it pairs with the halves seed by seed.
     at_half = [r | {"budget": HALF} for r in runs if r["strategy"] == "full"]
     at_half += [r for r in runs if r["strategy"] in ("actprm", "random") and r["budget"] == HALF]
-    row = {"study": name, "pool": saved["pool"], "train_size": saved["train_size"], "protocol": protocol(saved),
+    row = {"study": name, "pool": saved["pool"], "train_size": saved["train_size"], "protocol": protocol(preset),
            "seeds": len(saved["seeds"]), "numerics_version": saved.get("numerics_version", 1),
-           "full_steps": full_steps(saved)}
+           "full_steps": full_steps(saved, preset)}
     for metric, suffix in METRICS.items():
-        if f"full_data_f1{suffix}" not in saved:  # studies made before the cross-fitted F1 existed
-            row |= {f"{key}{suffix}": None for key in ("full", "steps_2x_gain", "actprm_minus_full",
-                                                        "actprm_minus_random", "targets", "actprm_within_0.5pt_from")}
-            continue
+        measured = f"full_data_f1{suffix}" in saved
         check = saved.get(f"step_check{suffix}")
-        row[f"full{suffix}"] = saved[f"full_data_f1{suffix}"]
-        row[f"steps_2x_gain{suffix}"] = None if check is None else {"mean": check["gain"], "se": check["se"]}
+        row[f"full{suffix}"] = saved.get(f"full_data_f1{suffix}")
+        row[f"steps_2x_gain{suffix}"] = _mean_se(check, "gain")
+        # the study's own verdict on its step check (`tasks.study_report.summarize` warns past 0.5 pt)
+        row[f"converged{suffix}"] = None if check is None else f"warning_steps{suffix}" not in saved
         for other in ("full", "random"):
-            gap = paired_gap(at_half, "actprm", other, [HALF], metric).get(str(HALF))
-            row[f"actprm_minus_{other}{suffix}"] = None if gap is None else {k: gap[k] for k in ("mean", "se")}
+            gap = paired_gap(at_half, "actprm", other, [HALF], metric).get(str(HALF)) if measured else None
+            row[f"actprm_minus_{other}{suffix}"] = _mean_se(gap)
         row[f"targets{suffix}"] = saved.get(f"targets{suffix}")
         row[f"actprm_within_0.5pt_from{suffix}"] = (saved.get(f"smallest_budget_within_0.5pt{suffix}") or {}).get(
             "actprm")
@@ -104,24 +109,17 @@ def scoreboard(results: Path = RESULTS) -> list[dict]:
     return sorted(rows, key=lambda r: (r["train_size"], r["pool"], r["study"]))
 
 
-def _points(gap: dict | None) -> str:
-    return "—" if gap is None else f"{gap['mean'] * 100:+.1f} ± {gap['se'] * 100:.1f}"
+def _both(row: dict, key: str, cell: Callable[[Any], str]) -> str:
+    """`cell` of the row's value at threshold 0.5 and of its cross-fitted twin, as "a / b" ("—" where missing)."""
+    return " / ".join("—" if row[f"{key}{s}"] is None else cell(row[f"{key}{s}"]) for s in METRICS.values())
 
 
-def _pair(row: dict, key: str) -> str:
-    return " / ".join(_points(row[f"{key}{suffix}"]) for suffix in METRICS.values())
+def _points(gap: dict) -> str:
+    return f"{gap['mean'] * 100:+.1f} ± {gap['se'] * 100:.1f}"
 
 
-def _met(row: dict, half: str) -> str:
-    def one(targets: dict | None) -> str:
-        return "—" if targets is None or half not in targets else ("met" if targets[half] else "no")
-    return " / ".join(one(row[f"targets{s}"]) for s in METRICS.values())
-
-
-def _budget(row: dict) -> str:
-    def one(b: float | None) -> str:
-        return "—" if b is None else f"{b:.0%}"
-    return " / ".join(one(row[f"actprm_within_0.5pt_from{s}"]) for s in METRICS.values())
+def _met(half: str) -> Callable[[dict], str]:
+    return lambda targets: "—" if half not in targets else ("met" if targets[half] else "no")
 
 
 def markdown(rows: list[dict]) -> str:
@@ -141,14 +139,14 @@ def markdown(rows: list[dict]) -> str:
     ]
     body = []
     for r in rows:
-        full = " / ".join("—" if r[f"full{s}"] is None else f"{r[f'full{s}']:.3f}" for s in METRICS.values())
         version = "" if r["numerics_version"] == 2 else f" (v{r['numerics_version']})"
         steps = "—" if r["full_steps"] is None else r["full_steps"]
         body.append(f"| `{r['study']}`{version} | {r['pool']} ({r['train_size']}) | {r['protocol']} | {r['seeds']} "
-                     f"| {steps} | {full} | {_pair(r, 'steps_2x_gain')} | {_pair(r, 'actprm_minus_full')} "
-                     f"| {_pair(r, 'actprm_minus_random')} | {_budget(r)} "
-                     f"| {_met(r, 'actprm_within_0.5pt_at_or_below_0.5')} "
-                     f"| {_met(r, 'actprm_beats_random_at_0.5_by_3pt')} |")
+                     f"| {steps} | {_both(r, 'full', '{:.3f}'.format)} | {_both(r, 'steps_2x_gain', _points)} "
+                     f"| {_both(r, 'actprm_minus_full', _points)} | {_both(r, 'actprm_minus_random', _points)} "
+                     f"| {_both(r, 'actprm_within_0.5pt_from', '{:.0%}'.format)} "
+                     f"| {_both(r, 'targets', _met('actprm_within_0.5pt_at_or_below_0.5'))} "
+                     f"| {_both(r, 'targets', _met('actprm_beats_random_at_0.5_by_3pt'))} |")
     verdicts = ["", "Against converged full data (computed from the rows above):", "",
                 *(f"- {line}" for line in converged_verdicts(rows))]
     return "\n".join(lines + body + verdicts) + "\n"
@@ -165,9 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no al_study.json under {args.results}", file=sys.stderr)
         return 2
     stem = args.output or args.results / "al_study_scoreboard"
+    table = markdown(rows)
     stem.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(markdown(rows))
-    print(markdown(rows))
+    stem.with_suffix(".md").write_text(table)
+    print(table)
     return 0
 
 
