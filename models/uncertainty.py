@@ -14,7 +14,8 @@ steps do not matter to a PRM whose verdict is "the first error is here". A step 
 Acquisition strategies map one trajectory's (E, S) probabilities to a score for ranking when the budget
 is smaller than the uncertain set (higher = label first). The `uncertain` flag is always the ActPRM
 rule; strategies only order. They aggregate with max over the decisive steps (up to the first predicted
-error), matching the "any step" form of the rule.
+error), matching the "any step" form of the rule. `power_order` draws that order at random, weighted by the
+score, instead of sorting by it.
 """
 
 from __future__ import annotations
@@ -76,6 +77,19 @@ def acquisition(strategy: str, probs: torch.Tensor, *, p_threshold: float = P_TH
         return math.inf  # unscored: nothing is known, ask first
     return float(STRATEGIES.get(strategy)(probs, p_threshold=p_threshold, std_threshold=std_threshold,
                                           generator=generator))
+
+
+def power_order(scores: list[float], generator: torch.Generator, beta: float = 1.0) -> list[int]:
+    """Positions in a random order drawn as sampling without replacement with probability proportional to
+    score ** beta: power acquisition (Kirsch et al., 2023, "Stochastic Batch Acquisition", TMLR), beta = 1 as
+    they recommend. A top-k batch of a large pool batch is many near-copies of one kind of hard trajectory; a
+    draw weighted by the score still favours uncertain ones but spreads over the batch. Drawn with the
+    Gumbel-top-k trick (Kool et al., 2019): sorting beta * log(score) + Gumbel noise is that sampling, in one
+    pass. A score of 0 sorts last (never drawn while a positive one is left), an infinite one first."""
+    s = torch.as_tensor(scores, dtype=torch.float64)
+    u = torch.rand(len(s), generator=generator, dtype=torch.float64).clamp(min=1e-300)
+    keys = beta * s.clamp(min=0).log() - (-u.log()).log()
+    return sorted(range(len(s)), key=lambda i: (-float(keys[i]), i))
 
 
 @STRATEGIES.register("actprm")

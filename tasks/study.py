@@ -90,6 +90,10 @@ class StudyPreset:
     # `reading` pool (5 seeds) 0.5 lifted ActPRM at 20% from 0.262 to 0.300 F1 at 0.5 (random moved 0.364 ->
     # 0.331) but left it at 0.43 at 50%, so the presets keep 0 (bench/results/al_study_replay_new).
     replay_new_share: float = 0.0
+    # How a ranked strategy (ActPRM, entropy, BALD) turns its scores into a batch's picks when the quota is smaller
+    # than what it may buy: "top" takes the highest scores (the paper's rule, and `tasks.select`'s), "power" draws
+    # them weighted by the score (`models.uncertainty.power_order`). Random selection is the same under both.
+    selection: str = "top"
     # Evaluate fresh heads trained on the labels a run bought (the study's protocol at b = 1 on that subset, in a
     # seeded shuffled order) instead of the heads that bought them; the run's own F1 stays as f1_online. This is
     # the paper's large-scale recipe (Sec. 5: ActPRM filters the pool, a PRM is then trained on what it kept) and
@@ -233,6 +237,10 @@ def _field_value(key: str, current: Any, value: Any) -> Any:
             kind = "cpu, or cuda / cuda:N where torch sees a CUDA device"
             out = str(value).strip().lower()
             ok = out == "cpu" or (re.fullmatch(r"cuda(:\d+)?", out) is not None and _cuda_has(out))
+        elif key == "selection":
+            kind = "top or power"
+            out = str(value).strip().lower()
+            ok = out in ("top", "power")
         elif key == "replay_new_share":
             kind = "a share in [0, 1]"
             out = float(value)
@@ -345,14 +353,15 @@ def round_steps(preset: StudyPreset, budget: float, batch_sizes: list[int]) -> l
 
 def select_from_batch(strategy: str, probs: list[torch.Tensor], quota: int, *, p_threshold: float,
                       std_threshold: float, generator: torch.Generator,
-                      unread: list[int] | None = None) -> tuple[list[int], int]:
+                      unread: list[int] | None = None, selection: str = "top") -> tuple[list[int], int]:
     """Positions (in the batch) to label, best first, and how many were eligible.
 
     The same rule as `tasks.select.select_for_labeling`: ActPRM considers only the trajectories its
     ensemble is uncertain about (`unread`: steps past max_length, which make a trajectory whose read steps all
     look right uncertain, as `tasks.score` flags it); the baselines rank the whole batch by their own score.
+    With `selection="power"` the order is drawn, weighted by the score (`power_order`), instead of sorted.
     """
-    from models.uncertainty import acquisition, step_stats, trajectory_uncertain
+    from models.uncertainty import acquisition, power_order, step_stats, trajectory_uncertain
 
     scores = [acquisition(strategy, p, p_threshold=p_threshold, std_threshold=std_threshold, generator=generator)
               for p in probs]
@@ -361,7 +370,11 @@ def select_from_batch(strategy: str, probs: list[torch.Tensor], quota: int, *, p
         unread = unread or [0] * len(probs)
         eligible = [i for i in eligible
                     if trajectory_uncertain(*step_stats(probs[i]), p_threshold, std_threshold, unread[i])]
-    return sorted(eligible, key=lambda i: (-scores[i], i))[:max(quota, 0)], len(eligible)
+    if selection == "power" and strategy != "random":  # random's draws stay those of the top preset
+        order = [eligible[j] for j in power_order([scores[i] for i in eligible], generator)]
+    else:
+        order = sorted(eligible, key=lambda i: (-scores[i], i))
+    return order[:max(quota, 0)], len(eligible)
 
 
 def evaluate_heads(model, pool: PackedPool, subset: str) -> dict:
@@ -434,7 +447,7 @@ def _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, 
             probs = step_probabilities(model, train, batch)
             picked, eligible = select_from_batch(strategy, probs, quota, p_threshold=p_threshold,
                                                  std_threshold=std_threshold, generator=pick,
-                                                 unread=train.unread[batch].tolist())
+                                                 unread=train.unread[batch].tolist(), selection=preset.selection)
             chosen = [int(batch[i]) for i in picked]
             uncertain_seen += eligible if strategy == "actprm" else 0
         labeled += chosen

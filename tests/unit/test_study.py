@@ -94,6 +94,25 @@ def test_actprm_never_buys_a_confident_trajectory():
     assert sorted(picked) == [1, 2, 3] and eligible == 3
 
 
+def test_power_selection_draws_among_the_uncertain_and_leaves_random_as_it_was():
+    torch.manual_seed(0)
+    probs = [torch.rand(8, 3) for _ in range(40)] + [torch.full((8, 3), 0.99)] * 10  # the last 10 are confident
+    kw = {"p_threshold": 0.95, "std_threshold": 0.005}
+    top, eligible = study.select_from_batch("actprm", probs, 10, generator=torch.Generator().manual_seed(1), **kw)
+    drawn = [study.select_from_batch("actprm", probs, 10, generator=torch.Generator().manual_seed(k),
+                                     selection="power", **kw) for k in range(5)]
+    # The same quota from the same uncertain set (never a confident one), but not always the top of it.
+    assert all(len(p) == 10 and e == eligible == 40 and max(p) < 40 for p, e in drawn)
+    assert any(set(p) != set(top) for p, _ in drawn)
+    # Random selection draws exactly as under "top", so its runs stay comparable with earlier studies.
+    assert study.select_from_batch("random", probs, 10, generator=torch.Generator().manual_seed(1), **kw) == \
+        study.select_from_batch("random", probs, 10, generator=torch.Generator().manual_seed(1), selection="power",
+                                **kw)
+    assert study.customize(study.study_preset("quick"), {"selection": "Power"}).selection == "power"
+    with pytest.raises(ActPRMError, match="'selection' takes top or power, got 'greedy'"):
+        study.customize(study.study_preset("quick"), {"selection": "greedy"})
+
+
 def test_paired_gap_cancels_the_spread_strategies_share_within_a_seed():
     # Seeds move both strategies together by up to 0.2 F1; ActPRM is always exactly 0.01 ahead.
     runs = [{"strategy": s, "budget": 0.5, "seed": k, "f1": base + (0.01 if s == "actprm" else 0.0)}
@@ -479,7 +498,7 @@ def test_final_retrain_scores_fresh_heads_trained_on_exactly_the_labels_bought(p
 def test_extend_takes_a_preset_field_added_since_as_its_default(tmp_path):
     path, preset = _earlier(tmp_path)
     saved = json.loads(path.read_text())
-    for added in ("replay_new_share", "final_retrain"):  # fields a study written before them does not carry
+    for added in ("replay_new_share", "final_retrain", "selection"):  # fields a study written before them lacks
         del saved["study_preset"][added]
     path.write_text(json.dumps(saved))
     earlier = study_report.previous_runs(path, pool="p", preset=preset, knobs={}, split="abc", train_size=10,

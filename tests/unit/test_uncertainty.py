@@ -10,7 +10,7 @@ import torch
 
 from actprm.errors import ActPRMError
 from models.uncertainty import (
-    STRATEGIES, acquisition, predicted_first_error, step_stats, trajectory_uncertain,
+    STRATEGIES, acquisition, power_order, predicted_first_error, step_stats, trajectory_uncertain,
 )
 
 
@@ -98,3 +98,17 @@ def test_random_strategy_is_reproducible_with_a_generator():
     probs = torch.rand(4, 3)
     a = [acquisition("random", probs, generator=torch.Generator().manual_seed(7)) for _ in range(2)]
     assert a[0] == a[1] and 0.0 <= a[0] < 1.0
+
+
+def test_power_order_draws_in_proportion_to_the_score_and_never_a_zero_before_a_positive():
+    """Sampling without replacement with probability proportional to the score: a score of 3 comes first three
+    times as often as a score of 1; 0 only after every positive score; an unscored trajectory (inf) first."""
+    gen = torch.Generator().manual_seed(0)
+    draws = [power_order([1.0, 0.0, 3.0], gen) for _ in range(4000)]
+    assert all(sorted(d) == [0, 1, 2] and d[-1] == 1 for d in draws)
+    first_high = sum(d[0] == 2 for d in draws) / len(draws)
+    assert first_high == pytest.approx(0.75, abs=0.03)
+    assert all(power_order([0.2, math.inf, 0.9], gen)[0] == 1 for _ in range(50))
+    # Reproducible from the generator's seed, as the study's runs must be.
+    assert power_order([0.5] * 20, torch.Generator().manual_seed(4)) == \
+        power_order([0.5] * 20, torch.Generator().manual_seed(4))
