@@ -339,7 +339,7 @@ def study(
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="Comma-separated seeds (default: the study preset's).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", help="Where al_study.json/.md/.png go (default: <home>/reports/study).")] = None,
     extend: Annotated[bool, typer.Option("--extend", help="Add --seeds to the study already in --output; seeds it has are not rerun.")] = False,
-    strategies: Annotated[Optional[str], typer.Option("--strategies", help="Comma-separated subset of actprm,random,entropy,bald (default: all four).")] = None,
+    strategies: Annotated[Optional[str], typer.Option("--strategies", help="Comma-separated subset of actprm,random,entropy,bald (default: all four); oracle, a diagnostic that buys by the gold labels, only when named.")] = None,
     fields: Annotated[Optional[list[str]], typer.Option("--set", metavar="FIELD=VALUE", help="Change a study preset field for a variant, e.g. --set final_retrain=true --set budgets=0.2,0.5,1.0 (repeatable; the outputs name the variant).")] = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,

@@ -102,7 +102,8 @@ def study_flow(pool: str | None = None, study_preset: str = "quick", config: dic
             and the summary covers all of them. Refused when it was made under other settings.
         preset_overrides: Study preset fields to change, e.g. {"rounds": 16, "budgets": "0.5,1.0"}; the
             preset's name in the outputs records them.
-        strategies: A subset of actprm, random, entropy, bald (default: all four).
+        strategies: A subset of actprm, random, entropy, bald (default: all four), and the diagnostic
+            "oracle" (buys what the heads get most wrong by the gold labels; only when named).
     """
     from flows.ingest_pool import ingest_pool
     from tasks import pipeline

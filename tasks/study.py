@@ -59,6 +59,10 @@ from actprm.errors import ActPRMError
 from tasks.study_states import PackedPool, forward_pool, heads_model, step_probabilities, torch_threads
 
 STRATEGY_NAMES = ("actprm", "random", "entropy", "bald")
+# Not strategies: they read the gold labels, which no real selection has, and run only when named (`--strategies`).
+# "oracle" buys the trajectories the current heads get most wrong (`oracle_scores`): how close to full data a
+# choice of which half to label can bring these heads on this pool, against which ActPRM's gap is read.
+DIAGNOSTIC_STRATEGIES = ("oracle",)
 WITHIN_F1 = 0.005  # "within 0.5 F1 points of full data", in F1 units
 STEP_CHECK = "full_2x_steps"  # the run label of full data at twice the head steps (`check_steps`)
 # Bump when the heads' training changes its float arithmetic (same protocol, other rounding): runs then no longer
@@ -272,14 +276,15 @@ def synthetic_pool(preset: StudyPreset) -> tuple[str, dict[str, Any]]:
 
 
 def strategy_names(names: list[str] | tuple[str, ...] | str | None) -> tuple[str, ...]:
-    """The strategies a study compares, in the canonical order; all of them by default."""
+    """The strategies a study compares, in the canonical order; all of them (not the diagnostics) by default."""
     if not names:
         return STRATEGY_NAMES
+    known = STRATEGY_NAMES + DIAGNOSTIC_STRATEGIES
     wanted = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
-    unknown = [n for n in wanted if n not in STRATEGY_NAMES]
+    unknown = [n for n in wanted if n not in known]
     if unknown or not wanted:
-        raise ActPRMError(f"unknown study strategy {(unknown or [''])[0]!r}; choose from: {', '.join(STRATEGY_NAMES)}")
-    return tuple(n for n in STRATEGY_NAMES if n in wanted)
+        raise ActPRMError(f"unknown study strategy {(unknown or [''])[0]!r}; choose from: {', '.join(known)}")
+    return tuple(n for n in known if n in wanted)
 
 
 def budget_labels(budget: float, n: int) -> int:
@@ -377,6 +382,22 @@ def select_from_batch(strategy: str, probs: list[torch.Tensor], quota: int, *, p
     return order[:max(quota, 0)], len(eligible)
 
 
+def oracle_scores(probs: list[torch.Tensor], labels: torch.Tensor) -> list[float]:
+    """Per trajectory, the binary cross-entropy of the ensemble mean against its gold step labels (the steps the
+    PRM is trained on: up to and including the first error), averaged over them: the loss buying its label would
+    train away. Loss as the acquisition target is the premise of "learning loss" active learning (Yoo and Kweon,
+    CVPR 2019); here it is read off the gold labels instead of predicted, so it is an oracle."""
+    from models import IGNORE_INDEX
+
+    out = []
+    for p, gold in zip(probs, labels):
+        gold = gold[:p.shape[-1]]
+        keep = gold != IGNORE_INDEX
+        mu = p.double().mean(0)[keep].clamp(1e-12, 1 - 1e-12)
+        out.append(float(torch.nn.functional.binary_cross_entropy(mu, gold[keep].double())) if keep.any() else 0.0)
+    return out
+
+
 def evaluate_heads(model, pool: PackedPool, subset: str) -> dict:
     """ProcessBench F1 of the ensemble mean on a packed eval split, at 0.5 and at a cross-fitted threshold.
 
@@ -406,8 +427,9 @@ def run_budget(train: PackedPool, evaluation: PackedPool, *, strategy: str, budg
 
     `inspect`, when given, is called with the trained ensemble and the train positions bought, in buying order
     (bench/al_study_kinds.py reads what a strategy bought and what the heads learned from it)."""
-    if strategy != "full" and strategy not in STRATEGY_NAMES:
-        raise ActPRMError(f"unknown study strategy {strategy!r}; choose one of: full, {', '.join(STRATEGY_NAMES)}")
+    if strategy != "full" and strategy not in STRATEGY_NAMES + DIAGNOSTIC_STRATEGIES:
+        raise ActPRMError(f"unknown study strategy {strategy!r}; choose one of: full, "
+                          f"{', '.join(STRATEGY_NAMES + DIAGNOSTIC_STRATEGIES)}")
     if not 0 < budget <= 1:
         raise ActPRMError(f"budget fractions must be in (0, 1], got {budget}")
     with torch_threads(preset.head_threads):
@@ -443,6 +465,9 @@ def _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, 
         quota = min(len(batch), budget_labels(budget, seen) - len(labeled))
         if strategy == "full" or (strategy != "actprm" and quota >= len(batch)):
             chosen = batch.tolist()  # nothing to choose: the whole batch is bought
+        elif strategy == "oracle":
+            scores = oracle_scores(step_probabilities(model, train, batch), train.labels[batch])
+            chosen = [int(batch[i]) for i in sorted(range(len(batch)), key=lambda i: (-scores[i], i))[:max(quota, 0)]]
         else:
             probs = step_probabilities(model, train, batch)
             picked, eligible = select_from_batch(strategy, probs, quota, p_threshold=p_threshold,

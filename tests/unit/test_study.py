@@ -94,6 +94,23 @@ def test_actprm_never_buys_a_confident_trajectory():
     assert sorted(picked) == [1, 2, 3] and eligible == 3
 
 
+def test_oracle_buys_what_the_heads_get_most_wrong_by_the_gold_labels(packed):
+    from models import IGNORE_INDEX
+
+    # Gold: steps 0-1 correct, step 2 the first error, step 3 past it (not trained on, so not scored).
+    gold = torch.tensor([[1, 1, 0, IGNORE_INDEX]] * 3)
+    right = torch.tensor([[0.9, 0.9, 0.1, 0.9]] * 4)
+    wrong_at_error = torch.tensor([[0.9, 0.9, 0.9, 0.9]] * 4)   # misses the first error
+    wrong_after = torch.tensor([[0.9, 0.9, 0.1, 0.0]] * 4)      # differs only past the first error
+    scores = study.oracle_scores([right, wrong_at_error, wrong_after], gold)
+    assert scores[1] > scores[0] == pytest.approx(scores[2]) and scores[0] == pytest.approx(-math.log(0.9))
+    # In a study run it spends exactly its budget, like every strategy.
+    train, evaluation, info = packed
+    row = study.run_budget(train, evaluation, strategy="oracle", budget=0.5, seed=0,
+                           preset=study.study_preset("quick"), **_knobs(info))
+    assert row["labels"] == study.budget_labels(0.5, len(train)) and 0.0 <= row["f1"] <= 1.0
+
+
 def test_power_selection_draws_among_the_uncertain_and_leaves_random_as_it_was():
     torch.manual_seed(0)
     probs = [torch.rand(8, 3) for _ in range(40)] + [torch.full((8, 3), 0.99)] * 10  # the last 10 are confident
@@ -461,6 +478,8 @@ def test_replay_minibatch_draws_its_share_from_the_labels_just_bought():
 def test_strategy_subsets_keep_the_canonical_order():
     assert study.strategy_names(None) == study.STRATEGY_NAMES
     assert study.strategy_names("random, actprm") == ("actprm", "random")
+    assert study.strategy_names("oracle,random") == ("random", "oracle")  # a diagnostic runs only when named
+    assert "oracle" not in study.strategy_names(None)
     with pytest.raises(ActPRMError, match="unknown study strategy 'greedy'"):
         study.strategy_names(["actprm", "greedy"])
 
