@@ -83,6 +83,7 @@ def study_row(name: str, saved: dict) -> dict:
     at_half = [r | {"budget": HALF} for r in runs if r["strategy"] == "full"]
     at_half += [r for r in runs if r["strategy"] in ("actprm", "random") and r["budget"] == HALF]
     row = {"study": name, "pool": saved["pool"], "train_size": saved["train_size"], "protocol": protocol(preset),
+           "strategies": list(saved["strategies"]),
            "seeds": len(saved["seeds"]), "numerics_version": saved.get("numerics_version", 1),
            "full_steps": full_steps(saved, preset)}
     for metric, suffix in METRICS.items():
@@ -138,7 +139,9 @@ def markdown(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     body = []
-    for r in rows:
+    # A study that ran no ActPRM (the `oracle` diagnostic alone) has nothing to put in these columns.
+    others = [r for r in rows if "actprm" not in r["strategies"]]
+    for r in (r for r in rows if "actprm" in r["strategies"]):
         version = "" if r["numerics_version"] == 2 else f" (v{r['numerics_version']})"
         steps = "—" if r["full_steps"] is None else r["full_steps"]
         body.append(f"| `{r['study']}`{version} | {r['pool']} ({r['train_size']}) | {r['protocol']} | {r['seeds']} "
@@ -149,6 +152,9 @@ def markdown(rows: list[dict]) -> str:
                      f"| {_both(r, 'targets', _met('actprm_beats_random_at_0.5_by_3pt'))} |")
     verdicts = ["", "Against converged full data (computed from the rows above):", "",
                 *(f"- {line}" for line in converged_verdicts(rows))]
+    if others:
+        verdicts += ["", "Not in the table (they ran no ActPRM): " + "; ".join(
+            f"`{r['study']}` ({', '.join(r['strategies'])})" for r in others) + "."]
     return "\n".join(lines + body + verdicts) + "\n"
 
 

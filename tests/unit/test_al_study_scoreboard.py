@@ -17,19 +17,22 @@ F1 = {
     STEP_CHECK: {0: (0.605, 0.64), 1: (0.50, 0.53)},
     "actprm": {0: (0.59, 0.60), 1: (0.46, 0.50)},
     "random": {0: (0.55, 0.61), 1: (0.47, 0.49)},
+    "oracle": {0: (0.61, 0.62), 1: (0.51, 0.52)},
 }
 
 
-def _study(tmp_path, name: str, **preset_fields) -> dict:
+def _study(tmp_path, name: str, strategies=("actprm", "random"), **preset_fields) -> dict:
     preset = dataclasses.replace(STUDY_PRESETS["full"], budgets=(0.5, 1.0), **preset_fields)
     runs = [{"strategy": "untrained", "budget": 0.0, "seed": s, "labels": 0, "f1": 0.1, "f1_tuned": 0.1}
             for s in (0, 1)]
     for strategy, by_seed in F1.items():
-        budget = 0.5 if strategy in ("actprm", "random") else 1.0
+        if strategy not in ("full", STEP_CHECK, *strategies):
+            continue
+        budget = 1.0 if strategy in ("full", STEP_CHECK) else 0.5
         runs += [{"strategy": strategy, "budget": budget, "seed": s, "labels": 50 if budget < 1 else 100,
                   "steps": 400, "f1": f1, "f1_tuned": tuned, "error_share": 0.5}
                  for s, (f1, tuned) in by_seed.items()]
-    saved = study_result(runs, preset=preset, pool="synth-test", strategies=("actprm", "random"), train_size=100,
+    saved = study_result(runs, preset=preset, pool="synth-test", strategies=strategies, train_size=100,
                          eval_size=20, model={}, knobs={}, split="x")
     folder = tmp_path / name
     folder.mkdir()
@@ -65,6 +68,12 @@ def test_main_writes_the_table_and_refuses_an_empty_folder(tmp_path, capsys):
     md = (tmp_path / "al_study_scoreboard.md").read_text()
     assert "| `one` | synth-test (100) |" in md and "-2.5 ± 1.5 / -2.0 ± 0.0" in md
     assert json.loads((tmp_path / "al_study_scoreboard.json").read_text())[0]["study"] == "one"
+    # A diagnostic study without ActPRM has no cells to fill: named below the table instead of a row of dashes.
+    _study(tmp_path, "two", strategies=("oracle",))
+    assert scoreboard.main(["--results", str(tmp_path)]) == 0
+    md = (tmp_path / "al_study_scoreboard.md").read_text()
+    assert "| `two` |" not in md and "Not in the table (they ran no ActPRM): `two` (oracle)." in md
+    assert [r["study"] for r in json.loads((tmp_path / "al_study_scoreboard.json").read_text())] == ["one", "two"]
     empty = tmp_path / "empty"
     empty.mkdir()
     assert scoreboard.main(["--results", str(empty)]) == 2
