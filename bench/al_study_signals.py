@@ -1,0 +1,174 @@
+"""How well each acquisition score points at the trajectories the heads get wrong: why ActPRM's half falls short.
+
+The `oracle` diagnostic of bench/al_study.py (`--strategies oracle`) buys what the current heads get most wrong by
+the gold labels (`tasks.study.oracle_scores`); where it reaches full data with half the labels and ActPRM does not,
+the gap lies in how well ActPRM's score finds those trajectories. This reruns one run of a study made by
+bench/al_study.py on the preset's synthetic pool (random at 50% by default; its F1 is checked against the study's),
+takes the heads it trained, and scores the train trajectories it did not buy (what a next batch would choose from)
+with every registered acquisition strategy (`models.uncertainty.STRATEGIES`). Per score, averaged over seeds:
+
+- its Spearman rank correlation with the oracle's loss;
+- the share of the oracle's top half that its own top half shares (random: about 0.5);
+- the share of its top half whose verdict the heads get wrong (the first error, or its absence, that ProcessBench
+  F1 counts: Zheng et al., 2024), against the same share over all of them;
+- the share of its top half that contains an error.
+
+    .venv/bin/python bench/al_study_signals.py --study bench/results/al_study_12000_steps100/al_study.json \\
+        --home /tmp/study-home12k --seeds 0,1,2
+
+Writes bench/results/al_study_signals.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+# What a run takes from a study's knobs (`tasks.study.run_knobs` plus the backbone's shape); the rest are recorded
+# for `--extend` and do not reach the heads.
+RUN_KNOBS = ("reg_lambda", "learning_probability", "p_threshold", "std_threshold", "subset", "hidden_size",
+             "separator_id")
+
+
+def _ranks(values: list[float]) -> torch.Tensor:
+    t = torch.tensor(values, dtype=torch.float64)
+    out = torch.empty_like(t)
+    out[torch.argsort(t, stable=True)] = torch.arange(len(t), dtype=torch.float64)
+    return out
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation (ties broken by position; acquisition scores are continuous)."""
+    ra, rb = _ranks(a), _ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = float(ra.norm() * rb.norm())
+    return float((ra * rb).sum()) / denominator if denominator else 0.0
+
+
+def top_half(scores: list[float]) -> set[int]:
+    return set(sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:len(scores) // 2])
+
+
+def signal_rows(probs: list[torch.Tensor], labels: torch.Tensor, first_errors: list[int], *,
+                p_threshold: float = 0.95, std_threshold: float = 0.005, seed: int = 0) -> dict:
+    """Per acquisition strategy (and the oracle's own loss, as the reference row), how its ranking of these
+    trajectories lines up with the heads' mistakes on them; `base` holds the shares over all of them."""
+    from models.uncertainty import STRATEGIES, acquisition, predicted_first_error, step_stats
+    from tasks.study import oracle_scores
+
+    loss = oracle_scores(probs, labels)
+    wrong = [predicted_first_error(step_stats(p)[0]) != fe for p, fe in zip(probs, first_errors)]
+    erroneous = [fe >= 0 for fe in first_errors]
+    best = top_half(loss)
+    generator = torch.Generator().manual_seed(seed)
+    scores = {"oracle": loss} | {
+        name: [acquisition(name, p, p_threshold=p_threshold, std_threshold=std_threshold, generator=generator)
+               for p in probs] for name in STRATEGIES.names()}
+    rows = {}
+    for name, values in scores.items():
+        top = top_half(values)
+        rows[name] = {"spearman_with_oracle": spearman(values, loss),
+                      "oracle_top_half_shared": len(top & best) / max(len(best), 1),
+                      "verdict_wrong_share": sum(wrong[i] for i in top) / max(len(top), 1),
+                      "error_share": sum(erroneous[i] for i in top) / max(len(top), 1)}
+    return {"trajectories": len(probs), "base": {"verdict_wrong_share": sum(wrong) / max(len(wrong), 1),
+                                                 "error_share": sum(erroneous) / max(len(erroneous), 1)},
+            "signals": rows}
+
+
+def average(per_seed: list[dict]) -> dict:
+    """Mean over seeds of every share, per signal and for the base rates."""
+    first = per_seed[0]
+    return {"base": {k: statistics.fmean(s["base"][k] for s in per_seed) for k in first["base"]},
+            "signals": {name: {k: statistics.fmean(s["signals"][name][k] for s in per_seed) for k in row}
+                        for name, row in first["signals"].items()}}
+
+
+def markdown(result: dict) -> str:
+    avg = result["average"]
+    lines = ["# Which trajectories each acquisition score ranks first, against the heads' mistakes",
+             "",
+             f"Study `{result['study']}`, the heads of its **{result['strategy']}** run at "
+             f"**{result['budget']:.0%}** (seeds {', '.join(map(str, result['seeds']))}), scoring the "
+             f"{result['per_seed'][0]['trajectories']} train trajectories that run did not buy. *oracle*: the loss of "
+             "the heads' mean against the gold step labels (`tasks.study.oracle_scores`), which the `oracle` "
+             "diagnostic buys by. Shares are means over seeds.",
+             "",
+             "| score | Spearman with the oracle's loss | share of the oracle's top half "
+             "| verdict wrong in its top half | erroneous in its top half |",
+             "|---|---|---|---|---|"]
+    for name, row in avg["signals"].items():
+        lines.append(f"| {name} | {row['spearman_with_oracle']:+.3f} | {row['oracle_top_half_shared']:.3f} "
+                     f"| {row['verdict_wrong_share']:.3f} | {row['error_share']:.3f} |")
+    lines.append(f"| *all of them* | | | {avg['base']['verdict_wrong_share']:.3f} | {avg['base']['error_share']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--study", default=str(ROOT / "bench" / "results" / "al_study.json"))
+    ap.add_argument("--home", default=str(Path.home() / ".actprm"), help="the home the study ran in")
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds of the study (default: all of its)")
+    ap.add_argument("--strategy", default="random", help="whose run's heads to read (default: random)")
+    ap.add_argument("--budget", type=float, default=0.5)
+    ap.add_argument("--output", default=str(ROOT / "bench" / "results" / "al_study_signals"))
+    args = ap.parse_args(argv)
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from al_study_kinds import load_study
+
+    from actprm.errors import ActPRMError
+    from tasks import study
+    from tasks.study_states import step_probabilities
+
+    try:
+        saved, preset, train, evaluation, _ = load_study(Path(args.study), Path(args.home))
+        seeds = study.parse_seeds(args.seeds) or saved["seeds"]
+        if not set(seeds) <= set(saved["seeds"]):
+            raise ActPRMError(f"--seeds {args.seeds}: the study ran seeds {saved['seeds']}")
+    except ActPRMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    knobs = {k: v for k, v in saved["knobs"].items() if k in RUN_KNOBS}
+    recorded = {(r["strategy"], r["budget"], r["seed"]): r["f1"] for r in saved["runs"]}
+    started, per_seed = time.perf_counter(), []
+    for seed in seeds:
+        seen: dict = {}
+        row = study.run_budget(train, evaluation, strategy=args.strategy, budget=args.budget, seed=seed,
+                               preset=preset, inspect=lambda model, bought: seen.update(model=model, bought=bought),
+                               **knobs)
+        if recorded.get((args.strategy, args.budget, seed)) != row["f1"]:
+            print(f"warning: {args.strategy} at {args.budget} seed {seed} gave F1 {row['f1']:.4f}, the study "
+                  f"recorded {recorded.get((args.strategy, args.budget, seed))}", file=sys.stderr)
+        rest = sorted(set(range(len(train))) - set(seen["bought"]))
+        idx = torch.tensor(rest, dtype=torch.long)
+        probs = step_probabilities(seen["model"], train, idx)
+        per_seed.append(signal_rows(probs, train.labels[idx], [train.first_errors[i] for i in rest],
+                                    p_threshold=knobs.get("p_threshold", 0.95),
+                                    std_threshold=knobs.get("std_threshold", 0.005), seed=seed) | {"seed": seed})
+        print(f"seed {seed}: {len(rest)} unbought trajectories scored", file=sys.stderr)
+    result = {"study": Path(args.study).parent.name, "strategy": args.strategy, "budget": args.budget,
+              "seeds": seeds, "per_seed": per_seed, "average": average(per_seed),
+              "wall_seconds": round(time.perf_counter() - started, 1)}
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
