@@ -202,14 +202,12 @@ def device_facts(device: str) -> dict:
     return facts
 
 
-def run_study(split: dict, *, backbone: str | None, preset, strategies: tuple[str, ...], output: str | Path,
-              log=print) -> dict:
-    """The study's runs on the split, seed by seed: each run goes to runs.jsonl as it finishes, and the outputs
-    are rewritten after every seed."""
-    from tasks import study, study_report, study_states
+def packed_split(split: dict, *, backbone: str | None, preset, log=print):
+    """The split's train and eval pools with the backbone states the preset's heads read (one backbone pass), the
+    knobs a run takes, and the backbone's facts: what `run_study` trains on, and what bench/al_study_signals.py reads
+    where there is no DuckDB home."""
+    from tasks import study_states
 
-    started = time.perf_counter()
-    knobs = dict(split["knobs"])
     data = {"train": split["train"], "eval": split["eval"]}
     with tempfile.TemporaryDirectory() as tmp:
         path = str(rebuild_backbone(backbone, Path(tmp) / "backbone")) if backbone else None
@@ -219,8 +217,18 @@ def run_study(split: dict, *, backbone: str | None, preset, strategies: tuple[st
             threads=preset.feature_threads, top_layers=preset.top_layers, device=preset.device)
     log(f"backbone states of {len(states)} trajectories on {preset.device}: {info['seconds']:.1f}s")
     train, evaluation = study_states.pack_splits(data, states, info["top"])
-    del states
-    knobs |= {"hidden_size": info["hidden_size"], "separator_id": info["separator_id"]}
+    knobs = dict(split["knobs"]) | {"hidden_size": info["hidden_size"], "separator_id": info["separator_id"]}
+    return train, evaluation, knobs, info
+
+
+def run_study(split: dict, *, backbone: str | None, preset, strategies: tuple[str, ...], output: str | Path,
+              log=print) -> dict:
+    """The study's runs on the split, seed by seed: each run goes to runs.jsonl as it finishes, and the outputs
+    are rewritten after every seed."""
+    from tasks import study, study_report, study_states
+
+    started = time.perf_counter()
+    train, evaluation, knobs, info = packed_split(split, backbone=backbone, preset=preset, log=log)
     model = study_states.model_facts(info, train, evaluation)
     if backbone:  # the export it was rebuilt from, not the temporary folder it was loaded from
         model["backbone"] = str(backbone)

@@ -16,6 +16,12 @@ with every registered acquisition strategy (`models.uncertainty.STRATEGIES`). Pe
     .venv/bin/python bench/al_study_signals.py --study bench/results/al_study_12000_steps100/al_study.json \\
         --home /tmp/study-home12k --seeds 0,1,2
 
+Where there is no DuckDB home (a GPU box), `--split` and `--backbone` read the study's split as
+bench/al_study_portable.py exported it instead, e.g. for the fine-tuned study:
+
+    python bench/al_study_signals.py --study bench/results/al_study_12000_gpu_finetune/al_study.json \\
+        --split .portable/split.json.gz --backbone .portable/backbone --matmul-precision high --output OUT
+
 Writes bench/results/al_study_signals.json and .md.
 """
 
@@ -116,10 +122,34 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def exported_study(study_path: Path, split_path: str, backbone: str | None):
+    """The study's JSON and preset, its train and eval pools and a run's knobs, from the split
+    bench/al_study_portable.py exported (no DuckDB home needed), checked to be the split the study ran on."""
+    from al_study_portable import packed_split, read_split
+
+    from actprm.errors import ActPRMError
+    from tasks.study_report import require_numerics, saved_preset
+
+    saved = json.loads(study_path.read_text())
+    require_numerics(saved, f"cannot reproduce the runs of {study_path}")
+    split = read_split(split_path)
+    if split["split_sha256"] != saved["split_sha256"]:
+        raise ActPRMError(f"{split_path} is not the split the study in {study_path} ran on")
+    preset = saved_preset(saved)
+    train, evaluation, knobs, _ = packed_split(split, backbone=backbone, preset=preset,
+                                               log=lambda line: print(line, file=sys.stderr))
+    return saved, preset, train, evaluation, knobs
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--study", default=str(ROOT / "bench" / "results" / "al_study.json"))
     ap.add_argument("--home", default=str(Path.home() / ".actprm"), help="the home the study ran in")
+    ap.add_argument("--split", default=None, help="instead of --home: the study's split, as "
+                    "bench/al_study_portable.py exported it")
+    ap.add_argument("--backbone", default=None, help="with --split: the backbone al_study_portable.py exported")
+    ap.add_argument("--matmul-precision", default="highest", choices=("highest", "high", "medium"),
+                    help="torch's float32 matmul precision, as the study ran (al_study_portable.py run)")
     ap.add_argument("--seeds", default=None, help="comma-separated seeds of the study (default: all of its)")
     ap.add_argument("--strategy", default="random", help="whose run's heads to read (default: random)")
     ap.add_argument("--budget", type=float, default=0.5)
@@ -133,15 +163,20 @@ def main(argv: list[str] | None = None) -> int:
     from tasks import study
     from tasks.study_states import step_probabilities
 
+    torch.set_float32_matmul_precision(args.matmul_precision)  # as the study ran, or its F1s do not reproduce
     try:
-        saved, preset, train, evaluation, _ = load_study(Path(args.study), Path(args.home))
+        if args.split:
+            saved, preset, train, evaluation, knobs = exported_study(Path(args.study), args.split, args.backbone)
+        else:
+            saved, preset, train, evaluation, _ = load_study(Path(args.study), Path(args.home))
+            knobs = saved["knobs"]
         seeds = study.parse_seeds(args.seeds) or saved["seeds"]
         if not set(seeds) <= set(saved["seeds"]):
             raise ActPRMError(f"--seeds {args.seeds}: the study ran seeds {saved['seeds']}")
     except ActPRMError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    knobs = {k: v for k, v in saved["knobs"].items() if k in RUN_KNOBS}
+    knobs = {k: v for k, v in knobs.items() if k in RUN_KNOBS}
     recorded = {(r["strategy"], r["budget"], r["seed"]): r["f1"] for r in saved["runs"]}
     started, per_seed = time.perf_counter(), []
     for seed in seeds:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import math
 
@@ -782,6 +783,32 @@ def test_the_study_on_an_exported_split_makes_the_runs_the_flow_makes(pool_db, t
     # every finished run is on disk as it finishes, for a machine taken back mid-seed
     lines = (tmp_path / "portable" / "runs.jsonl").read_text().splitlines()
     assert [json.loads(line)["strategy"] for line in lines] == [r["strategy"] for r in saved["runs"]]
+
+
+def test_the_signals_check_reruns_a_study_from_its_exported_split(pool_db, tmp_path, capsys):
+    """bench/al_study_signals.py on a GPU box: the split al_study_portable.py exported stands in for the DuckDB home,
+    the rerun reproduces the study's F1, and a split the study did not run on is refused."""
+    from actprm.testing.bench import load_bench_script
+
+    portable, signals = _portable(), load_bench_script("al_study_signals")
+    split = portable.export_split(str(pool_db.parent), POOL, tmp_path / "split.json.gz")
+    preset = dataclasses.replace(study.study_preset("quick"), model_preset="tiny", seeds=(0,), budgets=(0.5, 1.0))
+    portable.run_study(split, backbone=None, preset=preset, strategies=("random",), output=tmp_path / "study",
+                       log=lambda _: None)
+    args = ["--study", str(tmp_path / "study" / "al_study.json"), "--split", str(tmp_path / "split.json.gz")]
+    assert signals.main(args + ["--output", str(tmp_path / "signals")]) == 0
+    assert "warning" not in capsys.readouterr().err  # the rerun gave the F1 the study recorded
+    out = json.loads((tmp_path / "signals.json").read_text())
+    unbought = len(split["train"]) - study.budget_labels(0.5, len(split["train"]))
+    assert out["seeds"] == [0] and out["per_seed"][0]["trajectories"] == unbought
+    assert set(out["average"]["signals"]) == {"oracle", *study.STRATEGY_NAMES}
+    assert out["average"]["signals"]["oracle"]["oracle_top_half_shared"] == 1.0
+    assert "| actprm |" in (tmp_path / "signals.md").read_text()
+    other = dict(split, split_sha256="0" * 64)
+    with gzip.open(tmp_path / "other.json.gz", "wt") as f:
+        json.dump(other, f)
+    assert signals.main(["--study", args[1], "--split", str(tmp_path / "other.json.gz")]) == 1
+    assert capsys.readouterr().err.strip().endswith("is not the split the study in " + args[1] + " ran on")
 
 
 def test_studies_of_other_seeds_merge_into_the_study_of_all_of_them_and_a_seed_twice_is_refused(pool_db, tmp_path):
