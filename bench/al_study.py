@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", default=str(ROOT / "bench" / "results"), help="where al_study.* are written")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="change a study preset field, e.g. --set rounds=16 --set budgets=0.5,1.0 (repeatable)")
-    ap.add_argument("--strategies", default=None, help="comma-separated subset of actprm,random,entropy,bald, and the diagnostic oracle "
-                    "(buys by the gold labels; only when named)")
+    ap.add_argument("--strategies", default=None, help="comma-separated subset of actprm,random,entropy,bald, and "
+                    "the diagnostic oracle (buys by the gold labels; only when named)")
     ap.add_argument("--extend", action="store_true",
                     help="add --seeds to the study already in --output instead of starting a new one")
     args = ap.parse_args(argv)

@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     groups = {split: [group_of(k) for k in ks] for split, ks in kinds.items()}
-    knobs = dict(saved["knobs"])
+    knobs = study.run_arguments(saved["knobs"])
     recorded = {(r["strategy"], r["budget"], r["seed"]): r["f1"] for r in saved["runs"]}
     plan = [("full", 1.0)] + [(s, float(b)) for b in args.budgets.split(",") for s in args.strategies.split(",")]
     rows: dict[str, list[dict]] = defaultdict(list)

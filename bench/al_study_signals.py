@@ -42,12 +42,6 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-# What a run takes from a study's knobs (`tasks.study.run_knobs` plus the backbone's shape); the rest are recorded
-# for `--extend` and do not reach the heads.
-RUN_KNOBS = ("reg_lambda", "learning_probability", "p_threshold", "std_threshold", "subset", "hidden_size",
-             "separator_id")
-
-
 def _ranks(values: list[float]) -> torch.Tensor:
     t = torch.tensor(values, dtype=torch.float64)
     out = torch.empty_like(t)
@@ -176,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     except ActPRMError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    knobs = {k: v for k, v in knobs.items() if k in RUN_KNOBS}
+    knobs = study.run_arguments(knobs)
     recorded = {(r["strategy"], r["budget"], r["seed"]): r["f1"] for r in saved["runs"]}
     started, per_seed = time.perf_counter(), []
     for seed in seeds:

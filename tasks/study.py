@@ -51,6 +51,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from inspect import signature
 from typing import Any
 
 import torch
@@ -63,6 +64,7 @@ STRATEGY_NAMES = ("actprm", "random", "entropy", "bald")
 # "oracle" buys the trajectories the current heads get most wrong (`oracle_scores`): how close to full data a
 # choice of which half to label can bring these heads on this pool, against which ActPRM's gap is read.
 DIAGNOSTIC_STRATEGIES = ("oracle",)
+KNOWN_STRATEGIES = STRATEGY_NAMES + DIAGNOSTIC_STRATEGIES  # what a study may be asked to run, in canonical order
 WITHIN_F1 = 0.005  # "within 0.5 F1 points of full data", in F1 units
 STEP_CHECK = "full_2x_steps"  # the run label of full data at twice the head steps (`check_steps`)
 # Bump when the heads' training changes its float arithmetic (same protocol, other rounding): runs then no longer
@@ -279,12 +281,12 @@ def strategy_names(names: list[str] | tuple[str, ...] | str | None) -> tuple[str
     """The strategies a study compares, in the canonical order; all of them (not the diagnostics) by default."""
     if not names:
         return STRATEGY_NAMES
-    known = STRATEGY_NAMES + DIAGNOSTIC_STRATEGIES
     wanted = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
-    unknown = [n for n in wanted if n not in known]
+    unknown = [n for n in wanted if n not in KNOWN_STRATEGIES]
     if unknown or not wanted:
-        raise ActPRMError(f"unknown study strategy {(unknown or [''])[0]!r}; choose from: {', '.join(known)}")
-    return tuple(n for n in known if n in wanted)
+        raise ActPRMError(f"unknown study strategy {(unknown or [''])[0]!r}; "
+                          f"choose from: {', '.join(KNOWN_STRATEGIES)}")
+    return tuple(n for n in KNOWN_STRATEGIES if n in wanted)
 
 
 def budget_labels(budget: float, n: int) -> int:
@@ -358,18 +360,21 @@ def round_steps(preset: StudyPreset, budget: float, batch_sizes: list[int]) -> l
 
 def select_from_batch(strategy: str, probs: list[torch.Tensor], quota: int, *, p_threshold: float,
                       std_threshold: float, generator: torch.Generator,
-                      unread: list[int] | None = None, selection: str = "top") -> tuple[list[int], int]:
+                      unread: list[int] | None = None, selection: str = "top",
+                      gold: torch.Tensor | None = None) -> tuple[list[int], int]:
     """Positions (in the batch) to label, best first, and how many were eligible.
 
     The same rule as `tasks.select.select_for_labeling`: ActPRM considers only the trajectories its
     ensemble is uncertain about (`unread`: steps past max_length, which make a trajectory whose read steps all
     look right uncertain, as `tasks.score` flags it); the baselines rank the whole batch by their own score.
     With `selection="power"` the order is drawn, weighted by the score (`power_order`), instead of sorted.
+    The `oracle` diagnostic scores by the batch's `gold` step labels (`oracle_scores`) instead.
     """
     from models.uncertainty import acquisition, power_order, step_stats, trajectory_uncertain
 
-    scores = [acquisition(strategy, p, p_threshold=p_threshold, std_threshold=std_threshold, generator=generator)
-              for p in probs]
+    scores = oracle_scores(probs, gold) if strategy == "oracle" else [
+        acquisition(strategy, p, p_threshold=p_threshold, std_threshold=std_threshold, generator=generator)
+        for p in probs]
     eligible = range(len(probs))
     if strategy == "actprm":
         unread = unread or [0] * len(probs)
@@ -427,9 +432,8 @@ def run_budget(train: PackedPool, evaluation: PackedPool, *, strategy: str, budg
 
     `inspect`, when given, is called with the trained ensemble and the train positions bought, in buying order
     (bench/al_study_kinds.py reads what a strategy bought and what the heads learned from it)."""
-    if strategy != "full" and strategy not in STRATEGY_NAMES + DIAGNOSTIC_STRATEGIES:
-        raise ActPRMError(f"unknown study strategy {strategy!r}; choose one of: full, "
-                          f"{', '.join(STRATEGY_NAMES + DIAGNOSTIC_STRATEGIES)}")
+    if strategy != "full" and strategy not in KNOWN_STRATEGIES:
+        raise ActPRMError(f"unknown study strategy {strategy!r}; choose one of: full, {', '.join(KNOWN_STRATEGIES)}")
     if not 0 < budget <= 1:
         raise ActPRMError(f"budget fractions must be in (0, 1], got {budget}")
     with torch_threads(preset.head_threads):
@@ -465,14 +469,12 @@ def _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, 
         quota = min(len(batch), budget_labels(budget, seen) - len(labeled))
         if strategy == "full" or (strategy != "actprm" and quota >= len(batch)):
             chosen = batch.tolist()  # nothing to choose: the whole batch is bought
-        elif strategy == "oracle":
-            scores = oracle_scores(step_probabilities(model, train, batch), train.labels[batch])
-            chosen = [int(batch[i]) for i in sorted(range(len(batch)), key=lambda i: (-scores[i], i))[:max(quota, 0)]]
         else:
             probs = step_probabilities(model, train, batch)
             picked, eligible = select_from_batch(strategy, probs, quota, p_threshold=p_threshold,
                                                  std_threshold=std_threshold, generator=pick,
-                                                 unread=train.unread[batch].tolist(), selection=preset.selection)
+                                                 unread=train.unread[batch].tolist(), selection=preset.selection,
+                                                 gold=train.labels[batch] if strategy == "oracle" else None)
             chosen = [int(batch[i]) for i in picked]
             uncertain_seen += eligible if strategy == "actprm" else 0
         labeled += chosen
@@ -506,6 +508,13 @@ def _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, 
             "error_share": (sum(train.first_errors[i] >= 0 for i in labeled) / len(labeled)) if labeled else None,
             # ActPRM: trajectories its rule flagged uncertain when their batch came (an upper bound it buys from).
             "uncertain_seen": uncertain_seen if strategy == "actprm" else None}
+
+
+def run_arguments(recorded: dict[str, Any]) -> dict[str, Any]:
+    """The knobs a study recorded, less those recorded only for `--extend` to compare (the backbone's max_length and
+    path): what a script that reruns the study's runs (bench/al_study_kinds.py) passes to `run_budget`."""
+    takes = signature(run_budget).parameters
+    return {k: v for k, v in recorded.items() if k in takes}
 
 
 def retrain_on(train: PackedPool, bought: list[int], evaluation: PackedPool, *, seed: int, preset: StudyPreset,

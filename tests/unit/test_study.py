@@ -112,6 +112,13 @@ def test_oracle_buys_what_the_heads_get_most_wrong_by_the_gold_labels(packed):
     assert row["labels"] == study.budget_labels(0.5, len(train)) and 0.0 <= row["f1"] <= 1.0
 
 
+def test_a_rerun_takes_the_recorded_knobs_a_run_takes_and_not_those_kept_for_comparison():
+    recorded = {"reg_lambda": 0.5, "p_threshold": 0.95, "subset": "p", "hidden_size": 32, "separator_id": 3,
+                "max_length": 512, "backbone_path": None, "unread_steps_uncertain": True}
+    assert study.run_arguments(recorded) == {"reg_lambda": 0.5, "p_threshold": 0.95, "subset": "p",
+                                             "hidden_size": 32, "separator_id": 3}
+
+
 def test_power_selection_draws_among_the_uncertain_and_leaves_random_as_it_was():
     torch.manual_seed(0)
     probs = [torch.rand(8, 3) for _ in range(40)] + [torch.full((8, 3), 0.99)] * 10  # the last 10 are confident
