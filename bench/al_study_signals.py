@@ -13,6 +13,11 @@ with every registered acquisition strategy (`models.uncertainty.STRATEGIES`). Pe
   F1 counts: Zheng et al., 2024), against the same share over all of them;
 - the share of its top half that contains an error.
 
+A `learned` row stands for a learned loss predictor (Yoo and Kweon, 2019): a ridge regression from each trajectory's
+label-free features (`trajectory_features`) to whether the heads misjudge it, cross-fitted over two folds of these very
+trajectories (`learned_scores`). It is fit on gold verdicts no real run has for the trajectories it ranks, so it bounds
+from above what such a predictor, trained on the labels a run bought, would find.
+
     .venv/bin/python bench/al_study_signals.py --study bench/results/al_study_12000_steps100/al_study.json \\
         --home /tmp/study-home12k --seeds 0,1,2
 
@@ -61,10 +66,52 @@ def top_half(scores: list[float]) -> set[int]:
     return set(sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:len(scores) // 2])
 
 
+# Ridge penalty of the learned row, on standardized features. Not tuned: 10, 100 and 1000, tried on seeds 0 and 1 of
+# al_study_12000_steps100's random halves, put within 2.5 points of each other misjudged in the top half.
+LEARNED_RIDGE = 100.0
+
+
+def trajectory_features(probs: torch.Tensor, states: torch.Tensor | None = None) -> torch.Tensor:
+    """What a loss predictor can read of one trajectory without its label: the ensemble's statistics (how many
+    steps, the mean's lowest and average value, the heads' largest and average spread, how close the verdict's
+    deciding step is to 0.5, whether it finds an error and where) and, where the pool holds step states (a frozen
+    backbone), their mean and the state of the step that decides the verdict."""
+    from models.uncertainty import decisive_steps, predicted_first_error, step_stats
+
+    mu, sigma = step_stats(probs)
+    k = decisive_steps(mu)
+    stats = torch.tensor([len(mu), float(mu.min()), float(mu.mean()), float(sigma.max()), float(sigma.mean()),
+                          float((mu[:k] - 0.5).abs().min()), float(predicted_first_error(mu) < 0), k],
+                         dtype=torch.float64)
+    if states is None:
+        return stats
+    return torch.cat([states.double().mean(0), states[k - 1].double(), stats])
+
+
+def learned_scores(features: torch.Tensor, wrong: list[bool], seed: int, ridge: float = LEARNED_RIDGE
+                   ) -> list[float]:
+    """Per trajectory, the predicted chance that the heads misjudge it, from a ridge regression fit on the other
+    of two random folds: no trajectory's own verdict reaches its score."""
+    n = len(wrong)
+    x = (features - features.mean(0)) / (features.std(0) + 1e-9)  # label-free, so over both folds
+    x = torch.cat([x, torch.ones(n, 1, dtype=x.dtype)], 1)
+    y = torch.tensor(wrong, dtype=x.dtype)
+    penalty = ridge * torch.eye(x.shape[1], dtype=x.dtype)
+    penalty[-1, -1] = 0.0  # the intercept is not shrunk
+    folds = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tensor_split(2)
+    out = torch.empty(n, dtype=x.dtype)
+    for fit, score in (folds, folds[::-1]):
+        w = torch.linalg.solve(x[fit].T @ x[fit] + penalty, x[fit].T @ y[fit])
+        out[score] = x[score] @ w
+    return out.tolist()
+
+
 def signal_rows(probs: list[torch.Tensor], labels: torch.Tensor, first_errors: list[int], *,
-                p_threshold: float = 0.95, std_threshold: float = 0.005, seed: int = 0) -> dict:
+                p_threshold: float = 0.95, std_threshold: float = 0.005, seed: int = 0,
+                features: torch.Tensor | None = None) -> dict:
     """Per acquisition strategy (and the oracle's own loss, as the reference row), how its ranking of these
-    trajectories lines up with the heads' mistakes on them; `base` holds the shares over all of them."""
+    trajectories lines up with the heads' mistakes on them; `base` holds the shares over all of them. With
+    `features` (one row per trajectory, `trajectory_features`), a `learned` row too."""
     from models.uncertainty import STRATEGIES, acquisition, predicted_first_error, step_stats
     from tasks.study import oracle_scores
 
@@ -76,6 +123,8 @@ def signal_rows(probs: list[torch.Tensor], labels: torch.Tensor, first_errors: l
     scores = {"oracle": loss} | {
         name: [acquisition(name, p, p_threshold=p_threshold, std_threshold=std_threshold, generator=generator)
                for p in probs] for name in STRATEGIES.names()}
+    if features is not None:
+        scores["learned"] = learned_scores(features, wrong, seed)
     rows = {}
     for name, values in scores.items():
         top = top_half(values)
@@ -104,7 +153,10 @@ def markdown(result: dict) -> str:
              f"**{result['budget']:.0%}** (seeds {', '.join(map(str, result['seeds']))}), scoring the "
              f"{result['per_seed'][0]['trajectories']} train trajectories that run did not buy. *oracle*: the loss of "
              "the heads' mean against the gold step labels (`tasks.study.oracle_scores`), which the `oracle` "
-             "diagnostic buys by. Shares are means over seeds.",
+             "diagnostic buys by. *learned*: a ridge regression from label-free features "
+             f"({result.get('learned_features', 'none')}) to the heads' verdict being wrong, cross-fitted over two "
+             "folds of these trajectories on their gold verdicts: an upper bound on a learned loss predictor "
+             "(Yoo and Kweon, 2019). Shares are means over seeds.",
              "",
              "| score | Spearman with the oracle's loss | share of the oracle's top half "
              "| verdict wrong in its top half | erroneous in its top half |",
@@ -184,12 +236,17 @@ def main(argv: list[str] | None = None) -> int:
         rest = sorted(set(range(len(train))) - set(seen["bought"]))
         idx = torch.tensor(rest, dtype=torch.long)
         probs = step_probabilities(seen["model"], train, idx)
+        # A token pool (a fine-tuned backbone) holds token states, not step states: its predictor reads the stats.
+        features = torch.stack([trajectory_features(p, None if train.top is not None else train.states[i, :len(p[0])])
+                                for p, i in zip(probs, rest)])
         per_seed.append(signal_rows(probs, train.labels[idx], [train.first_errors[i] for i in rest],
                                     p_threshold=knobs.get("p_threshold", 0.95),
-                                    std_threshold=knobs.get("std_threshold", 0.005), seed=seed) | {"seed": seed})
+                                    std_threshold=knobs.get("std_threshold", 0.005), seed=seed, features=features)
+                        | {"seed": seed})
         print(f"seed {seed}: {len(rest)} unbought trajectories scored", file=sys.stderr)
     result = {"study": Path(args.study).parent.name, "strategy": args.strategy, "budget": args.budget,
               "seeds": seeds, "per_seed": per_seed, "average": average(per_seed),
+              "learned_features": "ensemble statistics" + ("" if train.top is not None else " and step states"),
               "wall_seconds": round(time.perf_counter() - started, 1)}
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
