@@ -100,6 +100,10 @@ class StudyPreset:
     # than what it may buy: "top" takes the highest scores (the paper's rule, and `tasks.select`'s), "power" draws
     # them weighted by the score (`models.uncertainty.power_order`). Random selection is the same under both.
     selection: str = "top"
+    # The `oracle` diagnostic's weight on the gold labels: it ranks a batch by oracle_mix x (the rank of the oracle's
+    # loss) + (1 - oracle_mix) x (the rank of ActPRM's score), so a sweep between 0 and 1 asks how much more of the
+    # heads' mistakes a score must point at than ActPRM's does before its half reaches full data. 1: the oracle.
+    oracle_mix: float = 1.0
     # Evaluate fresh heads trained on the labels a run bought (the study's protocol at b = 1 on that subset, in a
     # seeded shuffled order) instead of the heads that bought them; the run's own F1 stays as f1_online. This is
     # the paper's large-scale recipe (Sec. 5: ActPRM filters the pool, a PRM is then trained on what it kept) and
@@ -247,7 +251,7 @@ def _field_value(key: str, current: Any, value: Any) -> Any:
             kind = "top or power"
             out = str(value).strip().lower()
             ok = out in ("top", "power")
-        elif key == "replay_new_share":
+        elif key in ("replay_new_share", "oracle_mix"):
             kind = "a share in [0, 1]"
             out = float(value)
             ok = 0 <= out <= 1
@@ -361,20 +365,25 @@ def round_steps(preset: StudyPreset, budget: float, batch_sizes: list[int]) -> l
 def select_from_batch(strategy: str, probs: list[torch.Tensor], quota: int, *, p_threshold: float,
                       std_threshold: float, generator: torch.Generator,
                       unread: list[int] | None = None, selection: str = "top",
-                      gold: torch.Tensor | None = None) -> tuple[list[int], int]:
+                      gold: torch.Tensor | None = None, oracle_mix: float = 1.0) -> tuple[list[int], int]:
     """Positions (in the batch) to label, best first, and how many were eligible.
 
     The same rule as `tasks.select.select_for_labeling`: ActPRM considers only the trajectories its
     ensemble is uncertain about (`unread`: steps past max_length, which make a trajectory whose read steps all
     look right uncertain, as `tasks.score` flags it); the baselines rank the whole batch by their own score.
     With `selection="power"` the order is drawn, weighted by the score (`power_order`), instead of sorted.
-    The `oracle` diagnostic scores by the batch's `gold` step labels (`oracle_scores`) instead.
+    The `oracle` diagnostic scores by the batch's `gold` step labels (`oracle_scores`) instead, with `oracle_mix` < 1
+    mixed by rank with ActPRM's score (`mixed_ranks`).
     """
     from models.uncertainty import acquisition, power_order, step_stats, trajectory_uncertain
 
-    scores = oracle_scores(probs, gold) if strategy == "oracle" else [
-        acquisition(strategy, p, p_threshold=p_threshold, std_threshold=std_threshold, generator=generator)
-        for p in probs]
+    def score(name: str) -> list[float]:
+        return [acquisition(name, p, p_threshold=p_threshold, std_threshold=std_threshold, generator=generator)
+                for p in probs]
+
+    scores = oracle_scores(probs, gold) if strategy == "oracle" else score(strategy)
+    if strategy == "oracle" and oracle_mix < 1:
+        scores = mixed_ranks(scores, score("actprm"), oracle_mix)
     eligible = range(len(probs))
     if strategy == "actprm":
         unread = unread or [0] * len(probs)
@@ -385,6 +394,18 @@ def select_from_batch(strategy: str, probs: list[torch.Tensor], quota: int, *, p
     else:
         order = sorted(eligible, key=lambda i: (-scores[i], i))
     return order[:max(quota, 0)], len(eligible)
+
+
+def mixed_ranks(first: list[float], second: list[float], weight: float) -> list[float]:
+    """weight x (the rank of each item by `first`) + (1 - weight) x (its rank by `second`), ranks from 0 (lowest
+    score) to 1 (highest; ties by position): the two orders blended, whatever the scales of the scores."""
+    def ranks(values: list[float]) -> torch.Tensor:
+        out = torch.empty(len(values), dtype=torch.float64)
+        out[torch.argsort(torch.tensor(values, dtype=torch.float64), stable=True)] = torch.linspace(0, 1, len(values),
+                                                                                                   dtype=torch.float64)
+        return out
+
+    return (weight * ranks(first) + (1 - weight) * ranks(second)).tolist()
 
 
 def oracle_scores(probs: list[torch.Tensor], labels: torch.Tensor) -> list[float]:
@@ -443,6 +464,8 @@ def run_budget(train: PackedPool, evaluation: PackedPool, *, strategy: str, budg
 
 def _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, separator_id, reg_lambda,
                 learning_probability, p_threshold, std_threshold, subset, inspect) -> dict:
+    from models.uncertainty import predicted_first_error, step_stats
+
     t0 = time.perf_counter()
     model = heads_model(hidden_size, separator_id, num_heads=preset.num_heads, seed=seed, reg_lambda=reg_lambda,
                         learning_probability=learning_probability, top=train.top).to(preset.device)
@@ -463,7 +486,7 @@ def _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, 
     pick = torch.Generator().manual_seed(seed * 7919 + 1)
     draw = torch.Generator().manual_seed(seed * 7919 + 2)
     labeled: list[int] = []
-    seen = uncertain_seen = steps = 0
+    seen = uncertain_seen = steps = misjudged = chose = 0
     for batch, steps_this_round in zip(batches, round_plan):
         seen += len(batch)
         quota = min(len(batch), budget_labels(budget, seen) - len(labeled))
@@ -474,8 +497,12 @@ def _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, 
             picked, eligible = select_from_batch(strategy, probs, quota, p_threshold=p_threshold,
                                                  std_threshold=std_threshold, generator=pick,
                                                  unread=train.unread[batch].tolist(), selection=preset.selection,
-                                                 gold=train.labels[batch] if strategy == "oracle" else None)
+                                                 gold=train.labels[batch] if strategy == "oracle" else None,
+                                                 oracle_mix=preset.oracle_mix)
             chosen = [int(batch[i]) for i in picked]
+            misjudged += sum(predicted_first_error(step_stats(probs[i])[0]) != train.first_errors[c]
+                             for i, c in zip(picked, chosen))
+            chose += len(chosen)
             uncertain_seen += eligible if strategy == "actprm" else 0
         labeled += chosen
         if not labeled:
@@ -507,7 +534,10 @@ def _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, 
             # Share of bought trajectories that contain an error: what the strategy spends its labels on.
             "error_share": (sum(train.first_errors[i] >= 0 for i in labeled) / len(labeled)) if labeled else None,
             # ActPRM: trajectories its rule flagged uncertain when their batch came (an upper bound it buys from).
-            "uncertain_seen": uncertain_seen if strategy == "actprm" else None}
+            "uncertain_seen": uncertain_seen if strategy == "actprm" else None,
+            # Of what it chose from a batch (not bought whole), the share whose verdict (first error or none, as
+            # ProcessBench F1 counts it) the heads had wrong when they chose: how well its score finds their mistakes.
+            "misjudged_share": misjudged / chose if chose else None}
 
 
 def run_arguments(recorded: dict[str, Any]) -> dict[str, Any]:
@@ -532,7 +562,8 @@ def untrained_run(evaluation: PackedPool, *, seed: int, preset: StudyPreset, hid
     model = heads_model(hidden_size, separator_id, num_heads=preset.num_heads, seed=seed, reg_lambda=reg_lambda,
                         learning_probability=learning_probability, top=evaluation.top).to(preset.device)
     return {"strategy": "untrained", "budget": 0.0, "seed": seed, "labels": 0,
-            **evaluate_heads(model, evaluation, subset), "seconds": 0.0, "uncertain_seen": None, "error_share": None}
+            **evaluate_heads(model, evaluation, subset), "seconds": 0.0, "uncertain_seen": None, "error_share": None,
+            "misjudged_share": None}
 
 
 def step_check_run(train: PackedPool, evaluation: PackedPool, *, seed: int, preset: StudyPreset,

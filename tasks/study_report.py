@@ -58,6 +58,19 @@ def _calibration(rs: list[dict]) -> dict[str, float]:
             if rs and all(r.get(k) is not None for r in rs)}
 
 
+# What each run records of the trajectories it bought (`tasks.study.run_budget`), and how the table names it.
+SHARES = {"error_share": "Share of bought trajectories that contain an error (the pool's own share is what random "
+                         "buys):",
+          "misjudged_share": "Share of the trajectories chosen from a batch whose verdict the heads had wrong when "
+                             "they chose (what a score that finds the heads' mistakes buys; studies before this "
+                             "column have none):"}
+
+
+def _mean_of(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.fmean(values) if values else None
+
+
 def summarize(runs: list[dict], *, preset: StudyPreset, pool: str, seeds: list[int], train_size: int,
               eval_size: int, strategies: tuple[str, ...] = STRATEGY_NAMES) -> dict:
     """The study's numbers in the shape of bench/results/al_study.json (plus the same keys ending in
@@ -69,10 +82,9 @@ def summarize(runs: list[dict], *, preset: StudyPreset, pool: str, seeds: list[i
              for s in strategies for b in preset.budgets}
     table: dict[str, dict[str, dict]] = {s: {} for s in strategies}
     for (s, b), rs in cells.items():
-        shares = [r["error_share"] for r in rs if r.get("error_share") is not None]
         table[s][str(b)] = ({"labels": train_size, "full_data": True} if b >= 1 else
                             {"labels": int(round(statistics.fmean(r["labels"] for r in rs))),
-                             "error_share": statistics.fmean(shares) if shares else None})
+                             **{k: _mean_of(rs, k) for k in SHARES}})
         table[s][str(b)] |= _calibration(rs)
     out: dict[str, Any] = {"strategies": table, "preset": preset.name, "pool": pool, "seeds": list(seeds),
                            "budgets": list(preset.budgets), "train_size": train_size, "eval_size": eval_size,
@@ -310,15 +322,15 @@ def markdown_table(result: dict) -> str:
                 "\"online\" rows.", ""] if result["study_preset"].get("final_retrain") else []),
              *_f1_section(result, "", "F1 at threshold 0.5"),
              *_f1_section(result, "_tuned", "F1 at the cross-fitted threshold")]
-    shares = {s: row for s, row in result["strategies"].items()
-              if any(row[str(b)].get("error_share") is not None for b in budgets if b < 1)}
-    if shares:
-        low = [b for b in budgets if b < 1]
-        lines += ["Share of bought trajectories that contain an error (the pool's own share is what random buys):",
-                  "", *_budget_header(low)]
-        for s, row in shares.items():
-            lines.append(f"| {s} | " + " | ".join("—" if row[str(b)].get("error_share") is None
-                                                   else f"{row[str(b)]['error_share']:.2f}" for b in low) + " |")
+    low = [b for b in budgets if b < 1]
+    for n, (key, title) in enumerate(SHARES.items()):
+        shares = {s: row for s, row in result["strategies"].items()
+                  if any(row[str(b)].get(key) is not None for b in low)}
+        if shares:
+            lines += [*([""] if n else []), title, "", *_budget_header(low)]
+            for s, row in shares.items():
+                lines.append(f"| {s} | " + " | ".join("—" if row[str(b)].get(key) is None
+                                                       else f"{row[str(b)][key]:.2f}" for b in low) + " |")
     return "\n".join(lines + _calibration_section(result) + _host_section(result)) + "\n"
 
 

@@ -110,6 +110,25 @@ def test_oracle_buys_what_the_heads_get_most_wrong_by_the_gold_labels(packed):
     row = study.run_budget(train, evaluation, strategy="oracle", budget=0.5, seed=0,
                            preset=study.study_preset("quick"), **_knobs(info))
     assert row["labels"] == study.budget_labels(0.5, len(train)) and 0.0 <= row["f1"] <= 1.0
+    # What it chose, it chose for the heads' mistakes: more of it misjudged than of what random chose.
+    rand = study.run_budget(train, evaluation, strategy="random", budget=0.5, seed=0,
+                            preset=study.study_preset("quick"), **_knobs(info))
+    assert row["misjudged_share"] > rand["misjudged_share"]
+
+
+def test_oracle_mix_blends_the_oracles_order_with_actprms_by_rank():
+    assert study.mixed_ranks([3.0, 1.0, 2.0], [10.0, 30.0, 20.0], 1.0) == pytest.approx([1.0, 0.0, 0.5])
+    assert study.mixed_ranks([3.0, 1.0, 2.0], [10.0, 30.0, 20.0], 0.0) == pytest.approx([0.0, 1.0, 0.5])
+    assert study.mixed_ranks([3.0, 1.0, 2.0], [10.0, 30.0, 20.0], 0.75) == pytest.approx([0.75, 0.25, 0.5])
+    gold = torch.tensor([[1, 0]] * 3)
+    # 0 misses the error and is sure (the oracle's first pick), 1 is right but unsure (ActPRM's), 2 is right and sure.
+    probs = [torch.tensor([[0.99, 0.99], [0.98, 0.98]]), torch.tensor([[0.9, 0.2], [0.5, 0.4]]),
+             torch.tensor([[0.99, 0.01], [0.98, 0.02]])]
+    kw = {"p_threshold": 0.95, "std_threshold": 0.005, "generator": torch.Generator().manual_seed(0), "gold": gold}
+    assert study.select_from_batch("oracle", probs, 1, **kw)[0] == [0]
+    assert study.select_from_batch("oracle", probs, 1, oracle_mix=0.25, **kw)[0] == [1]
+    with pytest.raises(ActPRMError, match="oracle_mix"):
+        study.customize(study.study_preset("quick"), {"oracle_mix": "1.5"})
 
 
 def test_a_rerun_takes_the_recorded_knobs_a_run_takes_and_not_those_kept_for_comparison():
@@ -808,7 +827,8 @@ def test_the_signals_check_reruns_a_study_from_its_exported_split(pool_db, tmp_p
     out = json.loads((tmp_path / "signals.json").read_text())
     unbought = len(split["train"]) - study.budget_labels(0.5, len(split["train"]))
     assert out["seeds"] == [0] and out["per_seed"][0]["trajectories"] == unbought
-    assert set(out["average"]["signals"]) == {"oracle", *study.STRATEGY_NAMES}
+    assert set(out["average"]["signals"]) == {"oracle", "learned", *study.STRATEGY_NAMES}
+    assert out["learned_features"] == "ensemble statistics and step states"  # a frozen backbone's pool
     assert out["average"]["signals"]["oracle"]["oracle_top_half_shared"] == 1.0
     assert "| actprm |" in (tmp_path / "signals.md").read_text()
     other = dict(split, split_sha256="0" * 64)
