@@ -47,16 +47,12 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-def _ranks(values: list[float]) -> torch.Tensor:
-    t = torch.tensor(values, dtype=torch.float64)
-    out = torch.empty_like(t)
-    out[torch.argsort(t, stable=True)] = torch.arange(len(t), dtype=torch.float64)
-    return out
-
 
 def spearman(a: list[float], b: list[float]) -> float:
     """Spearman's rank correlation (ties broken by position; acquisition scores are continuous)."""
-    ra, rb = _ranks(a), _ranks(b)
+    from tasks.study import ranks
+
+    ra, rb = ranks(a), ranks(b)
     ra, rb = ra - ra.mean(), rb - rb.mean()
     denominator = float(ra.norm() * rb.norm())
     return float((ra * rb).sum()) / denominator if denominator else 0.0
@@ -112,11 +108,11 @@ def signal_rows(probs: list[torch.Tensor], labels: torch.Tensor, first_errors: l
     """Per acquisition strategy (and the oracle's own loss, as the reference row), how its ranking of these
     trajectories lines up with the heads' mistakes on them; `base` holds the shares over all of them. With
     `features` (one row per trajectory, `trajectory_features`), a `learned` row too."""
-    from models.uncertainty import STRATEGIES, acquisition, predicted_first_error, step_stats
-    from tasks.study import oracle_scores
+    from models.uncertainty import STRATEGIES, acquisition
+    from tasks.study import misjudged, oracle_scores
 
     loss = oracle_scores(probs, labels)
-    wrong = [predicted_first_error(step_stats(p)[0]) != fe for p, fe in zip(probs, first_errors)]
+    wrong = [misjudged(p, fe) for p, fe in zip(probs, first_errors)]
     erroneous = [fe >= 0 for fe in first_errors]
     best = top_half(loss)
     generator = torch.Generator().manual_seed(seed)
@@ -237,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         idx = torch.tensor(rest, dtype=torch.long)
         probs = step_probabilities(seen["model"], train, idx)
         # A token pool (a fine-tuned backbone) holds token states, not step states: its predictor reads the stats.
-        features = torch.stack([trajectory_features(p, None if train.top is not None else train.states[i, :len(p[0])])
+        features = torch.stack([trajectory_features(p, None if train.top is not None else train.states[i, :p.shape[-1]])
                                 for p, i in zip(probs, rest)])
         per_seed.append(signal_rows(probs, train.labels[idx], [train.first_errors[i] for i in rest],
                                     p_threshold=knobs.get("p_threshold", 0.95),

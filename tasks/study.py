@@ -396,16 +396,26 @@ def select_from_batch(strategy: str, probs: list[torch.Tensor], quota: int, *, p
     return order[:max(quota, 0)], len(eligible)
 
 
-def mixed_ranks(first: list[float], second: list[float], weight: float) -> list[float]:
-    """weight x (the rank of each item by `first`) + (1 - weight) x (its rank by `second`), ranks from 0 (lowest
-    score) to 1 (highest; ties by position): the two orders blended, whatever the scales of the scores."""
-    def ranks(values: list[float]) -> torch.Tensor:
-        out = torch.empty(len(values), dtype=torch.float64)
-        out[torch.argsort(torch.tensor(values, dtype=torch.float64), stable=True)] = torch.linspace(0, 1, len(values),
-                                                                                                   dtype=torch.float64)
-        return out
+def ranks(values: list[float]) -> torch.Tensor:
+    """Each value's rank, from 0 (the lowest) to 1 (the highest), ties by position."""
+    out = torch.empty(len(values), dtype=torch.float64)
+    out[torch.argsort(torch.tensor(values, dtype=torch.float64), stable=True)] = torch.linspace(
+        0, 1, len(values), dtype=torch.float64)
+    return out
 
+
+def mixed_ranks(first: list[float], second: list[float], weight: float) -> list[float]:
+    """weight x (each item's rank by `first`) + (1 - weight) x (its rank by `second`): the two orders blended,
+    whatever the scales of the scores."""
     return (weight * ranks(first) + (1 - weight) * ranks(second)).tolist()
+
+
+def misjudged(probs: torch.Tensor, first_error: int) -> bool:
+    """Whether the ensemble mean's verdict on a trajectory (its first error, or none: what ProcessBench F1 counts,
+    Zheng et al., 2024) differs from the gold one."""
+    from models.uncertainty import predicted_first_error, step_stats
+
+    return predicted_first_error(step_stats(probs)[0]) != first_error
 
 
 def oracle_scores(probs: list[torch.Tensor], labels: torch.Tensor) -> list[float]:
@@ -464,8 +474,6 @@ def run_budget(train: PackedPool, evaluation: PackedPool, *, strategy: str, budg
 
 def _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, separator_id, reg_lambda,
                 learning_probability, p_threshold, std_threshold, subset, inspect) -> dict:
-    from models.uncertainty import predicted_first_error, step_stats
-
     t0 = time.perf_counter()
     model = heads_model(hidden_size, separator_id, num_heads=preset.num_heads, seed=seed, reg_lambda=reg_lambda,
                         learning_probability=learning_probability, top=train.top).to(preset.device)
@@ -486,7 +494,7 @@ def _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, 
     pick = torch.Generator().manual_seed(seed * 7919 + 1)
     draw = torch.Generator().manual_seed(seed * 7919 + 2)
     labeled: list[int] = []
-    seen = uncertain_seen = steps = misjudged = chose = 0
+    seen = uncertain_seen = steps = wrong = chose = 0
     for batch, steps_this_round in zip(batches, round_plan):
         seen += len(batch)
         quota = min(len(batch), budget_labels(budget, seen) - len(labeled))
@@ -500,8 +508,7 @@ def _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, 
                                                  gold=train.labels[batch] if strategy == "oracle" else None,
                                                  oracle_mix=preset.oracle_mix)
             chosen = [int(batch[i]) for i in picked]
-            misjudged += sum(predicted_first_error(step_stats(probs[i])[0]) != train.first_errors[c]
-                             for i, c in zip(picked, chosen))
+            wrong += sum(misjudged(probs[i], train.first_errors[c]) for i, c in zip(picked, chosen))
             chose += len(chosen)
             uncertain_seen += eligible if strategy == "actprm" else 0
         labeled += chosen
@@ -537,7 +544,7 @@ def _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, 
             "uncertain_seen": uncertain_seen if strategy == "actprm" else None,
             # Of what it chose from a batch (not bought whole), the share whose verdict (first error or none, as
             # ProcessBench F1 counts it) the heads had wrong when they chose: how well its score finds their mistakes.
-            "misjudged_share": misjudged / chose if chose else None}
+            "misjudged_share": wrong / chose if chose else None}
 
 
 def run_arguments(recorded: dict[str, Any]) -> dict[str, Any]:

@@ -323,11 +323,11 @@ def markdown_table(result: dict) -> str:
              *_f1_section(result, "", "F1 at threshold 0.5"),
              *_f1_section(result, "_tuned", "F1 at the cross-fitted threshold")]
     low = [b for b in budgets if b < 1]
-    for n, (key, title) in enumerate(SHARES.items()):
+    for key, title in SHARES.items():
         shares = {s: row for s, row in result["strategies"].items()
                   if any(row[str(b)].get(key) is not None for b in low)}
         if shares:
-            lines += [*([""] if n else []), title, "", *_budget_header(low)]
+            lines += [*([""] if lines[-1] else []), title, "", *_budget_header(low)]
             for s, row in shares.items():
                 lines.append(f"| {s} | " + " | ".join("—" if row[str(b)].get(key) is None
                                                        else f"{row[str(b)][key]:.2f}" for b in low) + " |")
