@@ -11,6 +11,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -94,12 +95,23 @@ def command(fn):
             print(f"error: {message}", file=sys.stderr)
             raise typer.Exit(1) from None
         if json_out:
-            print(json.dumps(result, default=str), file=real_stdout)
+            print(json.dumps(_strict_json(result), default=str, allow_nan=False), file=real_stdout)
         else:
             _print_human(result, real_stdout)
         return result
 
     return wrapper
+
+
+def _strict_json(value: Any) -> Any:
+    """NaN/inf become null: strict JSON parsers reject the bare NaN that json.dumps writes by default."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
 
 
 def _print_human(result: Any, out) -> None:
@@ -327,6 +339,28 @@ def status(
         from tasks.status import pipeline_status
 
         return pipeline_status(settings)
+
+    _run(json_out=json_out, debug=debug)
+
+
+@app.command("repair-ledger")
+def repair_ledger(
+    price_per_1k_tokens: Annotated[float, typer.Option("--price-per-1k-tokens", help="Price to re-charge the broken rows' tokens at.")],
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+    config: ConfigOpt = None,
+):
+    """Re-price budget ledger rows whose cost is NaN or infinite (left by an unchecked price) from their tokens."""
+
+    @command
+    def _run():
+        settings = prepare(config, {"budget": {"price_per_1k_tokens": price_per_1k_tokens}})
+        from actprm.store import Store
+
+        with Store(settings.duckdb_path) as store:
+            repaired = store.ledger_reprice_nonfinite(settings.budget.price_per_1k_tokens)
+            spent = store.budget_spent(None)
+        return {"repaired_rows": repaired, "spent": spent}
 
     _run(json_out=json_out, debug=debug)
 

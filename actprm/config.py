@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -54,14 +54,20 @@ class JudgeSettings(BaseModel):
     structured_output: bool = Field(False, description="Ask vLLM for JSON-schema structured output.")
 
 
+# Caps and prices must be finite and non-negative: NaN compares false with everything, so a NaN cap or price
+# would let every "spent + want > cap" check pass and buy without limit; a negative price would refund.
+Money = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Count = Annotated[int, Field(ge=0)]
+
+
 class BudgetSettings(BaseModel):
-    max_labels: int | None = Field(None, description="Global cap on labels bought (None: no cap).")
-    max_tokens: int | None = Field(None, description="Global cap on judge tokens (prompt + completion).")
-    max_cost: float | None = Field(None, description="Global cap on money spent.")
-    price_per_1k_tokens: float = Field(0.0, description="Price of 1k judge tokens, for the cost cap.")
-    per_pool_max_labels: int | None = Field(None, description="Cap on labels bought for any one pool.")
-    per_pool_max_tokens: int | None = Field(None, description="Cap on tokens spent for any one pool.")
-    per_pool_max_cost: float | None = Field(None, description="Cap on money spent for any one pool.")
+    max_labels: Count | None = Field(None, description="Global cap on labels bought (None: no cap).")
+    max_tokens: Count | None = Field(None, description="Global cap on judge tokens (prompt + completion).")
+    max_cost: Money | None = Field(None, description="Global cap on money spent.")
+    price_per_1k_tokens: Money = Field(0.0, description="Price of 1k judge tokens, for the cost cap.")
+    per_pool_max_labels: Count | None = Field(None, description="Cap on labels bought for any one pool.")
+    per_pool_max_tokens: Count | None = Field(None, description="Cap on tokens spent for any one pool.")
+    per_pool_max_cost: Money | None = Field(None, description="Cap on money spent for any one pool.")
 
 
 class TrainSettings(BaseModel):
@@ -196,11 +202,20 @@ def load_settings(overrides: dict[str, Any] | None = None, config_file: str | Pa
     """Build Settings from defaults, YAML, env, then `overrides` (nested dicts, e.g. from CLI flags)."""
     if config_file is not None:
         os.environ["ACTPRM_CONFIG"] = str(config_file)
-    base = Settings()
-    if not overrides:
-        return base
-    merged = _deep_merge(base.model_dump(), {k: v for k, v in overrides.items() if v is not None})
-    return Settings.model_validate(merged)
+    try:
+        base = Settings()
+        if not overrides:
+            return base
+        merged = _deep_merge(base.model_dump(), {k: v for k, v in overrides.items() if v is not None})
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    """'invalid setting budget.max_cost=nan: Input should be a finite number' (all problems, one line)."""
+    parts = [f"{'.'.join(str(p) for p in e['loc'])}={e.get('input')!r}: {e['msg']}" for e in exc.errors()]
+    return "invalid setting " + "; ".join(parts)
 
 
 def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -11,10 +11,23 @@ maybe_billed + orphaned rows.
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from dataclasses import dataclass
 
+from actprm.errors import ActPRMError
 from actprm.store import Store
+
+
+class BudgetError(ActPRMError):
+    """A money setting or the ledger itself cannot be trusted; nothing is bought."""
+
+
+def _check_amount(name: str, value: float | int | None) -> None:
+    # NaN compares false with everything, so a NaN cap would never be reached and a NaN price never add up:
+    # both would buy without limit. A negative price would refund spending. Refuse them all.
+    if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise BudgetError(f"budget setting {name} must be a finite number >= 0, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -26,6 +39,10 @@ class BudgetLimits:
     per_pool_max_labels: int | None = None
     per_pool_max_tokens: int | None = None
     per_pool_max_cost: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in self.__dataclass_fields__:
+            _check_amount(name, getattr(self, name))
 
     @classmethod
     def from_settings(cls, budget) -> BudgetLimits:
@@ -39,6 +56,14 @@ class BudgetLimits:
         if scope == "global":
             return {"labels": self.max_labels, "tokens": self.max_tokens, "cost": self.max_cost}
         return {"labels": self.per_pool_max_labels, "tokens": self.per_pool_max_tokens, "cost": self.per_pool_max_cost}
+
+
+def check_ledger(spent: dict) -> None:
+    """Refuse a ledger that holds a non-finite amount (left by a run before money settings were checked):
+    against it no cap can be enforced."""
+    if not all(math.isfinite(v) for v in spent.values()):
+        raise BudgetError("the budget ledger holds a non-finite amount (a run priced at NaN or inf), so no cap can "
+                          "be enforced; repair it with `actprm repair-ledger --price-per-1k-tokens PRICE`")
 
 
 def budget_left(store: Store, pool: str | None, limits: BudgetLimits) -> dict:
@@ -120,9 +145,10 @@ class Budget:
 
     def __init__(self, store: Store, pool: str, limits: BudgetLimits):
         self.store, self.pool, self.limits = store, pool, limits
-        self.orphaned = store.ledger_orphan_stale()
         self.spent_global = store.budget_spent(None)
         self.spent_pool = store.budget_spent(pool)
+        check_ledger(self.spent_global)
+        self.orphaned = store.ledger_orphan_stale()
         self.in_flight = 0
         self.writer = LedgerWriter(store)
         self._changed = asyncio.Condition()
@@ -131,7 +157,8 @@ class Budget:
         want = {"labels": 1, "tokens": tokens, "cost": cost}
         for spent, caps in ((self.spent_global, self.limits.caps("global")), (self.spent_pool, self.limits.caps("pool"))):
             for k, cap in caps.items():
-                if cap is not None and spent[k] + want[k] > cap + 1e-12:
+                # Written so that it fails closed: any NaN that got this far makes the request not fit.
+                if cap is not None and not spent[k] + want[k] <= cap + 1e-12:
                     return False
         return True
 
@@ -160,6 +187,9 @@ class Budget:
                      state: str = "settled") -> None:
         """Replace a reservation by what it spent (`state` settled: actual usage), committing `label` (if
         any) in the same transaction."""
+        if not (math.isfinite(cost) and cost >= 0 and tokens >= 0):
+            # A judge reporting negative or non-finite usage must not refund the budget: keep the worst case.
+            tokens, cost = r.tokens, r.cost
         await self.writer.write(settle=(r.request_id, state, labels, tokens, cost),
                                 label={**label, "request_id": r.request_id} if label else None)
         await self._give_back(r, labels, tokens, cost)

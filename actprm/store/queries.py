@@ -11,6 +11,7 @@ selection & rounds, scores).
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import uuid
 from collections.abc import Iterator
@@ -207,6 +208,17 @@ class Store:
         ).fetchone()
         return {"labels": int(row[0]), "tokens": int(row[1]), "cost": float(row[2])}
 
+    def ledger_reprice_nonfinite(self, price_per_1k_tokens: float) -> int:
+        """Re-price the ledger and label rows whose cost is NaN or infinite from their tokens; returns the
+        number of ledger rows repaired."""
+        with self.transaction() as con:
+            n = con.execute("SELECT count(*) FROM budget_ledger WHERE NOT isfinite(cost)").fetchone()[0]
+            con.execute("UPDATE budget_ledger SET cost = tokens / 1000.0 * ? WHERE NOT isfinite(cost)",
+                        [price_per_1k_tokens])
+            con.execute("UPDATE judge_labels SET cost = (coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0)) "
+                        "/ 1000.0 * ? WHERE NOT isfinite(cost)", [price_per_1k_tokens])
+        return int(n)
+
     def budget_left(self, pool: str | None, limits) -> dict:
         """For `actprm status`: spent and left under each cap of `limits` (a BudgetLimits)."""
         from actprm.judges.budget import budget_left
@@ -225,6 +237,10 @@ class Store:
         (bought nothing) or maybe_billed (its worst case); labels: judge_labels rows (a request's label
         commits with its settlement).
         Multi-row statements: DuckDB's per-statement overhead (~1-3 ms) would otherwise cap throughput."""
+        # The ledger never stores an amount no cap can be checked against (NaN, inf) or one that refunds.
+        amounts = [a for r in reserve for a in r[3:5]] + [a for r in settle for a in r[2:5]]
+        if not all(isinstance(a, (int, float)) and math.isfinite(a) and a >= 0 for a in amounts):
+            raise ValueError(f"refusing a non-finite or negative ledger amount: {amounts}")
         with self.transaction() as con:
             if reserve:
                 cols = list(zip(*reserve))
