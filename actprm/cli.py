@@ -35,16 +35,23 @@ PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="Model preset
 PoolOpt = Annotated[Optional[str], typer.Option("--pool", help="Pool name (default: the built-in sample pool).")]
 
 
-def prepare(config: Path | None, overrides: dict[str, Any] | None = None) -> Settings:
-    """Settings for this invocation, with the offline/no-analytics environment applied."""
+def prepare(config: Path | None, overrides: dict[str, Any] | None = None, flow: str | None = None) -> Settings:
+    """Settings for this invocation, with the offline/no-analytics environment applied. `flow`: the module of
+    the flow the command runs; it is imported while a temporary Prefect API starts (when none is configured)."""
     settings = load_settings(overrides, config_file=config)
     for key, value in runtime_environment(settings).items():
         os.environ.setdefault(key, value)
     # Keep ephemeral Prefect's state in the work dir, next to the DuckDB file and MLflow store.
     os.environ.setdefault("PREFECT_HOME", str((settings.home / "prefect").resolve()))
     settings.home.mkdir(parents=True, exist_ok=True)
+    if flow:
+        from actprm import local_prefect
+
+        local_prefect.start()  # before Prefect is imported: it reads PREFECT_API_URL then
     if not _state["debug"]:
         _quiet_tracebacks()  # after the environment is set: importing Prefect reads it
+    if flow:
+        local_prefect.ready(preload=flow)
     return settings
 
 
@@ -158,7 +165,7 @@ def ingest(
 
     @command
     def _run():
-        prepare(config)
+        prepare(config, flow="flows.ingest_pool")
         from flows.ingest_pool import ingest_pool
 
         return ingest_pool(paths=paths, pool=pool, format=format)
@@ -182,7 +189,7 @@ def score(
     @command
     def _run():
         overrides = {"model": {"preset": preset}, "uncertainty": {"strategy": strategy}}
-        settings = prepare(config, overrides)
+        settings = prepare(config, overrides, flow="flows.stages")
         from flows.stages import score_flow
 
         return score_flow(pool=pool or settings.default_pool, model=model,
@@ -214,7 +221,7 @@ def label(
             "judge": {"backend": judge, "url": judge_url, "model": judge_model, "concurrency": concurrency},
             "budget": {"max_labels": max_labels, "max_tokens": max_tokens, "max_cost": max_cost},
         }
-        settings = prepare(config, overrides)
+        settings = prepare(config, overrides, flow="flows.stages")
         from flows.stages import label_flow
 
         return label_flow(pool=pool or settings.default_pool, select=select, config=overrides)
@@ -236,7 +243,7 @@ def train(
     @command
     def _run():
         overrides = {"model": {"preset": preset}, "train": {"epochs": epochs}}
-        settings = prepare(config, overrides)
+        settings = prepare(config, overrides, flow="flows.stages")
         from flows.stages import train_flow
 
         return train_flow(pool=pool or settings.default_pool, config=overrides)
@@ -261,7 +268,7 @@ def evaluate(
 
     @command
     def _run():
-        prepare(config)  # exports ACTPRM_CONFIG and the offline environment; the flow loads its settings from them
+        prepare(config, flow="flows.evaluate_champion")  # exports ACTPRM_CONFIG and the offline environment; the flow loads its settings from them
         from flows.evaluate_champion import evaluate_champion
 
         return evaluate_champion(
@@ -317,7 +324,7 @@ def run(
             "loop": {"rounds": rounds, "labels_per_round": labels_per_round},
             "uncertainty": {"strategy": strategy},
         }
-        settings = prepare(config, overrides)
+        settings = prepare(config, overrides, flow="flows.active_learning")
         from flows.active_learning import active_learning
 
         return active_learning(pool=pool or settings.default_pool, config=overrides)
@@ -389,7 +396,7 @@ def study(
         # Bad variants are refused before any server starts or pool is made.
         changes, chosen = study_tasks.parse_fields(fields), study_tasks.strategy_names(strategies)
         study_tasks.customize(study_tasks.study_preset(study_preset), changes)
-        prepare(config, overrides)
+        prepare(config, overrides, flow="flows.study")
         from flows.study import study_flow
 
         # No --pool: the study preset's own synthetic pool, the one bench/al_study.py measures.
