@@ -35,6 +35,10 @@ class UncertaintySettings(BaseModel):
     std_threshold: float = Field(0.005, description="... and sigma <= this (paper: 0.005).")
     batch_size: int = Field(32, description="Trajectories per forward pass when scoring.")
     shard_size: int = Field(2048, description="Trajectories per scoring shard (the unit of resume).")
+    dask_address: str | None = Field(
+        None, description="Score shards on a Dask cluster: 'local:N' (N worker processes on this machine) or a "
+                          "scheduler address ('tcp://host:8786'); None: in the flow's own process.")
+    dask_shards_in_flight: int = Field(8, ge=1, description="Shards out on the Dask cluster at once (bounds memory).")
 
 
 class JudgeSettings(BaseModel):

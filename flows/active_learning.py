@@ -14,12 +14,12 @@ from typing import Any
 from prefect import flow
 
 from actprm.config import flow_settings
+from flows import scoring
 from flows.ingest_pool import ingest_pool
 from tasks import pipeline
 from tasks.evaluate import evaluate_stage
 from tasks.label import label_stage
 from tasks.register import register_stage, starting_model_stage
-from tasks.score import score_stage
 from tasks.select import prepare_eval_split_task, select_task
 from tasks.train import train_stage
 
@@ -32,6 +32,7 @@ def active_learning(
     judge: str | None = None,
     preset: str | None = None,
     strategy: str | None = None,
+    dask_address: str | None = None,
     config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run active-learning rounds on a pool.
@@ -43,11 +44,13 @@ def active_learning(
         judge: Judge backend: verifier, oracle, openai or vllm (judge.backend).
         preset: Model preset: tiny, cpu or qwen2.5-math-7b (model.preset).
         strategy: Acquisition strategy: actprm, random, entropy or bald (uncertainty.strategy).
+        dask_address: Score on a Dask cluster: local:N or tcp://scheduler:8786 (uncertainty.dask_address).
         config: Any other settings, as nested overrides (e.g. {"budget": {"max_cost": 20}}).
     """
     settings = flow_settings(
         config,
-        model={"preset": preset}, judge={"backend": judge}, uncertainty={"strategy": strategy},
+        model={"preset": preset}, judge={"backend": judge},
+        uncertainty={"strategy": strategy, "dask_address": dask_address},
         loop={"rounds": rounds, "labels_per_round": labels_per_round},
     )
     sample = pipeline.sample_pool_task(settings, pool)
@@ -66,7 +69,7 @@ def active_learning(
     next_rounds = range(len(history) + 1, settings.loop.rounds + 1) if stopped_because == "rounds" else ()
     for k in next_rounds:
         run_id = pipeline.open_run_task(settings, f"round-{k}", {"pool": pool, "round": k}, parent=parent)
-        scored = score_stage(settings, pool, model_dir, model_version, run_id, split="train")
+        scored = scoring.score(settings, pool, model_dir, model_version, run_id, split="train")
         ids = select_task(str(settings.duckdb_path), pool, model_version, settings.loop.labels_per_round,
                           settings.uncertainty.strategy, *pipeline.judge_identity(settings), run_id=parent, round=k)
         labeled = label_stage(settings, pool, ids, run_id, round=k)

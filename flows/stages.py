@@ -7,11 +7,12 @@ from typing import Any
 from prefect import flow
 
 from actprm.config import flow_settings
+from flows import scoring
 from tasks import pipeline
 from tasks.evaluate import evaluate_stage
 from tasks.label import label_stage
 from tasks.register import register_stage, starting_model_stage
-from tasks.score import export_stage, score_stage
+from tasks.score import export_stage
 from tasks.select import prepare_eval_split_task
 from tasks.train import train_stage
 
@@ -24,7 +25,7 @@ def score_flow(pool: str, model: str | None = None, export: str | None = None,
     prepare_eval_split_task(str(settings.duckdb_path), pool, settings.loop.eval_fraction, settings.train.seed)
     model_dir, model_version = starting_model_stage(settings, model)
     run_id = pipeline.open_run_task(settings, "score", {"pool": pool})
-    summary = score_stage(settings, pool, model_dir, model_version, run_id)
+    summary = scoring.score(settings, pool, model_dir, model_version, run_id)
     if export:
         summary["export"] = export_stage(settings, pool, model_version, export)
     pipeline.close_run_task(settings, run_id)

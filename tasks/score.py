@@ -273,6 +273,67 @@ def score_stage(settings: Settings, pool: str, model_dir: str | Path, model_vers
     return summary.as_dict()
 
 
+def score_pool_sharded(store: Store, pool: str, model_version: str, submit: Callable[[list[dict]], object], *,
+                       shard_size: int, in_flight: int, strategy: str = "actprm", split: str | None = None,
+                       on_shard: Callable[[int, int], None] | None = None) -> ScoreSummary:
+    """Score the pool's unscored trajectories shard by shard somewhere else (`submit(trajectories)` returns a
+    future whose `.result()` is the shard's rows, e.g. `score_shard_task.submit` on a Dask task runner), and
+    write each shard here as it comes back: DuckDB has one writer process, this one. At most `in_flight`
+    shards are out at once, so memory stays bounded on a big pool; resume works as in `score_pool`."""
+    store.require_pool(pool)
+    todo = store.unscored_ids(pool, model_version, split)
+    summary = ScoreSummary(pool, model_version, strategy)
+    summary.skipped_already_scored = store.pool_size(pool, split) - len(todo)
+    start = time.perf_counter()
+    pending: list = []
+    bounds = iter(range(0, len(todo), shard_size))
+
+    def write(future) -> None:
+        rows = future.result()
+        store.write_score_shard(pool, model_version, pa.Table.from_pylist(rows, schema=SCORE_SCHEMA))
+        summary.shards += 1
+        summary.scored += len(rows)
+        summary.uncertain_this_run += sum(r["uncertain"] for r in rows)
+        if on_shard is not None:
+            on_shard(summary.scored, len(todo))
+
+    for lo in bounds:
+        pending.append(submit(store.trajectories(todo[lo: lo + shard_size])))
+        if len(pending) >= in_flight:
+            write(pending.pop(0))  # in order: a crash leaves the written shards a prefix of the plan
+    for future in pending:
+        write(future)
+    summary.seconds = time.perf_counter() - start
+    stats = store.score_summary(pool, model_version, split)
+    summary.uncertain, summary.truncated = stats["uncertain"], stats["truncated"]
+    if summary.seconds > 0:
+        summary.trajectories_per_s = summary.scored / summary.seconds
+    return summary
+
+
+def sharded_score_stage(settings: Settings, pool: str, model_dir: str | Path, model_version: str,
+                        run_id: str | None = None, split: str | None = None) -> dict:
+    """Flow stage run inside a flow whose task runner spreads `score_shard_task` (flows/scoring.py): the
+    same result and MLflow logging as `score_stage`, the model loaded once per worker process."""
+    from tasks.pipeline import ProgressArtifact
+
+    u = settings.uncertainty
+    options = dict(strategy=u.strategy, p_threshold=u.p_threshold, std_threshold=u.std_threshold,
+                   batch_size=u.batch_size, max_length=settings.model.max_length)
+    progress = ProgressArtifact(f"score-{pool}", f"Scoring pool {pool} with {model_version} on {u.dask_address}")
+    with Store(settings.duckdb_path) as store:
+        summary = score_pool_sharded(
+            store, pool, str(model_version),
+            lambda shard: score_shard_task.submit(str(model_dir), shard, str(model_version), **options),
+            shard_size=u.shard_size, in_flight=u.dask_shards_in_flight, strategy=u.strategy, split=split,
+            on_shard=progress.update)
+        arrays = store.score_distributions(pool, str(model_version)) if run_id else None
+    if run_id:
+        log_scoring_to_mlflow(summary, arrays, settings.reports_dir / "scoring" / str(model_version),
+                              run_id=run_id, tracking_uri=settings.tracking_uri)
+    return summary.as_dict()
+
+
 @task(name="export-scores", cache_policy=NO_CACHE, tags=["duckdb"])
 def export_stage(settings: Settings, pool: str, model_version: str, path: str | Path) -> dict:
     """Flow stage: write the pool's scores under `model_version` to Parquet; returns {path, rows}."""
