@@ -1,15 +1,16 @@
-"""bench/al_study_scoreboard.py: one row per study, with the gaps paired by seed as the study defines them."""
+"""study/scripts/scoreboard.py: one row per study, with the gaps paired by seed as the study defines them."""
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
-from actprm.testing.bench import BENCH, load_bench_script
-from tasks.study import STEP_CHECK, STUDY_PRESETS
-from tasks.study_report import study_result
+from study.protocol import STEP_CHECK, STUDY_PRESETS
+from study.report import study_result
+from study.scripts import scoreboard
 
-scoreboard = load_bench_script("al_study_scoreboard")
+RESULTS = Path(__file__).resolve().parents[2] / "study" / "results"
 
 # seed -> F1 (at 0.5, cross-fitted) of each run; the two seeds differ, so a gap has a standard error
 F1 = {
@@ -81,7 +82,8 @@ def test_main_writes_the_table_and_refuses_an_empty_folder(tmp_path, capsys):
 
 
 def test_every_committed_study_has_a_row():
-    results = BENCH / "results"
+    results = RESULTS
     rows = scoreboard.scoreboard(results)
+    assert rows, f"no committed study under {results}"
     assert len(rows) == len(list(results.glob("*/al_study.json"))) + (results / "al_study.json").exists()
     assert all(r["full"] is not None and r["seeds"] >= 1 for r in rows)
