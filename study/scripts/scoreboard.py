@@ -167,7 +167,7 @@ END = "<!-- /scoreboard -->"
 
 def findings_block(table: str) -> str:
     """The scoreboard as FINDINGS.md holds it: its title one level down, under the document's own."""
-    return "\n".join([BEGIN, "", "#" + table.rstrip("\n"), "", END])
+    return "\n".join([BEGIN, "", "##" + table.rstrip("\n"), "", END])
 
 
 def with_scoreboard(findings: str, table: str) -> str:

@@ -87,3 +87,34 @@ def test_every_committed_study_has_a_row():
     assert rows, f"no committed study under {results}"
     assert len(rows) == len(list(results.glob("*/al_study.json"))) + (results / "al_study.json").exists()
     assert all(r["full"] is not None and r["seeds"] >= 1 for r in rows)
+
+
+def test_findings_quote_the_scoreboard_of_the_committed_studies():
+    """study/FINDINGS.md and study/results/al_study_scoreboard.md say what the committed studies say, not a
+    retyped copy: rerun `python study/scripts/scoreboard.py` after adding a study."""
+    table = scoreboard.markdown(scoreboard.scoreboard(RESULTS))
+    findings = (RESULTS.parent / "FINDINGS.md").read_text()
+    assert scoreboard.findings_block(table) in findings
+    assert (RESULTS / "al_study_scoreboard.md").read_text() == table
+
+
+def test_main_fills_the_findings_block_and_keeps_the_rest(tmp_path):
+    _study(tmp_path, "one")
+    findings = tmp_path / "FINDINGS.md"
+    findings.write_text(f"# Findings\n\nbefore\n\n{scoreboard.BEGIN}\nold table\n{scoreboard.END}\n\nafter\n")
+    assert scoreboard.main(["--results", str(tmp_path), "--findings", str(findings)]) == 0
+    text = findings.read_text()
+    assert text.startswith("# Findings\n\nbefore\n\n") and text.endswith("\n\nafter\n") and "old table" not in text
+    assert "## Issue 8's Target in every study" in text and "| `one` | synth-test (100) |" in text
+    # run again: the block is replaced, not appended
+    assert scoreboard.main(["--results", str(tmp_path), "--findings", str(findings)]) == 0
+    assert findings.read_text() == text
+
+
+def test_a_findings_file_without_the_block_is_refused_before_anything_is_written(tmp_path):
+    _study(tmp_path, "one")
+    findings = tmp_path / "FINDINGS.md"
+    findings.write_text("# Findings\n")
+    with pytest.raises(SystemExit, match="no .* block to fill"):
+        scoreboard.main(["--results", str(tmp_path), "--findings", str(findings)])
+    assert findings.read_text() == "# Findings\n" and not (tmp_path / "al_study_scoreboard.md").exists()
