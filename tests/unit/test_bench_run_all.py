@@ -41,7 +41,7 @@ def test_only_the_gpu_check_on_a_cpu_machine_runs_nothing_and_says_so():
 
 
 def test_every_benchmark_script_compiles():
-    """A script no test imports can break unseen (the study script, then bench/al_study.py, once shipped an IndentationError)."""
+    """A script no test imports can break unseen (bench/al_study.py once shipped an IndentationError)."""
     import py_compile
 
     for script in sorted(SCRIPT.parent.glob("*.py")):
