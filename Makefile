@@ -6,7 +6,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: run test venv serve stop bench clean
+.PHONY: run test test-fast lint venv serve stop bench clean
 
 # The venv is rebuilt when the lock changes. torch first: `torch==2.13.0` takes the CPU wheel on disk;
 # any other spec would pull several GB of CUDA packages.
@@ -22,8 +22,17 @@ venv: .venv/.installed
 run: .venv/.installed
 	.venv/bin/actprm run
 
+# The whole suite: what .ci/run runs. It never lints; `make lint` is its own step.
 test: .venv/.installed
 	$(PY) -m pytest
+
+# The edit loop: unit and data tests only (no model training, no servers, no study).
+test-fast: .venv/.installed
+	$(PY) -m pytest tests/unit tests/data
+
+# ruff, configured in pyproject.toml ([tool.ruff]).
+lint: .venv/.installed
+	$(PY) -m ruff check .
 
 serve: .venv/.installed
 	bash scripts/serve.sh

@@ -391,15 +391,15 @@ def study(
     @command
     def _run():
         overrides = {"model": {"preset": preset}}
-        from tasks import study as study_tasks
+        from study import protocol as study_tasks
 
         # Bad variants are refused before any server starts or pool is made.
         changes, chosen = study_tasks.parse_fields(fields), study_tasks.strategy_names(strategies)
         study_tasks.customize(study_tasks.study_preset(study_preset), changes)
-        prepare(config, overrides, flow="flows.study")
-        from flows.study import study_flow
+        prepare(config, overrides, flow="study.flow")
+        from study.flow import study_flow
 
-        # No --pool: the study preset's own synthetic pool, the one bench/al_study.py measures.
+        # No --pool: the study preset's own synthetic pool, the one study/scripts/run.py measures.
         return study_flow(pool=pool, study_preset=study_preset, config=overrides,
                           seeds=study_tasks.parse_seeds(seeds), output_dir=str(output) if output else None,
                           extend=extend, preset_overrides=changes, strategies=list(chosen))

@@ -53,7 +53,7 @@ READING_KINDS = ERROR_KINDS[-3:]  # the step's own arithmetic is right: only rea
 # How often each kind is drawn for an erroneous trajectory. "uniform": every kind alike, so two thirds of the
 # errors are arithmetic, which a frozen text encoder cannot check (MiniLM does not compute 7 * 12): on that
 # pool full-data training reaches ProcessBench F1 0.29 and random picks match it with half the labels, so an
-# active-learning comparison there measures noise (bench/results/al_study_uniform). "reading": 70% of the
+# active-learning comparison there measures noise (study/results/al_study_uniform). "reading": 70% of the
 # errors are drawn as errors of reading (each of the three 14/60; about 66% stay so, as an assumption on the first
 # step becomes a slip) and 30% as arithmetic (each of the six 3/60), so the PRM under test can learn most errors
 # and the arithmetic ones remain a hard tail it mostly cannot. Chosen before any

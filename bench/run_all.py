@@ -2,7 +2,7 @@
 
 The default set is the throughput benchmarks (about 10-20 minutes on 2 cores): ingest of 1M trajectories, scoring,
 the judge, the synthetic pool writer and training. `bench_gpu.py` joins them where CUDA is available. The
-active-learning study takes 13-40 minutes more and is its own command (`python bench/al_study.py --preset full`);
+active-learning study takes 13-40 minutes more and is its own command (`python study/scripts/run.py --preset full`);
 `--with-study` adds it here. Each benchmark runs in its own process, so one that fails is reported and the rest
 still run; the exit status is 1 when any failed.
 
@@ -29,7 +29,8 @@ BENCHMARKS: dict[str, list[str]] = {
     "synth": ["bench_synth.py"],
     "train": ["bench_train.py"],
     "gpu": ["bench_gpu.py"],
-    "study": ["al_study.py", "--preset", "full"],
+    # the research study lives in study/ (not a throughput benchmark); --with-study runs its full preset here
+    "study": ["../study/scripts/run.py", "--preset", "full"],
 }
 DEFAULT = ("ingest", "score", "judge", "synth", "train", "gpu")
 

@@ -1,8 +1,8 @@
 """The active-learning study's report: the summary (F1 per strategy and budget, the smallest budget within
 0.5 points of full data, ActPRM minus random paired by seed), its table, plot and MLflow run.
 
-The runs it summarizes come from `tasks.study`; the JSON shape is the one issue 8 asks for
-(bench/results/al_study.json).
+The runs it summarizes come from `study.protocol`; the JSON shape is the one issue 8 asks for
+(study/results/al_study.json).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from actprm.errors import ActPRMError
-from tasks.study import (LEARNED_F1, NUMERICS_VERSION, STEP_CHECK, STRATEGY_NAMES, WITHIN_F1, StudyPreset,
+from study.protocol import (LEARNED_F1, NUMERICS_VERSION, STEP_CHECK, STRATEGY_NAMES, WITHIN_F1, StudyPreset,
                          budget_labels)
 
 
@@ -26,7 +26,7 @@ def _spread(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-# The two F1s every run reports (`tasks.study.evaluate_heads`): at the fixed 0.5 threshold, and at a threshold
+# The two F1s every run reports (`study.protocol.evaluate_heads`): at the fixed 0.5 threshold, and at a threshold
 # cross-fitted on the eval split. Each gets the same summary; JSON keys of the tuned one end in "_tuned".
 METRICS = {"f1": "", "f1_tuned": "_tuned"}
 
@@ -58,7 +58,7 @@ def _calibration(rs: list[dict]) -> dict[str, float]:
             if rs and all(r.get(k) is not None for r in rs)}
 
 
-# What each run records of the trajectories it bought (`tasks.study.run_budget`), and how the table names it.
+# What each run records of the trajectories it bought (`study.protocol.run_budget`), and how the table names it.
 SHARES = {"error_share": "Share of bought trajectories that contain an error (the pool's own share is what random "
                          "buys):",
           "misjudged_share": "Share of the trajectories chosen from a batch whose verdict the heads had wrong when "
@@ -73,7 +73,7 @@ def _mean_of(rows: list[dict], key: str) -> float | None:
 
 def summarize(runs: list[dict], *, preset: StudyPreset, pool: str, seeds: list[int], train_size: int,
               eval_size: int, strategies: tuple[str, ...] = STRATEGY_NAMES) -> dict:
-    """The study's numbers in the shape of bench/results/al_study.json (plus the same keys ending in
+    """The study's numbers in the shape of study/results/al_study.json (plus the same keys ending in
     "_tuned" for F1 at the cross-fitted threshold)."""
     full = [r for r in runs if r["strategy"] == "full"]
     untrained = [r for r in runs if r["strategy"] == "untrained"]
@@ -140,7 +140,7 @@ def summarize(runs: list[dict], *, preset: StudyPreset, pool: str, seeds: list[i
 
 
 def step_check(runs: list[dict], metric: str = "f1") -> dict | None:
-    """Full data at twice the head steps (`tasks.study.step_check_run`) against full data, paired by seed: the
+    """Full data at twice the head steps (`study.protocol.step_check_run`) against full data, paired by seed: the
     2x-steps F1, the gain (mean, standard error, seeds where the longer run is ahead) and both step counts; None
     when no seed ran the check."""
     full = {r["seed"]: r for r in runs if r["strategy"] == "full"}
@@ -166,11 +166,11 @@ def saved_preset(saved: dict) -> StudyPreset:
 
 def require_numerics(saved: dict, refused: str) -> None:
     """Raise ActPRMError (one line, starting with `refused`) when a study's JSON was made by another version of the
-    heads' training arithmetic (tasks.study.NUMERICS_VERSION): its runs would not reproduce bit for bit."""
+    heads' training arithmetic (study.protocol.NUMERICS_VERSION): its runs would not reproduce bit for bit."""
     made = saved.get("numerics_version", 1)  # studies written before the version was recorded are version 1
     if made != NUMERICS_VERSION:
         raise ActPRMError(f"{refused}: it was made by version {made} of the study's training arithmetic, this is "
-                          f"version {NUMERICS_VERSION} (tasks.study.NUMERICS_VERSION); its runs would not reproduce "
+                          f"version {NUMERICS_VERSION} (study.protocol.NUMERICS_VERSION); its runs would not reproduce "
                           "bit for bit, so rerun it")
 
 
@@ -185,7 +185,7 @@ class Earlier(NamedTuple):
     """What a study's earlier invocations left for the one that extends it."""
     runs: list[dict]
     wall_seconds: list[float]  # one entry per invocation
-    hosts: list[dict]          # one entry per invocation that recorded its host (actprm.host.host_facts)
+    hosts: list[dict]          # one entry per invocation that recorded its host (study.host.host_facts)
 
 
 def previous_runs(path: str | Path, *, pool: str, preset: StudyPreset, knobs: dict[str, Any],
@@ -196,7 +196,7 @@ def previous_runs(path: str | Path, *, pool: str, preset: StudyPreset, knobs: di
 
     Raises ActPRMError (one line) when the earlier study was made under anything that changes a run's F1:
     another pool or split, another study or model preset, other heads or uncertainty knobs. Runs of the same
-    seed are deterministic (`tasks.study`), so an extended study summarizes exactly as one run over all its
+    seed are deterministic (`study.protocol`), so an extended study summarizes exactly as one run over all its
     seeds would.
     """
     path = Path(path)
@@ -244,7 +244,7 @@ def previous_runs(path: str | Path, *, pool: str, preset: StudyPreset, knobs: di
 
 def other_kernels(hosts: Sequence[dict]) -> list[str]:
     """The CPU kernel sets of a study's invocations, when they are more than one: its runs then reproduce bit for
-    bit only on their own kind of host (actprm.host)."""
+    bit only on their own kind of host (study.host)."""
     kinds = sorted({h["cpu_capability"] for h in hosts if h.get("cpu_capability")})
     return kinds if len(kinds) > 1 else []
 
@@ -363,7 +363,7 @@ def _host_section(result: dict) -> list[str]:
         return []
     lines = ["", "## Wall time and host", "",
              "| invocation | seeds | wall | CPU kernels | CPUs | fp32 GEMM GFLOP/s before → after |", "|---" * 6 + "|"]
-    gpus = []  # bench/al_study_portable.py on a lent GPU: those runs trained there, not on the CPU
+    gpus = []  # study/scripts/portable.py on a lent GPU: those runs trained there, not on the CPU
     for i, h in enumerate(hosts):
         if h.get("gpu"):
             gpus += ["", f"Invocation {i + 1} trained and scored on {h.get('device')} ({h['gpu']}), torch "

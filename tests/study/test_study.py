@@ -1,4 +1,4 @@
-"""The active-learning efficiency study (tasks/study.py, flows/study.py) on a tiny ingested synthetic pool."""
+"""The active-learning efficiency study (study/protocol.py, study/flow.py) on a tiny ingested synthetic pool."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from actprm.errors import ActPRMError
-from tasks import study, study_report, study_states
+from study import protocol as study, report as study_report, states as study_states
 
 POOL = "study-tiny"
 
@@ -67,7 +67,7 @@ def test_every_strategy_spends_exactly_its_budget(packed):
             run = study.run_budget(train, evaluation, strategy=strategy, budget=budget, seed=1, preset=preset,
                                    inspect=lambda model, bought: seen.update(model=model, bought=bought),
                                    **_knobs(info))
-            # What bench/al_study_kinds.py reads: each trajectory bought once, and the heads that were evaluated.
+            # What study/scripts/kinds.py reads: each trajectory bought once, and the heads that were evaluated.
             assert len(seen["bought"]) == len(set(seen["bought"])) == run["labels"]
             assert study.evaluate_heads(seen["model"], evaluation, "p")["f1"] == run["f1"]
             want = study.budget_labels(budget, len(train))
@@ -250,7 +250,7 @@ def test_quick_study_flow_end_to_end(pool_db, tmp_path, monkeypatch, prefect_har
     from mlflow.tracking import MlflowClient
 
     from actprm.store import Store
-    from flows.study import study_flow
+    from study.flow import study_flow
 
     home = pool_db.parent
     monkeypatch.setenv("ACTPRM_HOME", str(home))
@@ -296,9 +296,9 @@ def test_quick_study_flow_end_to_end(pool_db, tmp_path, monkeypatch, prefect_har
 
 
 def test_a_study_without_a_pool_runs_on_its_presets_synthetic_pool(tmp_path, monkeypatch, prefect_harness):
-    """`actprm study` with no --pool measures the pool bench/al_study.py does, not the config's sample pool."""
+    """`actprm study` with no --pool measures the pool study/scripts/run.py does, not the config's sample pool."""
     from actprm.store import Store
-    from flows.study import study_flow
+    from study.flow import study_flow
 
     home = tmp_path / "home"
     monkeypatch.setenv("ACTPRM_HOME", str(home))
@@ -318,7 +318,7 @@ def test_a_study_without_a_pool_runs_on_its_presets_synthetic_pool(tmp_path, mon
 
 
 def test_a_study_that_crashed_goes_on_from_its_last_finished_seed(pool_db, tmp_path, monkeypatch, prefect_harness):
-    from flows.study import study_flow
+    from study.flow import study_flow
 
     monkeypatch.setenv("ACTPRM_HOME", str(pool_db.parent))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -436,7 +436,7 @@ def test_extend_accepts_other_threads_and_seeds_but_not_another_preset(tmp_path)
 
 
 def test_a_host_entry_written_before_entries_named_their_kernels_takes_the_studys(tmp_path):
-    """bench/al_study.py used to record the kernels once per study, beside a one-entry host list."""
+    """study/scripts/run.py used to record the kernels once per study, beside a one-entry host list."""
     path, preset = _earlier(tmp_path, cpu_capability="AVX2",
                             host_gemm_gflops_per_invocation=[{"before": 90.0, "after": 88.5, "threads": 2}])
     earlier = study_report.previous_runs(path, pool="p", preset=preset, knobs={}, split="abc", train_size=10,
@@ -447,7 +447,7 @@ def test_a_host_entry_written_before_entries_named_their_kernels_takes_the_study
 
 
 def test_cli_seeds_are_distinct_integers():
-    from tasks.study import parse_seeds
+    from study.protocol import parse_seeds
 
     assert parse_seeds("3, 4,5") == [3, 4, 5] and parse_seeds(None) is None
     for bad in ("a,b", "1,1", ","):
@@ -646,7 +646,7 @@ def test_top_layers_beyond_the_backbone_or_below_zero_are_refused_in_one_line(po
 
 def test_a_study_with_top_layers_caches_their_input_once_and_a_rerun_reproduces_it(pool_db, tmp_path, monkeypatch,
                                                                                    prefect_harness):
-    from flows.study import study_flow
+    from study.flow import study_flow
 
     home = pool_db.parent
     monkeypatch.setenv("ACTPRM_HOME", str(home))
@@ -755,7 +755,7 @@ def test_with_epochs_a_run_takes_passes_over_its_budget_and_the_step_check_doubl
 
 def test_extending_a_study_with_the_step_check_checks_its_seeds_without_rerunning_them(pool_db, tmp_path,
                                                                                       monkeypatch, prefect_harness):
-    from flows.study import study_flow
+    from study.flow import study_flow
 
     monkeypatch.setenv("ACTPRM_HOME", str(pool_db.parent))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -777,15 +777,15 @@ def test_extending_a_study_with_the_step_check_checks_its_seeds_without_rerunnin
 
 
 def _portable():
-    from actprm.testing.bench import load_bench_script
+    from study.scripts import portable
 
-    return load_bench_script("al_study_portable")
+    return portable
 
 
 def test_the_study_on_an_exported_split_makes_the_runs_the_flow_makes(pool_db, tmp_path, monkeypatch,
                                                                      prefect_harness):
-    """bench/al_study_portable.py (for a GPU box without Prefect, DuckDB or MLflow) is the same study."""
-    from flows.study import study_flow
+    """study/scripts/portable.py (for a GPU box without Prefect, DuckDB or MLflow) is the same study."""
+    from study.flow import study_flow
 
     portable = _portable()
     monkeypatch.setenv("ACTPRM_HOME", str(pool_db.parent))
@@ -812,11 +812,11 @@ def test_the_study_on_an_exported_split_makes_the_runs_the_flow_makes(pool_db, t
 
 
 def test_the_signals_check_reruns_a_study_from_its_exported_split(pool_db, tmp_path, capsys):
-    """bench/al_study_signals.py on a GPU box: the split al_study_portable.py exported stands in for the DuckDB home,
+    """study/scripts/signals.py on a GPU box: the split portable.py exported stands in for the DuckDB home,
     the rerun reproduces the study's F1, and a split the study did not run on is refused."""
-    from actprm.testing.bench import load_bench_script
+    from study.scripts import signals
 
-    portable, signals = _portable(), load_bench_script("al_study_signals")
+    portable = _portable()
     split = portable.export_split(str(pool_db.parent), POOL, tmp_path / "split.json.gz")
     preset = dataclasses.replace(study.study_preset("quick"), model_preset="tiny", seeds=(0,), budgets=(0.5, 1.0))
     portable.run_study(split, backbone=None, preset=preset, strategies=("random",), output=tmp_path / "study",

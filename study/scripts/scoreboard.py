@@ -1,16 +1,17 @@
-"""Every active-learning study under bench/results/ in one table: where issue 8's Target stands in each protocol.
+"""Every active-learning study under study/results/ in one table: where issue 8's Target stands in each protocol.
 
 Issue 8's Target has two halves, judged at a 50% budget against full data, averaged over seeds: ActPRM within
 0.5 F1 points of full data, and ActPRM ahead of random by 3 points. The studies that measured them differ in pool,
-protocol (the preset fields a variant changed) and seeds, and their findings are spread over a README section; this
+protocol (the preset fields a variant changed) and seeds, and their findings are spread over study/FINDINGS.md; this
 reads each study's al_study.json and prints one row each:
 
 - full data's F1 (at threshold 0.5 / at the cross-fitted threshold) and what twice its steps add (`check_steps`):
-  above 0.5 points the runs are short of training, and a tie with full data is not counted (`tasks.study_report`);
+  above 0.5 points the runs are short of training, and a tie with full data is not counted (`study.report`);
 - ActPRM's 50% minus full data, and ActPRM minus random at 50%, each paired by seed (mean ± standard error);
 - the two Target halves as the study itself judged them (`targets`, `targets_tuned`).
 
-    .venv/bin/python bench/al_study_scoreboard.py          # writes bench/results/al_study_scoreboard.md / .json
+    .venv/bin/python study/scripts/scoreboard.py          # writes study/results/al_study_scoreboard.md / .json
+                                                          # and the scoreboard block of study/FINDINGS.md
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tasks.study import STUDY_PRESETS, WITHIN_F1, StudyPreset  # noqa: E402
-from tasks.study_report import METRICS, paired_gap, saved_preset  # noqa: E402
+from study.protocol import STUDY_PRESETS, WITHIN_F1, StudyPreset  # noqa: E402
+from study.report import METRICS, paired_gap, saved_preset  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
+RESULTS = ROOT / "study" / "results"
 HALF = 0.5
 # Fields that say what was run, not how: they are in the pool, seeds and budgets columns or change only speed.
 NOT_PROTOCOL = {"name", "seeds", "budgets", "synth_n", "synth_mix", "head_threads", "feature_threads",
@@ -91,7 +92,7 @@ def study_row(name: str, saved: dict) -> dict:
         check = saved.get(f"step_check{suffix}")
         row[f"full{suffix}"] = saved.get(f"full_data_f1{suffix}")
         row[f"steps_2x_gain{suffix}"] = _mean_se(check, "gain")
-        # the study's own verdict on its step check (`tasks.study_report.summarize` warns past 0.5 pt)
+        # the study's own verdict on its step check (`study.report.summarize` warns past 0.5 pt)
         row[f"converged{suffix}"] = None if check is None else f"warning_steps{suffix}" not in saved
         for other in ("full", "random"):
             gap = paired_gap(at_half, "actprm", other, [HALF], metric).get(str(HALF)) if measured else None
@@ -125,7 +126,7 @@ def _met(half: str) -> Callable[[dict], str]:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "# Issue 8's Target in every study under bench/results/",
+        "# Issue 8's Target in every study under study/results/",
         "",
         "Each cell reads *at threshold 0.5 / at the cross-fitted threshold*; gaps are F1 points at a 50% budget, "
         "paired by seed (mean ± standard error). *2x steps*: what full data gains with twice its head steps; above "
@@ -158,11 +159,32 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines + body + verdicts) + "\n"
 
 
+# study/FINDINGS.md carries the scoreboard between these two lines, so the findings quote it instead of retyping it.
+FINDINGS = ROOT / "study" / "FINDINGS.md"
+BEGIN = "<!-- scoreboard: written by study/scripts/scoreboard.py from study/results; do not edit by hand -->"
+END = "<!-- /scoreboard -->"
+
+
+def findings_block(table: str) -> str:
+    """The scoreboard as FINDINGS.md holds it: its title one level down, under the document's own."""
+    return "\n".join([BEGIN, "", "##" + table.rstrip("\n"), "", END])
+
+
+def with_scoreboard(findings: str, table: str) -> str:
+    """`findings` with the text between BEGIN and END replaced by `table`; a one-line error if it has no such block."""
+    start, stop = findings.find(BEGIN), findings.find(END)
+    if start < 0 or stop < start:
+        raise SystemExit(f"scoreboard: no {BEGIN!r} ... {END!r} block to fill")
+    return findings[:start] + findings_block(table) + findings[stop + len(END):]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--results", type=Path, default=RESULTS, help="folder of studies (default: bench/results)")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="folder of studies (default: study/results)")
     ap.add_argument("--output", type=Path, default=None, help="stem to write .md and .json to "
                     "(default: <results>/al_study_scoreboard)")
+    ap.add_argument("--findings", type=Path, default=None, help="a markdown file whose scoreboard block to rewrite "
+                    "(default: study/FINDINGS.md when --results is study/results)")
     args = ap.parse_args(argv)
     rows = scoreboard(args.results)
     if not rows:
@@ -170,8 +192,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     stem = args.output or args.results / "al_study_scoreboard"
     table = markdown(rows)
+    findings = args.findings or (FINDINGS if args.results.resolve() == RESULTS.resolve() else None)
+    if findings is not None:  # checked before anything is written, so a bad file leaves every output as it was
+        updated = with_scoreboard(findings.read_text(), table)
     stem.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
     stem.with_suffix(".md").write_text(table)
+    if findings is not None:
+        findings.write_text(updated)
     print(table)
     return 0
 

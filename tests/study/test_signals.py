@@ -1,12 +1,10 @@
-"""bench/al_study_signals.py: how each acquisition score's ranking lines up with the heads' mistakes."""
+"""study/scripts/signals.py: how each acquisition score's ranking lines up with the heads' mistakes."""
 
 import pytest
 import torch
 
-from actprm.testing.bench import load_bench_script
 from models import IGNORE_INDEX
-
-signals = load_bench_script("al_study_signals")
+from study.scripts import signals
 
 
 def _pool():

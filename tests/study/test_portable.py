@@ -1,4 +1,4 @@
-"""bench/al_study_portable.py's backbone export: MiniLM cut to the vocabulary a split uses, so it fits a device
+"""study/scripts/portable.py's backbone export: MiniLM cut to the vocabulary a split uses, so it fits a device
 call's carry, must still give that split exactly the states the whole model gives."""
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ import pytest
 from safetensors.torch import load_file
 
 from actprm.errors import ActPRMError
-from actprm.testing.bench import load_bench_script
 
 
 def _portable():
-    return load_bench_script("al_study_portable")
+    from study.scripts import portable
+
+    return portable
 
 
 def _split():

@@ -1,6 +1,6 @@
 """What each strategy of a synthetic-pool study buys, and what the heads it trained catch, by error kind.
 
-Reruns some runs of a study made by bench/al_study.py on the preset's synthetic pool (same pool, split, preset
+Reruns some runs of a study made by study/scripts/run.py on the preset's synthetic pool (same pool, split, preset
 and knobs, read from the study's JSON, so each run reproduces the study's F1, which is checked) and reports, per
 strategy and budget, averaged over seeds:
 - the share of bought trajectories that are correct, carry an error of reading, or an arithmetic error
@@ -12,9 +12,9 @@ strategy and budget, averaged over seeds:
   protocol with every label bought, on that subset): it separates what a strategy buys from when it buys it,
   since the study's replay weights a label by how early it was bought.
 
-    .venv/bin/python bench/al_study_kinds.py                    # bench/results/al_study.json, 20% and 50%
+    .venv/bin/python study/scripts/kinds.py                    # study/results/al_study.json, 20% and 50%
 
-Writes bench/results/al_study_kinds.json and .md.
+Writes study/results/al_study_kinds.json and .md.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 GROUPS = ("correct", "reading", "arithmetic")
@@ -50,8 +50,8 @@ def load_study(path: Path, home: Path):
     from actprm.errors import ActPRMError
     from actprm.store import Store, trajectory_id
     from actprm.synth import generate
-    from tasks import study, study_states
-    from tasks.study_report import require_numerics, saved_preset
+    from study import protocol as study, states as study_states
+    from study.report import require_numerics, saved_preset
 
     saved = json.loads(path.read_text())
     require_numerics(saved, f"cannot reproduce the runs of {path}")
@@ -82,7 +82,7 @@ def found_by_group_and_kind(model, evaluation, groups: list[str], kinds: list[st
     import torch
 
     from actprm.metrics import predicted_first_error
-    from tasks import study_states
+    from study import states as study_states
 
     probs = study_states.step_probabilities(model, evaluation, torch.arange(len(evaluation)))
     found: dict[str, list[bool]] = defaultdict(list)
@@ -96,15 +96,15 @@ def found_by_group_and_kind(model, evaluation, groups: list[str], kinds: list[st
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--study", default=str(ROOT / "bench" / "results" / "al_study.json"), help="a study's JSON")
+    ap.add_argument("--study", default=str(ROOT / "study" / "results" / "al_study.json"), help="a study's JSON")
     ap.add_argument("--home", default=str(ROOT / ".actprm" / "bench-study"), help="the study's --home")
     ap.add_argument("--budgets", default="0.2,0.5", help="comma-separated budget fractions the study ran")
     ap.add_argument("--strategies", default="actprm,random", help="comma-separated strategies the study ran")
-    ap.add_argument("--output", default=str(ROOT / "bench" / "results"), help="where al_study_kinds.* go")
+    ap.add_argument("--output", default=str(ROOT / "study" / "results"), help="where al_study_kinds.* go")
     args = ap.parse_args(argv)
 
     from actprm.synth import ERROR_KINDS
-    from tasks import study
+    from study import protocol as study
 
     t0 = time.perf_counter()
     from actprm.errors import ActPRMError

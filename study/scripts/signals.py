@@ -1,9 +1,9 @@
 """How well each acquisition score points at the trajectories the heads get wrong: why ActPRM's half falls short.
 
-The `oracle` diagnostic of bench/al_study.py (`--strategies oracle`) buys what the current heads get most wrong by
-the gold labels (`tasks.study.oracle_scores`); where it reaches full data with half the labels and ActPRM does not,
+The `oracle` diagnostic of study/scripts/run.py (`--strategies oracle`) buys what the current heads get most wrong by
+the gold labels (`study.protocol.oracle_scores`); where it reaches full data with half the labels and ActPRM does not,
 the gap lies in how well ActPRM's score finds those trajectories. This reruns one run of a study made by
-bench/al_study.py on the preset's synthetic pool (random at 50% by default; its F1 is checked against the study's),
+study/scripts/run.py on the preset's synthetic pool (random at 50% by default; its F1 is checked against the study's),
 takes the heads it trained, and scores the train trajectories it did not buy (what a next batch would choose from)
 with every registered acquisition strategy (`models.uncertainty.STRATEGIES`). Per score, averaged over seeds:
 
@@ -18,16 +18,16 @@ label-free features (`trajectory_features`) to whether the heads misjudge it, cr
 trajectories (`learned_scores`). It is fit on gold verdicts no real run has for the trajectories it ranks, so it bounds
 from above what such a predictor, trained on the labels a run bought, would find.
 
-    .venv/bin/python bench/al_study_signals.py --study bench/results/al_study_12000_steps100/al_study.json \\
+    .venv/bin/python study/scripts/signals.py --study study/results/al_study_12000_steps100/al_study.json \\
         --home /tmp/study-home12k --seeds 0,1,2
 
 Where there is no DuckDB home (a GPU box), `--split` and `--backbone` read the study's split as
-bench/al_study_portable.py exported it instead, e.g. for the fine-tuned study:
+study/scripts/portable.py exported it instead, e.g. for the fine-tuned study:
 
-    python bench/al_study_signals.py --study bench/results/al_study_12000_gpu_finetune/al_study.json \\
+    python study/scripts/signals.py --study study/results/al_study_12000_gpu_finetune/al_study.json \\
         --split .portable/split.json.gz --backbone .portable/backbone --matmul-precision high --output OUT
 
-Writes bench/results/al_study_signals.json and .md.
+Writes study/results/al_study_signals.json and .md.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
@@ -50,7 +50,7 @@ import torch  # noqa: E402
 
 def spearman(a: list[float], b: list[float]) -> float:
     """Spearman's rank correlation (ties broken by position; acquisition scores are continuous)."""
-    from tasks.study import ranks
+    from study.protocol import ranks
 
     ra, rb = ranks(a), ranks(b)
     ra, rb = ra - ra.mean(), rb - rb.mean()
@@ -109,7 +109,7 @@ def signal_rows(probs: list[torch.Tensor], labels: torch.Tensor, first_errors: l
     trajectories lines up with the heads' mistakes on them; `base` holds the shares over all of them. With
     `features` (one row per trajectory, `trajectory_features`), a `learned` row too."""
     from models.uncertainty import STRATEGIES, acquisition
-    from tasks.study import misjudged, oracle_scores
+    from study.protocol import misjudged, oracle_scores
 
     loss = oracle_scores(probs, labels)
     wrong = [misjudged(p, fe) for p, fe in zip(probs, first_errors)]
@@ -148,7 +148,7 @@ def markdown(result: dict) -> str:
              f"Study `{result['study']}`, the heads of its **{result['strategy']}** run at "
              f"**{result['budget']:.0%}** (seeds {', '.join(map(str, result['seeds']))}), scoring the "
              f"{result['per_seed'][0]['trajectories']} train trajectories that run did not buy. *oracle*: the loss of "
-             "the heads' mean against the gold step labels (`tasks.study.oracle_scores`), which the `oracle` "
+             "the heads' mean against the gold step labels (`study.protocol.oracle_scores`), which the `oracle` "
              "diagnostic buys by. *learned*: a ridge regression from label-free features "
              f"({result.get('learned_features', 'none')}) to the heads' verdict being wrong, cross-fitted over two "
              "folds of these trajectories on their gold verdicts: an upper bound on a learned loss predictor "
@@ -166,11 +166,10 @@ def markdown(result: dict) -> str:
 
 def exported_study(study_path: Path, split_path: str, backbone: str | None):
     """The study's JSON and preset, its train and eval pools and a run's knobs, from the split
-    bench/al_study_portable.py exported (no DuckDB home needed), checked to be the split the study ran on."""
-    from al_study_portable import packed_split, read_split
-
+    study/scripts/portable.py exported (no DuckDB home needed), checked to be the split the study ran on."""
     from actprm.errors import ActPRMError
-    from tasks.study_report import require_numerics, saved_preset
+    from study.report import require_numerics, saved_preset
+    from study.scripts.portable import packed_split, read_split
 
     saved = json.loads(study_path.read_text())
     require_numerics(saved, f"cannot reproduce the runs of {study_path}")
@@ -185,25 +184,23 @@ def exported_study(study_path: Path, split_path: str, backbone: str | None):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--study", default=str(ROOT / "bench" / "results" / "al_study.json"))
+    ap.add_argument("--study", default=str(ROOT / "study" / "results" / "al_study.json"))
     ap.add_argument("--home", default=str(Path.home() / ".actprm"), help="the home the study ran in")
     ap.add_argument("--split", default=None, help="instead of --home: the study's split, as "
-                    "bench/al_study_portable.py exported it")
-    ap.add_argument("--backbone", default=None, help="with --split: the backbone al_study_portable.py exported")
+                    "study/scripts/portable.py exported it")
+    ap.add_argument("--backbone", default=None, help="with --split: the backbone portable.py exported")
     ap.add_argument("--matmul-precision", default="highest", choices=("highest", "high", "medium"),
-                    help="torch's float32 matmul precision, as the study ran (al_study_portable.py run)")
+                    help="torch's float32 matmul precision, as the study ran (portable.py run)")
     ap.add_argument("--seeds", default=None, help="comma-separated seeds of the study (default: all of its)")
     ap.add_argument("--strategy", default="random", help="whose run's heads to read (default: random)")
     ap.add_argument("--budget", type=float, default=0.5)
-    ap.add_argument("--output", default=str(ROOT / "bench" / "results" / "al_study_signals"))
+    ap.add_argument("--output", default=str(ROOT / "study" / "results" / "al_study_signals"))
     args = ap.parse_args(argv)
 
-    sys.path.insert(0, str(ROOT / "bench"))
-    from al_study_kinds import load_study
-
     from actprm.errors import ActPRMError
-    from tasks import study
-    from tasks.study_states import step_probabilities
+    from study import protocol as study
+    from study.scripts.kinds import load_study
+    from study.states import step_probabilities
 
     torch.set_float32_matmul_precision(args.matmul_precision)  # as the study ran, or its F1s do not reproduce
     try:

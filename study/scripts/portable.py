@@ -1,16 +1,16 @@
 """The active-learning study (issue 8) on a machine that has only torch and transformers: a lent GPU.
 
-`bench/al_study.py` runs the study as a Prefect flow over a pool in DuckDB and logs it to MLflow; a bare GPU box has
+`study/scripts/run.py` runs the study as a Prefect flow over a pool in DuckDB and logs it to MLflow; a bare GPU box has
 none of those. `export` writes what the study's runs read (a pool's train and eval split with gold labels, the
 uncertainty and heads knobs, and optionally the backbone) to files that travel; `run` performs the same runs
-(`tasks.study.run_seed`: the untrained floor, full data, every strategy at every budget) on them and writes the
+(`study.protocol.run_seed`: the untrained floor, full data, every strategy at every budget) on them and writes the
 same al_study.json / .md / .png, after every run, so a machine taken back mid-study still returns what it finished.
 
     # here: the split of a pool the CPU study already ingested, and MiniLM with its unused vocabulary rows dropped
-    .venv/bin/python bench/al_study_portable.py export --home /tmp/study-home12k --pool synth-study-12000-reading \
+    .venv/bin/python study/scripts/portable.py export --home /tmp/study-home12k --pool synth-study-12000-reading \
         --output /tmp/portable/split.json.gz --backbone-out /tmp/portable/backbone
     # there: the paper's setting, the whole backbone fine-tuned with the heads, on the GPU
-    python bench/al_study_portable.py run --split split.json.gz --backbone backbone --seeds 0,1,2 \
+    python study/scripts/portable.py run --split split.json.gz --backbone backbone --seeds 0,1,2 \
         --strategies actprm,random --set budgets=0.5,1.0 --set top_layers=6 --set device=cuda --output OUT
 
 The backbone export keeps only the word-embedding rows of tokens the split contains (and the special tokens): all
@@ -32,7 +32,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from actprm.errors import ActPRMError  # noqa: E402
@@ -45,10 +45,10 @@ FIELDS = ("id", "question", "steps", "gold_first_error")  # what the study reads
 
 # -- export (here, where the pool lives) ------------------------------------------------------------
 def export_split(home: str, pool: str, output: str | Path) -> dict:
-    """The pool's study split (`tasks.study.load_pool`, under the home's settings) and knobs, as gzipped JSON."""
+    """The pool's study split (`study.protocol.load_pool`, under the home's settings) and knobs, as gzipped JSON."""
     from actprm.config import load_settings
     from actprm.store import Store
-    from tasks import study
+    from study import protocol as study
 
     settings = load_settings({"home": home})
     with Store(settings.duckdb_path) as store:
@@ -68,7 +68,7 @@ def read_split(path: str | Path) -> dict:
         with gzip.open(path, "rt") as f:
             split = json.load(f)
     except (OSError, ValueError) as e:
-        raise ActPRMError(f"{path} is not a split written by `al_study_portable.py export`: {e}") from None
+        raise ActPRMError(f"{path} is not a split written by `portable.py export`: {e}") from None
     if split.get("version") != SPLIT_VERSION:
         raise ActPRMError(f"{path} is split version {split.get('version')!r}; this script reads {SPLIT_VERSION}")
     return split
@@ -145,7 +145,7 @@ def rebuild_backbone(folder: str | Path, into: str | Path) -> Path:
 
 def check_backbone(preset: str, original: str | Path, trimmed: str | Path, split: dict, n: int = 64) -> float:
     """max |difference| of the step states the original and the rebuilt backbone give a sample of the split."""
-    from tasks.study_states import cached_step_states
+    from study.states import cached_step_states
 
     sample = (split["train"] + split["eval"])[::max(1, (len(split["train"]) + len(split["eval"])) // n)][:n]
     with tempfile.TemporaryDirectory() as tmp:
@@ -163,7 +163,7 @@ def merge_studies(paths: list[str | Path], output: str | Path) -> dict[str, str]
     checks `--extend` makes (`study_report.previous_runs`: pool, split, preset, knobs, strategies), no seed twice."""
     from dataclasses import replace
 
-    from tasks import study_report
+    from study import report as study_report
 
     try:
         last = json.loads(Path(paths[-1]).read_text())
@@ -204,9 +204,9 @@ def device_facts(device: str) -> dict:
 
 def packed_split(split: dict, *, backbone: str | None, preset, log=print):
     """The split's train and eval pools with the backbone states the preset's heads read (one backbone pass), the
-    knobs a run takes, and the backbone's facts: what `run_study` trains on, and what bench/al_study_signals.py reads
+    knobs a run takes, and the backbone's facts: what `run_study` trains on, and what study/scripts/signals.py reads
     where there is no DuckDB home."""
-    from tasks import study_states
+    from study import states as study_states
 
     data = {"train": split["train"], "eval": split["eval"]}
     with tempfile.TemporaryDirectory() as tmp:
@@ -225,7 +225,7 @@ def run_study(split: dict, *, backbone: str | None, preset, strategies: tuple[st
               log=print) -> dict:
     """The study's runs on the split, seed by seed: each run goes to runs.jsonl as it finishes, and the outputs
     are rewritten after every seed."""
-    from tasks import study, study_report, study_states
+    from study import protocol as study, report as study_report, states as study_states
 
     started = time.perf_counter()
     train, evaluation, knobs, info = packed_split(split, backbone=backbone, preset=preset, log=log)
@@ -329,7 +329,7 @@ def _export(args) -> int:
 def _run(args) -> int:
     import dataclasses
 
-    from tasks import study
+    from study import protocol as study
 
     preset = study.customize(study.study_preset(args.preset), study.parse_fields(args.set))
     seeds = study.parse_seeds(args.seeds)
@@ -346,7 +346,7 @@ def _run(args) -> int:
 
 
 def _render(args) -> int:
-    from tasks import study_report
+    from study import report as study_report
 
     try:
         result = json.loads(Path(args.study).read_text())

@@ -1,11 +1,11 @@
-"""The active-learning efficiency study as a Prefect flow (issue 8; protocol in `tasks/study.py`):
+"""The active-learning efficiency study as a Prefect flow (issue 8; protocol in `study/protocol.py`):
 
     load pool (+ held-out split) [-> the earlier study's runs, with extend] -> time the host -> cache step
     states (one backbone pass) [-> with check_steps, the step check of earlier seeds that lack it] -> per seed
     not yet run: full data (and its step check), then every strategy x budget, then a checkpoint of the
     outputs -> time the host again -> summarize -> table, plot, JSON -> MLflow
 
-This module only wires; the work is in `tasks.study`.
+This module only wires; the work is in `study.protocol`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from actprm import host
 from actprm.config import flow_settings
 from actprm.store import Store
-from tasks import study, study_report, study_states
+from study import host
+from study import protocol as study, report as study_report, states as study_states
 
 
 @task(name="study-load-pool", cache_policy=NO_CACHE)
@@ -92,8 +92,8 @@ def study_flow(pool: str | None = None, study_preset: str = "quick", config: dic
 
     Args:
         pool: An ingested pool with gold labels. None: the study preset's own synthetic pool
-            (tasks.study.synthetic_pool, e.g. synth-study-3000-reading for full), created on first use.
-        study_preset: quick (tiny model, seconds) or full (MiniLM, 13-37 min on 2 cores); see tasks.study.STUDY_PRESETS.
+            (study.protocol.synthetic_pool, e.g. synth-study-3000-reading for full), created on first use.
+        study_preset: quick (tiny model, seconds) or full (MiniLM, 13-37 min on 2 cores); see study.protocol.STUDY_PRESETS.
         config: Nested settings overrides; model.preset replaces the study preset's model when given.
         seeds: Override the preset's seeds.
         output_dir: Where al_study.json/.md/.png go (default: <home>/reports/study).

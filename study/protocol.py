@@ -38,8 +38,8 @@ it by LEARNED_F1, the result carries a `warning` that the PRM learned nothing an
 With `check_steps` each seed also trains full data at twice the head steps (`step_check_run`): when that lifts
 it by more than WITHIN_F1 the steps under-train full data, the result carries `warning_steps`, and a tie with
 full data does not count as the target met.
-The cached backbone states and the ensembles over them are in `tasks.study_states`; the summary, table, plot
-and MLflow run are in `tasks.study_report`.
+The cached backbone states and the ensembles over them are in `study.states`; the summary, table, plot
+and MLflow run are in `study.report`.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from typing import Any
 import torch
 
 from actprm.errors import ActPRMError
-from tasks.study_states import PackedPool, forward_pool, heads_model, step_probabilities, torch_threads
+from study.states import PackedPool, forward_pool, heads_model, step_probabilities, torch_threads
 
 STRATEGY_NAMES = ("actprm", "random", "entropy", "bald")
 # Not strategies: they read the gold labels, which no real selection has, and run only when named (`--strategies`).
@@ -94,7 +94,7 @@ class StudyPreset:
     # bought so far; 0 is uniform replay. Uniform replay weights a label by how early it was bought (the first
     # round's labels sit in every later minibatch pool), which an adaptive strategy's early picks pay for. On the
     # `reading` pool (5 seeds) 0.5 lifted ActPRM at 20% from 0.262 to 0.300 F1 at 0.5 (random moved 0.364 ->
-    # 0.331) but left it at 0.43 at 50%, so the presets keep 0 (bench/results/al_study_replay_new).
+    # 0.331) but left it at 0.43 at 50%, so the presets keep 0 (study/results/al_study_replay_new).
     replay_new_share: float = 0.0
     # How a ranked strategy (ActPRM, entropy, BALD) turns its scores into a batch's picks when the quota is smaller
     # than what it may buy: "top" takes the highest scores (the paper's rule, and `tasks.select`'s), "power" draws
@@ -109,21 +109,21 @@ class StudyPreset:
     # the paper's large-scale recipe (Sec. 5: ActPRM filters the pool, a PRM is then trained on what it kept) and
     # what `actprm one-shot-filter` does. It doubles the heads training of every run below b = 1, so the presets
     # leave it off; on the `reading` pool at 50% it moved ActPRM - random from -0.4 to +3.5 points (5 seeds,
-    # bench/results/al_study_kinds_5seeds).
+    # study/results/al_study_kinds_5seeds).
     final_retrain: bool = False
     # Train the backbone's top `top_layers` transformer layers with the heads (0: the whole backbone stays frozen).
     # The states entering those layers are cached per token instead of the step states, and every run trains its
     # own copy of the pretrained layers at `top_layers_lr` (the heads keep `lr`), on the same schedule. The paper
     # fine-tunes the whole 7B backbone; this is the part of that a 2-core box can afford (MiniLM's last layer: a
     # full-data run of `full` takes ~140 s instead of ~8 s on a 400 GFLOP/s host). The layers run without dropout,
-    # so selection reads the network it trains (bench/results/al_study_retrain_replay_new_top1).
+    # so selection reads the network it trains (study/results/al_study_retrain_replay_new_top1).
     top_layers: int = 0
     top_layers_lr: float = 1e-4
     # Also train full data at twice the head steps, once per seed (the `STEP_CHECK` run), and report what it gains
     # (on in the `full` preset).
     # Every run takes the same steps whatever its budget, so when those steps under-train full data a half ties it
     # only because both are short of training: on 6,000 trajectories doubling 400 steps lifted full data +3.3 F1
-    # points at 0.5, more than ActPRM (bench/results/al_study_6000_retrain_replay_new_steps50). It adds runs and
+    # points at 0.5, more than ActPRM (study/results/al_study_6000_retrain_replay_new_steps50). It adds runs and
     # changes none, so an extension may add it to a study made without it.
     check_steps: bool = False
     # Head steps as passes over the labels a run may buy, instead of `steps_per_round` fixed steps a round (0: fixed).
@@ -131,7 +131,7 @@ class StudyPreset:
     # paced along the stream as its quota is (`round_steps`): a pool four times larger trains four times longer, and
     # a half takes half full data's steps, as a user who trains "for k epochs" would. Fixed steps fit one pool size:
     # the 400 that suffice for 3,000 trajectories under-train full data by 3 F1 points on 12,000
-    # (bench/results/al_study_12000). 400 steps on the full preset's 2,394 train trajectories are 9.36 epochs.
+    # (study/results/al_study_12000). 400 steps on the full preset's 2,394 train trajectories are 9.36 epochs.
     epochs: float = 0.0
     # Where the backbone pass and every run's training and scoring happen: "cpu", or "cuda" / "cuda:N" on a GPU.
     # The packed pool stays in host memory and each minibatch goes to the device, so a token pool (`top_layers`)
@@ -141,10 +141,10 @@ class StudyPreset:
     feature_batch_size: int = 32
     # Heads training is many small matmuls. On a quiet 2-core box two threads train the full preset's heads
     # ~1.7x faster than one; on a loaded box one thread is far faster (threads spin waiting for each other):
-    # bench/al_study.py --head-threads 1. The backbone pass keeps torch's default.
+    # study/scripts/run.py --head-threads 1. The backbone pass keeps torch's default.
     head_threads: int = 1
     feature_threads: int | None = None  # None: torch's default (all cores)
-    # Seconds spent timing the host's GEMM before and after each invocation (actprm.host), recorded next to its
+    # Seconds spent timing the host's GEMM before and after each invocation (study.host), recorded next to its
     # wall time: the same preset took 13 minutes one day and 36 the next on the same 2-core host.
     host_seconds: float = 3.0
 
@@ -161,10 +161,10 @@ STUDY_PRESETS: dict[str, StudyPreset] = {
     # against 0.251 ± 0.066 with batch 32 and a constant lr (0.300 ± 0.018 with batch 64, but ~30% slower than
     # 56). 16 rounds of 25 steps rather than 8 of 50: the same steps and scoring, but each batch is picked by
     # heads that trained 1/16 of the stream ago. On PRMBench (5 seeds) that moved ActPRM at 50% from 2.5 to 0.6
-    # F1 points short of full data, and its lead over random from +2.7 to +4.0 points (bench/results/*_rounds8).
+    # F1 points short of full data, and its lead over random from +2.7 to +4.0 points (study/results/*_rounds8).
     # The step check is on: ~40 s a seed on 2 cores for the 3,000-trajectory pool, where doubling the steps moves
-    # full data -0.4 +- 0.6 points (bench/results/al_study_3000_check_steps), but on a larger pool of the user's the
-    # same 400 steps can under-train full data by 3 points (bench/results/al_study_12000), and the study then says so.
+    # full data -0.4 +- 0.6 points (study/results/al_study_3000_check_steps), but on a larger pool of the user's the
+    # same 400 steps can under-train full data by 3 points (study/results/al_study_12000), and the study then says so.
     "full": StudyPreset("full", budgets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0), seeds=(0, 1, 2),
                         model_preset="cpu", num_heads=32, rounds=16, steps_per_round=25, batch_size=56,
                         lr=3e-3, synth_n=3000, synth_mix="reading", head_threads=2, check_steps=True),
@@ -184,7 +184,7 @@ _FIXED = ("name", "seeds", "model_preset", "synth_mix")
 
 
 def customize(preset: StudyPreset, overrides: dict[str, Any] | None) -> StudyPreset:
-    """The preset with some fields replaced (`bench/al_study.py --set rounds=16`); values may be strings, as a
+    """The preset with some fields replaced (`study/scripts/run.py --set rounds=16`); values may be strings, as a
     command line gives them. The name records what changed, so a table never passes a variant off as the preset."""
     settable = [f.name for f in dataclasses.fields(StudyPreset) if f.name not in _FIXED]
     changes = {}
@@ -202,7 +202,7 @@ def customize(preset: StudyPreset, overrides: dict[str, Any] | None) -> StudyPre
 
 def parse_fields(pairs: list[str] | None) -> dict[str, str]:
     """--set rounds=16 --set budgets=0.5,1.0 -> {"rounds": "16", "budgets": "0.5,1.0"}; a clear one-line error
-    for anything that is not FIELD=VALUE (the values are checked by the preset, tasks.study.customize)."""
+    for anything that is not FIELD=VALUE (the values are checked by the preset, study.protocol.customize)."""
     out: dict[str, str] = {}
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
@@ -274,7 +274,7 @@ def synthetic_pool(preset: StudyPreset) -> tuple[str, dict[str, Any]]:
     """The preset's own synthetic pool: its name and the `synth` settings that create it on first use.
 
     A study run without a named pool runs here, so `actprm study --study-preset full` and
-    `bench/al_study.py --preset full` measure the same pool (synth_n trajectories, synth_mix, generator seed 0)."""
+    `study/scripts/run.py --preset full` measure the same pool (synth_n trajectories, synth_mix, generator seed 0)."""
     from actprm.synth import mix_tag
 
     return (f"synth-study-{preset.synth_n}{mix_tag(preset.synth_mix)}",
@@ -319,7 +319,7 @@ def load_pool(store, pool: str, eval_fraction: float, seed: int) -> dict[str, li
 
 def run_knobs(settings, pool: str) -> dict[str, Any]:
     """What a run takes from the settings beyond the preset (heads and uncertainty knobs, the pool as the
-    benchmark subset): the flow and bench/al_study_portable.py pass the same ones, and `extend` compares them."""
+    benchmark subset): the flow and study/scripts/portable.py pass the same ones, and `extend` compares them."""
     return {"reg_lambda": settings.model.reg_lambda, "learning_probability": settings.model.learning_probability,
             "p_threshold": settings.uncertainty.p_threshold, "std_threshold": settings.uncertainty.std_threshold,
             "subset": pool}
@@ -462,7 +462,7 @@ def run_budget(train: PackedPool, evaluation: PackedPool, *, strategy: str, budg
     """One active-learning run over the stream of the train split; returns its labels and eval F1.
 
     `inspect`, when given, is called with the trained ensemble and the train positions bought, in buying order
-    (bench/al_study_kinds.py reads what a strategy bought and what the heads learned from it)."""
+    (study/scripts/kinds.py reads what a strategy bought and what the heads learned from it)."""
     if strategy != "full" and strategy not in KNOWN_STRATEGIES:
         raise ActPRMError(f"unknown study strategy {strategy!r}; choose one of: full, {', '.join(KNOWN_STRATEGIES)}")
     if not 0 < budget <= 1:
@@ -549,7 +549,7 @@ def _run_budget(train, evaluation, strategy, budget, seed, preset, hidden_size, 
 
 def run_arguments(recorded: dict[str, Any]) -> dict[str, Any]:
     """The knobs a study recorded, less those recorded only for `--extend` to compare (the backbone's max_length and
-    path): what a script that reruns the study's runs (bench/al_study_kinds.py) passes to `run_budget`."""
+    path): what a script that reruns the study's runs (study/scripts/kinds.py) passes to `run_budget`."""
     takes = signature(run_budget).parameters
     return {k: v for k, v in recorded.items() if k in takes}
 

@@ -4,7 +4,7 @@
 `token_states` are the per-token states entering the backbone's top layers instead, which every run trains its
 own copy of (`TopLayers`). Both are cached on disk by (trajectories, model, readout) (`cached_step_states`),
 packed per split (`pack_splits`), and read by `heads_model` ensembles through `forward_pool` and
-`step_probabilities`. The protocol that trains and scores those ensembles is in `tasks.study`.
+`step_probabilities`. The protocol that trains and scores those ensembles is in `study.protocol`.
 """
 
 from __future__ import annotations
@@ -280,7 +280,7 @@ class CachedStates(nn.Module):
         self.config = SimpleNamespace(hidden_size=hidden_size)
 
     def forward(self, *_: Any, **__: Any):
-        raise ActPRMError("this ensemble has no backbone: feed it cached step states (tasks.study_states)")
+        raise ActPRMError("this ensemble has no backbone: feed it cached step states (study.states)")
 
 
 def heads_model(hidden_size: int, separator_id: int, *, num_heads: int, seed: int, reg_lambda: float,

@@ -1,15 +1,16 @@
-"""bench/al_study_scoreboard.py: one row per study, with the gaps paired by seed as the study defines them."""
+"""study/scripts/scoreboard.py: one row per study, with the gaps paired by seed as the study defines them."""
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
-from actprm.testing.bench import BENCH, load_bench_script
-from tasks.study import STEP_CHECK, STUDY_PRESETS
-from tasks.study_report import study_result
+from study.protocol import STEP_CHECK, STUDY_PRESETS
+from study.report import study_result
+from study.scripts import scoreboard
 
-scoreboard = load_bench_script("al_study_scoreboard")
+RESULTS = Path(__file__).resolve().parents[2] / "study" / "results"
 
 # seed -> F1 (at 0.5, cross-fitted) of each run; the two seeds differ, so a gap has a standard error
 F1 = {
@@ -81,7 +82,39 @@ def test_main_writes_the_table_and_refuses_an_empty_folder(tmp_path, capsys):
 
 
 def test_every_committed_study_has_a_row():
-    results = BENCH / "results"
+    results = RESULTS
     rows = scoreboard.scoreboard(results)
+    assert rows, f"no committed study under {results}"
     assert len(rows) == len(list(results.glob("*/al_study.json"))) + (results / "al_study.json").exists()
     assert all(r["full"] is not None and r["seeds"] >= 1 for r in rows)
+
+
+def test_findings_quote_the_scoreboard_of_the_committed_studies():
+    """study/FINDINGS.md and study/results/al_study_scoreboard.md say what the committed studies say, not a
+    retyped copy: rerun `python study/scripts/scoreboard.py` after adding a study."""
+    table = scoreboard.markdown(scoreboard.scoreboard(RESULTS))
+    findings = (RESULTS.parent / "FINDINGS.md").read_text()
+    assert scoreboard.findings_block(table) in findings
+    assert (RESULTS / "al_study_scoreboard.md").read_text() == table
+
+
+def test_main_fills_the_findings_block_and_keeps_the_rest(tmp_path):
+    _study(tmp_path, "one")
+    findings = tmp_path / "FINDINGS.md"
+    findings.write_text(f"# Findings\n\nbefore\n\n{scoreboard.BEGIN}\nold table\n{scoreboard.END}\n\nafter\n")
+    assert scoreboard.main(["--results", str(tmp_path), "--findings", str(findings)]) == 0
+    text = findings.read_text()
+    assert text.startswith("# Findings\n\nbefore\n\n") and text.endswith("\n\nafter\n") and "old table" not in text
+    assert "## Issue 8's Target in every study" in text and "| `one` | synth-test (100) |" in text
+    # run again: the block is replaced, not appended
+    assert scoreboard.main(["--results", str(tmp_path), "--findings", str(findings)]) == 0
+    assert findings.read_text() == text
+
+
+def test_a_findings_file_without_the_block_is_refused_before_anything_is_written(tmp_path):
+    _study(tmp_path, "one")
+    findings = tmp_path / "FINDINGS.md"
+    findings.write_text("# Findings\n")
+    with pytest.raises(SystemExit, match="no .* block to fill"):
+        scoreboard.main(["--results", str(tmp_path), "--findings", str(findings)])
+    assert findings.read_text() == "# Findings\n" and not (tmp_path / "al_study_scoreboard.md").exists()

@@ -1,10 +1,10 @@
 """Active-learning efficiency study (issue 8): ActPRM vs random, entropy, BALD and full-data training.
 
-Writes bench/results/al_study.json, al_study.md (table) and al_study.png (F1 against labels bought) and logs
-them to MLflow (experiment `actprm`, run `study`, under --home). Protocol and simplifications: tasks/study.py.
+Writes study/results/al_study.json, al_study.md (table) and al_study.png (F1 against labels bought) and logs
+them to MLflow (experiment `actprm`, run `study`, under --home). Protocol and simplifications: study/protocol.py.
 
-    .venv/bin/python bench/al_study.py --preset full        # MiniLM, 3,000-trajectory synthetic pool, 3 seeds
-    .venv/bin/python bench/al_study.py --preset quick       # tiny model, 150 trajectories, 1 seed: seconds
+    .venv/bin/python study/scripts/run.py --preset full        # MiniLM, 3,000-trajectory synthetic pool, 3 seeds
+    .venv/bin/python study/scripts/run.py --preset quick       # tiny model, 150 trajectories, 1 seed: seconds
 
 The synthetic pool (actprm.synth) is created and ingested on first use under --home; --pool names an
 already-ingested pool instead (it must have gold labels). Backbone states are cached under
@@ -15,8 +15,8 @@ outputs are rewritten after every seed, so after a crash the same command with -
 finished seed. --set changes preset fields for a variant (its name in the outputs records them) and
 --strategies compares a subset, e.g. a 5-seed check of one change:
 
-    .venv/bin/python bench/al_study.py --pool prmbench --seeds 0,1,2,3,4 --strategies actprm,random \
-        --set rounds=16 --set steps_per_round=25 --set budgets=0.5,1.0 --output bench/results/VARIANT
+    .venv/bin/python study/scripts/run.py --pool prmbench --seeds 0,1,2,3,4 --strategies actprm,random \
+        --set rounds=16 --set steps_per_round=25 --set budgets=0.5,1.0 --output study/results/VARIANT
 
 --set check_steps=true also trains full data at twice the head steps per seed and warns when that lifts it by
 more than 0.5 F1 points (the runs are then step-limited and a tie with full data is not the target met); with
@@ -35,10 +35,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # a busy machine starts it slowly
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tasks.study import STUDY_PRESETS, customize, parse_fields, parse_seeds, strategy_names  # noqa: E402
+from study.protocol import STUDY_PRESETS, customize, parse_fields, parse_seeds, strategy_names  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="torch threads for training the heads (default: the preset's; 1 on a loaded machine)")
     ap.add_argument("--home", default=str(ROOT / ".actprm" / "bench-study"),
                     help="work dir: DuckDB, MLflow store, cached backbone states")
-    ap.add_argument("--output", default=str(ROOT / "bench" / "results"), help="where al_study.* are written")
+    ap.add_argument("--output", default=str(ROOT / "study" / "results"), help="where al_study.* are written")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="change a study preset field, e.g. --set rounds=16 --set budgets=0.5,1.0 (repeatable)")
     ap.add_argument("--strategies", default=None, help="comma-separated subset of actprm,random,entropy,bald, and "
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     except ActPRMError as e:
         ap.error(str(e))
 
-    from flows.study import study_flow
+    from study.flow import study_flow
 
     t0 = time.perf_counter()
     try:

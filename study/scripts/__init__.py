@@ -1,0 +1,1 @@
+"""The study's command-line tools (run, kinds, portable, signals, scoreboard); each also runs as a file."""
