@@ -125,8 +125,8 @@ def test_a_judge_that_always_times_out_cannot_spend_past_the_cap(store):
 
 def test_unparseable_answers_are_reasked_then_failed_with_a_reason(store):
     synth_pool(store, "p", 2)
-    # trajectory 1: malformed then truncated then good; trajectory 2: three malformed answers
-    with JudgeServer(script=["malformed", "truncated", None, "malformed", "malformed", "malformed"]) as server:
+    # trajectory 1: two malformed answers then a good one; trajectory 2: three malformed answers
+    with JudgeServer(script=["malformed", "malformed", None, "malformed", "malformed", "malformed"]) as server:
         s = label_pool(store, "p", judge_for(server), select="all", concurrency=1, max_parse_retries=2,
                        progress=False)
     assert (s.labeled, s.failed, s.failures_by_reason) == (1, 1, {"no_boxed": 1})
