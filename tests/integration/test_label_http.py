@@ -6,22 +6,26 @@ The client under test is the production path: OpenAIJudge (httpx) -> label_ids -
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from actprm.errors import ActPRMError
+from actprm.errors import ActPRMError, CircuitOpen, JudgeDown
 from actprm.judges import build_judge
+from actprm.judges.base import JudgeRequest
 from actprm.judges.budget import BudgetLimits
+from actprm.judges.prompt import max_prompt_tokens
 from actprm.store import Store
 from actprm.testing.judge_server import JudgeServer
 from actprm.testing.pools import synth_pool
-from tasks.label import label_ids, label_pool, log_labeling_to_mlflow
+from tasks.label import judge_down, label_ids, label_pool, log_labeling_to_mlflow
 
 pytestmark = pytest.mark.integration
 
@@ -288,3 +292,110 @@ def test_api_key_never_reaches_logs_mlflow_or_the_store(tmp_path, caplog, monkey
     assert KEY not in json.dumps(data.params) and KEY not in caplog.text and KEY not in repr(judge)
     assert KEY.encode() not in (tmp_path / "actprm.duckdb").read_bytes()
     assert KEY.encode() not in (tmp_path / "mlflow.db").read_bytes()
+
+
+# -- a judge that is down: bounded time, a non-zero exit, a documented charge, nothing bought twice ---------------
+
+ACTPRM = shutil.which("actprm", path=str(Path(sys.executable).parent)) or "actprm"
+
+
+def label_cli(home: Path, server: JudgeServer, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`actprm label` as a user runs it: the real console script, its (ephemeral) Prefect flow and MLflow store."""
+    environment = {**os.environ, "ACTPRM_HOME": str(home), "PREFECT_HOME": str(home / "prefect"),
+                   "ACTPRM_JUDGE_API_KEY": KEY, **(env or {})}
+    environment.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([ACTPRM, "label", "--pool", "p", "--select", "all", "--judge", "openai", "--judge-url",
+                           server.url, "--judge-model", "local-judge", "--json", *args],
+                          capture_output=True, text=True, env=environment, timeout=300)
+
+
+def test_a_never_answering_judge_stops_at_the_deadline_with_a_non_zero_exit(tmp_path):
+    """The audit's hung judge (accepts TCP, never answers) ran 18.3 minutes and exited 0. With a 120 s request
+    timeout and a breaker it cannot reach, only the run's deadline can stop it: the command exits 1 with one line
+    well before a single request could have timed out, and every abandoned request is charged by the rule."""
+    home = tmp_path / "home"
+    home.mkdir()
+    with Store(home / "actprm.duckdb") as store:
+        synth_pool(store, "p", 12)
+    env = {"ACTPRM_JUDGE__TIMEOUT_S": "120", "ACTPRM_JUDGE__CIRCUIT_BREAKER": "1000",
+           "ACTPRM_JUDGE__CONCURRENCY": "3", "ACTPRM_JUDGE__UNANSWERED_CHARGE": "prompt"}
+    with JudgeServer(script=["hang"] * 100) as server:
+        t0 = time.monotonic()
+        proc = label_cli(home, server, "--deadline", "3", env=env)
+        elapsed = time.monotonic() - t0
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    error = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert error["type"] == "JudgeDown" and "deadline" in error["error"]
+    assert elapsed < 120  # no request timed out: the deadline ended the run (CLI and Prefect start-up included)
+    assert server.requests == 3  # the three in flight; nothing sent after the deadline
+    with Store(home / "actprm.duckdb") as store:
+        ledger = store.sql("SELECT state, tokens FROM budget_ledger").fetchall()
+        rows = store.sql("SELECT status, reason FROM judge_labels").fetchall()
+        prompts = [t["question"] for t in store.trajectories(store.pool_trajectory_ids("p"))]
+    assert {state for state, _ in ledger} == {"maybe_billed"} and len(ledger) == 3
+    # unanswered_charge=prompt: each abandoned request costs its prompt's bound, not the 4,096 completion tokens
+    assert all(tokens < 4096 for _, tokens in ledger)
+    assert rows == [("failed", "abandoned")] * 3 and len(prompts) == 12
+
+
+def test_a_judge_answering_garbage_exits_non_zero_through_the_cli(tmp_path):
+    """Every answer unparseable: the run bought nothing, and says so with exit 1 instead of "done"."""
+    home = tmp_path / "home"
+    home.mkdir()
+    with Store(home / "actprm.duckdb") as store:
+        synth_pool(store, "p", 4)
+    with JudgeServer(script=["malformed"] * 100) as server:
+        proc = label_cli(home, server, env={"ACTPRM_JUDGE__MAX_PARSE_RETRIES": "1"})
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    error = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert error["type"] == "JudgeDown" and "every request to the judge failed" in error["error"]
+    with Store(home / "actprm.duckdb") as store:
+        n = len(store.pool_trajectory_ids("p", split="train"))  # the flow holds out an eval split first
+        assert store.sql("SELECT count(*), sum(labels) FROM budget_ledger WHERE state = 'settled'").fetchone() == (2 * n, 0)
+    assert f"no_boxed {n}" in error["error"] and f"error: {error['error']}" in proc.stderr.splitlines()
+    assert server.requests == 2 * n  # each trajectory asked, re-asked once, then failed: paid, and recorded
+
+
+def test_the_breaker_counts_requests_as_they_fail_and_abandons_the_rest(store):
+    """Counted per trajectory, a hung judge cost (re-asks + 1) timeouts per trajectory before one failure counted;
+    counted per request, the first wave of timeouts opens the breaker and nothing more is sent."""
+    synth_pool(store, "p", 20)
+    with JudgeServer(script=["hang"] * 100) as server:
+        judge = judge_for(server, timeout_s=0.5)
+        s = label_pool(store, "p", judge, select="all", concurrency=4, circuit_breaker=4, max_parse_retries=2,
+                       progress=False)
+    assert s.stopped_because == "circuit_open" and s.labeled == 0
+    assert s.requested == 4 and server.requests < 8  # no trajectory reached its third ask
+    assert isinstance(judge_down(s), CircuitOpen) and "circuit breaker" in str(judge_down(s))
+    assert store.ledger_consistency()["states"].get("reserved", 0) == 0  # every request settled one way or another
+
+
+@pytest.mark.parametrize("rule", ["worst_case", "prompt"])
+def test_an_unanswered_request_is_charged_by_the_rule(store, rule):
+    ids = synth_pool(store, "p", 1)
+    with JudgeServer(script=["hang", None]) as server:
+        judge = judge_for(server, timeout_s=0.3, max_completion_tokens=2048)
+        s = label_ids(store, ids, judge, pool="p", concurrency=1, unanswered_charge=rule,
+                      limits=BudgetLimits(price_per_1k_tokens=1.0), progress=False)
+    assert s.labeled == 1 and s.maybe_billed == 1
+    (tokens, cost), = store.sql("SELECT tokens, cost FROM budget_ledger WHERE state = 'maybe_billed'").fetchall()
+    question = store.trajectories(ids)[0]
+    prompt_bound = max_prompt_tokens(judge.prompt(JudgeRequest(ids[0], question["question"], question["steps"])))
+    assert tokens == (prompt_bound + 2048 if rule == "worst_case" else prompt_bound)
+    assert cost == pytest.approx(tokens / 1000)
+
+
+def test_a_run_cut_by_its_deadline_keeps_its_labels_and_its_rerun_buys_none_twice(store):
+    ids = synth_pool(store, "p", 10)
+    with JudgeServer(script=[None] * 4 + ["hang"] * 100) as server:
+        first = label_ids(store, ids, judge_for(server, timeout_s=60), pool="p", concurrency=1, run_deadline_s=1.5,
+                          progress=False)
+        first_answers = Counter(server.answered)
+    assert first.stopped_because == "deadline" and first.labeled == 4 and isinstance(judge_down(first), JudgeDown)
+    with JudgeServer() as healthy:
+        second = label_ids(store, ids, judge_for(healthy), pool="p", concurrency=3, progress=False)
+    assert (second.cached, second.labeled, second.stopped_because) == (4, 6, "done") and judge_down(second) is None
+    questions = {t["id"]: t["question"] for t in store.trajectories(ids)}
+    bought = first_answers + healthy.answered
+    assert all(bought[questions[t]] == 1 for t in ids)  # every label paid for exactly once across both runs
+    assert store.sql("SELECT count(*) FROM budget_ledger WHERE labels = 1").fetchone()[0] == 10
