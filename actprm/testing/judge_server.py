@@ -194,7 +194,8 @@ class JudgeServer:
                     # A reasoning model's long thinking, quoting a wrong answer and a closing tag on the way.
                     wrong = k + 1 if k + 1 < len(steps) else -1
                     reasoning = ("Let me check each paragraph. " * (server.thinking_chars // 30) +
-                                 f"A step might say '</think> \\boxed{{{wrong}}}', but that is not my answer.")
+                                 f"A step might say '</think> \\boxed{{{wrong}}} <conclusion>Correct</conclusion>', "
+                                 "but that is not my answer.")
                 if fault == "malformed":
                     content = "The first mistake is somewhere in the middle, I think."
                 elif fault == "truncated":

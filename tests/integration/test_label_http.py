@@ -399,3 +399,35 @@ def test_a_run_cut_by_its_deadline_keeps_its_labels_and_its_rerun_buys_none_twic
     bought = first_answers + healthy.answered
     assert all(bought[questions[t]] == 1 for t in ids)  # every label paid for exactly once across both runs
     assert store.sql("SELECT count(*) FROM budget_ledger WHERE labels = 1").fetchone()[0] == 10
+
+
+# -- reasoning judges (issue #40 item 5) --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("style", ["think", "reasoning_content"])
+@pytest.mark.parametrize("prompt_version", ["processbench", "actprm"])
+def test_a_reasoning_judge_is_read_outside_its_reasoning_and_a_truncation_is_not_rebought(store, style,
+                                                                                            prompt_version):
+    """A QwQ-like server thinks for ~20k characters (quoting a wrong box and a `</think>` on the way), in the
+    content or apart as `reasoning_content`, and cuts one reply at the completion limit. Every other answer is
+    read right; the cut one is a failure of its own kind, paid once, and asked again only under a larger limit."""
+    ids = synth_pool(store, "p", 6)
+    with JudgeServer(style=style, script=[None, "truncated"] + [None] * 10) as server:
+        judge = judge_for(server, model="Qwen/QwQ-32B", prompt_version=prompt_version, max_completion_tokens=8000)
+        s = label_ids(store, ids, judge, pool="p", concurrency=1, progress=False)
+        payload = server.last_payload
+        again = label_ids(store, ids, judge, pool="p", concurrency=1, progress=False)  # same limit: nothing to buy
+        asked_before_raise = server.requests
+        larger = judge_for(server, model="Qwen/QwQ-32B", prompt_version=prompt_version, max_completion_tokens=16000)
+        raised = label_ids(store, ids, larger, pool="p", concurrency=1, progress=False)
+    assert (s.labeled, s.failed, s.failures_by_reason, s.stopped_because) == (5, 1, {"truncated": 1}, "done")
+    gold = dict(store.sql("SELECT trajectory_id, first_error FROM gold_labels").fetchall())
+    assert labeled_rows(store) == {t: gold[t] for t in ids}  # the 5, then the re-asked one, all read right
+    assert s.requested == 6 and asked_before_raise == 6  # the truncated reply was not re-asked, by either run
+    assert (again.requested, again.skipped_truncated, again.cached) == (0, 1, 5)
+    assert (raised.requested, raised.labeled) == (1, 1) and server.requests == 7
+    # what a truncation costs: the prompt and every completion token it was allowed, as the server billed it
+    (cut,) = store.sql("SELECT tokens FROM budget_ledger WHERE state = 'settled' AND labels = 0").fetchone()
+    assert cut >= 8000 and store.budget_spent("p")["tokens"] >= server.billed_tokens
+    # the reasoning family's sampling (ActivePRM's released judge: temperature 0.5, top_p 0.95)
+    assert (payload["temperature"], payload["top_p"], payload["max_completion_tokens"]) == (0.5, 0.95, 8000)
+    assert store.sql("SELECT DISTINCT prompt_version FROM judge_labels").fetchall() == [(judge.prompt_version,)]
