@@ -53,7 +53,8 @@ class JudgeSettings(BaseModel):
     max_parse_retries: int = Field(2, description="Re-asks of a trajectory after a paid request gave no label: an "
                                    "unparseable answer, or a timeout after sending (a truncated answer is not re-asked).")
     circuit_breaker: int = Field(20, description="Stop the run after this many consecutive failed requests (timeouts, "
-                                 "errors, unusable answers), counted as each request fails, re-asks included.")
+                                 "errors, unusable answers; re-asks count), or fewer: a whole wave in a row "
+                                 "(concurrency, at least 5).")
     run_deadline_s: float | None = Field(None, description="Wall-clock limit on one labeling run in seconds (None: "
                                          "none); at it no request is sent and those in flight are abandoned.")
     unanswered_charge: Literal["worst_case", "prompt"] = Field(

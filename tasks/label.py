@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 SAMPLE_ROWS = 20  # prompts/answers kept for the MLflow sample table
 UNANSWERED_CHARGES = ("worst_case", "prompt")  # judge.unanswered_charge, see _Run._unanswered_tokens
+WAVE_MIN = 5  # the fewest failed requests in a row that count as a failed wave (see alabel_ids)
 
 
 @dataclass
@@ -285,12 +286,17 @@ async def alabel_ids(store: Store, ids: list[str], judge: Judge, *, pool: str, l
     for t in store.trajectories(todo):
         queue.put_nowait(JudgeRequest(t["id"], t["question"], t["steps"], t["gold_first_error"], t["error_kind"]))
     bar = tqdm(total=queue.qsize(), desc=f"label {pool}", unit="traj", disable=not progress)
-    run = _Run(store, pool, judge, limits, circuit_breaker, max_parse_retries, summary, bar, unanswered_charge)
+    workers = min(concurrency, max(1, queue.qsize()))
+    # A whole wave of failures in a row also opens the breaker: when every request in flight timed out together,
+    # waiting for `circuit_breaker` of them would cost another timeout_s per wave (10 minutes for a reasoning
+    # judge's default). Never below WAVE_MIN, so a run of one or two workers is not stopped by one bad answer.
+    breaker = min(circuit_breaker, max(workers, WAVE_MIN))
+    run = _Run(store, pool, judge, limits, breaker, max_parse_retries, summary, bar, unanswered_charge)
     run.failed_before = {i for i, s in status.items() if s == "failed"}
     deadline = (asyncio.get_running_loop().call_later(run_deadline_s, run.halt_run, "deadline")
                 if run_deadline_s is not None else None)
     try:
-        await asyncio.gather(*(run.worker(queue) for _ in range(min(concurrency, max(1, queue.qsize())))))
+        await asyncio.gather(*(run.worker(queue) for _ in range(workers)))
     finally:
         if deadline is not None:
             deadline.cancel()
@@ -326,7 +332,8 @@ def label_ids(store: Store, ids: list[str], judge: Judge, *, pool: str, limits: 
 
     Already-labeled ids are counted as `cached` and not requested. Stops early, keeping every label
     bought, when the budget is spent (stopped_because="budget"), after `circuit_breaker` consecutive
-    failed requests ("circuit_open") or at `run_deadline_s` ("deadline", requests in flight abandoned);
+    failed requests or a whole wave of them (as many as run at once, at least WAVE_MIN: "circuit_open") or at
+    `run_deadline_s` ("deadline", requests in flight abandoned);
     "judge_failed" when every request failed. A 401/403/404 raises JudgeFatalError (an ActPRMError).
     `judge_down(summary)` turns the judge's-health stops into an error for the commands to raise.
     """

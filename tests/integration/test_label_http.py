@@ -113,7 +113,7 @@ def test_a_judge_that_always_times_out_cannot_spend_past_the_cap(store):
     """Each sent request may be billed even when its answer never arrives, so the token cap must hold
     against what the server generated, not against what the client read."""
     synth_pool(store, "p", 10)
-    cap = 12_000
+    cap = 6_000  # three requests' worst case: the cap, before the breaker's wave of five, must stop it
     with JudgeServer(script=["slow"] * 500, slow_s=0.3) as server:
         judge = judge_for(server, timeout_s=0.1, max_retries=6, max_completion_tokens=512)
         s = label_pool(store, "p", judge, select="all", concurrency=2, limits=BudgetLimits(max_tokens=cap),
@@ -357,15 +357,15 @@ def test_a_judge_answering_garbage_exits_non_zero_through_the_cli(tmp_path):
 
 
 def test_the_breaker_counts_requests_as_they_fail_and_abandons_the_rest(store):
-    """Counted per trajectory, a hung judge cost (re-asks + 1) timeouts per trajectory before one failure counted;
-    counted per request, the first wave of timeouts opens the breaker and nothing more is sent."""
-    synth_pool(store, "p", 20)
+    """Counted per trajectory, a hung judge cost (re-asks + 1) timeouts per trajectory before one failure counted,
+    and 20 of them; counted per request, the first wave of timeouts (all 6 in flight, under the default breaker of
+    20) opens the breaker and nothing more is sent."""
+    synth_pool(store, "p", 30)
     with JudgeServer(script=["hang"] * 100) as server:
         judge = judge_for(server, timeout_s=0.5)
-        s = label_pool(store, "p", judge, select="all", concurrency=4, circuit_breaker=4, max_parse_retries=2,
-                       progress=False)
+        s = label_pool(store, "p", judge, select="all", concurrency=6, max_parse_retries=2, progress=False)
     assert s.stopped_because == "circuit_open" and s.labeled == 0
-    assert s.requested == 4 and server.requests < 8  # no trajectory reached its third ask
+    assert s.requested == 6 and server.requests < 12  # no trajectory reached its third ask
     assert isinstance(judge_down(s), CircuitOpen) and "circuit breaker" in str(judge_down(s))
     assert store.ledger_consistency()["states"].get("reserved", 0) == 0  # every request settled one way or another
 
