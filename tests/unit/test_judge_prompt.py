@@ -158,8 +158,8 @@ def test_actprm_template_numbers_paragraphs_from_one_and_is_versioned():
     ("<analysis_1>fine</analysis_1>\n<analysis_2>fine</analysis_2>\n<conclusion>\nCorrect\n</conclusion>", -1),
     ("<analysis_1>fine</analysis_1>\n<analysis_2>wrong</analysis_2>\n<conclusion>\nIncorrect\n</conclusion>", 1),
     ("<analysis_1>wrong: 2+2 is not 5</analysis_1><conclusion>Incorrect.</conclusion>", 0),
-    ("<think>maybe <conclusion>Correct</conclusion></think><analysis_1>x</analysis_1>"
-     "<analysis_2>x</analysis_2><analysis_3>bad</analysis_3><conclusion>Incorrect</conclusion>", 2),
+    ("<think>maybe <conclusion>Correct</conclusion></think><analysis_1>x</analysis_1><analysis_2>x</analysis_2>"
+     + "<analysis_3>bad</analysis_3><conclusion>Incorrect</conclusion>", 2),
 ])
 def test_actprm_rule_reads_the_conclusion_and_the_last_analysis(reply, expected):
     parsed = parse_answer(reply, 3, rule="conclusion")
