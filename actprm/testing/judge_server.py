@@ -9,8 +9,8 @@ dropped connection, 401; and answers other servers give: the content as an array
 (`chunks`, as Mistral's API answers), a box holding a 5,000-digit number (`hugebox`), a usage block with
 a negative or an impossibly large prompt count (`negusage`, `hugeusage`); a judge that accepts the request and
 never answers (`hang`, until the server stops). `style` answers like a reasoning model: `think` (a long
-`<think>` block first, quoting a wrong box and a `</think>` inside it), `reasoning_content` (the thinking sent
-apart, as vLLM's reasoning parsers do); a `truncated` reply is then cut inside the thinking. Prompts in the
+`<think>` block first, quoting a wrong box and a `</think>` inside it), `reasoning_content` or `reasoning` (the
+thinking sent apart in that field, as vLLM's reasoning parsers do: the first name until vLLM 0.11, the second since); a `truncated` reply is then cut inside the thinking. Prompts in the
 ActivePRM template (`actprm-v1`) are answered in its form (`<analysis_i>` blocks and a `<conclusion>`).
 Standard library only; one thread per connection, keep-alive.
 
@@ -32,7 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 FAULTS = ("429", "500", "504", "524", "slow", "malformed", "truncated", "badjson", "drop", "401", "chunks", "hugebox",
           "negusage", "hugeusage", "hang")
-STYLES = ("plain", "think", "reasoning_content")
+STYLES = ("plain", "think", "reasoning_content", "reasoning")
 
 _QUESTION = re.compile(r"\[Math Problem\]\n\n?(?:<math_problem>\n)?(.*?)(?:\n</math_problem>)?\n\n?\[Solution\]",
                        re.DOTALL)
@@ -220,8 +220,8 @@ class JudgeServer:
                     usage["prompt_tokens"] = -100_000 if fault == "negusage" else 10**19
                 message = {"role": "assistant",
                            "content": [{"type": "text", "text": content}] if fault == "chunks" else content}
-                if reasoning is not None:
-                    message["reasoning_content"] = reasoning
+                if reasoning is not None:  # vLLM's field: reasoning_content until 0.11, reasoning since
+                    message[server.style] = reasoning
                 body = {"id": "cmpl-local", "object": "chat.completion", "model": payload.get("model"),
                         "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage}
                 try:

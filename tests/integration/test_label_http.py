@@ -403,7 +403,7 @@ def test_a_run_cut_by_its_deadline_keeps_its_labels_and_its_rerun_buys_none_twic
 
 # -- reasoning judges (issue #40 item 5) --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("style", ["think", "reasoning_content"])
+@pytest.mark.parametrize("style", ["think", "reasoning_content", "reasoning"])
 @pytest.mark.parametrize("prompt_version", ["processbench", "actprm"])
 def test_a_reasoning_judge_is_read_outside_its_reasoning_and_a_truncation_is_not_rebought(store, style,
                                                                                             prompt_version):
