@@ -312,13 +312,12 @@ def run(
             "uncertainty": {"strategy": strategy},
         }
         settings = prepare(config, overrides)
-        from actprm.errors import CircuitOpen
         from flows.active_learning import active_learning
+        from tasks.label import loop_judge_down
 
         summary = active_learning(pool=pool or settings.default_pool, config=overrides)
-        if summary.get("stopped_because") == "circuit_open":  # "judge down" is not "done" for a script
-            raise CircuitOpen(f"the active-learning loop stopped after {len(summary.get('rounds') or [])} round(s): "
-                              "the judge's circuit breaker opened; the labels bought and the rounds finished are kept")
+        if (judge_failed := loop_judge_down(summary)) is not None:  # "judge down" is not "done" for a script
+            raise judge_failed
         return summary
 
     _run(json_out=json_out, debug=debug)

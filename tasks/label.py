@@ -382,6 +382,20 @@ def select_for_labeling(store: Store, pool: str, select: str = "uncertain", *, m
     raise ActPRMError(f"unknown selection {select!r}; choose one of: uncertain, random, all")
 
 
+def loop_judge_down(summary: dict) -> JudgeDown | None:
+    """`judge_down` for the active-learning loop's summary: its stop, with the rounds it finished."""
+    stop = summary.get("stopped_because")
+    if stop not in JUDGE_DOWN_STOPS:
+        return None
+    rounds = summary.get("rounds") or []
+    bought = sum(r.get("labels_bought") or 0 for r in rounds)
+    what = {"circuit_open": "the judge's circuit breaker opened", "judge_failed": "every request to the judge failed",
+            "deadline": "the labeling deadline (judge.run_deadline_s) passed"}[stop]
+    return (CircuitOpen if stop == "circuit_open" else JudgeDown)(
+        f"the active-learning loop on pool {summary.get('pool')!r} stopped in round {len(rounds)}: {what}; "
+        f"{bought} labels bought and the rounds finished are kept")
+
+
 def label_pool(store: Store, pool: str, judge: Judge, *, select: str = "uncertain", model_version: str | None = None,
                seed: int = 0, **options) -> LabelSummary:
     """Label the not-yet-labeled train trajectories of `pool` picked by `select`; `options` as `label_ids`."""

@@ -25,7 +25,7 @@ from actprm.judges.prompt import max_prompt_tokens
 from actprm.store import Store
 from actprm.testing.judge_server import JudgeServer
 from actprm.testing.pools import synth_pool
-from tasks.label import judge_down, label_ids, label_pool, log_labeling_to_mlflow
+from tasks.label import judge_down, label_ids, label_pool, log_labeling_to_mlflow, loop_judge_down
 
 pytestmark = pytest.mark.integration
 
@@ -431,3 +431,22 @@ def test_a_reasoning_judge_is_read_outside_its_reasoning_and_a_truncation_is_not
     # the reasoning family's sampling (ActivePRM's released judge: temperature 0.5, top_p 0.95)
     assert (payload["temperature"], payload["top_p"], payload["max_completion_tokens"]) == (0.5, 0.95, 8000)
     assert store.sql("SELECT DISTINCT prompt_version FROM judge_labels").fetchall() == [(judge.prompt_version,)]
+
+
+def test_the_loop_stops_with_the_judge_down_instead_of_nothing_to_train(actprm_home, prefect_harness):
+    """`actprm run` against a judge answering garbage said "nothing_to_train" and exited 0: its flow now stops
+    with the judge's reason, which the command turns into exit 1 (tasks.label.loop_judge_down)."""
+    import flows.active_learning as loop
+    from actprm.config import load_settings
+
+    with JudgeServer(script=["malformed"] * 500) as server:
+        config = {"synth": {"n": 60}, "model": {"num_heads": 4}, "train": {"epochs": 1},
+                  "judge": {"backend": "openai", "url": server.url, "model": "local-judge", "concurrency": 4,
+                            "max_parse_retries": 0}}
+        summary = loop.active_learning(pool="sample", rounds=2, labels_per_round=20, preset="tiny", config=config)
+    assert summary["stopped_because"] == "circuit_open" and [r["round"] for r in summary["rounds"]] == [1]
+    assert server.requests < 20  # the breaker stopped the round's batch after a wave of garbage
+    error = loop_judge_down(summary)
+    assert isinstance(error, CircuitOpen) and "round 1" in str(error) and "0 labels bought" in str(error)
+    with Store(load_settings().duckdb_path, read_only=True) as store:
+        assert store.sql("SELECT count(*) FROM judge_labels WHERE status = 'labeled'").fetchone()[0] == 0
