@@ -2,10 +2,12 @@
 
 Each trajectory's request reserves its worst-case cost in the ledger before it is sent, and its label
 is committed together with the ledger settlement the moment it arrives. A request sent and never
-answered (a timeout) may still be billed, so its worst case stays spent and any re-ask reserves
-anew: a cap holds against what the judge bills. The judge_labels key
-(trajectory, judge model, prompt version) is the cache, so a rerun (even after kill -9) pays only for
-what is still missing. All DuckDB writes happen on the event-loop thread through one connection.
+answered (a timeout) may still be billed: it stays spent by the `unanswered_charge` rule (its worst
+case by default) and any re-ask reserves anew, so a cap holds against what the judge bills. The
+judge_labels key (trajectory, judge model, prompt version) is the cache, so a rerun (even after kill -9)
+pays only for what is still missing. All DuckDB writes happen on the event-loop thread through one
+connection. The run stops for the judge's health (breaker, deadline, every request failed) with every
+label kept; `judge_down` turns that stop into the error the commands exit with (docs/JUDGES.md).
 """
 
 from __future__ import annotations
