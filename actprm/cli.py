@@ -209,16 +209,22 @@ def label(
     max_labels: Annotated[Optional[int], typer.Option("--max-labels", help="Cap on labels bought.")] = None,
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="Cap on judge tokens.")] = None,
     max_cost: Annotated[Optional[float], typer.Option("--max-cost", help="Cap on money spent.")] = None,
+    deadline: Annotated[Optional[float], typer.Option(
+        "--deadline", help="Stop labeling after this many seconds (judge.run_deadline_s).")] = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     config: ConfigOpt = None,
 ):
-    """Buy step labels from a judge for a pool's trajectories, within the budget."""
+    """Buy step labels from a judge for a pool's trajectories, within the budget.
+
+    Exits non-zero when it stops for the judge's health (circuit breaker open, every request failed, the
+    deadline passed), keeping every label bought."""
 
     @command
     def _run():
         overrides = {
-            "judge": {"backend": judge, "url": judge_url, "model": judge_model, "concurrency": concurrency},
+            "judge": {"backend": judge, "url": judge_url, "model": judge_model, "concurrency": concurrency,
+                      "run_deadline_s": deadline},
             "budget": {"max_labels": max_labels, "max_tokens": max_tokens, "max_cost": max_cost},
         }
         settings = prepare(config, overrides, flow="flows.stages")
@@ -326,8 +332,12 @@ def run(
         }
         settings = prepare(config, overrides, flow="flows.active_learning")
         from flows.active_learning import active_learning
+        from tasks.label import loop_judge_down
 
-        return active_learning(pool=pool or settings.default_pool, config=overrides)
+        summary = active_learning(pool=pool or settings.default_pool, config=overrides)
+        if (judge_failed := loop_judge_down(summary)) is not None:  # "judge down" is not "done" for a script
+            raise judge_failed
+        return summary
 
     _run(json_out=json_out, debug=debug)
 

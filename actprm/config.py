@@ -46,15 +46,31 @@ class JudgeSettings(BaseModel):
     url: str = Field("http://127.0.0.1:8000/v1", description="Base URL of an OpenAI-compatible endpoint.")
     model: str = Field("Qwen/QwQ-32B", description="Judge model name sent to the endpoint.")
     api_key: SecretStr | None = Field(None, description="API key (env ACTPRM_JUDGE_API_KEY); never logged.")
-    prompt_version: str = Field("processbench-v1", description="Critique prompt template version.")
-    concurrency: int = Field(16, description="Requests in flight at once.")
-    timeout_s: float = Field(120.0, description="Per-request timeout in seconds.")
-    max_retries: int = Field(6, description="Retries per request on 429/5xx and connections that never opened "
+    prompt_version: str = Field("processbench", description="Critique prompt: processbench (ProcessBench's, "
+                                "index in \\boxed{}) or actprm (ActivePRM's, <analysis_i> + <conclusion>), or a "
+                                "pinned version (processbench-v1, processbench-v2, actprm-v1).")
+    concurrency: int = Field(16, ge=1, description="Requests in flight at once.")
+    timeout_s: float | None = Field(None, gt=0, description="Per-request limit in seconds, from sending to the whole "
+                                    "answer (None: the model family's, 600 reasoning / 120 instruct).")
+    max_retries: int = Field(6, ge=0, description="Retries per request on 429/5xx and connections that never opened "
                              "(a request cut off after sending is re-asked under max_parse_retries).")
-    max_parse_retries: int = Field(2, description="Re-asks of a trajectory after a paid request gave no label: an "
-                                   "unparseable or truncated answer, or a timeout after sending (maybe billed).")
-    circuit_breaker: int = Field(20, description="Stop the run after this many consecutive failures.")
-    max_completion_tokens: int = Field(4096, description="Completion tokens requested (and reserved) per call.")
+    max_parse_retries: int = Field(2, ge=0, description="Re-asks of a trajectory after a paid request gave no label: an "
+                                   "unparseable answer, or a timeout after sending (a truncated answer is not re-asked).")
+    circuit_breaker: int = Field(20, ge=1, description="Stop the run after this many consecutive failed requests (timeouts, "
+                                 "errors, unusable answers; re-asks count), or fewer: a whole wave in a row "
+                                 "(concurrency, at least 5).")
+    run_deadline_s: float | None = Field(None, gt=0, description="Wall-clock limit on one labeling run in seconds (None: "
+                                         "none); at it no request is sent and those in flight are abandoned.")
+    unanswered_charge: Literal["worst_case", "prompt"] = Field(
+        "worst_case", description="What a request sent but never answered (timeout, cut, abandoned) costs the budget: "
+        "worst_case (prompt bound + max_completion_tokens; hosted APIs bill generations the client gave up on) or "
+        "prompt (the prompt's bound only; vLLM/SGLang serve abort a request whose client hung up).")
+    max_completion_tokens: int | None = Field(None, ge=1, description="Completion tokens requested (and reserved) per "
+                                              "call (None: the model family's, 12288 reasoning / 4096 instruct).")
+    temperature: float | None = Field(None, ge=0, description="Sampling temperature (None: the model family's, 0.5 "
+                                      "reasoning as ActivePRM's released code / 0 instruct).")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling top_p (None: the model family's, 0.95 reasoning "
+                                "/ not sent for instruct).")
     structured_output: bool = Field(False, description="Ask vLLM for JSON-schema structured output.")
 
 

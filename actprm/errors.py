@@ -9,8 +9,13 @@ class BudgetExhausted(ActPRMError):
     """The judge budget is spent; everything bought so far is kept."""
 
 
-class CircuitOpen(ActPRMError):
-    """Too many consecutive judge failures; the run stopped, keeping every label bought."""
+class JudgeDown(ActPRMError):
+    """Labeling stopped for the judge's health (circuit open, every request failed, the run's deadline passed):
+    every label bought is kept, and the command exits non-zero so a script can tell it from "done"."""
+
+
+class CircuitOpen(JudgeDown):
+    """Too many consecutive failed judge requests; the run stopped, keeping every label bought."""
 
 
 class UnknownPool(ActPRMError):

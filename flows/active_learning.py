@@ -18,7 +18,7 @@ from flows import scoring
 from flows.ingest_pool import ingest_pool
 from tasks import pipeline
 from tasks.evaluate import evaluate_stage
-from tasks.label import label_stage
+from tasks.label import JUDGE_DOWN_STOPS, label_stage
 from tasks.register import register_stage, starting_model_stage
 from tasks.select import prepare_eval_split_task, select_task
 from tasks.train import train_stage
@@ -78,6 +78,8 @@ def active_learning(
         if trained["skipped"]:
             pipeline.close_run_task(settings, run_id)
             stopped_because = "nothing_to_train" if not labeled["labeled"] else "training_skipped"
+            if labeled["stopped_because"] in JUDGE_DOWN_STOPS:  # nothing to train because the judge is down
+                stopped_because = labeled["stopped_because"]
             history.append(pipeline.round_record(k, scored, labeled, trained, None, None))
             break
         evaluation = evaluate_stage(settings, pool, trained["model_dir"], run_id)

@@ -10,7 +10,7 @@ from actprm.config import flow_settings
 from flows import scoring
 from tasks import pipeline
 from tasks.evaluate import evaluate_stage
-from tasks.label import label_stage
+from tasks.label import judge_down, label_stage
 from tasks.register import register_stage, starting_model_stage
 from tasks.score import export_stage
 from tasks.select import prepare_eval_split_task
@@ -40,6 +40,8 @@ def label_flow(pool: str, select: str = "uncertain", config: dict[str, Any] | No
     run_id = pipeline.open_run_task(settings, "label", {"pool": pool, "select": select})
     summary = label_stage(settings, pool, None, run_id, select=select)
     pipeline.close_run_task(settings, run_id)
+    if (judge_failed := judge_down(summary)) is not None:  # the flow run fails, so the command exits non-zero
+        raise judge_failed
     return summary
 
 

@@ -28,8 +28,10 @@ def judge_identity(settings: Settings) -> tuple[str, str]:
     from actprm.judges import build_judge, judge_kwargs_from_settings
 
     kwargs = judge_kwargs_from_settings(settings)
+    from actprm.judges.prompt import resolve_version
+
     model = kwargs.get("model") or build_judge(settings.judge.backend, **kwargs).model
-    return model, settings.judge.prompt_version
+    return model, resolve_version(settings.judge.prompt_version)  # "processbench" is stored as its current version
 
 
 @task(name="sample-pool", cache_policy=NO_CACHE)

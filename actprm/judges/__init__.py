@@ -39,7 +39,7 @@ def judge_kwargs_from_settings(settings, *, base_delay: float = 1.0) -> dict:
     j = settings.judge
     kw = {"prompt_version": j.prompt_version, "max_completion_tokens": j.max_completion_tokens}
     if j.backend in ("openai", "vllm"):
-        kw.update(model=j.model, structured_output=j.structured_output)
+        kw.update(model=j.model, structured_output=j.structured_output, temperature=j.temperature, top_p=j.top_p)
     if j.backend == "openai":
         kw.update(url=j.url, api_key=settings.judge_api_key(), timeout_s=j.timeout_s, max_retries=j.max_retries,
                   concurrency=j.concurrency, base_delay=base_delay)

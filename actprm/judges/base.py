@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from actprm.errors import ActPRMError
 from actprm.judges.prompt import PromptTemplate, estimate_prompt_tokens, load_template, max_prompt_tokens
+from actprm.judges.sampling import Sampling, sampling_for
 
 # Secrets handed to judges; `redact` removes them from anything we log, raise or store.
 _SECRETS: set[str] = set()
@@ -47,6 +48,7 @@ class JudgeReply:
     completion_tokens: int
     attempts: int = 1          # transport attempts it took
     latency_s: float = 0.0
+    reasoning: str | None = None  # the server's separate reasoning text (vLLM's reasoning_content), if it sent one
 
     @property
     def tokens(self) -> int:
@@ -78,11 +80,22 @@ class Judge(abc.ABC):
 
     name: str = "judge"
 
-    def __init__(self, *, model: str, prompt_version: str = "processbench-v1", template_path: str | None = None,
-                 max_completion_tokens: int = 4096, structured_output: bool = False):
+    def __init__(self, *, model: str, prompt_version: str = "processbench", template_path: str | None = None,
+                 max_completion_tokens: int | None = None, structured_output: bool = False,
+                 temperature: float | None = None, top_p: float | None = None, timeout_s: float | None = None):
         self.template: PromptTemplate = load_template(prompt_version, template_path)
+        if structured_output and self.template.answer_rule != "boxed":
+            raise ActPRMError(f"structured_output asks for a first-error index and works with the processbench "
+                              f"prompts only, not {self.template.version}")
         self.model = model
-        self.max_completion_tokens = max_completion_tokens
+        # Knobs left None take the model family's defaults (actprm.judges.sampling).
+        self.sampling: Sampling = sampling_for(model, max_completion_tokens=max_completion_tokens,
+                                               temperature=temperature, top_p=top_p, timeout_s=timeout_s)
+        for knob, value in (("max_completion_tokens", self.sampling.max_completion_tokens),
+                            ("timeout_s", self.sampling.timeout_s)):
+            if not value > 0:  # NaN fails this too
+                raise ActPRMError(f"judge {knob} must be positive (got {value})")
+        self.max_completion_tokens = self.sampling.max_completion_tokens
         self.structured_output = structured_output
 
     @property

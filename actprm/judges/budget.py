@@ -4,8 +4,8 @@ globally and per pool, backed by the DuckDB `budget_ledger`.
 Every request reserves its worst case (prompt upper bound + max completion tokens) before it is
 sent, so however many requests are in flight the caps can never be overspent; the actual usage
 replaces the reservation when the answer is committed. A request that was sent but never answered
-(a timeout) keeps its worst case: the judge may have billed it. Spent = reserved + settled +
-maybe_billed + orphaned rows.
+(a timeout) is charged by the run's unanswered rule (`judge.unanswered_charge`: its worst case, or its
+prompt's bound only) and stays `maybe_billed`. Spent = reserved + settled + maybe_billed + orphaned rows.
 """
 
 from __future__ import annotations
@@ -194,10 +194,12 @@ class Budget:
                                 label={**label, "request_id": r.request_id} if label else None)
         await self._give_back(r, labels, tokens, cost)
 
-    async def keep(self, r: Reservation, *, label: dict | None = None) -> None:
-        """The request was sent and may have been billed, but no answer came back: its worst case
-        stays spent (state maybe_billed), so a cap holds against what the judge bills, not what we read."""
-        await self.settle(r, labels=0, tokens=r.tokens, cost=r.cost, label=label, state="maybe_billed")
+    async def keep(self, r: Reservation, *, tokens: int | None = None, label: dict | None = None) -> None:
+        """The request was sent and may have been billed, but no answer came back: `tokens` (default its
+        worst case, never more) stay spent (state maybe_billed), so a cap holds against what the judge bills."""
+        tokens = r.tokens if tokens is None else min(tokens, r.tokens)
+        cost = r.cost if tokens == r.tokens else self.limits.cost(tokens)
+        await self.settle(r, labels=0, tokens=tokens, cost=cost, label=label, state="maybe_billed")
 
     async def release(self, r: Reservation, *, label: dict | None = None) -> None:
         """The request surely bought nothing (refused, never sent): free its reservation."""

@@ -54,23 +54,24 @@ class OpenAIJudge(Judge):
 
     def __init__(self, *, url: str = "http://127.0.0.1:8000/v1", model: str = "Qwen/QwQ-32B",
                  api_key: str | None = None, api_key_secret_block: str | None = None,
-                 prompt_version: str = "processbench-v1", template_path: str | None = None,
-                 max_completion_tokens: int = 4096, structured_output: bool = False,
-                 timeout_s: float = 120.0, max_retries: int = 6, base_delay: float = 1.0,
-                 max_delay: float = 60.0, max_retry_after: float = 300.0, temperature: float = 0.0,
-                 concurrency: int = 16, seed: int | None = None):
+                 prompt_version: str = "processbench", template_path: str | None = None,
+                 max_completion_tokens: int | None = None, structured_output: bool = False,
+                 timeout_s: float | None = None, max_retries: int = 6, base_delay: float = 1.0,
+                 max_delay: float = 60.0, max_retry_after: float = 300.0, temperature: float | None = None,
+                 top_p: float | None = None, concurrency: int = 16, seed: int | None = None):
         super().__init__(model=model, prompt_version=prompt_version, template_path=template_path,
-                         max_completion_tokens=max_completion_tokens, structured_output=structured_output)
+                         max_completion_tokens=max_completion_tokens, structured_output=structured_output,
+                         temperature=temperature, top_p=top_p, timeout_s=timeout_s)
         if api_key is None and api_key_secret_block:
             api_key = _load_secret_block(api_key_secret_block)
         register_secret(api_key)
         self.url = url.rstrip("/") + "/chat/completions"
-        self.timeout_s = timeout_s
+        self.timeout_s = self.sampling.timeout_s
         self.max_retries = max_retries
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.max_retry_after = max_retry_after
-        self.temperature = temperature
+        self.temperature, self.top_p = self.sampling.temperature, self.sampling.top_p
         self._rng = random.Random(seed)
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.concurrency = concurrency
@@ -87,7 +88,10 @@ class OpenAIJudge(Judge):
 
     def _body(self, req: JudgeRequest, prompt: str) -> dict:
         body = {"model": self.model, "messages": [{"role": "user", "content": prompt}],
-                "max_completion_tokens": self.max_completion_tokens, "temperature": self.temperature}
+                "max_completion_tokens": self.max_completion_tokens}
+        for knob in ("temperature", "top_p"):  # None: left to the server (some reasoning APIs refuse them)
+            if getattr(self, knob) is not None:
+                body[knob] = getattr(self, knob)
         if self.structured_output:
             # vLLM >= 0.12 name (guided_json was removed); other servers ignore unknown fields.
             body["structured_outputs"] = {"json": answer_schema(len(req.steps))}
@@ -105,7 +109,12 @@ class OpenAIJudge(Judge):
         for attempt in range(self.max_retries + 1):
             wait: float | None = None
             try:
-                resp = await self._http().post(self.url, json=body)
+                # httpx's timeout bounds each read, not the answer: a server that trickles a byte now and then
+                # would hold the request forever. This bounds the whole exchange.
+                resp = await asyncio.wait_for(self._http().post(self.url, json=body), self.timeout_s)
+            except TimeoutError:
+                raise JudgeUnavailable("timeout", attempt + 1, f"no whole answer within {self.timeout_s:g}s",
+                                       maybe_billed=True) from None
             except NOT_SENT as exc:  # never reached the model: free to retry here
                 reason, detail = ("timeout" if isinstance(exc, httpx.TimeoutException) else "connection_error",
                                   type(exc).__name__)
@@ -162,15 +171,20 @@ def _parse_completion(resp: httpx.Response, prompt: str, attempts: int, latency_
         data = resp.json()
         choice = data["choices"][0]
         text = _content_text(choice["message"].get("content"))
+        # vLLM's and SGLang's reasoning parsers send the thinking apart (`reasoning_content`; `reasoning` in newer
+        # vLLM and OpenRouter): then `content` is the final answer alone.
+        reasoning = choice["message"].get("reasoning_content") or choice["message"].get("reasoning")
         usage = data.get("usage") or {}
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         return None
     if not isinstance(usage, dict):
         usage = {}
     prompt_tokens = _usage(usage.get("prompt_tokens"), estimate_prompt_tokens(prompt), max_prompt_tokens(prompt))
-    completion_tokens = _usage(usage.get("completion_tokens"), len(text or "") // 4 + 1, max_completion_tokens)
+    reasoning = reasoning if isinstance(reasoning, str) else None
+    completion_tokens = _usage(usage.get("completion_tokens"), (len(text or "") + len(reasoning or "")) // 4 + 1,
+                               max_completion_tokens)
     return JudgeReply(text=text, finish_reason=choice.get("finish_reason"), prompt_tokens=prompt_tokens,
-                      completion_tokens=completion_tokens, attempts=attempts, latency_s=latency_s)
+                      completion_tokens=completion_tokens, attempts=attempts, latency_s=latency_s, reasoning=reasoning)
 
 
 def _content_text(content) -> str | None:

@@ -11,8 +11,8 @@ from actprm.judges.base import Judge, JudgeReply, JudgeRequest, JudgeUnavailable
 class OracleJudge(Judge):
     name = "oracle"
 
-    def __init__(self, *, model: str = "oracle:gold", prompt_version: str = "processbench-v1",
-                 template_path: str | None = None, max_completion_tokens: int = 4096, **_ignored):
+    def __init__(self, *, model: str = "oracle:gold", prompt_version: str = "processbench",
+                 template_path: str | None = None, max_completion_tokens: int | None = None, **_ignored):
         super().__init__(model=model, prompt_version=prompt_version, template_path=template_path,
                          max_completion_tokens=max_completion_tokens)
 

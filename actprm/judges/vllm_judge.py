@@ -19,12 +19,13 @@ from actprm.judges.prompt import answer_schema
 class VLLMJudge(Judge):
     name = "vllm"
 
-    def __init__(self, *, model: str = "Qwen/QwQ-32B", prompt_version: str = "processbench-v1",
-                 template_path: str | None = None, max_completion_tokens: int = 4096,
-                 structured_output: bool = False, temperature: float = 0.0, batch_size: int = 64,
-                 batch_wait_s: float = 0.05, **engine_kwargs):
+    def __init__(self, *, model: str = "Qwen/QwQ-32B", prompt_version: str = "processbench",
+                 template_path: str | None = None, max_completion_tokens: int | None = None,
+                 structured_output: bool = False, temperature: float | None = None, top_p: float | None = None,
+                 batch_size: int = 64, batch_wait_s: float = 0.05, **engine_kwargs):
         super().__init__(model=model, prompt_version=prompt_version, template_path=template_path,
-                         max_completion_tokens=max_completion_tokens, structured_output=structured_output)
+                         max_completion_tokens=max_completion_tokens, structured_output=structured_output,
+                         temperature=temperature, top_p=top_p)
         try:
             import vllm
         except ImportError:
@@ -34,14 +35,15 @@ class VLLMJudge(Judge):
             ) from None
         self._vllm = vllm
         self._llm = vllm.LLM(model=model, **engine_kwargs)
-        self.temperature = temperature
+        self.temperature, self.top_p = self.sampling.temperature, self.sampling.top_p
         self.batch_size = batch_size
         self.batch_wait_s = batch_wait_s
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
 
     def _sampling(self, n_steps: int):
-        kw = {"temperature": self.temperature, "max_tokens": self.max_completion_tokens}
+        kw = {"max_tokens": self.max_completion_tokens}
+        kw.update({k: v for k, v in (("temperature", self.temperature), ("top_p", self.top_p)) if v is not None})
         if self.structured_output:
             try:
                 from vllm.sampling_params import StructuredOutputsParams

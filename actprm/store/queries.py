@@ -274,6 +274,16 @@ class Store:
                         [judge_model, prompt_version, ids]).fetchall()
         return dict(rows)
 
+    def judge_label_truncations(self, ids: list[str], judge_model: str, prompt_version: str) -> dict[str, int]:
+        """Completion tokens of the rows `ids` that failed as truncated under this (judge model, prompt version):
+        the label task re-asks them only under a larger completion limit."""
+        if not ids:
+            return {}
+        rows = self.sql("SELECT trajectory_id, completion_tokens FROM judge_labels WHERE judge_model = ? "
+                        "AND prompt_version = ? AND status = 'failed' AND reason = 'truncated' "
+                        "AND trajectory_id IN (SELECT unnest(?::VARCHAR[]))", [judge_model, prompt_version, ids]).fetchall()
+        return {t: int(c or 0) for t, c in rows}
+
     def latest_scored_model_version(self, pool: str) -> str | None:
         row = self.sql("SELECT s.model_version FROM scores s JOIN pool_members pm ON pm.trajectory_id = s.trajectory_id "
                        "WHERE pm.pool = ? GROUP BY s.model_version ORDER BY max(s.scored_at) DESC LIMIT 1",

@@ -188,7 +188,7 @@ def test_bad_label_is_rejected(tmp_path):
 
 
 def _labeled_pool(db, labeled: list[dict], other_prompt: list[dict] = ()) -> None:
-    """Registered pool `p` holding `labeled` with labels of the default judge and prompt (verifier, processbench-v1)
+    """Registered pool `p` holding `labeled` with labels of the default judge and prompt (verifier, processbench-v2)
     and `other_prompt` with labels bought under another prompt version."""
     from actprm.store import Store, trajectory_id
 
@@ -198,7 +198,7 @@ def _labeled_pool(db, labeled: list[dict], other_prompt: list[dict] = ()) -> Non
             tid = trajectory_id(ex["question"], ex["steps"])
             store.sql("INSERT INTO trajectories VALUES (?, ?, ?, ?)", [tid, ex["question"], ex["steps"], len(ex["steps"])])
             store.sql("INSERT INTO pool_members (pool, trajectory_id, line_no) VALUES ('p', ?, ?)", [tid, i])
-            prompt = "processbench-v1" if i < len(labeled) else "processbench-v0"
+            prompt = "processbench-v2" if i < len(labeled) else "processbench-v1"
             store.sql("INSERT INTO judge_labels (trajectory_id, judge_model, prompt_version, pool, status, "
                       "first_error) VALUES (?, 'verifier:synth', ?, 'p', 'labeled', ?)", [tid, prompt, ex["first_error"]])
 

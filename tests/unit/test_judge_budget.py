@@ -204,3 +204,17 @@ def test_label_ids_counts_explicit_ids_already_labeled_as_cached(store):
     label_ids(store, ids[:3], build_judge("verifier"), pool="p", progress=False)
     s = label_ids(store, ids, build_judge("verifier"), pool="p", progress=False)
     assert (s.cached, s.requested, s.labeled) == (3, 3, 3)
+
+
+@pytest.mark.parametrize("knob, value", [("run_deadline_s", float("nan")), ("run_deadline_s", -1.0),
+                                         ("timeout_s", 0.0), ("timeout_s", float("nan")), ("circuit_breaker", 0),
+                                         ("concurrency", 0), ("max_completion_tokens", 0), ("top_p", 1.5),
+                                         ("temperature", -0.1), ("unanswered_charge", "never")])
+def test_judge_settings_that_would_never_stop_or_never_charge_are_refused(knob, value):
+    """A NaN deadline or timeout compares false with everything: it would never fire."""
+    from pydantic import ValidationError
+
+    from actprm.config import Settings
+
+    with pytest.raises(ValidationError, match=knob):
+        Settings(judge={knob: value})
