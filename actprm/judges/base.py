@@ -109,6 +109,14 @@ class Judge(abc.ABC):
         """What one request can cost at most: the reservation made before it is sent."""
         return max_prompt_tokens(prompt) + self.max_completion_tokens
 
+    def answer_text(self, first_error: int) -> str:
+        """How a judge following this template writes `first_error` (for judges that know the answer)."""
+        if self.template.answer_rule == "conclusion":  # ActivePRM: analyses up to the wrong one, then a verdict
+            last = first_error + 1 if first_error >= 0 else 0
+            analyses = "".join(f"<analysis_{k}>checked</analysis_{k}>\n" for k in range(1, last + 1))
+            return analyses + f"<conclusion>{'Incorrect' if first_error >= 0 else 'Correct'}</conclusion>"
+        return f"\\boxed{{{int(first_error)}}}"
+
     def simulated_reply(self, prompt: str, answer: str) -> JudgeReply:
         """Usage for judges that are not billed per token (oracle, verifier), metered as if they were
         so that token and cost caps behave exactly as with a paid judge (the paper's pool-based simulation)."""

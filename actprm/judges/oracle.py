@@ -20,4 +20,4 @@ class OracleJudge(Judge):
         if req.gold_first_error is None:
             raise JudgeUnavailable("no_gold_label", detail=f"trajectory {req.trajectory_id} has no gold label")
         # Answer in the same form a model judge would, so it goes through the same parser.
-        return self.simulated_reply(prompt, f"\\boxed{{{int(req.gold_first_error)}}}")
+        return self.simulated_reply(prompt, self.answer_text(int(req.gold_first_error)))

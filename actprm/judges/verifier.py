@@ -23,4 +23,4 @@ class VerifierJudge(Judge):
 
     async def ask(self, req: JudgeRequest, prompt: str) -> JudgeReply:
         first_error = self._verify(req.question, list(req.steps))
-        return self.simulated_reply(prompt, f"\\boxed{{{int(first_error)}}}")
+        return self.simulated_reply(prompt, self.answer_text(int(first_error)))

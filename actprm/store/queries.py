@@ -28,6 +28,11 @@ class StoreLockedError(RuntimeError):
     """Another process holds the DuckDB file for writing."""
 
 
+def _same_family(column: str, param: str) -> str:
+    """SQL: the prompt version in `column` is of the same family as `param` (the name before '-vN')."""
+    return f"regexp_replace({column}, '-v[0-9]+$', '') = regexp_replace({param}, '-v[0-9]+$', '')"
+
+
 class Store:
     """A short-lived handle on the project's DuckDB file. Use as a context manager."""
 
@@ -175,7 +180,7 @@ class Store:
             "JOIN trajectories t ON t.id = pm.trajectory_id "
             "JOIN (SELECT trajectory_id, first_error FROM judge_labels "
             "      WHERE status = 'labeled' AND first_error IS NOT NULL"
-            "        AND (? IS NULL OR judge_model = ?) AND (? IS NULL OR prompt_version = ?) "
+            "        AND (? IS NULL OR judge_model = ?) AND (? IS NULL OR " + _same_family("prompt_version", "?") + ") "
             "      QUALIFY row_number() OVER (PARTITION BY trajectory_id "
             "                                 ORDER BY created_at DESC, judge_model, prompt_version) = 1"
             ") j ON j.trajectory_id = pm.trajectory_id "
@@ -269,8 +274,11 @@ class Store:
         labeled ones are the label cache; failed ones are asked again and their row replaced."""
         if not ids:
             return {}
-        rows = self.sql("SELECT trajectory_id, status FROM judge_labels WHERE judge_model = ? "
-                        "AND prompt_version = ? AND trajectory_id IN (SELECT unnest(?::VARCHAR[]))",
+        # Any version of the prompt's family counts (processbench-v1 labels serve processbench-v2): a template
+        # revision must not buy every label again. A labeled row under any of them wins over a failed one.
+        rows = self.sql("SELECT trajectory_id, CASE WHEN bool_or(status = 'labeled') THEN 'labeled' ELSE 'failed' END "
+                        "FROM judge_labels WHERE judge_model = ? AND " + _same_family("prompt_version", "?")
+                        + " AND trajectory_id IN (SELECT unnest(?::VARCHAR[])) GROUP BY trajectory_id",
                         [judge_model, prompt_version, ids]).fetchall()
         return dict(rows)
 
@@ -586,7 +594,7 @@ class Store:
              + ("AND s.uncertain " if only_uncertain else "")
              + "AND ($judge::VARCHAR IS NULL OR NOT EXISTS (SELECT 1 FROM judge_labels j "
              "WHERE j.trajectory_id = s.trajectory_id AND j.judge_model = $judge "
-             "AND j.prompt_version = $prompt AND j.status = 'labeled')) "
+             "AND " + _same_family("j.prompt_version", "$prompt") + " AND j.status = 'labeled')) "
              "ORDER BY s.acquisition DESC, s.trajectory_id")
         params: dict = {"version": model_version, "pool": pool, "split": split, "judge": judge_model,
                         "prompt": prompt_version}

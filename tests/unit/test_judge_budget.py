@@ -218,3 +218,21 @@ def test_judge_settings_that_would_never_stop_or_never_charge_are_refused(knob, 
 
     with pytest.raises(ValidationError, match=knob):
         Settings(judge={knob: value})
+
+
+def test_labels_bought_under_an_earlier_revision_of_the_prompt_are_not_bought_again(store):
+    """processbench-v1 -> v2 only hardened the template: a home's labels stay its label cache, for buying and
+    for training, and a labeled row under v1 wins over a failed one under v2."""
+    ids = synth_pool(store, "p", 10)
+    old = label_pool(store, "p", build_judge("verifier", prompt_version="processbench-v1"), select="all",
+                     max_requests=6, progress=False)
+    assert old.labeled == 6
+    new = label_pool(store, "p", build_judge("verifier"), select="all", progress=False)  # processbench -> v2
+    assert new.prompt_version == "processbench-v2"
+    assert (new.cached, new.requested, new.labeled) == (6, 4, 4)
+    assert store.sql("SELECT count(*) FROM budget_ledger WHERE labels = 1").fetchone()[0] == 10
+    assert len(store.training_examples("p", split=None, judge_model=new.judge_model,
+                                       prompt_version="processbench-v2")) == 10
+    # Another family is another question: its labels are bought anew.
+    other = label_pool(store, "p", build_judge("verifier", prompt_version="actprm"), select="all", progress=False)
+    assert (other.cached, other.labeled) == (0, len(ids)) and other.quality["accuracy"] == 1.0
