@@ -71,8 +71,11 @@ def _view_layers(view, limits: dict) -> list[list[str]]:
                   # from_json hands back fields as compact JSON text: the first char gives the type.
                   # One parse of the steps for their types, one for their text.
                   f"json_type(CASE WHEN starts_with({fj(sk)}, '[') THEN {fj(sk)} END, '$[*]') AS @se"]
-        layer2 = ["CASE WHEN starts_with(@qj, '\"') THEN @qj->>'$' END AS @qt",
-                  "from_json(CASE WHEN @se IS NOT NULL THEN @sj END, '[\"VARCHAR\"]') AS @sp"]
+        steps = "from_json(CASE WHEN @se IS NOT NULL THEN @sj END, '[\"VARCHAR\"]')"
+        if view.step_prefix is not None:  # View.clean_step is the Python twin
+            steps = (f"list_transform({steps}, lambda x: regexp_replace(trim(x, ' \t\r\n'), "
+                     f"{lit(view.step_prefix)}, '', 'i'))")
+        layer2 = ["CASE WHEN starts_with(@qj, '\"') THEN @qj->>'$' END AS @qt", f"{steps} AS @sp"]
         n = "len(@se)"
         checks = [
             ("@qj IS NULL", f"{qk} is missing or null"),
@@ -102,7 +105,11 @@ def _view_layers(view, limits: dict) -> list[list[str]]:
     final = (f"struct_pack(reason := {reason}, question := @qt, steps := @sp, "
              f"first_error := {'(' + first_error + ')::INTEGER' if labeled else 'NULL::INTEGER'}, "
              f"step_labels := {'(' + step_labels + ')::TINYINT[]' if labeled else 'NULL::TINYINT[]'}, "
-             f"error_kind := {error_kind}::VARCHAR, source_id := {source_id}::VARCHAR) AS @view")
+             f"error_kind := {error_kind}::VARCHAR, source_id := {source_id}::VARCHAR)")
+    if view.only_if is not None:  # no view (NULL) on other records; its checks do not apply there either
+        key, value = view.only_if
+        final = f"CASE WHEN {fj(key)}->>'$' IS NOT DISTINCT FROM {lit(value)} THEN {final} END"
+    final += " AS @view"
     return [layer1, layer2, layer3, [final]]
 
 
@@ -146,11 +153,12 @@ def _label_sql(view, n: str) -> tuple[list[str], list, str, str]:
         es = "list_transform(@ll, lambda x: TRY_CAST(x AS INTEGER))"
         checks = [("@lj IS NULL", f"{lk} is missing or null"),
                   ("@ll IS NULL", f"{lk} is not a list"),
-                  ("len(@ll) = 0", f"{lk} is empty"),
-                  (f"NOT list_bool_and(list_transform(@ll, lambda x: coalesce({is_int}, false)))", f"{lk} must hold step numbers"),
-                  (f"list_min({es}) < 1 OR list_max({es}) > {n}", f"{lk} out of range (1-based step numbers)")]
-        # PRMBench error_steps are 1-based; every listed step is wrong, the others are correct
-        return (cols, checks, f"list_min({es}) - 1",
+                  (f"NOT list_bool_and(list_transform(@ll, lambda x: coalesce({is_int}, false)))", f"{lk} must hold step numbers")]
+        # PRMBench error_steps are 1-based; every listed step is wrong, the others are correct. As mr_eval scores
+        # them (eval_on_hallucination_step visits only the steps that exist), numbers past the process are
+        # ignored, and an empty list (multi_solutions) or one with no number in range means all correct.
+        in_range = f"list_filter({es}, lambda e: e BETWEEN 1 AND {n})"
+        return (cols, checks, f"coalesce(list_min({in_range}) - 1, -1)",
                 f"list_transform(range(1, {n} + 1), lambda i: (NOT list_contains({es}, i))::TINYINT)")
     raise ValueError(f"unknown label kind {kind!r}")
 
@@ -196,6 +204,8 @@ def staging_select(fmt, kind: str, limits: dict, trajectory_id_sql: str) -> str:
         keep = f"CASE WHEN reason IS NULL THEN {nviews} ELSE 1 END"
         rows = (f"SELECT line_no, raw, reason, unnest(list_slice([{views}], 1, {keep})) AS v, "
                 f"unnest(list_slice(range(1, {nviews + 1}), 1, {keep})) AS vi FROM judged")
+        if any(v.only_if for v in fmt.views):  # a good line keeps only the views it has (View.only_if)
+            rows = f"SELECT * FROM ({rows}) WHERE reason IS NOT NULL OR v IS NOT NULL"
     good = lambda e: f"CASE WHEN reason IS NULL THEN {e} END"  # noqa: E731
     return (
         "WITH lines AS (" + reader_sql(kind) + "), "

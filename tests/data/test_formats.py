@@ -44,23 +44,49 @@ def prmbench_record(idx: str, kind: str, original: list[str], modified: list[str
             "question": "How many seconds in 2 minutes?"}
 
 
-def test_prmbench_two_views_and_shared_original(tmp_path, db):
+def test_prmbench_as_mr_eval_reads_it(tmp_path, db):
+    """PRMBench as distributed: each problem's original comes once (from its redundency line, as mr_eval's
+    "correct_<idx>" sample), its "Step k." numbering cut; multi_solutions lines (empty error_steps) are all-correct
+    trajectories; error_steps past the process are ignored as mr_eval ignores them, not a reason to quarantine."""
     original = ["A minute is 60 seconds.", "2 * 60 = 120.", "The answer is 120."]
-    a = write_lines(tmp_path / "prm" / "circular.jsonl", [prmbench_record(
-        "p0", "circular", original, ["A minute is 60 seconds.", "Assume 120 and check.", "So 120."], [2, 3])])
-    b = write_lines(tmp_path / "prm" / "confidence.jsonl", [prmbench_record(
-        "p0", "confidence", original, ["A minute is 60 seconds.", "2 * 60 = 130 surely.", "So 130."], [2, 3])])
-    s = ingest(db, [str(tmp_path / "prm")], "prm", emit=False)  # a directory: both files, sorted
-    assert (s.format, s.lines_read, s.accepted, s.trajectories_added) == ("prmbench", 2, 2, 3)
+    numbered = [f"Step {k + 1}. {s}" for k, s in enumerate(original)]
+    write_lines(tmp_path / "prm" / "circular.jsonl", [prmbench_record(
+        "p0", "circular", numbered, ["A minute is 60 seconds.", "Assume 120 and check.", "So 120."], [2, 3])])
+    write_lines(tmp_path / "prm" / "redundency.jsonl", [prmbench_record(
+        "p0", "redundency", original, ["1. A minute is 60 seconds.", "2. 60 = 60.", "3. 2 * 60 = 120."], [2])])
+    write_lines(tmp_path / "prm" / "multi_solutions.jsonl", [
+        prmbench_record("p0", "multi_solutions", numbered, ["120 seconds: 2 minutes of 60.", "7.8 is not used."], []),
+        prmbench_record("p1", "confidence", ["x"], ["2 * 60 = 130 surely.", "So 130."], [2, 7]),
+        prmbench_record("p2", "confidence", ["x"], ["2 * 60 = 120.", "So 120."], [5])])
+    s = ingest(db, [str(tmp_path / "prm")], "prm", emit=False)  # a directory: every file, sorted
+    assert (s.format, s.lines_read, s.accepted, s.quarantined) == ("prmbench", 5, 5, 0)
     rows = gold(db, "prm")
-    # the shared original is stored once, under its first occurrence
-    assert sorted(r["source_id"] for r in rows) == ["p0:modified", "p0:modified", "p0:original"]
-    orig = [r for r in rows if r["steps"] == original]
-    assert len(orig) == 1 and orig[0]["gold_first_error"] == -1 and orig[0]["step_labels"] == [1, 1, 1]
-    mod = [r for r in gold(db, "prm") if r["error_kind"] == "confidence"][0]
-    # error_steps are 1-based: [2, 3] -> first error at index 1; every listed step is wrong
-    assert mod["gold_first_error"] == 1 and mod["step_labels"] == [1, 0, 0]
-    assert a.exists() and b.exists()
+    assert s.trajectories_added == len(rows) == 6  # 5 modified processes + 1 original
+    (orig,) = [r for r in rows if r["source_id"].endswith(":original")]
+    assert orig["source_id"] == "p0:original" and orig["steps"] == original
+    assert orig["gold_first_error"] == -1 and orig["step_labels"] == [1, 1, 1]
+    by_kind = {r["error_kind"]: r for r in rows if r["source_id"].startswith("p0:modified")}
+    # error_steps are 1-based: [2] -> first error at index 1; numbering cut as mr_eval's remove_step_prefix does
+    assert by_kind["redundency"]["steps"] == ["A minute is 60 seconds.", "60 = 60.", "2 * 60 = 120."]
+    assert by_kind["redundency"]["gold_first_error"] == 1 and by_kind["redundency"]["step_labels"] == [1, 0, 1]
+    assert by_kind["circular"]["gold_first_error"] == 1 and by_kind["circular"]["step_labels"] == [1, 0, 0]
+    # a decimal opening a step is not a step number
+    assert by_kind["multi_solutions"]["steps"][1] == "7.8 is not used."
+    assert by_kind["multi_solutions"]["gold_first_error"] == -1 and by_kind["multi_solutions"]["step_labels"] == [1, 1]
+    conf = {r["source_id"]: r for r in rows if r["error_kind"] == "confidence"}
+    assert conf["p1:modified"]["gold_first_error"] == 1 and conf["p1:modified"]["step_labels"] == [1, 0]
+    assert conf["p2:modified"]["gold_first_error"] == -1  # its only error step is past the process
+
+
+def test_prmbench_lines_are_still_checked(tmp_path, db):
+    path = write_lines(tmp_path / "prm.jsonl", [
+        prmbench_record("p0", "circular", ["a"], ["b", "c"], ["two"]),
+        prmbench_record("p1", "redundency", ["a", ""], ["b", "c"], [1]),   # its original has an empty step
+        prmbench_record("p2", "circular", ["a", ""], ["b", "c"], [1]),     # an original nobody reads
+    ])
+    s = ingest(db, [str(path)], "prm", emit=False)
+    assert (s.lines_read, s.accepted, s.quarantined) == (3, 1, 2)
+    assert dict(s.top_reasons) == {"error_steps must hold step numbers": 1, "a step is empty": 1}
 
 
 def test_math_shepherd(tmp_path, db):
