@@ -236,7 +236,10 @@ def train(
 def evaluate(
     model: Annotated[Optional[str], typer.Option("--model", help="models:/actprm-prm@champion, a version URI or a model dir.")] = None,
     predictions: Annotated[Optional[Path], typer.Option("--predictions", help="JSONL of {id, step_scores} from any PRM.")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="ProcessBench or PRMBench JSONL.")] = None,
+    data: Annotated[Optional[Path], typer.Option(
+        "--data", help="ProcessBench or PRMBench: a file, or a folder of the split's files as shipped.")] = None,
+    benchmark: Annotated[Optional[str], typer.Option(
+        "--benchmark", help="processbench or prmbench: refuse --data that is not this benchmark (default: detect).")] = None,
     dev_data: Annotated[Optional[Path], typer.Option(
         "--dev-data", help="ProcessBench JSONL to tune the step threshold on (default: 0.5).")] = None,
     pool: Annotated[Optional[str], typer.Option(
@@ -255,6 +258,7 @@ def evaluate(
         return evaluate_champion(
             model=model, predictions=str(predictions) if predictions else None,
             data=str(data) if data else None, pool=pool, dev_data=str(dev_data) if dev_data else None,
+            benchmark=benchmark,
         )
 
     _run(json_out=json_out, debug=debug)

@@ -1,0 +1,24 @@
+"""`actprm evaluate --benchmark` on benchmark folders as shipped, through the real console script."""
+
+from __future__ import annotations
+
+import json
+
+from tests.integration.test_cli_pipeline import cli, one_json
+from tests.unit.test_benchmarks_as_distributed import CIRCULAR, MULTI, PREDICTIONS, REDUNDENCY, _jsonl
+
+
+def test_evaluate_a_prmbench_folder_as_shipped(tmp_path):
+    folder = tmp_path / "PRMBench"
+    _jsonl(folder / "circular.jsonl", CIRCULAR)
+    _jsonl(folder / "multi_solutions.jsonl", MULTI)
+    _jsonl(folder / "redundency.jsonl", REDUNDENCY)
+    preds = _jsonl(tmp_path / "preds.jsonl", PREDICTIONS)
+    home = tmp_path / "home"
+    out = one_json(cli(home, "evaluate", "--benchmark", "prmbench", "--data", str(folder), "--predictions",
+                       str(preds), "--json"))
+    assert out["benchmark"] == "prmbench" and abs(out["prmscore"] - 0.75) < 1e-12
+    assert out["data_notes"]["repeated_keys_dropped"] == 1 and out["originals"]["n"] == 1
+    wrong = cli(home, "evaluate", "--benchmark", "processbench", "--data", str(folder), "--predictions", str(preds),
+                "--json")
+    assert wrong.returncode == 1 and "holds prmbench records, not processbench" in json.loads(wrong.stdout)["error"]
