@@ -44,3 +44,13 @@ MATH_SHEPHERD = register(InputFormat(
     views=(View(question="input", steps="input", labels="step_tags", label_key="label", id_key="id",
                 error_kind_key="task"),),
 ))
+
+# Raw PRM800K (Lightman et al., 2023, "Let's Verify Step by Step"; github.com/openai/prm800k): human ratings of
+# each step's candidate completions. Which completion each step follows, and what counts as the first error, is
+# `actprm.store.parsing._prm800k_sql` (documented in docs/BENCHMARKS.md). Its TRL conversion loads as trl_stepwise.
+PRM800K = register(InputFormat(
+    name="prm800k", signature=("question", "label"), priority=25,
+    description="PRM800K raw: question.problem, label.steps[].completions[].rating, chosen_completion, "
+                "human_completion (first followed step rated -1 = first error; neutral 0 is not an error)",
+    views=(View(question="question", steps="label", labels="prm800k", label_key="label"),),
+))

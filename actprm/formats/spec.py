@@ -20,7 +20,10 @@ from actprm.registry import Registry
 #                list means every step is correct (`multi_solutions`)
 #   all_correct  every step is correct (PRMBench `original_process`)
 #   step_tags    Math-Shepherd: steps end with a tag in `steps`, replaced by +/- in `label_key`
-LabelKind = Literal["none", "first_error", "hard_labels", "bool_labels", "error_steps", "all_correct", "step_tags"]
+#   prm800k      raw PRM800K: `question` holds {problem}, `label_key` holds {steps: [{completions, chosen_completion,
+#                human_completion}]}; the followed completions are the steps, their ratings the labels
+LabelKind = Literal["none", "first_error", "hard_labels", "bool_labels", "error_steps", "all_correct", "step_tags",
+                    "prm800k"]
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,9 @@ def _view_layers(view, limits: dict) -> list[list[str]]:
         ]
         first_error = "coalesce(list_position(@signs, '-') - 1, -1)"
         step_labels = "list_transform(@signs, lambda c: (c = '+')::TINYINT)"
+    elif view.labels == "prm800k":
+        layer1, layer2, layer3, checks, label_checks, first_error, step_labels = _prm800k_sql(view)
+        n = "len(@sp)"
     else:
         layer1 = [f"{fj(qk)} AS @qj", f"{fj(sk)} AS @sj", f"{fj(lk)} AS @lj", f"{fj(view.first_error_key)} AS @fej",
                   f"{fj(view.error_kind_key)} AS @ekj", f"{fj(view.id_key)} AS @ij",
@@ -111,6 +114,49 @@ def _view_layers(view, limits: dict) -> list[list[str]]:
         final = f"CASE WHEN {fj(key)}->>'$' IS NOT DISTINCT FROM {lit(value)} THEN {final} END"
     final += " AS @view"
     return [layer1, layer2, layer3, [final]]
+
+
+def _prm800k_sql(view):
+    """Raw PRM800K (Lightman et al., 2023): `question.problem`; `label.steps[]`, each with rated `completions`
+    (-1 wrong, 0 neutral, +1 good), `chosen_completion` (the index the labeler continued from, or null) and
+    `human_completion` (a step the labeler wrote, or null). Converted as documented in docs/BENCHMARKS.md: each step
+    follows its chosen completion, else the human completion (written to be correct, so counted correct), else -
+    on the last step, where labeling stopped - its first completion rated -1, else its first completion. The first
+    error is the first followed step rated -1; a neutral 0 is not an error (the paper's PRM target counts only -1 as
+    wrong when neutral steps are taken as positive)."""
+    q, lit = quote_ident, quote_literal
+    js = "'[\"JSON\"]'"
+    comps = f"from_json(s->'$.completions', {js})"
+    follow = (f"CASE WHEN json_type(s, '$.chosen_completion') IN ('BIGINT', 'UBIGINT') "
+              f"THEN struct_pack(comp := {comps}[TRY_CAST(s->>'$.chosen_completion' AS INTEGER) + 1], by_human := false) "
+              "WHEN json_type(s, '$.human_completion') = 'OBJECT' "
+              "THEN struct_pack(comp := s->'$.human_completion', by_human := true) "
+              f"ELSE struct_pack(comp := coalesce(list_filter({comps}, lambda c: c->>'$.rating' = '-1')[1], {comps}[1]), "
+              "by_human := false) END")
+    label = f"f.{q(view.label_key)}"
+    layer1 = [f"f.{q(view.question)} AS @qj", f"{label} AS @lj",
+              f"from_json(CASE WHEN json_type({label}, '$.steps') = 'ARRAY' THEN {label}->'$.steps' END, {js}) AS @stj"]
+    layer2 = ["CASE WHEN json_type(@qj, '$.problem') = 'VARCHAR' THEN @qj->>'$.problem' END AS @qt",
+              f"list_transform(@stj, lambda s: {follow}) AS @fol"]
+    layer3 = ["list_transform(@fol, lambda x: struct_extract(x, 'comp')->>'$.text') AS @sp",
+              "list_transform(@fol, lambda x: CASE WHEN struct_extract(x, 'by_human') THEN 1 "
+              "ELSE TRY_CAST(struct_extract(x, 'comp')->>'$.rating' AS INTEGER) END) AS @rt"]
+    checks = [
+        ("@qt IS NULL", f"{view.question}.problem is missing or not a string"),
+        ("trim(@qt) = ''", f"{view.question}.problem is empty"),
+        ("@stj IS NULL", f"{view.label_key}.steps is missing or not a list"),
+        ("len(@stj) = 0", f"{view.label_key}.steps is empty"),
+        ("list_bool_or(list_transform(@fol, lambda x: struct_extract(x, 'comp') IS NULL))",
+         "a step has no completion to follow"),
+        ("list_bool_or(list_transform(@sp, lambda t: t IS NULL))", "a followed completion has no text"),
+    ]
+    label_checks = [
+        ("NOT list_bool_and(list_transform(@rt, lambda r: coalesce(r IN (-1, 0, 1), false)))",
+         "a followed completion has no rating -1, 0 or 1"),
+        (f"{label}->>'$.finish_reason' = 'bad_problem'", "the labeler marked the problem bad (finish_reason)"),
+    ]
+    return (layer1, layer2, layer3, checks, label_checks, "coalesce(list_position(@rt, -1) - 1, -1)",
+            "list_transform(@rt, lambda r: (r >= 0)::TINYINT)")
 
 
 def _label_sql(view, n: str) -> tuple[list[str], list, str, str]:

@@ -201,3 +201,46 @@ def test_the_eval_split_holds_out_whole_problems(tmp_path, db):
             "SELECT count(*) FROM pool_members WHERE pool = 'alone' "
             "AND (split = 'eval') != (hash('0' || trajectory_id) % 10000 < 2500)").fetchone()[0]
         assert per_trajectory == 0
+
+
+def _prm800k(problem, steps, finish_reason="found_error"):
+    """A raw PRM800K line as its README describes it (github.com/openai/prm800k)."""
+    return {"labeler": "l0", "timestamp": "2022-07-17T16:56:51", "generation": None,
+            "is_quality_control_question": False, "is_initial_screening_question": False,
+            "question": {"problem": problem, "ground_truth_answer": "120"},
+            "label": {"steps": steps, "total_time": 1000, "finish_reason": finish_reason}}
+
+
+def _step(*completions, chosen=None, human=None):
+    return {"completions": [{"text": t, "rating": r, "flagged": False} for t, r in completions],
+            "human_completion": None if human is None else {"text": human, "rating": None, "source": "human",
+                                                            "flagged": False, "corrected_rating": None},
+            "chosen_completion": chosen}
+
+
+def test_prm800k_raw_follows_the_chosen_completions(tmp_path, db):
+    """Each step follows its chosen completion, else the human one, else (where labeling stopped) its first
+    completion rated -1; the first error is the first followed step rated -1, a neutral 0 is not an error."""
+    found_error = _prm800k("How many seconds in 2 minutes?", [
+        _step(("A minute is 60 s.", 1), ("Minutes are long.", 0), chosen=0),
+        _step(("Let me think.", 0), chosen=0),                                   # neutral: not an error
+        _step(("2 * 60 = 100.", -1), human="2 * 60 = 120."),                     # a labeler's fix is followed
+        _step(("So 120 s, done.", 0), ("So 240 s.", -1), ("So 12 s.", -1)),       # stopped: first -1 followed
+    ])
+    solved = _prm800k("What is 3 + 4?", [_step(("3 + 4 = 7.", 1), chosen=0), _step(("# Answer\n\n7", 1), chosen=0)],
+                      finish_reason="solution")
+    bad = [_prm800k("Bad?", [_step(("x", 1), chosen=0)], finish_reason="bad_problem"),
+           _prm800k("Unrated?", [_step(("x", None), chosen=0)]),
+           _prm800k("Nothing to follow?", [_step(chosen=None)])]
+    path = write_lines(tmp_path / "phase2_train.jsonl", [found_error, solved, *bad])
+    s = ingest(db, [str(path)], "prm800k", emit=False)
+    assert (s.format, s.lines_read, s.accepted, s.quarantined) == ("prm800k", 5, 2, 3)
+    assert dict(s.top_reasons) == {"the labeler marked the problem bad (finish_reason)": 1,
+                                   "a followed completion has no rating -1, 0 or 1": 1,
+                                   "a step has no completion to follow": 1}
+    rows = {r["question"]: r for r in gold(db, "prm800k")}
+    err = rows["How many seconds in 2 minutes?"]
+    assert err["steps"] == ["A minute is 60 s.", "Let me think.", "2 * 60 = 120.", "So 240 s."]
+    assert err["gold_first_error"] == 3 and err["step_labels"] == [1, 1, 1, 0]
+    ok = rows["What is 3 + 4?"]
+    assert ok["gold_first_error"] == -1 and ok["step_labels"] == [1, 1]
