@@ -317,6 +317,34 @@ def run(
     _run(json_out=json_out, debug=debug)
 
 
+@app.command("one-shot")
+def one_shot(
+    pool: PoolOpt = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Scoring PRM: model dir or models:/ URI (default: champion, else a fresh preset model).")] = None,
+    keep_fraction: Annotated[Optional[float], typer.Option("--keep-fraction", help="Cap on the share of the pool kept, most uncertain first (default: no cap, keep all the rule flags).")] = None,
+    in_training_selection: Annotated[bool, typer.Option("--in-training-selection", help="Also drop confident trajectories while training (the released script does not).")] = False,
+    judge: Annotated[Optional[str], typer.Option("--judge")] = None,
+    preset: PresetOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+    config: ConfigOpt = None,
+):
+    """The paper's one-shot filter: score a pool once, keep the uncertain, label them, train on them."""
+
+    @command
+    def _run():
+        if keep_fraction is not None and not 0 < keep_fraction <= 1:
+            raise ConfigError(f"--keep-fraction must be in (0, 1], got {keep_fraction}")
+        overrides = {"model": {"preset": preset}, "judge": {"backend": judge}}
+        settings = prepare(config, overrides)
+        from flows.one_shot_filter import one_shot_filter
+
+        return one_shot_filter(pool=pool or settings.default_pool, model=model, keep_fraction=keep_fraction,
+                               in_training_selection=in_training_selection, config=overrides)
+
+    _run(json_out=json_out, debug=debug)
+
+
 @app.command()
 def status(
     json_out: JsonOpt = False,

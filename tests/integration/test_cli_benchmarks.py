@@ -22,3 +22,18 @@ def test_evaluate_a_prmbench_folder_as_shipped(tmp_path):
     wrong = cli(home, "evaluate", "--benchmark", "processbench", "--data", str(folder), "--predictions", str(preds),
                 "--json")
     assert wrong.returncode == 1 and "holds prmbench records, not processbench" in json.loads(wrong.stdout)["error"]
+
+
+def test_one_shot_on_the_built_in_pool(tmp_path):
+    """`actprm one-shot` scores the sample pool once, keeps what the rule flags (no cap by default), buys those
+    labels and trains on them without in-training selection; it reports the share kept against the paper's."""
+    home = tmp_path / "home"
+    proc = cli(home, "one-shot", "--pool", "sample", "--preset", "tiny", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = one_json(proc)
+    assert out["cap"] is None and out["in_training_selection"] is False
+    assert out["paper_retained_fraction"] == 0.6
+    # an untrained ensemble is unsure of everything: the rule, not a cap, keeps the whole train split
+    assert out["retained"] == out["uncertain"] == out["scored"] > 0 and out["retained_fraction"] == 1.0
+    (round1,) = out["rounds"]
+    assert round1["labels_bought"] == out["retained"] and round1["train_trajectories"] == out["retained"]
