@@ -195,11 +195,13 @@ class Settings(BaseSettings):
 
 # The released training recipe of the paper's backbone (sail-sg/ActivePRM examples/scripts: lr 1e-5, batch 64,
 # 1 epoch, 500 warmup steps, bf16, 2,048 tokens; one learning rate for backbone and heads), as the defaults of the
-# qwen2.5-math-7b preset: batch 64 = 4 trajectories x 16 accumulation steps on one GPU. The defaults written in
-# the sections above are the CPU presets' (tiny, cpu), tuned on the synthetic pool.
+# qwen2.5-math-7b preset: batch 64 = 8 per device (as released) x 8 accumulation steps on one GPU (set grad_accum to
+# 8 / k on k GPUs). The defaults written in the sections above are the CPU presets' (tiny, cpu), tuned on the
+# synthetic pool. The released script also sets p_threshold 5 and std_threshold -1, which trusts no trajectory:
+# in-training selection off (TrainSettings.in_training_selection).
 PRESET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "qwen2.5-math-7b": {
-        "train": {"lr": 1e-5, "head_lr": None, "batch_size": 4, "grad_accum": 16, "epochs": 1, "warmup_steps": 500,
+        "train": {"lr": 1e-5, "head_lr": None, "batch_size": 8, "grad_accum": 8, "epochs": 1, "warmup_steps": 500,
                   "mixed_precision": "bf16"},
         "model": {"max_length": 2048},
     },

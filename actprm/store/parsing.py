@@ -124,7 +124,7 @@ def _prm800k_sql(view):
     on the last step, where labeling stopped - its first completion rated -1, else its first completion. The first
     error is the first followed step rated -1; a neutral 0 is not an error (the paper's PRM target counts only -1 as
     wrong when neutral steps are taken as positive)."""
-    q, lit = quote_ident, quote_literal
+    q = quote_ident
     js = "'[\"JSON\"]'"
     comps = f"from_json(s->'$.completions', {js})"
     follow = (f"CASE WHEN json_type(s, '$.chosen_completion') IN ('BIGINT', 'UBIGINT') "
@@ -139,8 +139,8 @@ def _prm800k_sql(view):
     layer2 = ["CASE WHEN json_type(@qj, '$.problem') = 'VARCHAR' THEN @qj->>'$.problem' END AS @qt",
               f"list_transform(@stj, lambda s: {follow}) AS @fol"]
     layer3 = ["list_transform(@fol, lambda x: struct_extract(x, 'comp')->>'$.text') AS @sp",
-              "list_transform(@fol, lambda x: CASE WHEN struct_extract(x, 'by_human') THEN 1 "
-              "ELSE TRY_CAST(struct_extract(x, 'comp')->>'$.rating' AS INTEGER) END) AS @rt"]
+              ("list_transform(@fol, lambda x: CASE WHEN struct_extract(x, 'by_human') THEN 1 "
+               "ELSE TRY_CAST(struct_extract(x, 'comp')->>'$.rating' AS INTEGER) END) AS @rt")]
     checks = [
         ("@qt IS NULL", f"{view.question}.problem is missing or not a string"),
         ("trim(@qt) = ''", f"{view.question}.problem is empty"),
