@@ -345,6 +345,10 @@ def one_shot(
     _run(json_out=json_out, debug=debug)
 
 
+# The name the README and the study's docs use for the same command.
+app.command("one-shot-filter", hidden=True)(one_shot)
+
+
 @app.command()
 def status(
     json_out: JsonOpt = False,
