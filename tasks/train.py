@@ -271,6 +271,8 @@ def train_prm(
               # A checkpoint's position in the data and its per-rank random states are only valid for the same
               # number of processes (accelerate launch sets WORLD_SIZE), and its weights for the same precision.
               "mixed_precision": mixed_precision, "processes": int(os.environ.get("WORLD_SIZE", "1"))}
+    if warmup_steps is not None:  # only when set, so runs without it keep their checkpoints' fingerprint
+        params["warmup_steps"] = warmup_steps
     fingerprint = run_fingerprint(examples, params)
 
     accelerator = _accelerator(mixed_precision=mixed_precision, grad_accum=grad_accum, seed=seed)

@@ -37,3 +37,7 @@ def test_one_shot_on_the_built_in_pool(tmp_path):
     assert out["retained"] == out["uncertain"] == out["scored"] > 0 and out["retained_fraction"] == 1.0
     (round1,) = out["rounds"]
     assert round1["labels_bought"] == out["retained"] and round1["train_trajectories"] == out["retained"]
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(out["mlflow_tracking_uri"]).get_run(out["mlflow_run_id"])  # training logs into the flow's run
+    assert run.data.params["train.in_training_selection"] == "False"  # what the training itself ran with
