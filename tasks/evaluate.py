@@ -112,6 +112,7 @@ def read_eval_set(path: str | Path) -> tuple[str, list[dict], dict[str, Any]]:
             missing = [k for k in need if k not in rec]
             if missing:
                 raise ActPRMError(f"{f}:{n}: {this} record lacks {', '.join(missing)}")
+            _check_record_types(rec, this, f"{f}:{n}")
             if this == "processbench":
                 subset = rec.get("subset") or _subset_of_file(f)
                 if not rec.get("subset") and len(files) == 1 and subset not in PROCESSBENCH_SUBSETS:
@@ -141,6 +142,24 @@ def read_eval_set(path: str | Path) -> tuple[str, list[dict], dict[str, Any]]:
         raise ActPRMError(f"{path}: record {twice!r} appears twice; evaluation ids must be unique across the set "
                           "(e.g. prefix them with their subset)")
     return kind, records, notes
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_record_types(rec: dict, kind: str, where: str) -> None:
+    """A clear one-line error for a record whose fields have the wrong types (before they are converted)."""
+    steps_key = "steps" if kind == "processbench" else "modified_process"
+    if not isinstance(rec[steps_key], list) or not all(isinstance(x, str) for x in rec[steps_key]):
+        raise ActPRMError(f"{where}: {steps_key} must be a list of strings")
+    if kind == "processbench" and not _is_int(rec["label"]):
+        raise ActPRMError(f"{where}: label must be an integer (0-based first wrong step, or -1)")
+    if kind == "prmbench" and (not isinstance(rec["error_steps"], list) or not all(map(_is_int, rec["error_steps"]))):
+        raise ActPRMError(f"{where}: error_steps must be a list of 1-based step numbers")
+    original = rec.get("original_process") if kind == "prmbench" else None
+    if original is not None and not (isinstance(original, list) and all(isinstance(x, str) for x in original)):
+        raise ActPRMError(f"{where}: original_process must be a list of strings")
 
 
 def _prmbench_as_mr_eval(lines: list[dict]) -> tuple[list[dict], dict[str, Any]]:

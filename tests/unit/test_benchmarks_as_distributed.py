@@ -141,3 +141,14 @@ def test_processbench_one_file_without_subsets_is_pooled_and_says_so(tmp_path):
     one = evaluate_predictions(_jsonl(tmp_path / "gsm8k.jsonl", SUBSETS["gsm8k"]), preds)
     assert list(one["subsets"]) == ["gsm8k"] and one["data_notes"]["missing_subsets"] == ["math", "olympiadbench",
                                                                                            "omnimath"]
+
+
+@pytest.mark.parametrize("record, message", [
+    (_prm("p1", "circular", ["a", "b"], ["two"]), "error_steps must be a list of 1-based step numbers"),
+    (_prm("p1", "circular", "a b", [1]), "modified_process must be a list of strings"),
+    ({"id": "x", "problem": "p", "steps": ["s"], "label": "0"}, "label must be an integer"),
+])
+def test_badly_typed_records_are_one_line_errors(tmp_path, record, message):
+    with pytest.raises(ActPRMError, match=message) as err:
+        read_eval_set(_jsonl(tmp_path / "bad.jsonl", [record]))
+    assert "bad.jsonl:1" in str(err.value) and "\n" not in str(err.value)
