@@ -73,6 +73,9 @@ FORMATS: Registry[InputFormat] = Registry("input format")
 
 
 def register(fmt: InputFormat) -> InputFormat:
+    # Every line is accounted for by the trajectories it gives: one view must exist on every record.
+    if all(v.only_if for v in fmt.views):
+        raise ValueError(f"input format {fmt.name!r}: at least one view must not depend on only_if")
     return FORMATS.register(fmt.name)(fmt)
 
 
