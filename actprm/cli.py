@@ -261,7 +261,10 @@ def train(
 def evaluate(
     model: Annotated[Optional[str], typer.Option("--model", help="models:/actprm-prm@champion, a version URI or a model dir.")] = None,
     predictions: Annotated[Optional[Path], typer.Option("--predictions", help="JSONL of {id, step_scores} from any PRM.")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="ProcessBench or PRMBench JSONL.")] = None,
+    data: Annotated[Optional[Path], typer.Option(
+        "--data", help="ProcessBench or PRMBench: a file, or a folder of the split's files as shipped.")] = None,
+    benchmark: Annotated[Optional[str], typer.Option(
+        "--benchmark", help="processbench or prmbench: refuse --data that is not this benchmark (default: detect).")] = None,
     dev_data: Annotated[Optional[Path], typer.Option(
         "--dev-data", help="ProcessBench JSONL to tune the step threshold on (default: 0.5).")] = None,
     pool: Annotated[Optional[str], typer.Option(
@@ -280,6 +283,7 @@ def evaluate(
         return evaluate_champion(
             model=model, predictions=str(predictions) if predictions else None,
             data=str(data) if data else None, pool=pool, dev_data=str(dev_data) if dev_data else None,
+            benchmark=benchmark,
         )
 
     _run(json_out=json_out, debug=debug)
@@ -340,6 +344,38 @@ def run(
         return summary
 
     _run(json_out=json_out, debug=debug)
+
+
+@app.command("one-shot")
+def one_shot(
+    pool: PoolOpt = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Scoring PRM: model dir or models:/ URI (default: champion, else a fresh preset model).")] = None,
+    keep_fraction: Annotated[Optional[float], typer.Option("--keep-fraction", help="Cap on the share of the pool kept, most uncertain first (default: no cap, keep all the rule flags).")] = None,
+    in_training_selection: Annotated[bool, typer.Option("--in-training-selection", help="Also drop confident trajectories while training (the released script does not).")] = False,
+    judge: Annotated[Optional[str], typer.Option("--judge")] = None,
+    preset: PresetOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+    config: ConfigOpt = None,
+):
+    """The paper's one-shot filter: score a pool once, keep the uncertain, label them, train on them."""
+
+    @command
+    def _run():
+        if keep_fraction is not None and not 0 < keep_fraction <= 1:
+            raise ConfigError(f"--keep-fraction must be in (0, 1], got {keep_fraction}")
+        overrides = {"model": {"preset": preset}, "judge": {"backend": judge}}
+        settings = prepare(config, overrides)
+        from flows.one_shot_filter import one_shot_filter
+
+        return one_shot_filter(pool=pool or settings.default_pool, model=model, keep_fraction=keep_fraction,
+                               in_training_selection=in_training_selection, config=overrides)
+
+    _run(json_out=json_out, debug=debug)
+
+
+# The name the README and the study's docs use for the same command.
+app.command("one-shot-filter", hidden=True)(one_shot)
 
 
 @app.command()

@@ -100,6 +100,7 @@ class TrainSettings(BaseModel):
                           "pre-trained backbone can bear: at lr alone the cpu preset's make run stays at F1 0.")
     weight_decay: float = Field(0.0, description="AdamW weight decay.")
     warmup_ratio: float = Field(0.1, description="Linear warmup share of the steps.")
+    warmup_steps: int | None = Field(None, description="Linear warmup optimizer steps; overrides warmup_ratio when set.")
     seed: int = Field(0, description="Seed for data order, head init and bootstrap masks.")
     in_training_selection: bool = Field(True, description="ActPRM: drop already-confident trajectories from each batch's loss.")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="accelerate mixed precision (bf16 on GPU).")
@@ -218,16 +219,47 @@ class Settings(BaseSettings):
         return self.judge.api_key.get_secret_value() if self.judge.api_key is not None else None
 
 
+# The released training recipe of the paper's backbone (sail-sg/ActivePRM examples/scripts: lr 1e-5, batch 64,
+# 1 epoch, 500 warmup steps, bf16, 2,048 tokens; one learning rate for backbone and heads), as the defaults of the
+# qwen2.5-math-7b preset: batch 64 = 8 per device (as released) x 8 accumulation steps on one GPU (set grad_accum to
+# 8 / k on k GPUs). The defaults written in the sections above are the CPU presets' (tiny, cpu), tuned on the
+# synthetic pool. The released script also sets p_threshold 5 and std_threshold -1, which trusts no trajectory:
+# in-training selection off (TrainSettings.in_training_selection).
+PRESET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "qwen2.5-math-7b": {
+        "train": {"lr": 1e-5, "head_lr": None, "batch_size": 8, "grad_accum": 8, "epochs": 1, "warmup_steps": 500,
+                  "mixed_precision": "bf16"},
+        "model": {"max_length": 2048},
+    },
+}
+
+
+def _with_preset_defaults(settings: Settings) -> Settings:
+    """A preset's own defaults (PRESET_DEFAULTS) for every field still at the generic default: a value given in
+    YAML, the environment or a flag wins, unless it equals the generic default (then the preset's is taken)."""
+    recipe = PRESET_DEFAULTS.get(settings.model.preset)
+    if not recipe:
+        return settings
+    data = settings.model_dump()
+    for section, fields in recipe.items():
+        generic = type(getattr(settings, section)).model_fields
+        for name, value in fields.items():
+            if data[section][name] == generic[name].default:
+                data[section][name] = value
+    return Settings.model_validate(data)
+
+
 def load_settings(overrides: dict[str, Any] | None = None, config_file: str | Path | None = None) -> Settings:
-    """Build Settings from defaults, YAML, env, then `overrides` (nested dicts, e.g. from CLI flags)."""
+    """Build Settings from defaults, YAML, env, then `overrides` (nested dicts, e.g. from CLI flags), then the
+    preset's own defaults (PRESET_DEFAULTS) where a field was left at the generic default."""
     if config_file is not None:
         os.environ["ACTPRM_CONFIG"] = str(config_file)
     try:
         base = Settings()
         if not overrides:
-            return base
+            return _with_preset_defaults(base)
         merged = _deep_merge(base.model_dump(), {k: v for k, v in overrides.items() if v is not None})
-        return Settings.model_validate(merged)
+        return _with_preset_defaults(Settings.model_validate(merged))
     except ValidationError as exc:
         raise ConfigError(_one_line(exc)) from None
 

@@ -210,6 +210,10 @@ def _prm_score(c: dict[str, int], f1_only: bool = False) -> dict[str, Any]:
     return {"prmscore": f1 if f1_only else 0.5 * f1 + 0.5 * f1_neg, "f1": f1, "f1_negative": f1_neg, **c}
 
 
+# mr_eval's name for the originals' classification: one all-correct sample per problem, keyed "correct_<idx>".
+ORIGINALS = "correct"
+
+
 def prmbench_metrics(records: list[dict], step_scores: dict[str, Sequence[float]]) -> dict[str, Any]:
     """PRMScore (Song et al., 2025): 0.5 * F1 + 0.5 * F1_neg over all steps of the modified processes.
 
@@ -220,6 +224,8 @@ def prmbench_metrics(records: list[dict], step_scores: dict[str, Sequence[float]
     unweighted mean of its categories' PRMScores (the leaderboard's per-subject overall).
     `error_steps` are 1-based; ones past the end of the process (present in the data) are ignored,
     as in mr_eval, which only visits the steps that have a prediction.
+    Records of classification ORIGINALS (the unmodified solutions) are scored apart, as mr_eval does: their
+    steps count in `originals` (F1 alone: every step is correct) and never in the total, a category or a group.
     """
     if not records:
         raise ActPRMError("no evaluation records: the evaluation set is empty")
@@ -241,7 +247,11 @@ def prmbench_metrics(records: list[dict], step_scores: dict[str, Sequence[float]
             else:
                 cell = "tp" if predicted_correct else "fn"
             c[cell] += 1
-            total[cell] += 1
+            if cat != ORIGINALS:
+                total[cell] += 1
+    originals = per_cat.pop(ORIGINALS, None)
+    if not per_cat:
+        raise ActPRMError("no modified processes to evaluate: PRMScore is defined on the modified processes")
     categories = {cat: {**_prm_score(c, cat in F1_ONLY_CATEGORIES), "n": counts[cat]}
                   for cat, c in sorted(per_cat.items())}
     groups = {}
@@ -252,4 +262,6 @@ def prmbench_metrics(records: list[dict], step_scores: dict[str, Sequence[float]
                              "categories": [c for c in cats if c in categories]}
     overall = _prm_score(total)
     return {"prmscore": overall["prmscore"], "f1": overall["f1"], "f1_negative": overall["f1_negative"],
-            "steps": sum(total.values()), "n": len(records), "categories": categories, "groups": groups}
+            "steps": sum(total.values()), "n": len(records) - counts.get(ORIGINALS, 0), "categories": categories,
+            "groups": groups,
+            "originals": None if originals is None else {**_prm_score(originals, True), "n": counts[ORIGINALS]}}

@@ -18,6 +18,7 @@ def evaluate_champion(
     pool: str | None = None,
     config: dict[str, Any] | None = None,
     dev_data: str | None = None,
+    benchmark: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a PRM.
 
@@ -28,7 +29,8 @@ def evaluate_champion(
         pool: Evaluate on this pool's held-out split instead of a file.
         config: Any other settings, as nested overrides.
         dev_data: ProcessBench JSONL to tune the step threshold on (with `data`); default threshold 0.5.
+        benchmark: processbench or prmbench: `data` must be that benchmark (default: detected).
     """
     settings = flow_settings(config)
     return evaluate_request_stage(settings, model=model, data=data, predictions=predictions, pool=pool,
-                                  dev_data=dev_data)
+                                  dev_data=dev_data, benchmark=benchmark)

@@ -1,6 +1,7 @@
-"""The paper's large-scale setting (Duan et al., 2025, Sec. 5): score a whole pool once with a
-trained PRM, keep the uncertain share (the paper kept about 60% of 1M+ trajectories), label it,
-and train a new PRM on it."""
+"""The paper's one-shot setting (Duan et al., 2025, Sec. 5): score a whole pool once with a trained PRM, keep
+what the ActPRM rule flags as uncertain (the paper kept about 60% of 1M+ trajectories), buy its labels within
+the budget and train a PRM on them. The released script trains that PRM without a second, in-training
+selection, so that is the default here."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from prefect import flow
 
 from actprm.config import flow_settings
+from flows.ingest_pool import ingest_pool
 from tasks import pipeline
 from tasks.evaluate import evaluate_stage
 from tasks.label import label_stage
@@ -17,37 +19,52 @@ from tasks.score import score_stage
 from tasks.select import prepare_eval_split_task, select_task
 from tasks.train import train_stage
 
+# The share of its pool the paper's filter kept (Duan et al., 2025, Sec. 5: ~60% of the 1M+ trajectories).
+PAPER_RETAINED_FRACTION = 0.6
+
 
 @flow(name="one-shot-filter", log_prints=True)
 def one_shot_filter(
     pool: str,
-    keep_fraction: float = 0.6,
+    model: str | None = None,
+    keep_fraction: float | None = None,
+    in_training_selection: bool = False,
     judge: str | None = None,
     preset: str | None = None,
-    model: str | None = None,
     config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Filter a pool by uncertainty once, label what is kept, train a new PRM.
+    """Filter a pool by uncertainty once, label what is kept, train a PRM on those labels.
 
     Args:
-        pool: Name of an ingested pool.
-        keep_fraction: Upper bound on the share of the pool sent to the judge (uncertain ones first).
+        pool: Name of an ingested pool ("sample" is created from the built-in generator if missing).
+        model: Scoring PRM (a models:/ URI or folder); default the champion, else a fresh preset model.
+        keep_fraction: Optional cap on the share of the pool kept (most uncertain first); default none: every
+            trajectory the rule flags is kept.
+        in_training_selection: Also drop confident trajectories from each training batch (off, as released).
         judge: Judge backend: verifier, oracle, openai or vllm.
         preset: Model preset used when no trained model exists yet.
-        model: Scoring model (a models:/ URI or folder); default the champion.
         config: Any other settings, as nested overrides.
     """
-    settings = flow_settings(config, model={"preset": preset}, judge={"backend": judge})
+    if keep_fraction is not None and not 0 < keep_fraction <= 1:
+        raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
+    settings = flow_settings(config, model={"preset": preset}, judge={"backend": judge},
+                             train={"in_training_selection": in_training_selection})
     db = str(settings.duckdb_path)
+    sample = pipeline.sample_pool_task(settings, pool)
+    if sample is not None:
+        ingest_pool(paths=[sample], pool=pool, home=str(settings.home))
     prepare_eval_split_task(db, pool, settings.loop.eval_fraction, settings.train.seed)
-    parent = pipeline.open_run_task(settings, "one_shot_filter", {"pool": pool, "keep_fraction": keep_fraction})
+    parent = pipeline.open_run_task(settings, "one_shot_filter",
+                                    {"pool": pool, "keep_fraction": keep_fraction,
+                                     "in_training_selection": settings.train.in_training_selection})
     model_dir, model_version = starting_model_stage(settings, model)
     scored = score_stage(settings, pool, model_dir, model_version, parent, split="train")
-    cap = int(keep_fraction * (scored["scored"] + scored["skipped_already_scored"]))
+    pool_size = scored["scored"] + scored["skipped_already_scored"]
+    cap = pool_size if keep_fraction is None else int(keep_fraction * pool_size)
     ids = select_task(db, pool, model_version, cap, "actprm", *pipeline.judge_identity(settings),
                       run_id=parent, round=1)
     labeled = label_stage(settings, pool, ids, parent, round=1)
-    trained = train_stage(settings, pool, init_from=model_dir, round=1, mlflow_run_id=parent)
+    trained = train_stage(settings, pool, init_from=model_dir, round=1, mlflow_run_id=parent, only_ids=ids)
     evaluation = registered = None
     if not trained["skipped"]:
         evaluation = evaluate_stage(settings, pool, trained["model_dir"], parent)
@@ -56,6 +73,13 @@ def one_shot_filter(
     if evaluation is not None:
         pipeline.record_round_task(settings, parent, pool, record, parent)
     summary = pipeline.finish_task(settings, parent, pool, [record], labeled["stopped_because"])
-    summary["kept"] = len(ids)
-    summary["kept_fraction"] = len(ids) / max(1, scored["scored"] + scored["skipped_already_scored"])
+    retained = len(ids) / max(1, pool_size)
+    summary.update({
+        "scoring_model": model_version, "scored": pool_size, "uncertain": scored["uncertain"],
+        "retained": len(ids), "retained_fraction": retained, "paper_retained_fraction": PAPER_RETAINED_FRACTION,
+        "cap": None if keep_fraction is None else cap, "in_training_selection": settings.train.in_training_selection,
+        "summary": (f"one-shot filter on {pool}: kept {len(ids)} of {pool_size} trajectories "
+                    f"({retained:.0%}; the paper kept ~{PAPER_RETAINED_FRACTION:.0%}), "
+                    f"bought {record['labels_bought']} labels, trained on {record['train_trajectories']}"),
+    })
     return summary

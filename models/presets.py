@@ -81,6 +81,10 @@ def _qwen(backbone_path, dtype, seed):
 # encoder trained for mean pooling: its step means carry the step, its separator state hardly does (on the
 # synthetic pool, a linear probe's step AUC is 0.67 on means vs 0.58 at the separator).
 READOUTS: dict[str, str] = {"cpu": "step_mean"}
+# Per preset, how fresh heads start (PRMConfig.head_init): the official truncated normal with zero biases for the
+# paper's backbone; the tiny and cpu presets keep the uniform init their tuned learning rates (TrainSettings.lr,
+# head_lr) were chosen with.
+HEAD_INITS: dict[str, str] = {"tiny": "uniform", "tiny-decoder": "uniform", "cpu": "uniform"}
 
 PRESETS: dict[str, Callable] = {
     "tiny": _tiny,
@@ -122,5 +126,6 @@ def wrap_backbone(backbone, tokenizer, *, preset: str, source: str, num_heads: i
                        seed=seed, freeze_backbone=freeze_backbone, separator_token=STEP_SEPARATOR,
                        separator_id=sep_id, preset=preset, backbone_name=source,
                        readout=readout or READOUTS.get(preset, "separator"),
+                       head_init=HEAD_INITS.get(preset, "truncated_normal"),
                        prefix_end_id=-1 if prefix_end is None else prefix_end)
     return EnsemblePRM(backbone, config), tokenizer

@@ -55,6 +55,12 @@ class PRMConfig:
     # trained to be read that way, and its state at a newly added separator token carries little of the step.
     readout: str = "separator"
     prefix_end_id: int = -1        # token that closes the question (BERT's [SEP]); step 1 starts after it
+    # How the heads start. "truncated_normal": the official code's (sail-sg/ActivePRM models/nets.py init_weights:
+    # weights normal with std 1/(2 sqrt(fan_in)) truncated at 2 std, biases 0). "uniform": nn.Linear's default
+    # (Kaiming-uniform, bound 1/sqrt(fan_in), biases too), which the CPU presets' learning rates were tuned on.
+    # A saved model's heads are loaded, so this only matters for fresh ones; configs saved before it was a
+    # field were made uniform.
+    head_init: str = "uniform"
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -79,6 +85,7 @@ class PRMOutput:
 
 
 HEAD_PARAMS = ("w1", "b1", "w2", "b2", "w3", "b3")
+HEAD_INITS = ("truncated_normal", "uniform")
 
 
 class EnsemblePRM(nn.Module):
@@ -89,12 +96,20 @@ class EnsemblePRM(nn.Module):
         hidden = backbone.config.hidden_size
         e, k = config.num_heads, config.head_hidden
         gen = torch.Generator().manual_seed(config.seed)
-        # nn.Linear's default init (Kaiming-uniform, bound 1/sqrt(fan_in)) for each head independently.
+        if config.head_init not in HEAD_INITS:
+            raise ValueError(f"unknown head_init {config.head_init!r}; choose one of: {', '.join(HEAD_INITS)}")
+        # each head independently, from the model's own seeded generator (config.head_init, see PRMConfig)
         for name, shape, fan_in in (("w1", (e, hidden, k), hidden), ("b1", (e, 1, k), hidden),
                                     ("w2", (e, k, k), k), ("b2", (e, 1, k), k),
                                     ("w3", (e, k, 1), k), ("b3", (e, 1, 1), k)):
-            bound = 1.0 / math.sqrt(fan_in)
-            value = (torch.rand(shape, generator=gen) * 2 - 1) * bound
+            if config.head_init == "uniform":
+                bound = 1.0 / math.sqrt(fan_in)
+                value = (torch.rand(shape, generator=gen) * 2 - 1) * bound
+            elif name.startswith("b"):
+                value = torch.zeros(shape)
+            else:
+                std = 1.0 / (2 * math.sqrt(fan_in))
+                value = nn.init.trunc_normal_(torch.empty(shape), std=std, a=-2 * std, b=2 * std, generator=gen)
             self.register_parameter(name, nn.Parameter(value))
             self.register_buffer(f"anchor_{name}", value.clone())
         self._mask_generator = torch.Generator().manual_seed(config.seed + 1)

@@ -1,9 +1,10 @@
 """Ensemble uncertainty of a trajectory (ActPRM, Duan et al., 2025, Sec. 3.2) and acquisition strategies.
 
-For each step the E heads give probabilities p_e; mu is their mean and sigma their POPULATION std
-(``correction=0``: the spread of this finite ensemble, not an estimate of a wider population; it is
-defined for E = 1, where it is 0). Every consumer (scoring, export, training selection) uses
-`step_stats`, so the choice is made once here.
+For each step the E heads give probabilities p_e; mu is their mean and sigma their UNBIASED std
+(``correction=1``, `torch.std`'s default, as the official trainer computes it: sail-sg/ActivePRM,
+active_sft_trainer; with E = 32 it is sqrt(32/31) = 1.016 times the population std, which flips 29 of 20,000
+near-threshold trajectories). With one head there is no spread: sigma is 0. Every consumer (scoring, export,
+training selection) uses `step_stats`, so the choice is made once here.
 
 A step is *confident* when sigma <= std_threshold and (mu >= p_threshold or mu <= 1 - p_threshold)
 (paper: 0.95 and 0.005). A trajectory is *uncertain* when any step up to and including its first
@@ -33,9 +34,11 @@ STRATEGIES: Registry = Registry("acquisition strategy")
 
 
 def step_stats(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(E, S) head probabilities -> (mu, sigma), each (S,): mean and population std over heads."""
+    """(E, S) head probabilities -> (mu, sigma), each (S,): mean and unbiased std over heads (0 for one head)."""
     probs = probs.double()
-    return probs.mean(0), probs.std(0, correction=0)
+    if probs.shape[0] < 2:
+        return probs.mean(0), torch.zeros_like(probs[0])
+    return probs.mean(0), probs.std(0, correction=1)
 
 
 def predicted_first_error(mu: torch.Tensor) -> int:

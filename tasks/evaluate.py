@@ -17,12 +17,29 @@ from pathlib import Path
 from typing import Any
 
 from actprm.errors import ActPRMError
-from actprm.metrics import (DEFAULT_THRESHOLD, require_scores, predicted_first_error, prmbench_key, prmbench_metrics,
-                            processbench_crossfit, processbench_metrics, processbench_tuned)
+from actprm.formats.benchmarks import PRMBENCH, PRMBENCH_ORIGINALS_FROM
+from actprm.metrics import (DEFAULT_THRESHOLD, ORIGINALS, predicted_first_error, prmbench_key, prmbench_metrics,
+                            processbench_crossfit, processbench_metrics, processbench_tuned, require_scores)
 
 
 # -- files -----------------------------------------------------------------------------------
+# ProcessBench (Zheng et al., 2024) ships its four subsets as four JSON-array files named after them (the Hugging
+# Face repo Qwen/ProcessBench: gsm8k.json, math.json, olympiadbench.json, omnimath.json; its Parquet conversion puts
+# each under a folder of that name); the official score is the mean of their F1s.
+PROCESSBENCH_SUBSETS = ("gsm8k", "math", "olympiadbench", "omnimath")
+EVAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+POOLED = "pooled"
+BENCHMARKS = ("processbench", "prmbench")
+
+
 def _json_lines(path: Path) -> list[tuple[int, Any]]:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return list(enumerate(pq.read_table(path).to_pylist(), 1))
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is one clear error
+            raise ActPRMError(f"{path}: cannot read as Parquet ({str(exc).splitlines()[0]})") from None
     if path.suffix == ".json":
         try:
             data = json.loads(path.read_text())
@@ -45,24 +62,44 @@ def _json_lines(path: Path) -> list[tuple[int, Any]]:
 
 def _eval_files(path: Path) -> list[Path]:
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json"))
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in EVAL_SUFFIXES)
         if not files:
-            raise ActPRMError(f"{path}: no .jsonl or .json files in this folder")
+            raise ActPRMError(f"{path}: no .jsonl, .json or .parquet files in this folder")
         return files
     if not path.is_file():
         raise ActPRMError(f"evaluation data not found: {path}")
     return [path]
 
 
-def read_eval_data(path: str | Path) -> tuple[str, list[dict]]:
-    """Read ProcessBench-format (`id`, `problem`, `steps`, `label`) or PRMBench-format records.
+def _subset_of_file(f: Path) -> str:
+    """A subset named by its file (gsm8k.json) or, for a Parquet shard (0000.parquet, gsm8k-00000-of-00001.parquet),
+    by the shard's name before its number, else its folder's name (the Hub's refs/convert/parquet layout)."""
+    stem = re.sub(r"-\d+-of-\d+$", "", f.stem)
+    return f.parent.name if stem.isdigit() or stem in ("train", "test", "validation") else stem
 
-    A folder reads every .jsonl/.json file in it (ProcessBench ships one file per subset); a
-    ProcessBench record's subset is its `subset` field, else its file's stem.
+
+def read_eval_data(path: str | Path) -> tuple[str, list[dict]]:
+    """Read ProcessBench-format (`id`, `problem`, `steps`, `label`) or PRMBench-format records (`read_eval_set`)."""
+    kind, records, _ = read_eval_set(path)
+    return kind, records
+
+
+def read_eval_set(path: str | Path) -> tuple[str, list[dict], dict[str, Any]]:
+    """(kind, records, notes) of a benchmark file or folder, read as the benchmark's own code reads it.
+
+    A folder reads every .jsonl/.json/.parquet file under it, sorted by path (ProcessBench ships one file per
+    subset). A ProcessBench record's subset is its `subset` field, else its file's (`_subset_of_file`); one file
+    of records without a `subset` field whose name is no ProcessBench subset is one POOLED set.
+    PRMBench is read as mr_eval's prmtest_classified task does: records keyed by (classification, idx), a
+    repeated key keeps its first record (the test split repeats five in multi_solutions), and each `redundency`
+    record adds its problem's original solution as an all-correct record of classification "correct",
+    keyed "correct_<idx>" (actprm.metrics.ORIGINALS), scored apart from the total.
     """
     kind = None
     records: list[dict] = []
-    for f in _eval_files(Path(path)):
+    files = _eval_files(Path(path))
+    notes: dict[str, Any] = {}
+    for f in files:
         for n, rec in _json_lines(f):
             if not isinstance(rec, dict):
                 raise ActPRMError(f"{f}:{n}: expected a JSON object")
@@ -75,19 +112,77 @@ def read_eval_data(path: str | Path) -> tuple[str, list[dict]]:
             missing = [k for k in need if k not in rec]
             if missing:
                 raise ActPRMError(f"{f}:{n}: {this} record lacks {', '.join(missing)}")
+            _check_record_types(rec, this, f"{f}:{n}")
             if this == "processbench":
-                rec = {**rec, "id": str(rec["id"]), "label": int(rec["label"]),
-                       "subset": rec.get("subset") or f.stem}
+                subset = rec.get("subset") or _subset_of_file(f)
+                if not rec.get("subset") and len(files) == 1 and subset not in PROCESSBENCH_SUBSETS:
+                    subset = POOLED
+                rec = {**rec, "id": str(rec["id"]), "label": int(rec["label"]), "subset": subset,
+                       "steps": list(rec["steps"])}
+            else:
+                rec = {**rec, "idx": str(rec["idx"]), "error_steps": [int(e) for e in rec["error_steps"]],
+                       "modified_process": list(rec["modified_process"])}
             records.append(rec)
     if not records:
         raise ActPRMError(f"{path}: no evaluation records")
+    if kind == "prmbench":
+        records, notes = _prmbench_as_mr_eval(records)
+    else:
+        subsets = sorted({r["subset"] for r in records})
+        notes["averaging"] = ("pooled: one file without subsets, F1 over all its records (ProcessBench's official "
+                              "score is the mean F1 of its four subsets)" if subsets == [POOLED] else
+                              f"mean F1 of {len(subsets)} subsets")
+        absent = [s for s in PROCESSBENCH_SUBSETS if s not in subsets]
+        if subsets != [POOLED] and set(subsets) <= set(PROCESSBENCH_SUBSETS) and absent:
+            notes["missing_subsets"] = absent
     # Scores are matched to records by key: a repeated key would judge a record on another one's scores.
     keys = Counter(prmbench_key(r) if kind == "prmbench" else r["id"] for r in records)
     if len(keys) != len(records):
         twice = next(k for k, n in keys.items() if n > 1)
         raise ActPRMError(f"{path}: record {twice!r} appears twice; evaluation ids must be unique across the set "
                           "(e.g. prefix them with their subset)")
-    return kind, records
+    return kind, records, notes
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_record_types(rec: dict, kind: str, where: str) -> None:
+    """A clear one-line error for a record whose fields have the wrong types (before they are converted)."""
+    steps_key = "steps" if kind == "processbench" else "modified_process"
+    if not isinstance(rec[steps_key], list) or not all(isinstance(x, str) for x in rec[steps_key]):
+        raise ActPRMError(f"{where}: {steps_key} must be a list of strings")
+    if kind == "processbench" and not _is_int(rec["label"]):
+        raise ActPRMError(f"{where}: label must be an integer (0-based first wrong step, or -1)")
+    if kind == "prmbench" and (not isinstance(rec["error_steps"], list) or not all(map(_is_int, rec["error_steps"]))):
+        raise ActPRMError(f"{where}: error_steps must be a list of 1-based step numbers")
+    original = rec.get("original_process") if kind == "prmbench" else None
+    if original is not None and not (isinstance(original, list) and all(isinstance(x, str) for x in original)):
+        raise ActPRMError(f"{where}: original_process must be a list of strings")
+
+
+def _prmbench_as_mr_eval(lines: list[dict]) -> tuple[list[dict], dict[str, Any]]:
+    """mr_eval's load_data_function: first record per (classification, idx), plus one original per problem."""
+    seen: set[str] = set()
+    records: list[dict] = []
+    repeated = 0
+    for rec in lines:
+        if rec["classification"] == PRMBENCH_ORIGINALS_FROM and "original_process" in rec:
+            original = {"idx": rec["idx"], "classification": ORIGINALS,
+                        "modified_question": rec.get("original_question") or rec.get("question") or "",
+                        "modified_process": list(rec["original_process"]), "error_steps": []}
+            if prmbench_key(original) not in seen:
+                seen.add(prmbench_key(original))
+                records.append(original)
+        key = prmbench_key(rec)
+        if key in seen:
+            repeated += 1
+            continue
+        seen.add(key)
+        records.append(rec)
+    originals = sum(r["classification"] == ORIGINALS for r in records)
+    return records, {"lines": len(lines), "repeated_keys_dropped": repeated, "originals": originals}
 
 
 def _read_dev(dev_data_path: str | Path, kind: str, records: list[dict]) -> list[dict]:
@@ -113,8 +208,11 @@ def _check_scores(key: str, scores: Any, where: str) -> list[float]:
     return [float(s) for s in scores]
 
 
-def read_predictions(path: str | Path) -> dict[str, list[float]]:
-    """Read {"id": ..., "step_scores": [...]} lines (PRMBench lines may use `idx` instead of `id`)."""
+def read_predictions(path: str | Path, keep_first: bool = False) -> dict[str, list[float]]:
+    """Read {"id": ..., "step_scores": [...]} lines (PRMBench lines may use `idx` instead of `id`).
+
+    `keep_first`: a repeated id keeps its first scores, as mr_eval filters its results (a PRM run over PRMBench's
+    test split as shipped scores its repeated records twice); otherwise a repeated id is an error."""
     p = Path(path)
     if not p.is_file():
         raise ActPRMError(f"predictions file not found: {p}")
@@ -124,6 +222,8 @@ def read_predictions(path: str | Path) -> dict[str, list[float]]:
             raise ActPRMError(f"{p}:{n}: expected an object with `id` (or `idx`) and `step_scores`")
         key = str(rec["id"] if "id" in rec else rec["idx"])
         if key in out:
+            if keep_first:
+                continue
             raise ActPRMError(f"{p}:{n}: id {key!r} appears twice")
         out[key] = _check_scores(key, rec["step_scores"], f"{p}:{n}")
     return out
@@ -134,13 +234,24 @@ def _match_scores(kind: str, records: list[dict], predictions: dict[str, list[fl
     if kind == "processbench":
         keys = {r["id"]: r["id"] for r in records}
     else:
-        plain = [r["idx"] for r in records]
+        plain = [r["idx"] for r in records if r["classification"] != ORIGINALS]
         unique_plain = len(set(plain)) == len(plain)
-        # `<classification>_<idx>` always works; a bare `idx` only where it is unique in the data.
+        # `<classification>_<idx>` always works; a bare `idx` only where it is unique in the data (never for the
+        # originals, whose idx their redundency record shares).
         keys = {prmbench_key(r): (prmbench_key(r) if prmbench_key(r) in predictions or not unique_plain
-                                  else str(r["idx"])) for r in records}
+                                  or r["classification"] == ORIGINALS else r["idx"]) for r in records}
     require_scores(list(keys.values()), predictions)
     return {k: predictions[v] for k, v in keys.items()}
+
+
+def _without_unscored_originals(records: list[dict], predictions: dict[str, list[float]], notes: dict) -> list[dict]:
+    """A predictions file with no score for any original is evaluated on the modified processes alone (their
+    PRMScore does not depend on the originals); one that scores some originals must score them all."""
+    originals = [r for r in records if r["classification"] == ORIGINALS]
+    if originals and not any(prmbench_key(r) in predictions for r in originals):
+        notes["originals"] = f"not scored: the predictions have no 'correct_<idx>' line for the {len(originals)} originals"
+        return [r for r in records if r["classification"] != ORIGINALS]
+    return records
 
 
 def _check_lengths(kind: str, records: list[dict], scores: dict[str, list[float]]) -> None:
@@ -158,18 +269,21 @@ def evaluate_predictions(data_path: str | Path, predictions_path: str | Path, *,
     With `dev_data_path` (ProcessBench only), the threshold is tuned on that split, whose scores
     are read from the same predictions file.
     """
-    kind, records = read_eval_data(data_path)
+    kind, records, notes = read_eval_set(data_path)
     dev_records = None if dev_data_path is None else _read_dev(dev_data_path, kind, records)
-    predictions = read_predictions(predictions_path)
+    predictions = read_predictions(predictions_path, keep_first=kind == "prmbench")
+    if kind == "prmbench":
+        records = _without_unscored_originals(records, predictions, notes)
     scores = _match_scores(kind, records, predictions)
     _check_lengths(kind, records, scores)
     if kind == "prmbench":
-        return {"benchmark": "prmbench", **prmbench_metrics(records, scores)}
+        return {"benchmark": "prmbench", **prmbench_metrics(records, scores), "data_notes": notes}
     if dev_records is None:
-        return {"benchmark": "processbench", **processbench_metrics(records, scores, threshold)}
+        return {"benchmark": "processbench", **processbench_metrics(records, scores, threshold), "data_notes": notes}
     dev_scores = _match_scores("processbench", dev_records, predictions)
     _check_lengths("processbench", dev_records, dev_scores)
-    return {"benchmark": "processbench", **processbench_tuned(records, dev_records, {**scores, **dev_scores})}
+    return {"benchmark": "processbench", **processbench_tuned(records, dev_records, {**scores, **dev_scores}),
+            "data_notes": notes}
 
 
 # -- models ----------------------------------------------------------------------------------
@@ -205,7 +319,9 @@ def _score_records(kind: str, records: list[dict], model, tokenizer, batch_size:
     else:
         keys = [prmbench_key(r) for r in records]
         questions = [r.get("modified_question") or r.get("question") or "" for r in records]
-        steps = [list(r["modified_process"]) for r in records]
+        # the steps as ingest stores them: without the numbering that mr_eval's remove_step_prefix cuts
+        clean = PRMBENCH.views[1].clean_step
+        steps = [[clean(step) for step in r["modified_process"]] for r in records]
     scores = predict_step_scores(model, tokenizer, questions, steps, batch_size=batch_size, max_length=max_length)
     return dict(zip(keys, scores))
 
@@ -216,11 +332,12 @@ def evaluate_model(model_dir_or_uri: str | Path, data_path: str | Path, *, batch
     """Evaluate a saved PRM (a save_pretrained folder or an MLflow `models:/...` URI) on a benchmark file."""
     from tasks.register import load_model
 
-    kind, records = read_eval_data(data_path)
+    kind, records, notes = read_eval_set(data_path)
     dev_records = None if dev_data_path is None else _read_dev(dev_data_path, kind, records)  # before the model loads
     model, tokenizer, version = load_model(model_dir_or_uri, device=_device())
     scores = _score_records(kind, records, model, tokenizer, batch_size, max_length)
-    result: dict[str, Any] = {"benchmark": kind, "model": str(model_dir_or_uri), "model_version": version}
+    result: dict[str, Any] = {"benchmark": kind, "model": str(model_dir_or_uri), "model_version": version,
+                              "data_notes": notes}
     if kind == "prmbench":
         return {**result, **prmbench_metrics(records, scores)}
     if dev_records is None:
@@ -313,16 +430,26 @@ def evaluate_round(settings, pool: str, model_dir: str, run_id: str | None = Non
 
 
 def evaluate_request(settings, *, model: str | None = None, data: str | None = None,
-                     predictions: str | None = None, pool: str | None = None, dev_data: str | None = None) -> dict:
+                     predictions: str | None = None, pool: str | None = None, dev_data: str | None = None,
+                     benchmark: str | None = None) -> dict:
     """`actprm evaluate`: a predictions file, or a model (default: the champion) on a file or a pool.
 
-    With `dev_data` the ProcessBench threshold is tuned on that file instead of fixed at 0.5.
+    With `dev_data` the ProcessBench threshold is tuned on that file instead of fixed at 0.5. With `benchmark`,
+    `data` must hold that benchmark's records (checked before any model loads).
     """
     from actprm.tracking import configure_mlflow, start_run
     from tasks.champion import champion_version
 
     configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
     name = settings.registry.model_name
+    if benchmark is not None:
+        if benchmark not in BENCHMARKS:
+            raise ActPRMError(f"unknown benchmark {benchmark!r}; choose one of: {', '.join(BENCHMARKS)}")
+        if data is None:
+            raise ActPRMError("--benchmark names the benchmark of --data; give --data DIR_OR_FILE")
+        found = read_eval_set(data)[0]
+        if found != benchmark:
+            raise ActPRMError(f"{data}: holds {found} records, not {benchmark}")
     if predictions is not None:
         if data is None:
             raise ActPRMError("--predictions needs --data: the benchmark file the predictions are for")

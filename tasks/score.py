@@ -239,7 +239,7 @@ def log_scoring_to_mlflow(summary: ScoreSummary, mu_sigma_arrays, out_dir: str |
     axes[0].hist(list(mu), bins=50, range=(0, 1))
     axes[0].set_title("step mu (mean over heads)")
     axes[1].hist(list(sigma), bins=50)
-    axes[1].set_title("step sigma (population std over heads)")
+    axes[1].set_title("step sigma (unbiased std over heads)")
     axes[1].set_yscale("log")
     fig.suptitle(f"{summary.pool} / {summary.model_version}: {summary.uncertain_fraction:.1%} uncertain")
     fig.tight_layout()

@@ -11,9 +11,10 @@ classification loss, so the update is spent on what the ensemble does not know y
 (Qwen2.5) scores the same in training mode, so selection reads the training forward's own scores instead of
 running a separate no-grad pass (``EnsemblePRM.has_dropout``). Per optimizer step we log
 
-- ``trusted_fraction``: kept / seen, where *seen* counts the trajectories of the optimizer step (all its
+- ``trained_fraction``: kept / seen, where *seen* counts the trajectories of the optimizer step (all its
   micro-batches, all processes) and *kept* those that entered the classification loss (the uncertain ones;
-  all of them when selection is off);
+  all of them when selection is off). The official trainer's ``trust_percentage`` is the opposite share, the
+  confident trajectories left out: 1 - trained_fraction (this metric was called ``trusted_fraction`` before);
 - ``pseudo_label_accuracy``: over the left-out (confident) trajectories of the step, the share whose
   ensemble-predicted first error equals the label's; absent when nothing was left out. It says how safe it
   is to trust the ensemble where it is confident.
@@ -218,6 +219,7 @@ def train_prm(
     head_lr: float | None = None,
     weight_decay: float = 0.0,
     warmup_ratio: float = 0.1,
+    warmup_steps: int | None = None,
     seed: int = 0,
     max_length: int = 512,
     reg_lambda: float = 0.5,
@@ -269,6 +271,8 @@ def train_prm(
               # A checkpoint's position in the data and its per-rank random states are only valid for the same
               # number of processes (accelerate launch sets WORLD_SIZE), and its weights for the same precision.
               "mixed_precision": mixed_precision, "processes": int(os.environ.get("WORLD_SIZE", "1"))}
+    if warmup_steps is not None:  # only when set, so runs without it keep their checkpoints' fingerprint
+        params["warmup_steps"] = warmup_steps
     fingerprint = run_fingerprint(examples, params)
 
     accelerator = _accelerator(mixed_precision=mixed_precision, grad_accum=grad_accum, seed=seed)
@@ -301,7 +305,8 @@ def train_prm(
     steps_per_epoch = math.ceil(len(loader) / grad_accum)
     total_steps = steps_per_epoch * epochs
     scheduler = accelerator.prepare(get_linear_schedule_with_warmup(
-        optimizer, num_warmup_steps=math.ceil(warmup_ratio * total_steps), num_training_steps=total_steps))
+        optimizer, num_warmup_steps=(warmup_steps if warmup_steps is not None else math.ceil(warmup_ratio * total_steps)),
+        num_training_steps=total_steps))
     state = Progress()
     accelerator.register_for_checkpointing(state)
 
@@ -389,7 +394,7 @@ def train_prm(
                     mlflow.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step=state.completed_steps)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(cls=f"{metrics['cls_loss']:.4f}", trusted=f"{metrics['trusted_fraction']:.2f}")
+                bar.set_postfix(cls=f"{metrics['cls_loss']:.4f}", trained=f"{metrics['trained_fraction']:.2f}")
             if checkpoint_every and state.completed_steps % checkpoint_every == 0:
                 checkpoints.save(state.completed_steps)
     if bar is not None:
@@ -446,7 +451,7 @@ def train_task(examples: list[dict], **kwargs: Any) -> TrainResult:
     else:
         logger.info("trained on %d trajectories in %d steps -> %s (cls_loss %.4f, trusted %.2f)",
                     result.train_trajectories, result.steps, result.model_dir,
-                    result.metrics.get("cls_loss") or 0.0, result.metrics.get("trusted_fraction") or 0.0)
+                    result.metrics.get("cls_loss") or 0.0, result.metrics.get("trained_fraction") or 0.0)
     return result
 
 
@@ -492,7 +497,8 @@ def train_stage(settings, pool: str, *, init_from: str | Path | None = None, rou
             examples, output_dir=out, preset=m.preset, num_heads=m.num_heads,
             init_from=init_from if settings.loop.warm_start else None, freeze_backbone=m.freeze_backbone,
             backbone_path=m.backbone_path, epochs=t.epochs, batch_size=t.batch_size, grad_accum=t.grad_accum,
-            lr=t.lr, head_lr=t.head_lr, weight_decay=t.weight_decay, warmup_ratio=t.warmup_ratio, seed=t.seed, max_length=m.max_length,
+            lr=t.lr, head_lr=t.head_lr, weight_decay=t.weight_decay, warmup_ratio=t.warmup_ratio,
+            warmup_steps=t.warmup_steps, seed=t.seed, max_length=m.max_length,
             reg_lambda=m.reg_lambda, learning_probability=m.learning_probability,
             in_training_selection=t.in_training_selection, p_threshold=u.p_threshold, std_threshold=u.std_threshold,
             mixed_precision=t.mixed_precision, gradient_checkpointing=t.gradient_checkpointing,

@@ -52,7 +52,7 @@ class Progress:
         for j, v in enumerate(counts):
             per_epoch[j] += v
         metrics = {"loss": (cls_sum + reg_sum) / micro_batches, "cls_loss": cls_sum / micro_batches,
-                   "reg_loss": reg_sum / micro_batches, "trusted_fraction": kept / seen,
+                   "reg_loss": reg_sum / micro_batches, "trained_fraction": kept / seen,
                    "kept_trajectories": kept, "confident_trajectories": conf, "epoch": epoch}
         if conf:
             metrics["pseudo_label_accuracy"] = correct / conf
@@ -77,9 +77,9 @@ class Progress:
         return {
             "cls_loss": self.last.get("cls_loss"), "reg_loss": self.last.get("reg_loss"),
             "loss": self.last.get("loss"),
-            "trusted_fraction": kept / seen if seen else None,
+            "trained_fraction": kept / seen if seen else None,
             "pseudo_label_accuracy": correct / conf if conf else None,
-            "run_trusted_fraction": self.kept / self.seen if self.seen else None,
+            "run_trained_fraction": self.kept / self.seen if self.seen else None,
             "run_pseudo_label_accuracy": self.pseudo_correct / self.confident if self.confident else None,
             "kept_trajectories": self.kept, "seen_trajectories": self.seen,
         }

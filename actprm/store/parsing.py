@@ -65,14 +65,20 @@ def _view_layers(view, limits: dict) -> list[list[str]]:
         ]
         first_error = "coalesce(list_position(@signs, '-') - 1, -1)"
         step_labels = "list_transform(@signs, lambda c: (c = '+')::TINYINT)"
+    elif view.labels == "prm800k":
+        layer1, layer2, layer3, checks, label_checks, first_error, step_labels = _prm800k_sql(view)
+        n = "len(@sp)"
     else:
         layer1 = [f"{fj(qk)} AS @qj", f"{fj(sk)} AS @sj", f"{fj(lk)} AS @lj", f"{fj(view.first_error_key)} AS @fej",
                   f"{fj(view.error_kind_key)} AS @ekj", f"{fj(view.id_key)} AS @ij",
                   # from_json hands back fields as compact JSON text: the first char gives the type.
                   # One parse of the steps for their types, one for their text.
                   f"json_type(CASE WHEN starts_with({fj(sk)}, '[') THEN {fj(sk)} END, '$[*]') AS @se"]
-        layer2 = ["CASE WHEN starts_with(@qj, '\"') THEN @qj->>'$' END AS @qt",
-                  "from_json(CASE WHEN @se IS NOT NULL THEN @sj END, '[\"VARCHAR\"]') AS @sp"]
+        steps = "from_json(CASE WHEN @se IS NOT NULL THEN @sj END, '[\"VARCHAR\"]')"
+        if view.step_prefix is not None:  # View.clean_step is the Python twin
+            steps = (f"list_transform({steps}, lambda x: regexp_replace(trim(x, ' \t\r\n'), "
+                     f"{lit(view.step_prefix)}, '', 'i'))")
+        layer2 = ["CASE WHEN starts_with(@qj, '\"') THEN @qj->>'$' END AS @qt", f"{steps} AS @sp"]
         n = "len(@se)"
         checks = [
             ("@qj IS NULL", f"{qk} is missing or null"),
@@ -102,8 +108,55 @@ def _view_layers(view, limits: dict) -> list[list[str]]:
     final = (f"struct_pack(reason := {reason}, question := @qt, steps := @sp, "
              f"first_error := {'(' + first_error + ')::INTEGER' if labeled else 'NULL::INTEGER'}, "
              f"step_labels := {'(' + step_labels + ')::TINYINT[]' if labeled else 'NULL::TINYINT[]'}, "
-             f"error_kind := {error_kind}::VARCHAR, source_id := {source_id}::VARCHAR) AS @view")
+             f"error_kind := {error_kind}::VARCHAR, source_id := {source_id}::VARCHAR)")
+    if view.only_if is not None:  # no view (NULL) on other records; its checks do not apply there either
+        key, value = view.only_if
+        final = f"CASE WHEN {fj(key)}->>'$' IS NOT DISTINCT FROM {lit(value)} THEN {final} END"
+    final += " AS @view"
     return [layer1, layer2, layer3, [final]]
+
+
+def _prm800k_sql(view):
+    """Raw PRM800K (Lightman et al., 2023): `question.problem`; `label.steps[]`, each with rated `completions`
+    (-1 wrong, 0 neutral, +1 good), `chosen_completion` (the index the labeler continued from, or null) and
+    `human_completion` (a step the labeler wrote, or null). Converted as documented in docs/BENCHMARKS.md: each step
+    follows its chosen completion, else the human completion (written to be correct, so counted correct), else -
+    on the last step, where labeling stopped - its first completion rated -1, else its first completion. The first
+    error is the first followed step rated -1; a neutral 0 is not an error (the paper's PRM target counts only -1 as
+    wrong when neutral steps are taken as positive)."""
+    q = quote_ident
+    js = "'[\"JSON\"]'"
+    comps = f"from_json(s->'$.completions', {js})"
+    follow = (f"CASE WHEN json_type(s, '$.chosen_completion') IN ('BIGINT', 'UBIGINT') "
+              f"THEN struct_pack(comp := {comps}[TRY_CAST(s->>'$.chosen_completion' AS INTEGER) + 1], by_human := false) "
+              "WHEN json_type(s, '$.human_completion') = 'OBJECT' "
+              "THEN struct_pack(comp := s->'$.human_completion', by_human := true) "
+              f"ELSE struct_pack(comp := coalesce(list_filter({comps}, lambda c: c->>'$.rating' = '-1')[1], {comps}[1]), "
+              "by_human := false) END")
+    label = f"f.{q(view.label_key)}"
+    layer1 = [f"f.{q(view.question)} AS @qj", f"{label} AS @lj",
+              f"from_json(CASE WHEN json_type({label}, '$.steps') = 'ARRAY' THEN {label}->'$.steps' END, {js}) AS @stj"]
+    layer2 = ["CASE WHEN json_type(@qj, '$.problem') = 'VARCHAR' THEN @qj->>'$.problem' END AS @qt",
+              f"list_transform(@stj, lambda s: {follow}) AS @fol"]
+    layer3 = ["list_transform(@fol, lambda x: struct_extract(x, 'comp')->>'$.text') AS @sp",
+              ("list_transform(@fol, lambda x: CASE WHEN struct_extract(x, 'by_human') THEN 1 "
+               "ELSE TRY_CAST(struct_extract(x, 'comp')->>'$.rating' AS INTEGER) END) AS @rt")]
+    checks = [
+        ("@qt IS NULL", f"{view.question}.problem is missing or not a string"),
+        ("trim(@qt) = ''", f"{view.question}.problem is empty"),
+        ("@stj IS NULL", f"{view.label_key}.steps is missing or not a list"),
+        ("len(@stj) = 0", f"{view.label_key}.steps is empty"),
+        ("list_bool_or(list_transform(@fol, lambda x: struct_extract(x, 'comp') IS NULL))",
+         "a step has no completion to follow"),
+        ("list_bool_or(list_transform(@sp, lambda t: t IS NULL))", "a followed completion has no text"),
+    ]
+    label_checks = [
+        ("NOT list_bool_and(list_transform(@rt, lambda r: coalesce(r IN (-1, 0, 1), false)))",
+         "a followed completion has no rating -1, 0 or 1"),
+        (f"{label}->>'$.finish_reason' = 'bad_problem'", "the labeler marked the problem bad (finish_reason)"),
+    ]
+    return (layer1, layer2, layer3, checks, label_checks, "coalesce(list_position(@rt, -1) - 1, -1)",
+            "list_transform(@rt, lambda r: (r >= 0)::TINYINT)")
 
 
 def _label_sql(view, n: str) -> tuple[list[str], list, str, str]:
@@ -146,11 +199,12 @@ def _label_sql(view, n: str) -> tuple[list[str], list, str, str]:
         es = "list_transform(@ll, lambda x: TRY_CAST(x AS INTEGER))"
         checks = [("@lj IS NULL", f"{lk} is missing or null"),
                   ("@ll IS NULL", f"{lk} is not a list"),
-                  ("len(@ll) = 0", f"{lk} is empty"),
-                  (f"NOT list_bool_and(list_transform(@ll, lambda x: coalesce({is_int}, false)))", f"{lk} must hold step numbers"),
-                  (f"list_min({es}) < 1 OR list_max({es}) > {n}", f"{lk} out of range (1-based step numbers)")]
-        # PRMBench error_steps are 1-based; every listed step is wrong, the others are correct
-        return (cols, checks, f"list_min({es}) - 1",
+                  (f"NOT list_bool_and(list_transform(@ll, lambda x: coalesce({is_int}, false)))", f"{lk} must hold step numbers")]
+        # PRMBench error_steps are 1-based; every listed step is wrong, the others are correct. As mr_eval scores
+        # them (eval_on_hallucination_step visits only the steps that exist), numbers past the process are
+        # ignored, and an empty list (multi_solutions) or one with no number in range means all correct.
+        in_range = f"list_filter({es}, lambda e: e BETWEEN 1 AND {n})"
+        return (cols, checks, f"coalesce(list_min({in_range}) - 1, -1)",
                 f"list_transform(range(1, {n} + 1), lambda i: (NOT list_contains({es}, i))::TINYINT)")
     raise ValueError(f"unknown label kind {kind!r}")
 
@@ -196,6 +250,8 @@ def staging_select(fmt, kind: str, limits: dict, trajectory_id_sql: str) -> str:
         keep = f"CASE WHEN reason IS NULL THEN {nviews} ELSE 1 END"
         rows = (f"SELECT line_no, raw, reason, unnest(list_slice([{views}], 1, {keep})) AS v, "
                 f"unnest(list_slice(range(1, {nviews + 1}), 1, {keep})) AS vi FROM judged")
+        if any(v.only_if for v in fmt.views):  # a good line keeps only the views it has (View.only_if)
+            rows = f"SELECT * FROM ({rows}) WHERE reason IS NOT NULL OR v IS NOT NULL"
     good = lambda e: f"CASE WHEN reason IS NULL THEN {e} END"  # noqa: E731
     return (
         "WITH lines AS (" + reader_sql(kind) + "), "

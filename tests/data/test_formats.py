@@ -44,23 +44,49 @@ def prmbench_record(idx: str, kind: str, original: list[str], modified: list[str
             "question": "How many seconds in 2 minutes?"}
 
 
-def test_prmbench_two_views_and_shared_original(tmp_path, db):
+def test_prmbench_as_mr_eval_reads_it(tmp_path, db):
+    """PRMBench as distributed: each problem's original comes once (from its redundency line, as mr_eval's
+    "correct_<idx>" sample), its "Step k." numbering cut; multi_solutions lines (empty error_steps) are all-correct
+    trajectories; error_steps past the process are ignored as mr_eval ignores them, not a reason to quarantine."""
     original = ["A minute is 60 seconds.", "2 * 60 = 120.", "The answer is 120."]
-    a = write_lines(tmp_path / "prm" / "circular.jsonl", [prmbench_record(
-        "p0", "circular", original, ["A minute is 60 seconds.", "Assume 120 and check.", "So 120."], [2, 3])])
-    b = write_lines(tmp_path / "prm" / "confidence.jsonl", [prmbench_record(
-        "p0", "confidence", original, ["A minute is 60 seconds.", "2 * 60 = 130 surely.", "So 130."], [2, 3])])
-    s = ingest(db, [str(tmp_path / "prm")], "prm", emit=False)  # a directory: both files, sorted
-    assert (s.format, s.lines_read, s.accepted, s.trajectories_added) == ("prmbench", 2, 2, 3)
+    numbered = [f"Step {k + 1}. {s}" for k, s in enumerate(original)]
+    write_lines(tmp_path / "prm" / "circular.jsonl", [prmbench_record(
+        "p0", "circular", numbered, ["A minute is 60 seconds.", "Assume 120 and check.", "So 120."], [2, 3])])
+    write_lines(tmp_path / "prm" / "redundency.jsonl", [prmbench_record(
+        "p0", "redundency", original, ["1. A minute is 60 seconds.", "2. 60 = 60.", "3. 2 * 60 = 120."], [2])])
+    write_lines(tmp_path / "prm" / "multi_solutions.jsonl", [
+        prmbench_record("p0", "multi_solutions", numbered, ["120 seconds: 2 minutes of 60.", "7.8 is not used."], []),
+        prmbench_record("p1", "confidence", ["x"], ["2 * 60 = 130 surely.", "So 130."], [2, 7]),
+        prmbench_record("p2", "confidence", ["x"], ["2 * 60 = 120.", "So 120."], [5])])
+    s = ingest(db, [str(tmp_path / "prm")], "prm", emit=False)  # a directory: every file, sorted
+    assert (s.format, s.lines_read, s.accepted, s.quarantined) == ("prmbench", 5, 5, 0)
     rows = gold(db, "prm")
-    # the shared original is stored once, under its first occurrence
-    assert sorted(r["source_id"] for r in rows) == ["p0:modified", "p0:modified", "p0:original"]
-    orig = [r for r in rows if r["steps"] == original]
-    assert len(orig) == 1 and orig[0]["gold_first_error"] == -1 and orig[0]["step_labels"] == [1, 1, 1]
-    mod = [r for r in gold(db, "prm") if r["error_kind"] == "confidence"][0]
-    # error_steps are 1-based: [2, 3] -> first error at index 1; every listed step is wrong
-    assert mod["gold_first_error"] == 1 and mod["step_labels"] == [1, 0, 0]
-    assert a.exists() and b.exists()
+    assert s.trajectories_added == len(rows) == 6  # 5 modified processes + 1 original
+    (orig,) = [r for r in rows if r["source_id"].endswith(":original")]
+    assert orig["source_id"] == "p0:original" and orig["steps"] == original
+    assert orig["gold_first_error"] == -1 and orig["step_labels"] == [1, 1, 1]
+    by_kind = {r["error_kind"]: r for r in rows if r["source_id"].startswith("p0:modified")}
+    # error_steps are 1-based: [2] -> first error at index 1; numbering cut as mr_eval's remove_step_prefix does
+    assert by_kind["redundency"]["steps"] == ["A minute is 60 seconds.", "60 = 60.", "2 * 60 = 120."]
+    assert by_kind["redundency"]["gold_first_error"] == 1 and by_kind["redundency"]["step_labels"] == [1, 0, 1]
+    assert by_kind["circular"]["gold_first_error"] == 1 and by_kind["circular"]["step_labels"] == [1, 0, 0]
+    # a decimal opening a step is not a step number
+    assert by_kind["multi_solutions"]["steps"][1] == "7.8 is not used."
+    assert by_kind["multi_solutions"]["gold_first_error"] == -1 and by_kind["multi_solutions"]["step_labels"] == [1, 1]
+    conf = {r["source_id"]: r for r in rows if r["error_kind"] == "confidence"}
+    assert conf["p1:modified"]["gold_first_error"] == 1 and conf["p1:modified"]["step_labels"] == [1, 0]
+    assert conf["p2:modified"]["gold_first_error"] == -1  # its only error step is past the process
+
+
+def test_prmbench_lines_are_still_checked(tmp_path, db):
+    path = write_lines(tmp_path / "prm.jsonl", [
+        prmbench_record("p0", "circular", ["a"], ["b", "c"], ["two"]),
+        prmbench_record("p1", "redundency", ["a", ""], ["b", "c"], [1]),   # its original has an empty step
+        prmbench_record("p2", "circular", ["a", ""], ["b", "c"], [1]),     # an original nobody reads
+    ])
+    s = ingest(db, [str(path)], "prm", emit=False)
+    assert (s.lines_read, s.accepted, s.quarantined) == (3, 1, 2)
+    assert dict(s.top_reasons) == {"error_steps must hold step numbers": 1, "a step is empty": 1}
 
 
 def test_math_shepherd(tmp_path, db):
@@ -175,3 +201,46 @@ def test_the_eval_split_holds_out_whole_problems(tmp_path, db):
             "SELECT count(*) FROM pool_members WHERE pool = 'alone' "
             "AND (split = 'eval') != (hash('0' || trajectory_id) % 10000 < 2500)").fetchone()[0]
         assert per_trajectory == 0
+
+
+def _prm800k(problem, steps, finish_reason="found_error"):
+    """A raw PRM800K line as its README describes it (github.com/openai/prm800k)."""
+    return {"labeler": "l0", "timestamp": "2022-07-17T16:56:51", "generation": None,
+            "is_quality_control_question": False, "is_initial_screening_question": False,
+            "question": {"problem": problem, "ground_truth_answer": "120"},
+            "label": {"steps": steps, "total_time": 1000, "finish_reason": finish_reason}}
+
+
+def _step(*completions, chosen=None, human=None):
+    return {"completions": [{"text": t, "rating": r, "flagged": False} for t, r in completions],
+            "human_completion": None if human is None else {"text": human, "rating": None, "source": "human",
+                                                            "flagged": False, "corrected_rating": None},
+            "chosen_completion": chosen}
+
+
+def test_prm800k_raw_follows_the_chosen_completions(tmp_path, db):
+    """Each step follows its chosen completion, else the human one, else (where labeling stopped) its first
+    completion rated -1; the first error is the first followed step rated -1, a neutral 0 is not an error."""
+    found_error = _prm800k("How many seconds in 2 minutes?", [
+        _step(("A minute is 60 s.", 1), ("Minutes are long.", 0), chosen=0),
+        _step(("Let me think.", 0), chosen=0),                                   # neutral: not an error
+        _step(("2 * 60 = 100.", -1), human="2 * 60 = 120."),                     # a labeler's fix is followed
+        _step(("So 120 s, done.", 0), ("So 240 s.", -1), ("So 12 s.", -1)),       # stopped: first -1 followed
+    ])
+    solved = _prm800k("What is 3 + 4?", [_step(("3 + 4 = 7.", 1), chosen=0), _step(("# Answer\n\n7", 1), chosen=0)],
+                      finish_reason="solution")
+    bad = [_prm800k("Bad?", [_step(("x", 1), chosen=0)], finish_reason="bad_problem"),
+           _prm800k("Unrated?", [_step(("x", None), chosen=0)]),
+           _prm800k("Nothing to follow?", [_step(chosen=None)])]
+    path = write_lines(tmp_path / "phase2_train.jsonl", [found_error, solved, *bad])
+    s = ingest(db, [str(path)], "prm800k", emit=False)
+    assert (s.format, s.lines_read, s.accepted, s.quarantined) == ("prm800k", 5, 2, 3)
+    assert dict(s.top_reasons) == {"the labeler marked the problem bad (finish_reason)": 1,
+                                   "a followed completion has no rating -1, 0 or 1": 1,
+                                   "a step has no completion to follow": 1}
+    rows = {r["question"]: r for r in gold(db, "prm800k")}
+    err = rows["How many seconds in 2 minutes?"]
+    assert err["steps"] == ["A minute is 60 s.", "Let me think.", "2 * 60 = 120.", "So 240 s."]
+    assert err["gold_first_error"] == 3 and err["step_labels"] == [1, 1, 1, 0]
+    ok = rows["What is 3 + 4?"]
+    assert ok["gold_first_error"] == -1 and ok["step_labels"] == [1, 1]

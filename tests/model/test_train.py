@@ -70,8 +70,8 @@ def test_loss_decreases_and_saved_model_finds_first_errors(examples, baseline):
     first, last = steps[0][1]["cls_loss"], result.metrics["cls_loss"]
     assert last < 0.5 * first, (first, last)
     for _, m in steps:
-        assert {"cls_loss", "reg_loss", "trusted_fraction", "lr"} <= m.keys()
-        assert 0.0 <= m["trusted_fraction"] <= 1.0
+        assert {"cls_loss", "reg_loss", "trained_fraction", "lr"} <= m.keys()
+        assert 0.0 <= m["trained_fraction"] <= 1.0
         assert m["kept_trajectories"] + m["confident_trajectories"] == 8
     # The saved model (reloaded from disk) finds the first error of the training trajectories.
     model, tokenizer = EnsemblePRM.from_pretrained(result.model_dir, with_tokenizer=True)
@@ -140,10 +140,10 @@ def test_everything_confident_leaves_the_model_untouched(examples, tmp_path):
     result = train_prm(examples, output_dir=tmp_path, model=model, tokenizer=tokenizer, p_threshold=0.5,
                        std_threshold=float("inf"), on_metrics=lambda s, m: seen.append(m), **RUN)
     assert result.skipped and "confident" in result.reason and result.model_dir is None
-    assert len(seen) == 9 and all(m["trusted_fraction"] == 0.0 for m in seen)
+    assert len(seen) == 9 and all(m["trained_fraction"] == 0.0 for m in seen)
     assert all(0.0 <= m["pseudo_label_accuracy"] <= 1.0 for m in seen)
     assert all(torch.isfinite(torch.tensor(m["cls_loss"])) for m in seen)
-    assert result.metrics["trusted_fraction"] == 0.0
+    assert result.metrics["trained_fraction"] == 0.0
     assert_same_weights(before, model.state_dict())
     assert not (tmp_path / "model").exists()
 
@@ -152,7 +152,7 @@ def test_selection_off_keeps_every_trajectory(examples, tmp_path):
     seen: list[dict] = []
     result = train_task.fn(examples, output_dir=tmp_path, in_training_selection=False, p_threshold=0.5,
                        std_threshold=float("inf"), on_metrics=lambda s, m: seen.append(m), **(RUN | {"epochs": 1}))
-    assert not result.skipped and all(m["trusted_fraction"] == 1.0 for m in seen)
+    assert not result.skipped and all(m["trained_fraction"] == 1.0 for m in seen)
 
 
 def test_bf16_with_gradient_checkpointing_after_a_float32_run_in_the_same_process(examples, tmp_path):
@@ -307,9 +307,9 @@ def test_without_dropout_selection_reads_the_training_forward_and_trains_exactly
     two, two_forwards, two_metrics = run(tmp_path / "two", force_scoring_pass=True)
     micro_batches = 2 * 3  # 2 epochs of 3 micro-batches
     assert (one_forwards, two_forwards) == (micro_batches, 2 * micro_batches)
-    kept = [m["trusted_fraction"] for m in one_metrics]
+    kept = [m["trained_fraction"] for m in one_metrics]
     assert any(0 < k < 1 for k in kept), kept  # selection left some trajectories out, not all
-    assert kept == [m["trusted_fraction"] for m in two_metrics]
+    assert kept == [m["trained_fraction"] for m in two_metrics]
     assert_same_weights(weights(one.model_dir), weights(two.model_dir))
 
 

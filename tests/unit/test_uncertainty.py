@@ -15,7 +15,7 @@ from models.uncertainty import (
 
 
 def _rule_by_hand(probs: np.ndarray, p: float = 0.95, s: float = 0.005) -> bool:
-    mu, sigma = probs.mean(0), probs.std(0)  # numpy's default std is the population std
+    mu, sigma = probs.mean(0), probs.std(0, ddof=1)  # unbiased, as torch.std and the official trainer
     for j in range(len(mu)):
         confident = sigma[j] <= s and (mu[j] >= p or mu[j] <= 1 - p)
         if not confident:
@@ -25,11 +25,11 @@ def _rule_by_hand(probs: np.ndarray, p: float = 0.95, s: float = 0.005) -> bool:
     return False
 
 
-def test_step_stats_are_mean_and_population_std():
+def test_step_stats_are_mean_and_unbiased_std():
     probs = torch.rand(8, 5, generator=torch.Generator().manual_seed(0))
     mu, sigma = step_stats(probs)
     assert np.allclose(mu.numpy(), probs.numpy().mean(0))
-    assert np.allclose(sigma.numpy(), probs.numpy().std(0, ddof=0))
+    assert np.allclose(sigma.numpy(), probs.numpy().std(0, ddof=1))
     assert step_stats(probs[:1])[1].tolist() == [0.0] * 5  # defined for a single head
 
 
