@@ -237,6 +237,23 @@ def test_an_active_learning_run_on_sample_starts_no_second_loop(stack):
     assert [r["id"] for r in _manual_runs(stack, al_id, "sample")] == [run["id"]], "a second loop started on sample"
 
 
+def test_evaluate_champion_with_its_default_parameters_reports_in_prefect(stack):
+    """The UI's quick Run of evaluate-champion (no parameters) used to fail with a message written for the CLI; the
+    weekly schedule's `pool: sample` failed on a stack whose pools came from the UI. With its defaults it evaluates
+    the champion on the sample pool's held-out split, a fixed named set, and the F1 reaches the run's log and a
+    Prefect artifact, not only MLflow. Runs after the loops above, which left a champion."""
+    ev_id = _deployments(stack)["evaluate-champion"]["id"]
+    run = _api(stack, "POST", f"/deployments/{ev_id}/create_flow_run", {})
+    run = _wait_final(stack, run["id"], timeout=600)
+    assert run["state_type"] == "COMPLETED", f"evaluate-champion ended {run['state_type']}\n{_worker_log_tail(stack)}"
+    artifacts = _api(stack, "POST", "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}})
+    (report,) = [a for a in artifacts if a["key"] == "evaluation-sample"]
+    assert "sample:eval:" in report["data"] and "| f1 |" in report["data"]
+    logs = _api(stack, "POST", "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}})
+    lines = [entry["message"] for entry in logs if entry["message"].startswith("evaluated models:/")]
+    assert len(lines) == 1 and " on sample:eval:" in lines[0] and "f1 " in lines[0], lines
+
+
 def test_a_second_serve_or_a_stale_pid_file_never_stops_the_wrong_process(tmp_path):
     """`make serve` on a home whose stack runs is refused before it starts anything (it used to fail half-way and
     tear the running stack down); `make stop` signals a pid from a pid file only when that process is the service
