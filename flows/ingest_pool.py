@@ -14,6 +14,7 @@ from prefect import flow, task
 
 from actprm.config import load_settings, runtime_environment
 from actprm.formats import FORMATS
+from actprm.runlog import stage_logger
 from actprm.store import Store
 from tasks import ingest as ing
 from tasks import validate as val
@@ -55,6 +56,9 @@ def register_pool(db: str, summary: ing.IngestSummary, result: val.ValidationRes
         ing.finish(store, summary, result)
         sample = store.quarantine_sample(summary.pool, 20)
     ing.report_ingest(summary, emit=True, quarantine_sample=sample)
+    stage_logger().info("ingest %s: %s, %d lines read, %d accepted, %d quarantined, %d duplicates, %d trajectories "
+                        "added (pool now %d)", summary.pool, summary.status, summary.lines_read, summary.accepted,
+                        summary.quarantined, summary.duplicates, summary.trajectories_added, summary.pool_trajectories)
     return summary
 
 

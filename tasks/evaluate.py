@@ -20,6 +20,7 @@ from typing import Any
 from actprm.errors import ActPRMError
 from actprm.metrics import (DEFAULT_THRESHOLD, require_scores, predicted_first_error, prmbench_key, prmbench_metrics,
                             processbench_crossfit, processbench_metrics, processbench_tuned)
+from actprm.runlog import stage_logger
 
 log = logging.getLogger(__name__)
 
@@ -312,6 +313,7 @@ def evaluate_round(settings, pool: str, model_dir: str, run_id: str | None = Non
     result = evaluate_pool(settings.duckdb_path, pool, model_dir, batch_size=settings.uncertainty.batch_size,
                            max_length=settings.model.max_length)
     _log_evaluation(run_id, result, settings.tracking_uri)
+    stage_logger().info("evaluate %s: F1 %.4f on %s (n=%d)", pool, result["f1"], result["eval_set"], result["n"])
     return result
 
 

@@ -28,6 +28,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
 from actprm.errors import ActPRMError
+from actprm.runlog import stage_logger
 from tasks.champion import (CHALLENGER, CHAMPION, MODEL_NAME, alias_version, champion_version, promotion_gate,
                              registry_client)
 
@@ -294,6 +295,8 @@ def register_round(settings, model_dir: str, evaluation: dict, run_id: str | Non
     if run_id is not None:
         client.set_tag(run_id, "actprm.model_version", str(version))
         client.set_tag(run_id, "actprm.gate.decision", gate["decision"])
+    stage_logger().info("register %s v%d: %s as champion of pool %s (%s); overall champion v%s", name, version,
+                        gate["decision"], gate["scope"], gate["reason"], gate["champion"])
     return {**gate, "model_version_key": model_version_key(name, version)}
 
 

@@ -194,6 +194,14 @@ def test_registered_pool_starts_active_learning_and_promotes_a_champion(stack, t
     assert len(triggered) == 1, f"expected one event-triggered active-learning run, got {len(triggered)}"
     run = _wait_final(stack, triggered[0]["id"], timeout=1200)
     assert run["state_type"] == "COMPLETED", f"active-learning run ended {run['state_type']}\n{_worker_log_tail(stack)}"
+    # The run's log (the UI's Logs tab) tells what each stage read, bought, trained, scored and decided.
+    logs = _api(stack, "POST", "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200})
+    messages = [entry["message"] for entry in logs]
+    for stage in ("score incoming", "select incoming", "label incoming", "train incoming", "evaluate incoming",
+                  "register actprm-prm", "active learning on incoming stopped"):
+        assert any(m.startswith(stage) for m in messages), f"no {stage!r} line in the run's log"
+    bought = [m for m in messages if m.startswith("label incoming: ")]
+    assert len(bought) == 1 and int(bought[0].split()[2]) > 0, bought  # "label incoming: N labels bought from ..."
     # Minutes after both ingests' events: still the one loop.
     runs = _api(stack, "POST", "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [al_id]}}})
     assert [r["id"] for r in runs if r["parameters"].get("pool") == "incoming"] == [run["id"]]
