@@ -218,6 +218,32 @@ def test_registered_pool_starts_active_learning_and_promotes_a_champion(stack, t
     assert Path(stack.home, "actprm.duckdb").exists()
 
 
+_REMOTE_CLIENT = """
+import sys, mlflow
+from actprm.tracking import configure_mlflow
+configure_mlflow(sys.argv[1], "remote-client", "client-home/mlartifacts")
+with mlflow.start_run() as run:
+    mlflow.log_dict({"f1": 0.5}, "evaluation.json")
+print(run.info.run_id, run.info.artifact_uri)
+"""
+
+
+def test_artifacts_go_through_the_tracking_server(stack, tmp_path):
+    """Experiments used to be created with `file:///<home>/mlartifacts/...` even when tracking through the server, so a
+    GPU node or a laptop pointed at the server wrote artifacts to its own disk. A client in a folder of its own, with
+    a home of its own, tracking through the server: its artifacts land in the server's artifact store."""
+    client_dir = tmp_path / "elsewhere"
+    client_dir.mkdir()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": stack.mlflow_url, "PYTHONPATH": str(REPO_ROOT)}
+    out = subprocess.run([sys.executable, "-c", _REMOTE_CLIENT, stack.mlflow_url], cwd=client_dir, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    run_id, artifact_uri = out.stdout.split()[-2:]
+    assert artifact_uri.startswith("mlflow-artifacts:/"), artifact_uri
+    assert not [p for p in client_dir.rglob("*") if p.is_file()], "the client wrote artifacts to its own disk"
+    assert list(Path(stack.home, "mlartifacts").rglob(f"{run_id}/artifacts/evaluation.json"))
+
+
 def _pool_events(stack: Stack, pool: str) -> list[dict]:
     body = {"filter": {"event": {"name": ["actprm.pool.registered"]}, "resource": {"id": [f"actprm.pool.{pool}"]}},
             "limit": 50}
