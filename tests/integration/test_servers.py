@@ -184,6 +184,15 @@ def test_registered_pool_starts_active_learning_and_promotes_a_champion(stack, t
     for ingest in ingests:
         assert ingest["state_type"] == "COMPLETED", f"ingest run ended {ingest['state_type']}\n{_worker_log_tail(stack)}"
     ingest = min(ingests, key=lambda run: run["end_time"])
+    # Each ingest has an MLflow run with its counts and Data Docs.
+    client = MlflowClient(tracking_uri=stack.mlflow_url, registry_uri=stack.mlflow_url)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    ingest_runs = client.search_runs(experiments, "tags.`actprm.stage` = 'ingest' and tags.`actprm.pool` = 'incoming'")
+    assert sorted(r.data.tags["prefect.flow_run_id"] for r in ingest_runs) == sorted(r["id"] for r in ingests)
+    assert sorted(r.data.metrics["ingest.trajectories_added"] for r in ingest_runs) == [0.0, 120.0]
+    for r in ingest_runs:
+        docs = [a.path for a in client.list_artifacts(r.info.run_id, "ingest/incoming/data_docs")]
+        assert any(d.endswith("index.html") for d in docs), docs
 
     # The `actprm.pool.registered` event makes the server start active-learning with that pool.
     deadline, triggered = time.monotonic() + 180, []
@@ -208,7 +217,6 @@ def test_registered_pool_starts_active_learning_and_promotes_a_champion(stack, t
     # The work pool's concurrency limit kept the two DuckDB writers apart.
     assert datetime.fromisoformat(run["start_time"]) >= datetime.fromisoformat(ingest["end_time"])
 
-    client = MlflowClient(tracking_uri=stack.mlflow_url, registry_uri=stack.mlflow_url)
     champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
     challenger = client.get_model_version_by_alias(MODEL_NAME, "challenger")
     # First model ever: the challenger is promoted (there is no champion to beat).
@@ -235,7 +243,7 @@ def test_artifacts_go_through_the_tracking_server(stack, tmp_path):
     client_dir = tmp_path / "elsewhere"
     client_dir.mkdir()
     env = {**os.environ, "MLFLOW_TRACKING_URI": stack.mlflow_url, "PYTHONPATH": str(REPO_ROOT)}
-    out = subprocess.run([sys.executable, "-c", _REMOTE_CLIENT, stack.mlflow_url], cwd=client_dir, env=env,
+    out = subprocess.run([sys.executable, "-c", _REMOTE_CLIENT, stack.mlflow_url], cwd=client_dir, env=env, check=False,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     run_id, artifact_uri = out.stdout.split()[-2:]
