@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -62,9 +63,23 @@ def stack(tmp_path_factory):
 
 
 def _api(stack: Stack, method: str, path: str, body: dict | None = None):
-    r = httpx.request(method, f"{stack.prefect_api_url}{path}", json=body, timeout=30)
+    # 503: the server's SQLite was locked (2 cores shared by many processes); it asks to be asked again, and Prefect's
+    # own client retries it too. Posts that create a run carry an idempotency key (_run), so a retry creates no copy.
+    for attempt in range(5):
+        r = httpx.request(method, f"{stack.prefect_api_url}{path}", json=body, timeout=30)
+        if r.status_code != 503:
+            break
+        time.sleep(2 * (attempt + 1))
     r.raise_for_status()
     return r.json()
+
+
+def _run(stack: Stack, deployment_id: str, parameters: dict | None = None) -> dict:
+    """What the UI's Run button does: a new flow run of the deployment (each call a new run)."""
+    body = {"idempotency_key": str(uuid.uuid4())}
+    if parameters is not None:
+        body["parameters"] = parameters
+    return _api(stack, "POST", f"/deployments/{deployment_id}/create_flow_run", body)
 
 
 def _deployments(stack: Stack) -> dict[str, dict]:
@@ -178,8 +193,7 @@ def test_registered_pool_starts_active_learning_and_promotes_a_champion(stack, t
 
     # What "Run" on the ingest deployment in the UI does, twice with the same file (a user clicking twice): the
     # second ingest adds nothing, so it must not buy a second loop's labels.
-    posted = [_api(stack, "POST", f"/deployments/{ingest_id}/create_flow_run",
-                   {"parameters": {"paths": [pool_file], "pool": "incoming"}}) for _ in range(2)]
+    posted = [_run(stack, ingest_id, {"paths": [pool_file], "pool": "incoming"}) for _ in range(2)]
     ingests = [_wait_final(stack, run["id"], timeout=600) for run in posted]
     for ingest in ingests:
         assert ingest["state_type"] == "COMPLETED", f"ingest run ended {ingest['state_type']}\n{_worker_log_tail(stack)}"
@@ -268,7 +282,7 @@ def test_an_active_learning_run_on_sample_starts_no_second_loop(stack):
     """The loop ingests the built-in `sample` pool for itself; that ingest registers the pool and emits the event,
     which used to start a second, paid loop on `sample`."""
     al_id = _deployments(stack)["active-learning"]["id"]
-    run = _api(stack, "POST", f"/deployments/{al_id}/create_flow_run", {"parameters": {"pool": "sample"}})
+    run = _run(stack, al_id, {"pool": "sample"})
     run = _wait_final(stack, run["id"], timeout=1200)
     assert run["state_type"] == "COMPLETED", f"active-learning run ended {run['state_type']}\n{_worker_log_tail(stack)}"
     # The sample ingest did announce the pool, with trajectories added, from inside the loop.
@@ -285,7 +299,7 @@ def test_evaluate_champion_with_its_default_parameters_reports_in_prefect(stack)
     the champion on the sample pool's held-out split, a fixed named set, and the F1 reaches the run's log and a
     Prefect artifact, not only MLflow. Runs after the loops above, which left a champion."""
     ev_id = _deployments(stack)["evaluate-champion"]["id"]
-    run = _api(stack, "POST", f"/deployments/{ev_id}/create_flow_run", {})
+    run = _run(stack, ev_id)
     run = _wait_final(stack, run["id"], timeout=600)
     assert run["state_type"] == "COMPLETED", f"evaluate-champion ended {run['state_type']}\n{_worker_log_tail(stack)}"
     artifacts = _api(stack, "POST", "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}})
@@ -500,7 +514,7 @@ def test_stop_during_a_flow_run_stops_the_flow_run_too(stack):
     from actprm.processes import pid_alive
 
     al_id = _deployments(stack)["active-learning"]["id"]
-    run = _api(stack, "POST", f"/deployments/{al_id}/create_flow_run", {"parameters": {"pool": "sample", "rounds": 50}})
+    run = _run(stack, al_id, {"pool": "sample", "rounds": 50})
     deadline, pids = time.monotonic() + 300, []
     while not pids and time.monotonic() < deadline:
         state = _api(stack, "GET", f"/flow_runs/{run['id']}")["state_type"]
@@ -547,6 +561,6 @@ def test_serve_after_a_stop_mid_run_recovers_and_a_new_run_completes(stack):
     assert {r.info.status for r in opened} == {"FAILED"}
 
     al_id = _deployments(stack)["active-learning"]["id"]
-    rerun = _api(stack, "POST", f"/deployments/{al_id}/create_flow_run", {"parameters": {"pool": "sample"}})
+    rerun = _run(stack, al_id, {"pool": "sample"})
     rerun = _wait_final(stack, rerun["id"], timeout=1200)
     assert rerun["state_type"] == "COMPLETED", f"the new run ended {rerun['state_type']}\n{_worker_log_tail(stack)}"
