@@ -120,7 +120,7 @@ class LoopSettings(BaseModel):
 
 class RegistrySettings(BaseModel):
     model_name: str = Field("actprm-prm", description="MLflow registered model name.")
-    min_delta: float = Field(0.0, description="Challenger must beat the champion's F1 by at least this to be promoted.")
+    min_delta: float = Field(0.0, description="Promote only when challenger F1 > champion F1 + min_delta (a tie never promotes).")
 
 
 class IngestSettings(BaseModel):

@@ -244,11 +244,70 @@ def wait_worker_online(stack: Stack, *, pool: str = WORK_POOL, timeout: float, p
     raise ActPRMError(f"no worker came online on pool {pool!r} within {timeout:.0f}s")
 
 
+# States a flow run holds only while a worker (or the flow-run process it started) is alive to move it on.
+LIVE_STATES = ("PENDING", "RUNNING", "CANCELLING")
+
+
+def _orphaned_flow_runs(api_url: str, pool: str) -> list[dict]:
+    """Flow runs left live on `pool`, and (recursively) their live subflow runs, which have no work pool."""
+    live = {"state": {"type": {"any_": list(LIVE_STATES)}}}
+    r = httpx.post(f"{api_url}/flow_runs/filter", json={"flow_runs": live, "work_pools": {"name": {"any_": [pool]}}},
+                   timeout=30)
+    r.raise_for_status()
+    found, parents = list(r.json()), [run["id"] for run in r.json()]
+    while parents:
+        r = httpx.post(f"{api_url}/flow_runs/filter",
+                       json={"flow_runs": {**live, "parent_flow_run_id": {"any_": parents}}}, timeout=30)
+        r.raise_for_status()
+        new = [run for run in r.json() if run["id"] not in {f["id"] for f in found}]
+        found += new
+        parents = [run["id"] for run in new]
+    return found
+
+
+def recover_orphaned_runs(stack: Stack, *, pool: str = WORK_POOL) -> list[str]:
+    """After the stack died mid-run (`make stop`, kill -9, a reboot) its flow runs stay RUNNING: they hold the work
+    pool's only slot and their deployment's, so every later run waits `Late`. Called by `up` before the worker starts,
+    when no worker of this stack can own a live run: each live run on `pool` (and its subflow runs) is set Crashed,
+    which releases its concurrency slots, and the MLflow runs it opened that are still RUNNING are set FAILED. A
+    retry of a crashed run resumes from durable state (docs/OPERATIONS.md, "Retrying a failed flow run").
+    Returns the ids of the flow runs it set Crashed."""
+    orphans = _orphaned_flow_runs(stack.prefect_api_url, pool)
+    message = "the stack stopped while this run was live; marked Crashed by the next `make serve`"
+    for run in orphans:
+        # force: the server would otherwise refuse some transitions (e.g. PENDING -> CRASHED); the minimal policy
+        # it then applies still releases the deployment's concurrency slot.
+        r = httpx.post(f"{stack.prefect_api_url}/flow_runs/{run['id']}/set_state",
+                       json={"state": {"type": "CRASHED", "name": "Crashed", "message": message}, "force": True},
+                       timeout=30)
+        if r.status_code >= 400:
+            raise ActPRMError(f"could not mark orphaned flow run {run['name']} Crashed: HTTP {r.status_code} "
+                              f"{r.text[:200]}")
+    if orphans:
+        _fail_mlflow_runs(stack.mlflow_url, [run["id"] for run in orphans])
+    return [run["id"] for run in orphans]
+
+
+def _fail_mlflow_runs(tracking_uri: str, flow_run_ids: list[str]) -> None:
+    """MLflow runs still RUNNING that these flow runs opened (tagged `prefect.flow_run_id`, actprm.tracking) -> FAILED."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return
+    for flow_run_id in flow_run_ids:
+        for run in client.search_runs(experiments, filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}' "
+                                                                 "and attributes.status = 'RUNNING'"):
+            client.set_terminated(run.info.run_id, status="FAILED")
+
+
 def up(stack: Stack, *, ui: bool = True, scheduler: bool = True, deploy: bool = True, worker: bool = True,
-       mlflow_workers: int = 1, timeout: float = 240) -> dict[str, str]:
+       mlflow_workers: int = 1, timeout: float = 240) -> dict:
     """Start everything and wait until healthy. On failure, stops what it started and raises ActPRMError.
 
-    `scheduler=False` keeps the schedules on the deployments but creates no scheduled runs (tests).
+    `scheduler=False` keeps the schedules on the deployments but creates no scheduled runs. Flow runs a dead stack
+    left live are set Crashed before the worker starts (`recover_orphaned_runs`).
     """
     # Refused before anything starts, so the clean-up below only ever stops what this call started (a second
     # `make serve` on other ports used to fail half-way and take the running stack down with it).
@@ -269,6 +328,7 @@ def up(stack: Stack, *, ui: bool = True, scheduler: bool = True, deploy: bool = 
         wait_http(f"{stack.mlflow_url}/health", timeout=timeout, pid=mlflow_pid, what="MLflow server",
                   log=log / "mlflow.log")
         ensure_work_pool(stack.prefect_api_url)
+        recovered = recover_orphaned_runs(stack)
         if deploy:
             deploy_all(stack, timeout=timeout * 2)
         if worker:
@@ -278,7 +338,7 @@ def up(stack: Stack, *, ui: bool = True, scheduler: bool = True, deploy: bool = 
         down(stack.home)
         raise
     return {"prefect_ui": stack.prefect_ui_url, "prefect_api": stack.prefect_api_url, "mlflow_ui": stack.mlflow_url,
-            "work_pool": WORK_POOL, "logs": str(log)}
+            "work_pool": WORK_POOL, "logs": str(log), "crashed": recovered}
 
 
 def down(home: Path, *, grace_s: float = 15) -> list[str]:
@@ -462,6 +522,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"MLflow UI:    {urls['mlflow_ui']}   (export MLFLOW_TRACKING_URI={urls['mlflow_ui']})")
             print(f"Work pool:    {urls['work_pool']}  (one worker, concurrency 1)")
             print(f"Logs, pids:   {urls['logs']}")
+            if urls["crashed"]:
+                print(f"Recovered:    {len(urls['crashed'])} flow run(s) left running by the last stop, now Crashed "
+                      "(retry them from the UI to resume)")
             print("Stop with:    make stop")
     except ActPRMError as e:
         print(f"error: {e}", file=sys.stderr)

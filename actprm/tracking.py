@@ -3,6 +3,12 @@
 The default store is SQLite under ACTPRM_HOME. With a database store MLflow would put artifacts
 in ./mlruns of whatever directory the process runs from, so the experiment is created with an
 explicit artifact location under the project's home instead.
+
+Through a tracking server (an http(s) tracking URI) the server picks the location: `mlflow-artifacts:/<id>` under
+`make serve` (`--serve-artifacts`), so a GPU node or a laptop pointed at the server uploads its artifacts through
+the server instead of writing them to its own disk. `make serve` and `make run` share one SQLite store, so a
+process tracking that store directly reads and writes `mlflow-artifacts:` locations in the directory the server
+serves them from (the same `<home>/mlartifacts`).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -32,10 +39,13 @@ def configure_mlflow(tracking_uri: str, experiment: str, artifact_root: str | Pa
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    served = is_tracking_server(tracking_uri)
+    if artifact_root is not None and not served:
+        serve_proxied_artifacts_from(artifact_root)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         location = None
-        if artifact_root is not None:
+        if artifact_root is not None and not served:
             root = Path(artifact_root).resolve() / experiment
             root.mkdir(parents=True, exist_ok=True)
             location = root.as_uri()
@@ -44,6 +54,37 @@ def configure_mlflow(tracking_uri: str, experiment: str, artifact_root: str | Pa
         experiment_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def is_tracking_server(tracking_uri: str) -> bool:
+    return tracking_uri.split(":", 1)[0].lower() in ("http", "https")
+
+
+_PROXIED_ROOT: list[Path] = []  # where this process reads/writes `mlflow-artifacts:` without a server
+
+
+def serve_proxied_artifacts_from(artifact_root: str | Path) -> None:
+    """Resolve `mlflow-artifacts:/<path>` to `<artifact_root>/<path>` whenever the tracking URI is not a server (the
+    server itself maps it to its `--artifacts-destination`, which `make serve` sets to the same folder); through a
+    server it stays MLflow's proxied upload. Without this, `make run` after `make serve` fails to log any artifact
+    ("the tracking URI must be a valid http or https URI")."""
+    from mlflow.store.artifact.artifact_repository_registry import _artifact_repository_registry
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+    from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
+
+    first = not _PROXIED_ROOT
+    _PROXIED_ROOT[:] = [Path(artifact_root).resolve()]
+    if not first:
+        return
+
+    def repository(artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None):
+        if is_tracking_server(tracking_uri or mlflow.get_tracking_uri()):
+            return MlflowArtifactsRepository(artifact_uri, tracking_uri=tracking_uri, registry_uri=registry_uri)
+        path = urlparse(artifact_uri).path.lstrip("/")
+        return LocalArtifactRepository((_PROXIED_ROOT[0] / path).as_uri(), tracking_uri=tracking_uri,
+                                       registry_uri=registry_uri)
+
+    _artifact_repository_registry.register("mlflow-artifacts", repository)
 
 
 def prefect_flow_run_id() -> str | None:

@@ -1,4 +1,9 @@
-"""Evaluate the champion (or any model, or a predictions file) on a fixed benchmark."""
+"""Evaluate the champion (or any model, or a predictions file) on a fixed benchmark.
+
+With no data, predictions or pool (the UI's quick Run, the weekly schedule) it evaluates on a fixed, named set
+that always exists: the held-out split of the built-in `sample` pool (Settings.default_pool), ingested first when
+missing, like the active-learning loop does.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,10 @@ from typing import Any
 from prefect import flow
 
 from actprm.config import flow_settings
+from flows.ingest_pool import ingest_pool
+from tasks import pipeline
 from tasks.evaluate import evaluate_request_stage
+from tasks.select import prepare_eval_split_task
 
 
 @flow(name="evaluate-champion", log_prints=True)
@@ -20,17 +28,24 @@ def evaluate_champion(
     dev_data: str | None = None,
     benchmark: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a PRM.
+    """Evaluate a PRM; the result goes to the run's log, a Prefect artifact and an MLflow run.
 
     Args:
         model: A models:/ URI (default models:/actprm-prm@champion) or a model folder.
         data: ProcessBench or PRMBench JSONL file to evaluate on.
         predictions: JSONL of {"id", "step_scores"} from any PRM, scored against `data` instead of a model.
-        pool: Evaluate on this pool's held-out split instead of a file.
+        pool: Evaluate on this pool's held-out split instead of a file (default without data: the `sample` pool).
         config: Any other settings, as nested overrides.
         dev_data: ProcessBench JSONL to tune the step threshold on (with `data`); default threshold 0.5.
         benchmark: processbench or prmbench: `data` must be that benchmark (default: detected).
     """
     settings = flow_settings(config)
+    if data is None and predictions is None and pool is None:
+        pool = settings.default_pool
+    if pool is not None and data is None:
+        sample = pipeline.sample_pool_task(settings, pool)
+        if sample is not None:
+            ingest_pool(paths=[sample], pool=pool, home=str(settings.home))
+        prepare_eval_split_task(str(settings.duckdb_path), pool, settings.loop.eval_fraction, settings.train.seed)
     return evaluate_request_stage(settings, model=model, data=data, predictions=predictions, pool=pool,
                                   dev_data=dev_data, benchmark=benchmark)

@@ -8,12 +8,14 @@ the staged lines live in a stage table between the tasks and are dropped at the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from prefect import flow, task
 
 from actprm.config import load_settings, runtime_environment
 from actprm.formats import FORMATS
+from actprm.runlog import stage_logger
 from actprm.store import Store
 from tasks import ingest as ing
 from tasks import validate as val
@@ -49,12 +51,35 @@ def validate_contract(db: str, pool: str, limits: ing.IngestLimits, shard_rows: 
         return val.validate_pool(store, pool, limits=limits, shard_rows=shard_rows, reports_dir=reports_dir)
 
 
+@contextlib.contextmanager
+def ingest_run(pool: str, tracking: list[str] | None):
+    """The ingest's MLflow run (`tracking`: tracking URI, experiment, artifact root), or none without `tracking`."""
+    if tracking is None:
+        yield None
+        return
+    from actprm.tracking import configure_mlflow, start_run
+
+    configure_mlflow(*tracking)
+    with start_run(f"ingest-{pool}", {"actprm.stage": "ingest", "actprm.pool": pool}) as run:
+        yield run
+
+
 @task(name="register")
-def register_pool(db: str, summary: ing.IngestSummary, result: val.ValidationResult) -> ing.IngestSummary:
+def register_pool(db: str, summary: ing.IngestSummary, result: val.ValidationResult,
+                  tracking: list[str] | None = None) -> ing.IngestSummary:
     with Store(db) as store:
         ing.finish(store, summary, result)
         sample = store.quarantine_sample(summary.pool, 20)
-    ing.report_ingest(summary, emit=True, quarantine_sample=sample)
+    with ingest_run(summary.pool, tracking) as run:
+        # Inside the run, report_ingest logs the counts, the quarantine sample and the Data Docs folder to it.
+        ing.report_ingest(summary, emit=True, quarantine_sample=sample)
+        if run is not None:
+            import mlflow
+
+            mlflow.set_tag("actprm.ingest.status", summary.status)
+    stage_logger().info("ingest %s: %s, %d lines read, %d accepted, %d quarantined, %d duplicates, %d trajectories "
+                        "added (pool now %d)", summary.pool, summary.status, summary.lines_read, summary.accepted,
+                        summary.quarantined, summary.duplicates, summary.trajectories_added, summary.pool_trajectories)
     return summary
 
 
@@ -89,6 +114,10 @@ def ingest_pool(paths: list[str], pool: str, format: str | None = None, home: st
     finally:
         drop_stage(db, staged["stage"])
     result = validate_contract(db, pool, limits, cfg.validate_shard_rows, str(settings.reports_dir))
-    summary = register_pool(db, summary, result)
+    # Through a tracking server (the ingest-pool deployment under `make serve`) every ingest gets an MLflow run; an
+    # ingest without one does not pay for setting up MLflow's local store.
+    tracking = ([settings.tracking_uri, settings.experiment, str(settings.artifact_root)]
+                if settings.tracking_uri.startswith(("http://", "https://")) else None)
+    summary = register_pool(db, summary, result, tracking)
     ing.raise_if_rejected(summary)
     return summary.as_dict()

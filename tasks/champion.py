@@ -4,13 +4,23 @@ Aliases only (MLflow's stages are deprecated): `challenger` is the newest logged
 `champion` the model the pipeline serves and scores pools with, `previous-champion` and the registered-model tag
 `actprm.champion_history` (a JSON list, oldest first) the earlier champions a rollback returns to.
 
-Version tags written here: `actprm.eval_f1` and `actprm.eval_set` (the F1 and the fixed evaluation set it was
-measured on), `actprm.gate.decision` (promoted | rejected | manual | rollback), `actprm.gate.champion_f1`,
-`actprm.gate.champion_version`, `actprm.gate.min_delta`.
+Champions are scoped by pool: `champion-<pool>` is the best version measured on that pool's evaluation set. The
+gate compares a challenger with its own pool's champion only, and moves `champion` along only when that is free,
+or held by a version of the same pool that the challenger also beats: one pool's loop never silently demotes
+another pool's champion (promote it by hand with `actprm promote --version N`).
+
+The gate promotes only a strictly better challenger: F1 > champion F1 + min_delta (RegistrySettings.min_delta),
+so a tie never promotes, even at min_delta 0.
+
+Version tags written here: `actprm.eval_f1` and `actprm.eval_set` (the F1 the version was registered with and
+the fixed evaluation set it was measured on; written once, never overwritten), `actprm.f1_on.<eval set>` (the
+version re-measured on another set, one tag per set), `actprm.gate.decision` (promoted | rejected | manual |
+rollback), `actprm.gate.scope`, `actprm.gate.champion_f1`, `actprm.gate.champion_version`,
+`actprm.gate.min_delta`, `actprm.gate.overall` (promoted | kept: whether `champion` moved too).
 
 Comparing F1s measured on different evaluation sets would be meaningless, so the gate refuses to (clear error)
 unless it is given a `reevaluate` callback, in which case the champion is re-scored on the challenger's
-evaluation set and its tags are updated to that set.
+evaluation set and the result kept in its `actprm.f1_on.<set>` tag.
 """
 
 from __future__ import annotations
@@ -78,48 +88,122 @@ def _require_version(client: MlflowClient, name: str, version: int) -> Any:
 
 
 GATE_ATTEMPTS = 3  # comparisons tried while someone else keeps moving the champion alias
+F1_TOLERANCE = 1e-9  # F1 is a ratio of counts: a smaller difference is float rounding, not a gain
+POOL_TAG = "actprm.pool"  # set on each version by tasks/register.py: the pool it was trained and evaluated on
+
+
+def _safe(text: str, allowed: str) -> str:
+    """`text` with characters MLflow refuses replaced; a short hash keeps two different texts apart."""
+    import hashlib
+    import re
+
+    cleaned = re.sub(f"[^{allowed}]", "-", text)
+    return cleaned if cleaned == text else f"{cleaned}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def scope_alias(scope: str) -> str:
+    """The alias of one pool's champion (MLflow aliases: letters, digits, `_` and `-`)."""
+    return f"{CHAMPION}-{_safe(scope, r'A-Za-z0-9_-')}"[:250]
+
+
+def f1_tag(eval_set: str) -> str:
+    """The version tag holding a re-measured F1 on `eval_set` (tag keys also allow `.`, `:`, `/` and spaces)."""
+    return f"actprm.f1_on.{_safe(eval_set, r'A-Za-z0-9_. :/-')}"[:250]
 
 
 def promotion_gate(client: MlflowClient | None, name: str, version: int, challenger_f1: float,
                    min_delta: float = 0.0, *, eval_set: str | None = None,
-                   reevaluate: Callable[[int], float] | None = None) -> dict[str, Any]:
-    """Move `champion` to `version` when its F1 >= champion F1 + min_delta (no champion: promote).
+                   reevaluate: Callable[[int], float] | None = None, scope: str | None = None) -> dict[str, Any]:
+    """Promote `version` when its F1 > champion F1 + min_delta (strictly; no champion yet: promote).
 
-    Both F1s must come from the same evaluation set (`eval_set`, stored as version tag
-    `actprm.eval_set`). If the champion's was measured elsewhere (or never), `reevaluate(version)`
-    re-scores it on this set; without that callback the gate refuses with an ActPRMError.
+    `scope` (the pool) compares with that pool's champion, alias `champion-<pool>`, and moves `champion` too only
+    when it is free or held by a version of the same pool that the challenger also beats. Without a scope the gate
+    compares with `champion` itself.
+
+    Both F1s must come from the same evaluation set (`eval_set`). If the champion's was measured elsewhere (or
+    never), `reevaluate(version)` re-scores it on this set; without that callback the gate refuses with an
+    ActPRMError. Re-scores are kept per set, so no version's own measurement is ever overwritten.
     """
     client = registry_client(client)
     _require_version(client, name, version)
     tag = client.set_model_version_tag
-    tag(name, str(version), "actprm.eval_f1", repr(float(challenger_f1)))
-    if eval_set is not None:
-        tag(name, str(version), "actprm.eval_set", eval_set)
+    own = client.get_model_version(name, str(version)).tags
+    # The version's own measurement is written once: gating it again (a retried round) keeps the first.
+    if "actprm.eval_f1" not in own:
+        tag(name, str(version), "actprm.eval_f1", repr(float(challenger_f1)))
+        if eval_set is not None:
+            tag(name, str(version), "actprm.eval_set", eval_set)
     tag(name, str(version), "actprm.gate.min_delta", repr(float(min_delta)))
+    alias = scope_alias(scope) if scope is not None else CHAMPION
 
     # Re-scoring the champion takes minutes, and `actprm promote` may move the alias meanwhile: the comparison
     # is made again against whoever is champion once it ends, so a manual promotion or rollback is never undone
     # by a gate that compared with the champion it replaced. (MLflow has no compare-and-set on aliases; what is
     # left is the moment between this check and the write.)
     for _ in range(GATE_ATTEMPTS):
-        current = alias_version(client, name, CHAMPION)
+        current, overall = alias_version(client, name, alias), alias_version(client, name, CHAMPION)
         promoted, champion_f1, reason = _compare(client, name, version, current, challenger_f1, min_delta,
                                                  eval_set, reevaluate)
-        if alias_version(client, name, CHAMPION) == current:
+        moves_overall = alias == CHAMPION
+        if promoted and scope is not None:
+            moves_overall, why = _overall_follows(client, name, version, overall, scope, challenger_f1, min_delta,
+                                                  eval_set, reevaluate)
+            reason += f"; {why}"
+        if (alias_version(client, name, alias), alias_version(client, name, CHAMPION)) == (current, overall):
             break
     else:
         raise ActPRMError(f"the champion of {name} changed {GATE_ATTEMPTS} times while the gate compared v{version} "
                           f"with it; run the gate again, or promote by hand with `actprm promote --version {version}`")
 
-    tag(name, str(version), "actprm.gate.decision", "promoted" if promoted else "rejected")
+    decision = "promoted" if promoted else "rejected"
+    tag(name, str(version), "actprm.gate.decision", decision)
+    tag(name, str(version), "actprm.gate.scope", scope if scope is not None else "all")
     tag(name, str(version), "actprm.gate.champion_f1", "none" if champion_f1 is None else repr(champion_f1))
     tag(name, str(version), "actprm.gate.champion_version", "none" if current is None else str(current))
-    if promoted and current != version:
+    tag(name, str(version), "actprm.gate.overall", "promoted" if promoted and moves_overall else "kept")
+    if promoted and alias != CHAMPION:
+        client.set_registered_model_alias(name, alias, str(version))
+    if promoted and moves_overall and overall != version:
         history = champion_history(client, name)
-        _set_champion(client, name, version, history + ([current] if current is not None else []))
-    return {"decision": "promoted" if promoted else "rejected", "version": version,
+        _set_champion(client, name, version, history + ([overall] if overall is not None else []))
+    return {"decision": decision, "version": version, "scope": scope, "alias": alias,
             "challenger_f1": float(challenger_f1), "champion_version": current, "champion_f1": champion_f1,
-            "min_delta": float(min_delta), "eval_set": eval_set, "reason": reason}
+            "min_delta": float(min_delta), "eval_set": eval_set, "reason": reason,
+            "champion": version if promoted and moves_overall else overall}
+
+
+def _overall_follows(client: MlflowClient, name: str, version: int, overall: int | None, scope: str,
+                     challenger_f1: float, min_delta: float, eval_set: str | None,
+                     reevaluate: Callable[[int], float] | None) -> tuple[bool, str]:
+    """Whether `champion` moves to a version that won its pool's gate, and why (or why not)."""
+    if overall is None:
+        return True, "no overall champion yet"
+    pool = client.get_model_version(name, str(overall)).tags.get(POOL_TAG)
+    if pool != scope:
+        return False, (f"overall champion v{overall} belongs to pool {pool or '(unknown)'} and stays; "
+                       f"`actprm promote --version {version}` makes v{version} the overall champion")
+    beats, _, why = _compare(client, name, version, overall, challenger_f1, min_delta, eval_set, reevaluate)
+    return beats, f"overall champion v{overall}: {why}"
+
+
+def _champion_f1(client: MlflowClient, name: str, current: int, eval_set: str | None,
+                 reevaluate: Callable[[int], float] | None, version: int) -> float:
+    """The champion's F1 on `eval_set`: its own measurement, an earlier re-score on that set, or a new re-score."""
+    champ_tags = client.get_model_version(name, str(current)).tags
+    if "actprm.eval_f1" in champ_tags and champ_tags.get("actprm.eval_set") == eval_set:
+        return float(champ_tags["actprm.eval_f1"])
+    if eval_set is not None and f1_tag(eval_set) in champ_tags:
+        return float(champ_tags[f1_tag(eval_set)])
+    if reevaluate is not None:
+        champion_f1 = float(reevaluate(current))
+        if eval_set is not None:
+            client.set_model_version_tag(name, str(current), f1_tag(eval_set), repr(champion_f1))
+        return champion_f1
+    where = champ_tags.get("actprm.eval_set", "no recorded evaluation set")
+    raise ActPRMError(
+        f"cannot compare v{version} with champion v{current}: champion F1 was measured on {where}, "
+        f"challenger on {eval_set or 'an unnamed set'}; re-evaluate the champion on the same set "
+        f"or promote by hand with `actprm promote --version {version}`")
 
 
 def _compare(client: MlflowClient, name: str, version: int, current: int | None, challenger_f1: float,
@@ -130,22 +214,11 @@ def _compare(client: MlflowClient, name: str, version: int, current: int | None,
         return True, None, "no champion yet"
     if current == version:
         return True, float(challenger_f1), "already the champion"
-    champ_tags = client.get_model_version(name, str(current)).tags
-    if "actprm.eval_f1" in champ_tags and champ_tags.get("actprm.eval_set") == eval_set:
-        champion_f1 = float(champ_tags["actprm.eval_f1"])
-    elif reevaluate is not None:
-        champion_f1 = float(reevaluate(current))
-        client.set_model_version_tag(name, str(current), "actprm.eval_f1", repr(champion_f1))
-        if eval_set is not None:
-            client.set_model_version_tag(name, str(current), "actprm.eval_set", eval_set)
-    else:
-        where = champ_tags.get("actprm.eval_set", "no recorded evaluation set")
-        raise ActPRMError(
-            f"cannot compare v{version} with champion v{current}: champion F1 was measured on {where}, "
-            f"challenger on {eval_set or 'an unnamed set'}; re-evaluate the champion on the same set "
-            f"or promote by hand with `actprm promote --version {version}`")
-    promoted = challenger_f1 >= champion_f1 + min_delta
-    return promoted, champion_f1, (f"F1 {challenger_f1:.4f} {'>=' if promoted else '<'} champion F1 "
+    champion_f1 = _champion_f1(client, name, current, eval_set, reevaluate, version)
+    # Strictly better: a tie (or a gain within noise, min_delta) keeps the champion already serving. F1s equal up
+    # to float rounding (0.65 - 0.60 is 0.05000000000000004) are a tie.
+    promoted = challenger_f1 - champion_f1 > min_delta + F1_TOLERANCE
+    return promoted, champion_f1, (f"F1 {challenger_f1:.4f} {'>' if promoted else '<='} champion F1 "
                                    f"{champion_f1:.4f} + min_delta {min_delta:g}")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import math
 import re
 from collections import Counter
@@ -20,6 +21,9 @@ from actprm.errors import ActPRMError
 from actprm.formats.benchmarks import PRMBENCH, PRMBENCH_ORIGINALS_FROM
 from actprm.metrics import (DEFAULT_THRESHOLD, ORIGINALS, predicted_first_error, prmbench_key, prmbench_metrics,
                             processbench_crossfit, processbench_metrics, processbench_tuned, require_scores)
+from actprm.runlog import stage_logger
+
+log = logging.getLogger(__name__)
 
 
 # -- files -----------------------------------------------------------------------------------
@@ -426,6 +430,7 @@ def evaluate_round(settings, pool: str, model_dir: str, run_id: str | None = Non
     result = evaluate_pool(settings.duckdb_path, pool, model_dir, batch_size=settings.uncertainty.batch_size,
                            max_length=settings.model.max_length)
     _log_evaluation(run_id, result, settings.tracking_uri)
+    stage_logger().info("evaluate %s: F1 %.4f on %s (n=%d)", pool, result["f1"], result["eval_set"], result["n"])
     return result
 
 
@@ -452,17 +457,18 @@ def evaluate_request(settings, *, model: str | None = None, data: str | None = N
             raise ActPRMError(f"{data}: holds {found} records, not {benchmark}")
     if predictions is not None:
         if data is None:
-            raise ActPRMError("--predictions needs --data: the benchmark file the predictions are for")
+            raise ActPRMError("predictions need data: the benchmark file the predictions are for")
         result = evaluate_predictions(data, predictions, dev_data_path=dev_data)
         result["predictions"] = str(predictions)
     else:
         if data is None and pool is None:
-            raise ActPRMError("give --data FILE (ProcessBench/PRMBench JSONL) or --pool NAME to evaluate on")
+            raise ActPRMError("give data (a ProcessBench/PRMBench JSONL file) or a pool to evaluate on")
         if dev_data is not None and data is None:
-            raise ActPRMError("--dev-data tunes the threshold for --data; a pool's evaluation reports f1_tuned itself")
+            raise ActPRMError("dev_data tunes the threshold for data; a pool's evaluation reports f1_tuned itself")
         if model is None:
             if champion_version(name) is None:
-                raise ActPRMError(f"{name} has no champion yet: pass --model, or run `actprm run` first")
+                raise ActPRMError(f"{name} has no champion yet: give a model (a models:/ URI or a folder), "
+                                  "or run active learning first")
             model = f"models:/{name}@champion"
         sizes = {"batch_size": settings.uncertainty.batch_size, "max_length": settings.model.max_length}
         result = (evaluate_pool(settings.duckdb_path, pool, model, **sizes) if pool is not None
@@ -471,7 +477,40 @@ def evaluate_request(settings, *, model: str | None = None, data: str | None = N
         result["data"] = str(data)
     with start_run("evaluate", {"actprm.stage": "evaluate", "actprm.benchmark": result["benchmark"]}) as run:
         _log_evaluation(run.info.run_id, result, settings.tracking_uri)
+        result["mlflow_run_id"] = run.info.run_id
+    report_evaluation(result)
     return result
+
+
+def evaluation_line(result: dict) -> str:
+    """One line: what was measured, on which set, and the headline number."""
+    where = result.get("eval_set") or result.get("data") or result.get("pool") or result["benchmark"]
+    what = str(result.get("model") or result.get("predictions"))
+    if result.get("model_version") is not None:
+        what += f" (v{result['model_version']})"
+    numbers = ", ".join(f"{k} {result[k]:.4f}" for k in ("f1", "f1_tuned", "prmscore") if result.get(k) is not None)
+    return f"evaluated {what} on {where} (n={result.get('n', '?')}): {numbers or 'no headline metric'}"
+
+
+def report_evaluation(result: dict) -> None:
+    """The result where a Prefect user looks for it: a line in the run's log and a markdown artifact (key
+    `evaluation-<set>`, versioned across runs), besides the MLflow run. Outside a flow run: the module log only."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    line = evaluation_line(result)
+    if FlowRunContext.get() is None and TaskRunContext.get() is None:
+        log.info(line)
+        return
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.logging import get_run_logger
+
+    get_run_logger().info(line)
+    rows = [(k, result[k]) for k in ("benchmark", "pool", "split", "eval_set", "data", "model", "model_version",
+                                     "n", "f1", "f1_tuned", "prmscore", "mlflow_run_id") if result.get(k) is not None]
+    markdown = "\n".join(["# Evaluation", "", line, "", "| | |", "|---|---|"] + [f"| {k} | `{v}` |" for k, v in rows])
+    name = str(result.get("pool") or result["benchmark"]).lower()
+    key = "evaluation-" + re.sub(r"[^a-z0-9-]", "-", name)
+    create_markdown_artifact(markdown=markdown, key=key, description=line)
 
 
 @functools.cache

@@ -460,16 +460,49 @@ def report_markdown(summary: IngestSummary, quarantine_sample: list[dict] | None
     return "\n".join(lines)
 
 
-def emit_pool_registered(summary: IngestSummary):
+# Resource labels the active-learning trigger in prefect.yaml matches on (Prefect's triggers match resource labels,
+# not payloads): every registered ingest is announced, but only one that added trajectories and was not a step of
+# another flow (the loop's own `sample` ingest) starts a loop, which buys judge labels.
+ADDED_LABEL = "actprm.pool.trajectories_added"
+SUBFLOW_LABEL = "actprm.ingest.subflow"
+_EVENT_NAMESPACE = uuid.UUID("5b0f1c1e-8a51-4f5e-9d3c-6c2d1f0a7e11")
+
+
+def pool_event_id(summary: IngestSummary) -> uuid.UUID:
+    """The event's id, fixed by the pool's content: the pool, the input read into it, and the pool's size after.
+    Prefect's trigger service skips an event id it has already seen, so a re-sent event (a retried task, the same
+    ingest reported twice) starts one loop, not two."""
+    return uuid.uuid5(_EVENT_NAMESPACE, f"{summary.pool}\0{receipt_key(summary)}\0{summary.pool_trajectories}")
+
+
+def pool_event_resource(summary: IngestSummary, *, subflow: bool) -> dict[str, str]:
+    """The event's resource: the pool, with the labels the trigger matches on (label values are strings)."""
+    return {"prefect.resource.id": f"actprm.pool.{summary.pool}", "prefect.resource.name": summary.pool,
+            ADDED_LABEL: str(summary.trajectories_added), SUBFLOW_LABEL: str(subflow).lower()}
+
+
+def _inside_another_flow() -> bool:
+    """Whether this runs as a subflow (or a task of one): the ingest is then a step of a bigger run."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return ctx is not None and ctx.flow_run is not None and ctx.flow_run.parent_task_run_id is not None
+
+
+def emit_pool_registered(summary: IngestSummary, *, subflow: bool | None = None):
     """Prefect event `actprm.pool.registered` (resource `actprm.pool.<name>`), so deployments can trigger
-    on new pools. Returns the emitted Event (None when no events client is configured)."""
+    on new pools. Returns the emitted Event (None when no events client is configured).
+
+    `subflow` (default: from the Prefect run context) marks an ingest that runs inside another flow."""
     from prefect.events import emit_event
 
+    subflow = _inside_another_flow() if subflow is None else subflow
     return emit_event(
         event=POOL_REGISTERED_EVENT,
-        resource={"prefect.resource.id": f"actprm.pool.{summary.pool}", "prefect.resource.name": summary.pool},
+        id=pool_event_id(summary),
+        resource=pool_event_resource(summary, subflow=subflow),
         payload={"pool": summary.pool, "rows": summary.pool_trajectories, "added": summary.trajectories_added,
-                 "labeled_fraction": summary.labeled_fraction, "format": summary.format},
+                 "labeled_fraction": summary.labeled_fraction, "format": summary.format, "subflow": subflow},
     )
 
 

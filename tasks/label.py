@@ -28,6 +28,7 @@ from actprm.errors import ActPRMError, CircuitOpen, JudgeDown
 from actprm.judges.base import Judge, JudgeFatalError, JudgeReply, JudgeRequest, JudgeUnavailable, redact
 from actprm.judges.budget import Budget, BudgetLimits, Reservation
 from actprm.judges.prompt import RAW_ANSWER_CHARS, max_prompt_tokens, parse_answer
+from actprm.runlog import stage_logger
 from actprm.store import Store
 
 log = logging.getLogger(__name__)
@@ -478,4 +479,7 @@ def label_round(settings, pool: str, ids: list[str] | None, run_id: str | None =
             summary = label_ids(store, ids, judge, pool=pool, **common)
     with logging_into(run_id, settings.tracking_uri):
         log_labeling_to_mlflow(summary)
+    stage_logger().info("label %s: %d labels bought from %s, %d from the cache, %d failed, cost %.4f (%s)", pool,
+                        summary.labeled, summary.judge_model, summary.cached, summary.failed, summary.cost,
+                        summary.stopped_because)
     return summary.as_dict()

@@ -14,6 +14,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from actprm.config import Settings
+from actprm.runlog import stage_logger
 from actprm.store import Store
 from actprm.tracking import configure_mlflow, flatten_params, prefect_flow_run_id
 
@@ -240,6 +241,9 @@ def finish_task(settings: Settings, parent: str, pool: str, history: list[dict],
     client = MlflowClient(settings.tracking_uri)
     client.log_dict(parent, summary, "summary.json")
     client.set_terminated(parent, "FINISHED")
+    stage_logger().info("active learning on %s stopped (%s) after %d rounds: %d labels bought, F1 by round %s, "
+                        "champion v%s", pool, stopped_because, len(history),
+                        sum(r["labels_bought"] or 0 for r in history), [r["f1"] for r in history], champion)
     summary["mlflow_run_url"] = mlflow_run_link(settings, parent)
     summary["summary"] = human_summary(summary)
     publish_artifacts(summary)

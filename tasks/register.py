@@ -28,6 +28,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
 from actprm.errors import ActPRMError
+from actprm.runlog import stage_logger
 from tasks.champion import (CHALLENGER, CHAMPION, MODEL_NAME, alias_version, champion_version, promotion_gate,
                              registry_client)
 
@@ -263,8 +264,9 @@ def starting_model(settings, model: str | None = None) -> tuple[str, str]:
 def register_round(settings, model_dir: str, evaluation: dict, run_id: str | None = None) -> dict:
     """Loop stage: register the trained model (alias challenger) and run the promotion gate.
 
-    The gate compares F1s on the same evaluation set; when the champion was measured on another
-    one (e.g. a different pool), it is re-evaluated on this round's pool and split.
+    The gate compares F1s on the same evaluation set, against the champion of this round's pool
+    (tasks/champion.py); when that champion was measured on another set (the pool's eval split has grown), it
+    is re-evaluated on this round's pool and split.
     """
     from actprm.tracking import configure_mlflow
 
@@ -287,11 +289,14 @@ def register_round(settings, model_dir: str, evaluation: dict, run_id: str | Non
             return evaluate_pool(settings.duckdb_path, evaluation["pool"], f"models:/{name}/{champion}",
                                  split=evaluation.get("split", "eval"), batch_size=settings.uncertainty.batch_size,
                                  max_length=settings.model.max_length)["f1"]
+    # Scoped by pool: this round competes with its own pool's champion, never silently with another pool's.
     gate = promotion_gate(None, name, version, evaluation["f1"], settings.registry.min_delta,
-                          eval_set=evaluation.get("eval_set"), reevaluate=reevaluate)
+                          eval_set=evaluation.get("eval_set"), reevaluate=reevaluate, scope=evaluation.get("pool"))
     if run_id is not None:
         client.set_tag(run_id, "actprm.model_version", str(version))
         client.set_tag(run_id, "actprm.gate.decision", gate["decision"])
+    stage_logger().info("register %s v%d: %s as champion of pool %s (%s); overall champion v%s", name, version,
+                        gate["decision"], gate["scope"], gate["reason"], gate["champion"])
     return {**gate, "model_version_key": model_version_key(name, version)}
 
 

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from actprm.config import Settings
 from actprm.errors import ActPRMError
+from actprm.runlog import stage_logger
 from actprm.store import Store
 from models import EnsemblePRM, StepBatcher, check_compatible
 from models.uncertainty import STRATEGIES, acquisition, predicted_first_error, step_stats, trajectory_uncertain
@@ -270,7 +271,11 @@ def score_stage(settings: Settings, pool: str, model_dir: str | Path, model_vers
     if run_id:
         log_scoring_to_mlflow(summary, arrays, settings.reports_dir / "scoring" / str(model_version),
                               run_id=run_id, tracking_uri=settings.tracking_uri)
-    return summary.as_dict()
+    d = summary.as_dict()
+    stage_logger().info("score %s with %s: %d trajectories scored now (%d already), %d uncertain (%.1f%%)", pool,
+                        model_version, d["scored"], d["skipped_already_scored"], d["uncertain"],
+                        100 * (d.get("uncertain_fraction") or 0.0))
+    return d
 
 
 def score_pool_sharded(store: Store, pool: str, model_version: str, submit: Callable[[list[dict]], object], *,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from prefect import task
 
+from actprm.runlog import stage_logger
 from actprm.store import Store
 
 
@@ -65,11 +66,15 @@ def select_task(db_path: str, pool: str, model_version: str, budget: int, strate
     with Store(Path(db_path)) as store:
         kept = store.round_selection(run_id, round) if keyed else None
         if kept is not None:
+            stage_logger().info("select %s: %d trajectories, the selection an earlier attempt of round %s kept",
+                                pool, len(kept), round)
             return kept
         selected = select_for_labeling(store, pool, model_version, budget, strategy=strategy,
                                        judge_model=judge_model, prompt_version=prompt_version).selected
         if keyed:
             store.keep_round_selection(run_id, round, selected)
+        stage_logger().info("select %s: %d trajectories for the judge (round budget %d, strategy %s)", pool,
+                            len(selected), budget, strategy)
         return selected
 
 

@@ -44,6 +44,7 @@ from typing import Any
 import torch
 
 from actprm.errors import ActPRMError
+from actprm.runlog import stage_logger
 from tasks.train_state import CHECKPOINTS_DIR, Checkpoints, Progress, run_fingerprint, save_final_model
 
 log = logging.getLogger(__name__)
@@ -504,7 +505,10 @@ def train_stage(settings, pool: str, *, init_from: str | Path | None = None, rou
             mixed_precision=t.mixed_precision, gradient_checkpointing=t.gradient_checkpointing,
             checkpoint_every=t.checkpoint_every, progress=sys.stderr.isatty())
     if result.skipped:
-        log.warning("training skipped for pool %s: %s", pool, result.reason)
+        stage_logger().warning("train %s: skipped, %s", pool, result.reason)
+    else:
+        stage_logger().info("train %s: %d labeled trajectories, %d optimizer steps, final loss %s", pool,
+                            result.train_trajectories, result.steps, result.metrics.get("loss", "n/a"))
     return result.as_dict() | {"mlflow_run_id": mlflow_run_id}
 
 

@@ -5,6 +5,7 @@ Runs against a real MLflow SQLite store in tmp_path; global MLflow state is rest
 
 from __future__ import annotations
 
+import functools
 import json
 
 import mlflow
@@ -13,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from actprm.errors import ActPRMError
 from actprm.tracking import configure_mlflow, flatten_params, log_params, start_run
-from tasks.champion import champion_history, champion_version, promote, promotion_gate
+from tasks.champion import champion_history, champion_version, f1_tag, promote, promotion_gate
 from tasks.register import load_champion, log_model
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,57 @@ def test_gate_refuses_f1s_from_different_eval_sets_unless_it_can_reevaluate(clie
     # Re-scored on poolB the champion only reaches 0.4, so the challenger's 0.5 wins.
     out = promotion_gate(client, name, v2, 0.5, eval_set="poolB:eval:222", reevaluate=lambda v: 0.4)
     assert out["decision"] == "promoted" and out["champion_f1"] == pytest.approx(0.4)
-    assert client.get_model_version(name, str(v1)).tags["actprm.eval_set"] == "poolB:eval:222"
+    # The re-score is kept beside v1's own measurement, which stays what v1 was registered with.
+    tags = client.get_model_version(name, str(v1)).tags
+    assert (tags["actprm.eval_set"], float(tags["actprm.eval_f1"])) == ("poolA:eval:111", pytest.approx(0.9))
+    assert float(tags[f1_tag("poolB:eval:222")]) == pytest.approx(0.4)
+
+
+def test_a_tie_never_promotes(client, name, model_dir):
+    """Six versions in a row used to be promoted at F1 0.000 >= 0.000: each tie replaced the champion serving."""
+    v1, v2, v3, v4 = _versions(client, model_dir, 4, name)
+    assert promotion_gate(client, name, v1, 0.0, eval_set="s")["decision"] == "promoted"  # no champion yet
+    tie = promotion_gate(client, name, v2, 0.0, min_delta=0.0, eval_set="s")
+    assert tie["decision"] == "rejected" and champion_version(name, client) == v1
+    # Exactly min_delta better is a tie too, float rounding included (0.65 - 0.60 > 0.05 in floats).
+    promote(name, version=v2, client=client)
+    client.set_model_version_tag(name, str(v2), "actprm.eval_f1", "0.6")
+    assert promotion_gate(client, name, v3, 0.65, min_delta=0.05, eval_set="s")["decision"] == "rejected"
+    assert promotion_gate(client, name, v4, 0.6501, min_delta=0.05, eval_set="s")["decision"] == "promoted"
+    assert champion_version(name, client) == v4
+
+
+def test_two_pools_loops_keep_each_pools_champion_and_measurement(client, name, model_dir):
+    """One `champion` used to span all pools: pool B's loop re-scored pool A's champion on B's eval set, overwrote
+    its `actprm.eval_set`, and could demote it. Now each pool has its champion (alias `champion-<pool>`), and
+    `champion` moves only within the pool that holds it."""
+    a1, a2, a3 = (log_model(model_dir, name=name, client=client, tags={"actprm.pool": "pool-a"}) for _ in range(3))
+    b1, b2 = (log_model(model_dir, name=name, client=client, tags={"actprm.pool": "pool-b"}) for _ in range(2))
+    rescored = []
+
+    def reevaluate(version: int) -> float:
+        rescored.append(version)
+        return 0.1
+
+    gate = functools.partial(promotion_gate, client, name, reevaluate=reevaluate)
+    assert gate(a1, 0.70, eval_set="pool-a:eval:1", scope="pool-a")["champion"] == a1
+    out = gate(b1, 0.30, eval_set="pool-b:eval:2", scope="pool-b")
+    assert out["decision"] == "promoted" and out["champion"] == a1  # pool B's champion; pool A's still serves
+    assert client.get_model_version(name, str(b1)).tags["actprm.gate.overall"] == "kept"
+    assert gate(b2, 0.80, eval_set="pool-b:eval:2", scope="pool-b")["champion"] == a1
+    assert gate(a2, 0.60, eval_set="pool-a:eval:1", scope="pool-a")["decision"] == "rejected"
+    assert gate(a3, 0.75, eval_set="pool-a:eval:1", scope="pool-a")["champion"] == a3
+
+    def alias(a: str) -> int:
+        return int(client.get_model_version_by_alias(name, a).version)
+
+    assert (alias("champion-pool-a"), alias("champion-pool-b"), alias("champion")) == (a3, b2, a3)
+    assert rescored == [], "no champion was re-scored on another pool's set"
+    for version, eval_set, f1 in ((a1, "pool-a:eval:1", 0.70), (b1, "pool-b:eval:2", 0.30), (b2, "pool-b:eval:2", 0.80)):
+        tags = client.get_model_version(name, str(version)).tags
+        assert (tags["actprm.eval_set"], float(tags["actprm.eval_f1"])) == (eval_set, pytest.approx(f1))
+    # Rollback is still one command: the overall champion returns to a1.
+    assert promote(name, rollback=True, client=client)["champion"] == a1
 
 
 def test_a_rollback_made_while_the_gate_rescored_the_champion_is_not_undone(client, name, model_dir):
