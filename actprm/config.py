@@ -179,6 +179,11 @@ class Settings(BaseSettings):
         return self.home / "reports"
 
     @property
+    def tmp_dir(self) -> Path:
+        """Scratch files (an ingest's sanitized copies); what a killed command leaves here, the next one removes."""
+        return self.home / "tmp"
+
+    @property
     def checkpoints_dir(self) -> Path:
         return self.home / "checkpoints"
 

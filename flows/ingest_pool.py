@@ -20,12 +20,12 @@ from tasks import validate as val
 
 
 @task(name="stage-lines")
-def stage_lines(db: str, paths: list[str], format: str | None, limits: ing.IngestLimits) -> dict:
+def stage_lines(db: str, paths: list[str], format: str | None, limits: ing.IngestLimits, tmp_dir: str) -> dict:
     files = ing.resolve_inputs(paths)
     fmt = ing.resolve_format(files, format)
     digest = ing.content_hash(files)
     with Store(db) as store:
-        stage_name = ing.stage(store, files, fmt, limits)
+        stage_name = ing.stage(store, files, fmt, limits, tmp_dir=tmp_dir)
     return {"stage": stage_name, "format": fmt.name, "files": files, "digest": digest}
 
 
@@ -82,7 +82,7 @@ def ingest_pool(paths: list[str], pool: str, format: str | None = None, home: st
         os.environ.setdefault(k, v)
     db, cfg = str(settings.duckdb_path), settings.ingest
     limits = ing.IngestLimits(cfg.max_question_chars, cfg.max_steps, cfg.max_step_chars, cfg.quarantine_raw_chars)
-    staged = stage_lines(db, paths, format, limits)
+    staged = stage_lines(db, paths, format, limits, str(settings.tmp_dir))
     try:
         summary = quarantine_lines(db, staged, pool)
         summary = insert_trajectories(db, staged, summary)

@@ -215,15 +215,18 @@ def _one_line(exc: BaseException) -> str:
 
 # ---------------------------------------------------------------------------- stages
 def stage(store: Store, files: list[InputFile], fmt: InputFormat, limits: IngestLimits, *,
-          temporary: bool = False) -> str:
+          temporary: bool = False, tmp_dir: str | Path | None = None) -> str:
     """Reads, parses and checks every line of every file into a fresh stage table; returns its name.
-    `temporary`: the same open store will quarantine and insert (the stage then never touches disk)."""
+    `temporary`: the same open store will quarantine and insert (the stage then never touches disk).
+    `tmp_dir`: where sanitized copies go (default: `tmp/` beside the DuckDB file, i.e. under ACTPRM_HOME)."""
+    tmp_dir = Path(tmp_dir) if tmp_dir is not None else store.path.parent / "tmp"
     drop_orphan_stages(store)
+    clean_orphan_temp_dirs(tmp_dir)
     name = f"{STAGE_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:12]}"
     store.create_ingest_stage(name, temporary=temporary)
     try:
         for i, f in enumerate(files):
-            _stage_one(store, name, fmt, i, f, limits)
+            _stage_one(store, name, fmt, i, f, limits, tmp_dir)
     except BaseException:
         store.drop_stage(name)
         raise
@@ -247,30 +250,96 @@ def drop_orphan_stages(store: Store) -> list[str]:
     return dropped
 
 
-def _stage_one(store: Store, stage_name: str, fmt: InputFormat, i: int, f: InputFile, limits: IngestLimits) -> None:
+def _stage_one(store: Store, stage_name: str, fmt: InputFormat, i: int, f: InputFile, limits: IngestLimits,
+               tmp_dir: Path) -> None:
     if f.kind == "jsonl.zst" and not _zstd_complete(f.path):
         # DuckDB (and zstandard's stream reader) read a cut zstd stream as a shorter file, without an error: the
         # lines after the cut would be neither stored nor quarantined. (A cut gzip stream is an IOException.)
         raise ActPRMError(f"cannot read {f.path}: the zstd stream ends mid-frame (a truncated or partly copied "
                           "file); nothing from it was ingested")
-    try:
-        store.stage_file(stage_name, fmt, i, f.path, f.kind, limits.as_dict())
-        return
-    except duckdb.InvalidInputException as exc:
-        # Lines DuckDB's reader cannot take as text (invalid UTF-8, over the max line size, holding the
-        # delimiter): stage a sanitized copy, so those lines are quarantined with their own reason.
-        if f.kind == "parquet":
-            raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
-        log.warning("falling back to a sanitized copy of %s: %s", f.path, _one_line(exc))
-    except duckdb.IOException as exc:  # missing, not the declared compression, truncated, not Parquet
-        raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
-    with tempfile.TemporaryDirectory(prefix="actprm-ingest-") as tmp:
+    scan = scan_lines(f) if f.kind != "parquet" else None
+    if scan is not None and scan.long_lines:
+        # DuckDB's reader drops an over-long last line without a word and aborts on one elsewhere: such a file
+        # goes straight to the sanitized copy, where the line is quarantined with its number.
+        log.warning("falling back to a sanitized copy of %s: %d line(s) longer than %d bytes (first: line %d)",
+                    f.path, len(scan.long_lines), _MAX_TEXT_LINE, scan.long_lines[0])
+    else:
+        try:
+            store.stage_file(stage_name, fmt, i, f.path, f.kind, limits.as_dict())
+            staged = store.stage_file_lines(stage_name, i)
+            if scan is None or staged == scan.lines:
+                return
+            # The reader saw another number of lines than the stream holds: never trust it, re-read line by line.
+            log.warning("falling back to a sanitized copy of %s: the reader staged %d lines, the file has %d",
+                        f.path, staged, scan.lines)
+            store.drop_stage_file(stage_name, i)
+        except (duckdb.InvalidInputException, duckdb.NotImplementedException) as exc:
+            # Lines DuckDB's reader cannot take as text (invalid UTF-8, over the max line size, holding the
+            # delimiter): stage a sanitized copy, so those lines are quarantined with their own reason.
+            if f.kind == "parquet":
+                raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
+            store.drop_stage_file(stage_name, i)
+            log.warning("falling back to a sanitized copy of %s: %s", f.path, _one_line(exc))
+        except duckdb.IOException as exc:  # missing, not the declared compression, truncated, not Parquet, disk full
+            raise _io_error(f, exc) from None
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    # Under ACTPRM_HOME, named by this process: a kill -9 leaves it for the next ingest's clean_orphan_temp_dirs.
+    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=tmp_dir) as tmp:
         clean = os.path.join(tmp, "clean.jsonl")
-        unreadable = _sanitize(f, clean, limits.quarantine_raw_chars)
+        unreadable, lines = _sanitize(f, clean, limits.quarantine_raw_chars)
         try:
             store.stage_file(stage_name, fmt, i, clean, "jsonl", limits.as_dict(), unreadable=unreadable, source=f.path)
         except duckdb.Error as exc:
-            raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
+            raise _io_error(f, exc) from None
+    staged = store.stage_file_lines(stage_name, i)
+    if staged != lines or (scan is not None and scan.lines != lines):  # pragma: no cover - a bug, not an input
+        raise ActPRMError(f"cannot account for every line of {f.path}: the file has "
+                          f"{scan.lines if scan else lines} lines, the stage {staged}; nothing was ingested")
+
+
+def _io_error(f: InputFile, exc: BaseException) -> ActPRMError:
+    """A disk that filled while staging is not an unreadable input: say which it is."""
+    text = _one_line(exc)
+    if "No space left" in str(exc) or "ENOSPC" in str(exc):
+        return DiskFull(f"disk full while ingesting {f.path}: {text}; free space under ACTPRM_HOME and rerun")
+    return ActPRMError(f"cannot read {f.path}: {text}")
+
+
+class DiskFull(ActPRMError):
+    """The store's disk (or the sanitized copy's) filled during an ingest."""
+
+
+@dataclass(frozen=True)
+class LineScan:
+    """What the input stream holds, counted without DuckDB's reader (whose buffer can lose a long line)."""
+
+    lines: int
+    long_lines: tuple[int, ...]  # numbers of the lines over _MAX_TEXT_LINE bytes
+
+
+def scan_lines(f: InputFile, chunk: int = 1 << 20) -> LineScan:
+    """Counts the lines of a JSONL input (a last line without a newline counts) and finds those longer than
+    _MAX_TEXT_LINE bytes, in one streaming pass of 1 MiB reads: only a line spanning reads can be that long,
+    so each read costs a count and two searches, never a Python loop over its lines."""
+    newlines, run, long_lines = 0, 0, []  # run: bytes since the last newline
+    try:
+        with _open_text(f) as stream:
+            while data := stream.read(chunk):
+                first = data.find(b"\n")
+                if first < 0:
+                    run += len(data)
+                    continue
+                if run + first > _MAX_TEXT_LINE + 1:  # + 1: the CR of a CRLF line
+                    long_lines.append(newlines + 1)
+                newlines += data.count(b"\n")
+                run = len(data) - data.rfind(b"\n") - 1
+    except (OSError, EOFError, ValueError) as exc:
+        raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
+    except Exception as exc:  # zstandard raises its own error types
+        raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
+    if run > _MAX_TEXT_LINE + 1:
+        long_lines.append(newlines + 1)
+    return LineScan(newlines + (1 if run else 0), tuple(long_lines))
 
 
 def _zstd_complete(path: str, chunk: int = 1 << 20) -> bool:
@@ -295,53 +364,92 @@ def _zstd_complete(path: str, chunk: int = 1 << 20) -> bool:
 _MAX_TEXT_LINE = 16 << 20  # longer lines are unreadable for the raw reader (its max_line_size is 32 MiB)
 
 
-def _sanitize(f: InputFile, out_path: str, keep_chars: int) -> dict[int, str]:
+def _sanitize(f: InputFile, out_path: str, keep_chars: int) -> tuple[dict[int, str], int]:
     """Streams `f` to a plain JSONL copy where each line that is not valid UTF-8, is too long or holds a
-    control-character delimiter is replaced by a marked (never valid JSON) excerpt; returns their reasons. A line
-    holding a carriage return is re-serialized when it is JSON, and marked otherwise."""
-    reasons: dict[int, str] = {}
-    try:
-        with _open_text(f) as src, open(out_path, "wb") as out:
-            import io
+    control-character delimiter is replaced by a marked (never valid JSON) excerpt; returns their reasons and the
+    number of lines. A line holding a carriage return is re-serialized when it is JSON, and marked otherwise.
+    Lines are read at most _MAX_TEXT_LINE bytes at a time: a line of any size costs that much memory."""
+    import io
 
-            reader = io.BufferedReader(src) if f.kind != "jsonl" else src
-            for n, line in enumerate(reader, start=1):
-                body = line.rstrip(b"\r\n")
-                why = None
-                if len(body) > _MAX_TEXT_LINE:
-                    why = f"line longer than {_MAX_TEXT_LINE} bytes"
-                else:
-                    try:
-                        body.decode("utf-8")
-                    except UnicodeDecodeError:
-                        why = "not valid UTF-8"
-                if why is None and RAW_LINE_DELIMITER.encode() in body:
-                    why = "malformed JSON"
-                if why is None and b"\r" in body:
-                    # The raw reader takes a lone CR for a line break. Inside a line, JSON allows it only as
-                    # whitespace between tokens: such a line is re-serialized (same values, no CR); any other
-                    # (a raw CR inside a string) is not JSON.
-                    try:
-                        body = json.dumps(json.loads(body), ensure_ascii=False).encode()
-                    except ValueError:
+    reasons: dict[int, str] = {}
+    cap = _MAX_TEXT_LINE + 2  # the longest readable line and its CRLF
+    n = 0
+    try:
+        out = open(out_path, "wb")
+    except OSError as exc:
+        raise _write_error(out_path, exc) from None
+    with out:
+        try:
+            with _open_text(f) as src:
+                reader = io.BufferedReader(src) if f.kind != "jsonl" else src
+                while line := reader.readline(cap):
+                    n += 1
+                    body, why = line.rstrip(b"\r\n"), None
+                    if len(line) == cap and not line.endswith(b"\n"):
+                        why = f"line longer than {_MAX_TEXT_LINE} bytes"
+                        while line and not line.endswith(b"\n"):  # skip the rest of it, a bounded read at a time
+                            line = reader.readline(cap)
+                    else:
+                        try:
+                            body.decode("utf-8")
+                        except UnicodeDecodeError:
+                            why = "not valid UTF-8"
+                    if why is None and RAW_LINE_DELIMITER.encode() in body:
                         why = "malformed JSON"
-                if why is None:
-                    out.write(body + b"\n")
-                    continue
-                reasons[n] = why
-                text = body[: keep_chars * 4].decode("utf-8", errors="backslashreplace")
-                text = text.replace(RAW_LINE_DELIMITER, "\\u001f").replace("\r", "\\r")  # the reader splits at CR
-                out.write(("!unreadable " + text).encode() + b"\n")
-    except (OSError, EOFError, ValueError) as exc:
-        raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
-    return reasons
+                    if why is None and b"\r" in body:
+                        # The raw reader takes a lone CR for a line break. Inside a line, JSON allows it only as
+                        # whitespace between tokens: such a line is re-serialized (same values, no CR); any other
+                        # (a raw CR inside a string) is not JSON.
+                        try:
+                            body = json.dumps(json.loads(body), ensure_ascii=False).encode()
+                        except (ValueError, RecursionError):
+                            why = "malformed JSON"
+                    if why is not None:
+                        reasons[n] = why
+                        text = body[: keep_chars * 4].decode("utf-8", errors="backslashreplace")
+                        text = text.replace(RAW_LINE_DELIMITER, "\\u001f").replace("\r", "\\r")  # the reader splits at CR
+                        body = ("!unreadable " + text).encode()
+                    try:
+                        out.write(body + b"\n")
+                    except OSError as exc:
+                        raise _write_error(out_path, exc) from None
+        except (OSError, EOFError, ValueError) as exc:
+            raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
+    return reasons, n
+
+
+def _write_error(path: str, exc: OSError) -> ActPRMError:
+    import errno
+
+    if exc.errno == errno.ENOSPC:
+        return DiskFull(f"disk full while writing the sanitized copy {path}: free space under ACTPRM_HOME and rerun")
+    return ActPRMError(f"cannot write the sanitized copy {path}: {_one_line(exc)}")
+
+
+TEMP_PREFIX = "ingest-"
+
+
+def clean_orphan_temp_dirs(tmp_dir: Path) -> list[str]:
+    """Removes the sanitized copies of ingests whose process is gone (a kill -9 skips their cleanup); returns
+    their paths. A live process's copy is left alone."""
+    import shutil
+
+    removed = []
+    for d in sorted(tmp_dir.glob(f"{TEMP_PREFIX}*")) if tmp_dir.is_dir() else []:
+        pid = d.name[len(TEMP_PREFIX):].partition("-")[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(str(d))
+    if removed:
+        log.info("removed %d temporary folder(s) left by killed ingests", len(removed))
+    return removed
 
 
 def ingest(store_or_path: Store | str | Path, paths: list[str] | str, pool: str, format: str | None = None, *,
            max_question_chars: int = 20_000, max_steps: int = 200, max_step_chars: int = 8_000,
            quarantine_raw_chars: int = 2_000, validate_shard_rows: int = 200_000,
            reports_dir: str | Path | None = None, emit: bool = True, drift_tolerance: float = 0.5,
-           compress_text: bool = True) -> IngestSummary:
+           compress_text: bool = True, tmp_dir: str | Path | None = None) -> IngestSummary:
     """Ingests `paths` into `pool`: stage -> quarantine -> dedupe/insert -> validate -> report -> register.
 
     Returns the summary; raises ActPRMError for unreadable inputs and when the data contract rejects
@@ -357,7 +465,7 @@ def ingest(store_or_path: Store | str | Path, paths: list[str] | str, pool: str,
     with _opened(store_or_path) as store:
         t0 = time.perf_counter()
         digest = content_hash(files)
-        stage_name = stage(store, files, fmt, limits, temporary=True)
+        stage_name = stage(store, files, fmt, limits, temporary=True, tmp_dir=tmp_dir)
         summary.seconds["stage"] = time.perf_counter() - t0
         try:
             quarantine(store, stage_name, pool, fmt, files, digest, summary)

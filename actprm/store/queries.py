@@ -337,6 +337,15 @@ class Store:
             self.sql("RESET preserve_insertion_order")
         for line_no, why in (unreadable or {}).items():
             self.sql(f"UPDATE {q(stage)} SET reason = ? WHERE file_idx = ? AND line_no = ?", [why, file_idx, line_no])
+    def stage_file_lines(self, stage: str, file_idx: int) -> int:
+        """Distinct lines one file put in the stage (checked against the stream's own count)."""
+        return int(self.sql(f"SELECT count(DISTINCT line_no) FROM {self._q(stage)} WHERE file_idx = ?",
+                            [file_idx]).fetchone()[0])
+
+    def drop_stage_file(self, stage: str, file_idx: int) -> None:
+        """Forgets what one file staged (before it is staged again from a sanitized copy)."""
+        self.sql(f"DELETE FROM {self._q(stage)} WHERE file_idx = ?", [file_idx])
+
     def stage_counts(self, stage: str) -> dict:
         """Lines seen in the stage: good ones, bad ones (by reason) — before deduplication."""
         q = self._q(stage)
