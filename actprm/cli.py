@@ -146,6 +146,9 @@ def ingest(
 
     @command
     def _run():
+        from actprm.names import check_pool_name
+
+        check_pool_name(pool)  # before any server starts or file is written
         prepare(config)
         from flows.ingest_pool import ingest_pool
 

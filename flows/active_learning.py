@@ -14,6 +14,7 @@ from typing import Any
 from prefect import flow
 
 from actprm.config import flow_settings
+from actprm.names import check_pool_name
 from flows.ingest_pool import ingest_pool
 from tasks import pipeline
 from tasks.evaluate import evaluate_stage
@@ -45,6 +46,7 @@ def active_learning(
         strategy: Acquisition strategy: actprm, random, entropy or bald (uncertainty.strategy).
         config: Any other settings, as nested overrides (e.g. {"budget": {"max_cost": 20}}).
     """
+    check_pool_name(pool)  # from the UI or the pool-registered event's payload: refused before any path uses it
     settings = flow_settings(
         config,
         model={"preset": preset}, judge={"backend": judge}, uncertainty={"strategy": strategy},

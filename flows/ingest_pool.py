@@ -9,11 +9,14 @@ the staged lines live in a stage table between the tasks and are dropped at the 
 from __future__ import annotations
 
 import os
+from typing import Annotated
 
 from prefect import flow, task
+from pydantic import Field
 
 from actprm.config import load_settings, runtime_environment
 from actprm.formats import FORMATS
+from actprm.names import POOL_NAME_PATTERN, check_pool_name
 from actprm.store import Store
 from tasks import ingest as ing
 from tasks import validate as val
@@ -65,7 +68,8 @@ def drop_stage(db: str, stage_name: str) -> None:
 
 
 @flow(name="ingest-pool")
-def ingest_pool(paths: list[str], pool: str, format: str | None = None, home: str | None = None) -> dict:
+def ingest_pool(paths: list[str], pool: Annotated[str, Field(pattern=POOL_NAME_PATTERN)], format: str | None = None,
+                home: str | None = None) -> dict:
     """Ingest a data pool into DuckDB, validate it against its data contract and report on it.
 
     Fails (after marking the pool `rejected`) when a critical expectation fails; on success emits
@@ -73,10 +77,11 @@ def ingest_pool(paths: list[str], pool: str, format: str | None = None, home: st
 
     Args:
         paths: Files, globs or directories to read (JSONL, .jsonl.gz, .jsonl.zst, Parquet).
-        pool: Name of the pool to create or extend.
+        pool: Name of the pool to create or extend: 1-64 ASCII letters, digits, '.', '_' or '-'.
         format: Input format (processbench, prmbench, math_shepherd, trl_stepwise, actprm, unlabeled); auto-detected when empty.
         home: Work dir holding the DuckDB file and reports (default: ACTPRM_HOME).
     """
+    check_pool_name(pool)  # the schema's pattern shows in the UI; this refuses in one line whoever calls
     settings = load_settings({"home": home} if home else None)
     for k, v in runtime_environment(settings).items():
         os.environ.setdefault(k, v)

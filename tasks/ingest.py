@@ -27,6 +27,7 @@ import duckdb
 
 from actprm.errors import ActPRMError
 from actprm.formats import FORMATS, InputFormat, detect_format
+from actprm.names import check_pool_name
 from actprm.processes import pid_alive
 from actprm.store import Store
 from actprm.store.parsing import RAW_LINE_DELIMITER
@@ -456,8 +457,7 @@ def ingest(store_or_path: Store | str | Path, paths: list[str] | str, pool: str,
     the pool (after recording `rejected`, the summary is attached as `exc.summary`)."""
     from tasks import validate as validation
 
-    if not pool or not isinstance(pool, str):
-        raise ActPRMError("a pool name is required")
+    check_pool_name(pool)  # before anything is written: the name becomes part of the report's path
     limits = IngestLimits(max_question_chars, max_steps, max_step_chars, quarantine_raw_chars)
     files = resolve_inputs(paths)
     fmt = resolve_format(files, format)

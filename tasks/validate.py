@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from actprm.names import check_pool_name
 from actprm.store import Store
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def validate_pool(store: Store, pool: str, *, limits, shard_rows: int = 200_000,
     out.shards = shards
 
     if reports_dir is not None:
-        root = Path(reports_dir) / pool
+        root = Path(reports_dir) / check_pool_name(pool)  # Great Expectations writes under it
         root.mkdir(parents=True, exist_ok=True)
         context = gx.get_context(mode="file", project_root_dir=str(root))
     else:

@@ -19,6 +19,7 @@ from pathlib import Path
 import duckdb
 
 from actprm.errors import ActPRMError, UnknownPool
+from actprm.names import check_pool_name
 from actprm.store.parsing import quote_ident, quote_literal, staging_select
 from actprm.store.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, TRAJECTORY_ID_SQL
 
@@ -123,6 +124,7 @@ class Store:
     def require_pool(self, pool: str) -> None:
         """A pool that may be scored, labeled, trained or studied: ingested to the end and passed by its data
         contract. An ingest that was killed leaves its pool `ingesting`, possibly with part of its lines."""
+        check_pool_name(pool)  # a name from the UI or an event payload, before any stage puts it in a path
         status = self.pool_status(pool)
         if status is None:
             known = ", ".join(p["name"] for p in self.pools()) or "none"
