@@ -116,7 +116,7 @@ def resolve_inputs(paths: list[str] | str) -> list[InputFile]:
         elif Path(p).is_file():
             out.append(p)
         else:
-            raise ActPRMError(f"input file not found: {p}")
+            raise ActPRMError(_not_a_file(p))
     seen: set[str] = set()
     files = []
     for p in out:
@@ -127,6 +127,24 @@ def resolve_inputs(paths: list[str] | str) -> list[InputFile]:
             seen.add(key)
             files.append(InputFile(key, input_kind(p)))
     return files
+
+
+def _not_a_file(p: str) -> str:
+    """Why `p` (neither a file nor a directory) cannot be read, in the words that fit."""
+    import errno
+    import stat
+
+    try:
+        mode = os.stat(p).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"cannot read {p}: a symbolic link loop"
+        if exc.errno == errno.ENOENT:
+            return f"input file not found: {p}" + (" (a dangling symbolic link)" if os.path.islink(p) else "")
+        return f"cannot read {p}: {exc.strerror}"
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+    return f"cannot read {p}: {kind}, not a regular file (ingest reads files twice: copy it to a file first)"
 
 
 def _supported(name: str) -> bool:
@@ -169,7 +187,7 @@ def first_record_keys(f: InputFile) -> list[str] | None:
                     break
                 try:
                     rec = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):  # too deeply nested for Python: that line, not the file
                     continue
                 if isinstance(rec, dict):
                     return list(rec)
@@ -375,47 +393,50 @@ def _sanitize(f: InputFile, out_path: str, keep_chars: int) -> tuple[dict[int, s
     reasons: dict[int, str] = {}
     cap = _MAX_TEXT_LINE + 2  # the longest readable line and its CRLF
     n = 0
-    try:
-        out = open(out_path, "wb")
-    except OSError as exc:
-        raise _write_error(out_path, exc) from None
-    with out:
+
+    def read_line(reader) -> bytes:
         try:
-            with _open_text(f) as src:
-                reader = io.BufferedReader(src) if f.kind != "jsonl" else src
-                while line := reader.readline(cap):
-                    n += 1
-                    body, why = line.rstrip(b"\r\n"), None
-                    if len(line) == cap and not line.endswith(b"\n"):
-                        why = f"line longer than {_MAX_TEXT_LINE} bytes"
-                        while line and not line.endswith(b"\n"):  # skip the rest of it, a bounded read at a time
-                            line = reader.readline(cap)
-                    else:
-                        try:
-                            body.decode("utf-8")
-                        except UnicodeDecodeError:
-                            why = "not valid UTF-8"
-                    if why is None and RAW_LINE_DELIMITER.encode() in body:
-                        why = "malformed JSON"
-                    if why is None and b"\r" in body:
-                        # The raw reader takes a lone CR for a line break. Inside a line, JSON allows it only as
-                        # whitespace between tokens: such a line is re-serialized (same values, no CR); any other
-                        # (a raw CR inside a string) is not JSON.
-                        try:
-                            body = json.dumps(json.loads(body), ensure_ascii=False).encode()
-                        except (ValueError, RecursionError):
-                            why = "malformed JSON"
-                    if why is not None:
-                        reasons[n] = why
-                        text = body[: keep_chars * 4].decode("utf-8", errors="backslashreplace")
-                        text = text.replace(RAW_LINE_DELIMITER, "\\u001f").replace("\r", "\\r")  # the reader splits at CR
-                        body = ("!unreadable " + text).encode()
-                    try:
-                        out.write(body + b"\n")
-                    except OSError as exc:
-                        raise _write_error(out_path, exc) from None
+            return reader.readline(cap)
         except (OSError, EOFError, ValueError) as exc:
             raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
+
+    try:
+        with open(out_path, "wb") as out, _open_text(f) as src:
+            reader = io.BufferedReader(src) if f.kind != "jsonl" else src
+            while line := read_line(reader):
+                n += 1
+                body, why = line.rstrip(b"\r\n"), None
+                if len(line) == cap and not line.endswith(b"\n"):
+                    why = f"line longer than {_MAX_TEXT_LINE} bytes"
+                    while line and not line.endswith(b"\n"):  # skip the rest of it, a bounded read at a time
+                        line = read_line(reader)
+                else:
+                    try:
+                        body.decode("utf-8")
+                    except UnicodeDecodeError:
+                        why = "not valid UTF-8"
+                if why is None and RAW_LINE_DELIMITER.encode() in body:
+                    why = "malformed JSON"
+                if why is None and b"\r" in body:
+                    # The raw reader takes a lone CR for a line break. Inside a line, JSON allows it only as
+                    # whitespace between tokens: such a line is re-serialized (same values, no CR); any other
+                    # (a raw CR inside a string) is not JSON.
+                    try:
+                        body = json.dumps(json.loads(body), ensure_ascii=False).encode()
+                    except (ValueError, RecursionError):
+                        why = "malformed JSON"
+                if why is not None:
+                    reasons[n] = why
+                    text = body[: keep_chars * 4].decode("utf-8", errors="backslashreplace")
+                    text = text.replace(RAW_LINE_DELIMITER, "\\u001f").replace("\r", "\\r")  # the reader splits at CR
+                    body = ("!unreadable " + text).encode()
+                out.write(body + b"\n")
+    except ActPRMError:
+        raise
+    except OSError as exc:  # reads raise ActPRMError above: this is the copy's disk, unless opening the input
+        if exc.filename == f.path:
+            raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
+        raise _write_error(out_path, exc) from None
     return reasons, n
 
 

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from actprm.store import Store
-from tasks.ingest import _MAX_TEXT_LINE, InputFile, scan_lines, ingest
+from tasks.ingest import _MAX_TEXT_LINE, InputFile, ingest, scan_lines
 from tests.data.conftest import actprm_record
 
 BIG = 100 << 20
