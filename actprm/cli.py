@@ -50,6 +50,22 @@ def prepare(config: Path | None, overrides: dict[str, Any] | None = None) -> Set
 _state = {"debug": False}
 
 
+def prefect_api_configured() -> bool:
+    """Whether a Prefect API (a running server or Cloud) is configured, by env or the active profile, read
+    without importing Prefect (seconds): PREFECT_API_URL in the environment or in PREFECT_HOME's profile."""
+    if os.environ.get("PREFECT_API_URL"):
+        return True
+    import tomllib
+
+    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+    try:
+        profiles = tomllib.loads((home / "profiles.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active", "ephemeral")
+    return bool(profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL"))
+
+
 def _quiet_tracebacks() -> None:
     """Without --debug users see no tracebacks, including those Prefect logs for failed runs.
 
@@ -149,7 +165,15 @@ def ingest(
         from actprm.names import check_pool_name
 
         check_pool_name(pool)  # before any server starts or file is written
-        prepare(config)
+        settings = prepare(config)
+        if not prefect_api_configured():
+            # No Prefect server to report to: a temporary one would cost seconds to start and die with this
+            # command, taking the flow's records with it. The same stages run as plain functions.
+            from tasks.ingest import ingest as ingest_pool_now
+            from tasks.ingest import ingest_settings
+
+            return ingest_pool_now(settings.duckdb_path, paths, pool, format, emit=False,
+                                   **ingest_settings(settings)).as_dict()
         from flows.ingest_pool import ingest_pool
 
         return ingest_pool(paths=paths, pool=pool, format=format)

@@ -9,6 +9,7 @@ the staged lines live in a stage table between the tasks and are dropped at the 
 from __future__ import annotations
 
 import os
+import time
 from typing import Annotated
 
 from prefect import flow, task
@@ -24,25 +25,28 @@ from tasks import validate as val
 
 @task(name="stage-lines")
 def stage_lines(db: str, paths: list[str], format: str | None, limits: ing.IngestLimits, tmp_dir: str) -> dict:
+    t0 = time.perf_counter()
     files = ing.resolve_inputs(paths)
     fmt = ing.resolve_format(files, format)
     digest = ing.content_hash(files)
     with Store(db) as store:
         stage_name = ing.stage(store, files, fmt, limits, tmp_dir=tmp_dir)
-    return {"stage": stage_name, "format": fmt.name, "files": files, "digest": digest}
+    return {"stage": stage_name, "format": fmt.name, "files": files, "digest": digest,
+            "seconds": time.perf_counter() - t0}
 
 
 @task(name="quarantine")
 def quarantine_lines(db: str, staged: dict, pool: str) -> ing.IngestSummary:
-    summary = ing.IngestSummary(pool=pool, format=staged["format"], files=[f.path for f in staged["files"]])
-    with Store(db) as store:
+    summary = ing.IngestSummary(pool=pool, format=staged["format"], files=[f.path for f in staged["files"]],
+                                seconds={"stage": staged["seconds"]})
+    with ing.timed(summary, "quarantine"), Store(db) as store:
         return ing.quarantine(store, staged["stage"], pool, FORMATS.get(staged["format"]), staged["files"],
                               staged["digest"], summary)
 
 
 @task(name="dedupe-insert")
 def insert_trajectories(db: str, staged: dict, summary: ing.IngestSummary) -> ing.IngestSummary:
-    with Store(db) as store:
+    with ing.timed(summary, "dedupe"), Store(db) as store:
         return ing.insert(store, staged["stage"], summary.pool, FORMATS.get(staged["format"]), summary)
 
 
@@ -53,11 +57,13 @@ def validate_contract(db: str, pool: str, limits: ing.IngestLimits, shard_rows: 
 
 
 @task(name="register")
-def register_pool(db: str, summary: ing.IngestSummary, result: val.ValidationResult) -> ing.IngestSummary:
-    with Store(db) as store:
-        ing.finish(store, summary, result)
-        sample = store.quarantine_sample(summary.pool, 20)
-    ing.report_ingest(summary, emit=True, quarantine_sample=sample)
+def register_pool(db: str, summary: ing.IngestSummary, result: val.ValidationResult,
+                  tracking: ing.Tracking | None = None) -> ing.IngestSummary:
+    with ing.timed(summary, "report"):
+        with Store(db) as store:
+            ing.finish(store, summary, result)
+            sample = store.quarantine_sample(summary.pool, 20)
+        ing.report_ingest(summary, emit=True, quarantine_sample=sample, tracking=tracking)
     return summary
 
 
@@ -81,6 +87,7 @@ def ingest_pool(paths: list[str], pool: Annotated[str, Field(pattern=POOL_NAME_P
         format: Input format (processbench, prmbench, math_shepherd, trl_stepwise, actprm, unlabeled); auto-detected when empty.
         home: Work dir holding the DuckDB file and reports (default: ACTPRM_HOME).
     """
+    started = time.perf_counter()
     check_pool_name(pool)  # the schema's pattern shows in the UI; this refuses in one line whoever calls
     settings = load_settings({"home": home} if home else None)
     for k, v in runtime_environment(settings).items():
@@ -93,7 +100,10 @@ def ingest_pool(paths: list[str], pool: Annotated[str, Field(pattern=POOL_NAME_P
         summary = insert_trajectories(db, staged, summary)
     finally:
         drop_stage(db, staged["stage"])
+    t0 = time.perf_counter()
     result = validate_contract(db, pool, limits, cfg.validate_shard_rows, str(settings.reports_dir))
-    summary = register_pool(db, summary, result)
+    summary.seconds["validate"] = time.perf_counter() - t0
+    summary = register_pool(db, summary, result, ing.tracking_of(settings))
+    summary.seconds["total"] = time.perf_counter() - started
     ing.raise_if_rejected(summary)
     return summary.as_dict()

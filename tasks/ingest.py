@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 import uuid
@@ -75,6 +76,7 @@ class IngestSummary:
     trajectories_added: int = 0
     pool_trajectories: int = 0
     labeled_fraction: float = 0.0
+    validated_rows: int = 0  # trajectories the data contract checked: the whole pool
     top_reasons: list[tuple[str, int]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)   # critical data-contract failures
     warnings: list[str] = field(default_factory=list)   # non-blocking contract findings (drift, sanity)
@@ -471,38 +473,94 @@ def ingest(store_or_path: Store | str | Path, paths: list[str] | str, pool: str,
            max_question_chars: int = 20_000, max_steps: int = 200, max_step_chars: int = 8_000,
            quarantine_raw_chars: int = 2_000, validate_shard_rows: int = 200_000,
            reports_dir: str | Path | None = None, emit: bool = True, drift_tolerance: float = 0.5,
-           compress_text: bool = True, tmp_dir: str | Path | None = None) -> IngestSummary:
+           compress_text: bool = True, tmp_dir: str | Path | None = None,
+           tracking: Tracking | None = None) -> IngestSummary:
     """Ingests `paths` into `pool`: stage -> quarantine -> dedupe/insert -> validate -> report -> register.
 
     Returns the summary; raises ActPRMError for unreadable inputs and when the data contract rejects
     the pool (after recording `rejected`, the summary is attached as `exc.summary`)."""
     from tasks import validate as validation
 
+    started = time.perf_counter()
     check_pool_name(pool)  # before anything is written: the name becomes part of the report's path
     limits = IngestLimits(max_question_chars, max_steps, max_step_chars, quarantine_raw_chars)
     files = resolve_inputs(paths)
     fmt = resolve_format(files, format)
     summary = IngestSummary(pool=pool, format=fmt.name, files=[f.path for f in files])
+    warm = _warm_up(tracking)
     with _opened(store_or_path) as store:
-        t0 = time.perf_counter()
-        digest = content_hash(files)
-        stage_name = stage(store, files, fmt, limits, temporary=True, tmp_dir=tmp_dir)
-        summary.seconds["stage"] = time.perf_counter() - t0
+        with timed(summary, "stage"):
+            digest = content_hash(files)
+            stage_name = stage(store, files, fmt, limits, temporary=True, tmp_dir=tmp_dir)
         try:
-            quarantine(store, stage_name, pool, fmt, files, digest, summary)
-            insert(store, stage_name, pool, fmt, summary, compress_text=compress_text)
+            with timed(summary, "quarantine"):
+                quarantine(store, stage_name, pool, fmt, files, digest, summary)
+            with timed(summary, "dedupe"):
+                insert(store, stage_name, pool, fmt, summary, compress_text=compress_text)
         finally:
             store.drop_stage(stage_name)
-        summary.seconds["insert"] = time.perf_counter() - t0 - summary.seconds["stage"]
-        t1 = time.perf_counter()
-        result = validation.validate_pool(store, pool, limits=limits, shard_rows=validate_shard_rows,
-                                          reports_dir=reports_dir, drift_tolerance=drift_tolerance)
-        summary.seconds["validate"] = time.perf_counter() - t1
-        finish(store, summary, result)
-        sample = store.quarantine_sample(pool, 20)
-    report_ingest(summary, emit=emit, quarantine_sample=sample)
+        with timed(summary, "validate"):
+            warm.join()
+            result = validation.validate_pool(store, pool, limits=limits, shard_rows=validate_shard_rows,
+                                              reports_dir=reports_dir, drift_tolerance=drift_tolerance)
+        with timed(summary, "report"):
+            finish(store, summary, result)
+            sample = store.quarantine_sample(pool, 20)
+    with timed(summary, "report"):
+        summary.seconds["total"] = time.perf_counter() - started  # what report_ingest logs: all but its own time
+        report_ingest(summary, emit=emit, quarantine_sample=sample, tracking=tracking)
+    summary.seconds["total"] = time.perf_counter() - started
     raise_if_rejected(summary)
     return summary
+
+
+def _warm_up(tracking: Tracking | None):
+    """Imports Great Expectations and MLflow and opens the MLflow store in a thread while DuckDB stages and
+    dedupes (DuckDB releases the GIL): seconds of imports and store set-up a user would otherwise wait for
+    after the data is in. Joined before validation; one thread, so no two threads import the same modules.
+    A failure here is left for the main thread to meet and report."""
+    import threading
+
+    def work() -> None:
+        try:
+            import great_expectations  # noqa: F401
+
+            if tracking is not None:
+                from actprm.tracking import configure_mlflow
+
+                configure_mlflow(tracking.tracking_uri, tracking.experiment, tracking.artifact_root)
+        except Exception as exc:  # noqa: BLE001 - the main thread redoes it and raises there
+            log.debug("warm-up failed: %s", exc)
+
+    thread = threading.Thread(target=work, name="ingest-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+def ingest_settings(settings) -> dict:
+    """`ingest()`'s keyword arguments from the typed Settings (the one place that maps them)."""
+    cfg = settings.ingest
+    return dict(max_question_chars=cfg.max_question_chars, max_steps=cfg.max_steps,
+                max_step_chars=cfg.max_step_chars, quarantine_raw_chars=cfg.quarantine_raw_chars,
+                validate_shard_rows=cfg.validate_shard_rows, reports_dir=settings.reports_dir,
+                tmp_dir=settings.tmp_dir, tracking=tracking_of(settings))
+
+
+def tracking_of(settings) -> Tracking:
+    return Tracking(settings.tracking_uri, settings.experiment, str(settings.artifact_root))
+
+
+PHASES = ("stage", "quarantine", "dedupe", "validate", "report", "total")
+
+
+@contextlib.contextmanager
+def timed(summary: IngestSummary, phase: str):
+    """Adds the block's wall time to `summary.seconds[phase]` (one of PHASES), even when it raises."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        summary.seconds[phase] = summary.seconds.get(phase, 0.0) + time.perf_counter() - t0
 
 
 def raise_if_rejected(summary: IngestSummary) -> None:
@@ -554,7 +612,7 @@ def receipt_key(summary: IngestSummary) -> str:
 def finish(store: Store, summary: IngestSummary, result) -> IngestSummary:
     """Records the contract verdict: `rejected` on any critical failure, else `registered`."""
     summary.failures, summary.warnings = list(result.failures), list(result.warnings)
-    summary.report = result.report
+    summary.report, summary.validated_rows = result.report, result.rows
     summary.status = "rejected" if result.failures else "registered"
     for key, lines in store.unfinished_ingests(summary.pool, but=receipt_key(summary)):
         summary.warnings.append(f"an earlier ingest into this pool (input {key[:12]}) was killed after storing "
@@ -602,16 +660,26 @@ def emit_pool_registered(summary: IngestSummary):
     )
 
 
-def report_ingest(summary: IngestSummary, *, emit: bool = True, quarantine_sample: list[dict] | None = None) -> None:
-    """Logs the summary; inside a Prefect flow posts markdown + table artifacts; inside an active MLflow
-    run logs counts, a quarantine sample and the Data Docs folder; emits the event on success."""
+@dataclass(frozen=True)
+class Tracking:
+    """Where an ingest records its own MLflow run (`ingest-<pool>`); see Settings.tracking_uri."""
+
+    tracking_uri: str
+    experiment: str
+    artifact_root: str
+
+
+def report_ingest(summary: IngestSummary, *, emit: bool = True, quarantine_sample: list[dict] | None = None,
+                  tracking: Tracking | None = None) -> None:
+    """Logs the summary; inside a Prefect flow posts markdown + table artifacts; records counts, the seconds of
+    every phase, a quarantine sample and the Data Docs folder in an MLflow run (its own `ingest-<pool>` run with
+    `tracking`, else the active run if any); emits the event on success."""
     log.info("ingest %s", json.dumps(summary.as_dict(), default=str))
-    try:
+    in_flow = False
+    if "prefect" in sys.modules:  # a flow or task run has imported it; outside one, importing it costs seconds
         from prefect.context import FlowRunContext, TaskRunContext
 
         in_flow = FlowRunContext.get() is not None or TaskRunContext.get() is not None
-    except Exception:  # pragma: no cover - Prefect is a dependency; stay usable without it
-        in_flow = False
     if in_flow:
         from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -620,16 +688,18 @@ def report_ingest(summary: IngestSummary, *, emit: bool = True, quarantine_sampl
         create_table_artifact(table=[{"reason": r, "lines": n} for r, n in summary.top_reasons] or
                               [{"reason": "(none)", "lines": 0}], key=key + "-quarantine",
                               description="quarantine reasons")
-    import mlflow
+    if tracking is not None:
+        from actprm.tracking import configure_mlflow, start_run
 
-    if mlflow.active_run() is not None:
-        mlflow.log_metrics({f"ingest.{k}": float(getattr(summary, k)) for k in
-                            ("lines_read", "accepted", "quarantined", "duplicates", "trajectories_added",
-                             "labeled_fraction")})
-        mlflow.log_dict(summary.as_dict(), f"ingest/{summary.pool}/summary.json")
-        mlflow.log_dict({"sample": quarantine_sample or []}, f"ingest/{summary.pool}/quarantine_sample.json")
-        if summary.report:
-            mlflow.log_artifacts(str(Path(summary.report).parent), f"ingest/{summary.pool}/data_docs")
+        configure_mlflow(tracking.tracking_uri, tracking.experiment, tracking.artifact_root)
+        with start_run(f"ingest-{summary.pool}", tags={"stage": "ingest", "pool": summary.pool,
+                                                      "status": summary.status}):
+            _log_to_mlflow(summary, quarantine_sample)
+    elif "mlflow" in sys.modules:
+        import mlflow
+
+        if mlflow.active_run() is not None:
+            _log_to_mlflow(summary, quarantine_sample)
     if emit and summary.status == "registered":
         # Events need a Prefect API (a server, a flow run, or prefect_test_harness); without one,
         # emit_event would try to start an ephemeral server just for this, so we skip it.
@@ -642,3 +712,17 @@ def report_ingest(summary: IngestSummary, *, emit: bool = True, quarantine_sampl
                 log.warning("could not emit %s for pool %s: %s", POOL_REGISTERED_EVENT, summary.pool, exc)
         else:
             log.info("no Prefect API configured: event %s not emitted", POOL_REGISTERED_EVENT)
+
+
+def _log_to_mlflow(summary: IngestSummary, quarantine_sample: list[dict] | None) -> None:
+    """Into the active MLflow run: counts, `ingest.seconds.<phase>` (the phases timed so far), summary, sample."""
+    import mlflow
+
+    metrics = {f"ingest.{k}": float(getattr(summary, k)) for k in
+               ("lines_read", "accepted", "quarantined", "duplicates", "trajectories_added", "labeled_fraction")}
+    metrics.update({f"ingest.seconds.{k}": float(v) for k, v in summary.seconds.items()})
+    mlflow.log_metrics(metrics)
+    mlflow.log_dict(summary.as_dict(), f"ingest/{summary.pool}/summary.json")
+    mlflow.log_dict({"sample": quarantine_sample or []}, f"ingest/{summary.pool}/quarantine_sample.json")
+    if summary.report:
+        mlflow.log_artifacts(str(Path(summary.report).parent), f"ingest/{summary.pool}/data_docs")
