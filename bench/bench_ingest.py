@@ -105,10 +105,14 @@ def worker(variant: str, pool_file: str, work: str) -> dict:
         out["phases"] = result["seconds"]
         out["summary"] = {k: result[k] for k in ("status", "lines_read", "accepted", "quarantined", "duplicates",
                                                  "pool_trajectories", "validated_rows")}
-        out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         shutil.rmtree(home, ignore_errors=True)
-        return out
-    out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    else:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+    out["peak_rss_gb"] = usage.ru_maxrss / 2**20
+    # CPU seconds (all threads, user + system): what the work costs whatever else shares the machine; the wall
+    # clock ratios are the targets, the CPU ratios say how far the load of other users moved them.
+    out["cpu_seconds"] = usage.ru_utime + usage.ru_stime
     return out
 
 
@@ -148,6 +152,7 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     bare = min(bare_before["seconds"], bare_after["seconds"])
+    bare_cpu = min(bare_before["cpu_seconds"], bare_after["cpu_seconds"])
     s = command["summary"]
     result = {
         "n": args.n, "file_gb": pool_file.stat().st_size / 2**30, "cpus": os.cpu_count(),
@@ -157,6 +162,9 @@ def main() -> None:
         "command_phases": command["phases"],
         "stage_seconds": stage["seconds"], "stage_ratio": stage["seconds"] / bare,
         "staging_only_seconds": stage["staging_seconds"],
+        "cpu_seconds": {"bare": [bare_before["cpu_seconds"], bare_after["cpu_seconds"]], "stage": stage["cpu_seconds"],
+                        "command": command["cpu_seconds"]},
+        "command_cpu_ratio": command["cpu_seconds"] / bare_cpu, "stage_cpu_ratio": stage["cpu_seconds"] / bare_cpu,
         "peak_rss_gb": {"bare": max(bare_before["peak_rss_gb"], bare_after["peak_rss_gb"]),
                         "stage": stage["peak_rss_gb"], "command": command["peak_rss_gb"]},
         "every_row_validated": s["validated_rows"] == s["pool_trajectories"] == s["accepted"],
