@@ -50,3 +50,19 @@ def test_a_full_disk_is_not_reported_as_an_unreadable_input(tmp_path):
     with pytest.raises(DiskFull, match="disk full while writing the sanitized copy /dev/full") as err:
         _sanitize(InputFile(str(path), "jsonl"), "/dev/full", 100)
     assert "cannot read" not in str(err.value)
+
+
+def test_a_store_disk_filling_while_staging_is_reported_as_disk_full(tmp_path, db, monkeypatch):
+    """DuckDB raises IOException both for an unreadable input and for a full disk under the store (simulated here:
+    a real full disk under a test's tmp_path is not available): only the first may say `cannot read <input>`."""
+    import duckdb
+
+    from actprm.store import Store
+
+    def full(*args, **kwargs):
+        raise duckdb.IOException('IO Error: Could not write file "actprm.duckdb.tmp/x": No space left on device')
+
+    monkeypatch.setattr(Store, "stage_file", full)
+    path = write_lines(tmp_path / "in.jsonl", [actprm_record(0)])
+    with pytest.raises(DiskFull, match=r"disk full while ingesting .*in.jsonl"):
+        ingest(db, [str(path)], "p", emit=False)
