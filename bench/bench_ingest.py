@@ -2,7 +2,7 @@
 same file, in the same run; plus the stage alone (staging + quarantine + dedupe/insert, in-process).
 
 The pool is written by this script's own generator (not actprm.synth): realistic lengths, a question of 80-600
-characters and 2-14 steps of 30-500 characters, ~1.1 KB a line, so --n 1000000 gives a >= 1 GB file. Every
+characters and 2-12 steps of 40-270 characters, ~1.1 KB a line, so --n 1000000 gives a >= 1 GB file. Every
 variant runs in its own child process; its peak RSS is that child's (for the command: the `actprm` process's).
 The bare read is timed before and after the others and the faster of the two is the baseline (on a shared
 machine the load drifts during a run; the ratio against the faster bare read is the pessimistic one).
@@ -43,12 +43,12 @@ def write_pool(path: Path, n: int, seed: int = 0) -> None:
     bank (generating 1 GB word by word would take minutes) and every trajectory gets unique numbers, so none
     is a duplicate."""
     rng = random.Random(seed)
-    bank = [" ".join(rng.choices(WORDS, k=rng.randint(5, 80))) for _ in range(20_000)]
+    bank = [" ".join(rng.choices(WORDS, k=rng.randint(4, 40))) for _ in range(20_000)]  # ~25-250 chars
     tmp = path.with_suffix(".part")
     with open(tmp, "w", encoding="utf-8") as out:
         for i in range(n):
-            k = rng.randint(2, 14)
-            question = f"Problem {i}: " + " ".join(rng.choices(bank, k=rng.randint(1, 6)))[:600]
+            k = rng.randint(2, 12)
+            question = f"Problem {i}: " + " ".join(rng.choices(bank, k=rng.randint(1, 4)))[:600]
             steps = [f"Step {j + 1}: {rng.choice(bank)} = {i * 31 + j}." for j in range(k)]
             first_error = rng.choice([-1, -1, rng.randrange(k)])
             labels = [1] * k if first_error < 0 else [1] * first_error + [0]
