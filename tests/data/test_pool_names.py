@@ -72,3 +72,12 @@ def test_cli_refuses_pool_dotdot_x_in_one_line(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: invalid pool name '../x'")
     assert not home.exists() and not (tmp_path / "x").exists()
+
+
+def test_the_loop_the_pool_registered_event_starts_refuses_a_forged_payload_name(tmp_path):
+    """prefect.yaml passes `{{ event.payload.pool }}` to the active-learning flow: a forged event is refused there."""
+    from flows.active_learning import active_learning
+
+    with pytest.raises(InvalidName, match="invalid pool name '../../x'"):
+        active_learning.fn(pool="../../x", config={"home": str(tmp_path / "home")})
+    assert not (tmp_path / "home").exists()
