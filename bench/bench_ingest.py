@@ -105,10 +105,8 @@ def worker(variant: str, pool_file: str, work: str) -> dict:
         out["phases"] = result["seconds"]
         out["summary"] = {k: result[k] for k in ("status", "lines_read", "accepted", "quarantined", "duplicates",
                                                  "pool_trajectories", "validated_rows")}
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         shutil.rmtree(home, ignore_errors=True)
-    else:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN if variant == "command" else resource.RUSAGE_SELF)
     out["peak_rss_gb"] = usage.ru_maxrss / 2**20
     # CPU seconds (all threads, user + system): what the work costs whatever else shares the machine; the wall
     # clock ratios are the targets, the CPU ratios say how far the load of other users moved them.
