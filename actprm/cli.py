@@ -19,6 +19,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from actprm import local_prefect
 from actprm.config import ConfigError, Settings, load_settings, runtime_environment
 
 app = typer.Typer(
@@ -45,8 +46,6 @@ def prepare(config: Path | None, overrides: dict[str, Any] | None = None, flow: 
     os.environ.setdefault("PREFECT_HOME", str((settings.home / "prefect").resolve()))
     settings.home.mkdir(parents=True, exist_ok=True)
     if flow:
-        from actprm import local_prefect
-
         local_prefect.start()  # before Prefect is imported: it reads PREFECT_API_URL then
     if not _state["debug"]:
         _quiet_tracebacks()  # after the environment is set: importing Prefect reads it
@@ -165,7 +164,18 @@ def ingest(
 
     @command
     def _run():
-        prepare(config, flow="flows.ingest_pool")
+        from actprm.names import check_pool_name
+
+        check_pool_name(pool)  # before any server starts or file is written
+        settings = prepare(config)
+        if not local_prefect.api_configured():
+            # No Prefect server to report to: a temporary one would cost seconds to start and die with this
+            # command, taking the flow's records with it. The same stages run as plain functions.
+            from tasks.ingest import ingest as ingest_pool_now
+            from tasks.ingest import ingest_settings
+
+            return ingest_pool_now(settings.duckdb_path, paths, pool, format, emit=False,
+                                   **ingest_settings(settings)).as_dict()
         from flows.ingest_pool import ingest_pool
 
         return ingest_pool(paths=paths, pool=pool, format=format)

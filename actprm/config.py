@@ -18,6 +18,8 @@ import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from actprm.names import POOL_NAME_PATTERN
+
 
 class ModelSettings(BaseModel):
     preset: str = Field("cpu", description="Model preset: tiny (tests), cpu (MiniLM backbone), qwen2.5-math-7b (paper, GPU).")
@@ -170,7 +172,8 @@ class Settings(BaseSettings):
     home: Path = Field(Path(".actprm"), description="Work dir: DuckDB file, MLflow store, reports, checkpoints (env ACTPRM_HOME).")
     mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking URI; default: SQLite under home.")
     experiment: str = Field("actprm", description="MLflow experiment name.")
-    default_pool: str = Field("sample", description="Pool used when none is named.")
+    default_pool: str = Field("sample", pattern=POOL_NAME_PATTERN,
+                              description="Pool used when none is named (a pool name: see actprm.names).")
 
     model: ModelSettings = ModelSettings()
     uncertainty: UncertaintySettings = UncertaintySettings()
@@ -204,6 +207,11 @@ class Settings(BaseSettings):
     @property
     def reports_dir(self) -> Path:
         return self.home / "reports"
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Scratch files (an ingest's sanitized copies); what a killed command leaves here, the next one removes."""
+        return self.home / "tmp"
 
     @property
     def checkpoints_dir(self) -> Path:

@@ -19,11 +19,10 @@ import signal
 import subprocess
 import sys
 import time
-
-import httpx
+import tomllib
+from pathlib import Path
 
 from actprm.errors import ActPRMError
-from actprm.servers import free_port
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _server: subprocess.Popen | None = None
@@ -35,11 +34,27 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def api_configured() -> bool:
+    """Whether a Prefect API (a running server or Cloud) is configured, by env or the active profile, read
+    without importing Prefect (seconds): PREFECT_API_URL in the environment or in PREFECT_HOME's profile."""
+    if os.environ.get("PREFECT_API_URL"):
+        return True
+    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+    try:
+        profiles = tomllib.loads((home / "profiles.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active", "ephemeral")
+    return bool(profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL"))
+
+
 def start() -> str | None:
     """Start the temporary API unless one is configured; returns its URL (None: a configured one is used)."""
     global _server
-    if os.environ.get("PREFECT_API_URL") or _server is not None:
+    if _server is not None or api_configured():
         return None
+    from actprm.servers import free_port  # here: importing it (httpx) at CLI start-up costs every command
+
     port = free_port()
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
     # The same app and options Prefect's own ephemeral server runs (prefect.server.api.server.SubprocessASGIServer).
@@ -59,6 +74,8 @@ def ready(preload: str | None = None, timeout_s: float | None = None) -> None:
         importlib.import_module(preload)
     if _server is None:
         return
+    import httpx
+
     timeout_s = timeout_s or float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 180))
     url = os.environ["PREFECT_API_URL"] + "/health"
     deadline = time.monotonic() + timeout_s

@@ -14,6 +14,7 @@ from typing import Any
 from prefect import flow
 
 from actprm.config import flow_settings
+from actprm.names import check_pool_name
 from flows import scoring
 from flows.ingest_pool import ingest_pool
 from tasks import pipeline
@@ -47,6 +48,7 @@ def active_learning(
         dask_address: Score on a Dask cluster: local:N or tcp://scheduler:8786 (uncertainty.dask_address).
         config: Any other settings, as nested overrides (e.g. {"budget": {"max_cost": 20}}).
     """
+    check_pool_name(pool)  # from the UI or the pool-registered event's payload: refused before any path uses it
     settings = flow_settings(
         config,
         model={"preset": preset}, judge={"backend": judge},

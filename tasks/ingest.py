@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 import uuid
@@ -27,6 +28,7 @@ import duckdb
 
 from actprm.errors import ActPRMError
 from actprm.formats import FORMATS, InputFormat, detect_format
+from actprm.names import check_pool_name
 from actprm.processes import pid_alive
 from actprm.store import Store
 from actprm.store.parsing import RAW_LINE_DELIMITER
@@ -74,6 +76,7 @@ class IngestSummary:
     trajectories_added: int = 0
     pool_trajectories: int = 0
     labeled_fraction: float = 0.0
+    validated_rows: int = 0  # trajectories the data contract checked: the whole pool
     top_reasons: list[tuple[str, int]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)   # critical data-contract failures
     warnings: list[str] = field(default_factory=list)   # non-blocking contract findings (drift, sanity)
@@ -115,7 +118,7 @@ def resolve_inputs(paths: list[str] | str) -> list[InputFile]:
         elif Path(p).is_file():
             out.append(p)
         else:
-            raise ActPRMError(f"input file not found: {p}")
+            raise ActPRMError(_not_a_file(p))
     seen: set[str] = set()
     files = []
     for p in out:
@@ -126,6 +129,24 @@ def resolve_inputs(paths: list[str] | str) -> list[InputFile]:
             seen.add(key)
             files.append(InputFile(key, input_kind(p)))
     return files
+
+
+def _not_a_file(p: str) -> str:
+    """Why `p` (neither a file nor a directory) cannot be read, in the words that fit."""
+    import errno
+    import stat
+
+    try:
+        mode = os.stat(p).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"cannot read {p}: a symbolic link loop"
+        if exc.errno == errno.ENOENT:
+            return f"input file not found: {p}" + (" (a dangling symbolic link)" if os.path.islink(p) else "")
+        return f"cannot read {p}: {exc.strerror}"
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+    return f"cannot read {p}: {kind}, not a regular file (ingest reads files twice: copy it to a file first)"
 
 
 def _supported(name: str) -> bool:
@@ -168,7 +189,7 @@ def first_record_keys(f: InputFile) -> list[str] | None:
                     break
                 try:
                     rec = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):  # too deeply nested for Python: that line, not the file
                     continue
                 if isinstance(rec, dict):
                     return list(rec)
@@ -215,15 +236,18 @@ def _one_line(exc: BaseException) -> str:
 
 # ---------------------------------------------------------------------------- stages
 def stage(store: Store, files: list[InputFile], fmt: InputFormat, limits: IngestLimits, *,
-          temporary: bool = False) -> str:
+          temporary: bool = False, tmp_dir: str | Path | None = None) -> str:
     """Reads, parses and checks every line of every file into a fresh stage table; returns its name.
-    `temporary`: the same open store will quarantine and insert (the stage then never touches disk)."""
+    `temporary`: the same open store will quarantine and insert (the stage then never touches disk).
+    `tmp_dir`: where sanitized copies go (default: `tmp/` beside the DuckDB file, i.e. under ACTPRM_HOME)."""
+    tmp_dir = Path(tmp_dir) if tmp_dir is not None else store.path.parent / "tmp"
     drop_orphan_stages(store)
+    clean_orphan_temp_dirs(tmp_dir)
     name = f"{STAGE_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:12]}"
     store.create_ingest_stage(name, temporary=temporary)
     try:
         for i, f in enumerate(files):
-            _stage_one(store, name, fmt, i, f, limits)
+            _stage_one(store, name, fmt, i, f, limits, tmp_dir)
     except BaseException:
         store.drop_stage(name)
         raise
@@ -247,30 +271,96 @@ def drop_orphan_stages(store: Store) -> list[str]:
     return dropped
 
 
-def _stage_one(store: Store, stage_name: str, fmt: InputFormat, i: int, f: InputFile, limits: IngestLimits) -> None:
+def _stage_one(store: Store, stage_name: str, fmt: InputFormat, i: int, f: InputFile, limits: IngestLimits,
+               tmp_dir: Path) -> None:
     if f.kind == "jsonl.zst" and not _zstd_complete(f.path):
         # DuckDB (and zstandard's stream reader) read a cut zstd stream as a shorter file, without an error: the
         # lines after the cut would be neither stored nor quarantined. (A cut gzip stream is an IOException.)
         raise ActPRMError(f"cannot read {f.path}: the zstd stream ends mid-frame (a truncated or partly copied "
                           "file); nothing from it was ingested")
-    try:
-        store.stage_file(stage_name, fmt, i, f.path, f.kind, limits.as_dict())
-        return
-    except duckdb.InvalidInputException as exc:
-        # Lines DuckDB's reader cannot take as text (invalid UTF-8, over the max line size, holding the
-        # delimiter): stage a sanitized copy, so those lines are quarantined with their own reason.
-        if f.kind == "parquet":
-            raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
-        log.warning("falling back to a sanitized copy of %s: %s", f.path, _one_line(exc))
-    except duckdb.IOException as exc:  # missing, not the declared compression, truncated, not Parquet
-        raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
-    with tempfile.TemporaryDirectory(prefix="actprm-ingest-") as tmp:
+    scan = scan_lines(f) if f.kind != "parquet" else None
+    if scan is not None and scan.long_lines:
+        # DuckDB's reader drops an over-long last line without a word and aborts on one elsewhere: such a file
+        # goes straight to the sanitized copy, where the line is quarantined with its number.
+        log.warning("falling back to a sanitized copy of %s: %d line(s) longer than %d bytes (first: line %d)",
+                    f.path, len(scan.long_lines), _MAX_TEXT_LINE, scan.long_lines[0])
+    else:
+        try:
+            store.stage_file(stage_name, fmt, i, f.path, f.kind, limits.as_dict())
+            staged = store.stage_file_lines(stage_name, i)
+            if scan is None or staged == scan.lines:
+                return
+            # The reader saw another number of lines than the stream holds: never trust it, re-read line by line.
+            log.warning("falling back to a sanitized copy of %s: the reader staged %d lines, the file has %d",
+                        f.path, staged, scan.lines)
+            store.drop_stage_file(stage_name, i)
+        except (duckdb.InvalidInputException, duckdb.NotImplementedException) as exc:
+            # Lines DuckDB's reader cannot take as text (invalid UTF-8, over the max line size, holding the
+            # delimiter): stage a sanitized copy, so those lines are quarantined with their own reason.
+            if f.kind == "parquet":
+                raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
+            store.drop_stage_file(stage_name, i)
+            log.warning("falling back to a sanitized copy of %s: %s", f.path, _one_line(exc))
+        except duckdb.IOException as exc:  # missing, not the declared compression, truncated, not Parquet, disk full
+            raise _io_error(f, exc) from None
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    # Under ACTPRM_HOME, named by this process: a kill -9 leaves it for the next ingest's clean_orphan_temp_dirs.
+    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=tmp_dir) as tmp:
         clean = os.path.join(tmp, "clean.jsonl")
-        unreadable = _sanitize(f, clean, limits.quarantine_raw_chars)
+        unreadable, lines = _sanitize(f, clean, limits.quarantine_raw_chars)
         try:
             store.stage_file(stage_name, fmt, i, clean, "jsonl", limits.as_dict(), unreadable=unreadable, source=f.path)
         except duckdb.Error as exc:
-            raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
+            raise _io_error(f, exc) from None
+    staged = store.stage_file_lines(stage_name, i)
+    if staged != lines or (scan is not None and scan.lines != lines):  # pragma: no cover - a bug, not an input
+        raise ActPRMError(f"cannot account for every line of {f.path}: the file has "
+                          f"{scan.lines if scan else lines} lines, the stage {staged}; nothing was ingested")
+
+
+def _io_error(f: InputFile, exc: BaseException) -> ActPRMError:
+    """A disk that filled while staging is not an unreadable input: say which it is."""
+    text = _one_line(exc)
+    if "No space left" in str(exc) or "ENOSPC" in str(exc):
+        return DiskFull(f"disk full while ingesting {f.path}: {text}; free space under ACTPRM_HOME and rerun")
+    return ActPRMError(f"cannot read {f.path}: {text}")
+
+
+class DiskFull(ActPRMError):
+    """The store's disk (or the sanitized copy's) filled during an ingest."""
+
+
+@dataclass(frozen=True)
+class LineScan:
+    """What the input stream holds, counted without DuckDB's reader (whose buffer can lose a long line)."""
+
+    lines: int
+    long_lines: tuple[int, ...]  # numbers of the lines over _MAX_TEXT_LINE bytes
+
+
+def scan_lines(f: InputFile, chunk: int = 1 << 20) -> LineScan:
+    """Counts the lines of a JSONL input (a last line without a newline counts) and finds those longer than
+    _MAX_TEXT_LINE bytes, in one streaming pass of 1 MiB reads: only a line spanning reads can be that long,
+    so each read costs a count and two searches, never a Python loop over its lines."""
+    newlines, run, long_lines = 0, 0, []  # run: bytes since the last newline
+    try:
+        with _open_text(f) as stream:
+            while data := stream.read(chunk):
+                first = data.find(b"\n")
+                if first < 0:
+                    run += len(data)
+                    continue
+                if run + first > _MAX_TEXT_LINE + 1:  # + 1: the CR of a CRLF line
+                    long_lines.append(newlines + 1)
+                newlines += data.count(b"\n")
+                run = len(data) - data.rfind(b"\n") - 1
+    except (OSError, EOFError, ValueError) as exc:
+        raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
+    except Exception as exc:  # zstandard raises its own error types
+        raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
+    if run > _MAX_TEXT_LINE + 1:
+        long_lines.append(newlines + 1)
+    return LineScan(newlines + (1 if run else 0), tuple(long_lines))
 
 
 def _zstd_complete(path: str, chunk: int = 1 << 20) -> bool:
@@ -295,21 +385,33 @@ def _zstd_complete(path: str, chunk: int = 1 << 20) -> bool:
 _MAX_TEXT_LINE = 16 << 20  # longer lines are unreadable for the raw reader (its max_line_size is 32 MiB)
 
 
-def _sanitize(f: InputFile, out_path: str, keep_chars: int) -> dict[int, str]:
+def _sanitize(f: InputFile, out_path: str, keep_chars: int) -> tuple[dict[int, str], int]:
     """Streams `f` to a plain JSONL copy where each line that is not valid UTF-8, is too long or holds a
-    control-character delimiter is replaced by a marked (never valid JSON) excerpt; returns their reasons. A line
-    holding a carriage return is re-serialized when it is JSON, and marked otherwise."""
-    reasons: dict[int, str] = {}
-    try:
-        with _open_text(f) as src, open(out_path, "wb") as out:
-            import io
+    control-character delimiter is replaced by a marked (never valid JSON) excerpt; returns their reasons and the
+    number of lines. A line holding a carriage return is re-serialized when it is JSON, and marked otherwise.
+    Lines are read at most _MAX_TEXT_LINE bytes at a time: a line of any size costs that much memory."""
+    import io
 
+    reasons: dict[int, str] = {}
+    cap = _MAX_TEXT_LINE + 2  # the longest readable line and its CRLF
+    n = 0
+
+    def read_line(reader) -> bytes:
+        try:
+            return reader.readline(cap)
+        except (OSError, EOFError, ValueError) as exc:
+            raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
+
+    try:
+        with open(out_path, "wb") as out, _open_text(f) as src:
             reader = io.BufferedReader(src) if f.kind != "jsonl" else src
-            for n, line in enumerate(reader, start=1):
-                body = line.rstrip(b"\r\n")
-                why = None
-                if len(body) > _MAX_TEXT_LINE:
+            while line := read_line(reader):
+                n += 1
+                body, why = line.rstrip(b"\r\n"), None
+                if len(line) == cap and not line.endswith(b"\n"):
                     why = f"line longer than {_MAX_TEXT_LINE} bytes"
+                    while line and not line.endswith(b"\n"):  # skip the rest of it, a bounded read at a time
+                        line = read_line(reader)
                 else:
                     try:
                         body.decode("utf-8")
@@ -323,57 +425,142 @@ def _sanitize(f: InputFile, out_path: str, keep_chars: int) -> dict[int, str]:
                     # (a raw CR inside a string) is not JSON.
                     try:
                         body = json.dumps(json.loads(body), ensure_ascii=False).encode()
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         why = "malformed JSON"
-                if why is None:
-                    out.write(body + b"\n")
-                    continue
-                reasons[n] = why
-                text = body[: keep_chars * 4].decode("utf-8", errors="backslashreplace")
-                text = text.replace(RAW_LINE_DELIMITER, "\\u001f").replace("\r", "\\r")  # the reader splits at CR
-                out.write(("!unreadable " + text).encode() + b"\n")
-    except (OSError, EOFError, ValueError) as exc:
-        raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
-    return reasons
+                if why is not None:
+                    reasons[n] = why
+                    text = body[: keep_chars * 4].decode("utf-8", errors="backslashreplace")
+                    text = text.replace(RAW_LINE_DELIMITER, "\\u001f").replace("\r", "\\r")  # the reader splits at CR
+                    body = ("!unreadable " + text).encode()
+                out.write(body + b"\n")
+    except ActPRMError:
+        raise
+    except OSError as exc:  # reads raise ActPRMError above: this is the copy's disk, unless opening the input
+        if exc.filename == f.path:
+            raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
+        raise _write_error(out_path, exc) from None
+    return reasons, n
+
+
+def _write_error(path: str, exc: OSError) -> ActPRMError:
+    import errno
+
+    if exc.errno == errno.ENOSPC:
+        return DiskFull(f"disk full while writing the sanitized copy {path}: free space under ACTPRM_HOME and rerun")
+    return ActPRMError(f"cannot write the sanitized copy {path}: {_one_line(exc)}")
+
+
+TEMP_PREFIX = "ingest-"
+
+
+def clean_orphan_temp_dirs(tmp_dir: Path) -> list[str]:
+    """Removes the sanitized copies of ingests whose process is gone (a kill -9 skips their cleanup); returns
+    their paths. A live process's copy is left alone."""
+    import shutil
+
+    removed = []
+    for d in sorted(tmp_dir.glob(f"{TEMP_PREFIX}*")) if tmp_dir.is_dir() else []:
+        pid = d.name[len(TEMP_PREFIX):].partition("-")[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(str(d))
+    if removed:
+        log.info("removed %d temporary folder(s) left by killed ingests", len(removed))
+    return removed
 
 
 def ingest(store_or_path: Store | str | Path, paths: list[str] | str, pool: str, format: str | None = None, *,
            max_question_chars: int = 20_000, max_steps: int = 200, max_step_chars: int = 8_000,
            quarantine_raw_chars: int = 2_000, validate_shard_rows: int = 200_000,
            reports_dir: str | Path | None = None, emit: bool = True, drift_tolerance: float = 0.5,
-           compress_text: bool = True) -> IngestSummary:
+           compress_text: bool = True, tmp_dir: str | Path | None = None,
+           tracking: Tracking | None = None) -> IngestSummary:
     """Ingests `paths` into `pool`: stage -> quarantine -> dedupe/insert -> validate -> report -> register.
 
     Returns the summary; raises ActPRMError for unreadable inputs and when the data contract rejects
     the pool (after recording `rejected`, the summary is attached as `exc.summary`)."""
     from tasks import validate as validation
 
-    if not pool or not isinstance(pool, str):
-        raise ActPRMError("a pool name is required")
+    started = time.perf_counter()
+    check_pool_name(pool)  # before anything is written: the name becomes part of the report's path
     limits = IngestLimits(max_question_chars, max_steps, max_step_chars, quarantine_raw_chars)
     files = resolve_inputs(paths)
     fmt = resolve_format(files, format)
     summary = IngestSummary(pool=pool, format=fmt.name, files=[f.path for f in files])
+    warm = _warm_up(tracking)
     with _opened(store_or_path) as store:
-        t0 = time.perf_counter()
-        digest = content_hash(files)
-        stage_name = stage(store, files, fmt, limits, temporary=True)
-        summary.seconds["stage"] = time.perf_counter() - t0
+        with timed(summary, "stage"):
+            digest = content_hash(files)
+            stage_name = stage(store, files, fmt, limits, temporary=True, tmp_dir=tmp_dir)
         try:
-            quarantine(store, stage_name, pool, fmt, files, digest, summary)
-            insert(store, stage_name, pool, fmt, summary, compress_text=compress_text)
+            with timed(summary, "quarantine"):
+                quarantine(store, stage_name, pool, fmt, files, digest, summary)
+            with timed(summary, "dedupe"):
+                insert(store, stage_name, pool, fmt, summary, compress_text=compress_text)
         finally:
             store.drop_stage(stage_name)
-        summary.seconds["insert"] = time.perf_counter() - t0 - summary.seconds["stage"]
-        t1 = time.perf_counter()
-        result = validation.validate_pool(store, pool, limits=limits, shard_rows=validate_shard_rows,
-                                          reports_dir=reports_dir, drift_tolerance=drift_tolerance)
-        summary.seconds["validate"] = time.perf_counter() - t1
-        finish(store, summary, result)
-        sample = store.quarantine_sample(pool, 20)
-    report_ingest(summary, emit=emit, quarantine_sample=sample)
+        with timed(summary, "validate"):
+            warm.join()
+            result = validation.validate_pool(store, pool, limits=limits, shard_rows=validate_shard_rows,
+                                              reports_dir=reports_dir, drift_tolerance=drift_tolerance)
+        with timed(summary, "report"):
+            finish(store, summary, result)
+            sample = store.quarantine_sample(pool, 20)
+    with timed(summary, "report"):
+        summary.seconds["total"] = time.perf_counter() - started  # what report_ingest logs: all but its own time
+        report_ingest(summary, emit=emit, quarantine_sample=sample, tracking=tracking)
+    summary.seconds["total"] = time.perf_counter() - started
     raise_if_rejected(summary)
     return summary
+
+
+def _warm_up(tracking: Tracking | None):
+    """Imports Great Expectations and MLflow and opens the MLflow store in a thread while DuckDB stages and
+    dedupes (DuckDB releases the GIL): seconds of imports and store set-up a user would otherwise wait for
+    after the data is in. Joined before validation; one thread, so no two threads import the same modules.
+    A failure here is left for the main thread to meet and report."""
+    import threading
+
+    def work() -> None:
+        try:
+            import great_expectations  # noqa: F401
+
+            if tracking is not None:
+                from actprm.tracking import configure_mlflow
+
+                configure_mlflow(tracking.tracking_uri, tracking.experiment, tracking.artifact_root)
+        except Exception as exc:  # noqa: BLE001 - the main thread redoes it and raises there
+            log.debug("warm-up failed: %s", exc)
+
+    thread = threading.Thread(target=work, name="ingest-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+def ingest_settings(settings) -> dict:
+    """`ingest()`'s keyword arguments from the typed Settings (the one place that maps them)."""
+    cfg = settings.ingest
+    return dict(max_question_chars=cfg.max_question_chars, max_steps=cfg.max_steps,
+                max_step_chars=cfg.max_step_chars, quarantine_raw_chars=cfg.quarantine_raw_chars,
+                validate_shard_rows=cfg.validate_shard_rows, reports_dir=settings.reports_dir,
+                tmp_dir=settings.tmp_dir, tracking=tracking_of(settings))
+
+
+def tracking_of(settings) -> Tracking:
+    return Tracking(settings.tracking_uri, settings.experiment, str(settings.artifact_root))
+
+
+PHASES = ("stage", "quarantine", "dedupe", "validate", "report", "total")
+
+
+@contextlib.contextmanager
+def timed(summary: IngestSummary, phase: str):
+    """Adds the block's wall time to `summary.seconds[phase]` (one of PHASES), even when it raises."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        summary.seconds[phase] = summary.seconds.get(phase, 0.0) + time.perf_counter() - t0
 
 
 def raise_if_rejected(summary: IngestSummary) -> None:
@@ -425,7 +612,7 @@ def receipt_key(summary: IngestSummary) -> str:
 def finish(store: Store, summary: IngestSummary, result) -> IngestSummary:
     """Records the contract verdict: `rejected` on any critical failure, else `registered`."""
     summary.failures, summary.warnings = list(result.failures), list(result.warnings)
-    summary.report = result.report
+    summary.report, summary.validated_rows = result.report, result.rows
     summary.status = "rejected" if result.failures else "registered"
     for key, lines in store.unfinished_ingests(summary.pool, but=receipt_key(summary)):
         summary.warnings.append(f"an earlier ingest into this pool (input {key[:12]}) was killed after storing "
@@ -506,16 +693,26 @@ def emit_pool_registered(summary: IngestSummary, *, subflow: bool | None = None)
     )
 
 
-def report_ingest(summary: IngestSummary, *, emit: bool = True, quarantine_sample: list[dict] | None = None) -> None:
-    """Logs the summary; inside a Prefect flow posts markdown + table artifacts; inside an active MLflow
-    run logs counts, a quarantine sample and the Data Docs folder; emits the event on success."""
+@dataclass(frozen=True)
+class Tracking:
+    """Where an ingest records its own MLflow run (`ingest-<pool>`); see Settings.tracking_uri."""
+
+    tracking_uri: str
+    experiment: str
+    artifact_root: str
+
+
+def report_ingest(summary: IngestSummary, *, emit: bool = True, quarantine_sample: list[dict] | None = None,
+                  tracking: Tracking | None = None) -> None:
+    """Logs the summary; inside a Prefect flow posts markdown + table artifacts; records counts, the seconds of
+    every phase, a quarantine sample and the Data Docs folder in an MLflow run (its own `ingest-<pool>` run with
+    `tracking`, else the active run if any); emits the event on success."""
     log.info("ingest %s", json.dumps(summary.as_dict(), default=str))
-    try:
+    in_flow = False
+    if "prefect" in sys.modules:  # a flow or task run has imported it; outside one, importing it costs seconds
         from prefect.context import FlowRunContext, TaskRunContext
 
         in_flow = FlowRunContext.get() is not None or TaskRunContext.get() is not None
-    except Exception:  # pragma: no cover - Prefect is a dependency; stay usable without it
-        in_flow = False
     if in_flow:
         from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -524,16 +721,18 @@ def report_ingest(summary: IngestSummary, *, emit: bool = True, quarantine_sampl
         create_table_artifact(table=[{"reason": r, "lines": n} for r, n in summary.top_reasons] or
                               [{"reason": "(none)", "lines": 0}], key=key + "-quarantine",
                               description="quarantine reasons")
-    import mlflow
+    if tracking is not None:
+        from actprm.tracking import configure_mlflow, start_run
 
-    if mlflow.active_run() is not None:
-        mlflow.log_metrics({f"ingest.{k}": float(getattr(summary, k)) for k in
-                            ("lines_read", "accepted", "quarantined", "duplicates", "trajectories_added",
-                             "labeled_fraction")})
-        mlflow.log_dict(summary.as_dict(), f"ingest/{summary.pool}/summary.json")
-        mlflow.log_dict({"sample": quarantine_sample or []}, f"ingest/{summary.pool}/quarantine_sample.json")
-        if summary.report:
-            mlflow.log_artifacts(str(Path(summary.report).parent), f"ingest/{summary.pool}/data_docs")
+        configure_mlflow(tracking.tracking_uri, tracking.experiment, tracking.artifact_root)
+        with start_run(f"ingest-{summary.pool}", tags={"actprm.stage": "ingest", "actprm.pool": summary.pool,
+                                                      "actprm.ingest.status": summary.status}):
+            _log_to_mlflow(summary, quarantine_sample)
+    elif "mlflow" in sys.modules:
+        import mlflow
+
+        if mlflow.active_run() is not None:
+            _log_to_mlflow(summary, quarantine_sample)
     if emit and summary.status == "registered":
         # Events need a Prefect API (a server, a flow run, or prefect_test_harness); without one,
         # emit_event would try to start an ephemeral server just for this, so we skip it.
@@ -546,3 +745,17 @@ def report_ingest(summary: IngestSummary, *, emit: bool = True, quarantine_sampl
                 log.warning("could not emit %s for pool %s: %s", POOL_REGISTERED_EVENT, summary.pool, exc)
         else:
             log.info("no Prefect API configured: event %s not emitted", POOL_REGISTERED_EVENT)
+
+
+def _log_to_mlflow(summary: IngestSummary, quarantine_sample: list[dict] | None) -> None:
+    """Into the active MLflow run: counts, `ingest.seconds.<phase>` (the phases timed so far), summary, sample."""
+    import mlflow
+
+    metrics = {f"ingest.{k}": float(getattr(summary, k)) for k in
+               ("lines_read", "accepted", "quarantined", "duplicates", "trajectories_added", "labeled_fraction")}
+    metrics.update({f"ingest.seconds.{k}": float(v) for k, v in summary.seconds.items()})
+    mlflow.log_metrics(metrics)
+    mlflow.log_dict(summary.as_dict(), f"ingest/{summary.pool}/summary.json")
+    mlflow.log_dict({"sample": quarantine_sample or []}, f"ingest/{summary.pool}/quarantine_sample.json")
+    if summary.report:
+        mlflow.log_artifacts(str(Path(summary.report).parent), f"ingest/{summary.pool}/data_docs")

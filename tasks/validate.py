@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from actprm.names import check_pool_name
 from actprm.store import Store
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 class ValidationResult:
     failures: list[str] = field(default_factory=list)   # critical: the pool is rejected
     warnings: list[str] = field(default_factory=list)
-    rows: int = 0
+    rows: int = 0                                       # rows the suites ran on (every row of the pool)
     shards: int = 0
     report: str | None = None                           # Data Docs index.html
 
@@ -60,12 +61,12 @@ def validate_pool(store: Store, pool: str, *, limits, shard_rows: int = 200_000,
             err = (sum(s["error_rate"] * s["trajectories"] * s["labeled_fraction"] for s in labeled) / lab_n
                    if lab_n else None)
             ref = Reference(mean_steps=ref_mean, error_rate=err, pools=tuple(earlier))
-    out = ValidationResult(rows=stats["trajectories"])
+    out = ValidationResult()
     shards = max(1, math.ceil(stats["trajectories"] / max(1, shard_rows)))
     out.shards = shards
 
     if reports_dir is not None:
-        root = Path(reports_dir) / pool
+        root = Path(reports_dir) / check_pool_name(pool)  # Great Expectations writes under it
         root.mkdir(parents=True, exist_ok=True)
         context = gx.get_context(mode="file", project_root_dir=str(root))
     else:
@@ -98,6 +99,7 @@ def validate_pool(store: Store, pool: str, *, limits, shard_rows: int = 200_000,
             frame = store.validation_shard(facts, shard)
             if frame.empty:  # rows go to shards by id hash: a shard of a small pool may get none
                 continue
+            out.rows += len(frame)
             result = checkpoint.run(batch_parameters={"dataframe": frame})
             for run in result.run_results.values():
                 level = "critical" if run.suite_name.endswith(".critical") else "warning"

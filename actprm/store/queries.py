@@ -20,6 +20,7 @@ from pathlib import Path
 import duckdb
 
 from actprm.errors import ActPRMError, UnknownPool
+from actprm.names import check_pool_name
 from actprm.store.parsing import quote_ident, quote_literal, staging_select
 from actprm.store.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, TRAJECTORY_ID_SQL
 
@@ -129,6 +130,7 @@ class Store:
     def require_pool(self, pool: str) -> None:
         """A pool that may be scored, labeled, trained or studied: ingested to the end and passed by its data
         contract. An ingest that was killed leaves its pool `ingesting`, possibly with part of its lines."""
+        check_pool_name(pool)  # a name from the UI or an event payload, before any stage puts it in a path
         status = self.pool_status(pool)
         if status is None:
             known = ", ".join(p["name"] for p in self.pools()) or "none"
@@ -371,6 +373,15 @@ class Store:
             self.sql("RESET preserve_insertion_order")
         for line_no, why in (unreadable or {}).items():
             self.sql(f"UPDATE {q(stage)} SET reason = ? WHERE file_idx = ? AND line_no = ?", [why, file_idx, line_no])
+    def stage_file_lines(self, stage: str, file_idx: int) -> int:
+        """Distinct lines one file put in the stage (checked against the stream's own count)."""
+        return int(self.sql(f"SELECT count(DISTINCT line_no) FROM {self._q(stage)} WHERE file_idx = ?",
+                            [file_idx]).fetchone()[0])
+
+    def drop_stage_file(self, stage: str, file_idx: int) -> None:
+        """Forgets what one file staged (before it is staged again from a sanitized copy)."""
+        self.sql(f"DELETE FROM {self._q(stage)} WHERE file_idx = ?", [file_idx])
+
     def stage_counts(self, stage: str) -> dict:
         """Lines seen in the stage: good ones, bad ones (by reason) — before deduplication."""
         q = self._q(stage)

@@ -70,6 +70,10 @@ def test_registered_event_and_flow(tmp_path, monkeypatch):
         out = ingest_pool([str(path)], "flowpool", home=str(home))
         assert (out["status"], out["accepted"], out["quarantined"]) == ("registered", 6, 1)
         assert out["report"].endswith("index.html") and (home / "reports" / "flowpool").is_dir()
+        # the flow (run under a Prefect server) reports the same phases as the server-less command
+        from tasks.ingest import PHASES
+
+        assert set(out["seconds"]) == set(PHASES) and out["validated_rows"] == out["pool_trajectories"] == 6
 
         with pytest.raises(ActPRMError, match="rejected"):
             ingest_pool([str(write_lines(tmp_path / "bad.jsonl", ["{}"]))], "badpool", format="actprm", home=str(home))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -163,3 +164,32 @@ def test_a_killed_ingest_that_stored_nothing_is_not_reported_as_a_loss(tmp_path,
     s = ingest(db, [str(other)], "p", format="actprm", emit=False)
     assert s.accepted == 2 and not [w for w in s.warnings if "killed" in w]
 
+
+
+def test_a_sanitized_copy_lives_under_the_home_and_a_kill_9_leaves_it_only_until_the_next_ingest(tmp_path, db):
+    """A file with an unreadable line is staged from a cleaned copy (as large as the input): it must be written
+    under ACTPRM_HOME, not the system temp dir, and a rerun after kill -9 mid-staging removes it (#41.7)."""
+    good = [json.dumps(actprm_record(i)).encode() for i in range(20)]
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\n".join(good[:10] + [b'{"question": "\xff"}'] + good[10:]) + b"\n")
+    killed = textwrap.dedent(f"""
+        import os, signal, sys
+        from actprm.store import Store
+        from tasks import ingest as ing
+        real = Store.stage_file
+        def stage_file(self, stage, fmt, i, file, *args, **kwargs):
+            if file.endswith("clean.jsonl"):  # staging from the sanitized copy: die here
+                print(file, flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(self, stage, fmt, i, file, *args, **kwargs)
+        Store.stage_file = stage_file
+        ing.ingest({str(db)!r}, [{str(path)!r}], "p", format="actprm", emit=False)
+    """)
+    proc = subprocess.run([sys.executable, "-c", killed], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    copy = proc.stdout.strip()
+    home_tmp = db.parent / "tmp"
+    assert copy.startswith(str(home_tmp)) and os.path.getsize(copy) > 0
+    s = ingest(db, [str(path)], "p", format="actprm", emit=False)
+    assert (s.status, s.lines_read, s.accepted, s.quarantined) == ("registered", 21, 20, 1)
+    assert not os.path.exists(copy) and list(home_tmp.iterdir()) == []

@@ -18,6 +18,7 @@ def balanced(s) -> bool:
     return s.accepted + s.quarantined + s.duplicates == s.lines_read
 
 
+BLANK_STEP = "a step is blank (only whitespace or zero-width characters)"
 BAD_LINES = [
     ('{"question": "q", "steps": ["a"', "malformed JSON"),
     ("", "blank line"),
@@ -37,6 +38,12 @@ BAD_LINES = [
     ({"question": "q", "steps": ["a"], "hard_labels": [1, 0]}, "hard_labels has more labels than steps"),
     ({"question": "q", "steps": ["a", "b"], "hard_labels": "01"}, "hard_labels is not a list"),
     ({"question": "q", "steps": ["a", "b"], "hard_labels": [1, 0], "first_error": 0}, "first_error disagrees with hard_labels"),
+    # a key the format reads, twice: DuckDB would store the first value where Python's json reads the last
+    ('{"question": "q", "steps": ["a"], "hard_labels": [1], "question": "r"}', "duplicate key 'question'"),
+    ('{"question": "q", "steps": ["a"], "hard_labels": [1], "hard_labels": [0]}', "duplicate key 'hard_labels'"),
+    ({"question": "q", "steps": ["a", " \t\n "], "hard_labels": [1, 1]}, BLANK_STEP),
+    ({"question": "q", "steps": ["\u200b\u200d\ufeff", "a"], "hard_labels": [1, 1]}, BLANK_STEP),  # zero-width
+    ({"question": "\u3000\u00a0\u2060", "steps": ["a"], "hard_labels": [1]}, "question is empty"),
 ]
 
 
@@ -122,3 +129,9 @@ def test_keys_stay_unique_without_primary_keys(tmp_path, db):
         labels = dict(store.sql("SELECT t.question, g.first_error FROM gold_labels g "
                                 "JOIN trajectories t ON t.id = g.trajectory_id").fetchall())
         assert labels["What is 3 plus a few numbers?"] == -1 and labels["What is 6 plus a few numbers?"] == 1
+
+
+def test_a_repeated_key_the_format_does_not_read_costs_nothing(tmp_path, db):
+    rec = json.dumps(actprm_record(0))[:-1] + ', "note": 1, "note": 2}'
+    s = ingest(db, [str(write_lines(tmp_path / "n.jsonl", [rec]))], "n", format="actprm", emit=False)
+    assert (s.accepted, s.quarantined) == (1, 0)
