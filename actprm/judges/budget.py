@@ -11,9 +11,13 @@ prompt's bound only) and stays `maybe_billed`. Spent = reserved + settled + mayb
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import os
+import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from actprm.errors import ActPRMError
 from actprm.store import Store
@@ -58,6 +62,10 @@ class BudgetLimits:
         return {"labels": self.per_pool_max_labels, "tokens": self.per_pool_max_tokens, "cost": self.per_pool_max_cost}
 
 
+def ledger_snapshot_path(duckdb_path: Path) -> Path:
+    return Path(duckdb_path).parent / "status" / "ledger.json"
+
+
 def check_ledger(spent: dict) -> None:
     """Refuse a ledger that holds a non-finite amount (left by a run before money settings were checked):
     against it no cap can be enforced."""
@@ -100,6 +108,7 @@ class LedgerWriter:
         self._pending: list = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self.on_commit = None  # called after each committed transaction
 
     async def write(self, *, reserve: tuple | None = None, settle: tuple | None = None, label: dict | None = None) -> None:
         fut = asyncio.get_running_loop().create_future()
@@ -129,6 +138,8 @@ class LedgerWriter:
             for *_, fut in batch:
                 if not fut.done():
                     fut.set_result(None)
+            if self.on_commit is not None:
+                self.on_commit()
 
     async def aclose(self) -> None:
         if self._task is not None:
@@ -151,7 +162,26 @@ class Budget:
         self.orphaned = store.ledger_orphan_stale()
         self.in_flight = 0
         self.writer = LedgerWriter(store)
+        self.writer.on_commit = self._snapshot
+        self._snapshot_at = 0.0
         self._changed = asyncio.Condition()
+
+    def _snapshot(self, force: bool = False) -> None:
+        """What is spent, for `actprm status` while this run holds the DuckDB file (one process per file):
+        at most twice a second, written whole and renamed into place, so a reader never sees half of it."""
+        now = time.monotonic()
+        if not force and now - self._snapshot_at < 0.5:
+            return
+        self._snapshot_at = now
+        path = ledger_snapshot_path(self.store.path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"written_at": time.time(), "pid": os.getpid(), "pool": self.pool,
+                                       "spent_global": self.spent_global, "spent_pool": self.spent_pool}))
+            os.replace(tmp, path)
+        except OSError:  # a status aid: never a reason to stop buying
+            pass
 
     def _fits(self, tokens: int, cost: float) -> bool:
         want = {"labels": 1, "tokens": tokens, "cost": cost}
@@ -219,4 +249,5 @@ class Budget:
         return budget_left(self.store, self.pool, self.limits)
 
     async def aclose(self) -> None:
+        self._snapshot(force=True)
         await self.writer.aclose()
