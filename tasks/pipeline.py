@@ -148,6 +148,11 @@ def open_loop_task(settings: Settings, pool: str, fresh: bool = False) -> dict[s
     with Store(settings.duckdb_path) as store:
         unfinished = store.open_loops(pool)
         same = [loop for loop in unfinished if loop["loop_key"] == key]
+        for loop in same:
+            pid = _running_elsewhere(loop["owner"])
+            if pid is not None:
+                raise ActPRMError(f"loop {loop['loop_id']} on pool {pool!r} is being run by process {pid}; wait for "
+                                  f"it to end, or stop it and rerun (it continues) or rerun with --fresh")
         if fresh:
             for loop in same:
                 store.set_loop_status(loop["loop_id"], "abandoned")
@@ -155,10 +160,6 @@ def open_loop_task(settings: Settings, pool: str, fresh: bool = False) -> dict[s
             same = []
         if same:
             loop = same[0]
-            pid = _running_elsewhere(loop["owner"])
-            if pid is not None:
-                raise ActPRMError(f"loop {loop['loop_id']} on pool {pool!r} is being run by process {pid}; wait for "
-                                  f"it to end, or stop it and rerun (it continues), or start over with --fresh")
             store.claim_loop(loop["loop_id"], _owner())
         else:
             loop = {"loop_id": "loop-" + uuid.uuid4().hex[:12], "start_model_dir": None, "start_model_version": None}
