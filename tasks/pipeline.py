@@ -362,9 +362,10 @@ def record_round_task(settings: Settings, loop_id: str, parent: str, pool: str, 
 
 
 @task(name="finish", cache_policy=NO_CACHE)
-def finish_task(settings: Settings, loop_id: str, parent: str, pool: str, history: list[dict],
+def finish_task(settings: Settings, loop_id: str | None, parent: str, pool: str, history: list[dict],
                 stopped_because: str) -> dict:
-    """Close the loop and the flow's MLflow run, and post a markdown summary + table artifact to Prefect."""
+    """Close the loop (None: a flow without one) and the flow's MLflow run, and post a markdown summary + table
+    artifact to Prefect."""
     from tasks.champion import champion_version
 
     configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
@@ -395,8 +396,9 @@ def finish_task(settings: Settings, loop_id: str, parent: str, pool: str, histor
     summary["summary"] = human_summary(summary)
     publish_artifacts(summary)
     # Last: a run killed before this line is continued by its rerun, which finds every round done and only finishes.
-    with Store(settings.duckdb_path) as store:
-        store.set_loop_status(loop_id, "finished")
+    if loop_id is not None:
+        with Store(settings.duckdb_path) as store:
+            store.set_loop_status(loop_id, "finished")
     return summary
 
 
