@@ -331,11 +331,13 @@ def run(
     judge: Annotated[Optional[str], typer.Option("--judge")] = None,
     preset: PresetOpt = None,
     strategy: Annotated[Optional[str], typer.Option("--strategy")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Start a new loop even if the pool has an unfinished one of these settings (which a rerun otherwise continues).")] = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     config: ConfigOpt = None,
 ):
-    """Run the whole active-learning loop (creating the built-in sample pool on first use)."""
+    """Run the whole active-learning loop (creating the built-in sample pool on first use). A rerun with the same
+    pool and settings continues the loop a killed run left unfinished (docs/OPERATIONS.md)."""
 
     @command
     def _run():
@@ -348,7 +350,7 @@ def run(
         from flows.active_learning import active_learning
         from tasks.label import loop_judge_down
 
-        summary = active_learning(pool=pool or settings.default_pool, config=overrides)
+        summary = active_learning(pool=pool or settings.default_pool, config=overrides, fresh=fresh)
         if (judge_failed := loop_judge_down(summary)) is not None:  # "judge down" is not "done" for a script
             raise judge_failed
         return summary

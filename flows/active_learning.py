@@ -20,9 +20,9 @@ from flows.ingest_pool import ingest_pool
 from tasks import pipeline
 from tasks.evaluate import evaluate_stage
 from tasks.label import JUDGE_DOWN_STOPS, label_stage
-from tasks.register import register_stage, starting_model_stage
+from tasks.register import register_stage
 from tasks.select import prepare_eval_split_task, select_task
-from tasks.train import train_stage
+from tasks.train import drop_round_checkpoints_task, train_stage
 
 
 @flow(name="active-learning", log_prints=True)
@@ -35,8 +35,9 @@ def active_learning(
     strategy: str | None = None,
     dask_address: str | None = None,
     config: dict[str, Any] | None = None,
+    fresh: bool = False,
 ) -> dict[str, Any]:
-    """Run active-learning rounds on a pool.
+    """Run active-learning rounds on a pool, continuing its unfinished loop of the same settings if it has one.
 
     Args:
         pool: Name of an ingested pool ("sample" is created from the built-in generator if missing).
@@ -47,6 +48,7 @@ def active_learning(
         strategy: Acquisition strategy: actprm, random, entropy or bald (uncertainty.strategy).
         dask_address: Score on a Dask cluster: local:N or tcp://scheduler:8786 (uncertainty.dask_address).
         config: Any other settings, as nested overrides (e.g. {"budget": {"max_cost": 20}}).
+        fresh: Start a new loop even when the pool has an unfinished one of these settings (abandoned).
     """
     check_pool_name(pool)  # from the UI or the pool-registered event's payload: refused before any path uses it
     settings = flow_settings(
@@ -59,24 +61,29 @@ def active_learning(
     if sample is not None:
         ingest_pool(paths=[sample], pool=pool, home=str(settings.home))
     prepare_eval_split_task(str(settings.duckdb_path), pool, settings.loop.eval_fraction, settings.train.seed)
-    parent = pipeline.open_run_task(settings, "active_learning", {"pool": pool})
+    # The loop's durable state (DuckDB) decides where this run starts, whoever started it (CLI, deployment, a Prefect
+    # retry): a kill -9 and a rerun go on with the rounds, selections, labels and checkpoints the dead run left.
+    loop = pipeline.open_loop_task(settings, pool, fresh)
+    loop_id = loop["loop_id"]
+    parent = pipeline.open_run_task(settings, "active_learning", {"pool": pool, "loop": loop_id})
 
-    # A retried flow run goes on after the rounds its earlier attempts finished, from the model the last of them
-    # registered: rerunning them would buy a new batch each and retrain onto versions already registered.
-    history, resume = pipeline.finished_rounds_task(settings, parent, pool)
-    model_dir, model_version = resume or starting_model_stage(settings)
-    # An attempt that had stopped (budget, plateau, nothing uncertain) and died before closing the run must not
-    # score the pool again and buy one more round.
+    history, resume = pipeline.finished_rounds_task(settings, loop_id, pool)
+    model_dir, model_version = resume or pipeline.loop_start_task(settings, loop)
+    # A run that had stopped (budget, plateau, nothing uncertain) and died before closing the loop must not score
+    # the pool again and buy one more round.
     stopped_because = pipeline.stopped_before(history, settings.loop.plateau_rounds) or "rounds"
     next_rounds = range(len(history) + 1, settings.loop.rounds + 1) if stopped_because == "rounds" else ()
     for k in next_rounds:
-        run_id = pipeline.open_run_task(settings, f"round-{k}", {"pool": pool, "round": k}, parent=parent)
+        run_id = pipeline.open_run_task(settings, f"round-{k}", {"pool": pool, "round": k, "loop": loop_id},
+                                        parent=parent)
         scored = scoring.score(settings, pool, model_dir, model_version, run_id, split="train")
         ids = select_task(str(settings.duckdb_path), pool, model_version, settings.loop.labels_per_round,
-                          settings.uncertainty.strategy, *pipeline.judge_identity(settings), run_id=parent, round=k)
+                          settings.uncertainty.strategy, *pipeline.judge_identity(settings), run_id=loop_id, round=k)
         labeled = label_stage(settings, pool, ids, run_id, round=k)
-        trained = train_stage(settings, pool, init_from=model_dir, round=k, mlflow_run_id=run_id,
-                              only_ids=ids if settings.loop.train_on == "round" and settings.loop.warm_start else None)
+        # A round a killed run registered is not trained or registered again, only gated again on its version.
+        trained = pipeline.registered_round_task(settings, loop_id, pool, k) or train_stage(
+            settings, pool, init_from=model_dir, round=k, mlflow_run_id=run_id, loop=loop_id,
+            only_ids=ids if settings.loop.train_on == "round" and settings.loop.warm_start else None)
         if trained["skipped"]:
             pipeline.close_run_task(settings, run_id)
             stopped_because = "nothing_to_train" if not labeled["labeled"] else "training_skipped"
@@ -85,17 +92,19 @@ def active_learning(
             history.append(pipeline.round_record(k, scored, labeled, trained, None, None))
             break
         evaluation = evaluate_stage(settings, pool, trained["model_dir"], run_id)
-        registered = register_stage(settings, trained["model_dir"], evaluation, run_id)
+        registered = register_stage(settings, trained["model_dir"], evaluation, trained["mlflow_run_id"])
+        drop_round_checkpoints_task(settings, pool, k, loop_id)
         record = pipeline.round_record(k, scored, labeled, trained, evaluation, registered)
         history.append(record)
-        # Decided before the round is recorded, and recorded with it, so a retry stops where this attempt did.
+        # Decided before the round is recorded, and recorded with it, so a rerun stops where this run did.
         record["stopped_because"] = pipeline.stop_after_round(history, labeled, ids, settings.loop.plateau_rounds)
-        pipeline.record_round_task(settings, parent, pool, record, run_id, settings.loop.rounds)
+        pipeline.record_round_task(settings, loop_id, parent, pool, record, trained["mlflow_run_id"],
+                                   settings.loop.rounds)
         pipeline.close_run_task(settings, run_id)
         model_dir, model_version = trained["model_dir"], registered["model_version_key"]
         if record["stopped_because"]:
             stopped_because = record["stopped_because"]
             break
 
-    summary = pipeline.finish_task(settings, parent, pool, history, stopped_because)
+    summary = pipeline.finish_task(settings, loop_id, parent, pool, history, stopped_because)
     return summary

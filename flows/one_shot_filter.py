@@ -71,8 +71,8 @@ def one_shot_filter(
         registered = register_stage(settings, trained["model_dir"], evaluation, parent)
     record = pipeline.round_record(1, scored, labeled, trained, evaluation, registered)
     if evaluation is not None:
-        pipeline.record_round_task(settings, parent, pool, record, parent)
-    summary = pipeline.finish_task(settings, parent, pool, [record], labeled["stopped_because"])
+        pipeline.record_round_task(settings, parent, parent, pool, record, parent)  # one round, keyed by its run
+    summary = pipeline.finish_task(settings, None, parent, pool, [record], labeled["stopped_because"])
     retained = len(ids) / max(1, pool_size)
     summary.update({
         "scoring_model": model_version, "scored": pool_size, "uncertain": scored["uncertain"],

@@ -6,7 +6,12 @@ Prefect flow-run id, markdown/table artifacts) and set up the embedded defaults.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import socket
+import uuid
+from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
@@ -57,21 +62,16 @@ def sample_pool_task(settings: Settings, pool: str) -> str | None:
 
 @task(name="open-mlflow-run", cache_policy=NO_CACHE)
 def open_run_task(settings: Settings, name: str, tags: dict[str, Any], parent: str | None = None) -> str:
-    """Create an MLflow run (nested under `parent`) tagged with the Prefect flow-run id; returns its id.
+    """Create an MLflow run (nested under `parent`) tagged `actprm.<tag>` and with the Prefect flow-run id; returns
+    its id.
 
-    Runs are created by id rather than kept active in the flow, so that each task logs into the
-    right run wherever Prefect executes it. A retried Prefect flow run keeps its id, so the run its earlier
-    attempt opened under this name and parent is reopened instead: one MLflow run per round, however often
-    the flow is retried (training resumes from the same flow run's checkpoints, tasks/train.py).
+    Runs are created by id rather than kept active in the flow, so that each task logs into the right run wherever
+    Prefect executes it. Every invocation opens runs of its own: a rerun that continues a loop (`open_loop_task`)
+    first ends the killed invocation's runs FAILED, and finds what they did through the loop's durable state.
     """
     experiment_id = configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
     client = MlflowClient(settings.tracking_uri)
     flow_run_id = prefect_flow_run_id()
-    if flow_run_id:
-        earlier = earlier_attempt_run(client, experiment_id, flow_run_id, name, parent)
-        if earlier is not None:
-            client.update_run(earlier, status="RUNNING")
-            return earlier
     all_tags = {f"actprm.{k}": str(v) for k, v in tags.items()}
     all_tags["mlflow.runName"] = name
     if flow_run_id:
@@ -85,14 +85,163 @@ def open_run_task(settings: Settings, name: str, tags: dict[str, Any], parent: s
     return run.info.run_id
 
 
-def earlier_attempt_run(client: MlflowClient, experiment_id: str, flow_run_id: str, name: str,
-                        parent: str | None) -> str | None:
-    """The oldest run this Prefect flow run opened under `name` and `parent`, or None."""
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}' "
-                              f"AND attributes.run_name = '{name}'", order_by=["attributes.start_time ASC"])
+# -- the loop: what a rerun continues ------------------------------------------------------------------------
+# What identifies "the same loop": the pool and the settings that decide which trajectories its rounds buy and what
+# its models learn from them. Stopping rules (loop.rounds, loop.plateau_rounds), money caps (budget.*), how the judge
+# is reached (url, concurrency, timeouts, retries, breaker), scoring batch and shard sizes, checkpoint spacing and
+# the promotion margin do not: a rerun that changes only those continues the loop (e.g. more rounds, a new cap).
+LOOP_SHAPING = {
+    "model": None,  # every field
+    "train": ("epochs", "batch_size", "grad_accum", "lr", "head_lr", "weight_decay", "warmup_ratio", "seed",
+              "in_training_selection", "mixed_precision"),
+    "uncertainty": ("strategy", "p_threshold", "std_threshold"),
+    "loop": ("labels_per_round", "eval_fraction", "warm_start", "train_on"),
+    "registry": ("model_name",),
+}
+
+
+def loop_shaping(settings: Settings, pool: str) -> dict[str, Any]:
+    """The pool and the settings of LOOP_SHAPING, with the judge as labels are cached under (model, prompt)."""
+    judge_model, prompt_version = judge_identity(settings)
+    shaping: dict[str, Any] = {"pool": pool, "judge": {"backend": settings.judge.backend, "model": judge_model,
+                                                       "prompt_version": prompt_version}}
+    for section, fields in LOOP_SHAPING.items():
+        values = getattr(settings, section).model_dump(mode="json")
+        shaping[section] = values if fields is None else {f: values[f] for f in fields}
+    return shaping
+
+
+def loop_key(shaping: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _running_elsewhere(owner: str | None) -> int | None:
+    """The pid of another live process on this host that owns a loop, None when there is none."""
+    host, _, pid = (owner or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        pass
+    return int(pid)
+
+
+@task(name="open-loop", cache_policy=NO_CACHE)
+def open_loop_task(settings: Settings, pool: str, fresh: bool = False) -> dict[str, Any]:
+    """The loop this run works on: the pool's unfinished loop of the same settings (`loop_shaping`), continued, or
+    a new one (always with `fresh`, which abandons the unfinished one). Returns {loop_id, resumed, start_model_dir,
+    start_model_version, abandoned, failed_runs}.
+
+    Whatever a killed or failed invocation of a continued (or abandoned) loop left RUNNING in MLflow ends FAILED
+    here; an abandoned loop's training checkpoints are removed (a 7B model's optimizer state is tens of GB).
+    """
+    from actprm.errors import ActPRMError
+    from tasks.train import drop_checkpoints, loop_train_dir
+
+    shaping = loop_shaping(settings, pool)
+    key = loop_key(shaping)
+    abandoned: list[str] = []
+    with Store(settings.duckdb_path) as store:
+        unfinished = store.open_loops(pool)
+        same = [loop for loop in unfinished if loop["loop_key"] == key]
+        for loop in same:
+            pid = _running_elsewhere(loop["owner"])
+            if pid is not None:
+                raise ActPRMError(f"loop {loop['loop_id']} on pool {pool!r} is being run by process {pid}; wait for "
+                                  f"it to end, or stop it and rerun (it continues) or rerun with --fresh")
+        if fresh:
+            for loop in same:
+                store.set_loop_status(loop["loop_id"], "abandoned")
+                abandoned.append(loop["loop_id"])
+            same = []
+        if same:
+            loop = same[0]
+            store.claim_loop(loop["loop_id"], _owner())
+        else:
+            loop = {"loop_id": "loop-" + uuid.uuid4().hex[:12], "start_model_dir": None, "start_model_version": None}
+            store.create_loop(loop["loop_id"], pool, key, json.dumps(shaping, sort_keys=True), _owner())
+        others = [other["loop_id"] for other in unfinished if other["loop_key"] != key]
+    if others:
+        print(f"pool {pool!r} has unfinished loop(s) {', '.join(others)} under other settings: they stay as they are "
+              f"(a rerun with their settings continues them)")
+    for gone in abandoned:
+        drop_checkpoints(loop_train_dir(settings, pool, gone))
+    failed = fail_unfinished_runs(settings, [loop["loop_id"], *abandoned])
+    resumed = bool(same)
+    if resumed:
+        print(f"continuing loop {loop['loop_id']} on pool {pool!r} ({failed} MLflow run(s) of the killed run ended "
+              f"FAILED); pass --fresh to start over")
+    return {"loop_id": loop["loop_id"], "resumed": resumed, "start_model_dir": loop["start_model_dir"],
+            "start_model_version": loop["start_model_version"], "abandoned": abandoned, "failed_runs": failed}
+
+
+def fail_unfinished_runs(settings: Settings, loop_ids: list[str]) -> int:
+    """End FAILED every MLflow run of these loops still RUNNING: left by a killed or failed invocation (a loop has
+    one invocation at a time, `open_loop_task`). Returns how many."""
+    experiment_id = configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
+    client = MlflowClient(settings.tracking_uri)
+    ended = 0
+    for loop_id in loop_ids:
+        for run in client.search_runs([experiment_id], filter_string=f"tags.`actprm.loop` = '{loop_id}' "
+                                      "AND attributes.status = 'RUNNING'", max_results=10_000):
+            client.set_terminated(run.info.run_id, "FAILED")
+            ended += 1
+    return ended
+
+
+@task(name="loop-start", cache_policy=NO_CACHE)
+def loop_start_task(settings: Settings, loop: dict[str, Any]) -> tuple[str, str]:
+    """(folder, model-version key) round 1 of the loop starts from: fixed the first time (the champion, else a fresh
+    model), so a continued loop does not start from a champion its own killed round 1 registered."""
+    from actprm.errors import ActPRMError
+    from tasks.register import starting_model
+
+    folder, version = loop["start_model_dir"], loop["start_model_version"]
+    if folder is None:
+        folder, version = starting_model(settings)
+        with Store(settings.duckdb_path) as store:
+            store.set_loop_start(loop["loop_id"], folder, version)
+    elif not (Path(folder) / "prm_config.json").is_file():
+        name, _, number = version.rpartition("/v")
+        if not number.isdigit():
+            raise ActPRMError(f"loop {loop['loop_id']} started from {folder}, which is gone; start over with --fresh")
+        folder, _ = starting_model(settings, f"models:/{name}/{number}")
+    return folder, version
+
+
+@task(name="registered-round", cache_policy=NO_CACHE)
+def registered_round_task(settings: Settings, loop_id: str, pool: str, k: int) -> dict[str, Any] | None:
+    """Round k's model when an earlier invocation of the loop registered it (and died before recording the round),
+    shaped like train_stage's result with the MLflow run that registered it; None when none did. Such a round is
+    not trained or registered again: it is evaluated and gated again on the version it has."""
+    from tasks.register import resolve_model_dir
+    from tasks.train import MODEL_DIR, RESULT_FILE, round_dir
+
+    experiment_id = configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
+    client = MlflowClient(settings.tracking_uri)
+    name = settings.registry.model_name
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`actprm.loop` = '{loop_id}' AND "
+                              f"tags.`actprm.round` = '{k}'", order_by=["attributes.start_time ASC"])
     for run in runs:
-        if run.data.tags.get("mlflow.parentRunId") == parent:
-            return run.info.run_id
+        versions = client.search_model_versions(f"name='{name}' and run_id='{run.info.run_id}'")
+        if not versions:
+            continue
+        version = min(int(v.version) for v in versions)
+        out = round_dir(settings, pool, k, loop=loop_id)
+        folder = out / MODEL_DIR
+        if not (folder / "prm_config.json").is_file():
+            folder, _ = resolve_model_dir(f"models:/{name}/{version}")
+        result = json.loads((out / RESULT_FILE).read_text()) if (out / RESULT_FILE).is_file() else {}
+        return {"model_dir": str(folder), "skipped": False, "registered_version": version,
+                "train_trajectories": result.get("train_trajectories"), "steps": result.get("steps"),
+                "mlflow_run_id": run.info.run_id}
     return None
 
 
@@ -107,7 +256,9 @@ def round_record(k: int, scored: dict, labeled: dict, trained: dict, evaluation:
         "round": k,
         "scored": scored.get("scored", 0) + scored.get("skipped_already_scored", 0),
         "uncertain": scored.get("uncertain"),
-        "labels_bought": labeled.get("labeled", 0),
+        # The round's selection as labeled by the judge, whenever bought: a continued loop finds what the killed
+        # invocation bought for it in the label cache (selection leaves out what was labeled before it).
+        "labels_bought": labeled.get("labeled", 0) + labeled.get("cached", 0),
         "label_failed": labeled.get("failed", 0),
         "judge_tokens": labeled.get("tokens", 0),
         "judge_cost": labeled.get("cost", 0.0),
@@ -120,11 +271,11 @@ def round_record(k: int, scored: dict, labeled: dict, trained: dict, evaluation:
 
 
 @task(name="finished-rounds", cache_policy=NO_CACHE)
-def finished_rounds_task(settings: Settings, parent: str,
+def finished_rounds_task(settings: Settings, loop_id: str,
                          pool: str) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
-    """The rounds an earlier attempt of this flow run finished (a retried Prefect flow run reopens its parent
-    MLflow run, which keys them) as `round_record`s, first round first, and the model the next round starts
-    from: (folder, model-version key) of the version the last of them registered, None for a new run.
+    """The rounds earlier invocations of this loop finished, as `round_record`s, first round first, and the model
+    the next round starts from: (folder, model-version key) of the version the last of them registered, None for a
+    new loop.
 
     Only the leading run of rounds 1, 2, ... counts. The folder is the one that round trained into when this
     host still has it (so the next round is the one the first attempt started), else the registry's copy.
@@ -133,7 +284,7 @@ def finished_rounds_task(settings: Settings, parent: str,
     from tasks.train import MODEL_DIR, round_dir
 
     with Store(settings.duckdb_path) as store:
-        rows = sorted(store.rounds(parent, limit=1_000_000), key=lambda r: r["round"])
+        rows = sorted(store.rounds(loop_id, limit=1_000_000), key=lambda r: r["round"])
     finished = []
     for row in rows:
         if row["round"] != len(finished) + 1 or row["model_version"] is None:
@@ -147,7 +298,7 @@ def finished_rounds_task(settings: Settings, parent: str,
         return [], None
     last = finished[-1]
     name = settings.registry.model_name
-    folder = round_dir(settings, pool, last["round"], last["mlflow_run_id"]) / MODEL_DIR
+    folder = round_dir(settings, pool, last["round"], loop=loop_id) / MODEL_DIR
     if not (folder / "prm_config.json").is_file():
         configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
         folder, _ = resolve_model_dir(f"models:/{name}/{last['model_version']}")
@@ -197,10 +348,10 @@ def stopped_before(history: list[dict[str, Any]], plateau_rounds: int) -> str | 
 
 
 @task(name="record-round", cache_policy=NO_CACHE)
-def record_round_task(settings: Settings, parent: str, pool: str, record: dict, run_id: str,
+def record_round_task(settings: Settings, loop_id: str, parent: str, pool: str, record: dict, run_id: str,
                       total_rounds: int | None = None) -> None:
     with Store(settings.duckdb_path) as store:
-        store.record_round(parent, record["round"], pool, labels_bought=record["labels_bought"],
+        store.record_round(loop_id, record["round"], pool, labels_bought=record["labels_bought"],
                            train_trajectories=record["train_trajectories"], f1=record["f1"],
                            model_version=None if record["model_version"] is None else str(record["model_version"]),
                            promoted=record["promoted"], mlflow_run_id=run_id,
@@ -214,8 +365,10 @@ def record_round_task(settings: Settings, parent: str, pool: str, record: dict, 
 
 
 @task(name="finish", cache_policy=NO_CACHE)
-def finish_task(settings: Settings, parent: str, pool: str, history: list[dict], stopped_because: str) -> dict:
-    """Close the flow's MLflow run and post a markdown summary + table artifact to Prefect."""
+def finish_task(settings: Settings, loop_id: str | None, parent: str, pool: str, history: list[dict],
+                stopped_because: str) -> dict:
+    """Close the loop (None: a flow without one) and the flow's MLflow run, and post a markdown summary + table
+    artifact to Prefect."""
     from tasks.champion import champion_version
 
     configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
@@ -227,6 +380,7 @@ def finish_task(settings: Settings, parent: str, pool: str, history: list[dict],
         report = next((p["report"] for p in store.pools() if p["name"] == pool), None)
     summary = {
         "pool": pool,
+        "loop": loop_id,
         "rounds": [{k: r[k] for k in ("round", "labels_bought", "f1", "model_version", "promoted", "uncertain",
                                       "train_trajectories")} for r in history],
         "champion": champion,
@@ -247,6 +401,10 @@ def finish_task(settings: Settings, parent: str, pool: str, history: list[dict],
     summary["mlflow_run_url"] = mlflow_run_link(settings, parent)
     summary["summary"] = human_summary(summary)
     publish_artifacts(summary)
+    # Last: a run killed before this line is continued by its rerun, which finds every round done and only finishes.
+    if loop_id is not None:
+        with Store(settings.duckdb_path) as store:
+            store.set_loop_status(loop_id, "finished")
     return summary
 
 

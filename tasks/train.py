@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import warnings
 from collections.abc import Callable
@@ -456,10 +457,19 @@ def train_task(examples: list[dict], **kwargs: Any) -> TrainResult:
     return result
 
 
-def round_dir(settings, pool: str, round: int | None, mlflow_run_id: str | None = None) -> Path:
-    """Where a round trains (checkpoints, then MODEL_DIR): per (pool, Prefect flow run, round), or per MLflow run
-    outside a flow. A retried flow run keeps its id but opens new MLflow runs, so keying by flow run lets its
-    training resume from its own checkpoints, and its next round start from the model a finished round left."""
+def loop_train_dir(settings, pool: str, loop: str) -> Path:
+    """Where an active-learning loop (tasks.pipeline.open_loop_task) trains its rounds."""
+    return settings.checkpoints_dir / "train" / pool / loop
+
+
+def round_dir(settings, pool: str, round: int | None, mlflow_run_id: str | None = None, *,
+              loop: str | None = None) -> Path:
+    """Where a round trains (checkpoints, then MODEL_DIR). A loop's round trains per (pool, loop, round), whoever
+    runs it: a rerun that continues the loop resumes from the killed run's checkpoints, which are resumed only when
+    they match the round's data and settings (their fingerprint, tasks/train_state.py). Outside a loop: per (pool,
+    Prefect flow run, round), so a retried flow run resumes, or per MLflow run outside a flow."""
+    if loop:
+        return loop_train_dir(settings, pool, loop) / f"round-{round or 0}"
     from actprm.tracking import prefect_flow_run_id
 
     flow_run = prefect_flow_run_id()
@@ -467,14 +477,32 @@ def round_dir(settings, pool: str, round: int | None, mlflow_run_id: str | None 
     return settings.checkpoints_dir / "train" / pool / scope / f"round-{round or 0}"
 
 
+def drop_checkpoints(folder: Path) -> int:
+    """Remove every training checkpoint under `folder` (a round's or a loop's); returns how many. The models
+    trained there stay: the next round starts from its predecessor's."""
+    found = sorted(folder.rglob(CHECKPOINTS_DIR)) if folder.is_dir() else []
+    for checkpoints in found:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    return len(found)
+
+
+@task(name="drop-checkpoints", cache_policy=NO_CACHE)
+def drop_round_checkpoints_task(settings, pool: str, round: int, loop: str) -> int:
+    """Once the round's model is registered its checkpoints are only disk (a 7B model's optimizer state is tens of
+    GB): a rerun finds the round registered and does not train it again."""
+    return drop_checkpoints(round_dir(settings, pool, round, loop=loop))
+
+
 @task(name="train", cache_policy=NO_CACHE, tags=["duckdb"])
 def train_stage(settings, pool: str, *, init_from: str | Path | None = None, round: int | None = None,
-                mlflow_run_id: str | None = None, only_ids: list[str] | None = None) -> dict[str, Any]:
+                mlflow_run_id: str | None = None, only_ids: list[str] | None = None,
+                loop: str | None = None) -> dict[str, Any]:
     """Flow stage: train on every judge label of the pool's train split, warm-starting from `init_from`
     (when given and settings.loop.warm_start), logging per-step metrics into MLflow run `mlflow_run_id`.
 
     The DuckDB file is held only while the examples are read, never during training. The output dir is
-    `round_dir`. Returns TrainResult.as_dict() plus `mlflow_run_id`.
+    `round_dir` (of `loop`, when the round is an active-learning loop's). Returns TrainResult.as_dict() plus
+    `mlflow_run_id`.
     """
     from actprm.store import Store
     from actprm.tracking import logging_into
@@ -492,7 +520,7 @@ def train_stage(settings, pool: str, *, init_from: str | Path | None = None, rou
         wanted = set(only_ids)
         examples = [e for e in examples if e["id"] in wanted]
     m, t, u = settings.model, settings.train, settings.uncertainty
-    out = round_dir(settings, pool, round, mlflow_run_id)
+    out = round_dir(settings, pool, round, mlflow_run_id, loop=loop)
     with logging_into(mlflow_run_id, settings.tracking_uri):
         result = train_prm(
             examples, output_dir=out, preset=m.preset, num_heads=m.num_heads,

@@ -134,10 +134,10 @@ CREATE TABLE IF NOT EXISTS budget_ledger (
     settled_at TIMESTAMP
 );
 
--- What a round of a flow run selected for the judge, best first: a retried flow run labels and trains on the
--- same trajectories instead of selecting anew (its first attempt may have bought them already).
+-- What a round of a loop selected for the judge, best first: a rerun of the loop labels and trains on the same
+-- trajectories instead of selecting anew (the killed attempt may have bought them already).
 CREATE TABLE IF NOT EXISTS round_selections (
-    run_id VARCHAR NOT NULL,       -- the flow's parent MLflow run (kept across retries of a Prefect flow run)
+    run_id VARCHAR NOT NULL,       -- the loop's id (loops.loop_id): kept across reruns and retries
     round INTEGER NOT NULL,
     rank INTEGER NOT NULL,
     trajectory_id VARCHAR NOT NULL,
@@ -155,9 +155,24 @@ CREATE TABLE IF NOT EXISTS ingest_receipts (
     PRIMARY KEY (pool, content_hash)
 );
 
+-- One row per active-learning loop: what a rerun of `actprm run` (or of the flow, whoever starts it) with the same
+-- pool and settings continues instead of opening a new loop that would buy its rounds again (docs/OPERATIONS.md).
+CREATE TABLE IF NOT EXISTS loops (
+    loop_id VARCHAR PRIMARY KEY,   -- keys this loop's rounds, round_selections, checkpoints and MLflow runs
+    pool VARCHAR NOT NULL,
+    loop_key VARCHAR NOT NULL,     -- hash of the pool and the settings that shape the loop (tasks.pipeline.loop_key)
+    status VARCHAR NOT NULL,       -- open | finished | abandoned (--fresh)
+    shaping VARCHAR,               -- the settings hashed into loop_key, as JSON (for a reader)
+    start_model_dir VARCHAR,       -- the model round 1 starts from, fixed when the loop opens: a resumed loop
+    start_model_version VARCHAR,   --   must not start from a champion its own killed round 1 registered
+    owner VARCHAR,                 -- host:pid of the process running it last
+    created_at TIMESTAMP DEFAULT current_timestamp,
+    updated_at TIMESTAMP DEFAULT current_timestamp
+);
+
 -- One row per active-learning round, for `actprm status` and resumable flows.
 CREATE TABLE IF NOT EXISTS rounds (
-    run_id VARCHAR NOT NULL,       -- the flow run (or CLI invocation) id
+    run_id VARCHAR NOT NULL,       -- the loop's id (loops.loop_id); older files: the flow's parent MLflow run
     round INTEGER NOT NULL,
     pool VARCHAR NOT NULL,
     labels_bought INTEGER,

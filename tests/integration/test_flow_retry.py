@@ -53,7 +53,7 @@ def test_a_retried_flow_run_goes_on_after_its_finished_rounds(actprm_home, prefe
     # Attempt 1 scored rounds 1 and 2; the retry scored only round 2, with the version round 1 registered.
     assert started_from[2:] == [f"{name}/v1"] and started_from[1] == f"{name}/v1"
     with Store(settings.duckdb_path, read_only=True) as store:
-        assert [r["round"] for r in store.rounds(summary["mlflow_run_id"])] == [2, 1]
+        assert [r["round"] for r in store.rounds(summary["loop"])] == [2, 1]
         labels = store.sql("SELECT count(*) FROM judge_labels WHERE status = 'labeled'").fetchone()[0]
     # Round 1's 20 and round 2's 20: the retry got round 2's kept selection back, which the attempt that died had
     # already bought, so it bought nothing new (without the kept selection: 60, a second batch for round 2).

@@ -336,27 +336,26 @@ def test_loop_stages_evaluate_register_and_restart_from_champion(store_uri, clie
     assert on_file["benchmark"] == "processbench" and on_file["f1"] == pytest.approx(evaluation["f1"])
 
 
-def test_a_retried_flow_run_reopens_its_runs_instead_of_opening_new_ones(store_uri, client, tmp_path, monkeypatch):
-    """Prefect keeps a flow run's id across retries: the retry must land in the same parent and round runs."""
+def test_a_rerun_ends_the_killed_runs_of_its_loop_failed_and_opens_its_own(store_uri, client, tmp_path):
+    """Every invocation opens runs of its own; those a killed invocation of the loop left RUNNING end FAILED when a
+    rerun continues the loop, and another loop's running runs are left alone."""
     import tasks.pipeline as pipeline
     from actprm.config import Settings
 
     uri, _ = store_uri
     settings = Settings(home=tmp_path / "home", mlflow_tracking_uri=uri, experiment="test")
 
-    def attempt(flow_run_id):
-        monkeypatch.setattr(pipeline, "prefect_flow_run_id", lambda: flow_run_id)
-        parent = pipeline.open_run_task.fn(settings, "active_learning", {"pool": "p"})
-        return parent, pipeline.open_run_task.fn(settings, "round-1", {"pool": "p", "round": 1}, parent=parent)
+    def invocation(loop):
+        parent = pipeline.open_run_task.fn(settings, "active_learning", {"pool": "p", "loop": loop})
+        return parent, pipeline.open_run_task.fn(settings, "round-1", {"pool": "p", "round": 1, "loop": loop},
+                                                 parent=parent)
 
-    parent, round_1 = attempt("flow-run-a")
-    pipeline.close_run_task.fn(settings, round_1, "FAILED")
-    assert attempt("flow-run-a") == (parent, round_1)
-    assert client.get_run(round_1).info.status == "RUNNING"  # reopened for the retry to log into
-    assert client.get_run(round_1).data.tags["mlflow.parentRunId"] == parent
-    other = attempt("flow-run-b")
-    assert other[0] != parent and other[1] != round_1
-    assert attempt(None)[0] != attempt(None)[0]  # outside a flow run nothing identifies an earlier attempt
+    killed, other = invocation("loop-a"), invocation("loop-b")
+    assert pipeline.fail_unfinished_runs(settings, ["loop-a"]) == 2
+    assert [client.get_run(r).info.status for r in killed] == ["FAILED", "FAILED"]
+    assert [client.get_run(r).info.status for r in other] == ["RUNNING", "RUNNING"]
+    rerun = invocation("loop-a")
+    assert set(rerun).isdisjoint(killed) and client.get_run(rerun[1]).data.tags["mlflow.parentRunId"] == rerun[0]
 
 
 def test_a_retried_round_gates_the_version_it_already_registered(store_uri, client, model_dir, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -246,6 +247,29 @@ def test_a_retried_flow_run_resumes_its_training_instead_of_starting_over(exampl
     monkeypatch.setattr(actprm.tracking, "prefect_flow_run_id", lambda: "another-flow-run")
     other = train_stage.fn(settings, "p", round=1)
     assert other["resumed_from_step"] is None and other["model_dir"] != first["model_dir"]
+
+
+def test_a_loops_round_resumes_whoever_reruns_it_and_its_checkpoints_go_once_registered(examples, tmp_path,
+                                                                                         monkeypatch):
+    """Checkpoints of an active-learning loop's round are keyed by (pool, loop, round), not by the Prefect flow run:
+    every `actprm run` is a new flow run, and its rerun must still resume (issue 41)."""
+    import actprm.tracking
+    from actprm.config import Settings
+    from tasks.train import drop_round_checkpoints_task, train_stage
+
+    settings = Settings(home=tmp_path, model={"preset": "tiny", "num_heads": 8, "max_length": 128},
+                        train={"epochs": 1, "batch_size": 4, "grad_accum": 1, "lr": 1e-2, "checkpoint_every": 1})
+    _labeled_pool(settings.duckdb_path, examples[:8])
+    monkeypatch.setattr(actprm.tracking, "prefect_flow_run_id", lambda: "killed-cli-run")
+    first = train_stage.fn(settings, "p", round=1, loop="loop-a")
+    monkeypatch.setattr(actprm.tracking, "prefect_flow_run_id", lambda: "rerun-cli-run")
+    again = train_stage.fn(settings, "p", round=1, loop="loop-a")
+    assert first["resumed_from_step"] is None and again["resumed_from_step"] == 2
+    assert again["model_dir"] == first["model_dir"] and "/p/loop-a/round-1/" in first["model_dir"]
+    assert train_stage.fn(settings, "p", round=1, loop="loop-b")["resumed_from_step"] is None  # another loop
+    assert drop_round_checkpoints_task.fn(settings, "p", 1, "loop-a") == 1
+    round_dir = Path(first["model_dir"]).parent
+    assert not (round_dir / "checkpoints").exists() and (round_dir / "model" / "prm_config.json").is_file()
 
 
 def test_store_training_examples_are_the_pools_judge_labels(tmp_path):
