@@ -24,7 +24,7 @@ def test_a_retried_flow_run_goes_on_after_its_finished_rounds(actprm_home, prefe
     monkeypatch.setattr(pipeline, "prefect_flow_run_id", lambda: "retried-flow-run")
     real_evaluate = loop.evaluate_stage
     started_from = []
-    real_score = loop.score_stage
+    real_score = loop.scoring.score
 
     def score(settings, pool, model_dir, model_version, run_id, **kw):
         started_from.append(model_version)
@@ -35,7 +35,7 @@ def test_a_retried_flow_run_goes_on_after_its_finished_rounds(actprm_home, prefe
             raise RuntimeError("worker lost")
         return real_evaluate(settings, pool, model_dir, run_id)
 
-    monkeypatch.setattr(loop, "score_stage", score)
+    monkeypatch.setattr(loop.scoring, "score", score)
     monkeypatch.setattr(loop, "evaluate_stage", dies_in_round_2)
     args = dict(pool="sample", rounds=2, labels_per_round=20, preset="tiny",
                 config={"synth": {"n": 120}, "model": {"num_heads": 4}, "train": {"epochs": 1}})
@@ -71,7 +71,7 @@ def test_a_retried_flow_run_that_had_stopped_buys_no_more_rounds(stop, actprm_ho
 
     monkeypatch.setattr(actprm.tracking, "prefect_flow_run_id", lambda: f"{stop}-flow-run")
     monkeypatch.setattr(pipeline, "prefect_flow_run_id", lambda: f"{stop}-flow-run")
-    real_evaluate, real_finish, real_score = loop.evaluate_stage, pipeline.finish_task, loop.score_stage
+    real_evaluate, real_finish, real_score = loop.evaluate_stage, pipeline.finish_task, loop.scoring.score
     scored_rounds = []
 
     def flat_f1(settings, pool, model_dir, run_id):  # round 2 gains nothing over round 1: a plateau of 1
@@ -86,7 +86,7 @@ def test_a_retried_flow_run_that_had_stopped_buys_no_more_rounds(stop, actprm_ho
 
     if stop == "plateau":
         monkeypatch.setattr(loop, "evaluate_stage", flat_f1)
-    monkeypatch.setattr(loop, "score_stage", score)
+    monkeypatch.setattr(loop.scoring, "score", score)
     monkeypatch.setattr(pipeline, "finish_task", dies_closing)
     config = {"synth": {"n": 120}, "model": {"num_heads": 4}, "train": {"epochs": 1}}
     config |= {"loop": {"plateau_rounds": 1}} if stop == "plateau" else {"budget": {"max_labels": 30}}
