@@ -17,10 +17,9 @@ from actprm.config import flow_settings
 from actprm.names import check_pool_name
 from flows import scoring
 from flows.ingest_pool import ingest_pool
+from flows.tasks import evaluate_stage, label_stage, register_stage
 from tasks import pipeline
-from tasks.evaluate import evaluate_stage
-from tasks.label import JUDGE_DOWN_STOPS, label_stage
-from tasks.register import register_stage
+from tasks.label import JUDGE_DOWN_STOPS
 from tasks.select import prepare_eval_split_task, select_task
 from tasks.train import drop_round_checkpoints_task, train_stage
 

@@ -13,8 +13,8 @@ from prefect import flow
 
 from actprm.config import flow_settings
 from flows.ingest_pool import ingest_pool
+from flows.tasks import evaluate_request_stage
 from tasks import pipeline
-from tasks.evaluate import evaluate_request_stage
 from tasks.select import prepare_eval_split_task
 
 

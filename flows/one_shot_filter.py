@@ -11,10 +11,8 @@ from prefect import flow
 
 from actprm.config import flow_settings
 from flows.ingest_pool import ingest_pool
+from flows.tasks import evaluate_stage, label_stage, register_stage, starting_model_stage
 from tasks import pipeline
-from tasks.evaluate import evaluate_stage
-from tasks.label import label_stage
-from tasks.register import register_stage, starting_model_stage
 from tasks.score import score_stage
 from tasks.select import prepare_eval_split_task, select_task
 from tasks.train import train_stage

@@ -8,10 +8,9 @@ from prefect import flow
 
 from actprm.config import flow_settings
 from flows import scoring
+from flows.tasks import evaluate_stage, label_stage, register_stage, starting_model_stage
 from tasks import pipeline
-from tasks.evaluate import evaluate_stage
-from tasks.label import judge_down, label_stage
-from tasks.register import register_stage, starting_model_stage
+from tasks.label import judge_down
 from tasks.score import export_stage
 from tasks.select import prepare_eval_split_task
 from tasks.train import train_stage

@@ -7,7 +7,6 @@ calls them.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -511,19 +510,3 @@ def report_evaluation(result: dict) -> None:
     name = str(result.get("pool") or result["benchmark"]).lower()
     key = "evaluation-" + re.sub(r"[^a-z0-9-]", "-", name)
     create_markdown_artifact(markdown=markdown, key=key, description=line)
-
-
-@functools.cache
-def _prefect_tasks() -> dict:
-    """The thin Prefect wrappers, built lazily: importing Prefect is slow and metric users do not need it."""
-    from prefect import task
-    from prefect.cache_policies import NO_CACHE
-
-    return {"evaluate_stage": task(name="evaluate", cache_policy=NO_CACHE)(evaluate_round),
-            "evaluate_request_stage": task(name="evaluate-request", cache_policy=NO_CACHE)(evaluate_request)}
-
-
-def __getattr__(name: str):
-    if name in ("evaluate_stage", "evaluate_request_stage"):
-        return _prefect_tasks()[name]
-    raise AttributeError(name)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import random
 import time
@@ -439,23 +438,6 @@ def log_labeling_to_mlflow(summary: LabelSummary, sample_rows: list[dict] | None
         mlflow.log_table(table, artifact_file=f"{prefix}/sample.json")
     mlflow.log_dict(summary.as_dict(), f"{prefix}/summary.json")  # includes the label-quality report
     return True
-
-
-@functools.cache
-def _prefect_tasks() -> dict:
-    """The thin Prefect wrappers (built lazily: importing Prefect is slow and most callers do not need it)."""
-    from prefect import task
-    from prefect.cache_policies import NO_CACHE
-
-    # No Prefect retries: the judge client retries requests itself, and a rerun is free through the cache.
-    return {"label_task": task(name="label", cache_policy=NO_CACHE, log_prints=True)(label_ids),
-            "label_stage": task(name="label", cache_policy=NO_CACHE, log_prints=True)(label_round)}
-
-
-def __getattr__(name: str):
-    if name in ("label_task", "label_stage"):
-        return _prefect_tasks()[name]
-    raise AttributeError(name)
 
 
 def label_round(settings, pool: str, ids: list[str] | None, run_id: str | None = None, *, round: int | None = None,

@@ -9,7 +9,6 @@ is champion, and the gate that decides it: tasks/champion.py.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import os
@@ -298,19 +297,3 @@ def register_round(settings, model_dir: str, evaluation: dict, run_id: str | Non
     stage_logger().info("register %s v%d: %s as champion of pool %s (%s); overall champion v%s", name, version,
                         gate["decision"], gate["scope"], gate["reason"], gate["champion"])
     return {**gate, "model_version_key": model_version_key(name, version)}
-
-
-@functools.cache
-def _prefect_tasks() -> dict:
-    """The thin Prefect wrappers, built lazily: importing Prefect is slow and most callers do not need it."""
-    from prefect import task
-    from prefect.cache_policies import NO_CACHE
-
-    return {"starting_model_stage": task(name="starting-model", cache_policy=NO_CACHE)(starting_model),
-            "register_stage": task(name="register", cache_policy=NO_CACHE)(register_round)}
-
-
-def __getattr__(name: str):
-    if name in ("starting_model_stage", "register_stage"):
-        return _prefect_tasks()[name]
-    raise AttributeError(name)
