@@ -366,6 +366,34 @@ def study(
     _run(json_out=json_out, debug=debug)
 
 
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", help="A model folder (ActPRM, an export, Qwen2.5-Math-PRM, released ActPRM), a models:/ URI, or an "
+                    "alias of the registered model (e.g. champion). Default: the champion.")]
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write (must be empty or absent unless --overwrite).")],
+    model: ModelOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing folder.")] = False,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+    config: ConfigOpt = None,
+):
+    """Export a PRM as a self-contained Hugging Face folder (AutoModel + trust_remote_code), with a model card."""
+
+    @command
+    def _run():
+        settings = prepare(config)
+        from actprm.tracking import configure_mlflow
+        from tasks.export import export_model
+
+        configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
+        return export_model(model, out, model_name=settings.registry.model_name, overwrite=overwrite)
+
+    _run(json_out=json_out, debug=debug)
+
+
 def main() -> None:
     app()
 

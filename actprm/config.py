@@ -27,6 +27,8 @@ class ModelSettings(BaseModel):
     max_length: int = Field(512, description="Token budget per trajectory; later steps are cut and left unscored.")
     freeze_backbone: bool = Field(False, description="Train only the heads.")
     backbone_path: str | None = Field(None, description="Override the preset's backbone (local folder or hub id).")
+    init_from: str | None = Field(None, description="Without a champion, start from this PRM folder (ActPRM, an export, "
+                                  "Qwen2.5-Math-PRM: new heads, a released ActPRM: its heads) instead of a fresh preset.")
 
 
 class UncertaintySettings(BaseModel):

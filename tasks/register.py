@@ -44,10 +44,11 @@ PYFUNC_SIGNATURE = ModelSignature(
 
 
 def load_prm_dir(path: str | Path, device: str | None = None):
-    """(model, tokenizer) from a save_pretrained folder (the tokenizer is saved alongside)."""
-    from models import EnsemblePRM
+    """(model, tokenizer) from a save_pretrained folder (the tokenizer is saved alongside), or any other PRM folder
+    `models.hf_import` reads (an export, Qwen2.5-Math-PRM, a released ActPRM checkpoint)."""
+    from models.hf_import import load_prm_folder
 
-    return EnsemblePRM.from_pretrained(path, with_tokenizer=True, device=device)
+    return load_prm_folder(path, device=device)
 
 
 class PRMPyfunc(mlflow.pyfunc.PythonModel):
@@ -234,10 +235,12 @@ def starting_model(settings, model: str | None = None) -> tuple[str, str]:
         version = champion_version(name)
         if version is not None:
             model = f"models:/{name}/{version}"
+    if model is None and settings.model.init_from:
+        model = settings.model.init_from
     if model is not None:
         prm_dir, version = resolve_model_dir(model)
         if version is None:
-            return str(prm_dir), _folder_key(prm_dir)
+            return imported_folder(settings, prm_dir), _folder_key(prm_dir)
         registered = model[len("models:/"):].split("@")[0].split("/")[0]
         return str(prm_dir), model_version_key(registered, version)
     m = settings.model
@@ -258,6 +261,27 @@ def starting_model(settings, model: str | None = None) -> tuple[str, str]:
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
     return str(target), key
+
+
+def imported_folder(settings, folder: Path) -> str:
+    """A save_pretrained folder for `folder`: itself, or (for another PRM layout: an export, Qwen2.5-Math-PRM, a
+    released ActPRM) its conversion, made once under checkpoints/init and reused while the folder is unchanged.
+    A Qwen2.5-Math-PRM start gets new heads shaped by the model and train settings."""
+    from models.hf_import import detect_layout, import_prm
+
+    layout = detect_layout(folder)
+    if layout == "actprm":
+        return str(folder)
+    m = settings.model
+    target = settings.checkpoints_dir / "init" / f"import-{layout}-{_folder_key(folder)[4:]}-h{m.num_heads}-s{settings.train.seed}"
+    if not (target / "prm_config.json").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=target.parent))
+        import_prm(folder, tmp, num_heads=m.num_heads, seed=settings.train.seed, reg_lambda=m.reg_lambda,
+                   learning_probability=m.learning_probability)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    return str(target)
 
 
 def register_round(settings, model_dir: str, evaluation: dict, run_id: str | None = None) -> dict:
