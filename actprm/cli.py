@@ -394,6 +394,84 @@ def export(
     _run(json_out=json_out, debug=debug)
 
 
+DataArg = Annotated[list[str], typer.Option("--data", help="Input files, globs or folders in any supported format "
+                                                              "(JSONL, .gz, .zst, Parquet); repeatable.")]
+MaxLengthOpt = Annotated[Optional[int], typer.Option(
+    "--max-length", help="Token budget per trajectory (default: the backbone's whole context).")]
+AllowTruncationOpt = Annotated[bool, typer.Option(
+    "--allow-truncation", help="Succeed even when steps past --max-length are left unscored (they are counted).")]
+
+
+@app.command()
+def predict(
+    data: DataArg,
+    output: Annotated[Path, typer.Option("--output", help="JSONL to write, one line per trajectory.")],
+    model: ModelOpt = None,
+    format: Annotated[Optional[str], typer.Option("--format", help="Input format (auto-detected).")] = None,
+    max_length: MaxLengthOpt = None,
+    allow_truncation: AllowTruncationOpt = False,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+    config: ConfigOpt = None,
+):
+    """Score every step of every trajectory in a file: per-step mean and std over the heads, the ActPRM flag."""
+
+    @command
+    def _run():
+        settings = prepare(config)
+        from actprm.tracking import configure_mlflow
+        from tasks.predict import predict as run_predict
+
+        configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
+        return run_predict(model, data, output, model_name=settings.registry.model_name, format=format,
+                           batch_size=settings.uncertainty.batch_size, max_length=max_length,
+                           allow_truncation=allow_truncation, progress=not json_out, limits=_limits(settings))
+
+    _run(json_out=json_out, debug=debug)
+
+
+@app.command()
+def rerank(
+    data: DataArg,
+    output: Annotated[Path, typer.Option("--output", help="JSONL to write, one line per group.")],
+    model: ModelOpt = None,
+    aggregate: Annotated[str, typer.Option(
+        "--aggregate", help="Step scores -> candidate score: min (Math-Shepherd, default), prod (Lightman et al.), "
+                            "last, mean.")] = "min",
+    group_key: Annotated[str, typer.Option(
+        "--group-key", help="Record field naming a candidate's group (default `group`; records without it group "
+                            "by question).")] = "group",
+    format: Annotated[Optional[str], typer.Option("--format", help="Input format (auto-detected).")] = None,
+    max_length: MaxLengthOpt = None,
+    allow_truncation: AllowTruncationOpt = False,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+    config: ConfigOpt = None,
+):
+    """Best-of-N: per question (or group), every candidate's aggregate step score and the chosen candidate."""
+
+    @command
+    def _run():
+        settings = prepare(config)
+        from actprm.tracking import configure_mlflow
+        from tasks.predict import rerank as run_rerank
+
+        configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
+        return run_rerank(model, data, output, model_name=settings.registry.model_name, how=aggregate,
+                          group_key=group_key, format=format, batch_size=settings.uncertainty.batch_size,
+                          max_length=max_length, allow_truncation=allow_truncation, progress=not json_out,
+                          limits=_limits(settings))
+
+    _run(json_out=json_out, debug=debug)
+
+
+def _limits(settings: Settings):
+    from tasks.ingest import IngestLimits
+
+    i = settings.ingest
+    return IngestLimits(i.max_question_chars, i.max_steps, i.max_step_chars, i.quarantine_raw_chars)
+
+
 def main() -> None:
     app()
 
