@@ -241,6 +241,10 @@ def evaluate(
         "--dev-data", help="ProcessBench JSONL to tune the step threshold on (default: 0.5).")] = None,
     pool: Annotated[Optional[str], typer.Option(
         "--pool", help="Evaluate on this ingested pool's held-out eval split (instead of --data).")] = None,
+    max_length: Annotated[Optional[int], typer.Option(
+        "--max-length", help="Token budget per trajectory (default: the backbone's whole context).")] = None,
+    allow_truncation: Annotated[bool, typer.Option(
+        "--allow-truncation", help="Report the metric even when steps past --max-length were left unscored.")] = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     config: ConfigOpt = None,
@@ -255,6 +259,7 @@ def evaluate(
         return evaluate_champion(
             model=model, predictions=str(predictions) if predictions else None,
             data=str(data) if data else None, pool=pool, dev_data=str(dev_data) if dev_data else None,
+            allow_truncation=allow_truncation, max_length=max_length,
         )
 
     _run(json_out=json_out, debug=debug)

@@ -18,6 +18,8 @@ def evaluate_champion(
     pool: str | None = None,
     config: dict[str, Any] | None = None,
     dev_data: str | None = None,
+    allow_truncation: bool = False,
+    max_length: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate a PRM.
 
@@ -28,7 +30,9 @@ def evaluate_champion(
         pool: Evaluate on this pool's held-out split instead of a file.
         config: Any other settings, as nested overrides.
         dev_data: ProcessBench JSONL to tune the step threshold on (with `data`); default threshold 0.5.
+        allow_truncation: Report a metric even when steps past `max_length` were left unscored (they are counted).
+        max_length: Token budget per trajectory (default: the backbone's whole context).
     """
     settings = flow_settings(config)
     return evaluate_request_stage(settings, model=model, data=data, predictions=predictions, pool=pool,
-                                  dev_data=dev_data)
+                                  dev_data=dev_data, allow_truncation=allow_truncation, max_length=max_length)
