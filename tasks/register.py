@@ -34,13 +34,16 @@ from tasks.champion import (CHALLENGER, CHAMPION, MODEL_NAME, alias_version, cha
 # Where the save_pretrained folder lives inside the logged pyfunc model.
 PRM_ARTIFACT = "prm"
 
-# The pyfunc's schema: one row per trajectory. `steps` and `step_scores` are JSON-encoded lists of
+# The pyfunc's schema: one row per trajectory. `steps`, `step_scores` and `step_std` are JSON-encoded lists of
 # strings / floats, because MLflow column schemas have no list-of-string type that every flavor
 # and the REST scoring server accept alike.
 PYFUNC_SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", "question"), ColSpec("string", "steps")]),
-    outputs=Schema([ColSpec("string", "step_scores")]),
+    outputs=Schema([ColSpec("string", "step_scores"), ColSpec("string", "step_std"), ColSpec("boolean", "uncertain"),
+                    ColSpec("long", "truncated_steps")]),
 )
+# Token budget of the served model; unset: the backbone's whole context (tasks.predict.inference_max_length).
+SERVE_MAX_LENGTH_ENV = "ACTPRM_SERVE_MAX_LENGTH"
 
 
 def load_prm_dir(path: str | Path, device: str | None = None):
@@ -52,10 +55,12 @@ def load_prm_dir(path: str | Path, device: str | None = None):
 
 
 class PRMPyfunc(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc around the ensemble PRM: rows of (question, steps JSON) -> step_scores JSON.
+    """MLflow pyfunc around the ensemble PRM: rows of (question, steps JSON) -> step_scores and step_std (JSON),
+    uncertain, truncated_steps.
 
-    Scores are the mean over heads of P(step correct); steps past max_length (env
-    ACTPRM_MODEL__MAX_LENGTH, default 512) have no score.
+    Scores are the mean over heads of P(step correct), step_std the heads' population std; steps past the token
+    budget (env ACTPRM_SERVE_MAX_LENGTH, default the backbone's whole context) have no score and are counted in
+    truncated_steps.
     """
 
     # The explicit PYFUNC_SIGNATURE is the schema; MLflow's type-hint validation (and its warning
@@ -63,18 +68,23 @@ class PRMPyfunc(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
+        from tasks.predict import inference_max_length
+
         self.model, self.tokenizer = load_prm_dir(context.artifacts[PRM_ARTIFACT])
-        self.max_length = int(os.environ.get("ACTPRM_MODEL__MAX_LENGTH", "512"))
+        self.max_length = inference_max_length(self.model, int(os.environ.get(SERVE_MAX_LENGTH_ENV) or 0) or None)
 
     def predict(self, context, model_input, params=None):
         import pandas as pd
 
-        from tasks.evaluate import predict_step_scores
+        from tasks.predict import score_steps
 
-        questions = [str(q) for q in model_input["question"]]
-        steps = [json.loads(s) if isinstance(s, str) else list(s) for s in model_input["steps"]]
-        scores = predict_step_scores(self.model, self.tokenizer, questions, steps, max_length=self.max_length)
-        return pd.DataFrame({"step_scores": [json.dumps(s) for s in scores]})
+        trajectories = [{"question": str(q), "steps": json.loads(s) if isinstance(s, str) else list(s)}
+                        for q, s in zip(model_input["question"], model_input["steps"])]
+        scores = score_steps(self.model, self.tokenizer, trajectories, max_length=self.max_length)
+        return pd.DataFrame({"step_scores": [json.dumps(s["step_scores"]) for s in scores],
+                             "step_std": [json.dumps(s["step_std"]) for s in scores],
+                             "uncertain": [bool(s["uncertain"]) for s in scores],
+                             "truncated_steps": [int(s["truncated_steps"]) for s in scores]})
 
 
 PYFUNC_SCRIPT = """import mlflow
