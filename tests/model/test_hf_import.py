@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -167,3 +168,26 @@ def test_unknown_or_broken_folders_are_refused_in_one_line(tmp_path):
         detect_layout(tmp_path / "llama")
     with pytest.raises(ActPRMError, match="not a PRM folder"):
         detect_layout(tmp_path)
+
+
+def test_training_and_scoring_start_from_an_imported_folder_converted_once(tmp_path):
+    """`model.init_from` (and `--model` of score) take a public PRM folder: it becomes a native folder once."""
+    from actprm.config import Settings
+    from models import EnsemblePRM
+    from tasks.register import starting_model
+
+    tok = qwen_like_tokenizer()
+    cfg, backbone = tiny_qwen2(len(tok), seed=4)
+    folder = tmp_path / "Qwen2.5-Math-PRM-tiny"
+    write_checkpoint(folder, tok, cfg, backbone, {"architectures": ["Qwen2ForProcessRewardModel"]},
+                     {"score.0.weight": torch.zeros(32, 32), "score.0.bias": torch.zeros(32),
+                      "score.2.weight": torch.zeros(2, 32), "score.2.bias": torch.zeros(2)})
+    settings = Settings(home=tmp_path / "home", model={"preset": "tiny-decoder", "num_heads": 3,
+                                                       "init_from": str(folder)})
+    model_dir, key = starting_model(settings)
+    assert Path(model_dir).parent == settings.checkpoints_dir / "init" and key.startswith("dir:")
+    assert starting_model(settings) == (model_dir, key)  # converted once
+    model = EnsemblePRM.from_pretrained(model_dir)
+    assert model.config.num_heads == 3 and model.config.preset == "qwen2.5-math-prm"
+    for name, value in backbone.state_dict().items():
+        torch.testing.assert_close(model.backbone.state_dict()[name], value, atol=0, rtol=0)
