@@ -37,8 +37,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from actprm.synth import _CLAIM, _apply, generate, verify_first_error  # noqa: E402
-from tasks.predict import AGGREGATES, rerank_scored, score_steps  # noqa: E402
+from actprm.synth import _CLAIM, _apply, generate, verify_first_error
+from tasks.predict import AGGREGATES, rerank_scored, score_steps
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ANSWER = re.compile(r"(-?\d+)(?!.*\d)")  # the last number of the final step
@@ -124,7 +124,8 @@ def method_accuracies(problems: list[list[dict]], prm_choices: dict[str, dict[st
     return {k: v / len(problems) for k, v in acc.items()}
 
 
-def train_bench_model(preset: str, n: int, epochs: int, seed: int, out: Path) -> tuple[str, dict]:
+def train_bench_model(preset: str, n: int, epochs: int, seed: int, out: Path, freeze_backbone: bool
+                      ) -> tuple[str, dict]:
     from tasks.train import train_prm
 
     examples = []
@@ -132,9 +133,11 @@ def train_bench_model(preset: str, n: int, epochs: int, seed: int, out: Path) ->
         examples.append({"question": rec["question"], "steps": rec["steps"],
                          "first_error": verify_first_error(rec["question"], rec["steps"])})
     t0 = time.perf_counter()
-    result = train_prm(examples, output_dir=out, preset=preset, num_heads=8, epochs=epochs, batch_size=16,
-                       lr=2e-4, head_lr=3e-3, seed=seed, max_length=512, progress=True)
+    result = train_prm(examples, output_dir=out, preset=preset, num_heads=8, epochs=epochs, batch_size=32,
+                       lr=2e-4, head_lr=3e-3, seed=seed, max_length=512, freeze_backbone=freeze_backbone,
+                       progress=True)
     return str(out / "model"), {"trained_here": True, "preset": preset, "train_trajectories": n, "epochs": epochs,
+                                "freeze_backbone": freeze_backbone,
                                 "labels": "verifier (the pipeline's programmatic judge)",
                                 "train_seconds": round(time.perf_counter() - t0, 1),
                                 "model_dir": str(getattr(result, "model_dir", out / "model"))}
@@ -144,8 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="folder, models:/ URI or alias (default: champion, else train)")
     ap.add_argument("--preset", default="cpu", help="preset of the model trained here when there is no --model")
-    ap.add_argument("--train-n", type=int, default=1500)
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--train-n", type=int, default=800)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--train-backbone", action="store_true",
+                    help="fine-tune the backbone too (default: heads only, minutes instead of an hour on 2 cores)")
     ap.add_argument("--questions", type=int, default=200)
     ap.add_argument("--n", type=int, default=8, help="candidates per question (best-of-N)")
     ap.add_argument("--p-correct", type=float, default=0.3)
@@ -165,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         model_ref = "champion"
     tmp = tempfile.TemporaryDirectory(prefix="bench-rerank-")
     if model_ref is None:
-        model_ref, about = train_bench_model(args.preset, args.train_n, args.epochs, args.seed, Path(tmp.name))
+        model_ref, about = train_bench_model(args.preset, args.train_n, args.epochs, args.seed, Path(tmp.name),
+                                              freeze_backbone=not args.train_backbone)
     from tasks.export import model_reference
 
     reference = model_reference(model_ref, settings.registry.model_name)

@@ -76,7 +76,7 @@ def read_tensors(folder: Path, prefix: str, names: tuple[str, ...] | None = None
     out = {}
     for f in _weight_files(folder):
         with safe_open(str(f), framework="pt") as fh:
-            for key in fh.keys():
+            for key in fh.keys():  # noqa: SIM118 - a safetensors handle, not a dict
                 if key.startswith(prefix) and (names is None or key[len(prefix):] in names):
                     out[key[len(prefix):]] = fh.get_tensor(key)
     return out

@@ -38,7 +38,7 @@ def describe_model(reference: str) -> dict[str, Any]:
 
     client = MlflowClient()
     ref = reference[len("models:/"):]
-    name, sep, selector = ref.partition("@") if "@" in ref else ref.partition("/")
+    name, _, selector = ref.partition("@") if "@" in ref else ref.partition("/")
     try:
         mv = client.get_model_version_by_alias(name, selector) if "@" in ref else client.get_model_version(name, selector)
         info.update(name=name, version=int(mv.version), run_id=mv.run_id, aliases=list(mv.aliases or []),
@@ -69,20 +69,20 @@ def model_card(info: dict[str, Any], config, backbone_config: dict, folder_name:
     """README.md of the exported folder: what it is, how it was trained, its evaluation, how to call it."""
     lines = ["---", "library_name: transformers", "tags: [process-reward-model, actprm]", "---", "",
              f"# {info.get('name', 'ActPRM')} {('v' + str(info['version'])) if 'version' in info else ''}".rstrip(), "",
-             "An ensemble process reward model (PRM) trained with ActPRM, active learning for PRMs "
+             ("An ensemble process reward model (PRM) trained with ActPRM, active learning for PRMs "
              "(Duan et al., 2025, arXiv 2504.10559): a shared backbone feeds "
-             f"{config.num_heads} MLP heads read at the `{config.separator_token}` token that closes each step.", "",
+             f"{config.num_heads} MLP heads read at the `{config.separator_token}` token that closes each step."), "",
              "## Model", "",
-             f"- backbone: {backbone_config.get('model_type')} (hidden {backbone_config.get('hidden_size')}, "
-             f"{backbone_config.get('num_hidden_layers')} layers), from `{config.backbone_name}` (preset `{config.preset}`)",
-             f"- heads: {config.num_heads} x (hidden -> {config.head_hidden} -> {config.head_hidden} -> 1), read "
-             f"{'at the separator' if config.readout == 'separator' else 'as the mean of each step (step_mean)'}",
-             f"- regularization: anchored ensemble, lambda {config.reg_lambda}; bootstrap probability "
-             f"{config.learning_probability}; seed {config.seed}", ""]
+             (f"- backbone: {backbone_config.get('model_type')} (hidden {backbone_config.get('hidden_size')}, "
+             f"{backbone_config.get('num_hidden_layers')} layers), from `{config.backbone_name}` (preset `{config.preset}`)"),
+             (f"- heads: {config.num_heads} x (hidden -> {config.head_hidden} -> {config.head_hidden} -> 1), read "
+             f"{'at the separator' if config.readout == 'separator' else 'as the mean of each step (step_mean)'}"),
+             (f"- regularization: anchored ensemble, lambda {config.reg_lambda}; bootstrap probability "
+             f"{config.learning_probability}; seed {config.seed}"), ""]
     lines += ["## Training", ""]
     if "version" in info:
-        lines += [f"- registered as `{info['name']}` version {info['version']} "
-                  f"(aliases: {', '.join(info['aliases']) or 'none'}), MLflow run `{info['run_id']}`",
+        lines += [(f"- registered as `{info['name']}` version {info['version']} "
+                  f"(aliases: {', '.join(info['aliases']) or 'none'}), MLflow run `{info['run_id']}`"),
                   f"- pool: `{info.get('pool') or 'unknown'}`"]
         params = {k: v for k, v in info.get("params", {}).items()}
         if params:
@@ -94,17 +94,17 @@ def model_card(info: dict[str, Any], config, backbone_config: dict, folder_name:
     if metrics:
         lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in metrics.items()]
     else:
-        lines += ["No evaluation was recorded with this model; run `actprm evaluate --model ...` on ProcessBench or "
-                  "PRMBench."]
+        lines += [("No evaluation was recorded with this model; run `actprm evaluate --model ...` on ProcessBench or "
+                  "PRMBench.")]
     from models.uncertainty import P_THRESHOLD, STD_THRESHOLD
 
     lines += ["", "## How to call it", "",
               "Torch and transformers are all it needs (the modeling code ships in this folder):", "",
               USAGE.format(path=folder_name, heads=config.num_heads, std=STD_THRESHOLD, p=P_THRESHOLD), "",
-              "Steps are scored in the layout the model was trained on: the question (in the tokenizer's chat "
+              ("Steps are scored in the layout the model was trained on: the question (in the tokenizer's chat "
               "template when it has one), then each step followed by the separator. A trajectory longer than the "
               "backbone's position limit raises instead of being cut. For best-of-N, aggregate the step scores "
-              "(the minimum over steps is the ProcessBench/Qwen2.5-Math-PRM convention).", ""]
+              "(the minimum over steps, as Math-Shepherd does; `actprm rerank` offers min, prod, last and mean)."), ""]
     return "\n".join(lines)
 
 

@@ -112,7 +112,7 @@ class ActPRMForStepScoring(PreTrainedModel):
         The prefix is the chat template (system + user + assistant opener) when the tokenizer has one, else
         BERT's pair layout [CLS] question [SEP] steps [SEP], else <bos> question."""
         sep_text = self.config.separator_token
-        clean = lambda text: text.replace(sep_text, " ")  # noqa: E731 - a literal separator would fake a step
+        clean = lambda text: text.replace(sep_text, " ")
         chat = bool(getattr(tokenizer, "chat_template", None))
         if chat:
             q_text = tokenizer.apply_chat_template(

@@ -13,12 +13,12 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from safetensors.torch import save_file  # noqa: E402
+from safetensors.torch import save_file
 
-from actprm.errors import ActPRMError  # noqa: E402
-from models import StepBatcher  # noqa: E402
-from models.hf_import import detect_layout, import_prm, load_prm_folder  # noqa: E402
-from models.uncertainty import step_stats  # noqa: E402
+from actprm.errors import ActPRMError
+from models import StepBatcher
+from models.hf_import import detect_layout, import_prm, load_prm_folder
+from models.uncertainty import step_stats
 
 SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 # Qwen2's chat template, reduced to what a PRM prompt uses.

@@ -16,11 +16,18 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from actprm.formats import FORMATS  # noqa: E402
-from models import StepBatcher, build_prm  # noqa: E402
-from models.uncertainty import step_stats  # noqa: E402
-from tasks.predict import (AGGREGATES, TruncationError, aggregate, predict, rerank, rerank_candidates,  # noqa: E402
-                           read_trajectories)
+from actprm.formats import FORMATS
+from models import StepBatcher, build_prm
+from models.uncertainty import step_stats
+from tasks.predict import (
+    AGGREGATES,
+    TruncationError,
+    aggregate,
+    predict,
+    read_trajectories,
+    rerank,
+    rerank_candidates,
+)
 
 Q1, Q2 = "What is 12 + 30?", "Compute 7 * 6 - 2."
 S1, S2 = ["12 + 30 = 42.", "The answer is 42."], ["7 * 6 = 42.", "42 - 2 = 41.", "The answer is 41."]
@@ -170,12 +177,12 @@ def test_cli_predict_truncation_is_a_one_line_error_with_a_nonzero_exit(model_di
     env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [shutil.which("actprm", path=str(Path(sys.executable).parent)), "predict", "--model", str(model_dir),
            "--data", str(data), "--output", str(tmp_path / "o.jsonl"), "--max-length", "64", "--json"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
     assert proc.returncode == 1
     assert json.loads(proc.stdout)["type"] == "TruncationError"
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: predict: 4 of 7 steps (1 trajectories) lie past max_length=64 tokens and were left "
-                      "unscored; pass --allow-truncation to accept that, or a larger --max-length"]
+    assert errors == [("error: predict: 4 of 7 steps (1 trajectories) lie past max_length=64 tokens and were left "
+                       "unscored; pass --allow-truncation to accept that, or a larger --max-length")]
     assert read_out(tmp_path / "o.jsonl")[0]["truncated_steps"] == 4
 
 
