@@ -191,3 +191,22 @@ def test_read_trajectories_accounts_for_every_line(tmp_path):
     trajectories, rejected, fmt, lines = read_trajectories([str(data)])
     assert (fmt, lines, len(trajectories), len(rejected)) == ("unlabeled", 4, 2, 2)
     assert {r["line"] for r in rejected} == {3, 4} and all(r["reason"] for r in rejected)
+
+
+def test_evaluate_on_a_pool_past_max_length_fails_naming_the_count_and_passes_when_allowed(model_dir, tmp_path,
+                                                                                           actprm_home):
+    """`actprm evaluate --pool P --max-length N`: the request the CLI makes, on a pool whose trajectories do not fit."""
+    from actprm.config import Settings
+    from actprm.store import Store
+    from actprm.testing.pools import synth_pool
+    from tasks.evaluate import evaluate_request
+
+    settings = Settings(home=actprm_home)
+    with Store(settings.duckdb_path) as store:
+        synth_pool(store, "toy", 20, seed=2, eval_every=2)
+    with pytest.raises(TruncationError, match=r"evaluate: \d+ of \d+ steps \(\d+ trajectories\) lie past max_length=96"):
+        evaluate_request(settings, model=str(model_dir), pool="toy", max_length=96)
+    result = evaluate_request(settings, model=str(model_dir), pool="toy", max_length=96, allow_truncation=True)
+    assert result["truncated_steps"] > 0 and result["truncated_trajectories"] <= result["n"] == 10
+    # At the backbone's whole context (the default) nothing is cut and the metric is the benchmark's.
+    assert evaluate_request(settings, model=str(model_dir), pool="toy")["truncated_steps"] == 0
