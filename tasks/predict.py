@@ -129,11 +129,13 @@ def check_truncation(report: dict, allow: bool, what: str) -> None:
 
 # -- the commands ------------------------------------------------------------------------------------
 def _load(model: str | None, model_name: str):
+    import torch
+
     from tasks.export import model_reference
     from tasks.register import load_model
 
     reference = model_reference(model, model_name)
-    device = "cuda" if __import__("torch").cuda.is_available() else None
+    device = "cuda" if torch.cuda.is_available() else None
     prm, tokenizer, version = load_model(reference, device=device)
     return reference, prm, tokenizer, version
 
