@@ -47,6 +47,9 @@ class ActPRMConfig(PretrainedConfig):
 class ActPRMForStepScoring(PreTrainedModel):
     config_class = ActPRMConfig
     base_model_prefix = "actprm"
+    # The heads stay float32 whatever dtype the model is loaded in: the uncertainty rule compares an ensemble std
+    # with 0.005, below bfloat16's resolution near 1.
+    _keep_in_fp32_modules_strict = list(HEAD_PARAMS) + [f"anchor_{n}" for n in HEAD_PARAMS]
 
     def __init__(self, config: ActPRMConfig):
         super().__init__(config)
