@@ -43,6 +43,10 @@ from tasks.predict import AGGREGATES, rerank_scored, score_steps
 RESULTS = Path(__file__).resolve().parent / "results"
 ANSWER = re.compile(r"(-?\d+)(?!.*\d)")  # the last number of the final step
 SLIPS = (1, -1, 2, 10, -10)
+# Harmless openers that make every candidate's text its own (as sampled solutions are): without them the correct
+# candidates of a question are copies of one text, and a PRM's argmax over distinct texts would face one correct
+# text against several wrong ones while the random pick counts every copy.
+OPENERS = ("", "Next, ", "Then ", "Now ", "Here, ")
 
 
 def final_answer(steps: list[str]) -> str | None:
@@ -87,8 +91,14 @@ def _replace_last_number(text: str, value: int) -> str:
     return text[:m.start()] + str(value) + text[m.end():]
 
 
+def reworded(steps: list[str], rng: random.Random) -> list[str]:
+    """The same solution with an opener drawn for each arithmetic step (the claims and the answer are untouched)."""
+    return [rng.choice(OPENERS) + s[0].lower() + s[1:] if i < len(steps) - 1 and rng.random() < 0.6 else s
+            for i, s in enumerate(steps)]
+
+
 def make_problems(n_questions: int, n: int, p_correct: float, seed: int) -> list[list[dict]]:
-    """Per question, N graded candidates {id, question, steps, correct, answer}."""
+    """Per question, N graded candidates {id, question, steps, correct, answer}, each worded its own way."""
     rng = random.Random(seed)
     problems = []
     for i, rec in enumerate(generate(n_questions, seed=seed + 1000, error_rate=0.0)):
@@ -103,6 +113,9 @@ def make_problems(n_questions: int, n: int, p_correct: float, seed: int) -> list
                 new = slipped(steps, k, delta)
                 if new is None or verify_first_error(question, new) != k:
                     continue
+            new = reworded(new, rng)
+            if any(new == c["steps"] for c in cands):
+                continue
             cands.append({"id": f"q{i}c{len(cands)}", "question": question, "steps": new, "group": f"q{i}",
                           "correct": verify_first_error(question, new) == -1, "answer": final_answer(new)})
         problems.append(cands)
@@ -133,14 +146,12 @@ def train_bench_model(preset: str, n: int, epochs: int, seed: int, out: Path, fr
         examples.append({"question": rec["question"], "steps": rec["steps"],
                          "first_error": verify_first_error(rec["question"], rec["steps"])})
     t0 = time.perf_counter()
-    result = train_prm(examples, output_dir=out, preset=preset, num_heads=8, epochs=epochs, batch_size=32,
-                       lr=2e-4, head_lr=3e-3, seed=seed, max_length=512, freeze_backbone=freeze_backbone,
-                       progress=True)
+    train_prm(examples, output_dir=out, preset=preset, num_heads=8, epochs=epochs, batch_size=32, lr=2e-4,
+              head_lr=3e-3, seed=seed, max_length=512, freeze_backbone=freeze_backbone, progress=True)
     return str(out / "model"), {"trained_here": True, "preset": preset, "train_trajectories": n, "epochs": epochs,
                                 "freeze_backbone": freeze_backbone,
                                 "labels": "verifier (the pipeline's programmatic judge)",
-                                "train_seconds": round(time.perf_counter() - t0, 1),
-                                "model_dir": str(getattr(result, "model_dir", out / "model"))}
+                                "train_seconds": round(time.perf_counter() - t0, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,10 +179,19 @@ def main(argv: list[str] | None = None) -> int:
     model_ref, about = args.model, {}
     if model_ref is None and champion_version(settings.registry.model_name) is not None:
         model_ref = "champion"
-    tmp = tempfile.TemporaryDirectory(prefix="bench-rerank-")
     if model_ref is None:
-        model_ref, about = train_bench_model(args.preset, args.train_n, args.epochs, args.seed, Path(tmp.name),
-                                              freeze_backbone=not args.train_backbone)
+        # Trained once per recipe and kept under ACTPRM_HOME, so a rerun of the benchmark only scores.
+        recipe = f"{args.preset}-n{args.train_n}-e{args.epochs}-s{args.seed}-{'full' if args.train_backbone else 'heads'}"
+        cache = settings.home / "bench" / f"rerank-{recipe}"
+        if not (cache / "about.json").is_file():
+            tmp = Path(tempfile.mkdtemp(prefix=".rerank-", dir=settings.home))
+            _, about = train_bench_model(args.preset, args.train_n, args.epochs, args.seed, tmp,
+                                         freeze_backbone=not args.train_backbone)
+            (tmp / "about.json").write_text(json.dumps(about))
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp.rename(cache)
+        about = json.loads((cache / "about.json").read_text())
+        model_ref = str(cache / "model")
     from tasks.export import model_reference
 
     reference = model_reference(model_ref, settings.registry.model_name)
@@ -214,7 +234,6 @@ def main(argv: list[str] | None = None) -> int:
           f"Candidates correct: {result['candidates_correct_share']:.3f}", ""] + rows
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
-    tmp.cleanup()
     return 0
 
 
