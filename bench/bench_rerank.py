@@ -38,7 +38,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from actprm.synth import _CLAIM, _apply, generate, verify_first_error
-from tasks.predict import AGGREGATES, rerank_scored, score_steps
+from tasks.predict import AGGREGATES, aggregate, rerank_scored, score_steps
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ANSWER = re.compile(r"(-?\d+)(?!.*\d)")  # the last number of the final step
@@ -137,6 +137,17 @@ def method_accuracies(problems: list[list[dict]], prm_choices: dict[str, dict[st
     return {k: v / len(problems) for k, v in acc.items()}
 
 
+def auroc(scores: list[float], correct: list[bool]) -> float | None:
+    """P(a correct candidate outscores a wrong one), ties half (Mann-Whitney): does the PRM tell them apart at all,
+    across questions."""
+    pos = [s for s, c in zip(scores, correct) if c]
+    neg = [s for s, c in zip(scores, correct) if not c]
+    if not pos or not neg:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
 def train_bench_model(preset: str, n: int, epochs: int, seed: int, out: Path, freeze_backbone: bool
                       ) -> tuple[str, dict]:
     from tasks.train import train_prm
@@ -207,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     choices = {how: {g["group"]: g["chosen"] for g in rerank_scored(flat, scores, how)} for how in AGGREGATES}
     truncated = sum(s["truncated_steps"] for s in scores)
     acc = method_accuracies(problems, choices)
+    correct = [c["correct"] for c in flat]
+    separation = {how: auroc([aggregate(s["step_scores"], how) for s in scores], correct) for how in AGGREGATES}
     base = acc["random"]
     result = {
         "benchmark": "best-of-N rerank on verifier-graded synthetic problems",
@@ -215,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         "candidates_correct_share": sum(c["correct"] for c in flat) / len(flat),
         "model": about, "accuracy": acc,
         "ratio_to_random": {k: (v / base if base else None) for k, v in acc.items()},
+        "candidate_auroc": separation,
         # How much of the way from a random pick to the oracle a method goes.
         "oracle_gap_closed": {k: ((v - base) / (acc["oracle"] - base) if acc["oracle"] > base else None)
                               for k, v in acc.items()},
@@ -231,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{'' if gap is None else f'{gap:.2f}'} |")
     md = [f"# Best-of-{args.n} rerank ({args.questions} questions, seed {args.seed})", "",
           f"`{result['command']}`", "", f"Model: {json.dumps(about)}", "",
-          f"Candidates correct: {result['candidates_correct_share']:.3f}", ""] + rows
+          f"Candidates correct: {result['candidates_correct_share']:.3f}. How well each aggregate separates correct "
+          "from wrong candidates across all questions (AUROC, 0.5 = not at all): "
+          + ", ".join(f"{k} {v:.3f}" for k, v in separation.items() if v is not None), ""] + rows
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0

@@ -38,3 +38,10 @@ def test_random_majority_and_oracle_follow_their_definitions():
     # A tie between answers counts at its expected accuracy.
     tie = [cand(0, True, "5"), cand(1, False, "7")]
     assert bench.method_accuracies([tie], {})["majority"] == 0.5
+
+
+def test_auroc_is_the_chance_a_correct_candidate_outscores_a_wrong_one():
+    assert bench.auroc([0.9, 0.8, 0.1], [True, True, False]) == 1.0
+    assert bench.auroc([0.1, 0.9], [True, False]) == 0.0
+    assert bench.auroc([0.5, 0.5], [True, False]) == 0.5
+    assert bench.auroc([0.5], [True]) is None
