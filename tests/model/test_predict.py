@@ -88,6 +88,10 @@ def test_predict_scores_every_step_of_every_supported_format(model_dir, tmp_path
         assert summary["rejected_sample"][0]["line"] == 3 and summary["trajectories"] == len(steps) == len(lines)
         assert [len(x["step_scores"]) for x in lines] == [len(x["step_std"]) for x in lines] == steps
         assert summary["truncated_steps"] == 0 and all(x["truncated_steps"] == 0 for x in lines)
+        # Rerank reads the same formats: one group per question here (no `group` field), every candidate kept.
+        rerank(str(model_dir), [str(data)], tmp_path / f"{name}.rr.jsonl", model_name="m", progress=False)
+        groups = read_out(tmp_path / f"{name}.rr.jsonl")
+        assert len(groups) == 2 and sum(len(g["candidates"]) for g in groups) == len(steps)
         if name != "math_shepherd":  # Math-Shepherd's steps carry their "Step k:" text
             torch.testing.assert_close(torch.tensor(lines[0]["step_scores"], dtype=torch.float64), mu1, atol=1e-6, rtol=0)
             torch.testing.assert_close(torch.tensor(lines[0]["step_std"], dtype=torch.float64), sigma1, atol=1e-6, rtol=0)
