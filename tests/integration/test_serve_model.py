@@ -43,7 +43,7 @@ def _wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 42
 
 
 @pytest.mark.slow
-def test_mlflow_models_serve_returns_the_champions_step_scores(tmp_path, actprm_home):
+def test_mlflow_models_serve_returns_the_champions_step_scores(tmp_path, actprm_home, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from actprm.config import load_settings
@@ -59,6 +59,8 @@ def test_mlflow_models_serve_returns_the_champions_step_scores(tmp_path, actprm_
     expected = [step_stats(p) for p in model.step_probabilities(StepBatcher(tokenizer, 1024).encode(questions, steps))]
     model.save_pretrained(tmp_path / "saved", tokenizer)
     settings = load_settings()
+    # configure_mlflow exports MLFLOW_TRACKING_URI; set here, it is undone after the test.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.tracking_uri)
     configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
     version = log_model(tmp_path / "saved", name="actprm-prm")
     MlflowClient().set_registered_model_alias("actprm-prm", "champion", version)

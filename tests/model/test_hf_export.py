@@ -82,7 +82,8 @@ def check_same(got: list[dict], expected) -> None:
         assert g["uncertain"] == trajectory_uncertain(mu, sigma)
 
 
-def test_trained_tiny_registered_champion_exports_and_scores_the_same_without_the_project(tmp_path, actprm_home):
+def test_trained_tiny_registered_champion_exports_and_scores_the_same_without_the_project(tmp_path, actprm_home,
+                                                                                           monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from actprm.config import load_settings
@@ -94,6 +95,8 @@ def test_trained_tiny_registered_champion_exports_and_scores_the_same_without_th
     expected = pipeline_scores(model, tokenizer)
     model.save_pretrained(tmp_path / "saved", tokenizer)
     settings = load_settings()
+    # configure_mlflow exports MLFLOW_TRACKING_URI; set here, it is undone after the test.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.tracking_uri)
     configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
     version = log_model(tmp_path / "saved", name="actprm-prm", tags={"actprm.pool": "synth-test"})
     MlflowClient().set_registered_model_alias("actprm-prm", "champion", version)

@@ -170,7 +170,7 @@ def test_unknown_or_broken_folders_are_refused_in_one_line(tmp_path):
         detect_layout(tmp_path)
 
 
-def test_training_and_scoring_start_from_an_imported_folder_converted_once(tmp_path):
+def test_training_and_scoring_start_from_an_imported_folder_converted_once(tmp_path, monkeypatch):
     """`model.init_from` (and `--model` of score) take a public PRM folder: it becomes a native folder once."""
     from actprm.config import Settings
     from models import EnsemblePRM
@@ -182,6 +182,8 @@ def test_training_and_scoring_start_from_an_imported_folder_converted_once(tmp_p
     write_checkpoint(folder, tok, cfg, backbone, {"architectures": ["Qwen2ForProcessRewardModel"]},
                      {"score.0.weight": torch.zeros(32, 32), "score.0.bias": torch.zeros(32),
                       "score.2.weight": torch.zeros(2, 32), "score.2.bias": torch.zeros(2)})
+    # A registry of its own, without a champion (one would be the starting point instead).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     settings = Settings(home=tmp_path / "home", model={"preset": "tiny-decoder", "num_heads": 3,
                                                        "init_from": str(folder)})
     model_dir, key = starting_model(settings)

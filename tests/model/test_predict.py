@@ -198,7 +198,7 @@ def test_read_trajectories_accounts_for_every_line(tmp_path):
 
 
 def test_evaluate_on_a_pool_past_max_length_fails_naming_the_count_and_passes_when_allowed(model_dir, tmp_path,
-                                                                                           actprm_home):
+                                                                                           actprm_home, monkeypatch):
     """`actprm evaluate --pool P --max-length N`: the request the CLI makes, on a pool whose trajectories do not fit."""
     from actprm.config import Settings
     from actprm.store import Store
@@ -206,6 +206,7 @@ def test_evaluate_on_a_pool_past_max_length_fails_naming_the_count_and_passes_wh
     from tasks.evaluate import evaluate_request
 
     settings = Settings(home=actprm_home)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.tracking_uri)  # configure_mlflow exports it; undone after
     with Store(settings.duckdb_path) as store:
         synth_pool(store, "toy", 20, seed=2, eval_every=2)
     with pytest.raises(TruncationError, match=r"evaluate: \d+ of \d+ steps \(\d+ trajectories\) lie past max_length=96"):
