@@ -279,6 +279,10 @@ def evaluate(
         "--dev-data", help="ProcessBench JSONL to tune the step threshold on (default: 0.5).")] = None,
     pool: Annotated[Optional[str], typer.Option(
         "--pool", help="Evaluate on this ingested pool's held-out eval split (instead of --data).")] = None,
+    max_length: Annotated[Optional[int], typer.Option(
+        "--max-length", help="Token budget per trajectory (default: the backbone's whole context).")] = None,
+    allow_truncation: Annotated[bool, typer.Option(
+        "--allow-truncation", help="Report the metric even when steps past --max-length were left unscored.")] = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     config: ConfigOpt = None,
@@ -293,7 +297,7 @@ def evaluate(
         return evaluate_champion(
             model=model, predictions=str(predictions) if predictions else None,
             data=str(data) if data else None, pool=pool, dev_data=str(dev_data) if dev_data else None,
-            benchmark=benchmark,
+            benchmark=benchmark, allow_truncation=allow_truncation, max_length=max_length,
         )
 
     _run(json_out=json_out, debug=debug)
@@ -463,6 +467,112 @@ def study(
                           extend=extend, preset_overrides=changes, strategies=list(chosen))
 
     _run(json_out=json_out, debug=debug)
+
+
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", help="A model folder (ActPRM, an export, Qwen2.5-Math-PRM, released ActPRM), a models:/ URI, or an "
+                    "alias of the registered model (e.g. champion). Default: the champion.")]
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write (must be empty or absent unless --overwrite).")],
+    model: ModelOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing folder.")] = False,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+    config: ConfigOpt = None,
+):
+    """Export a PRM as a self-contained Hugging Face folder (AutoModel + trust_remote_code), with a model card."""
+
+    @command
+    def _run():
+        settings = prepare(config)
+        from actprm.tracking import configure_mlflow
+        from tasks.export import export_model
+
+        configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
+        return export_model(model, out, model_name=settings.registry.model_name, overwrite=overwrite)
+
+    _run(json_out=json_out, debug=debug)
+
+
+DataArg = Annotated[list[str], typer.Option("--data", help="Input files, globs or folders in any supported format "
+                                                              "(JSONL, .gz, .zst, Parquet); repeatable.")]
+MaxLengthOpt = Annotated[Optional[int], typer.Option(
+    "--max-length", help="Token budget per trajectory (default: the backbone's whole context).")]
+AllowTruncationOpt = Annotated[bool, typer.Option(
+    "--allow-truncation", help="Succeed even when steps past --max-length are left unscored (they are counted).")]
+
+
+@app.command()
+def predict(
+    data: DataArg,
+    output: Annotated[Path, typer.Option("--output", help="JSONL to write, one line per trajectory.")],
+    model: ModelOpt = None,
+    format: Annotated[Optional[str], typer.Option("--format", help="Input format (auto-detected).")] = None,
+    max_length: MaxLengthOpt = None,
+    allow_truncation: AllowTruncationOpt = False,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+    config: ConfigOpt = None,
+):
+    """Score every step of every trajectory in a file: per-step mean and std over the heads, the ActPRM flag."""
+
+    @command
+    def _run():
+        settings = prepare(config)
+        from actprm.tracking import configure_mlflow
+        from tasks.predict import predict as run_predict
+
+        configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
+        return run_predict(model, data, output, model_name=settings.registry.model_name, format=format,
+                           batch_size=settings.uncertainty.batch_size, max_length=max_length,
+                           allow_truncation=allow_truncation, progress=not json_out, limits=_limits(settings))
+
+    _run(json_out=json_out, debug=debug)
+
+
+@app.command()
+def rerank(
+    data: DataArg,
+    output: Annotated[Path, typer.Option("--output", help="JSONL to write, one line per group.")],
+    model: ModelOpt = None,
+    aggregate: Annotated[str, typer.Option(
+        "--aggregate", help="Step scores -> candidate score: min (Math-Shepherd, default), prod (Lightman et al.), "
+                            "last, mean.")] = "min",
+    group_key: Annotated[str, typer.Option(
+        "--group-key", help="Record field naming a candidate's group (default `group`; records without it group "
+                            "by question).")] = "group",
+    format: Annotated[Optional[str], typer.Option("--format", help="Input format (auto-detected).")] = None,
+    max_length: MaxLengthOpt = None,
+    allow_truncation: AllowTruncationOpt = False,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+    config: ConfigOpt = None,
+):
+    """Best-of-N: per question (or group), every candidate's aggregate step score and the chosen candidate."""
+
+    @command
+    def _run():
+        settings = prepare(config)
+        from actprm.tracking import configure_mlflow
+        from tasks.predict import rerank as run_rerank
+
+        configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
+        return run_rerank(model, data, output, model_name=settings.registry.model_name, how=aggregate,
+                          group_key=group_key, format=format, batch_size=settings.uncertainty.batch_size,
+                          max_length=max_length, allow_truncation=allow_truncation, progress=not json_out,
+                          limits=_limits(settings))
+
+    _run(json_out=json_out, debug=debug)
+
+
+def _limits(settings: Settings):
+    from tasks.ingest import IngestLimits
+
+    i = settings.ingest
+    return IngestLimits(i.max_question_chars, i.max_steps, i.max_step_chars, i.quarantine_raw_chars)
 
 
 def main() -> None:

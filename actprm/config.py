@@ -26,9 +26,11 @@ class ModelSettings(BaseModel):
     num_heads: int = Field(32, description="Ensemble size E (paper: 32).")
     reg_lambda: float = Field(0.5, description="Anchor regularization weight lambda (paper: 0.5).")
     learning_probability: float = Field(1.0, description="Bootstrap: chance a head sees a given trajectory.")
-    max_length: int = Field(512, description="Token budget per trajectory; later steps are cut and left unscored.")
+    max_length: int = Field(512, description="Token budget per trajectory in training and pool scoring; later steps are cut and counted (predict, rerank and evaluate default to the backbone's whole context).")
     freeze_backbone: bool = Field(False, description="Train only the heads.")
     backbone_path: str | None = Field(None, description="Override the preset's backbone (local folder or hub id).")
+    init_from: str | None = Field(None, description="Without a champion, start from this PRM folder (ActPRM, an export, "
+                                  "Qwen2.5-Math-PRM: new heads, a released ActPRM: its heads) instead of a fresh preset.")
 
 
 class UncertaintySettings(BaseModel):

@@ -2,7 +2,9 @@
 
 The default set is the throughput benchmarks (about 10-20 minutes on 2 cores): ingest of 1M trajectories, scoring,
 the judge, the synthetic pool writer and training. `bench_gpu.py` joins them where CUDA is available. The
-active-learning study takes 13-40 minutes more and is its own command (`python study/scripts/run.py --preset full`);
+best-of-N rerank benchmark (`--only rerank`, 10-20 minutes; it trains its PRM when ACTPRM_HOME has no champion) is
+not in the default set. The active-learning study takes 13-40 minutes more and is its own command
+(`python study/scripts/run.py --preset full`);
 `--with-study` adds it here. Each benchmark runs in its own process, so one that fails is reported and the rest
 still run; the exit status is 1 when any failed.
 
@@ -29,6 +31,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "synth": ["bench_synth.py"],
     "train": ["bench_train.py"],
     "gpu": ["bench_gpu.py"],
+    "rerank": ["bench_rerank.py"],
     # the research study lives in study/ (not a throughput benchmark); --with-study runs its full preset here
     "study": ["../study/scripts/run.py", "--preset", "full"],
 }

@@ -27,6 +27,8 @@ def evaluate_champion(
     config: dict[str, Any] | None = None,
     dev_data: str | None = None,
     benchmark: str | None = None,
+    allow_truncation: bool = False,
+    max_length: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate a PRM; the result goes to the run's log, a Prefect artifact and an MLflow run.
 
@@ -38,6 +40,8 @@ def evaluate_champion(
         config: Any other settings, as nested overrides.
         dev_data: ProcessBench JSONL to tune the step threshold on (with `data`); default threshold 0.5.
         benchmark: processbench or prmbench: `data` must be that benchmark (default: detected).
+        allow_truncation: Report a metric even when steps past `max_length` were left unscored (they are counted).
+        max_length: Token budget per trajectory (default: the backbone's whole context).
     """
     settings = flow_settings(config)
     if data is None and predictions is None and pool is None:
@@ -48,4 +52,5 @@ def evaluate_champion(
             ingest_pool(paths=[sample], pool=pool, home=str(settings.home))
         prepare_eval_split_task(str(settings.duckdb_path), pool, settings.loop.eval_fraction, settings.train.seed)
     return evaluate_request_stage(settings, model=model, data=data, predictions=predictions, pool=pool,
-                                  dev_data=dev_data, benchmark=benchmark)
+                                  dev_data=dev_data, benchmark=benchmark, allow_truncation=allow_truncation,
+                                  max_length=max_length)

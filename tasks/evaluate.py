@@ -291,8 +291,10 @@ def evaluate_predictions(data_path: str | Path, predictions_path: str | Path, *,
 
 # -- models ----------------------------------------------------------------------------------
 def predict_step_scores(model, tokenizer, questions: list[str], steps_lists: list[list[str]], *,
-                        batch_size: int = 32, max_length: int = 512) -> list[list[float]]:
-    """Mean over the ensemble heads of P(step correct), per trajectory (scored steps only)."""
+                        batch_size: int = 32, max_length: int = 512,
+                        truncated: list[int] | None = None) -> list[list[float]]:
+    """Mean over the ensemble heads of P(step correct), per trajectory (scored steps only). `truncated`, when given,
+    receives each trajectory's count of steps past `max_length` (left unscored)."""
     import torch
 
     from models import StepBatcher
@@ -303,6 +305,8 @@ def predict_step_scores(model, tokenizer, questions: list[str], steps_lists: lis
     with torch.no_grad():
         for start in range(0, len(questions), batch_size):
             batch = batcher.encode(questions[start:start + batch_size], steps_lists[start:start + batch_size])
+            if truncated is not None:
+                truncated.extend(batch.truncated_steps)
             for probs in model.step_probabilities(batch):
                 out.append(probs.float().mean(dim=0).tolist())
     return out
@@ -314,7 +318,8 @@ def _device() -> str | None:
     return "cuda" if torch.cuda.is_available() else None
 
 
-def _score_records(kind: str, records: list[dict], model, tokenizer, batch_size: int, max_length: int):
+def _score_records(kind: str, records: list[dict], model, tokenizer, batch_size: int, max_length: int,
+                   truncated: list[int] | None = None):
     if kind == "processbench":
         keys = [r["id"] for r in records]
         questions = [r["problem"] for r in records]
@@ -325,27 +330,49 @@ def _score_records(kind: str, records: list[dict], model, tokenizer, batch_size:
         # the steps as ingest stores them: without the numbering that mr_eval's remove_step_prefix cuts
         clean = PRMBENCH.views[1].clean_step
         steps = [[clean(step) for step in r["modified_process"]] for r in records]
-    scores = predict_step_scores(model, tokenizer, questions, steps, batch_size=batch_size, max_length=max_length)
+    scores = predict_step_scores(model, tokenizer, questions, steps, batch_size=batch_size, max_length=max_length,
+                                 truncated=truncated)
     return dict(zip(keys, scores))
 
 
+def _truncation(scores: list[list[float]], truncated: list[int], max_length: int, allow: bool) -> dict:
+    """The count of steps left unscored, refused (one-line error) unless allowed: a benchmark metric computed on
+    fewer than all steps is not the benchmark's metric."""
+    from tasks.predict import check_truncation, truncation_report
+
+    report = truncation_report([{"step_scores": s, "truncated_steps": t} for s, t in zip(scores, truncated)],
+                               max_length)
+    check_truncation(report, allow, "evaluate")
+    return report
+
+
 def evaluate_model(model_dir_or_uri: str | Path, data_path: str | Path, *, batch_size: int = 32,
-                   max_length: int = 512, threshold: float = DEFAULT_THRESHOLD,
-                   dev_data_path: str | Path | None = None) -> dict:
-    """Evaluate a saved PRM (a save_pretrained folder or an MLflow `models:/...` URI) on a benchmark file."""
+                   max_length: int | None = None, threshold: float = DEFAULT_THRESHOLD,
+                   dev_data_path: str | Path | None = None, allow_truncation: bool = False) -> dict:
+    """Evaluate a saved PRM (a save_pretrained folder or an MLflow `models:/...` URI) on a benchmark file.
+
+    `max_length` None scores at the backbone's whole context; steps that still do not fit are counted
+    (`truncated_steps`) and refused unless `allow_truncation`."""
+    from tasks.predict import inference_max_length
     from tasks.register import load_model
 
     kind, records, notes = read_eval_set(data_path)
     dev_records = None if dev_data_path is None else _read_dev(dev_data_path, kind, records)  # before the model loads
     model, tokenizer, version = load_model(model_dir_or_uri, device=_device())
-    scores = _score_records(kind, records, model, tokenizer, batch_size, max_length)
+    max_length = inference_max_length(model, max_length)
+    truncated: list[int] = []
+    scores = _score_records(kind, records, model, tokenizer, batch_size, max_length, truncated)
     result: dict[str, Any] = {"benchmark": kind, "model": str(model_dir_or_uri), "model_version": version,
-                              "data_notes": notes}
+                              "data_notes": notes,
+                              **_truncation(list(scores.values()), truncated, max_length, allow_truncation)}
     if kind == "prmbench":
         return {**result, **prmbench_metrics(records, scores)}
     if dev_records is None:
         return {**result, **processbench_metrics(records, scores, threshold)}
-    dev_scores = _score_records("processbench", dev_records, model, tokenizer, batch_size, max_length)
+    dev_truncated: list[int] = []
+    dev_scores = _score_records("processbench", dev_records, model, tokenizer, batch_size, max_length, dev_truncated)
+    dev_report = _truncation(list(dev_scores.values()), dev_truncated, max_length, allow_truncation)
+    result["dev_truncated_steps"] = dev_report["truncated_steps"]
     return {**result, **processbench_tuned(records, dev_records, {**scores, **dev_scores})}
 
 
@@ -356,7 +383,8 @@ def eval_set_id(pool: str, split: str, trajectory_ids: list[str]) -> str:
 
 
 def evaluate_on_store(store, pool: str, model, tokenizer, split: str = "eval", *, batch_size: int = 32,
-                      max_length: int = 512, threshold: float = DEFAULT_THRESHOLD) -> dict:
+                      max_length: int = 512, threshold: float = DEFAULT_THRESHOLD,
+                      allow_truncation: bool = True) -> dict:
     """ProcessBench-style F1 on a pool's held-out split, against the gold labels in the store.
 
     One subset named after the pool; `error_kinds` adds accuracy per gold error kind (the
@@ -366,8 +394,11 @@ def evaluate_on_store(store, pool: str, model, tokenizer, split: str = "eval", *
     trajectories = [t for t in store.trajectories(ids) if t["gold_first_error"] is not None]
     if not trajectories:
         raise ActPRMError(f"pool {pool!r} has no gold-labeled trajectories in its {split!r} split to evaluate on")
+    truncated: list[int] = []
     scores = predict_step_scores(model, tokenizer, [t["question"] for t in trajectories],
-                                 [t["steps"] for t in trajectories], batch_size=batch_size, max_length=max_length)
+                                 [t["steps"] for t in trajectories], batch_size=batch_size, max_length=max_length,
+                                 truncated=truncated)
+    report = _truncation(scores, truncated, max_length, allow_truncation)
     by_id = {t["id"]: s for t, s in zip(trajectories, scores)}
     records = [{"id": t["id"], "label": int(t["gold_first_error"]), "subset": pool} for t in trajectories]
     result = processbench_metrics(records, by_id, threshold)
@@ -384,22 +415,29 @@ def evaluate_on_store(store, pool: str, model, tokenizer, split: str = "eval", *
         k["correct"] += predicted_first_error(by_id[t["id"]], threshold) == t["gold_first_error"]
     result["error_kinds"] = {k: {"acc": v["correct"] / v["n"], "n": v["n"]} for k, v in sorted(kinds.items())}
     result["n"] = len(trajectories)
+    result.update(report)
     result["eval_set"] = eval_set_id(pool, split, [t["id"] for t in trajectories])
     return result
 
 
 # -- stages (thin Prefect wrappers used by the flows) --------------------------------------------
 def evaluate_pool(duckdb_path: str | Path, pool: str, model_dir_or_uri: str | Path, *, split: str = "eval",
-                  batch_size: int = 32, max_length: int = 512, threshold: float = DEFAULT_THRESHOLD) -> dict:
-    """Load a model (folder or models:/ URI) and evaluate it on a pool's held-out split."""
+                  batch_size: int = 32, max_length: int | None = 512, threshold: float = DEFAULT_THRESHOLD,
+                  allow_truncation: bool = True) -> dict:
+    """Load a model (folder or models:/ URI) and evaluate it on a pool's held-out split (`max_length` None: the
+    backbone's whole context). Steps past `max_length` are counted in `truncated_steps`; with
+    `allow_truncation=False` any such step is an error. The loop allows them (its gate compares F1s measured
+    alike) and logs the count."""
     from actprm.store import Store
+    from tasks.predict import inference_max_length
     from tasks.register import load_model
 
     model, tokenizer, version = load_model(model_dir_or_uri, device=_device())
+    max_length = inference_max_length(model, max_length)
     with Store(duckdb_path) as store:
         store.require_pool(pool)
         result = evaluate_on_store(store, pool, model, tokenizer, split, batch_size=batch_size,
-                                   max_length=max_length, threshold=threshold)
+                                   max_length=max_length, threshold=threshold, allow_truncation=allow_truncation)
     return {"benchmark": "pool", "pool": pool, "split": split, "model": str(model_dir_or_uri),
             "model_version": version, **result}
 
@@ -411,7 +449,8 @@ def _log_evaluation(run_id: str | None, result: dict, tracking_uri: str | None =
     if run_id is None:
         return
     client = MlflowClient(tracking_uri)
-    metrics = {f"{prefix}_{k}": v for k, v in result.items() if k in ("f1", "f1_tuned", "prmscore", "f1_negative")}
+    metrics = {f"{prefix}_{k}": v for k, v in result.items()
+               if k in ("f1", "f1_tuned", "prmscore", "f1_negative", "truncated_steps")}
     for name, sub in result.get("subsets", {}).items():
         metrics.update({f"{prefix}_{name}_{k}": v for k, v in sub.items() if k != "n" and v is not None})
     for kind, v in result.get("error_kinds", {}).items():
@@ -435,11 +474,14 @@ def evaluate_round(settings, pool: str, model_dir: str, run_id: str | None = Non
 
 def evaluate_request(settings, *, model: str | None = None, data: str | None = None,
                      predictions: str | None = None, pool: str | None = None, dev_data: str | None = None,
-                     benchmark: str | None = None) -> dict:
+                     benchmark: str | None = None, allow_truncation: bool = False,
+                     max_length: int | None = None) -> dict:
     """`actprm evaluate`: a predictions file, or a model (default: the champion) on a file or a pool.
 
     With `dev_data` the ProcessBench threshold is tuned on that file instead of fixed at 0.5. With `benchmark`,
-    `data` must hold that benchmark's records (checked before any model loads).
+    `data` must hold that benchmark's records (checked before any model loads). A model is scored at `max_length`
+    (default: its backbone's whole context) and refuses to report a metric with steps left unscored unless
+    `allow_truncation`.
     """
     from actprm.tracking import configure_mlflow, start_run
     from tasks.champion import champion_version
@@ -469,7 +511,8 @@ def evaluate_request(settings, *, model: str | None = None, data: str | None = N
                 raise ActPRMError(f"{name} has no champion yet: give a model (a models:/ URI or a folder), "
                                   "or run active learning first")
             model = f"models:/{name}@champion"
-        sizes = {"batch_size": settings.uncertainty.batch_size, "max_length": settings.model.max_length}
+        sizes = {"batch_size": settings.uncertainty.batch_size, "max_length": max_length,
+                 "allow_truncation": allow_truncation}
         result = (evaluate_pool(settings.duckdb_path, pool, model, **sizes) if pool is not None
                   else evaluate_model(model, data, dev_data_path=dev_data, **sizes))
     if data is not None:

@@ -34,27 +34,33 @@ from tasks.champion import (CHALLENGER, CHAMPION, MODEL_NAME, alias_version, cha
 # Where the save_pretrained folder lives inside the logged pyfunc model.
 PRM_ARTIFACT = "prm"
 
-# The pyfunc's schema: one row per trajectory. `steps` and `step_scores` are JSON-encoded lists of
+# The pyfunc's schema: one row per trajectory. `steps`, `step_scores` and `step_std` are JSON-encoded lists of
 # strings / floats, because MLflow column schemas have no list-of-string type that every flavor
 # and the REST scoring server accept alike.
 PYFUNC_SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", "question"), ColSpec("string", "steps")]),
-    outputs=Schema([ColSpec("string", "step_scores")]),
+    outputs=Schema([ColSpec("string", "step_scores"), ColSpec("string", "step_std"), ColSpec("boolean", "uncertain"),
+                    ColSpec("long", "truncated_steps")]),
 )
+# Token budget of the served model; unset: the backbone's whole context (tasks.predict.inference_max_length).
+SERVE_MAX_LENGTH_ENV = "ACTPRM_SERVE_MAX_LENGTH"
 
 
 def load_prm_dir(path: str | Path, device: str | None = None):
-    """(model, tokenizer) from a save_pretrained folder (the tokenizer is saved alongside)."""
-    from models import EnsemblePRM
+    """(model, tokenizer) from a save_pretrained folder (the tokenizer is saved alongside), or any other PRM folder
+    `models.hf_import` reads (an export, Qwen2.5-Math-PRM, a released ActPRM checkpoint)."""
+    from models.hf_import import load_prm_folder
 
-    return EnsemblePRM.from_pretrained(path, with_tokenizer=True, device=device)
+    return load_prm_folder(path, device=device)
 
 
 class PRMPyfunc(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc around the ensemble PRM: rows of (question, steps JSON) -> step_scores JSON.
+    """MLflow pyfunc around the ensemble PRM: rows of (question, steps JSON) -> step_scores and step_std (JSON),
+    uncertain, truncated_steps.
 
-    Scores are the mean over heads of P(step correct); steps past max_length (env
-    ACTPRM_MODEL__MAX_LENGTH, default 512) have no score.
+    Scores are the mean over heads of P(step correct), step_std the heads' population std; steps past the token
+    budget (env ACTPRM_SERVE_MAX_LENGTH, default the backbone's whole context) have no score and are counted in
+    truncated_steps.
     """
 
     # The explicit PYFUNC_SIGNATURE is the schema; MLflow's type-hint validation (and its warning
@@ -62,18 +68,23 @@ class PRMPyfunc(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
+        from tasks.predict import inference_max_length
+
         self.model, self.tokenizer = load_prm_dir(context.artifacts[PRM_ARTIFACT])
-        self.max_length = int(os.environ.get("ACTPRM_MODEL__MAX_LENGTH", "512"))
+        self.max_length = inference_max_length(self.model, int(os.environ.get(SERVE_MAX_LENGTH_ENV) or 0) or None)
 
     def predict(self, context, model_input, params=None):
         import pandas as pd
 
-        from tasks.evaluate import predict_step_scores
+        from tasks.predict import score_steps
 
-        questions = [str(q) for q in model_input["question"]]
-        steps = [json.loads(s) if isinstance(s, str) else list(s) for s in model_input["steps"]]
-        scores = predict_step_scores(self.model, self.tokenizer, questions, steps, max_length=self.max_length)
-        return pd.DataFrame({"step_scores": [json.dumps(s) for s in scores]})
+        trajectories = [{"question": str(q), "steps": json.loads(s) if isinstance(s, str) else list(s)}
+                        for q, s in zip(model_input["question"], model_input["steps"])]
+        scores = score_steps(self.model, self.tokenizer, trajectories, max_length=self.max_length)
+        return pd.DataFrame({"step_scores": [json.dumps(s["step_scores"]) for s in scores],
+                             "step_std": [json.dumps(s["step_std"]) for s in scores],
+                             "uncertain": [bool(s["uncertain"]) for s in scores],
+                             "truncated_steps": [int(s["truncated_steps"]) for s in scores]})
 
 
 PYFUNC_SCRIPT = """import mlflow
@@ -234,10 +245,12 @@ def starting_model(settings, model: str | None = None) -> tuple[str, str]:
         version = champion_version(name)
         if version is not None:
             model = f"models:/{name}/{version}"
+    if model is None and settings.model.init_from:
+        model = settings.model.init_from
     if model is not None:
         prm_dir, version = resolve_model_dir(model)
         if version is None:
-            return str(prm_dir), _folder_key(prm_dir)
+            return imported_folder(settings, prm_dir), _folder_key(prm_dir)
         registered = model[len("models:/"):].split("@")[0].split("/")[0]
         return str(prm_dir), model_version_key(registered, version)
     m = settings.model
@@ -258,6 +271,27 @@ def starting_model(settings, model: str | None = None) -> tuple[str, str]:
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
     return str(target), key
+
+
+def imported_folder(settings, folder: Path) -> str:
+    """A save_pretrained folder for `folder`: itself, or (for another PRM layout: an export, Qwen2.5-Math-PRM, a
+    released ActPRM) its conversion, made once under checkpoints/init and reused while the folder is unchanged.
+    A Qwen2.5-Math-PRM start gets new heads shaped by the model and train settings."""
+    from models.hf_import import detect_layout, import_prm
+
+    layout = detect_layout(folder)
+    if layout == "actprm":
+        return str(folder)
+    m = settings.model
+    target = settings.checkpoints_dir / "init" / f"import-{layout}-{_folder_key(folder)[4:]}-h{m.num_heads}-s{settings.train.seed}"
+    if not (target / "prm_config.json").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=target.parent))
+        import_prm(folder, tmp, num_heads=m.num_heads, seed=settings.train.seed, reg_lambda=m.reg_lambda,
+                   learning_probability=m.learning_probability)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    return str(target)
 
 
 def register_round(settings, model_dir: str, evaluation: dict, run_id: str | None = None) -> dict:

@@ -11,6 +11,7 @@ selection & rounds, scores).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 import uuid
@@ -21,7 +22,7 @@ import duckdb
 
 from actprm.errors import ActPRMError, UnknownPool
 from actprm.names import check_pool_name
-from actprm.store.parsing import quote_ident, quote_literal, staging_select
+from actprm.store.parsing import quote_ident, quote_literal, reader_sql, staging_select
 from actprm.store.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, TRAJECTORY_ID_SQL
 
 
@@ -552,6 +553,21 @@ class Store:
 
     def quarantine_count(self, pool: str) -> int:
         return int(self.sql("SELECT count(*) FROM quarantine WHERE pool = ?", [pool]).fetchone()[0])
+
+    # -- predict -----------------------------------------------------------------------------
+    def staged_trajectories(self, stage: str) -> list[dict]:
+        """Every row of an ingest stage in input order: one per view of a good line (question, steps, source id,
+        content id), one per bad line (its reason), for scoring a file without storing it as a pool."""
+        rows = self.sql(f"SELECT file_idx, source, line_no, view_no, reason, id, question, steps, source_id "
+                        f"FROM {self._q(stage)} ORDER BY file_idx, line_no, view_no").fetchall()
+        keys = ("file_idx", "source", "line_no", "view_no", "reason", "id", "question", "steps", "source_id")
+        return [dict(zip(keys, r)) | {"steps": list(r[7]) if r[7] is not None else None} for r in rows]
+
+    def record_field(self, path: str, kind: str, key: str) -> dict[int, str | None]:
+        """line_no -> the value of top-level `key` (as text) of every JSON line or Parquet row of one input file."""
+        rows = self.sql(f"SELECT line_no, CASE WHEN json_valid(raw) THEN json_extract_string(raw, ?) END "
+                        f"FROM ({reader_sql(kind)})", ["$." + json.dumps(key), path]).fetchall()
+        return {int(n): v for n, v in rows}
 
     # -- selection & rounds --------------------------------------------------------------------
     def has_gold_labels(self, pool: str) -> bool:

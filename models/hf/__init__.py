@@ -1,0 +1,1 @@
+"""Self-contained Hugging Face modeling code shipped inside exported PRM folders (imports only torch/transformers)."""
