@@ -60,7 +60,7 @@ model = AutoModel.from_pretrained("{path}", trust_remote_code=True)
 tokenizer = AutoTokenizer.from_pretrained("{path}", trust_remote_code=True)
 [result] = model.score_steps(tokenizer, ["What is 12 + 30?"], [["12 + 30 = 42.", "The answer is 42."]])
 result["step_scores"]  # per step: mean over the {heads} heads of P(step correct)
-result["step_std"]     # per step: the heads' population std (the ensemble's uncertainty)
+result["step_std"]     # per step: the heads' unbiased std (the ensemble's uncertainty)
 result["uncertain"]    # the ActPRM rule (paper Sec. 3.2): a decisive step with std > {std} or mean in (1-{p}, {p})
 ```'''
 

@@ -92,7 +92,7 @@ def inference_max_length(model, max_length: int | None = None) -> int:
 def score_steps(model, tokenizer, trajectories: list[dict], *, batch_size: int = 32, max_length: int | None = None,
                 progress: bool = False, desc: str = "predict") -> list[dict]:
     """Per trajectory ({question, steps}): step_scores (mean over heads of P(step correct)), step_std (the heads'
-    population std), uncertain (the ActPRM rule) and truncated_steps (steps past the budget, unscored)."""
+    unbiased std), uncertain (the ActPRM rule) and truncated_steps (steps past the budget, unscored)."""
     from tqdm import tqdm
 
     from models import StepBatcher, check_compatible

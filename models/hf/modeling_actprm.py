@@ -11,7 +11,7 @@ This file travels inside an exported model folder and is loaded by `transformers
 
 A shared backbone feeds E MLP heads (hidden -> K -> K -> 1, ReLU) read at the step separator ``<extra_0>``
 that closes every step (the Qwen2.5-Math-PRM layout). A step's score is the mean over heads of P(step correct),
-its uncertainty the heads' population std. The heads run in float32 whatever the backbone's dtype.
+its uncertainty the heads' unbiased std (torch.std, as the official ActPRM trainer; 0 for one head). The heads run in float32 whatever the backbone's dtype.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ class ActPRMForStepScoring(PreTrainedModel):
     def score_steps(self, tokenizer, questions: list[str], steps_lists: list[list[str]], batch_size: int = 8,
                     max_length: int | None = None) -> list[dict]:
         """Per trajectory: {"step_scores": mean over heads of P(step correct) per step, "step_std": the heads'
-        population std per step, "uncertain": the ActPRM rule}. Every step is scored: a trajectory longer than
+        unbiased std per step, "uncertain": the ActPRM rule}. Every step is scored: a trajectory longer than
         `max_length` (default: the backbone's position limit) raises instead of being cut."""
         if len(questions) != len(steps_lists):
             raise ValueError("questions and steps_lists must have the same length")
@@ -170,7 +170,8 @@ class ActPRMForStepScoring(PreTrainedModel):
             counts = torch.bincount(out["step_rows"].cpu(), minlength=len(encoded)).tolist()
             for p in torch.split(probs, counts, dim=1):
                 p = p.double()
-                mu, sigma = p.mean(0), p.std(0, correction=0)
+                mu = p.mean(0)
+                sigma = p.std(0, correction=1) if p.shape[0] > 1 else torch.zeros_like(mu)
                 results.append({"step_scores": mu.tolist(), "step_std": sigma.tolist(),
                                 "uncertain": self._uncertain(mu, sigma)})
         return results

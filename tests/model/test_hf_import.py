@@ -107,7 +107,7 @@ def test_qwen25_math_prm_backbone_loads_and_new_heads_read_its_step_states(tmp_p
         z = torch.relu(z @ w2 + b2)
         ref = torch.sigmoid((z @ w3 + b3).squeeze(-1)).double()
         torch.testing.assert_close(mu, ref.mean(0), atol=1e-5, rtol=0)
-        torch.testing.assert_close(sigma, ref.std(0, correction=0), atol=1e-5, rtol=0)
+        torch.testing.assert_close(sigma, ref.std(0, correction=1), atol=1e-5, rtol=0)  # official: torch.std
 
 
 def release_heads(e: int, h: int, k: int, seed: int) -> dict[str, torch.Tensor]:
@@ -151,7 +151,7 @@ def test_released_actprm_heads_and_anchors_load_as_they_are(tmp_path):
     for question, steps, (mu, sigma) in zip(QUESTIONS, STEPS, imported_stats(model, tokenizer)):
         ref = release_forward(reference_states(tok, backbone, question, steps), heads).double()
         torch.testing.assert_close(mu, ref.mean(0), atol=1e-5, rtol=0)
-        torch.testing.assert_close(sigma, ref.std(0, correction=0), atol=1e-5, rtol=0)
+        torch.testing.assert_close(sigma, ref.std(0, correction=1), atol=1e-5, rtol=0)  # official: torch.std
 
     # Converted once into this project's folder, it scores the same wherever --model takes a folder.
     out = tmp_path / "native"

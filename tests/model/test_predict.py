@@ -43,10 +43,15 @@ RECORDS = {
     "prmbench": ([{"idx": "x1", "original_question": Q1, "original_process": S1, "modified_question": Q1,
                    "modified_process": ["12 + 30 = 41.", "The answer is 41."], "error_steps": [1], "classification": "calc"},
                   {"idx": "x2", "original_question": Q2, "original_process": S2, "modified_question": Q2,
-                   "modified_process": S2[:2], "error_steps": [2], "classification": "calc"}], [2, 2, 3, 2]),
+                   "modified_process": S2[:2], "error_steps": [2], "classification": "calc"}], [2, 2]),
     "math_shepherd": ([{"input": f"{Q1} Step 1: {S1[0]} ки\nStep 2: {S1[1]} ки", "label": f"{Q1} Step 1: {S1[0]} +\nStep 2: {S1[1]} +"},
                        {"input": f"{Q2} Step 1: {S2[0]} ки\nStep 2: {S2[1]} ки", "label": f"{Q2} Step 1: {S2[0]} +\nStep 2: {S2[1]} -"}],
                       [2, 2]),
+    "prm800k": ([{"question": {"problem": Q1}, "label": {"finish_reason": "solution", "steps": [
+                     {"completions": [{"text": t, "rating": 1}], "chosen_completion": 0} for t in S1]}},
+                 {"question": {"problem": Q2}, "label": {"finish_reason": "found_error", "steps": [
+                     {"completions": [{"text": t, "rating": r}], "chosen_completion": 0}
+                     for t, r in zip(S2, (1, -1, 1))]}}], [2, 3]),
 }
 
 
@@ -92,11 +97,13 @@ def test_predict_scores_every_step_of_every_supported_format(model_dir, tmp_path
         rerank(str(model_dir), [str(data)], tmp_path / f"{name}.rr.jsonl", model_name="m", progress=False)
         groups = read_out(tmp_path / f"{name}.rr.jsonl")
         assert len(groups) == 2 and sum(len(g["candidates"]) for g in groups) == len(steps)
-        if name != "math_shepherd":  # Math-Shepherd's steps carry their "Step k:" text
+        # Math-Shepherd's steps carry their "Step k:" text; PRMBench's first line is a modified process (its
+        # original is read from the redundancy line only, as mr_eval does).
+        if name not in ("math_shepherd", "prmbench"):
             torch.testing.assert_close(torch.tensor(lines[0]["step_scores"], dtype=torch.float64), mu1, atol=1e-6, rtol=0)
             torch.testing.assert_close(torch.tensor(lines[0]["step_std"], dtype=torch.float64), sigma1, atol=1e-6, rtol=0)
     # The record's own id names its line (PRMBench: idx and the view).
-    assert [x["id"] for x in read_out(tmp_path / "prmbench.out.jsonl")][:2] == ["x1:original", "x1:modified"]
+    assert [x["id"] for x in read_out(tmp_path / "prmbench.out.jsonl")] == ["x1:modified", "x2:modified"]
 
     # Parquet is read by the same parser.
     table = pa.Table.from_pylist(RECORDS["actprm"][0])
