@@ -18,11 +18,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
-from actprm.errors import ActPRMError
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _server: subprocess.Popen | None = None
@@ -74,21 +72,11 @@ def ready(preload: str | None = None, timeout_s: float | None = None) -> None:
         importlib.import_module(preload)
     if _server is None:
         return
-    import httpx
+    from actprm.servers import wait_http
 
     timeout_s = timeout_s or float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 180))
-    url = os.environ["PREFECT_API_URL"] + "/health"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if _server.poll() is not None:
-            raise ActPRMError(f"the temporary Prefect server exited with code {_server.returncode} while starting")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise ActPRMError(f"the temporary Prefect server did not answer within {timeout_s:.0f} s")
+    wait_http(os.environ["PREFECT_API_URL"] + "/health", timeout=timeout_s, pid=_server.pid,
+              what="the temporary Prefect server", interval=0.1)
 
 
 def stop() -> None:

@@ -157,8 +157,9 @@ def start_worker(stack: Stack, *, pool: str = WORK_POOL, name: str = "actprm-wor
     return start_service(stack, "worker", argv, stack.environment())
 
 
-def wait_http(url: str, *, timeout: float, pid: int | None = None, what: str = "server", log: Path | None = None) -> None:
-    """Poll `url` until it answers 200; fail early when the process behind it died."""
+def wait_http(url: str, *, timeout: float, pid: int | None = None, what: str = "server", log: Path | None = None,
+              interval: float = 0.5) -> None:
+    """Poll `url` every `interval` seconds until it answers 200; fail early when the process behind it died."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pid is not None and not pid_alive(pid):
@@ -168,7 +169,7 @@ def wait_http(url: str, *, timeout: float, pid: int | None = None, what: str = "
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.5)
+        time.sleep(interval)
     raise ActPRMError(f"{what} did not answer {url} within {timeout:.0f}s; see {log or 'its log'}")
 
 

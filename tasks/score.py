@@ -125,12 +125,7 @@ def score_pool(store: Store | None, pool: str, model: EnsemblePRM, tokenizer, mo
                 rows = gather_object(rows)
                 tokens, padded = _sum_across(accelerator, tokens, padded)
             if is_main:
-                store.write_score_shard(pool, model_version, pa.Table.from_pylist(rows, schema=SCORE_SCHEMA))
-                summary.shards += 1
-                summary.scored += len(rows)
-                summary.uncertain_this_run += sum(r["uncertain"] for r in rows)
-                if on_shard is not None:
-                    on_shard(summary.scored, len(todo))
+                _write_shard(store, summary, rows, len(todo), on_shard)
             summary.tokens += tokens
             summary.padded_tokens += padded
     finally:
@@ -143,6 +138,17 @@ def score_pool(store: Store | None, pool: str, model: EnsemblePRM, tokenizer, mo
         summary.trajectories_per_s = summary.scored / summary.seconds
         summary.tokens_per_s = summary.tokens / summary.seconds
     return summary
+
+
+def _write_shard(store: Store, summary: ScoreSummary, rows: list[dict], total: int,
+                 on_shard: Callable[[int, int], None] | None) -> None:
+    """Commit one shard's rows (with its score_shards row, one transaction) and count it in `summary`."""
+    store.write_score_shard(summary.pool, summary.model_version, pa.Table.from_pylist(rows, schema=SCORE_SCHEMA))
+    summary.shards += 1
+    summary.scored += len(rows)
+    summary.uncertain_this_run += sum(r["uncertain"] for r in rows)
+    if on_shard is not None:
+        on_shard(summary.scored, total)
 
 
 def score_trajectories(model: EnsemblePRM, batcher: StepBatcher, trajectories: list[dict], model_version: str, *,
@@ -294,13 +300,7 @@ def score_pool_sharded(store: Store, pool: str, model_version: str, submit: Call
     bounds = iter(range(0, len(todo), shard_size))
 
     def write(future) -> None:
-        rows = future.result()
-        store.write_score_shard(pool, model_version, pa.Table.from_pylist(rows, schema=SCORE_SCHEMA))
-        summary.shards += 1
-        summary.scored += len(rows)
-        summary.uncertain_this_run += sum(r["uncertain"] for r in rows)
-        if on_shard is not None:
-            on_shard(summary.scored, len(todo))
+        _write_shard(store, summary, future.result(), len(todo), on_shard)
 
     for lo in bounds:
         pending.append(submit(store.trajectories(todo[lo: lo + shard_size])))
