@@ -17,7 +17,7 @@ from actprm.config import flow_settings
 from actprm.names import check_pool_name
 from flows import scoring
 from flows.ingest_pool import ingest_pool
-from flows.tasks import evaluate_stage, label_stage, register_stage
+from flows.prefect_tasks import evaluate_stage, label_stage, register_stage
 from tasks import pipeline
 from tasks.label import JUDGE_DOWN_STOPS
 from tasks.select import prepare_eval_split_task, select_task

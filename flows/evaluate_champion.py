@@ -13,7 +13,7 @@ from prefect import flow
 
 from actprm.config import flow_settings
 from flows.ingest_pool import ingest_pool
-from flows.tasks import evaluate_request_stage
+from flows.prefect_tasks import evaluate_request_stage
 from tasks import pipeline
 from tasks.select import prepare_eval_split_task
 

@@ -11,7 +11,7 @@ from prefect import flow
 
 from actprm.config import flow_settings
 from flows.ingest_pool import ingest_pool
-from flows.tasks import evaluate_stage, label_stage, register_stage, starting_model_stage
+from flows.prefect_tasks import evaluate_stage, label_stage, register_stage, starting_model_stage
 from tasks import pipeline
 from tasks.score import score_stage
 from tasks.select import prepare_eval_split_task, select_task

@@ -8,7 +8,7 @@ from prefect import flow
 
 from actprm.config import flow_settings
 from flows import scoring
-from flows.tasks import evaluate_stage, label_stage, register_stage, starting_model_stage
+from flows.prefect_tasks import evaluate_stage, label_stage, register_stage, starting_model_stage
 from tasks import pipeline
 from tasks.label import judge_down
 from tasks.score import export_stage

@@ -190,7 +190,7 @@ def test_bad_label_is_rejected(tmp_path):
 
 def _labeled_pool(db, labeled: list[dict], other_prompt: list[dict] = ()) -> None:
     """Registered pool `p` holding `labeled` with labels of the default judge and prompt (verifier, processbench-v2)
-    and `other_prompt` with labels bought under another prompt version."""
+    and `other_prompt` with labels bought under another prompt family (a revision of the same family would count)."""
     from actprm.store import Store, trajectory_id
 
     with Store(db) as store:
@@ -199,7 +199,7 @@ def _labeled_pool(db, labeled: list[dict], other_prompt: list[dict] = ()) -> Non
             tid = trajectory_id(ex["question"], ex["steps"])
             store.sql("INSERT INTO trajectories VALUES (?, ?, ?, ?)", [tid, ex["question"], ex["steps"], len(ex["steps"])])
             store.sql("INSERT INTO pool_members (pool, trajectory_id, line_no) VALUES ('p', ?, ?)", [tid, i])
-            prompt = "processbench-v2" if i < len(labeled) else "processbench-v1"
+            prompt = "processbench-v2" if i < len(labeled) else "actprm-v1"
             store.sql("INSERT INTO judge_labels (trajectory_id, judge_model, prompt_version, pool, status, "
                       "first_error) VALUES (?, 'verifier:synth', ?, 'p', 'labeled', ?)", [tid, prompt, ex["first_error"]])
 
@@ -212,7 +212,7 @@ def test_train_stage_trains_on_the_pools_judge_labels_and_logs_into_the_flows_ml
 
     settings = Settings(home=tmp_path, model={"preset": "tiny", "num_heads": 8, "max_length": 128},
                         train={"epochs": 1, "batch_size": 4, "grad_accum": 2, "lr": 1e-2})
-    # The settings' judge (verifier) and prompt bought 12 labels; 3 more came from an older prompt version.
+    # The settings' judge (verifier) and prompt bought 12 labels; 3 more came from another prompt family.
     _labeled_pool(settings.duckdb_path, examples[:12], examples[12:15])
     client = MlflowClient(settings.tracking_uri)
     experiment = client.create_experiment("train-test", artifact_location=(tmp_path / "artifacts").as_uri())
