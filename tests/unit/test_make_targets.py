@@ -3,6 +3,7 @@ runs the unit and data tests; `make lint` runs ruff."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,8 +17,10 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="no make he
 
 def _commands(target: str) -> list[str]:
     """What `make TARGET` would run, without running it or rebuilding the venv (-o: take it as up to date)."""
-    out = subprocess.run(["make", "-n", "-o", ".venv/.installed", target], cwd=ROOT, capture_output=True, text=True,
-                         timeout=60, check=True)
+    # Under `make test` itself this make is a sub-make: without --no-print-directory it adds "Entering directory".
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    out = subprocess.run(["make", "--no-print-directory", "-n", "-o", ".venv/.installed", target], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, check=True, env=env)
     return out.stdout.splitlines()
 
 
