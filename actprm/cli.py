@@ -33,6 +33,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON ob
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML config file (else $ACTPRM_CONFIG).")]
 PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="Model preset: tiny, cpu, qwen2.5-math-7b.")]
+FormatOpt = Annotated[Optional[str], typer.Option("--format", help="Input format (auto-detected).")]
 PoolOpt = Annotated[Optional[str], typer.Option("--pool", help="Pool name (default: the built-in sample pool).")]
 
 
@@ -155,7 +156,7 @@ def synth(
 def ingest(
     paths: Annotated[list[str], typer.Argument(help="Files, globs or directories (JSONL, .gz, .zst, Parquet).")],
     pool: Annotated[str, typer.Option("--pool", help="Name of the new pool.")],
-    format: Annotated[Optional[str], typer.Option("--format", help="Input format (auto-detected).")] = None,
+    format: FormatOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     config: ConfigOpt = None,
@@ -510,7 +511,7 @@ def predict(
     data: DataArg,
     output: Annotated[Path, typer.Option("--output", help="JSONL to write, one line per trajectory.")],
     model: ModelOpt = None,
-    format: Annotated[Optional[str], typer.Option("--format", help="Input format (auto-detected).")] = None,
+    format: FormatOpt = None,
     max_length: MaxLengthOpt = None,
     allow_truncation: AllowTruncationOpt = False,
     json_out: JsonOpt = False,
@@ -523,12 +524,13 @@ def predict(
     def _run():
         settings = prepare(config)
         from actprm.tracking import configure_mlflow
+        from tasks.ingest import IngestLimits
         from tasks.predict import predict as run_predict
 
         configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
         return run_predict(model, data, output, model_name=settings.registry.model_name, format=format,
                            batch_size=settings.uncertainty.batch_size, max_length=max_length,
-                           allow_truncation=allow_truncation, progress=not json_out, limits=_limits(settings))
+                           allow_truncation=allow_truncation, progress=not json_out, limits=IngestLimits.from_settings(settings))
 
     _run(json_out=json_out, debug=debug)
 
@@ -544,7 +546,7 @@ def rerank(
     group_key: Annotated[str, typer.Option(
         "--group-key", help="Record field naming a candidate's group (default `group`; records without it group "
                             "by question).")] = "group",
-    format: Annotated[Optional[str], typer.Option("--format", help="Input format (auto-detected).")] = None,
+    format: FormatOpt = None,
     max_length: MaxLengthOpt = None,
     allow_truncation: AllowTruncationOpt = False,
     json_out: JsonOpt = False,
@@ -557,22 +559,17 @@ def rerank(
     def _run():
         settings = prepare(config)
         from actprm.tracking import configure_mlflow
+        from tasks.ingest import IngestLimits
         from tasks.predict import rerank as run_rerank
 
         configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
         return run_rerank(model, data, output, model_name=settings.registry.model_name, how=aggregate,
                           group_key=group_key, format=format, batch_size=settings.uncertainty.batch_size,
                           max_length=max_length, allow_truncation=allow_truncation, progress=not json_out,
-                          limits=_limits(settings))
+                          limits=IngestLimits.from_settings(settings))
 
     _run(json_out=json_out, debug=debug)
 
-
-def _limits(settings: Settings):
-    from tasks.ingest import IngestLimits
-
-    i = settings.ingest
-    return IngestLimits(i.max_question_chars, i.max_steps, i.max_step_chars, i.quarantine_raw_chars)
 
 
 def main() -> None:

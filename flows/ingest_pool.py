@@ -97,7 +97,7 @@ def ingest_pool(paths: list[str], pool: Annotated[str, Field(pattern=POOL_NAME_P
     for k, v in runtime_environment(settings).items():
         os.environ.setdefault(k, v)
     db, cfg = str(settings.duckdb_path), settings.ingest
-    limits = ing.IngestLimits(cfg.max_question_chars, cfg.max_steps, cfg.max_step_chars, cfg.quarantine_raw_chars)
+    limits = ing.IngestLimits.from_settings(settings)
     staged = stage_lines(db, paths, format, limits, str(settings.tmp_dir))
     try:
         summary = quarantine_lines(db, staged, pool)

@@ -54,6 +54,11 @@ class IngestLimits:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_settings(cls, settings) -> IngestLimits:
+        """From `Settings.ingest` (the one place that maps it)."""
+        return cls(**{k: getattr(settings.ingest, k) for k in cls.__dataclass_fields__})
+
 
 @dataclass(frozen=True)
 class InputFile:

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from actprm.config import Settings
-from actprm.judges.budget import BudgetLimits, budget_left, ledger_snapshot_path
+from actprm.judges.budget import BudgetLimits, budget_left, ledger_snapshot_path, left_under
 from actprm.store import Store
 from actprm.store.queries import StoreLockedError
 
@@ -62,14 +62,12 @@ def _status_while_locked(settings: Settings, limits: BudgetLimits) -> dict[str, 
     except (OSError, ValueError):
         raise StoreLockedError(f"DuckDB file {settings.duckdb_path} is in use by another process and no spending "
                                "snapshot exists yet; try again when it finishes") from None
-    caps = limits.caps("global")
     spent = snap["spent_global"]
     return {
         "live": False,
         "note": f"DuckDB is held by another process (pid {snap['pid']}); spending as it wrote it "
                 f"{time.time() - snap['written_at']:.0f} s ago, reservations in flight counted at their worst case",
-        "budget_left": {"global": {"spent": spent, "left": {k: None if caps[k] is None else max(0, caps[k] - spent[k])
-                                                            for k in caps}}},
+        "budget_left": {"global": {"spent": spent, "left": left_under(limits.caps("global"), spent)}},
         "running_pool": {"pool": snap["pool"], "spent": snap["spent_pool"]},
         "duckdb": str(settings.duckdb_path.resolve()),
         "mlflow_tracking_uri": settings.tracking_uri,

@@ -74,6 +74,11 @@ def check_ledger(spent: dict) -> None:
                           "be enforced; repair it with `actprm repair-ledger --price-per-1k-tokens PRICE`")
 
 
+def left_under(caps: dict, spent: dict) -> dict:
+    """What is left under each cap (None: uncapped)."""
+    return {k: None if caps[k] is None else max(0, caps[k] - spent[k]) for k in caps}
+
+
 def budget_left(store: Store, pool: str | None, limits: BudgetLimits) -> dict:
     """What is left under each cap (None = uncapped), globally and for `pool`, with what was spent."""
     out: dict = {}
@@ -82,7 +87,7 @@ def budget_left(store: Store, pool: str | None, limits: BudgetLimits) -> dict:
         spent = store.budget_spent(p)
         caps = limits.caps(scope)
         out[scope] = {"spent": spent,
-                      "left": {k: None if caps[k] is None else max(0, caps[k] - spent[k]) for k in caps}}
+                      "left": left_under(caps, spent)}
     return out
 
 
