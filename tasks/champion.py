@@ -33,9 +33,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from actprm.errors import ActPRMError
+from tasks.aliases import CHALLENGER, CHAMPION, MODEL_NAME, PREVIOUS
 
-MODEL_NAME = "actprm-prm"
-CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
+__all__ = ["CHALLENGER", "CHAMPION", "MODEL_NAME", "PREVIOUS"]
 HISTORY_TAG = "actprm.champion_history"
 HISTORY_KEEP = 50
 

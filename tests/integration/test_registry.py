@@ -214,6 +214,23 @@ def test_manual_promote_and_rollback_walk_the_history(client, name, model_dir):
     assert champion_version(name, client) == v1  # a failed rollback changes nothing
 
 
+def test_status_reads_the_champion_mlflow_holds_without_importing_it(store_uri, client, name, model_dir, tmp_path):
+    from actprm.config import Settings
+    from tasks.status import _champion
+
+    uri, _ = store_uri
+    settings = Settings(home=tmp_path, mlflow_tracking_uri=uri, registry={"model_name": name})
+    assert _champion(settings) is None  # no such model yet
+    v1, v2 = _versions(client, model_dir, 2, name)
+    assert _champion(settings) is None  # versions, but no champion
+    promotion_gate(client, name, v1, 0.5, eval_set="s")
+    assert _champion(settings) == champion_version(name, client) == v1
+    promote(name, version=v2, client=client)
+    assert _champion(settings) == champion_version(name, client) == v2
+    promote(name, rollback=True, client=client)
+    assert _champion(settings) == v1
+
+
 def test_promote_unknown_version_names_the_known_ones(client, name, model_dir):
     _versions(client, model_dir, 2, name)
     with pytest.raises(ActPRMError, match=r"no version 7 \(versions: 1, 2\)"):
