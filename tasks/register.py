@@ -14,7 +14,6 @@ import json
 import shutil
 import sys
 import tempfile
-import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -111,15 +110,15 @@ def log_model(model_dir: str | Path, run: mlflow.ActiveRun | str | None = None, 
         ctx = mlflow.start_run(run_id=run_id, run_name=None if run_id else "register", nested=active is not None)
     tags = {k: str(v) for k, v in (tags or {}).items()}
     sys_path = list(sys.path)
-    with ctx, tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+    with ctx, tempfile.TemporaryDirectory() as tmp:
         # Models from code (MLflow's recommended form): the logged model holds this tiny script instead of a
         # pickle; the wrapper and models/ come along as code_paths.
         script = Path(tmp) / "actprm_pyfunc.py"
         script.write_text(PYFUNC_SCRIPT)
-        warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
         try:
             # With an input example MLflow loads the logged model once and predicts it, to check the example
-            # serves (a warning if not); that load puts the model's code/ folder first on sys.path, undone below.
+            # serves (a warning if not; one more load of the model per version); that load puts the model's code/
+            # folder first on sys.path, undone below.
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(script),
@@ -131,6 +130,7 @@ def log_model(model_dir: str | Path, run: mlflow.ActiveRun | str | None = None, 
             )
         finally:
             sys.path[:] = sys_path
+            sys.modules.pop("pyfunc_model", None)  # that load's copy of the wrapper, from a folder now gone
         mv = mlflow.register_model(info.model_uri, name, tags=tags)
     c = registry_client(client)
     c.update_model_version(name, mv.version, description=_version_description(model_dir, tags))
