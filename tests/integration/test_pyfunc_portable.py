@@ -64,7 +64,7 @@ def test_champion_pyfunc_loads_and_scores_the_same_without_the_project(tmp_path,
     loaded, loaded_tokenizer, _ = load_champion(NAME)
     expected = score_steps(loaded, loaded_tokenizer, [{"question": q, "steps": s} for q, s in zip(QUESTIONS, STEPS)],
                            max_length=MAX_LENGTH)
-    assert [e["truncated_steps"] for e in expected][0] == 0 and expected[1]["truncated_steps"] > 0
+    assert expected[0]["truncated_steps"] == 0 < expected[1]["truncated_steps"]
 
     python = _bare_venv(tmp_path / "bare-venv")
     code = f"""
