@@ -11,39 +11,44 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shutil
+import sys
 import tempfile
-import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import mlflow.pyfunc
+import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
-from mlflow.types import ColSpec, Schema
 
 from actprm.errors import ActPRMError
 from actprm.runlog import stage_logger
 from tasks.champion import (CHALLENGER, CHAMPION, MODEL_NAME, alias_version, champion_version, promotion_gate,
                              registry_client)
+# PRMPyfunc and SERVE_MAX_LENGTH_ENV stay importable from here: versions logged before the wrapper was shipped
+# inside the model import it from this module.
+from tasks.pyfunc_model import (INPUT_EXAMPLE, PRM_ARTIFACT, SERVE_MAX_LENGTH_ENV, SIGNATURE,  # noqa: F401
+                                PRMPyfunc)
 
-# Where the save_pretrained folder lives inside the logged pyfunc model.
-PRM_ARTIFACT = "prm"
+# The models-from-code script MLflow stores as the model: it imports the wrapper shipped in the model's code/
+# folder. MLflow also runs it once while logging, in this process, where that folder is not on sys.path yet.
+PYFUNC_SCRIPT = """import mlflow
 
-# The pyfunc's schema: one row per trajectory. `steps`, `step_scores` and `step_std` are JSON-encoded lists of
-# strings / floats, because MLflow column schemas have no list-of-string type that every flavor
-# and the REST scoring server accept alike.
-PYFUNC_SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", "question"), ColSpec("string", "steps")]),
-    outputs=Schema([ColSpec("string", "step_scores"), ColSpec("string", "step_std"), ColSpec("boolean", "uncertain"),
-                    ColSpec("long", "truncated_steps")]),
-)
-# Token budget of the served model; unset: the backbone's whole context (tasks.predict.inference_max_length).
-SERVE_MAX_LENGTH_ENV = "ACTPRM_SERVE_MAX_LENGTH"
+try:
+    from pyfunc_model import PRMPyfunc
+except ImportError:
+    from tasks.pyfunc_model import PRMPyfunc
+
+mlflow.models.set_model(PRMPyfunc())
+"""
+MODEL_DESCRIPTION = ("ActPRM process reward model (Duan et al., 2025, arXiv 2504.10559): an ensemble of heads on a "
+                     "shared backbone scores every step of a trajectory. Input rows: question (string), steps (list "
+                     "of strings). Output: step_scores (mean over heads of P(step correct)), step_std (the heads' "
+                     "std), uncertain (the ActPRM rule), truncated_steps (steps past the token budget, unscored). "
+                     "Self-contained: mlflow.pyfunc.load_model works wherever its pip requirements are installed.")
 
 
 def load_prm_dir(path: str | Path, device: str | None = None):
@@ -54,50 +59,17 @@ def load_prm_dir(path: str | Path, device: str | None = None):
     return load_prm_folder(path, device=device)
 
 
-class PRMPyfunc(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc around the ensemble PRM: rows of (question, steps JSON) -> step_scores and step_std (JSON),
-    uncertain, truncated_steps.
+def _pyfunc_code_paths() -> list[str]:
+    """The wrapper and the package it imports (models/: torch, transformers, tokenizers, safetensors only), shipped
+    inside every logged version, so it loads and predicts without this project installed."""
+    import models
+    from tasks import pyfunc_model
 
-    Scores are the mean over heads of P(step correct), step_std the heads' population std; steps past the token
-    budget (env ACTPRM_SERVE_MAX_LENGTH, default the backbone's whole context) have no score and are counted in
-    truncated_steps.
-    """
-
-    # The explicit PYFUNC_SIGNATURE is the schema; MLflow's type-hint validation (and its warning
-    # that `predict` has no type hints) does not apply.
-    _skip_type_hint_validation = True
-
-    def load_context(self, context) -> None:
-        from tasks.predict import inference_max_length
-
-        self.model, self.tokenizer = load_prm_dir(context.artifacts[PRM_ARTIFACT])
-        self.max_length = inference_max_length(self.model, int(os.environ.get(SERVE_MAX_LENGTH_ENV) or 0) or None)
-
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
-        from tasks.predict import score_steps
-
-        trajectories = [{"question": str(q), "steps": json.loads(s) if isinstance(s, str) else list(s)}
-                        for q, s in zip(model_input["question"], model_input["steps"])]
-        scores = score_steps(self.model, self.tokenizer, trajectories, max_length=self.max_length)
-        return pd.DataFrame({"step_scores": [json.dumps(s["step_scores"]) for s in scores],
-                             "step_std": [json.dumps(s["step_std"]) for s in scores],
-                             "uncertain": [bool(s["uncertain"]) for s in scores],
-                             "truncated_steps": [int(s["truncated_steps"]) for s in scores]})
-
-
-PYFUNC_SCRIPT = """import mlflow
-from tasks.register import PRMPyfunc
-
-mlflow.models.set_model(PRMPyfunc())
-"""
+    return [pyfunc_model.__file__, str(Path(models.__file__).parent)]
 
 
 def _pip_requirements() -> list[str]:
-    # Pinned from the running environment: MLflow's inference would load the model in a subprocess.
-    # The wrapper itself comes from this project, which must be installed where the model is served
-    # (e.g. `mlflow models serve --env-manager local` from the project's venv).
+    # Pinned from the running environment: what the wrapper and models/ import (mlflow-skinny suffices to load it).
     pkgs = ["torch", "transformers", "tokenizers", "safetensors", "mlflow", "pandas"]
     out = []
     for p in pkgs:
@@ -106,6 +78,16 @@ def _pip_requirements() -> list[str]:
         except metadata.PackageNotFoundError:
             pass
     return out
+
+
+def _version_description(model_dir: Path, tags: dict[str, Any]) -> str:
+    try:
+        config = json.loads((model_dir / "prm_config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    parts = [f"{k}={config[k]}" for k in ("preset", "backbone_name", "num_heads") if config.get(k) not in (None, "")]
+    parts += [f"{k.removeprefix('actprm.')}={v}" for k, v in tags.items()]
+    return "ActPRM PRM" + (f" ({', '.join(parts)})" if parts else "") + "; rows of question + steps in, per-step scores out."
 
 
 def log_model(model_dir: str | Path, run: mlflow.ActiveRun | str | None = None, *, name: str = MODEL_NAME,
@@ -126,22 +108,34 @@ def log_model(model_dir: str | Path, run: mlflow.ActiveRun | str | None = None, 
         ctx = contextlib.nullcontext()
     else:
         ctx = mlflow.start_run(run_id=run_id, run_name=None if run_id else "register", nested=active is not None)
-    with ctx, tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        # Models from code (MLflow's recommended form): the logged model holds this tiny script
-        # instead of a pickle, and imports the wrapper from the installed package when loaded.
+    tags = {k: str(v) for k, v in (tags or {}).items()}
+    sys_path = list(sys.path)
+    with ctx, tempfile.TemporaryDirectory() as tmp:
+        # Models from code (MLflow's recommended form): the logged model holds this tiny script instead of a
+        # pickle; the wrapper and models/ come along as code_paths.
         script = Path(tmp) / "actprm_pyfunc.py"
         script.write_text(PYFUNC_SCRIPT)
-        # No input example on purpose: MLflow would run the model to validate it; the signature says it all.
-        warnings.filterwarnings("ignore", message=".*input example was not provided.*")
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(script),
-            artifacts={PRM_ARTIFACT: str(model_dir)},
-            signature=PYFUNC_SIGNATURE,
-            pip_requirements=_pip_requirements(),
-        )
-        mv = mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in (tags or {}).items()})
+        try:
+            # With an input example MLflow loads the logged model once and predicts it, to check the example
+            # serves (a warning if not; one more load of the model per version); that load puts the model's code/
+            # folder first on sys.path, undone below.
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(script),
+                artifacts={PRM_ARTIFACT: str(model_dir)},
+                code_paths=_pyfunc_code_paths(),
+                signature=SIGNATURE,
+                input_example=pd.DataFrame(INPUT_EXAMPLE),
+                pip_requirements=_pip_requirements(),
+            )
+        finally:
+            sys.path[:] = sys_path
+            sys.modules.pop("pyfunc_model", None)  # that load's copy of the wrapper, from a folder now gone
+        mv = mlflow.register_model(info.model_uri, name, tags=tags)
     c = registry_client(client)
+    c.update_model_version(name, mv.version, description=_version_description(model_dir, tags))
+    if not c.get_registered_model(name).description:  # never overwrite one a user wrote
+        c.update_registered_model(name, description=MODEL_DESCRIPTION)
     c.set_registered_model_alias(name, CHALLENGER, mv.version)
     return int(mv.version)
 

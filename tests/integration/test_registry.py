@@ -280,8 +280,11 @@ def test_champion_round_trip_loads_offline_with_same_scores(client, name, tmp_pa
     import pandas as pd
 
     pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@champion")
-    out = pyfunc.predict(pd.DataFrame({"question": questions, "steps": [json.dumps(steps[0])]}))
-    assert json.loads(out["step_scores"][0]) == pytest.approx(expected[0], abs=1e-6)
+    out = pyfunc.predict(pd.DataFrame({"question": questions, "steps": steps}))
+    assert list(out["step_scores"][0]) == pytest.approx(expected[0], abs=1e-6)
+    # The schema says steps is a list: a string is refused, naming the column.
+    with pytest.raises(mlflow.exceptions.MlflowException, match="steps"):
+        pyfunc.predict(pd.DataFrame({"question": questions, "steps": [json.dumps(steps[0])]}))
 
 
 def test_load_champion_without_one_is_a_clear_error(client, name, model_dir):

@@ -67,7 +67,7 @@ def test_mlflow_models_serve_returns_the_champions_step_scores(tmp_path, actprm_
 
     port = free_port()
     log = tmp_path / "serve.log"
-    # The documented command, in the project's environment (the pyfunc imports its wrapper from the project).
+    # The documented command, run from the project's environment as docs/SERVING.md shows it.
     # mlflow starts `uvicorn` from PATH: the venv's bin/ comes first, as in an activated venv.
     env = {**os.environ, "MLFLOW_TRACKING_URI": settings.tracking_uri, "HF_HUB_OFFLINE": "1",
            "PATH": os.pathsep.join([str(Path(MLFLOW).parent), os.environ.get("PATH", "")]),
@@ -79,18 +79,32 @@ def test_mlflow_models_serve_returns_the_champions_step_scores(tmp_path, actprm_
     try:
         _wait_ready(proc, f"http://127.0.0.1:{port}/ping", log)
         body = {"dataframe_split": {"columns": ["question", "steps"],
-                                    "data": [[q, json.dumps(s)] for q, s in zip(questions, steps)]}}
+                                    "data": [[q, s] for q, s in zip(questions, steps)]}}
         predictions = _post(f"http://127.0.0.1:{port}/invocations", body)["predictions"]
         assert len(predictions) == 2
         for row, (mu, sigma), s in zip(predictions, expected, steps):
-            assert row["truncated_steps"] == 0 and len(json.loads(row["step_scores"])) == len(s)
-            torch.testing.assert_close(torch.tensor(json.loads(row["step_scores"]), dtype=torch.float64), mu,
-                                       atol=1e-6, rtol=0)
-            torch.testing.assert_close(torch.tensor(json.loads(row["step_std"]), dtype=torch.float64), sigma,
-                                       atol=1e-6, rtol=0)
+            assert row["truncated_steps"] == 0 and len(row["step_scores"]) == len(s)
+            torch.testing.assert_close(torch.tensor(row["step_scores"], dtype=torch.float64), mu, atol=1e-6, rtol=0)
+            torch.testing.assert_close(torch.tensor(row["step_std"], dtype=torch.float64), sigma, atol=1e-6, rtol=0)
             assert isinstance(row["uncertain"], bool)
+        # The model's own serving example (the body docs/SERVING.md shows) is accepted as it is.
+        example = json.loads(Path(_model_dir(version), "serving_input_example.json").read_text())
+        [answer] = _post(f"http://127.0.0.1:{port}/invocations", example)["predictions"]
+        assert len(answer["step_scores"]) == 2 and isinstance(answer["step_scores"][0], float)
+        # Steps that are not a list are the client's error (HTTP 400, naming the column), not a server error.
+        bad = {"dataframe_split": {"columns": ["question", "steps"], "data": [["q", "not a list"]]}}
+        with pytest.raises(urllib.error.HTTPError) as err:
+            _post(f"http://127.0.0.1:{port}/invocations", bad)
+        assert err.value.code == 400 and "steps" in err.value.read().decode()
     finally:
         _stop(proc)
+
+
+def _model_dir(version: int) -> Path:
+    from tasks.register import resolve_model_dir
+
+    prm_dir, _ = resolve_model_dir(f"models:/actprm-prm/{version}")
+    return prm_dir.parents[1]
 
 
 def _stop(proc: subprocess.Popen) -> None:
