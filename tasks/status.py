@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from actprm.config import Settings
-from actprm.judges.budget import BudgetLimits, budget_left, ledger_snapshot_path, left_under
-from actprm.store import Store
-from actprm.store.queries import StoreLockedError
+from actprm.judges.budget import BudgetLimits, budget_left, ledger_snapshot_path
+from actprm.store import Store, StoreLockedError
+from actprm.store.ledger import left_under
 from tasks.aliases import CHAMPION
 
 

@@ -74,21 +74,10 @@ def check_ledger(spent: dict) -> None:
                           "be enforced; repair it with `actprm repair-ledger --price-per-1k-tokens PRICE`")
 
 
-def left_under(caps: dict, spent: dict) -> dict:
-    """What is left under each cap (None: uncapped)."""
-    return {k: None if caps[k] is None else max(0, caps[k] - spent[k]) for k in caps}
-
-
 def budget_left(store: Store, pool: str | None, limits: BudgetLimits) -> dict:
-    """What is left under each cap (None = uncapped), globally and for `pool`, with what was spent."""
-    out: dict = {}
-    scopes = [("global", None)] + ([("pool", pool)] if pool else [])
-    for scope, p in scopes:
-        spent = store.budget_spent(p)
-        caps = limits.caps(scope)
-        out[scope] = {"spent": spent,
-                      "left": left_under(caps, spent)}
-    return out
+    """What is left under each cap (None = uncapped), globally and for `pool`, with what was spent. The
+    arithmetic lives with the ledger in the store (`Store.budget_left`), which must not import judges."""
+    return store.budget_left(pool, limits)
 
 
 @dataclass
