@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shutil
+import zipfile
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -161,20 +162,38 @@ def _rewrite_gx_styles(site: Path) -> None:
 # ---------------------------------------------------------------------------- links over HTTP
 @dataclass(frozen=True)
 class DataDocsLinks:
-    """Where a logged Data Docs index can be opened: `download` is the tracking server's get-artifact route (MLflow
-    serves every artifact as an attachment, so a browser saves the page rather than shows it), `run_page` the run's
-    artifact browser in the MLflow UI; `artifact_path` the page's path in the run."""
+    """Where a logged Data Docs site can be opened over HTTP: `download` is the tracking server's get-artifact route
+    for its index, `archive` the same route for the whole site as one zip (MLflow serves every artifact as an
+    attachment, so a browser saves what it gets: the zip, unpacked, browses offline), `run_page` the run's artifact
+    browser in the MLflow UI; `artifact_path` the index's path in the run."""
 
-    download: str | None = None
-    run_page: str | None = None
-    artifact_path: str | None = None
+    download: str
+    run_page: str
+    artifact_path: str
+    archive: str | None = None
 
 
-def artifact_links(tracking_uri: str, experiment_id: str, run_id: str, artifact_path: str) -> DataDocsLinks:
-    """HTTP links to a run artifact on an MLflow tracking server (mlflow/server/__init__.py: `/get-artifact` with
+def artifact_links(tracking_uri: str, experiment_id: str, run_id: str, artifact_path: str,
+                   archive_path: str | None = None) -> DataDocsLinks:
+    """HTTP links to run artifacts on an MLflow tracking server (mlflow/server/__init__.py: `/get-artifact` with
     `path` and `run_uuid`; the UI's run page `#/experiments/<exp>/runs/<run>/artifacts`)."""
     base = tracking_uri.rstrip("/")
-    return DataDocsLinks(
-        download=f"{base}/get-artifact?{urlencode({'path': artifact_path, 'run_uuid': run_id})}",
-        run_page=f"{base}/#/experiments/{experiment_id}/runs/{run_id}/artifacts",
-        artifact_path=artifact_path)
+
+    def get(path: str) -> str:
+        return f"{base}/get-artifact?{urlencode({'path': path, 'run_uuid': run_id})}"
+
+    return DataDocsLinks(download=get(artifact_path), run_page=f"{base}/#/experiments/{experiment_id}/runs/{run_id}/artifacts",
+                         artifact_path=artifact_path, archive=get(archive_path) if archive_path else None)
+
+
+def zip_site(site: str | Path, dest: str | Path, root: str = "data_docs") -> Path:
+    """The site as one zip, its files under `root/`. Fonts and images are stored as they are (already compressed);
+    pages, scripts and stylesheets are deflated at level 1 (fast: this runs inside an ingest)."""
+    site, dest = Path(site), Path(dest)
+    with zipfile.ZipFile(dest, "w") as archive:
+        for path in sorted(p for p in site.rglob("*") if p.is_file()):
+            packed = path.suffix.lower() in (".html", ".js", ".css", ".json", ".svg", ".ttf", ".otf")
+            archive.write(path, f"{root}/{path.relative_to(site).as_posix()}",
+                          compress_type=zipfile.ZIP_DEFLATED if packed else zipfile.ZIP_STORED,
+                          compresslevel=1 if packed else None)
+    return dest

@@ -32,7 +32,7 @@ from actprm.names import check_pool_name
 from actprm.processes import pid_alive
 from actprm.store import Store
 from actprm.store.parsing import RAW_LINE_DELIMITER
-from tasks.data_docs import DataDocsLinks, artifact_links
+from tasks.data_docs import DataDocsLinks, artifact_links, zip_site
 
 log = logging.getLogger(__name__)
 
@@ -651,9 +651,9 @@ def report_markdown(summary: IngestSummary, quarantine_sample: list[dict] | None
     for title, items in (("Contract failures (critical)", s.failures), ("Contract warnings", s.warnings)):
         if items:
             lines += [f"## {title}", ""] + [f"- {x}" for x in items] + [""]
-    if links is not None and links.download:
-        lines.append(f"Data Docs: [download index.html]({links.download}) (save the `{Path(links.artifact_path).parent}`"
-                     f" folder from the [MLflow run's artifacts]({links.run_page}) to browse every page offline)")
+    if links is not None:
+        lines.append(f"Data Docs: [index.html]({links.download}) · [every page as a zip]({links.archive}) (unpacked, "
+                     f"`data_docs/index.html` opens offline) · [MLflow run's artifacts]({links.run_page})")
     elif s.report:
         lines.append(f"Data Docs: [{s.report}](file://{Path(s.report).resolve()})")
     return "\n".join(lines)
@@ -781,4 +781,10 @@ def _log_to_mlflow(summary: IngestSummary, quarantine_sample: list[dict] | None,
     uri = mlflow.get_tracking_uri()
     if not is_tracking_server(uri):
         return None
-    return artifact_links(uri, run.info.experiment_id, run.info.run_id, f"{folder}/{Path(summary.report).name}")
+    # A browser saves what the server sends (MLflow serves artifacts as attachments), one file at a time: the site
+    # as one zip opens, unpacked, with every page and asset.
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_artifact(str(zip_site(Path(summary.report).parent, Path(tmp) / "data_docs.zip")),
+                            f"ingest/{summary.pool}")
+    return artifact_links(uri, run.info.experiment_id, run.info.run_id, f"{folder}/{Path(summary.report).name}",
+                          archive_path=f"{folder}.zip")

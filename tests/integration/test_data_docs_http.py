@@ -6,15 +6,17 @@ under a real Prefect server; the links are read back from the Prefect artifact a
 
 from __future__ import annotations
 
+import io
 import os
 import re
+import zipfile
 from urllib.parse import parse_qs, urlencode, urlparse
 
 import httpx
 import pytest
 
 from actprm.servers import Stack, down, free_port, start_mlflow_server, wait_http
-from tasks.data_docs import ASSETS_DIR
+from tasks.data_docs import ASSETS_DIR, page_assets
 from tests.data.conftest import actprm_record, write_lines
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -62,7 +64,7 @@ def test_ingest_artifact_links_data_docs_served_by_the_tracking_server(tmp_path,
     markdown = found.json()[0]["data"]
     links = dict((text, url) for text, url in LINK.findall(markdown))
     assert "file://" not in markdown, markdown
-    download = links["download index.html"]
+    download = links["index.html"]
     run_page = links["MLflow run's artifacts"]
     base = mlflow_server.mlflow_url
     assert download.startswith(f"{base}/get-artifact?") and run_page.startswith(f"{base}/#/experiments/")
@@ -81,3 +83,15 @@ def test_ingest_artifact_links_data_docs_served_by_the_tracking_server(tmp_path,
     assert got.content == (ASSETS_DIR / "bootstrap/dist/css/bootstrap.min.css").read_bytes()
     ui = httpx.get(run_page.split("#", 1)[0], timeout=60)  # the UI behind the run page's hash route
     assert ui.status_code == 200 and "text/html" in ui.headers["content-type"]
+
+    # what a browser saves from the zip link opens offline: every page and every asset they load, in one file
+    archive = httpx.get(links["every page as a zip"], timeout=60)
+    assert archive.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(archive.content)) as z:
+        z.extractall(tmp_path / "saved")
+    site = tmp_path / "saved" / "data_docs"
+    pages = sorted(site.rglob("*.html"))
+    assert (site / "index.html").read_text(encoding="utf-8") == page.text and len(pages) >= 5
+    for html in pages:
+        for ref in page_assets(html.read_text(encoding="utf-8")):
+            assert (html.parent / ref).resolve().is_file(), f"{html.relative_to(site)} loads {ref}: not in the zip"
