@@ -265,3 +265,25 @@ def prmbench_metrics(records: list[dict], step_scores: dict[str, Sequence[float]
             "steps": sum(total.values()), "n": len(records) - counts.get(ORIGINALS, 0), "categories": categories,
             "groups": groups,
             "originals": None if originals is None else {**_prm_score(originals, True), "n": counts[ORIGINALS]}}
+
+
+def step_calibration(records: list[dict], step_scores: dict[str, Sequence[float]], bins: int = 10) -> dict[str, Any]:
+    """Reliability diagram data of step probabilities against the step labels a first_error implies (1 before it,
+    0 at it, steps after it unlabeled; -1: every step correct), in `bins` equal-width bins of the probability:
+    per bin its count, mean probability and share of correct steps, and the expected calibration error
+    ECE = sum_b n_b/N * |acc_b - conf_b| (Naeini et al., 2015; Guo et al., 2017, eq. 3)."""
+    counts, prob_sum, correct_sum = [0] * bins, [0.0] * bins, [0] * bins
+    for rec in records:
+        scores, label = step_scores[rec["id"]], int(rec["label"])
+        labeled = scores if label < 0 else scores[:label + 1]
+        for i, p in enumerate(labeled):
+            b = min(int(p * bins), bins - 1)
+            counts[b] += 1
+            prob_sum[b] += p
+            correct_sum[b] += int(label < 0 or i < label)
+    total = sum(counts)
+    rows = [{"lower": b / bins, "upper": (b + 1) / bins, "n": n,
+             "mean_probability": prob_sum[b] / n if n else None, "correct_fraction": correct_sum[b] / n if n else None}
+            for b, n in enumerate(counts)]
+    ece = sum(r["n"] / total * abs(r["correct_fraction"] - r["mean_probability"]) for r in rows if r["n"]) if total else None
+    return {"bins": rows, "steps": total, "ece": ece}

@@ -20,6 +20,7 @@ from flows.ingest_pool import ingest_pool
 from flows.prefect_tasks import evaluate_stage, label_stage, register_stage
 from tasks import pipeline
 from tasks.label import JUDGE_DOWN_STOPS
+from tasks.plots import run_plots_task
 from tasks.select import prepare_eval_split_task, select_task
 from tasks.train import drop_round_checkpoints_task, train_stage
 
@@ -105,5 +106,6 @@ def active_learning(
             stopped_because = record["stopped_because"]
             break
 
+    run_plots_task(settings, loop_id, parent, pool)  # F1 against labels bought, calibration: MLflow `plots/`
     summary = pipeline.finish_task(settings, loop_id, parent, pool, history, stopped_because)
     return summary

@@ -19,7 +19,8 @@ from typing import Any
 from actprm.errors import ActPRMError
 from actprm.formats.benchmarks import PRMBENCH, PRMBENCH_ORIGINALS_FROM
 from actprm.metrics import (DEFAULT_THRESHOLD, ORIGINALS, predicted_first_error, prmbench_key, prmbench_metrics,
-                            processbench_crossfit, processbench_metrics, processbench_tuned, require_scores)
+                            processbench_crossfit, processbench_metrics, processbench_tuned, require_scores,
+                            step_calibration)
 from actprm.runlog import stage_logger
 
 log = logging.getLogger(__name__)
@@ -417,6 +418,7 @@ def evaluate_on_store(store, pool: str, model, tokenizer, split: str = "eval", *
     result["n"] = len(trajectories)
     result.update(report)
     result["eval_set"] = eval_set_id(pool, split, [t["id"] for t in trajectories])
+    result["calibration"] = step_calibration(records, by_id)  # the run's reliability diagram (tasks/plots.py)
     return result
 
 

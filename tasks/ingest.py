@@ -32,6 +32,7 @@ from actprm.names import check_pool_name
 from actprm.processes import pid_alive
 from actprm.store import Store
 from actprm.store.parsing import RAW_LINE_DELIMITER
+from tasks.data_docs import DataDocsLinks, artifact_links, zip_site
 
 log = logging.getLogger(__name__)
 
@@ -634,7 +635,10 @@ def finish(store: Store, summary: IngestSummary, result) -> IngestSummary:
 POOL_REGISTERED_EVENT = "actprm.pool.registered"
 
 
-def report_markdown(summary: IngestSummary, quarantine_sample: list[dict] | None = None) -> str:
+def report_markdown(summary: IngestSummary, quarantine_sample: list[dict] | None = None,
+                    links: DataDocsLinks | None = None) -> str:
+    """The Prefect artifact of an ingest. `links`: where its MLflow run serves the Data Docs over HTTP (a worker-local
+    file:// path opens only on the worker's own machine, so it is the link only when tracking has no server)."""
     s = summary
     lines = [f"# Ingest of pool `{s.pool}`: {s.status}", "",
              "| lines read | accepted | quarantined | duplicates | trajectories added | pool size | labeled |",
@@ -647,7 +651,10 @@ def report_markdown(summary: IngestSummary, quarantine_sample: list[dict] | None
     for title, items in (("Contract failures (critical)", s.failures), ("Contract warnings", s.warnings)):
         if items:
             lines += [f"## {title}", ""] + [f"- {x}" for x in items] + [""]
-    if s.report:
+    if links is not None:
+        lines.append(f"Data Docs: [index.html]({links.download}) · [every page as a zip]({links.archive}) (unpacked, "
+                     f"`data_docs/index.html` opens offline) · [MLflow run's artifacts]({links.run_page})")
+    elif s.report:
         lines.append(f"Data Docs: [{s.report}](file://{Path(s.report).resolve()})")
     return "\n".join(lines)
 
@@ -718,26 +725,28 @@ def report_ingest(summary: IngestSummary, *, emit: bool = True, quarantine_sampl
         from prefect.context import FlowRunContext, TaskRunContext
 
         in_flow = FlowRunContext.get() is not None or TaskRunContext.get() is not None
-    if in_flow:
-        from prefect.artifacts import create_markdown_artifact, create_table_artifact
-
-        key = "ingest-" + "".join(c if c.isalnum() else "-" for c in summary.pool.lower())
-        create_markdown_artifact(markdown=report_markdown(summary), key=key, description=f"ingest of {summary.pool}")
-        create_table_artifact(table=[{"reason": r, "lines": n} for r, n in summary.top_reasons] or
-                              [{"reason": "(none)", "lines": 0}], key=key + "-quarantine",
-                              description="quarantine reasons")
+    links = None  # the MLflow run first: the Prefect artifact links its Data Docs
     if tracking is not None:
         from actprm.tracking import configure_mlflow, start_run
 
         configure_mlflow(tracking.tracking_uri, tracking.experiment, tracking.artifact_root)
         with start_run(f"ingest-{summary.pool}", tags={"actprm.stage": "ingest", "actprm.pool": summary.pool,
-                                                      "actprm.ingest.status": summary.status}):
-            _log_to_mlflow(summary, quarantine_sample)
+                                                      "actprm.ingest.status": summary.status}) as run:
+            links = _log_to_mlflow(summary, quarantine_sample, run)
     elif "mlflow" in sys.modules:
         import mlflow
 
-        if mlflow.active_run() is not None:
-            _log_to_mlflow(summary, quarantine_sample)
+        if (run := mlflow.active_run()) is not None:
+            links = _log_to_mlflow(summary, quarantine_sample, run)
+    if in_flow:
+        from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+        key = "ingest-" + "".join(c if c.isalnum() else "-" for c in summary.pool.lower())
+        create_markdown_artifact(markdown=report_markdown(summary, links=links), key=key,
+                                 description=f"ingest of {summary.pool}")
+        create_table_artifact(table=[{"reason": r, "lines": n} for r, n in summary.top_reasons] or
+                              [{"reason": "(none)", "lines": 0}], key=key + "-quarantine",
+                              description="quarantine reasons")
     if emit and summary.status == "registered":
         # Events need a Prefect API (a server, a flow run, or prefect_test_harness); without one,
         # emit_event would try to start an ephemeral server just for this, so we skip it.
@@ -752,9 +761,12 @@ def report_ingest(summary: IngestSummary, *, emit: bool = True, quarantine_sampl
             log.info("no Prefect API configured: event %s not emitted", POOL_REGISTERED_EVENT)
 
 
-def _log_to_mlflow(summary: IngestSummary, quarantine_sample: list[dict] | None) -> None:
-    """Into the active MLflow run: counts, `ingest.seconds.<phase>` (the phases timed so far), summary, sample."""
+def _log_to_mlflow(summary: IngestSummary, quarantine_sample: list[dict] | None, run) -> DataDocsLinks | None:
+    """Into the active MLflow run `run`: counts, `ingest.seconds.<phase>` (the phases timed so far), summary, sample,
+    Data Docs. Returns the Data Docs' HTTP links when tracking through a server."""
     import mlflow
+
+    from actprm.tracking import is_tracking_server
 
     metrics = {f"ingest.{k}": float(getattr(summary, k)) for k in
                ("lines_read", "accepted", "quarantined", "duplicates", "trajectories_added", "labeled_fraction")}
@@ -762,5 +774,17 @@ def _log_to_mlflow(summary: IngestSummary, quarantine_sample: list[dict] | None)
     mlflow.log_metrics(metrics)
     mlflow.log_dict(summary.as_dict(), f"ingest/{summary.pool}/summary.json")
     mlflow.log_dict({"sample": quarantine_sample or []}, f"ingest/{summary.pool}/quarantine_sample.json")
-    if summary.report:
-        mlflow.log_artifacts(str(Path(summary.report).parent), f"ingest/{summary.pool}/data_docs")
+    if not summary.report:
+        return None
+    folder = f"ingest/{summary.pool}/data_docs"
+    mlflow.log_artifacts(str(Path(summary.report).parent), folder)
+    uri = mlflow.get_tracking_uri()
+    if not is_tracking_server(uri):
+        return None
+    # A browser saves what the server sends (MLflow serves artifacts as attachments), one file at a time: the site
+    # as one zip opens, unpacked, with every page and asset.
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_artifact(str(zip_site(Path(summary.report).parent, Path(tmp) / "data_docs.zip")),
+                            f"ingest/{summary.pool}")
+    return artifact_links(uri, run.info.experiment_id, run.info.run_id, f"{folder}/{Path(summary.report).name}",
+                          archive_path=f"{folder}.zip")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from actprm.names import check_pool_name
 from actprm.store import Store
+from tasks.data_docs import make_offline
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,8 @@ def validate_pool(store: Store, pool: str, *, limits, shard_rows: int = 200_000,
     if reports_dir is not None:
         context.build_data_docs()  # every shard's results, rendered once
         index = Path(reports_dir) / pool / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+        if index.exists():
+            make_offline(index.parent)  # GX links its CSS/JS from CDNs: ship copies so the pages render offline
         out.report = str(index) if index.exists() else None
     for w in out.warnings:
         log.warning("pool %s: contract warning: %s", pool, w)
