@@ -289,6 +289,8 @@ def _stage_one(store: Store, stage_name: str, fmt: InputFormat, i: int, f: Input
         # goes straight to the sanitized copy, where the line is quarantined with its number.
         log.warning("falling back to a sanitized copy of %s: %d line(s) longer than %d bytes (first: line %d)",
                     f.path, len(scan.long_lines), _MAX_TEXT_LINE, scan.long_lines[0])
+    elif scan is not None and _stage_fast(store, stage_name, fmt, i, f, limits, scan):
+        return
     else:
         try:
             store.stage_file(stage_name, fmt, i, f.path, f.kind, limits.as_dict())
@@ -321,6 +323,24 @@ def _stage_one(store: Store, stage_name: str, fmt: InputFormat, i: int, f: Input
     if staged != lines or (scan is not None and scan.lines != lines):  # pragma: no cover - a bug, not an input
         raise ActPRMError(f"cannot account for every line of {f.path}: the file has "
                           f"{scan.lines if scan else lines} lines, the stage {staged}; nothing was ingested")
+
+
+def _stage_fast(store: Store, stage_name: str, fmt: InputFormat, i: int, f: InputFile, limits: IngestLimits,
+                scan: LineScan) -> bool:
+    """Stages a well-formed JSONL file with DuckDB's JSON reader (`parsing.fields_sql`): no line is kept as text
+    nor parsed twice. Kept only when it staged exactly the stream's lines and none of them is bad; otherwise
+    (a malformed, blank, non-object or unusable line; any reader error) the file is forgotten and staged again
+    line by line, where every bad line gets its number, reason and raw text. True when the file is staged."""
+    try:
+        store.stage_file(stage_name, fmt, i, f.path, f.kind, limits.as_dict(), fast=True)
+        if store.stage_file_lines(stage_name, i) == scan.lines and not store.stage_file_bad_lines(stage_name, i):
+            return True
+        why = "it has lines to quarantine"
+    except duckdb.Error as exc:  # the raw path meets the same input and says what is wrong, line by line
+        why = _one_line(exc)
+    store.drop_stage_file(stage_name, i)
+    log.info("staging %s line by line: %s", f.path, why)
+    return False
 
 
 def _io_error(f: InputFile, exc: BaseException) -> ActPRMError:
