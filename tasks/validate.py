@@ -100,6 +100,10 @@ def validate_pool(store: Store, pool: str, *, limits, shard_rows: int = 200_000,
             if frame.empty:  # rows go to shards by id hash: a shard of a small pool may get none
                 continue
             out.rows += len(frame)
+            # GX compares a column with its bounds vectorised only when its dtype is int64 or float64
+            # (ColumnValuesBetween._pandas: `column.dtype in [int, float]`); DuckDB's INTEGER arrives as int32
+            # and would be checked one Python call per row.
+            frame = frame.astype({c: "int64" for c, t in frame.dtypes.items() if t.kind in "iu" and t != "int64"})
             result = checkpoint.run(batch_parameters={"dataframe": frame})
             for run in result.run_results.values():
                 level = "critical" if run.suite_name.endswith(".critical") else "warning"
