@@ -39,6 +39,19 @@ def _describe(res) -> str:
     return f"{cfg.type}({', '.join(f'{k}={v}' for k, v in kw.items())}): observed {seen}"
 
 
+def _vectorisable(frame):
+    """`frame` with its integer columns as int64 (float64 where they hold nulls): GX compares a column with its
+    bounds vectorised only for those dtypes (ColumnValuesBetween._pandas: `column.dtype in [int, float]`), and
+    DuckDB's INTEGER arrives as int32 (or pandas' nullable Int32), checked one Python call per row. Values are
+    small counts and indices, exact in either type; a null stays a null (NaN) that the checks skip as before."""
+    import numpy as np
+    from pandas.api.types import is_integer_dtype
+
+    casts = {c: "int64" if isinstance(t, np.dtype) else "float64"
+             for c, t in frame.dtypes.items() if is_integer_dtype(t) and t != np.int64}
+    return frame.astype(casts) if casts else frame
+
+
 @contextlib.contextmanager
 def _no_batch_fingerprint():
     """GX fingerprints every pandas batch smaller than its HASH_THRESHOLD (pd.util.hash_pandas_object + md5 of the
@@ -117,10 +130,7 @@ def validate_pool(store: Store, pool: str, *, limits, shard_rows: int = 200_000,
                 if frame.empty:  # rows go to shards by id hash: a shard of a small pool may get none
                     continue
                 out.rows += len(frame)
-                # GX compares a column with its bounds vectorised only when its dtype is int64 or float64
-                # (ColumnValuesBetween._pandas: `column.dtype in [int, float]`); DuckDB's INTEGER arrives as int32
-                # and would be checked one Python call per row.
-                frame = frame.astype({c: "int64" for c, t in frame.dtypes.items() if t.kind in "iu" and t != "int64"})
+                frame = _vectorisable(frame)
                 result = checkpoint.run(batch_parameters={"dataframe": frame})
                 for run in result.run_results.values():
                     level = "critical" if run.suite_name.endswith(".critical") else "warning"
