@@ -2,14 +2,14 @@
 same file, in the same run; plus the stage alone (staging + quarantine + dedupe/insert, in-process).
 
 The pool is written by this script's own generator (not actprm.synth): realistic lengths, a question of 80-600
-characters and 2-12 steps of 40-270 characters, ~1.1 KB a line, so --n 1000000 gives a >= 1 GB file. Every
+characters and 2-12 steps of 40-270 characters, ~1.3 KB a line, so --n 1000000 gives a ~1.3 GB file. Every
 variant runs in its own child process; its peak RSS is that child's (for the command: the `actprm` process's).
 The bare read is timed before and after the others and the faster of the two is the baseline (on a shared
 machine the load drifts during a run; the ratio against the faster bare read is the pessimistic one).
 
 Targets (#42): command <= 2.0x bare, stage <= 1.5x bare, peak RSS <= 4 GB, every row validated.
 
-    .venv/bin/python bench/bench_ingest.py --n 1000000        # ~1.1 GB file, generated once under --data
+    .venv/bin/python bench/bench_ingest.py --n 1000000        # ~1.3 GB file, generated once under --data
     .venv/bin/python bench/bench_ingest.py --n 100000          # a quick check
 """
 

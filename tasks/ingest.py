@@ -10,6 +10,7 @@ accepted when at least one of them is new to the pool; `trajectories_added` coun
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import glob as globlib
 import gzip
@@ -284,7 +285,15 @@ def _stage_one(store: Store, stage_name: str, fmt: InputFormat, i: int, f: Input
         # lines after the cut would be neither stored nor quarantined. (A cut gzip stream is an IOException.)
         raise ActPRMError(f"cannot read {f.path}: the zstd stream ends mid-frame (a truncated or partly copied "
                           "file); nothing from it was ingested")
-    scan = scan_lines(f) if f.kind != "parquet" else None
+    scan = None
+    if f.kind != "parquet":
+        # The stream's own line count is taken in a thread while DuckDB (which releases the GIL) stages the file.
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ingest-scan") as counter:
+            counting = counter.submit(scan_lines, f)
+            staged_fast = _stage_fast(store, stage_name, fmt, i, f, limits, counting)
+            scan = counting.result()
+        if staged_fast:
+            return
     if scan is not None and scan.long_lines:
         # DuckDB's reader drops an over-long last line without a word and aborts on one elsewhere: such a file
         # goes straight to the sanitized copy, where the line is quarantined with its number.
@@ -322,6 +331,29 @@ def _stage_one(store: Store, stage_name: str, fmt: InputFormat, i: int, f: Input
     if staged != lines or (scan is not None and scan.lines != lines):  # pragma: no cover - a bug, not an input
         raise ActPRMError(f"cannot account for every line of {f.path}: the file has "
                           f"{scan.lines if scan else lines} lines, the stage {staged}; nothing was ingested")
+
+
+def _stage_fast(store: Store, stage_name: str, fmt: InputFormat, i: int, f: InputFile, limits: IngestLimits,
+                counting: concurrent.futures.Future) -> bool:
+    """Stages a well-formed JSONL file with DuckDB's JSON reader (`parsing.fields_sql`): no line is kept as text
+    nor parsed twice. Kept only when it staged exactly the stream's lines (`counting`: the scan_lines of the file)
+    and none of them is bad; otherwise (a malformed, blank, non-object, over-long or unusable line; any reader
+    error) the file is forgotten and staged again line by line, where every bad line gets its number, reason and
+    raw text. True when the file is staged."""
+    try:
+        store.stage_file(stage_name, fmt, i, f.path, f.kind, limits.as_dict(), fast=True)
+        scan = counting.result()
+        if scan.long_lines:
+            why = f"line(s) longer than {_MAX_TEXT_LINE} bytes"
+        elif store.stage_file_lines(stage_name, i) == scan.lines and not store.stage_file_bad_lines(stage_name, i):
+            return True
+        else:
+            why = "it has lines to quarantine"
+    except duckdb.Error as exc:  # the raw path meets the same input and says what is wrong, line by line
+        why = _one_line(exc)
+    store.drop_stage_file(stage_name, i)
+    log.info("staging %s line by line: %s", f.path, why)
+    return False
 
 
 def _io_error(f: InputFile, exc: BaseException) -> ActPRMError:

@@ -28,11 +28,12 @@ class IngestQueries(Connection):
             "first_error INTEGER, step_labels TINYINT[], error_kind VARCHAR, source_id VARCHAR)")
 
     def stage_file(self, stage: str, fmt, file_idx: int, path: str, kind: str, limits: dict,
-                   unreadable: dict[int, str] | None = None, source: str | None = None) -> None:
+                   unreadable: dict[int, str] | None = None, source: str | None = None, *, fast: bool = False) -> None:
         """Parses and checks every line of one file into the stage table (one row per view of a good
-        line, one row per bad line). `unreadable`: line_no -> reason for lines the reader could not take."""
+        line, one row per bad line). `unreadable`: line_no -> reason for lines the reader could not take.
+        `fast`: with DuckDB's JSON reader (`parsing.fields_sql`: well-formed files only, see there)."""
         q = self._q
-        sql = f"INSERT INTO {q(stage)} " + staging_select(fmt, kind, limits, TRAJECTORY_ID_SQL)
+        sql = f"INSERT INTO {q(stage)} " + staging_select(fmt, kind, limits, TRAJECTORY_ID_SQL, fast=fast)
         # every stage row carries its own line_no: no need to keep the reader's order while inserting
         self.sql("SET preserve_insertion_order = false")
         try:
@@ -45,6 +46,11 @@ class IngestQueries(Connection):
     def stage_file_lines(self, stage: str, file_idx: int) -> int:
         """Distinct lines one file put in the stage (checked against the stream's own count)."""
         return int(self.sql(f"SELECT count(DISTINCT line_no) FROM {self._q(stage)} WHERE file_idx = ?",
+                            [file_idx]).fetchone()[0])
+
+    def stage_file_bad_lines(self, stage: str, file_idx: int) -> int:
+        """Lines of one file the stage holds a reason for."""
+        return int(self.sql(f"SELECT count(*) FROM {self._q(stage)} WHERE file_idx = ? AND reason IS NOT NULL",
                             [file_idx]).fetchone()[0])
 
     def drop_stage_file(self, stage: str, file_idx: int) -> None:

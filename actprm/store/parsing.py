@@ -243,11 +243,34 @@ def reader_sql(kind: str) -> str:
             "max_line_size = 33554432, buffer_size = 67108864) WITH ORDINALITY")
 
 
-def staging_select(fmt, kind: str, limits: dict, trajectory_id_sql: str) -> str:
+def fields_sql(fmt, kind: str) -> str:
+    """(line_no, raw, line_reason, f) of one JSONL file given as parameter ?, read by DuckDB's vectorised JSON
+    reader with the format's keys as JSON columns: `f` holds the same values `from_json` gives the raw path, but
+    no line is kept as text and no line is parsed twice. Only for a file whose every line is a JSON object: a
+    malformed line, one that is not an object or holds a key the format reads twice makes the reader raise (an
+    InvalidInputException), a blank line is skipped (the file then has more lines than rows), and `null` reads
+    as an object without keys; the caller checks for all three and re-stages such a file on the raw path, which
+    gives each line its own reason and raw text. Line numbers are the reader's row order (WITH ORDINALITY),
+    exact only when no line was skipped, which the line count check guarantees."""
+    if kind not in FAST_KINDS:
+        raise ValueError(f"no JSON reader for {kind!r}")
+    columns = "{" + ", ".join(f"{quote_literal(k)}: 'JSON'" for k in fmt.keys()) + "}"
+    fields = ", ".join(f"{quote_ident(k)} := j.{quote_ident(k)}" for k in fmt.keys())
+    return (f"SELECT ordinality AS line_no, NULL::VARCHAR AS raw, NULL::VARCHAR AS line_reason, struct_pack({fields}) AS f "
+            f"FROM read_json(?, format = 'newline_delimited', columns = {columns}, compression = '{FAST_KINDS[kind]}', "
+            f"maximum_object_size = 33554432) WITH ORDINALITY j")
+
+
+FAST_KINDS = {"jsonl": "none", "jsonl.gz": "gzip", "jsonl.zst": "zstd"}  # kinds fields_sql reads (their compression)
+
+
+def staging_select(fmt, kind: str, limits: dict, trajectory_id_sql: str, *, fast: bool = False) -> str:
     """The SELECT of one file's stage rows, in the stage table's column order: one row per view of a good
     line, one row per bad line (its raw text cut to `limits["quarantine_raw_chars"]`). Parameters, in
     order: the file's path, its index in the input, and the source its bad lines are quarantined under.
-    `trajectory_id_sql`: the store's content-hash expression, with `{q}` and `{s}` for question and steps."""
+    `trajectory_id_sql`: the store's content-hash expression, with `{q}` and `{s}` for question and steps.
+    `fast`: read the file with `fields_sql` (well-formed JSONL only; its bad rows have no raw text and a `null`
+    line gets a field's reason, so the caller keeps a fast stage only when it has no bad row)."""
     struct = "{" + ", ".join(f'"{k}": "JSON"' for k in fmt.keys()) + "}"
     layers: list[list[str]] = [[], [], [], []]
     for i, view in enumerate(fmt.views):
@@ -275,23 +298,27 @@ def staging_select(fmt, kind: str, limits: dict, trajectory_id_sql: str) -> str:
         if any(v.only_if for v in fmt.views):  # a good line keeps only the views it has (View.only_if)
             rows = f"SELECT * FROM ({rows}) WHERE reason IS NOT NULL OR v IS NOT NULL"
     good = lambda e: f"CASE WHEN reason IS NULL THEN {e} END"  # noqa: E731
+    if fast:
+        read = "WITH fields AS (" + fields_sql(fmt, kind) + "), "
+    else:
+        read = (
+            "WITH lines AS (" + reader_sql(kind) + "), "
+            # json_valid first: the common case pays one parse and no trimming
+            "objects AS (SELECT line_no, raw, CASE WHEN raw IS NULL THEN 'blank line' "
+            "  WHEN json_valid(raw) THEN CASE WHEN starts_with(raw, '{') OR json_type(raw) = 'OBJECT' THEN NULL "
+            "    ELSE 'not a JSON object' END "
+            f"  WHEN trim(raw, {ws}) = '' THEN 'blank line' ELSE 'malformed JSON' END AS line_reason FROM lines), "
+            # A key the format reads, given twice, has no one value: DuckDB's reader takes the first, Python's json
+            # the last (RFC 8259 4: names SHOULD be unique, behaviour otherwise unpredictable). Such a line is
+            # quarantined rather than stored with a value another tool would read differently.
+            f"keyed AS (SELECT *, list_filter(CASE WHEN line_reason IS NULL THEN json_keys(raw) END, "
+            f"  lambda k: k IN ({', '.join(map(quote_literal, fmt.keys()))})) AS read_keys FROM objects), "
+            f"checked AS (SELECT line_no, raw, coalesce(line_reason, CASE WHEN len(read_keys) > len(list_distinct(read_keys)) "
+            f"  THEN {_duplicate_key_reason(fmt.keys())} END) AS line_reason FROM keyed), "
+            f"fields AS (SELECT *, from_json(CASE WHEN line_reason IS NULL THEN raw END, {quote_literal(struct)}) AS f "
+            "  FROM checked), ")
     return (
-        "WITH lines AS (" + reader_sql(kind) + "), "
-        # json_valid first: the common case pays one parse and no trimming
-        "objects AS (SELECT line_no, raw, CASE WHEN raw IS NULL THEN 'blank line' "
-        "  WHEN json_valid(raw) THEN CASE WHEN starts_with(raw, '{') OR json_type(raw) = 'OBJECT' THEN NULL "
-        "    ELSE 'not a JSON object' END "
-        f"  WHEN trim(raw, {ws}) = '' THEN 'blank line' ELSE 'malformed JSON' END AS line_reason FROM lines), "
-        # A key the format reads, given twice, has no one value: DuckDB's reader takes the first, Python's json
-        # the last (RFC 8259 4: names SHOULD be unique, behaviour otherwise unpredictable). Such a line is
-        # quarantined rather than stored with a value another tool would read differently.
-        f"keyed AS (SELECT *, list_filter(CASE WHEN line_reason IS NULL THEN json_keys(raw) END, "
-        f"  lambda k: k IN ({', '.join(map(quote_literal, fmt.keys()))})) AS read_keys FROM objects), "
-        f"checked AS (SELECT line_no, raw, coalesce(line_reason, CASE WHEN len(read_keys) > len(list_distinct(read_keys)) "
-        f"  THEN {_duplicate_key_reason(fmt.keys())} END) AS line_reason FROM keyed), "
-        f"fields AS (SELECT *, from_json(CASE WHEN line_reason IS NULL THEN raw END, {quote_literal(struct)}) AS f "
-        "  FROM checked), "
-        + ", ".join(ctes) + ", "
+        read + ", ".join(ctes) + ", "
         # a line is usable only when every one of its views is; the first reason is reported
         f"judged AS (SELECT *, coalesce(line_reason, {view_reasons}) AS reason FROM {prev}) "
         f"SELECT ?::INTEGER, ?::VARCHAR, line_no, {good('vi')}, reason, "

@@ -107,3 +107,20 @@ def _check_logged(s, run):
     assert metrics["ingest.accepted"] == 4 and metrics["ingest.quarantined"] == 1
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "ingest/logged")}
     assert {"ingest/logged/summary.json", "ingest/logged/quarantine_sample.json", "ingest/logged/data_docs"} <= logged
+
+
+def test_a_first_error_out_of_range_is_caught_beside_unlabeled_rows(tmp_path, db):
+    """first_error is null for the unlabeled trajectories of a pool (a column with nulls, checked vectorised as
+    floats): the range check still sees every labeled row."""
+    from tasks.ingest import IngestLimits
+    from tasks.validate import validate_pool
+
+    ingest(db, [str(write_lines(tmp_path / "a.jsonl", [actprm_record(i, first_error=1) for i in range(3)]))], "p",
+           emit=False)
+    ingest(db, [str(write_lines(tmp_path / "u.jsonl", [{"question": f"q{i}", "steps": ["a", "b"]} for i in range(3)]))],
+           "p", format="unlabeled", emit=False)
+    with Store(db) as store:
+        assert validate_pool(store, "p", limits=IngestLimits()).failures == []
+        store.sql("UPDATE gold_labels SET first_error = 500 WHERE trajectory_id = (SELECT min(trajectory_id) FROM gold_labels)")
+        failures = validate_pool(store, "p", limits=IngestLimits()).failures
+    assert any(f.startswith("shard 0: expect_column_values_to_be_between(column=first_error") for f in failures), failures
