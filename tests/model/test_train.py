@@ -250,6 +250,32 @@ def test_train_stage_trains_on_the_pools_judge_labels_and_logs_into_the_flows_ml
     assert params["train.grad_accum"] == "2" and params["train.trajectories"] == "12"
 
 
+def test_train_stage_hands_the_configured_values_to_train_prm_unchanged(examples, tmp_path, monkeypatch):
+    """YAML and env values reach train_prm as TrainConfig fields, and the round's warm start replaces
+    model.init_from only when loop.warm_start is on."""
+    import tasks.train
+    from actprm.config import load_settings
+
+    config = tmp_path / "actprm.yaml"
+    config.write_text(f"home: {tmp_path}\nmodel:\n  preset: tiny\n  max_length: 96\n  init_from: /somewhere\n"
+                      "train:\n  lr: 3.0e-5\n  head_lr: null\nuncertainty:\n  std_threshold: 0.01\n")
+    monkeypatch.setenv("ACTPRM_CONFIG", str(config))
+    monkeypatch.setenv("ACTPRM_TRAIN__GRAD_ACCUM", "4")
+    settings = load_settings()
+    _labeled_pool(settings.duckdb_path, examples[:4])
+    seen = []
+    monkeypatch.setattr(tasks.train, "train_prm", lambda examples, cfg, **kw: seen.append(cfg) or
+                        tasks.train.TrainResult(None, len(examples), 0, skipped=True, reason="test"))
+    tasks.train.train_stage.fn(settings, "p", round=1, init_from=tmp_path / "previous")
+    tasks.train.train_stage.fn(settings.model_copy(update={"loop": settings.loop.model_copy(
+        update={"warm_start": False})}), "p", round=2, init_from=tmp_path / "previous")
+    warm, cold = seen
+    assert (warm.preset, warm.max_length, warm.lr, warm.head_lr, warm.std_threshold, warm.grad_accum) == (
+        "tiny", 96, 3e-5, None, 0.01, 4)
+    assert warm == TrainConfig.from_settings(settings, init_from=str(tmp_path / "previous"))
+    assert cold.init_from is None and cold.lr == 3e-5
+
+
 def test_a_retried_flow_run_resumes_its_training_instead_of_starting_over(examples, tmp_path, monkeypatch):
     """Prefect keeps a flow run's id across its retries, while the flow opens a new MLflow run per attempt."""
     import actprm.tracking
