@@ -211,6 +211,41 @@ def _run_params(cfg: TrainConfig, *, given_model: bool) -> dict[str, Any]:
     return params
 
 
+def _model_to_train(cfg: TrainConfig, model, tokenizer):
+    """The model `train_prm` was given, else the one `cfg.init_from` names, else a fresh one of `cfg.preset`; set up
+    for this run's settings."""
+    from models import EnsemblePRM, build_prm, check_compatible
+
+    if model is None:
+        if cfg.init_from:
+            model, tokenizer = EnsemblePRM.from_pretrained(cfg.init_from, with_tokenizer=True)
+        else:
+            model, tokenizer = build_prm(cfg.preset, num_heads=cfg.num_heads, seed=cfg.seed,
+                                         backbone_path=cfg.backbone_path)
+    check_compatible(model, tokenizer)
+    _make_trainable(model, freeze_backbone=cfg.freeze_backbone, reg_lambda=cfg.reg_lambda,
+                    learning_probability=cfg.learning_probability, gradient_checkpointing=cfg.gradient_checkpointing)
+    return model, tokenizer
+
+
+def _loader(examples: list[dict], tokenizer, cfg: TrainConfig):
+    """Shuffled micro-batches of `examples` (indices, so a trajectory's bootstrap mask follows it), encoded with
+    their step labels."""
+    from torch.utils.data import DataLoader
+
+    from models import StepBatcher
+
+    batcher = StepBatcher(tokenizer, max_length=cfg.max_length)
+
+    def collate(indices: list[int]) -> dict[str, Any]:
+        chosen = [examples[i] for i in indices]
+        fes = [ex["first_error"] for ex in chosen]
+        batch = batcher.encode([ex["question"] for ex in chosen], [ex["steps"] for ex in chosen], fes)
+        return {"batch": batch, "first_error": torch.tensor(fes), "index": torch.tensor(indices)}
+
+    return DataLoader(list(range(len(examples))), batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
+
+
 class TrainingRun:
     """One call of `train_prm`, in three parts: `__init__` sets the run up (model, data, optimizer, schedule, the
     checkpoint to resume), `step` trains one micro-batch (and takes the optimizer step that completes), `finish`
@@ -223,10 +258,7 @@ class TrainingRun:
                  resume: bool = True, progress: bool = True,
                  on_metrics: Callable[[int, dict[str, float]], None] | None = None) -> None:
         from accelerate.utils import set_seed
-        from torch.utils.data import DataLoader
         from transformers import get_linear_schedule_with_warmup
-
-        from models import EnsemblePRM, StepBatcher, build_prm, check_compatible
 
         self.examples, self.cfg, self.out_dir, self.on_metrics = examples, cfg, out_dir, on_metrics
         self.given_model = model is not None
@@ -236,28 +268,9 @@ class TrainingRun:
         accelerator = self.accelerator = _accelerator(mixed_precision=cfg.mixed_precision, grad_accum=cfg.grad_accum,
                                                       seed=cfg.seed)
         set_seed(cfg.seed)
-        if model is None:
-            if cfg.init_from:
-                model, tokenizer = EnsemblePRM.from_pretrained(cfg.init_from, with_tokenizer=True)
-            else:
-                model, tokenizer = build_prm(cfg.preset, num_heads=cfg.num_heads, seed=cfg.seed,
-                                             backbone_path=cfg.backbone_path)
-        check_compatible(model, tokenizer)
-        _make_trainable(model, freeze_backbone=cfg.freeze_backbone, reg_lambda=cfg.reg_lambda,
-                        learning_probability=cfg.learning_probability,
-                        gradient_checkpointing=cfg.gradient_checkpointing)
+        model, self.tokenizer = _model_to_train(cfg, model, tokenizer)
         set_seed(cfg.seed)  # building/loading a model may consume RNG; training starts from the same state regardless
-        self.tokenizer = tokenizer
-
-        batcher = StepBatcher(tokenizer, max_length=cfg.max_length)
-
-        def collate(indices: list[int]) -> dict[str, Any]:
-            chosen = [examples[i] for i in indices]
-            fes = [ex["first_error"] for ex in chosen]
-            batch = batcher.encode([ex["question"] for ex in chosen], [ex["steps"] for ex in chosen], fes)
-            return {"batch": batch, "first_error": torch.tensor(fes), "index": torch.tensor(indices)}
-
-        loader = DataLoader(list(range(len(examples))), batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
+        loader = _loader(examples, self.tokenizer, cfg)
         optimizer = _optimizer(model, lr=cfg.lr, head_lr=cfg.head_lr, weight_decay=cfg.weight_decay)
         self.model, self.optimizer, self.loader = accelerator.prepare(model, optimizer, loader)
         self.model.train()  # from_pretrained hands back a model in eval mode
