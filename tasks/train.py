@@ -464,31 +464,6 @@ def _active_mlflow():
     return None
 
 
-# -- Prefect -----------------------------------------------------------------------------------------
-from prefect import task  # noqa: E402  (kept below the plain function it wraps)
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-
-
-@task(name="train-prm", cache_policy=NO_CACHE, retries=0)
-def train_task(examples: list[dict], cfg: TrainConfig, **kwargs: Any) -> TrainResult:
-    """Prefect wrapper of train_prm. No retries: a rerun resumes from the latest checkpoint anyway."""
-    from prefect.exceptions import MissingContextError
-    from prefect.logging import get_run_logger
-
-    try:
-        logger = get_run_logger()
-    except MissingContextError:  # called as train_task.fn(...) outside a run
-        logger = log
-    result = train_prm(examples, cfg, **kwargs)
-    if result.skipped:
-        logger.warning("training skipped: %s", result.reason)
-    else:
-        logger.info("trained on %d trajectories in %d steps -> %s (cls_loss %.4f, trusted %.2f)",
-                    result.train_trajectories, result.steps, result.model_dir,
-                    result.metrics.get("cls_loss") or 0.0, result.metrics.get("trained_fraction") or 0.0)
-    return result
-
-
 def loop_train_dir(settings, pool: str, loop: str) -> Path:
     """Where an active-learning loop (tasks.pipeline.open_loop_task) trains its rounds."""
     return settings.checkpoints_dir / "train" / pool / loop
@@ -518,19 +493,18 @@ def drop_checkpoints(folder: Path) -> int:
     return len(found)
 
 
-@task(name="drop-checkpoints", cache_policy=NO_CACHE)
-def drop_round_checkpoints_task(settings, pool: str, round: int, loop: str) -> int:
+def drop_round_checkpoints(settings, pool: str, round: int, loop: str) -> int:
     """Once the round's model is registered its checkpoints are only disk (a 7B model's optimizer state is tens of
     GB): a rerun finds the round registered and does not train it again."""
     return drop_checkpoints(round_dir(settings, pool, round, loop=loop))
 
 
-@task(name="train", cache_policy=NO_CACHE, tags=["duckdb"])
-def train_stage(settings, pool: str, *, init_from: str | Path | None = None, round: int | None = None,
+def train_round(settings, pool: str, *, init_from: str | Path | None = None, round: int | None = None,
                 mlflow_run_id: str | None = None, only_ids: list[str] | None = None,
                 loop: str | None = None) -> dict[str, Any]:
-    """Flow stage: train on every judge label of the pool's train split, warm-starting from `init_from`
-    (when given and settings.loop.warm_start), logging per-step metrics into MLflow run `mlflow_run_id`.
+    """Train stage (its Prefect task: flows.prefect_tasks.train_stage): train on every judge label of the pool's
+    train split, warm-starting from `init_from` (when given and settings.loop.warm_start), logging per-step metrics
+    into MLflow run `mlflow_run_id`.
 
     The DuckDB file is held only while the examples are read, never during training. The output dir is
     `round_dir` (of `loop`, when the round is an active-learning loop's). Returns TrainResult.as_dict() plus

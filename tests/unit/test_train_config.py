@@ -107,3 +107,14 @@ def test_a_presets_recipe_fills_only_what_nobody_set(monkeypatch, tmp_path):
     direct = TrainConfig(preset="qwen2.5-math-7b", lr=generic.lr)
     assert (direct.lr, direct.batch_size, direct.max_length) == (generic.lr, 8, 2048)
     assert TrainConfig.from_settings(from_file).lr == generic.lr
+
+
+def test_the_launch_entry_point_does_not_import_prefect():
+    """`accelerate launch -m tasks.train` starts one process per GPU: none of them needs Prefect (seconds to import,
+    and a Prefect home), so tasks/train.py keeps its Prefect wrappers in flows/prefect_tasks.py."""
+    import subprocess
+    import sys
+
+    code = "import sys, tasks.train; print(sorted(m for m in sys.modules if m.split('.')[0] == 'prefect'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip() == "[]"
