@@ -5,7 +5,9 @@ Precedence (highest first): CLI flags (passed as overrides) > environment variab
 (`ACTPRM_CONFIG` or `--config`) > the defaults written here.
 
 Every knob appears here once, with its default and a one-line description. Stage functions in
-`tasks/` take plain arguments; the CLI and the flows map a `Settings` onto them.
+`tasks/` take plain arguments; the CLI and the flows map a `Settings` onto them. Training reads one object,
+`TrainConfig` (at the end): the `train` section plus the model and selection fields it shares, reused from their
+sections; `python -m tasks.train` generates its flags from it.
 """
 
 from __future__ import annotations
