@@ -5,17 +5,19 @@ Precedence (highest first): CLI flags (passed as overrides) > environment variab
 (`ACTPRM_CONFIG` or `--config`) > the defaults written here.
 
 Every knob appears here once, with its default and a one-line description. Stage functions in
-`tasks/` take plain arguments; the CLI and the flows map a `Settings` onto them.
+`tasks/` take plain arguments; the CLI and the flows map a `Settings` onto them. Training reads one object,
+`TrainConfig` (at the end): the `train` section plus the model and selection fields it shares, reused from their
+sections; `python -m tasks.train` generates its flags from it.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from actprm.names import POOL_NAME_PATTERN
@@ -35,8 +37,9 @@ class ModelSettings(BaseModel):
 
 class UncertaintySettings(BaseModel):
     strategy: str = Field("actprm", description="Acquisition strategy: actprm, random, entropy, bald.")
-    p_threshold: float = Field(0.95, description="A step is confident when mu >= p or mu <= 1 - p (paper: 0.95).")
-    std_threshold: float = Field(0.005, description="... and sigma <= this (paper: 0.005).")
+    p_threshold: float = Field(0.95, ge=0.5, le=1, description="A step is confident when mu >= p or mu <= 1 - p "
+                               "(paper: 0.95).")
+    std_threshold: float = Field(0.005, ge=0, description="... and sigma <= this (paper: 0.005).")
     batch_size: int = Field(32, description="Trajectories per forward pass when scoring.")
     shard_size: int = Field(2048, description="Trajectories per scoring shard (the unit of resume).")
     dask_address: str | None = Field(
@@ -94,22 +97,28 @@ class BudgetSettings(BaseModel):
     per_pool_max_cost: Money | None = Field(None, description="Cap on money spent for any one pool.")
 
 
+# Learning rates and clipping norms must be positive and finite (a NaN learning rate trains to NaN silently).
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
 class TrainSettings(BaseModel):
-    epochs: int = Field(3, description="Passes over the labeled set per round.")
-    batch_size: int = Field(16, description="Trajectories per optimizer micro-batch.")
-    grad_accum: int = Field(1, description="Gradient accumulation steps.")
-    lr: float = Field(2e-4, description="AdamW peak learning rate.")
-    head_lr: float | None = Field(
+    epochs: int = Field(3, ge=1, description="Passes over the labeled set per round.")
+    batch_size: int = Field(16, ge=1, description="Trajectories per optimizer micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    lr: Positive = Field(2e-4, description="AdamW peak learning rate.")
+    head_lr: Positive | None = Field(
         3e-3, description="AdamW peak learning rate of the heads (None: lr). Fresh heads learn far slower than a "
                           "pre-trained backbone can bear: at lr alone the cpu preset's make run stays at F1 0.")
-    weight_decay: float = Field(0.0, description="AdamW weight decay.")
-    warmup_ratio: float = Field(0.1, description="Linear warmup share of the steps.")
-    warmup_steps: int | None = Field(None, description="Linear warmup optimizer steps; overrides warmup_ratio when set.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.1, ge=0, le=1, description="Linear warmup share of the steps.")
+    warmup_steps: Count | None = Field(None, description="Linear warmup optimizer steps; overrides warmup_ratio when set.")
     seed: int = Field(0, description="Seed for data order, head init and bootstrap masks.")
     in_training_selection: bool = Field(True, description="ActPRM: drop already-confident trajectories from each batch's loss.")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="accelerate mixed precision (bf16 on GPU).")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory on big backbones.")
-    checkpoint_every: int = Field(0, description="save_state every N optimizer steps (0: at the end only).")
+    checkpoint_every: Count = Field(0, description="save_state every N optimizer steps (0: at the end only).")
+    max_grad_norm: Positive | None = Field(1.0, description="Clip the gradient norm to this before each optimizer step "
+                                           "(None: no clipping).")
 
 
 class LoopSettings(BaseModel):
@@ -245,33 +254,36 @@ PRESET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
 
 
 def _with_preset_defaults(settings: Settings) -> Settings:
-    """A preset's own defaults (PRESET_DEFAULTS) for every field still at the generic default: a value given in
-    YAML, the environment or a flag wins, unless it equals the generic default (then the preset's is taken)."""
+    """A preset's own defaults (PRESET_DEFAULTS) for every field nobody set: a value given in YAML, the environment
+    or a flag wins, even one equal to the generic default (pydantic's model_fields_set tells them apart)."""
     recipe = PRESET_DEFAULTS.get(settings.model.preset)
     if not recipe:
         return settings
-    data = settings.model_dump()
+    updates = {}
     for section, fields in recipe.items():
-        generic = type(getattr(settings, section)).model_fields
-        for name, value in fields.items():
-            if data[section][name] == generic[name].default:
-                data[section][name] = value
-    return Settings.model_validate(data)
+        part = getattr(settings, section)
+        unset = {name: value for name, value in fields.items() if name not in part.model_fields_set}
+        if unset:
+            updates[section] = type(part).model_validate(part.model_dump(exclude_unset=True) | unset)
+    return settings.model_copy(update=updates)
 
 
 def load_settings(overrides: dict[str, Any] | None = None, config_file: str | Path | None = None) -> Settings:
-    """Build Settings from defaults, YAML, env, then `overrides` (nested dicts, e.g. from CLI flags), then the
-    preset's own defaults (PRESET_DEFAULTS) where a field was left at the generic default."""
+    """Build Settings from defaults, YAML, env, then `overrides` (nested dicts, e.g. from CLI flags; None: not
+    given), then the preset's own defaults (PRESET_DEFAULTS) for every field none of them set."""
     if config_file is not None:
         os.environ["ACTPRM_CONFIG"] = str(config_file)
     try:
-        base = Settings()
-        if not overrides:
-            return _with_preset_defaults(base)
-        merged = _deep_merge(base.model_dump(), {k: v for k, v in overrides.items() if v is not None})
-        return _with_preset_defaults(Settings.model_validate(merged))
+        # As init arguments, overrides are deep-merged over env and YAML by pydantic-settings, and every section
+        # keeps in model_fields_set only what some source gave.
+        return _with_preset_defaults(Settings(**_given(overrides or {})))
     except ValidationError as exc:
         raise ConfigError(_one_line(exc)) from None
+
+
+def _given(overrides: dict[str, Any]) -> dict[str, Any]:
+    """`overrides` without the None values (flags not given), at every level."""
+    return {k: _given(v) if isinstance(v, dict) else v for k, v in overrides.items() if v is not None}
 
 
 def _one_line(exc: ValidationError) -> str:
@@ -320,3 +332,57 @@ def flow_settings(config: dict[str, Any] | None = None, **explicit: dict[str, An
         os.environ.setdefault(key, value)
     settings.home.mkdir(parents=True, exist_ok=True)
     return settings
+
+
+class TrainConfig(TrainSettings):
+    """What one training run reads: `train_prm`'s config and the flags of `python -m tasks.train`.
+
+    The `train` section plus the model and selection fields training shares with other stages; those keep their
+    default and help in their own section (the FieldInfo is reused, never retyped). Built from Settings with
+    `from_settings`; built directly (tests, benchmarks), a preset's own defaults (PRESET_DEFAULTS) fill the fields
+    not given, as load_settings does.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str = ModelSettings.model_fields["preset"]
+    num_heads: int = ModelSettings.model_fields["num_heads"]
+    init_from: str | None = ModelSettings.model_fields["init_from"]
+    freeze_backbone: bool = ModelSettings.model_fields["freeze_backbone"]
+    backbone_path: str | None = ModelSettings.model_fields["backbone_path"]
+    max_length: int = ModelSettings.model_fields["max_length"]
+    reg_lambda: float = ModelSettings.model_fields["reg_lambda"]
+    learning_probability: float = ModelSettings.model_fields["learning_probability"]
+    p_threshold: float = UncertaintySettings.model_fields["p_threshold"]
+    std_threshold: float = UncertaintySettings.model_fields["std_threshold"]
+
+    # The Settings section each field comes from (every other field: `train`).
+    SHARED: ClassVar[dict[str, tuple[str, ...]]] = {
+        "model": ("preset", "num_heads", "init_from", "freeze_backbone", "backbone_path", "max_length", "reg_lambda",
+                  "learning_probability"),
+        "uncertainty": ("p_threshold", "std_threshold"),
+    }
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_recipe(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            preset = data.get("preset", ModelSettings.model_fields["preset"].default)
+            for fields in PRESET_DEFAULTS.get(preset, {}).values():
+                data = {name: value for name, value in fields.items() if name in cls.model_fields} | data
+        return data
+
+    @classmethod
+    def section_of(cls, name: str) -> str:
+        return next((section for section, names in cls.SHARED.items() if name in names), "train")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> TrainConfig:
+        """The run config of `settings` (`overrides`: per-run values, e.g. the round's warm start in init_from)."""
+        values = settings.train.model_dump()
+        for section, names in cls.SHARED.items():
+            values |= {name: getattr(getattr(settings, section), name) for name in names}
+        try:
+            return cls.model_validate(values | overrides)
+        except ValidationError as exc:
+            raise ConfigError(_one_line(exc)) from None

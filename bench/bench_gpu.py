@@ -58,6 +58,7 @@ from models import EnsemblePRM, StepBatcher, build_prm  # noqa: E402
 from models.presets import wrap_backbone  # noqa: E402
 from models.uncertainty import P_THRESHOLD, STD_THRESHOLD  # noqa: E402
 from tasks.score import score_trajectories  # noqa: E402
+from actprm.config import TrainConfig  # noqa: E402
 from tasks.train import train_prm  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gpu.json"
@@ -98,9 +99,9 @@ def section_train(args, device, workdir: Path) -> dict:
     for precision in ("no", "bf16"):
         cuda_sync(device)
         t0 = time.perf_counter()
-        result = train_prm(train, output_dir=workdir / f"train-{precision}", preset="tiny-decoder", num_heads=32,
-                           epochs=args.epochs, batch_size=16, lr=3e-3, seed=0, max_length=256,
-                           mixed_precision=precision, progress=False)
+        cfg = TrainConfig(preset="tiny-decoder", num_heads=32, epochs=args.epochs, batch_size=16, lr=3e-3,
+                          head_lr=None, seed=0, max_length=256, mixed_precision=precision)
+        result = train_prm(train, cfg, output_dir=workdir / f"train-{precision}", progress=False)
         cuda_sync(device)
         seconds = time.perf_counter() - t0
         model, tokenizer = EnsemblePRM.from_pretrained(result.model_dir, device=device, with_tokenizer=True)
@@ -143,8 +144,10 @@ def _agreement(cpu_rows: list[dict], gpu_rows: list[dict]) -> dict:
 def section_score_agreement(args, device, workdir: Path, trained_dir: str | None) -> dict:
     held_out = learnable_pool(args.eval_n, seed=3)
     # 24 steps in: the means spread between 0.5 and certainty.
-    partial = train_prm(learnable_pool(384, seed=4), output_dir=workdir / "partial", preset="tiny-decoder",
-                        num_heads=32, epochs=1, batch_size=16, lr=3e-3, seed=0, max_length=256, progress=False)
+    partial = train_prm(learnable_pool(384, seed=4),
+                        TrainConfig(preset="tiny-decoder", num_heads=32, epochs=1, batch_size=16, lr=3e-3,
+                                    head_lr=None, seed=0, max_length=256),
+                        output_dir=workdir / "partial", progress=False)
     untrained, tokenizer = build_prm("tiny-decoder", num_heads=32, seed=0)
     cases = {"untrained": (untrained.eval(), tokenizer)}
     for name, model_dir in (("partly_trained_fp32", partial.model_dir), ("trained_fp32", trained_dir)):
@@ -236,9 +239,9 @@ def section_train_throughput(args, device, workdir: Path) -> dict:
             stamps.append(time.perf_counter())
 
         t0 = time.perf_counter()
-        result = train_prm(pool, output_dir=workdir / name.replace(" ", "-"), model=model, tokenizer=tokenizer,
-                           epochs=1, batch_size=8, lr=1e-5, head_lr=3e-3, freeze_backbone=frozen,
-                           max_length=args.max_length, mixed_precision="bf16", gradient_checkpointing=not frozen,
+        cfg = TrainConfig(preset="tiny", epochs=1, batch_size=8, lr=1e-5, head_lr=3e-3, freeze_backbone=frozen,
+                          max_length=args.max_length, mixed_precision="bf16", gradient_checkpointing=not frozen)
+        result = train_prm(pool, cfg, output_dir=workdir / name.replace(" ", "-"), model=model, tokenizer=tokenizer,
                            progress=False, on_metrics=on_step)
         seconds = time.perf_counter() - t0  # includes saving the model, as a run does
         # Steady state: from the first optimizer step's end to the last's (the first pays for kernel selection).

@@ -150,6 +150,7 @@ def auroc(scores: list[float], correct: list[bool]) -> float | None:
 
 def train_bench_model(preset: str, n: int, epochs: int, seed: int, out: Path, freeze_backbone: bool
                       ) -> tuple[str, dict]:
+    from actprm.config import TrainConfig
     from tasks.train import train_prm
 
     examples = []
@@ -157,8 +158,9 @@ def train_bench_model(preset: str, n: int, epochs: int, seed: int, out: Path, fr
         examples.append({"question": rec["question"], "steps": rec["steps"],
                          "first_error": verify_first_error(rec["question"], rec["steps"])})
     t0 = time.perf_counter()
-    train_prm(examples, output_dir=out, preset=preset, num_heads=8, epochs=epochs, batch_size=32, lr=2e-4,
-              head_lr=3e-3, seed=seed, max_length=512, freeze_backbone=freeze_backbone, progress=True)
+    cfg = TrainConfig(preset=preset, num_heads=8, epochs=epochs, batch_size=32, lr=2e-4, head_lr=3e-3, seed=seed,
+                      max_length=512, freeze_backbone=freeze_backbone)
+    train_prm(examples, cfg, output_dir=out, progress=True)
     return str(out / "model"), {"trained_here": True, "preset": preset, "train_trajectories": n, "epochs": epochs,
                                 "freeze_backbone": freeze_backbone,
                                 "labels": "verifier (the pipeline's programmatic judge)",

@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", default=str(RESULTS))
     args = ap.parse_args(argv)
 
+    from actprm.config import TrainConfig
     from actprm.synth import generate
     from models import EnsemblePRM, build_prm
     from models.presets import PRESETS
@@ -69,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
                 for r in generate(args.n, seed=0)]
     assert not build_prm("bench-decoder", num_heads=2)[0].has_dropout()
     # Thresholds at which the ensemble keeps some trajectories and leaves others out, as in a real run.
-    settings = dict(preset="bench-decoder", num_heads=32, epochs=1, batch_size=args.batch_size, lr=1e-4,
-                    max_length=512, seed=0, progress=False, p_threshold=0.95, std_threshold=0.005)
+    settings = TrainConfig(preset="bench-decoder", num_heads=32, epochs=1, batch_size=args.batch_size, lr=1e-4,
+                           head_lr=None, max_length=512, seed=0, p_threshold=0.95, std_threshold=0.005)
     has_dropout = EnsemblePRM.has_dropout
     seconds: dict[str, list[float]] = {"one_pass": [], "scoring_pass": []}
     steps = 0
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 with tempfile.TemporaryDirectory() as tmp:
                     t0 = time.perf_counter()
-                    result = train_prm(examples, output_dir=tmp, **settings)
+                    result = train_prm(examples, settings, output_dir=tmp, progress=False)
                     elapsed = time.perf_counter() - t0
             finally:
                 EnsemblePRM.has_dropout = has_dropout

@@ -17,12 +17,11 @@ from actprm.config import flow_settings
 from actprm.names import check_pool_name
 from flows import scoring
 from flows.ingest_pool import ingest_pool
-from flows.prefect_tasks import evaluate_stage, label_stage, register_stage
+from flows.prefect_tasks import drop_round_checkpoints_task, evaluate_stage, label_stage, register_stage, train_stage
 from tasks import pipeline
 from tasks.label import JUDGE_DOWN_STOPS
 from tasks.plots import run_plots_task
 from tasks.select import prepare_eval_split_task, select_task
-from tasks.train import drop_round_checkpoints_task, train_stage
 
 
 @flow(name="active-learning", log_prints=True)

@@ -11,11 +11,10 @@ from prefect import flow
 
 from actprm.config import flow_settings
 from flows.ingest_pool import ingest_pool
-from flows.prefect_tasks import evaluate_stage, label_stage, register_stage, starting_model_stage
+from flows.prefect_tasks import evaluate_stage, label_stage, register_stage, starting_model_stage, train_stage
 from tasks import pipeline
 from tasks.score import score_stage
 from tasks.select import prepare_eval_split_task, select_task
-from tasks.train import train_stage
 
 # The share of its pool the paper's filter kept (Duan et al., 2025, Sec. 5: ~60% of the 1M+ trajectories).
 PAPER_RETAINED_FRACTION = 0.6

@@ -8,12 +8,11 @@ from prefect import flow
 
 from actprm.config import flow_settings
 from flows import scoring
-from flows.prefect_tasks import evaluate_stage, label_stage, register_stage, starting_model_stage
+from flows.prefect_tasks import evaluate_stage, label_stage, register_stage, starting_model_stage, train_stage
 from tasks import pipeline
 from tasks.label import judge_down
 from tasks.score import export_stage
 from tasks.select import prepare_eval_split_task
-from tasks.train import train_stage
 
 
 @flow(name="score", log_prints=True)

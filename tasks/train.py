@@ -37,13 +37,14 @@ import os
 import shutil
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 import torch
 
+from actprm.config import TrainConfig
 from actprm.errors import ActPRMError
 from actprm.runlog import stage_logger
 from tasks.train_state import CHECKPOINTS_DIR, Checkpoints, Progress, run_fingerprint, save_final_model
@@ -52,7 +53,6 @@ log = logging.getLogger(__name__)
 
 MODEL_DIR = "model"
 RESULT_FILE = "train_result.json"
-MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
 @dataclass
@@ -136,17 +136,6 @@ def _optimizer(model, *, lr: float, head_lr: float | None, weight_decay: float) 
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay)
 
 
-def _check_settings(**settings: Any) -> None:
-    """One-line errors for training settings out of range, before anything is built."""
-    ok = {"epochs": lambda v: v >= 1, "batch_size": lambda v: v >= 1, "grad_accum": lambda v: v >= 1,
-          "lr": lambda v: v > 0, "head_lr": lambda v: v is None or v > 0, "warmup_ratio": lambda v: 0 <= v <= 1,
-          "checkpoint_every": lambda v: v >= 0, "p_threshold": lambda v: 0.5 <= v <= 1,
-          "std_threshold": lambda v: v >= 0, "mixed_precision": lambda v: v in MIXED_PRECISION}
-    for name, value in settings.items():
-        if not ok[name](value):
-            raise ActPRMError(f"invalid training setting {name}={value!r}")
-
-
 def _accelerator(*, mixed_precision: str, grad_accum: int, seed: int):
     """A fresh Accelerator for one training run."""
     from accelerate import Accelerator, DataLoaderConfiguration
@@ -203,93 +192,50 @@ def _optimizer_step(accelerator, model, optimizer, scheduler, totals: torch.Tens
     return grad_norm
 
 
-def train_prm(
-    examples: list[dict],
-    *,
-    output_dir: str | Path,
-    model=None,
-    tokenizer=None,
-    preset: str = "tiny",
-    num_heads: int = 32,
-    init_from: str | Path | None = None,
-    freeze_backbone: bool = False,
-    backbone_path: str | None = None,
-    epochs: int = 3,
-    batch_size: int = 16,
-    grad_accum: int = 1,
-    lr: float = 2e-4,
-    head_lr: float | None = None,
-    weight_decay: float = 0.0,
-    warmup_ratio: float = 0.1,
-    warmup_steps: int | None = None,
-    seed: int = 0,
-    max_length: int = 512,
-    reg_lambda: float = 0.5,
-    learning_probability: float = 1.0,
-    in_training_selection: bool = True,
-    p_threshold: float = 0.95,
-    std_threshold: float = 0.005,
-    mixed_precision: str = "no",
-    gradient_checkpointing: bool = False,
-    max_grad_norm: float | None = 1.0,
-    checkpoint_every: int = 0,
-    resume: bool = True,
-    progress: bool = True,
-    on_metrics: Callable[[int, dict[str, float]], None] | None = None,
-) -> TrainResult:
-    """Fine-tune the ensemble PRM on `examples` ({question, steps, first_error}; -1 = all correct).
-
-    The model is `model`/`tokenizer` when given (trained in place), else loaded from `init_from` (warm start from
-    a saved model dir), else a fresh `build_prm(preset, num_heads, seed)`. The result lands in
-    `output_dir/model` (model.save_pretrained with its tokenizer); checkpoints in `output_dir/checkpoints/step_N`
-    every `checkpoint_every` optimizer steps (0: only at the end). With `resume`, a rerun continues from the
-    latest checkpoint that matches the same data and settings. `on_metrics(step, metrics)` is called on the
-    main process after every optimizer step. Raises ActPRMError on bad arguments or a non-finite loss.
-    """
-    from accelerate.utils import set_seed
-    from torch.utils.data import DataLoader
-    from transformers import get_linear_schedule_with_warmup
-
-    from models import EnsemblePRM, StepBatcher, build_prm, check_compatible
-
-    _check_settings(epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, head_lr=head_lr,
-                    warmup_ratio=warmup_ratio, checkpoint_every=checkpoint_every, p_threshold=p_threshold,
-                    std_threshold=std_threshold, mixed_precision=mixed_precision)
-    if (model is None) != (tokenizer is None):
-        raise ActPRMError("pass both model and tokenizer, or neither")
-    _check_examples(examples)
-    out_dir = Path(output_dir)
-    if not examples:
-        return TrainResult(None, 0, 0, skipped=True,
-                           reason="no labeled trajectories to train on: label some with the judge first")
-
-    params = {"preset": preset, "num_heads": num_heads, "init_from": str(init_from) if init_from else None,
-              "given_model": model is not None, "epochs": epochs, "batch_size": batch_size,
-              "grad_accum": grad_accum, "lr": lr, "head_lr": head_lr, "weight_decay": weight_decay, "warmup_ratio": warmup_ratio,
-              "seed": seed, "max_length": max_length, "reg_lambda": reg_lambda,
-              "learning_probability": learning_probability, "in_training_selection": in_training_selection,
-              "p_threshold": p_threshold, "std_threshold": std_threshold, "max_grad_norm": max_grad_norm,
-              "freeze_backbone": freeze_backbone, "backbone_path": backbone_path,
+def _run_params(cfg: TrainConfig, *, given_model: bool) -> dict[str, Any]:
+    """The knobs that change the weights: the checkpoints' fingerprint and the MLflow params (train.*). Its keys
+    and values are what they were before TrainConfig, so checkpoints written by earlier versions still resume."""
+    params = {"preset": cfg.preset, "num_heads": cfg.num_heads, "init_from": cfg.init_from or None,
+              "given_model": given_model, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+              "grad_accum": cfg.grad_accum, "lr": cfg.lr, "head_lr": cfg.head_lr, "weight_decay": cfg.weight_decay,
+              "warmup_ratio": cfg.warmup_ratio, "seed": cfg.seed, "max_length": cfg.max_length,
+              "reg_lambda": cfg.reg_lambda, "learning_probability": cfg.learning_probability,
+              "in_training_selection": cfg.in_training_selection, "p_threshold": cfg.p_threshold,
+              "std_threshold": cfg.std_threshold, "max_grad_norm": cfg.max_grad_norm,
+              "freeze_backbone": cfg.freeze_backbone, "backbone_path": cfg.backbone_path,
               # A checkpoint's position in the data and its per-rank random states are only valid for the same
               # number of processes (accelerate launch sets WORLD_SIZE), and its weights for the same precision.
-              "mixed_precision": mixed_precision, "processes": int(os.environ.get("WORLD_SIZE", "1"))}
-    if warmup_steps is not None:  # only when set, so runs without it keep their checkpoints' fingerprint
-        params["warmup_steps"] = warmup_steps
-    fingerprint = run_fingerprint(examples, params)
+              "mixed_precision": cfg.mixed_precision, "processes": int(os.environ.get("WORLD_SIZE", "1"))}
+    if cfg.warmup_steps is not None:  # only when set, so runs without it keep their checkpoints' fingerprint
+        params["warmup_steps"] = cfg.warmup_steps
+    return params
 
-    accelerator = _accelerator(mixed_precision=mixed_precision, grad_accum=grad_accum, seed=seed)
-    set_seed(seed)
+
+def _model_to_train(cfg: TrainConfig, model, tokenizer):
+    """The model `train_prm` was given, else the one `cfg.init_from` names, else a fresh one of `cfg.preset`; set up
+    for this run's settings."""
+    from models import EnsemblePRM, build_prm, check_compatible
+
     if model is None:
-        if init_from:
-            model, tokenizer = EnsemblePRM.from_pretrained(init_from, with_tokenizer=True)
+        if cfg.init_from:
+            model, tokenizer = EnsemblePRM.from_pretrained(cfg.init_from, with_tokenizer=True)
         else:
-            model, tokenizer = build_prm(preset, num_heads=num_heads, seed=seed, backbone_path=backbone_path)
+            model, tokenizer = build_prm(cfg.preset, num_heads=cfg.num_heads, seed=cfg.seed,
+                                         backbone_path=cfg.backbone_path)
     check_compatible(model, tokenizer)
-    _make_trainable(model, freeze_backbone=freeze_backbone, reg_lambda=reg_lambda,
-                    learning_probability=learning_probability, gradient_checkpointing=gradient_checkpointing)
-    set_seed(seed)  # building/loading a model may consume RNG; training starts from the same state regardless
+    _make_trainable(model, freeze_backbone=cfg.freeze_backbone, reg_lambda=cfg.reg_lambda,
+                    learning_probability=cfg.learning_probability, gradient_checkpointing=cfg.gradient_checkpointing)
+    return model, tokenizer
 
-    batcher = StepBatcher(tokenizer, max_length=max_length)
+
+def _loader(examples: list[dict], tokenizer, cfg: TrainConfig):
+    """Shuffled micro-batches of `examples` (indices, so a trajectory's bootstrap mask follows it), encoded with
+    their step labels."""
+    from torch.utils.data import DataLoader
+
+    from models import StepBatcher
+
+    batcher = StepBatcher(tokenizer, max_length=cfg.max_length)
 
     def collate(indices: list[int]) -> dict[str, Any]:
         chosen = [examples[i] for i in indices]
@@ -297,131 +243,217 @@ def train_prm(
         batch = batcher.encode([ex["question"] for ex in chosen], [ex["steps"] for ex in chosen], fes)
         return {"batch": batch, "first_error": torch.tensor(fes), "index": torch.tensor(indices)}
 
-    loader = DataLoader(list(range(len(examples))), batch_size=batch_size, shuffle=True, collate_fn=collate)
-    optimizer = _optimizer(model, lr=lr, head_lr=head_lr, weight_decay=weight_decay)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    model.train()  # from_pretrained hands back a model in eval mode
-    # Without dropout the training forward scores exactly as the scoring stage's eval pass would, so selection
-    # reads its scores and skips that extra forward pass of every micro-batch (the Qwen2.5 backbones).
-    one_pass = not accelerator.unwrap_model(model).has_dropout()
-    steps_per_epoch = math.ceil(len(loader) / grad_accum)
-    total_steps = steps_per_epoch * epochs
-    scheduler = accelerator.prepare(get_linear_schedule_with_warmup(
-        optimizer, num_warmup_steps=(warmup_steps if warmup_steps is not None else math.ceil(warmup_ratio * total_steps)),
-        num_training_steps=total_steps))
-    state = Progress()
-    accelerator.register_for_checkpointing(state)
+    return DataLoader(list(range(len(examples))), batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
 
-    checkpoints = Checkpoints(out_dir / CHECKPOINTS_DIR, fingerprint, accelerator)
-    checkpoints.drop_stale()
-    resumed_from = None
-    latest = checkpoints.latest() if resume else None
-    if latest is not None:
-        accelerator.load_state(str(latest))
-        resumed_from = state.completed_steps
-        log.info("resuming training from %s (optimizer step %d of %d)", latest, resumed_from, total_steps)
 
-    mlflow = _active_mlflow() if accelerator.is_main_process else None
-    if mlflow is not None:
-        _log_params(mlflow, params | {"trajectories": len(examples)})
+class TrainingRun:
+    """One call of `train_prm`, in three parts: `__init__` sets the run up (model, data, optimizer, schedule, the
+    checkpoint to resume), `step` trains one micro-batch (and takes the optimizer step that completes), `finish`
+    saves the model and the result."""
 
-    bar = None
-    if progress and accelerator.is_local_main_process:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=total_steps, initial=state.completed_steps, desc="train", unit="step", file=sys.stderr)
+    # Metric window of the optimizer step under way, summed over its micro-batches (then over processes):
+    WINDOW = ("seen", "kept", "confident", "pseudo_correct", "cls", "reg", "nonfinite")
 
-    device = accelerator.device
-    window = torch.zeros(7, dtype=torch.float64)  # seen, kept, confident, pseudo_correct, cls, reg, nonfinite
-    micro = 0
-    start_epoch = state.completed_steps // steps_per_epoch
-    skip = (state.completed_steps % steps_per_epoch) * grad_accum
-    for epoch in range(start_epoch, epochs):
-        loader.set_epoch(epoch)
-        batches = accelerator.skip_first_batches(loader, skip) if epoch == start_epoch and skip else loader
-        for item in batches:
-            batch: Any = item["batch"]
-            n = len(batch)
-            with accelerator.accumulate(model):
-                judged: dict[str, torch.Tensor] = {}
-                if not in_training_selection:
-                    judged["confident"] = judged["agrees"] = torch.zeros(n, dtype=torch.bool)
-                elif not one_pass:
-                    judged["confident"], judged["agrees"] = _confident_trajectories(
-                        model, batch, item["first_error"], p_threshold, std_threshold)
+    def __init__(self, examples: list[dict], cfg: TrainConfig, out_dir: Path, *, model=None, tokenizer=None,
+                 resume: bool = True, progress: bool = True,
+                 on_metrics: Callable[[int, dict[str, float]], None] | None = None) -> None:
+        from accelerate.utils import set_seed
+        from transformers import get_linear_schedule_with_warmup
 
-                def keep(logits, rows, n=n, first_errors=item["first_error"]):
-                    """The trajectories that enter the loss; with one pass, judged on this forward's scores."""
-                    if not judged:
-                        judged["confident"], judged["agrees"] = _confidence(logits, rows, n, first_errors,
-                                                                            p_threshold, std_threshold)
-                    return (~judged["confident"]).to(device)
-                # Dropout comes from a seed fixed per (seed, optimizer step, micro-batch, process), not from
-                # whatever the RNG went through before (a resumed run builds its data iterator at another
-                # moment): so a resumed run draws exactly what an uninterrupted one does.
-                micro_seed = (((seed * 1_000_003 + state.completed_steps) * 1_009 + micro) * 131
-                              + accelerator.process_index)
-                torch.manual_seed(micro_seed)
-                # The bootstrap mask is fixed per (seed, trajectory), whatever minibatch or epoch it comes in.
-                mask = accelerator.unwrap_model(model).bootstrap_mask_for(item["index"].tolist(), seed)
-                out = model(**batch.model_inputs(), labels=batch.labels, bootstrap_mask=mask.to(device),
-                            trajectory_mask=keep)
-                confident, agrees = judged["confident"], judged["agrees"]
-                loss = out.loss
-                finite = bool(torch.isfinite(loss.detach()))
-                window += torch.tensor([n, int((~confident).sum()), int(confident.sum()), int((confident & agrees).sum()),
-                                        float(out.cls_loss.detach()) if finite else 0.0,
-                                        float(out.reg_loss.detach()) if finite else 0.0, 0 if finite else 1],
-                                       dtype=torch.float64)
-                # Backward even on a non-finite loss: under DDP every rank must join the gradient all-reduce;
-                # `_optimizer_step` refuses the step, before any weight changes.
-                accelerator.backward(loss)
-                micro += 1
-                if not accelerator.sync_gradients:
-                    continue
-                totals = accelerator.reduce(window.to(device), reduction="sum").cpu()
-                grad_norm = _optimizer_step(accelerator, model, optimizer, scheduler, totals,
-                                            step=state.completed_steps + 1, lr=lr, max_grad_norm=max_grad_norm,
-                                            mixed_precision=mixed_precision)
+        self.examples, self.cfg, self.out_dir, self.on_metrics = examples, cfg, out_dir, on_metrics
+        self.given_model = model is not None
+        self.params = _run_params(cfg, given_model=self.given_model)
+        self.fingerprint = run_fingerprint(examples, self.params)
 
-            metrics = state.record_step(epoch, totals.tolist(), micro * accelerator.num_processes)
-            metrics["lr"] = scheduler.get_last_lr()[0]
-            if grad_norm is not None:
-                metrics["grad_norm"] = grad_norm
-            window.zero_()
-            micro = 0
-            if accelerator.is_main_process:
-                if on_metrics is not None:
-                    on_metrics(state.completed_steps, dict(metrics))
-                if mlflow is not None:
-                    mlflow.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step=state.completed_steps)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(cls=f"{metrics['cls_loss']:.4f}", trained=f"{metrics['trained_fraction']:.2f}")
-            if checkpoint_every and state.completed_steps % checkpoint_every == 0:
-                checkpoints.save(state.completed_steps)
-    if bar is not None:
-        bar.close()
+        accelerator = self.accelerator = _accelerator(mixed_precision=cfg.mixed_precision, grad_accum=cfg.grad_accum,
+                                                      seed=cfg.seed)
+        set_seed(cfg.seed)
+        model, self.tokenizer = _model_to_train(cfg, model, tokenizer)
+        set_seed(cfg.seed)  # building/loading a model may consume RNG; training starts from the same state regardless
+        loader = _loader(examples, self.tokenizer, cfg)
+        optimizer = _optimizer(model, lr=cfg.lr, head_lr=cfg.head_lr, weight_decay=cfg.weight_decay)
+        self.model, self.optimizer, self.loader = accelerator.prepare(model, optimizer, loader)
+        self.model.train()  # from_pretrained hands back a model in eval mode
+        # Without dropout the training forward scores exactly as the scoring stage's eval pass would, so selection
+        # reads its scores and skips that extra forward pass of every micro-batch (the Qwen2.5 backbones).
+        self.one_pass = not accelerator.unwrap_model(self.model).has_dropout()
+        self.steps_per_epoch = math.ceil(len(self.loader) / cfg.grad_accum)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        warmup = (cfg.warmup_steps if cfg.warmup_steps is not None
+                  else math.ceil(cfg.warmup_ratio * self.total_steps))
+        self.scheduler = accelerator.prepare(get_linear_schedule_with_warmup(
+            self.optimizer, num_warmup_steps=warmup, num_training_steps=self.total_steps))
+        self.state = Progress()
+        accelerator.register_for_checkpointing(self.state)
 
-    final = state.final_metrics(epochs - 1)
-    if state.kept == 0:
-        return TrainResult(None, len(examples), state.completed_steps, final, skipped=True,
-                           reason=f"in-training selection left no trajectory to learn from: the ensemble is "
-                                  f"already confident on all {len(examples)} (p={p_threshold}, std={std_threshold})",
-                           resumed_from_step=resumed_from)
-    if not checkpoint_every or state.completed_steps % checkpoint_every:
-        checkpoints.save(state.completed_steps)  # the end state, so a crash while saving the model below loses no training
+        self.checkpoints = Checkpoints(out_dir / CHECKPOINTS_DIR, self.fingerprint, accelerator)
+        self.checkpoints.drop_stale()
+        self.resumed_from = None
+        latest = self.checkpoints.latest() if resume else None
+        if latest is not None:
+            accelerator.load_state(str(latest))
+            self.resumed_from = self.state.completed_steps
+            log.info("resuming training from %s (optimizer step %d of %d)", latest, self.resumed_from,
+                     self.total_steps)
 
-    model_dir = out_dir / MODEL_DIR
-    rebuild = None if params["given_model"] else (
-        (lambda: EnsemblePRM.from_pretrained(init_from)) if init_from
-        else (lambda: build_prm(preset, num_heads=num_heads, seed=seed, backbone_path=backbone_path)[0]))
-    save_final_model(accelerator, model, tokenizer, model_dir, rebuild)
-    result = TrainResult(str(model_dir), len(examples), state.completed_steps, final,
-                         resumed_from_step=resumed_from)
-    if accelerator.is_main_process:
-        (out_dir / RESULT_FILE).write_text(json.dumps(result.as_dict() | {"fingerprint": fingerprint}, indent=2))
-    accelerator.wait_for_everyone()
-    return result
+        self.mlflow = _active_mlflow() if accelerator.is_main_process else None
+        if self.mlflow is not None:
+            _log_params(self.mlflow, self.params | {"trajectories": len(examples)})
+        self.bar = None
+        if progress and accelerator.is_local_main_process:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=self.total_steps, initial=self.state.completed_steps, desc="train", unit="step",
+                            file=sys.stderr)
+        self.window = torch.zeros(len(self.WINDOW), dtype=torch.float64)
+        self.micro = 0  # micro-batches of the optimizer step under way
+        self.epoch = 0
+
+    def batches(self) -> Iterator[dict[str, Any]]:
+        """The micro-batches still to train, epoch after epoch; a resumed run skips those its checkpoint had done."""
+        start_epoch = self.state.completed_steps // self.steps_per_epoch
+        skip = (self.state.completed_steps % self.steps_per_epoch) * self.cfg.grad_accum
+        for epoch in range(start_epoch, self.cfg.epochs):
+            self.epoch = epoch  # the epoch `step` reports its optimizer steps under
+            self.loader.set_epoch(epoch)
+            if epoch == start_epoch and skip:
+                yield from self.accelerator.skip_first_batches(self.loader, skip)
+            else:
+                yield from self.loader
+
+    def step(self, item: dict[str, Any]) -> None:
+        """Train on one micro-batch with ActPRM's in-training selection; when it completes an optimizer step, take
+        that step and report it (metrics, MLflow, progress bar, checkpoint)."""
+        cfg, accelerator, model, device = self.cfg, self.accelerator, self.model, self.accelerator.device
+        batch: Any = item["batch"]
+        n = len(batch)
+        with accelerator.accumulate(model):
+            judged: dict[str, torch.Tensor] = {}
+            if not cfg.in_training_selection:
+                judged["confident"] = judged["agrees"] = torch.zeros(n, dtype=torch.bool)
+            elif not self.one_pass:
+                judged["confident"], judged["agrees"] = _confident_trajectories(
+                    model, batch, item["first_error"], cfg.p_threshold, cfg.std_threshold)
+
+            def keep(logits, rows, n=n, first_errors=item["first_error"]):
+                """The trajectories that enter the loss; with one pass, judged on this forward's scores."""
+                if not judged:
+                    judged["confident"], judged["agrees"] = _confidence(logits, rows, n, first_errors,
+                                                                        cfg.p_threshold, cfg.std_threshold)
+                return (~judged["confident"]).to(device)
+            # Dropout comes from a seed fixed per (seed, optimizer step, micro-batch, process), not from
+            # whatever the RNG went through before (a resumed run builds its data iterator at another
+            # moment): so a resumed run draws exactly what an uninterrupted one does.
+            micro_seed = (((cfg.seed * 1_000_003 + self.state.completed_steps) * 1_009 + self.micro) * 131
+                          + accelerator.process_index)
+            torch.manual_seed(micro_seed)
+            # The bootstrap mask is fixed per (seed, trajectory), whatever minibatch or epoch it comes in.
+            mask = accelerator.unwrap_model(model).bootstrap_mask_for(item["index"].tolist(), cfg.seed)
+            out = model(**batch.model_inputs(), labels=batch.labels, bootstrap_mask=mask.to(device),
+                        trajectory_mask=keep)
+            confident, agrees = judged["confident"], judged["agrees"]
+            loss = out.loss
+            finite = bool(torch.isfinite(loss.detach()))
+            self.window += torch.tensor([n, int((~confident).sum()), int(confident.sum()),
+                                         int((confident & agrees).sum()),
+                                         float(out.cls_loss.detach()) if finite else 0.0,
+                                         float(out.reg_loss.detach()) if finite else 0.0, 0 if finite else 1],
+                                        dtype=torch.float64)
+            # Backward even on a non-finite loss: under DDP every rank must join the gradient all-reduce;
+            # `_optimizer_step` refuses the step, before any weight changes.
+            accelerator.backward(loss)
+            self.micro += 1
+            if not accelerator.sync_gradients:
+                return
+            totals = accelerator.reduce(self.window.to(device), reduction="sum").cpu()
+            grad_norm = _optimizer_step(accelerator, model, self.optimizer, self.scheduler, totals,
+                                        step=self.state.completed_steps + 1, lr=cfg.lr,
+                                        max_grad_norm=cfg.max_grad_norm, mixed_precision=cfg.mixed_precision)
+        self._report(totals, grad_norm)
+
+    def _report(self, totals: torch.Tensor, grad_norm: float | None) -> None:
+        """Record the optimizer step just taken: its metrics (on_metrics, MLflow `train/*`), the bar, a checkpoint."""
+        state = self.state
+        metrics = state.record_step(self.epoch, totals.tolist(), self.micro * self.accelerator.num_processes)
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        if grad_norm is not None:
+            metrics["grad_norm"] = grad_norm
+        self.window.zero_()
+        self.micro = 0
+        if self.accelerator.is_main_process:
+            if self.on_metrics is not None:
+                self.on_metrics(state.completed_steps, dict(metrics))
+            if self.mlflow is not None:
+                self.mlflow.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step=state.completed_steps)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(cls=f"{metrics['cls_loss']:.4f}", trained=f"{metrics['trained_fraction']:.2f}")
+        if self.cfg.checkpoint_every and state.completed_steps % self.cfg.checkpoint_every == 0:
+            self.checkpoints.save(state.completed_steps)
+
+    def finish(self) -> TrainResult:
+        """Save the trained model (and a last checkpoint) and write the result; a run whose selection kept no
+        trajectory at all is reported as skipped, with nothing saved."""
+        from models import EnsemblePRM, build_prm
+
+        cfg, state, n = self.cfg, self.state, len(self.examples)
+        if self.bar is not None:
+            self.bar.close()
+        final = state.final_metrics(cfg.epochs - 1)
+        if state.kept == 0:
+            return TrainResult(None, n, state.completed_steps, final, skipped=True,
+                               reason=f"in-training selection left no trajectory to learn from: the ensemble is "
+                                      f"already confident on all {n} (p={cfg.p_threshold}, std={cfg.std_threshold})",
+                               resumed_from_step=self.resumed_from)
+        if not cfg.checkpoint_every or state.completed_steps % cfg.checkpoint_every:
+            # the end state, so a crash while saving the model below loses no training
+            self.checkpoints.save(state.completed_steps)
+
+        model_dir = self.out_dir / MODEL_DIR
+        rebuild = None if self.given_model else (
+            (lambda: EnsemblePRM.from_pretrained(cfg.init_from)) if cfg.init_from
+            else (lambda: build_prm(cfg.preset, num_heads=cfg.num_heads, seed=cfg.seed,
+                                    backbone_path=cfg.backbone_path)[0]))
+        save_final_model(self.accelerator, self.model, self.tokenizer, model_dir, rebuild)
+        result = TrainResult(str(model_dir), n, state.completed_steps, final, resumed_from_step=self.resumed_from)
+        if self.accelerator.is_main_process:
+            (self.out_dir / RESULT_FILE).write_text(json.dumps(result.as_dict() | {"fingerprint": self.fingerprint},
+                                                               indent=2))
+        self.accelerator.wait_for_everyone()
+        return result
+
+
+def train_prm(
+    examples: list[dict],
+    cfg: TrainConfig,
+    *,
+    output_dir: str | Path,
+    model=None,
+    tokenizer=None,
+    resume: bool = True,
+    progress: bool = True,
+    on_metrics: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Fine-tune the ensemble PRM on `examples` ({question, steps, first_error}; -1 = all correct) under `cfg`.
+
+    The model is `model`/`tokenizer` when given (trained in place), else loaded from `cfg.init_from` (warm start
+    from a saved model dir), else a fresh `build_prm(cfg.preset, cfg.num_heads, cfg.seed)`. The result lands in
+    `output_dir/model` (model.save_pretrained with its tokenizer); checkpoints in `output_dir/checkpoints/step_N`
+    every `cfg.checkpoint_every` optimizer steps (0: only at the end). With `resume`, a rerun continues from the
+    latest checkpoint that matches the same data and settings. `on_metrics(step, metrics)` is called on the
+    main process after every optimizer step. Raises ActPRMError on bad examples or a non-finite loss (a setting
+    out of range cannot reach here: TrainConfig refuses it).
+    """
+    if (model is None) != (tokenizer is None):
+        raise ActPRMError("pass both model and tokenizer, or neither")
+    _check_examples(examples)
+    if not examples:
+        return TrainResult(None, 0, 0, skipped=True,
+                           reason="no labeled trajectories to train on: label some with the judge first")
+    run = TrainingRun(examples, cfg, Path(output_dir), model=model, tokenizer=tokenizer, resume=resume,
+                      progress=progress, on_metrics=on_metrics)
+    for item in run.batches():
+        run.step(item)
+    return run.finish()
 
 
 def _active_mlflow():
@@ -430,31 +462,6 @@ def _active_mlflow():
     if mlflow is not None and mlflow.active_run() is not None:
         return mlflow
     return None
-
-
-# -- Prefect -----------------------------------------------------------------------------------------
-from prefect import task  # noqa: E402  (kept below the plain function it wraps)
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-
-
-@task(name="train-prm", cache_policy=NO_CACHE, retries=0)
-def train_task(examples: list[dict], **kwargs: Any) -> TrainResult:
-    """Prefect wrapper of train_prm. No retries: a rerun resumes from the latest checkpoint anyway."""
-    from prefect.exceptions import MissingContextError
-    from prefect.logging import get_run_logger
-
-    try:
-        logger = get_run_logger()
-    except MissingContextError:  # called as train_task.fn(...) outside a run
-        logger = log
-    result = train_prm(examples, **kwargs)
-    if result.skipped:
-        logger.warning("training skipped: %s", result.reason)
-    else:
-        logger.info("trained on %d trajectories in %d steps -> %s (cls_loss %.4f, trusted %.2f)",
-                    result.train_trajectories, result.steps, result.model_dir,
-                    result.metrics.get("cls_loss") or 0.0, result.metrics.get("trained_fraction") or 0.0)
-    return result
 
 
 def loop_train_dir(settings, pool: str, loop: str) -> Path:
@@ -486,19 +493,18 @@ def drop_checkpoints(folder: Path) -> int:
     return len(found)
 
 
-@task(name="drop-checkpoints", cache_policy=NO_CACHE)
-def drop_round_checkpoints_task(settings, pool: str, round: int, loop: str) -> int:
+def drop_round_checkpoints(settings, pool: str, round: int, loop: str) -> int:
     """Once the round's model is registered its checkpoints are only disk (a 7B model's optimizer state is tens of
     GB): a rerun finds the round registered and does not train it again."""
     return drop_checkpoints(round_dir(settings, pool, round, loop=loop))
 
 
-@task(name="train", cache_policy=NO_CACHE, tags=["duckdb"])
-def train_stage(settings, pool: str, *, init_from: str | Path | None = None, round: int | None = None,
+def train_round(settings, pool: str, *, init_from: str | Path | None = None, round: int | None = None,
                 mlflow_run_id: str | None = None, only_ids: list[str] | None = None,
                 loop: str | None = None) -> dict[str, Any]:
-    """Flow stage: train on every judge label of the pool's train split, warm-starting from `init_from`
-    (when given and settings.loop.warm_start), logging per-step metrics into MLflow run `mlflow_run_id`.
+    """Train stage (its Prefect task: flows.prefect_tasks.train_stage): train on every judge label of the pool's
+    train split, warm-starting from `init_from` (when given and settings.loop.warm_start), logging per-step metrics
+    into MLflow run `mlflow_run_id`.
 
     The DuckDB file is held only while the examples are read, never during training. The output dir is
     `round_dir` (of `loop`, when the round is an active-learning loop's). Returns TrainResult.as_dict() plus
@@ -519,19 +525,11 @@ def train_stage(settings, pool: str, *, init_from: str | Path | None = None, rou
         # batch it just selected and paid for, not the whole history again.
         wanted = set(only_ids)
         examples = [e for e in examples if e["id"] in wanted]
-    m, t, u = settings.model, settings.train, settings.uncertainty
+    cfg = TrainConfig.from_settings(settings, init_from=str(init_from) if init_from and settings.loop.warm_start
+                                    else None)
     out = round_dir(settings, pool, round, mlflow_run_id, loop=loop)
     with logging_into(mlflow_run_id, settings.tracking_uri):
-        result = train_prm(
-            examples, output_dir=out, preset=m.preset, num_heads=m.num_heads,
-            init_from=init_from if settings.loop.warm_start else None, freeze_backbone=m.freeze_backbone,
-            backbone_path=m.backbone_path, epochs=t.epochs, batch_size=t.batch_size, grad_accum=t.grad_accum,
-            lr=t.lr, head_lr=t.head_lr, weight_decay=t.weight_decay, warmup_ratio=t.warmup_ratio,
-            warmup_steps=t.warmup_steps, seed=t.seed, max_length=m.max_length,
-            reg_lambda=m.reg_lambda, learning_probability=m.learning_probability,
-            in_training_selection=t.in_training_selection, p_threshold=u.p_threshold, std_threshold=u.std_threshold,
-            mixed_precision=t.mixed_precision, gradient_checkpointing=t.gradient_checkpointing,
-            checkpoint_every=t.checkpoint_every, progress=sys.stderr.isatty())
+        result = train_prm(examples, cfg, output_dir=out, progress=sys.stderr.isatty())
     if result.skipped:
         stage_logger().warning("train %s: skipped, %s", pool, result.reason)
     else:
@@ -562,10 +560,52 @@ def _read_examples(path: str) -> list[dict]:
     return examples
 
 
+def _add_config_flags(parser) -> None:
+    """One flag per TrainConfig field (`lr` -> `--lr`), its help and default the field's: never retyped here.
+    Unset flags stay out of the namespace, so YAML, env and the preset's own defaults apply beneath them."""
+    import argparse
+
+    group = parser.add_argument_group(
+        "training settings", "Defaults: actprm.config.TrainConfig, beneath --config / ACTPRM_CONFIG and ACTPRM_* "
+        "variables as for `actprm` (the qwen2.5-math-7b preset has its own: actprm.config.PRESET_DEFAULTS).")
+    for name, info in TrainConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{info.description} (default: {info.default})".replace("%", "%%")
+        if info.annotation is bool:
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                               help=help_text)
+        else:
+            choices = get_args(info.annotation) if get_origin(info.annotation) is Literal else None
+            optional = type(None) in get_args(info.annotation)
+            # Choices are shown, not enforced here: TrainConfig refuses a bad value with its one-line error.
+            metavar = "{" + ",".join(choices) + "}" if choices else f"{name.upper()}|none" if optional else None
+            group.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=metavar, help=help_text)
+    # The flag's name before it was generated from in_training_selection; kept for scripts that use it.
+    group.add_argument("--no-selection", dest="in_training_selection", action="store_false",
+                       default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def _config_from_flags(flags: dict[str, Any], config_file: str | None) -> TrainConfig:
+    """The run config from the given flags over YAML/env and the defaults, through load_settings as `actprm`
+    builds it (its sections, its preset defaults); `none` sets an optional field to None."""
+    from actprm.config import load_settings
+
+    sections: dict[str, dict[str, Any]] = {}
+    to_none = {}
+    for name, value in flags.items():
+        if isinstance(value, str) and value.lower() in ("none", "null"):
+            to_none[name] = None
+        else:
+            sections.setdefault(TrainConfig.section_of(name), {})[name] = value
+    return TrainConfig.from_settings(load_settings(sections, config_file=config_file), **to_none)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point for multi-process runs: examples from a JSONL file (one {question, steps, first_error}
     per line) or from a pool's judge labels in DuckDB."""
     import argparse
+
+    from actprm.config import ConfigError
 
     ap = argparse.ArgumentParser(prog="python -m tasks.train", description=main.__doc__)
     src = ap.add_mutually_exclusive_group(required=True)
@@ -575,28 +615,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--judge-model", help="with --pool: only this judge's labels (default: the newest label of each)")
     ap.add_argument("--prompt-version", help="with --pool: only labels bought under this prompt version")
     ap.add_argument("--output-dir", required=True)
-    ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--num-heads", type=int, default=32)
-    ap.add_argument("--init-from")
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--grad-accum", type=int, default=1)
-    ap.add_argument("--lr", type=float, default=2e-4)
-    ap.add_argument("--head-lr", type=float, default=None, help="learning rate of the heads (default: --lr)")
-    ap.add_argument("--weight-decay", type=float, default=0.0)
-    ap.add_argument("--warmup-ratio", type=float, default=0.1)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-length", type=int, default=512)
-    ap.add_argument("--reg-lambda", type=float, default=0.5)
-    ap.add_argument("--learning-probability", type=float, default=1.0)
-    ap.add_argument("--no-selection", action="store_true", help="turn ActPRM's in-training selection off")
-    ap.add_argument("--p-threshold", type=float, default=0.95)
-    ap.add_argument("--std-threshold", type=float, default=0.005)
-    ap.add_argument("--mixed-precision", default="no", choices=MIXED_PRECISION)
-    ap.add_argument("--gradient-checkpointing", action="store_true")
-    ap.add_argument("--checkpoint-every", type=int, default=0)
+    ap.add_argument("--config", help="YAML config file, as `actprm --config` (default: ACTPRM_CONFIG)")
+    _add_config_flags(ap)
     args = ap.parse_args(argv)
     try:
+        cfg = _config_from_flags({k: v for k, v in vars(args).items() if k in TrainConfig.model_fields}, args.config)
         if args.examples:
             examples = _read_examples(args.examples)
         else:
@@ -610,15 +633,8 @@ def main(argv: list[str] | None = None) -> int:
                 store.require_pool(args.pool)
                 examples = store.training_examples(args.pool, judge_model=args.judge_model,
                                                    prompt_version=args.prompt_version)
-        result = train_prm(
-            examples, output_dir=args.output_dir, preset=args.preset, num_heads=args.num_heads,
-            init_from=args.init_from, epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum,
-            lr=args.lr, head_lr=args.head_lr, weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, seed=args.seed,
-            max_length=args.max_length, reg_lambda=args.reg_lambda, learning_probability=args.learning_probability,
-            in_training_selection=not args.no_selection, p_threshold=args.p_threshold,
-            std_threshold=args.std_threshold, mixed_precision=args.mixed_precision,
-            gradient_checkpointing=args.gradient_checkpointing, checkpoint_every=args.checkpoint_every)
-    except ActPRMError as exc:
+        result = train_prm(examples, cfg, output_dir=args.output_dir)
+    except (ActPRMError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if os.environ.get("RANK", "0") == "0":  # one report per run, not one per process

@@ -16,15 +16,22 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from actprm.errors import ActPRMError
 from models import EnsemblePRM, StepBatcher, build_prm
 from models.uncertainty import predicted_first_error, step_stats
-from tasks.train import train_prm, train_task
+from actprm.config import TrainConfig
+from tasks.train import train_prm
 from tasks.train_state import CHECKPOINT_DONE
 
-# 24 trajectories / batch 8 = 3 optimizer steps per epoch, 9 in all.
-RUN = dict(epochs=3, batch_size=8, lr=1e-2, num_heads=8, max_length=128, seed=0, progress=False)
+# 24 trajectories / batch 8 = 3 optimizer steps per epoch, 9 in all; heads at lr (head_lr None).
+RUN = dict(preset="tiny", epochs=3, batch_size=8, lr=1e-2, head_lr=None, num_heads=8, max_length=128, seed=0)
+
+
+def cfg(**changes) -> TrainConfig:
+    """The tests' run config, with `changes`."""
+    return TrainConfig(**(RUN | changes))
 
 
 def learnable_examples(n: int = 24, seed: int = 0) -> list[dict]:
@@ -59,8 +66,8 @@ def baseline(examples, tmp_path_factory):
     """One uninterrupted run with checkpoints every 2 steps; its per-step metrics and result."""
     steps: list[tuple[int, dict]] = []
     out = tmp_path_factory.mktemp("baseline")
-    result = train_prm(examples, output_dir=out, checkpoint_every=2,
-                       on_metrics=lambda s, m: steps.append((s, m)), **RUN)
+    result = train_prm(examples, cfg(checkpoint_every=2), output_dir=out,
+                       on_metrics=lambda s, m: steps.append((s, m)), progress=False)
     return result, steps
 
 
@@ -86,7 +93,7 @@ def test_loss_decreases_and_saved_model_finds_first_errors(examples, baseline):
 
 def test_same_seed_gives_identical_weights(examples, baseline, tmp_path):
     result, _ = baseline
-    again = train_prm(examples, output_dir=tmp_path, **RUN)
+    again = train_prm(examples, cfg(), output_dir=tmp_path, progress=False)
     assert_same_weights(weights(result.model_dir), weights(again.model_dir))
     # ...and training did move them (so the equality above is not vacuous).
     fresh, _ = build_prm("tiny", num_heads=8, seed=0)
@@ -102,7 +109,7 @@ def test_resume_after_a_crash_ends_where_an_uninterrupted_run_does(examples, bas
             raise Crash
 
     with pytest.raises(Crash):
-        train_prm(examples, output_dir=tmp_path, checkpoint_every=2, on_metrics=crash_at_5, **RUN)
+        train_prm(examples, cfg(checkpoint_every=2), output_dir=tmp_path, on_metrics=crash_at_5, progress=False)
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert ckpts == ["step_2", "step_4"] and (tmp_path / "checkpoints/step_4" / CHECKPOINT_DONE).is_file()
     assert not (tmp_path / "model").exists()
@@ -111,8 +118,8 @@ def test_resume_after_a_crash_ends_where_an_uninterrupted_run_does(examples, bas
     (tmp_path / "checkpoints/step_6/model.safetensors").write_bytes(b"partial")
 
     resumed_steps: list[int] = []
-    result = train_prm(examples, output_dir=tmp_path, checkpoint_every=2,
-                       on_metrics=lambda s, m: resumed_steps.append(s), **RUN)
+    result = train_prm(examples, cfg(checkpoint_every=2), output_dir=tmp_path,
+                       on_metrics=lambda s, m: resumed_steps.append(s), progress=False)
     assert result.resumed_from_step == 4 and result.steps == 9
     assert resumed_steps == [5, 6, 7, 8, 9]
     assert_same_weights(weights(baseline[0].model_dir), weights(result.model_dir))
@@ -121,14 +128,14 @@ def test_resume_after_a_crash_ends_where_an_uninterrupted_run_does(examples, bas
 
 
 def test_changed_data_does_not_resume_an_old_checkpoint(examples, tmp_path):
-    first = train_prm(examples[:8], output_dir=tmp_path, **(RUN | {"epochs": 1}))
+    first = train_prm(examples[:8], cfg(epochs=1), output_dir=tmp_path, progress=False)
     assert first.steps == 1
-    second = train_prm(examples[8:16], output_dir=tmp_path, **(RUN | {"epochs": 1}))
+    second = train_prm(examples[8:16], cfg(epochs=1), output_dir=tmp_path, progress=False)
     assert second.resumed_from_step is None and second.steps == 1
 
 
 def test_no_examples_skips_training(tmp_path):
-    result = train_prm([], output_dir=tmp_path, **RUN)
+    result = train_prm([], cfg(), output_dir=tmp_path, progress=False)
     assert result.skipped and "no labeled trajectories" in result.reason
     assert result.model_dir is None and not (tmp_path / "model").exists()
 
@@ -138,8 +145,8 @@ def test_everything_confident_leaves_the_model_untouched(examples, tmp_path):
     model, tokenizer = build_prm("tiny", num_heads=8, seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     seen: list[dict] = []
-    result = train_prm(examples, output_dir=tmp_path, model=model, tokenizer=tokenizer, p_threshold=0.5,
-                       std_threshold=float("inf"), on_metrics=lambda s, m: seen.append(m), **RUN)
+    result = train_prm(examples, cfg(p_threshold=0.5, std_threshold=float("inf")), output_dir=tmp_path, model=model,
+                       tokenizer=tokenizer, on_metrics=lambda s, m: seen.append(m), progress=False)
     assert result.skipped and "confident" in result.reason and result.model_dir is None
     assert len(seen) == 9 and all(m["trained_fraction"] == 0.0 for m in seen)
     assert all(0.0 <= m["pseudo_label_accuracy"] <= 1.0 for m in seen)
@@ -151,16 +158,17 @@ def test_everything_confident_leaves_the_model_untouched(examples, tmp_path):
 
 def test_selection_off_keeps_every_trajectory(examples, tmp_path):
     seen: list[dict] = []
-    result = train_task.fn(examples, output_dir=tmp_path, in_training_selection=False, p_threshold=0.5,
-                       std_threshold=float("inf"), on_metrics=lambda s, m: seen.append(m), **(RUN | {"epochs": 1}))
+    result = train_prm(examples, cfg(in_training_selection=False, p_threshold=0.5, std_threshold=float("inf"),
+                                     epochs=1), output_dir=tmp_path, on_metrics=lambda s, m: seen.append(m),
+                       progress=False)
     assert not result.skipped and all(m["trained_fraction"] == 1.0 for m in seen)
 
 
 def test_bf16_with_gradient_checkpointing_after_a_float32_run_in_the_same_process(examples, tmp_path):
     # accelerate allows one mixed-precision setting per process unless train_prm resets its state: a flow
     # that trains several rounds in one process must be able to change it.
-    result = train_prm(examples[:16], output_dir=tmp_path, mixed_precision="bf16", gradient_checkpointing=True,
-                       **(RUN | {"epochs": 1}))
+    result = train_prm(examples[:16], cfg(mixed_precision="bf16", gradient_checkpointing=True, epochs=1),
+                       output_dir=tmp_path, progress=False)
     assert not result.skipped and result.steps == 2 and torch.isfinite(torch.tensor(result.metrics["cls_loss"]))
 
 
@@ -169,23 +177,37 @@ def test_non_finite_loss_stops_with_a_clear_error(examples, tmp_path):
     with torch.no_grad():
         model.w3[0, 0, 0] = float("inf")
     with pytest.raises(ActPRMError, match="not finite"):
-        train_prm(examples, output_dir=tmp_path, model=model, tokenizer=tokenizer, **RUN)
+        train_prm(examples, cfg(), output_dir=tmp_path, model=model, tokenizer=tokenizer, progress=False)
     assert not (tmp_path / "model").exists()
 
 
 @pytest.mark.parametrize("setting", [{"lr": 0}, {"grad_accum": 0}, {"warmup_ratio": 1.5}, {"head_lr": -1e-3},
                                      {"p_threshold": 0.4}, {"mixed_precision": "fp8"}])
-def test_a_setting_out_of_range_is_refused_in_one_line_before_anything_is_written(setting, examples, tmp_path):
+def test_a_setting_out_of_range_is_refused_in_one_line_before_anything_is_written(setting, tmp_path, capsys,
+                                                                                   monkeypatch):
+    from actprm.config import ConfigError, load_settings
+    from tasks.train import main
+
+    monkeypatch.delenv("ACTPRM_CONFIG", raising=False)
     (name, value), = setting.items()
-    with pytest.raises(ActPRMError, match=rf"^invalid training setting {name}={value!r}$"):
-        train_prm(examples, output_dir=tmp_path / "run", **(RUN | setting))
+    section = TrainConfig.section_of(name)
+    with pytest.raises(ConfigError, match=rf"^invalid setting {section}\.{name}={value!r}: [^\n]+$"):
+        load_settings({section: setting})  # YAML, env or an `actprm` flag
+    with pytest.raises(ValidationError, match=name):
+        cfg(**setting)  # train_prm's callers in Python
+    # `accelerate launch -m tasks.train --lr 0`: refused before the examples are even read
+    flag = "--" + name.replace("_", "-")
+    assert main(["--examples", str(tmp_path / "none.jsonl"), "--output-dir", str(tmp_path / "run"), flag,
+                 str(value)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: invalid setting {section}.{name}="), err
     assert not (tmp_path / "run").exists()
 
 
 def test_bad_label_is_rejected(tmp_path):
     bad = [{"question": "q", "steps": ["a", "b"], "first_error": 2}]
     with pytest.raises(ActPRMError, match="first_error=2"):
-        train_prm(bad, output_dir=tmp_path, **RUN)
+        train_prm(bad, cfg(), output_dir=tmp_path, progress=False)
 
 
 def _labeled_pool(db, labeled: list[dict], other_prompt: list[dict] = ()) -> None:
@@ -208,7 +230,7 @@ def test_train_stage_trains_on_the_pools_judge_labels_and_logs_into_the_flows_ml
     from mlflow import MlflowClient
 
     from actprm.config import Settings
-    from tasks.train import train_stage
+    from tasks.train import train_round
 
     settings = Settings(home=tmp_path, model={"preset": "tiny", "num_heads": 8, "max_length": 128},
                         train={"epochs": 1, "batch_size": 4, "grad_accum": 2, "lr": 1e-2})
@@ -218,7 +240,7 @@ def test_train_stage_trains_on_the_pools_judge_labels_and_logs_into_the_flows_ml
     experiment = client.create_experiment("train-test", artifact_location=(tmp_path / "artifacts").as_uri())
     run_id = client.create_run(experiment).info.run_id  # the flows create runs by id, as here
 
-    trained = train_stage.fn(settings, "p", round=1, mlflow_run_id=run_id)
+    trained = train_round(settings, "p", round=1, mlflow_run_id=run_id)
     # The 12 labels of this judge and prompt (not the other prompt's 3) in micro-batches of 4, two per optimizer
     # step -> 2 steps (the last one short).
     assert trained["train_trajectories"] == 12 and trained["steps"] == 2 and not trained["skipped"]
@@ -228,24 +250,50 @@ def test_train_stage_trains_on_the_pools_judge_labels_and_logs_into_the_flows_ml
     assert params["train.grad_accum"] == "2" and params["train.trajectories"] == "12"
 
 
+def test_train_stage_hands_the_configured_values_to_train_prm_unchanged(examples, tmp_path, monkeypatch):
+    """YAML and env values reach train_prm as TrainConfig fields, and the round's warm start replaces
+    model.init_from only when loop.warm_start is on."""
+    import tasks.train
+    from actprm.config import load_settings
+
+    config = tmp_path / "actprm.yaml"
+    config.write_text(f"home: {tmp_path}\nmodel:\n  preset: tiny\n  max_length: 96\n  init_from: /somewhere\n"
+                      "train:\n  lr: 3.0e-5\n  head_lr: null\nuncertainty:\n  std_threshold: 0.01\n")
+    monkeypatch.setenv("ACTPRM_CONFIG", str(config))
+    monkeypatch.setenv("ACTPRM_TRAIN__GRAD_ACCUM", "4")
+    settings = load_settings()
+    _labeled_pool(settings.duckdb_path, examples[:4])
+    seen = []
+    monkeypatch.setattr(tasks.train, "train_prm", lambda examples, cfg, **kw: seen.append(cfg) or
+                        tasks.train.TrainResult(None, len(examples), 0, skipped=True, reason="test"))
+    tasks.train.train_round(settings, "p", round=1, init_from=tmp_path / "previous")
+    tasks.train.train_round(settings.model_copy(update={"loop": settings.loop.model_copy(
+        update={"warm_start": False})}), "p", round=2, init_from=tmp_path / "previous")
+    warm, cold = seen
+    assert (warm.preset, warm.max_length, warm.lr, warm.head_lr, warm.std_threshold, warm.grad_accum) == (
+        "tiny", 96, 3e-5, None, 0.01, 4)
+    assert warm == TrainConfig.from_settings(settings, init_from=str(tmp_path / "previous"))
+    assert cold.init_from is None and cold.lr == 3e-5
+
+
 def test_a_retried_flow_run_resumes_its_training_instead_of_starting_over(examples, tmp_path, monkeypatch):
     """Prefect keeps a flow run's id across its retries, while the flow opens a new MLflow run per attempt."""
     import actprm.tracking
     from actprm.config import Settings
-    from tasks.train import train_stage
+    from tasks.train import train_round
 
     settings = Settings(home=tmp_path, model={"preset": "tiny", "num_heads": 8, "max_length": 128},
                         train={"epochs": 1, "batch_size": 4, "grad_accum": 1, "lr": 1e-2, "checkpoint_every": 1})
     _labeled_pool(settings.duckdb_path, examples[:8])
     monkeypatch.setattr(actprm.tracking, "prefect_flow_run_id", lambda: "0b7e-flow-run")
-    first = train_stage.fn(settings, "p", round=1)
-    again = train_stage.fn(settings, "p", round=1)  # the retry: same flow run, new attempt
+    first = train_round(settings, "p", round=1)
+    again = train_round(settings, "p", round=1)  # the retry: same flow run, new attempt
     assert first["steps"] == 2 and first["resumed_from_step"] is None
     assert again["resumed_from_step"] == 2 and again["model_dir"] == first["model_dir"]
     assert "flow-run-0b7e-flow-run" in first["model_dir"]
     # another flow run trains from scratch in a directory of its own
     monkeypatch.setattr(actprm.tracking, "prefect_flow_run_id", lambda: "another-flow-run")
-    other = train_stage.fn(settings, "p", round=1)
+    other = train_round(settings, "p", round=1)
     assert other["resumed_from_step"] is None and other["model_dir"] != first["model_dir"]
 
 
@@ -255,19 +303,19 @@ def test_a_loops_round_resumes_whoever_reruns_it_and_its_checkpoints_go_once_reg
     every `actprm run` is a new flow run, and its rerun must still resume (issue 41)."""
     import actprm.tracking
     from actprm.config import Settings
-    from tasks.train import drop_round_checkpoints_task, train_stage
+    from tasks.train import drop_round_checkpoints, train_round
 
     settings = Settings(home=tmp_path, model={"preset": "tiny", "num_heads": 8, "max_length": 128},
                         train={"epochs": 1, "batch_size": 4, "grad_accum": 1, "lr": 1e-2, "checkpoint_every": 1})
     _labeled_pool(settings.duckdb_path, examples[:8])
     monkeypatch.setattr(actprm.tracking, "prefect_flow_run_id", lambda: "killed-cli-run")
-    first = train_stage.fn(settings, "p", round=1, loop="loop-a")
+    first = train_round(settings, "p", round=1, loop="loop-a")
     monkeypatch.setattr(actprm.tracking, "prefect_flow_run_id", lambda: "rerun-cli-run")
-    again = train_stage.fn(settings, "p", round=1, loop="loop-a")
+    again = train_round(settings, "p", round=1, loop="loop-a")
     assert first["resumed_from_step"] is None and again["resumed_from_step"] == 2
     assert again["model_dir"] == first["model_dir"] and "/p/loop-a/round-1/" in first["model_dir"]
-    assert train_stage.fn(settings, "p", round=1, loop="loop-b")["resumed_from_step"] is None  # another loop
-    assert drop_round_checkpoints_task.fn(settings, "p", 1, "loop-a") == 1
+    assert train_round(settings, "p", round=1, loop="loop-b")["resumed_from_step"] is None  # another loop
+    assert drop_round_checkpoints(settings, "p", 1, "loop-a") == 1
     round_dir = Path(first["model_dir"]).parent
     assert not (round_dir / "checkpoints").exists() and (round_dir / "model" / "prm_config.json").is_file()
 
@@ -301,12 +349,12 @@ def test_heads_learn_at_head_lr_while_the_backbone_keeps_lr(examples, tmp_path):
     where the seed put it and only the heads move."""
     fresh, _ = build_prm("tiny", num_heads=8, seed=0)
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
-    result = train_prm(examples, output_dir=tmp_path, **(RUN | {"lr": 1e-12, "head_lr": 1e-2}))
+    result = train_prm(examples, cfg(lr=1e-12, head_lr=1e-2), output_dir=tmp_path, progress=False)
     after = weights(result.model_dir)
     moved = {k for k in before if k in after and not torch.allclose(before[k], after[k], atol=1e-6)}
     assert moved == {"w1", "b1", "w2", "b2", "w3", "b3"}, sorted(moved)
-    with pytest.raises(ActPRMError, match="head_lr"):
-        train_prm(examples, output_dir=tmp_path / "bad", **(RUN | {"head_lr": -1.0}))
+    with pytest.raises(ValidationError, match="head_lr"):
+        cfg(head_lr=-1.0)
 
 
 def test_without_dropout_selection_reads_the_training_forward_and_trains_exactly_as_with_a_scoring_pass(
@@ -314,7 +362,7 @@ def test_without_dropout_selection_reads_the_training_forward_and_trains_exactly
     # Qwen2-style backbones have no dropout, BERT-style ones (MiniLM, tiny) do.
     assert not build_prm("tiny-decoder", num_heads=2)[0].has_dropout() and build_prm("tiny", num_heads=2)[0].has_dropout()
     # Thresholds at which the fresh ensemble is confident about some trajectories and not others.
-    settings = RUN | {"preset": "tiny-decoder", "p_threshold": 0.5, "std_threshold": 0.035, "epochs": 2}
+    settings = cfg(preset="tiny-decoder", p_threshold=0.5, std_threshold=0.035, epochs=2)
 
     def run(out, force_scoring_pass: bool):
         if force_scoring_pass:
@@ -322,8 +370,8 @@ def test_without_dropout_selection_reads_the_training_forward_and_trains_exactly
         forwards, metrics = [0], []
         model, tokenizer = build_prm("tiny-decoder", num_heads=8, seed=0)
         model.backbone.register_forward_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
-        result = train_prm(examples, output_dir=out, model=model, tokenizer=tokenizer,
-                           on_metrics=lambda s, m: metrics.append(m), **settings)
+        result = train_prm(examples, settings, output_dir=out, model=model, tokenizer=tokenizer,
+                           on_metrics=lambda s, m: metrics.append(m), progress=False)
         monkeypatch.undo()
         return result, forwards[0], metrics
 
