@@ -14,6 +14,7 @@ from typing import Any
 from prefect import flow
 
 from actprm.config import flow_settings
+from actprm.judges import judge_identity
 from actprm.names import check_pool_name
 from flows import scoring
 from flows.ingest_pool import ingest_pool
@@ -77,7 +78,7 @@ def active_learning(
                                         parent=parent)
         scored = scoring.score(settings, pool, model_dir, model_version, run_id, split="train")
         ids = select_task(str(settings.duckdb_path), pool, model_version, settings.loop.labels_per_round,
-                          settings.uncertainty.strategy, *pipeline.judge_identity(settings), run_id=loop_id, round=k)
+                          settings.uncertainty.strategy, *judge_identity(settings), run_id=loop_id, round=k)
         labeled = label_stage(settings, pool, ids, run_id, round=k)
         # A round a killed run registered is not trained or registered again, only gated again on its version.
         trained = pipeline.registered_round_task(settings, loop_id, pool, k) or train_stage(

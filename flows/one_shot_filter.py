@@ -10,6 +10,7 @@ from typing import Any
 from prefect import flow
 
 from actprm.config import flow_settings
+from actprm.judges import judge_identity
 from flows.ingest_pool import ingest_pool
 from flows.prefect_tasks import evaluate_stage, label_stage, register_stage, starting_model_stage
 from tasks import pipeline
@@ -59,7 +60,7 @@ def one_shot_filter(
     scored = score_stage(settings, pool, model_dir, model_version, parent, split="train")
     pool_size = scored["scored"] + scored["skipped_already_scored"]
     cap = pool_size if keep_fraction is None else int(keep_fraction * pool_size)
-    ids = select_task(db, pool, model_version, cap, "actprm", *pipeline.judge_identity(settings),
+    ids = select_task(db, pool, model_version, cap, "actprm", *judge_identity(settings),
                       run_id=parent, round=1)
     labeled = label_stage(settings, pool, ids, parent, round=1)
     trained = train_stage(settings, pool, init_from=model_dir, round=1, mlflow_run_id=parent, only_ids=ids)

@@ -338,7 +338,7 @@ def _score_records(kind: str, records: list[dict], model, tokenizer, batch_size:
 def _truncation(scores: list[list[float]], truncated: list[int], max_length: int, allow: bool) -> dict:
     """The count of steps left unscored, refused (one-line error) unless allowed: a benchmark metric computed on
     fewer than all steps is not the benchmark's metric."""
-    from tasks.predict import check_truncation, truncation_report
+    from tasks.score import check_truncation, truncation_report
 
     report = truncation_report([{"step_scores": s, "truncated_steps": t} for s, t in zip(scores, truncated)],
                                max_length)
@@ -353,8 +353,8 @@ def evaluate_model(model_dir_or_uri: str | Path, data_path: str | Path, *, batch
 
     `max_length` None scores at the backbone's whole context; steps that still do not fit are counted
     (`truncated_steps`) and refused unless `allow_truncation`."""
-    from tasks.predict import inference_max_length
-    from tasks.register import load_model
+    from tasks.model_source import load_model
+    from tasks.score import inference_max_length
 
     kind, records, notes = read_eval_set(data_path)
     dev_records = None if dev_data_path is None else _read_dev(dev_data_path, kind, records)  # before the model loads
@@ -429,8 +429,8 @@ def evaluate_pool(duckdb_path: str | Path, pool: str, model_dir_or_uri: str | Pa
     `allow_truncation=False` any such step is an error. The loop allows them (its gate compares F1s measured
     alike) and logs the count."""
     from actprm.store import Store
-    from tasks.predict import inference_max_length
-    from tasks.register import load_model
+    from tasks.model_source import load_model
+    from tasks.score import inference_max_length
 
     model, tokenizer, version = load_model(model_dir_or_uri, device=_device())
     max_length = inference_max_length(model, max_length)

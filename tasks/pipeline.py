@@ -19,25 +19,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from actprm.config import Settings
-from actprm.runlog import stage_logger
+from actprm.judges import judge_identity
+from actprm.runlog import ProgressArtifact, stage_logger
 from actprm.store import Store
 from actprm.tracking import configure_mlflow, flatten_params, prefect_flow_run_id
-
-
-def judge_identity(settings: Settings) -> tuple[str, str]:
-    """The (judge model, prompt version) labels are bought and cached under: selection skips what it has
-    labeled, and training learns from its labels only.
-
-    A served judge (openai, vllm) is named by the settings, so it is not built here: building the vllm judge
-    loads the model onto the GPU. A programmatic judge has no served model: it is built (cheaply) for its name.
-    """
-    from actprm.judges import build_judge, judge_kwargs_from_settings
-
-    kwargs = judge_kwargs_from_settings(settings)
-    from actprm.judges.prompt import resolve_version
-
-    model = kwargs.get("model") or build_judge(settings.judge.backend, **kwargs).model
-    return model, resolve_version(settings.judge.prompt_version)  # "processbench" is stored as its current version
 
 
 @task(name="sample-pool", cache_policy=NO_CACHE)
@@ -201,7 +186,7 @@ def loop_start_task(settings: Settings, loop: dict[str, Any]) -> tuple[str, str]
     """(folder, model-version key) round 1 of the loop starts from: fixed the first time (the champion, else a fresh
     model), so a continued loop does not start from a champion its own killed round 1 registered."""
     from actprm.errors import ActPRMError
-    from tasks.register import starting_model
+    from tasks.model_source import starting_model
 
     folder, version = loop["start_model_dir"], loop["start_model_version"]
     if folder is None:
@@ -221,7 +206,7 @@ def registered_round_task(settings: Settings, loop_id: str, pool: str, k: int) -
     """Round k's model when an earlier invocation of the loop registered it (and died before recording the round),
     shaped like train_stage's result with the MLflow run that registered it; None when none did. Such a round is
     not trained or registered again: it is evaluated and gated again on the version it has."""
-    from tasks.register import resolve_model_dir
+    from tasks.model_source import resolve_model_dir
     from tasks.train import MODEL_DIR, RESULT_FILE, round_dir
 
     experiment_id = configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
@@ -280,7 +265,7 @@ def finished_rounds_task(settings: Settings, loop_id: str,
     Only the leading run of rounds 1, 2, ... counts. The folder is the one that round trained into when this
     host still has it (so the next round is the one the first attempt started), else the registry's copy.
     """
-    from tasks.register import model_version_key, resolve_model_dir
+    from tasks.model_source import model_version_key, resolve_model_dir
     from tasks.train import MODEL_DIR, round_dir
 
     with Store(settings.duckdb_path) as store:
@@ -433,26 +418,6 @@ def human_summary(s: dict) -> str:
         "  status:     .venv/bin/actprm status",
     ]
     return "\n".join(lines)
-
-
-class ProgressArtifact:
-    """A Prefect progress artifact (0-100%) updated as work advances; a no-op outside a flow run."""
-
-    def __init__(self, key: str, description: str):
-        self.artifact_id = None
-        if prefect_flow_run_id() is None:
-            return
-        from prefect.artifacts import create_progress_artifact
-
-        key = "".join(c if c.isalnum() else "-" for c in key.lower())  # artifact keys: lowercase, dashes
-        self.artifact_id = create_progress_artifact(progress=0.0, key=key, description=description)
-
-    def update(self, done: int, total: int) -> None:
-        if self.artifact_id is None:
-            return
-        from prefect.artifacts import update_progress_artifact
-
-        update_progress_artifact(self.artifact_id, progress=100.0 * done / max(total, 1))
 
 
 def mlflow_run_link(settings: Settings, run_id: str) -> str | None:

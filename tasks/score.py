@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from actprm.config import Settings
 from actprm.errors import ActPRMError
-from actprm.runlog import stage_logger
+from actprm.runlog import ProgressArtifact, stage_logger
 from actprm.store import Store
 from models import EnsemblePRM, StepBatcher, check_compatible
 from models.uncertainty import STRATEGIES, acquisition, predicted_first_error, step_stats, trajectory_uncertain
@@ -265,8 +265,6 @@ def score_stage(settings: Settings, pool: str, model_dir: str | Path, model_vers
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer = EnsemblePRM.from_pretrained(model_dir, with_tokenizer=True, device=device)
     u = settings.uncertainty
-    from tasks.pipeline import ProgressArtifact
-
     progress = ProgressArtifact(f"score-{pool}", f"Scoring pool {pool} with {model_version}")
     with Store(settings.duckdb_path) as store:
         summary = score_pool(store, pool, model, tokenizer, str(model_version), strategy=u.strategy,
@@ -320,8 +318,6 @@ def sharded_score_stage(settings: Settings, pool: str, model_dir: str | Path, mo
                         run_id: str | None = None, split: str | None = None) -> dict:
     """Flow stage run inside a flow whose task runner spreads `score_shard_task` (flows/scoring.py): the
     same result and MLflow logging as `score_stage`, the model loaded once per worker process."""
-    from tasks.pipeline import ProgressArtifact
-
     u = settings.uncertainty
     options = dict(strategy=u.strategy, p_threshold=u.p_threshold, std_threshold=u.std_threshold,
                    batch_size=u.batch_size, max_length=settings.model.max_length)
@@ -375,3 +371,52 @@ def score_pool_task(duckdb_path: str, pool: str, model_dir: str, model_version: 
                                                    device="cuda" if torch.cuda.is_available() else "cpu")
     with Store(duckdb_path) as store:
         return score_pool(store, pool, model, tokenizer, model_version, **kwargs).as_dict()
+
+
+class TruncationError(ActPRMError):
+    """Steps lay past the token budget and were left unscored."""
+
+
+# -- scoring trajectories without a store: predict, rerank, evaluate, the served pyfunc ----------------------
+def inference_max_length(model, max_length: int | None = None) -> int:
+    """The token budget for scoring: `max_length` if given, else the backbone's whole context."""
+    if max_length:
+        return int(max_length)
+    context = getattr(model.backbone.config, "max_position_embeddings", None)
+    return int(context) if context else 512
+
+
+def score_steps(model, tokenizer, trajectories: list[dict], *, batch_size: int = 32, max_length: int | None = None,
+                progress: bool = False, desc: str = "predict") -> list[dict]:
+    """Per trajectory ({question, steps}): step_scores (mean over heads of P(step correct)), step_std (the heads'
+    unbiased std), uncertain (the ActPRM rule) and truncated_steps (steps past the budget, unscored)."""
+    from tqdm import tqdm
+
+
+    check_compatible(model, tokenizer)
+    batcher = StepBatcher(tokenizer, max_length=inference_max_length(model, max_length))
+    model.eval()
+    with tqdm(total=len(trajectories), unit="traj", desc=desc, file=sys.stderr, disable=not progress,
+              dynamic_ncols=True) as bar:
+        rows, _, _ = score_trajectories(model, batcher, [{"id": str(i), "question": t["question"], "steps": t["steps"]}
+                                                         for i, t in enumerate(trajectories)],
+                                        "predict", batch_size=batch_size, on_batch=bar.update)
+    return [{"step_scores": r["mu"], "step_std": r["sigma"], "uncertain": r["uncertain"],
+             "truncated_steps": r["truncated_steps"]} for r in rows]
+
+
+def truncation_report(scores: list[dict], max_length: int) -> dict:
+    cut = [s["truncated_steps"] for s in scores]
+    return {"truncated_steps": sum(cut), "truncated_trajectories": sum(1 for c in cut if c),
+            "total_steps": sum(len(s["step_scores"]) for s in scores) + sum(cut), "max_length": max_length}
+
+
+def check_truncation(report: dict, allow: bool, what: str) -> None:
+    """Log any cut loudly; refuse it unless allowed."""
+    if not report["truncated_steps"]:
+        return
+    message = (f"{report['truncated_steps']} of {report['total_steps']} steps ({report['truncated_trajectories']} "
+               f"trajectories) lie past max_length={report['max_length']} tokens and were left unscored")
+    stage_logger().warning("%s: %s", what, message)
+    if not allow:
+        raise TruncationError(f"{what}: {message}; pass --allow-truncation to accept that, or a larger --max-length")

@@ -504,9 +504,9 @@ def train_stage(settings, pool: str, *, init_from: str | Path | None = None, rou
     `round_dir` (of `loop`, when the round is an active-learning loop's). Returns TrainResult.as_dict() plus
     `mlflow_run_id`.
     """
+    from actprm.judges import judge_identity
     from actprm.store import Store
     from actprm.tracking import logging_into
-    from tasks.pipeline import judge_identity
 
     judge_model, prompt_version = judge_identity(settings)
     with Store(settings.duckdb_path) as store:

@@ -15,7 +15,8 @@ from mlflow.tracking import MlflowClient
 from actprm.errors import ActPRMError
 from actprm.tracking import configure_mlflow, flatten_params, log_params, start_run
 from tasks.champion import champion_history, champion_version, f1_tag, promote, promotion_gate
-from tasks.register import load_champion, log_model
+from tasks.model_source import load_champion
+from tasks.register import log_model
 
 @pytest.fixture(scope="module")
 def store_uri(tmp_path_factory):
@@ -283,7 +284,8 @@ def test_loop_stages_evaluate_register_and_restart_from_champion(store_uri, clie
     from actprm.testing.pools import synth_pool
     from actprm.metrics import processbench_metrics
     from tasks.evaluate import evaluate_on_store, evaluate_request, evaluate_round
-    from tasks.register import load_model, register_round, starting_model
+    from tasks.model_source import load_model, starting_model
+    from tasks.register import register_round
 
     uri, _ = store_uri
     settings = Settings(home=tmp_path / "home", mlflow_tracking_uri=uri, experiment="test",

@@ -174,7 +174,7 @@ def test_training_and_scoring_start_from_an_imported_folder_converted_once(tmp_p
     """`model.init_from` (and `--model` of score) take a public PRM folder: it becomes a native folder once."""
     from actprm.config import Settings
     from models import EnsemblePRM
-    from tasks.register import starting_model
+    from tasks.model_source import starting_model
 
     tok = qwen_like_tokenizer()
     cfg, backbone = tiny_qwen2(len(tok), seed=4)
