@@ -35,7 +35,7 @@ from actprm.errors import ActPRMError
 from actprm.runlog import ProgressArtifact, stage_logger
 from actprm.store import Store
 from models import EnsemblePRM, StepBatcher, check_compatible
-from models.uncertainty import STRATEGIES, acquisition, predicted_first_error, step_stats, trajectory_uncertain
+from models.uncertainty import acquisition, get_strategy, predicted_first_error, step_stats, trajectory_uncertain
 
 SCORE_SCHEMA = pa.schema([
     ("trajectory_id", pa.string()), ("model_version", pa.string()),
@@ -81,7 +81,7 @@ def score_pool(store: Store | None, pool: str, model: EnsemblePRM, tokenizer, mo
     """Score every trajectory of `pool` this model version has not scored yet (see module doc).
 
     `max_shards` stops after that many shards (a partial, resumable run)."""
-    STRATEGIES.get(strategy)  # unknown strategy -> ActPRMError before any work
+    get_strategy(strategy)  # unknown strategy -> ModelError before any work
     check_compatible(model, tokenizer)
     if batch_size < 1 or shard_size < 1:
         raise ActPRMError(f"batch_size and shard_size must be >= 1 (got {batch_size}, {shard_size})")

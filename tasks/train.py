@@ -46,6 +46,7 @@ import torch
 
 from actprm.errors import ActPRMError
 from actprm.runlog import stage_logger
+from models.errors import ModelError
 from tasks.train_state import CHECKPOINTS_DIR, Checkpoints, Progress, run_fingerprint, save_final_model
 
 log = logging.getLogger(__name__)
@@ -618,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
             in_training_selection=not args.no_selection, p_threshold=args.p_threshold,
             std_threshold=args.std_threshold, mixed_precision=args.mixed_precision,
             gradient_checkpointing=args.gradient_checkpointing, checkpoint_every=args.checkpoint_every)
-    except ActPRMError as exc:
+    except (ActPRMError, ModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if os.environ.get("RANK", "0") == "0":  # one report per run, not one per process

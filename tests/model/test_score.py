@@ -12,6 +12,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from actprm.errors import ActPRMError  # noqa: E402
+from models.errors import ModelError  # noqa: E402
 from actprm.store import Store, trajectory_id  # noqa: E402
 from models import build_prm  # noqa: E402
 from models.uncertainty import trajectory_uncertain  # noqa: E402
@@ -173,9 +174,9 @@ def test_user_errors_are_clear(tmp_path, prm):
         make_pool(store, "p", 2)
         with pytest.raises(ActPRMError, match="unknown pool"):
             score_pool(store, "nope", model, tokenizer, "v1", progress=False)
-        with pytest.raises(ActPRMError, match="acquisition strategy"):
+        with pytest.raises(ModelError, match="acquisition strategy"):
             score_pool(store, "p", model, tokenizer, "v1", strategy="coreset", progress=False)
-        with pytest.raises(ActPRMError, match="separator"):
+        with pytest.raises(ModelError, match="separator"):
             score_pool(store, "p", model, build_tiny_tokenizer(), "v1", progress=False)
 
 
