@@ -13,6 +13,7 @@ import logging
 import math
 import re
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -463,13 +464,27 @@ def _log_evaluation(run_id: str | None, result: dict, tracking_uri: str | None =
     client.log_dict(run_id, result, "evaluation.json")
 
 
-def evaluate_round(settings, pool: str, model_dir: str, run_id: str | None = None) -> dict:
+@dataclass
+class Evaluation:
+    """A trained model's F1 on its pool's held-out split: what the promotion gate compares (tasks/register.py)."""
+    f1: float
+    pool: str | None = None
+    split: str = "eval"
+    eval_set: str | None = None  # names the trajectories measured on: F1s are compared only on the same set
+    result: dict[str, Any] = field(default_factory=dict)  # everything evaluate_pool measured (evaluation.json)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.result, "f1": self.f1}
+
+
+def evaluate_round(settings, pool: str, model_dir: str, run_id: str | None = None) -> Evaluation:
     """Loop stage: ProcessBench-style F1 of a freshly trained model on the pool's held-out split."""
     result = evaluate_pool(settings.duckdb_path, pool, model_dir, batch_size=settings.uncertainty.batch_size,
                            max_length=settings.model.max_length)
     _log_evaluation(run_id, result, settings.tracking_uri)
     stage_logger().info("evaluate %s: F1 %.4f on %s (n=%d)", pool, result["f1"], result["eval_set"], result["n"])
-    return result
+    return Evaluation(f1=result["f1"], pool=result["pool"], split=result["split"], eval_set=result["eval_set"],
+                      result=result)
 
 
 def evaluate_request(settings, *, model: str | None = None, data: str | None = None,

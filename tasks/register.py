@@ -13,9 +13,10 @@ import json
 import os
 import tempfile
 import warnings
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import mlflow.pyfunc
@@ -27,6 +28,9 @@ from actprm.errors import ActPRMError
 from actprm.runlog import stage_logger
 from tasks.champion import CHALLENGER, MODEL_NAME, promotion_gate, registry_client
 from tasks.model_source import PRM_ARTIFACT, load_prm_dir, model_version_key
+
+if TYPE_CHECKING:
+    from tasks.evaluate import Evaluation
 
 # The pyfunc's schema: one row per trajectory. `steps`, `step_scores` and `step_std` are JSON-encoded lists of
 # strings / floats, because MLflow column schemas have no list-of-string type that every flavor
@@ -132,7 +136,19 @@ def log_model(model_dir: str | Path, run: mlflow.ActiveRun | str | None = None, 
     return int(mv.version)
 
 
-def register_round(settings, model_dir: str, evaluation: dict, run_id: str | None = None) -> dict:
+@dataclass
+class Registration:
+    """A round's registered version and the promotion gate's decision on it."""
+    version: int
+    decision: str  # promoted | rejected
+    model_version_key: str  # the key its scores are stored under (the next round scores with it)
+    gate: dict[str, Any] = field(default_factory=dict)  # the gate's whole answer (tasks.champion.promotion_gate)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.gate, "model_version_key": self.model_version_key}
+
+
+def register_round(settings, model_dir: str, evaluation: Evaluation, run_id: str | None = None) -> Registration:
     """Loop stage: register the trained model (alias challenger) and run the promotion gate.
 
     The gate compares F1s on the same evaluation set, against the champion of this round's pool
@@ -143,8 +159,8 @@ def register_round(settings, model_dir: str, evaluation: dict, run_id: str | Non
 
     configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
     name = settings.registry.model_name
-    tags = {"actprm.pool": evaluation.get("pool"), "actprm.preset": settings.model.preset}
-    # A retried flow run reopens its round's MLflow run (tasks.pipeline.open_run_task): the version that run
+    tags = {"actprm.pool": evaluation.pool, "actprm.preset": settings.model.preset}
+    # A retried flow run reopens its round's MLflow run (tasks.pipeline.open_run): the version that run
     # already registered is this round's model, so the retry gates it again instead of registering a copy.
     client = MlflowClient()
     earlier = client.search_model_versions(f"name='{name}' and run_id='{run_id}'") if run_id else []
@@ -153,19 +169,20 @@ def register_round(settings, model_dir: str, evaluation: dict, run_id: str | Non
     else:
         version = log_model(model_dir, run_id, name=name, tags={k: v for k, v in tags.items() if v is not None})
     reevaluate = None
-    if evaluation.get("pool"):
+    if evaluation.pool:
         def reevaluate(champion: int) -> float:
             from tasks.evaluate import evaluate_pool
 
-            return evaluate_pool(settings.duckdb_path, evaluation["pool"], f"models:/{name}/{champion}",
-                                 split=evaluation.get("split", "eval"), batch_size=settings.uncertainty.batch_size,
+            return evaluate_pool(settings.duckdb_path, evaluation.pool, f"models:/{name}/{champion}",
+                                 split=evaluation.split, batch_size=settings.uncertainty.batch_size,
                                  max_length=settings.model.max_length)["f1"]
     # Scoped by pool: this round competes with its own pool's champion, never silently with another pool's.
-    gate = promotion_gate(None, name, version, evaluation["f1"], settings.registry.min_delta,
-                          eval_set=evaluation.get("eval_set"), reevaluate=reevaluate, scope=evaluation.get("pool"))
+    gate = promotion_gate(None, name, version, evaluation.f1, settings.registry.min_delta,
+                          eval_set=evaluation.eval_set, reevaluate=reevaluate, scope=evaluation.pool)
     if run_id is not None:
         client.set_tag(run_id, "actprm.model_version", str(version))
         client.set_tag(run_id, "actprm.gate.decision", gate["decision"])
     stage_logger().info("register %s v%d: %s as champion of pool %s (%s); overall champion v%s", name, version,
                         gate["decision"], gate["scope"], gate["reason"], gate["champion"])
-    return {**gate, "model_version_key": model_version_key(name, version)}
+    return Registration(version=version, decision=gate["decision"], model_version_key=model_version_key(name, version),
+                        gate=gate)

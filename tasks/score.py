@@ -26,8 +26,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import torch
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
 from actprm.config import Settings
@@ -257,11 +255,10 @@ def log_scoring_to_mlflow(summary: ScoreSummary, mu_sigma_arrays, out_dir: str |
     return png
 
 
-@task(name="score", cache_policy=NO_CACHE, tags=["duckdb"])
 def score_stage(settings: Settings, pool: str, model_dir: str | Path, model_version: str,
-                run_id: str | None = None, split: str | None = None) -> dict:
+                run_id: str | None = None, split: str | None = None) -> ScoreSummary:
     """Flow stage: load the saved PRM, score the pool with the configured uncertainty settings, log
-    metrics and the mu/sigma histogram to MLflow run `run_id`; returns ScoreSummary.as_dict()."""
+    metrics and the mu/sigma histogram to MLflow run `run_id`."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer = EnsemblePRM.from_pretrained(model_dir, with_tokenizer=True, device=device)
     u = settings.uncertainty
@@ -275,18 +272,17 @@ def score_stage(settings: Settings, pool: str, model_dir: str | Path, model_vers
     if run_id:
         log_scoring_to_mlflow(summary, arrays, settings.reports_dir / "scoring" / str(model_version),
                               run_id=run_id, tracking_uri=settings.tracking_uri)
-    d = summary.as_dict()
     stage_logger().info("score %s with %s: %d trajectories scored now (%d already), %d uncertain (%.1f%%)", pool,
-                        model_version, d["scored"], d["skipped_already_scored"], d["uncertain"],
-                        100 * (d.get("uncertain_fraction") or 0.0))
-    return d
+                        model_version, summary.scored, summary.skipped_already_scored, summary.uncertain,
+                        100 * summary.uncertain_fraction)
+    return summary
 
 
 def score_pool_sharded(store: Store, pool: str, model_version: str, submit: Callable[[list[dict]], object], *,
                        shard_size: int, in_flight: int, strategy: str = "actprm", split: str | None = None,
                        on_shard: Callable[[int, int], None] | None = None) -> ScoreSummary:
     """Score the pool's unscored trajectories shard by shard somewhere else (`submit(trajectories)` returns a
-    future whose `.result()` is the shard's rows, e.g. `score_shard_task.submit` on a Dask task runner), and
+    future whose `.result()` is the shard's rows, e.g. the `score-shard` task's `.submit` on a Dask task runner, flows/scoring.py), and
     write each shard here as it comes back: DuckDB has one writer process, this one. At most `in_flight`
     shards are out at once, so memory stays bounded on a big pool; resume works as in `score_pool`."""
     store.require_pool(pool)
@@ -315,9 +311,12 @@ def score_pool_sharded(store: Store, pool: str, model_version: str, submit: Call
 
 
 def sharded_score_stage(settings: Settings, pool: str, model_dir: str | Path, model_version: str,
-                        run_id: str | None = None, split: str | None = None) -> dict:
-    """Flow stage run inside a flow whose task runner spreads `score_shard_task` (flows/scoring.py): the
-    same result and MLflow logging as `score_stage`, the model loaded once per worker process."""
+                        submit_shard: Callable[..., object], run_id: str | None = None,
+                        split: str | None = None) -> ScoreSummary:
+    """Flow stage that sends each shard to `submit_shard(model_dir, trajectories, model_version, **options)`, a
+    future of `score_shard`'s rows (flows/scoring.py passes its `score-shard` task's submit, which the flow's Dask
+    task runner spreads over the workers): the same result and MLflow logging as `score_stage`, the model loaded
+    once per worker process."""
     u = settings.uncertainty
     options = dict(strategy=u.strategy, p_threshold=u.p_threshold, std_threshold=u.std_threshold,
                    batch_size=u.batch_size, max_length=settings.model.max_length)
@@ -325,17 +324,16 @@ def sharded_score_stage(settings: Settings, pool: str, model_dir: str | Path, mo
     with Store(settings.duckdb_path) as store:
         summary = score_pool_sharded(
             store, pool, str(model_version),
-            lambda shard: score_shard_task.submit(str(model_dir), shard, str(model_version), **options),
+            lambda shard: submit_shard(str(model_dir), shard, str(model_version), **options),
             shard_size=u.shard_size, in_flight=u.dask_shards_in_flight, strategy=u.strategy, split=split,
             on_shard=progress.update)
         arrays = store.score_distributions(pool, str(model_version)) if run_id else None
     if run_id:
         log_scoring_to_mlflow(summary, arrays, settings.reports_dir / "scoring" / str(model_version),
                               run_id=run_id, tracking_uri=settings.tracking_uri)
-    return summary.as_dict()
+    return summary
 
 
-@task(name="export-scores", cache_policy=NO_CACHE, tags=["duckdb"])
 def export_stage(settings: Settings, pool: str, model_version: str, path: str | Path) -> dict:
     """Flow stage: write the pool's scores under `model_version` to Parquet; returns {path, rows}."""
     with Store(settings.duckdb_path) as store:
@@ -346,8 +344,7 @@ def export_stage(settings: Settings, pool: str, model_version: str, path: str | 
 _LOADED: dict[str, tuple[EnsemblePRM, object]] = {}
 
 
-@task(name="score-shard", cache_policy=NO_CACHE)
-def score_shard_task(model_dir: str, trajectories: list[dict], model_version: str, *, strategy: str = "actprm",
+def score_shard(model_dir: str, trajectories: list[dict], model_version: str, *, strategy: str = "actprm",
                      p_threshold: float = 0.95, std_threshold: float = 0.005, batch_size: int = 32,
                      max_length: int = 512) -> list[dict]:
     """Score one shard anywhere (e.g. a Dask worker); touches no DuckDB. The caller writes the rows with
@@ -361,16 +358,6 @@ def score_shard_task(model_dir: str, trajectories: list[dict], model_version: st
                                     model_version, strategy=strategy, p_threshold=p_threshold,
                                     std_threshold=std_threshold, batch_size=batch_size)
     return rows
-
-
-@task(name="score-pool", cache_policy=NO_CACHE, tags=["duckdb"])
-def score_pool_task(duckdb_path: str, pool: str, model_dir: str, model_version: str, **kwargs) -> dict:
-    """Prefect wrapper: open the store, load the saved model, score the pool, return the summary dict.
-    Retrying is safe (it resumes), but a failure here is usually not transient, so no retries by default."""
-    model, tokenizer = EnsemblePRM.from_pretrained(model_dir, with_tokenizer=True,
-                                                   device="cuda" if torch.cuda.is_available() else "cpu")
-    with Store(duckdb_path) as store:
-        return score_pool(store, pool, model, tokenizer, model_version, **kwargs).as_dict()
 
 
 class TruncationError(ActPRMError):

@@ -38,7 +38,7 @@ import shutil
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,7 @@ class TrainResult:
     skipped: bool = False
     reason: str | None = None
     resumed_from_step: int | None = None
+    mlflow_run_id: str | None = None  # the run the train stage logged into (set by train_stage, not train_prm)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -433,33 +434,8 @@ def _active_mlflow():
     return None
 
 
-# -- Prefect -----------------------------------------------------------------------------------------
-from prefect import task  # noqa: E402  (kept below the plain function it wraps)
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-
-
-@task(name="train-prm", cache_policy=NO_CACHE, retries=0)
-def train_task(examples: list[dict], **kwargs: Any) -> TrainResult:
-    """Prefect wrapper of train_prm. No retries: a rerun resumes from the latest checkpoint anyway."""
-    from prefect.exceptions import MissingContextError
-    from prefect.logging import get_run_logger
-
-    try:
-        logger = get_run_logger()
-    except MissingContextError:  # called as train_task.fn(...) outside a run
-        logger = log
-    result = train_prm(examples, **kwargs)
-    if result.skipped:
-        logger.warning("training skipped: %s", result.reason)
-    else:
-        logger.info("trained on %d trajectories in %d steps -> %s (cls_loss %.4f, trusted %.2f)",
-                    result.train_trajectories, result.steps, result.model_dir,
-                    result.metrics.get("cls_loss") or 0.0, result.metrics.get("trained_fraction") or 0.0)
-    return result
-
-
 def loop_train_dir(settings, pool: str, loop: str) -> Path:
-    """Where an active-learning loop (tasks.pipeline.open_loop_task) trains its rounds."""
+    """Where an active-learning loop (tasks.pipeline.open_loop) trains its rounds."""
     return settings.checkpoints_dir / "train" / pool / loop
 
 
@@ -487,22 +463,20 @@ def drop_checkpoints(folder: Path) -> int:
     return len(found)
 
 
-@task(name="drop-checkpoints", cache_policy=NO_CACHE)
-def drop_round_checkpoints_task(settings, pool: str, round: int, loop: str) -> int:
+def drop_round_checkpoints(settings, pool: str, round: int, loop: str) -> int:
     """Once the round's model is registered its checkpoints are only disk (a 7B model's optimizer state is tens of
     GB): a rerun finds the round registered and does not train it again."""
     return drop_checkpoints(round_dir(settings, pool, round, loop=loop))
 
 
-@task(name="train", cache_policy=NO_CACHE, tags=["duckdb"])
 def train_stage(settings, pool: str, *, init_from: str | Path | None = None, round: int | None = None,
                 mlflow_run_id: str | None = None, only_ids: list[str] | None = None,
-                loop: str | None = None) -> dict[str, Any]:
+                loop: str | None = None) -> TrainResult:
     """Flow stage: train on every judge label of the pool's train split, warm-starting from `init_from`
     (when given and settings.loop.warm_start), logging per-step metrics into MLflow run `mlflow_run_id`.
 
     The DuckDB file is held only while the examples are read, never during training. The output dir is
-    `round_dir` (of `loop`, when the round is an active-learning loop's). Returns TrainResult.as_dict() plus
+    `round_dir` (of `loop`, when the round is an active-learning loop's). Returns the TrainResult, with
     `mlflow_run_id`.
     """
     from actprm.judges import judge_identity
@@ -538,7 +512,7 @@ def train_stage(settings, pool: str, *, init_from: str | Path | None = None, rou
     else:
         stage_logger().info("train %s: %d labeled trajectories, %d optimizer steps, final loss %s", pool,
                             result.train_trajectories, result.steps, result.metrics.get("loss", "n/a"))
-    return result.as_dict() | {"mlflow_run_id": mlflow_run_id}
+    return replace(result, mlflow_run_id=mlflow_run_id)
 
 
 # -- `accelerate launch -m tasks.train` --------------------------------------------------------------

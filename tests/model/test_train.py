@@ -20,7 +20,7 @@ import torch
 from actprm.errors import ActPRMError
 from models import EnsemblePRM, StepBatcher, build_prm
 from models.uncertainty import predicted_first_error, step_stats
-from tasks.train import train_prm, train_task
+from tasks.train import train_prm
 from tasks.train_state import CHECKPOINT_DONE
 
 # 24 trajectories / batch 8 = 3 optimizer steps per epoch, 9 in all.
@@ -151,7 +151,7 @@ def test_everything_confident_leaves_the_model_untouched(examples, tmp_path):
 
 def test_selection_off_keeps_every_trajectory(examples, tmp_path):
     seen: list[dict] = []
-    result = train_task.fn(examples, output_dir=tmp_path, in_training_selection=False, p_threshold=0.5,
+    result = train_prm(examples, output_dir=tmp_path, in_training_selection=False, p_threshold=0.5,
                        std_threshold=float("inf"), on_metrics=lambda s, m: seen.append(m), **(RUN | {"epochs": 1}))
     assert not result.skipped and all(m["trained_fraction"] == 1.0 for m in seen)
 
@@ -218,11 +218,11 @@ def test_train_stage_trains_on_the_pools_judge_labels_and_logs_into_the_flows_ml
     experiment = client.create_experiment("train-test", artifact_location=(tmp_path / "artifacts").as_uri())
     run_id = client.create_run(experiment).info.run_id  # the flows create runs by id, as here
 
-    trained = train_stage.fn(settings, "p", round=1, mlflow_run_id=run_id)
+    trained = train_stage(settings, "p", round=1, mlflow_run_id=run_id)
     # The 12 labels of this judge and prompt (not the other prompt's 3) in micro-batches of 4, two per optimizer
     # step -> 2 steps (the last one short).
-    assert trained["train_trajectories"] == 12 and trained["steps"] == 2 and not trained["skipped"]
-    assert trained["mlflow_run_id"] == run_id and EnsemblePRM.from_pretrained(trained["model_dir"]) is not None
+    assert trained.train_trajectories == 12 and trained.steps == 2 and not trained.skipped
+    assert trained.mlflow_run_id == run_id and EnsemblePRM.from_pretrained(trained.model_dir) is not None
     assert [h.step for h in client.get_metric_history(run_id, "train/cls_loss")] == [1, 2]
     params = client.get_run(run_id).data.params
     assert params["train.grad_accum"] == "2" and params["train.trajectories"] == "12"
@@ -238,15 +238,15 @@ def test_a_retried_flow_run_resumes_its_training_instead_of_starting_over(exampl
                         train={"epochs": 1, "batch_size": 4, "grad_accum": 1, "lr": 1e-2, "checkpoint_every": 1})
     _labeled_pool(settings.duckdb_path, examples[:8])
     monkeypatch.setattr(actprm.tracking, "prefect_flow_run_id", lambda: "0b7e-flow-run")
-    first = train_stage.fn(settings, "p", round=1)
-    again = train_stage.fn(settings, "p", round=1)  # the retry: same flow run, new attempt
-    assert first["steps"] == 2 and first["resumed_from_step"] is None
-    assert again["resumed_from_step"] == 2 and again["model_dir"] == first["model_dir"]
-    assert "flow-run-0b7e-flow-run" in first["model_dir"]
+    first = train_stage(settings, "p", round=1)
+    again = train_stage(settings, "p", round=1)  # the retry: same flow run, new attempt
+    assert first.steps == 2 and first.resumed_from_step is None
+    assert again.resumed_from_step == 2 and again.model_dir == first.model_dir
+    assert "flow-run-0b7e-flow-run" in first.model_dir
     # another flow run trains from scratch in a directory of its own
     monkeypatch.setattr(actprm.tracking, "prefect_flow_run_id", lambda: "another-flow-run")
-    other = train_stage.fn(settings, "p", round=1)
-    assert other["resumed_from_step"] is None and other["model_dir"] != first["model_dir"]
+    other = train_stage(settings, "p", round=1)
+    assert other.resumed_from_step is None and other.model_dir != first.model_dir
 
 
 def test_a_loops_round_resumes_whoever_reruns_it_and_its_checkpoints_go_once_registered(examples, tmp_path,
@@ -255,20 +255,20 @@ def test_a_loops_round_resumes_whoever_reruns_it_and_its_checkpoints_go_once_reg
     every `actprm run` is a new flow run, and its rerun must still resume (issue 41)."""
     import actprm.tracking
     from actprm.config import Settings
-    from tasks.train import drop_round_checkpoints_task, train_stage
+    from tasks.train import drop_round_checkpoints, train_stage
 
     settings = Settings(home=tmp_path, model={"preset": "tiny", "num_heads": 8, "max_length": 128},
                         train={"epochs": 1, "batch_size": 4, "grad_accum": 1, "lr": 1e-2, "checkpoint_every": 1})
     _labeled_pool(settings.duckdb_path, examples[:8])
     monkeypatch.setattr(actprm.tracking, "prefect_flow_run_id", lambda: "killed-cli-run")
-    first = train_stage.fn(settings, "p", round=1, loop="loop-a")
+    first = train_stage(settings, "p", round=1, loop="loop-a")
     monkeypatch.setattr(actprm.tracking, "prefect_flow_run_id", lambda: "rerun-cli-run")
-    again = train_stage.fn(settings, "p", round=1, loop="loop-a")
-    assert first["resumed_from_step"] is None and again["resumed_from_step"] == 2
-    assert again["model_dir"] == first["model_dir"] and "/p/loop-a/round-1/" in first["model_dir"]
-    assert train_stage.fn(settings, "p", round=1, loop="loop-b")["resumed_from_step"] is None  # another loop
-    assert drop_round_checkpoints_task.fn(settings, "p", 1, "loop-a") == 1
-    round_dir = Path(first["model_dir"]).parent
+    again = train_stage(settings, "p", round=1, loop="loop-a")
+    assert first.resumed_from_step is None and again.resumed_from_step == 2
+    assert again.model_dir == first.model_dir and "/p/loop-a/round-1/" in first.model_dir
+    assert train_stage(settings, "p", round=1, loop="loop-b").resumed_from_step is None  # another loop
+    assert drop_round_checkpoints(settings, "p", 1, "loop-a") == 1
+    round_dir = Path(first.model_dir).parent
     assert not (round_dir / "checkpoints").exists() and (round_dir / "model" / "prm_config.json").is_file()
 
 
