@@ -18,14 +18,14 @@ def test_a_retried_flow_run_goes_on_after_its_finished_rounds(actprm_home, prefe
     import flows.active_learning as loop
     from actprm.config import load_settings
     from actprm.store import Store
-    from flows import prefect_tasks
+    from flows import prefect_tasks, scoring
     from tasks import pipeline
 
     monkeypatch.setattr(actprm.tracking, "prefect_flow_run_id", lambda: "retried-flow-run")
     monkeypatch.setattr(pipeline, "prefect_flow_run_id", lambda: "retried-flow-run")
     real_evaluate = prefect_tasks.evaluate_task
     started_from = []
-    real_score = loop.scoring.score
+    real_score = scoring.score
 
     def score(settings, pool, model_dir, model_version, run_id, **kw):
         started_from.append(model_version)
@@ -36,7 +36,7 @@ def test_a_retried_flow_run_goes_on_after_its_finished_rounds(actprm_home, prefe
             raise RuntimeError("worker lost")
         return real_evaluate(settings, pool, model_dir, run_id)
 
-    monkeypatch.setattr(loop.scoring, "score", score)
+    monkeypatch.setattr(scoring, "score", score)
     monkeypatch.setattr(prefect_tasks, "evaluate_task", dies_in_round_2)
     args = dict(pool="sample", rounds=2, labels_per_round=20, preset="tiny",
                 config={"synth": {"n": 120}, "model": {"num_heads": 4}, "train": {"epochs": 1}})
@@ -70,12 +70,12 @@ def test_a_retried_flow_run_that_had_stopped_buys_no_more_rounds(stop, actprm_ho
 
     import actprm.tracking
     import flows.active_learning as loop
-    from flows import prefect_tasks
+    from flows import prefect_tasks, scoring
     from tasks import pipeline
 
     monkeypatch.setattr(actprm.tracking, "prefect_flow_run_id", lambda: f"{stop}-flow-run")
     monkeypatch.setattr(pipeline, "prefect_flow_run_id", lambda: f"{stop}-flow-run")
-    real_evaluate, real_finish, real_score = prefect_tasks.evaluate_task, prefect_tasks.finish_task, loop.scoring.score
+    real_evaluate, real_finish, real_score = prefect_tasks.evaluate_task, prefect_tasks.finish_task, scoring.score
     scored_rounds = []
 
     def flat_f1(settings, pool, model_dir, run_id):  # round 2 gains nothing over round 1: a plateau of 1
@@ -90,7 +90,7 @@ def test_a_retried_flow_run_that_had_stopped_buys_no_more_rounds(stop, actprm_ho
 
     if stop == "plateau":
         monkeypatch.setattr(prefect_tasks, "evaluate_task", flat_f1)
-    monkeypatch.setattr(loop.scoring, "score", score)
+    monkeypatch.setattr(scoring, "score", score)
     monkeypatch.setattr(prefect_tasks, "finish_task", dies_closing)
     config = {"synth": {"n": 120}, "model": {"num_heads": 4}, "train": {"epochs": 1}}
     config |= {"loop": {"plateau_rounds": 1}} if stop == "plateau" else {"budget": {"max_labels": 30}}
