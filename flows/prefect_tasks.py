@@ -23,7 +23,7 @@ score_shard_task = task(name="score-shard", cache_policy=NO_CACHE)(score.score_s
 export_scores_task = task(name="export-scores", cache_policy=NO_CACHE, tags=["duckdb"])(score.export_stage)
 select_task = task(name="select", tags=["duckdb"])(select.select_stage)
 label_task = task(name="label", cache_policy=NO_CACHE, log_prints=True)(label.label_round)
-train_task = task(name="train", cache_policy=NO_CACHE, tags=["duckdb"])(train.train_stage)
+train_task = task(name="train", cache_policy=NO_CACHE, tags=["duckdb"])(train.train_round)
 evaluate_task = task(name="evaluate", cache_policy=NO_CACHE)(evaluate.evaluate_round)
 register_task = task(name="register", cache_policy=NO_CACHE)(register.register_round)
 drop_checkpoints_task = task(name="drop-checkpoints", cache_policy=NO_CACHE)(train.drop_round_checkpoints)

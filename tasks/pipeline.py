@@ -206,7 +206,7 @@ def loop_start(settings: Settings, loop: dict[str, Any]) -> tuple[str, str]:
 
 def registered_round(settings: Settings, loop_id: str, pool: str, k: int) -> TrainResult | None:
     """Round k's model when an earlier invocation of the loop registered it (and died before recording the round),
-    as train_stage's result with the MLflow run that registered it; None when none did. Such a round is not
+    as train_round's result with the MLflow run that registered it; None when none did. Such a round is not
     trained or registered again: it is evaluated and gated again on the version it has."""
     from tasks.model_source import resolve_model_dir
     from tasks.train import MODEL_DIR, RESULT_FILE, TrainResult, round_dir

@@ -65,7 +65,7 @@ class TrainResult:
     skipped: bool = False
     reason: str | None = None
     resumed_from_step: int | None = None
-    mlflow_run_id: str | None = None  # the run the train stage logged into (set by train_stage, not train_prm)
+    mlflow_run_id: str | None = None  # the run the train stage logged into (set by train_round, not train_prm)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -469,7 +469,7 @@ def drop_round_checkpoints(settings, pool: str, round: int, loop: str) -> int:
     return drop_checkpoints(round_dir(settings, pool, round, loop=loop))
 
 
-def train_stage(settings, pool: str, *, init_from: str | Path | None = None, round: int | None = None,
+def train_round(settings, pool: str, *, init_from: str | Path | None = None, round: int | None = None,
                 mlflow_run_id: str | None = None, only_ids: list[str] | None = None,
                 loop: str | None = None) -> TrainResult:
     """Flow stage: train on every judge label of the pool's train split, warm-starting from `init_from`

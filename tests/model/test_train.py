@@ -208,7 +208,7 @@ def test_train_stage_trains_on_the_pools_judge_labels_and_logs_into_the_flows_ml
     from mlflow import MlflowClient
 
     from actprm.config import Settings
-    from tasks.train import train_stage
+    from tasks.train import train_round
 
     settings = Settings(home=tmp_path, model={"preset": "tiny", "num_heads": 8, "max_length": 128},
                         train={"epochs": 1, "batch_size": 4, "grad_accum": 2, "lr": 1e-2})
@@ -218,7 +218,7 @@ def test_train_stage_trains_on_the_pools_judge_labels_and_logs_into_the_flows_ml
     experiment = client.create_experiment("train-test", artifact_location=(tmp_path / "artifacts").as_uri())
     run_id = client.create_run(experiment).info.run_id  # the flows create runs by id, as here
 
-    trained = train_stage(settings, "p", round=1, mlflow_run_id=run_id)
+    trained = train_round(settings, "p", round=1, mlflow_run_id=run_id)
     # The 12 labels of this judge and prompt (not the other prompt's 3) in micro-batches of 4, two per optimizer
     # step -> 2 steps (the last one short).
     assert trained.train_trajectories == 12 and trained.steps == 2 and not trained.skipped
@@ -232,20 +232,20 @@ def test_a_retried_flow_run_resumes_its_training_instead_of_starting_over(exampl
     """Prefect keeps a flow run's id across its retries, while the flow opens a new MLflow run per attempt."""
     import actprm.tracking
     from actprm.config import Settings
-    from tasks.train import train_stage
+    from tasks.train import train_round
 
     settings = Settings(home=tmp_path, model={"preset": "tiny", "num_heads": 8, "max_length": 128},
                         train={"epochs": 1, "batch_size": 4, "grad_accum": 1, "lr": 1e-2, "checkpoint_every": 1})
     _labeled_pool(settings.duckdb_path, examples[:8])
     monkeypatch.setattr(actprm.tracking, "prefect_flow_run_id", lambda: "0b7e-flow-run")
-    first = train_stage(settings, "p", round=1)
-    again = train_stage(settings, "p", round=1)  # the retry: same flow run, new attempt
+    first = train_round(settings, "p", round=1)
+    again = train_round(settings, "p", round=1)  # the retry: same flow run, new attempt
     assert first.steps == 2 and first.resumed_from_step is None
     assert again.resumed_from_step == 2 and again.model_dir == first.model_dir
     assert "flow-run-0b7e-flow-run" in first.model_dir
     # another flow run trains from scratch in a directory of its own
     monkeypatch.setattr(actprm.tracking, "prefect_flow_run_id", lambda: "another-flow-run")
-    other = train_stage(settings, "p", round=1)
+    other = train_round(settings, "p", round=1)
     assert other.resumed_from_step is None and other.model_dir != first.model_dir
 
 
@@ -255,18 +255,18 @@ def test_a_loops_round_resumes_whoever_reruns_it_and_its_checkpoints_go_once_reg
     every `actprm run` is a new flow run, and its rerun must still resume (issue 41)."""
     import actprm.tracking
     from actprm.config import Settings
-    from tasks.train import drop_round_checkpoints, train_stage
+    from tasks.train import drop_round_checkpoints, train_round
 
     settings = Settings(home=tmp_path, model={"preset": "tiny", "num_heads": 8, "max_length": 128},
                         train={"epochs": 1, "batch_size": 4, "grad_accum": 1, "lr": 1e-2, "checkpoint_every": 1})
     _labeled_pool(settings.duckdb_path, examples[:8])
     monkeypatch.setattr(actprm.tracking, "prefect_flow_run_id", lambda: "killed-cli-run")
-    first = train_stage(settings, "p", round=1, loop="loop-a")
+    first = train_round(settings, "p", round=1, loop="loop-a")
     monkeypatch.setattr(actprm.tracking, "prefect_flow_run_id", lambda: "rerun-cli-run")
-    again = train_stage(settings, "p", round=1, loop="loop-a")
+    again = train_round(settings, "p", round=1, loop="loop-a")
     assert first.resumed_from_step is None and again.resumed_from_step == 2
     assert again.model_dir == first.model_dir and "/p/loop-a/round-1/" in first.model_dir
-    assert train_stage(settings, "p", round=1, loop="loop-b").resumed_from_step is None  # another loop
+    assert train_round(settings, "p", round=1, loop="loop-b").resumed_from_step is None  # another loop
     assert drop_round_checkpoints(settings, "p", 1, "loop-a") == 1
     round_dir = Path(first.model_dir).parent
     assert not (round_dir / "checkpoints").exists() and (round_dir / "model" / "prm_config.json").is_file()
