@@ -8,7 +8,8 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-# Flows whose tasks are their own steps, not stages (the ingest flow's per-step tasks, the study wing's).
+# Flows whose tasks are their own steps, not stages: the ingest flow's (kept there, the flow imports no torch or
+# MLflow, which flows/prefect_tasks.py brings with the stages) and the study wing's.
 OWN_TASKS = {"flows/ingest_pool.py", "study/flow.py"}
 
 
