@@ -30,9 +30,11 @@ test: .venv/.installed
 test-fast: .venv/.installed
 	$(PY) -m pytest tests/unit tests/data
 
-# ruff, configured in pyproject.toml ([tool.ruff]).
+# ruff, then the import-graph contracts (layers, no cycles, a standalone models/), both configured in pyproject.toml
+# ([tool.ruff], [tool.importlinter]). PYTHONPATH=.: check this checkout, whichever one the venv's install points at.
 lint: .venv/.installed
 	$(PY) -m ruff check .
+	PYTHONPATH=. .venv/bin/lint-imports --no-cache
 
 serve: .venv/.installed
 	bash scripts/serve.sh

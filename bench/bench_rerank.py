@@ -38,7 +38,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from actprm.synth import _CLAIM, _apply, generate, verify_first_error
-from tasks.predict import AGGREGATES, aggregate, rerank_scored, score_steps
+from tasks.predict import AGGREGATES, aggregate, rerank_scored
+from tasks.score import score_steps
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ANSWER = re.compile(r"(-?\d+)(?!.*\d)")  # the last number of the final step
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     from actprm.config import load_settings
     from actprm.tracking import configure_mlflow
     from tasks.champion import champion_version
-    from tasks.register import load_model
+    from tasks.model_source import load_model
 
     settings = load_settings()
     configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)

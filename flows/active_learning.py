@@ -15,13 +15,11 @@ from prefect import flow
 
 from actprm.config import flow_settings
 from actprm.names import check_pool_name
-from flows import scoring
+from flows import prefect_tasks as pt
 from flows.ingest_pool import ingest_pool
-from flows.prefect_tasks import drop_round_checkpoints_task, evaluate_stage, label_stage, register_stage, train_stage
+from flows.stages import run_round
 from tasks import pipeline
 from tasks.label import JUDGE_DOWN_STOPS
-from tasks.plots import run_plots_task
-from tasks.select import prepare_eval_split_task, select_task
 
 
 @flow(name="active-learning", log_prints=True)
@@ -56,55 +54,47 @@ def active_learning(
         uncertainty={"strategy": strategy, "dask_address": dask_address},
         loop={"rounds": rounds, "labels_per_round": labels_per_round},
     )
-    sample = pipeline.sample_pool_task(settings, pool)
+    sample = pt.sample_pool_task(settings, pool)
     if sample is not None:
         ingest_pool(paths=[sample], pool=pool, home=str(settings.home))
-    prepare_eval_split_task(str(settings.duckdb_path), pool, settings.loop.eval_fraction, settings.train.seed)
+    pt.eval_split_task(settings, pool)
     # The loop's durable state (DuckDB) decides where this run starts, whoever started it (CLI, deployment, a Prefect
     # retry): a kill -9 and a rerun go on with the rounds, selections, labels and checkpoints the dead run left.
-    loop = pipeline.open_loop_task(settings, pool, fresh)
+    loop = pt.open_loop_task(settings, pool, fresh)
     loop_id = loop["loop_id"]
-    parent = pipeline.open_run_task(settings, "active_learning", {"pool": pool, "loop": loop_id})
+    parent = pt.open_run_task(settings, "active_learning", {"pool": pool, "loop": loop_id})
 
-    history, resume = pipeline.finished_rounds_task(settings, loop_id, pool)
-    model_dir, model_version = resume or pipeline.loop_start_task(settings, loop)
+    history, resume = pt.finished_rounds_task(settings, loop_id, pool)
+    model_dir, model_version = resume or pt.loop_start_task(settings, loop)
     # A run that had stopped (budget, plateau, nothing uncertain) and died before closing the loop must not score
     # the pool again and buy one more round.
     stopped_because = pipeline.stopped_before(history, settings.loop.plateau_rounds) or "rounds"
     next_rounds = range(len(history) + 1, settings.loop.rounds + 1) if stopped_because == "rounds" else ()
     for k in next_rounds:
-        run_id = pipeline.open_run_task(settings, f"round-{k}", {"pool": pool, "round": k, "loop": loop_id},
-                                        parent=parent)
-        scored = scoring.score(settings, pool, model_dir, model_version, run_id, split="train")
-        ids = select_task(str(settings.duckdb_path), pool, model_version, settings.loop.labels_per_round,
-                          settings.uncertainty.strategy, *pipeline.judge_identity(settings), run_id=loop_id, round=k)
-        labeled = label_stage(settings, pool, ids, run_id, round=k)
+        run_id = pt.open_run_task(settings, f"round-{k}", {"pool": pool, "round": k, "loop": loop_id}, parent=parent)
+        # ActPRM's online update (Alg. 1): a warm-started model learns from the batch it just selected and paid for.
         # A round a killed run registered is not trained or registered again, only gated again on its version.
-        trained = pipeline.registered_round_task(settings, loop_id, pool, k) or train_stage(
-            settings, pool, init_from=model_dir, round=k, mlflow_run_id=run_id, loop=loop_id,
-            only_ids=ids if settings.loop.train_on == "round" and settings.loop.warm_start else None)
-        if trained["skipped"]:
-            pipeline.close_run_task(settings, run_id)
-            stopped_because = "nothing_to_train" if not labeled["labeled"] else "training_skipped"
-            if labeled["stopped_because"] in JUDGE_DOWN_STOPS:  # nothing to train because the judge is down
-                stopped_because = labeled["stopped_because"]
-            history.append(pipeline.round_record(k, scored, labeled, trained, None, None))
+        done = run_round(settings, pool, k, model_dir, model_version, run_id, budget=settings.loop.labels_per_round,
+                         strategy=settings.uncertainty.strategy, loop_id=loop_id, selection_key=loop_id,
+                         train_on_selection=settings.loop.train_on == "round" and settings.loop.warm_start)
+        history.append(done.record)
+        if done.trained.skipped:
+            pt.close_run_task(settings, run_id)
+            stopped_because = "nothing_to_train" if not done.labeled.labeled else "training_skipped"
+            if done.labeled.stopped_because in JUDGE_DOWN_STOPS:  # nothing to train because the judge is down
+                stopped_because = done.labeled.stopped_because
             break
-        evaluation = evaluate_stage(settings, pool, trained["model_dir"], run_id)
-        registered = register_stage(settings, trained["model_dir"], evaluation, trained["mlflow_run_id"])
-        drop_round_checkpoints_task(settings, pool, k, loop_id)
-        record = pipeline.round_record(k, scored, labeled, trained, evaluation, registered)
-        history.append(record)
         # Decided before the round is recorded, and recorded with it, so a rerun stops where this run did.
-        record["stopped_because"] = pipeline.stop_after_round(history, labeled, ids, settings.loop.plateau_rounds)
-        pipeline.record_round_task(settings, loop_id, parent, pool, record, trained["mlflow_run_id"],
-                                   settings.loop.rounds)
-        pipeline.close_run_task(settings, run_id)
-        model_dir, model_version = trained["model_dir"], registered["model_version_key"]
-        if record["stopped_because"]:
-            stopped_because = record["stopped_because"]
+        done.record["stopped_because"] = pipeline.stop_after_round(history, done.labeled, done.selected,
+                                                                   settings.loop.plateau_rounds)
+        pt.record_round_task(settings, loop_id, parent, pool, done.record, done.trained.mlflow_run_id,
+                             settings.loop.rounds)
+        pt.close_run_task(settings, run_id)
+        model_dir, model_version = done.trained.model_dir, done.registered.model_version_key
+        if done.record["stopped_because"]:
+            stopped_because = done.record["stopped_because"]
             break
 
-    run_plots_task(settings, loop_id, parent, pool)  # F1 against labels bought, calibration: MLflow `plots/`
-    summary = pipeline.finish_task(settings, loop_id, parent, pool, history, stopped_because)
+    pt.run_plots_task(settings, loop_id, parent, pool)  # F1 against labels bought, calibration: MLflow `plots/`
+    summary = pt.finish_task(settings, loop_id, parent, pool, history, stopped_because)
     return summary

@@ -12,10 +12,8 @@ from typing import Any
 from prefect import flow
 
 from actprm.config import flow_settings
+from flows import prefect_tasks as pt
 from flows.ingest_pool import ingest_pool
-from flows.prefect_tasks import evaluate_request_stage
-from tasks import pipeline
-from tasks.select import prepare_eval_split_task
 
 
 @flow(name="evaluate-champion", log_prints=True)
@@ -47,10 +45,10 @@ def evaluate_champion(
     if data is None and predictions is None and pool is None:
         pool = settings.default_pool
     if pool is not None and data is None:
-        sample = pipeline.sample_pool_task(settings, pool)
+        sample = pt.sample_pool_task(settings, pool)
         if sample is not None:
             ingest_pool(paths=[sample], pool=pool, home=str(settings.home))
-        prepare_eval_split_task(str(settings.duckdb_path), pool, settings.loop.eval_fraction, settings.train.seed)
-    return evaluate_request_stage(settings, model=model, data=data, predictions=predictions, pool=pool,
-                                  dev_data=dev_data, benchmark=benchmark, allow_truncation=allow_truncation,
-                                  max_length=max_length)
+        pt.eval_split_task(settings, pool)
+    return pt.evaluate_request_task(settings, model=model, data=data, predictions=predictions, pool=pool,
+                                    dev_data=dev_data, benchmark=benchmark, allow_truncation=allow_truncation,
+                                    max_length=max_length)

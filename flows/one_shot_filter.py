@@ -10,11 +10,9 @@ from typing import Any
 from prefect import flow
 
 from actprm.config import flow_settings
+from flows import prefect_tasks as pt
 from flows.ingest_pool import ingest_pool
-from flows.prefect_tasks import evaluate_stage, label_stage, register_stage, starting_model_stage, train_stage
-from tasks import pipeline
-from tasks.score import score_stage
-from tasks.select import prepare_eval_split_task, select_task
+from flows.stages import run_round
 
 # The share of its pool the paper's filter kept (Duan et al., 2025, Sec. 5: ~60% of the 1M+ trajectories).
 PAPER_RETAINED_FRACTION = 0.6
@@ -46,35 +44,32 @@ def one_shot_filter(
         raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
     settings = flow_settings(config, model={"preset": preset}, judge={"backend": judge},
                              train={"in_training_selection": in_training_selection})
-    db = str(settings.duckdb_path)
-    sample = pipeline.sample_pool_task(settings, pool)
+    sample = pt.sample_pool_task(settings, pool)
     if sample is not None:
         ingest_pool(paths=[sample], pool=pool, home=str(settings.home))
-    prepare_eval_split_task(db, pool, settings.loop.eval_fraction, settings.train.seed)
-    parent = pipeline.open_run_task(settings, "one_shot_filter",
-                                    {"pool": pool, "keep_fraction": keep_fraction,
-                                     "in_training_selection": settings.train.in_training_selection})
-    model_dir, model_version = starting_model_stage(settings, model)
-    scored = score_stage(settings, pool, model_dir, model_version, parent, split="train")
-    pool_size = scored["scored"] + scored["skipped_already_scored"]
-    cap = pool_size if keep_fraction is None else int(keep_fraction * pool_size)
-    ids = select_task(db, pool, model_version, cap, "actprm", *pipeline.judge_identity(settings),
-                      run_id=parent, round=1)
-    labeled = label_stage(settings, pool, ids, parent, round=1)
-    trained = train_stage(settings, pool, init_from=model_dir, round=1, mlflow_run_id=parent, only_ids=ids)
-    evaluation = registered = None
-    if not trained["skipped"]:
-        evaluation = evaluate_stage(settings, pool, trained["model_dir"], parent)
-        registered = register_stage(settings, trained["model_dir"], evaluation, parent)
-    record = pipeline.round_record(1, scored, labeled, trained, evaluation, registered)
-    if evaluation is not None:
-        pipeline.record_round_task(settings, parent, parent, pool, record, parent)  # one round, keyed by its run
-    summary = pipeline.finish_task(settings, None, parent, pool, [record], labeled["stopped_because"])
+    pt.eval_split_task(settings, pool)
+    parent = pt.open_run_task(settings, "one_shot_filter",
+                              {"pool": pool, "keep_fraction": keep_fraction,
+                               "in_training_selection": settings.train.in_training_selection})
+    model_dir, model_version = pt.starting_model_task(settings, model)
+
+    def keep(scored) -> int:  # the cap is a share of the pool, whose size scoring counts
+        pool_size = scored.scored + scored.skipped_already_scored
+        return pool_size if keep_fraction is None else int(keep_fraction * pool_size)
+
+    # One round, in the flow's own MLflow run: what the ActPRM rule flags is kept (up to the cap), labeled, and the
+    # PRM trains on exactly that.
+    done = run_round(settings, pool, 1, model_dir, model_version, parent, budget=keep, strategy="actprm",
+                     selection_key=parent, train_on_selection=True)
+    ids, record, pool_size = done.selected, done.record, done.record["scored"]
+    if done.evaluation is not None:
+        pt.record_round_task(settings, parent, parent, pool, record, parent)  # one round, keyed by its run
+    summary = pt.finish_task(settings, None, parent, pool, [record], done.labeled.stopped_because)
     retained = len(ids) / max(1, pool_size)
     summary.update({
-        "scoring_model": model_version, "scored": pool_size, "uncertain": scored["uncertain"],
+        "scoring_model": model_version, "scored": pool_size, "uncertain": done.scored.uncertain,
         "retained": len(ids), "retained_fraction": retained, "paper_retained_fraction": PAPER_RETAINED_FRACTION,
-        "cap": None if keep_fraction is None else cap, "in_training_selection": settings.train.in_training_selection,
+        "cap": None if keep_fraction is None else done.budget, "in_training_selection": settings.train.in_training_selection,
         "summary": (f"one-shot filter on {pool}: kept {len(ids)} of {pool_size} trajectories "
                     f"({retained:.0%}; the paper kept ~{PAPER_RETAINED_FRACTION:.0%}), "
                     f"bought {record['labels_bought']} labels, trained on {record['train_trajectories']}"),

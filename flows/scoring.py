@@ -1,16 +1,15 @@
 """Scoring on a Dask cluster (`uncertainty.dask_address`): the shards go to the cluster's workers through
 prefect-dask's task runner, one `score-shard` task run each, and come back to this flow's process, the only
-one that writes DuckDB. Without an address the loop scores in its own process (`tasks.score.score_stage`)."""
+one that writes DuckDB. Without an address the loop scores in its own process (the `score` task)."""
 
 from __future__ import annotations
-
-from typing import Any
 
 from prefect import flow
 
 from actprm.config import Settings
 from actprm.errors import ActPRMError
-from tasks.score import score_stage, sharded_score_stage
+from flows import prefect_tasks as pt
+from tasks.score import ScoreSummary, sharded_score_stage
 
 
 def dask_runner(address: str):
@@ -31,15 +30,15 @@ def dask_runner(address: str):
 
 @flow(name="score-on-dask", log_prints=True)
 def score_on_dask(settings: Settings, pool: str, model_dir: str, model_version: str, run_id: str | None = None,
-                  split: str | None = None) -> dict[str, Any]:
-    return sharded_score_stage(settings, pool, model_dir, model_version, run_id, split)
+                  split: str | None = None) -> ScoreSummary:
+    return sharded_score_stage(settings, pool, model_dir, model_version, pt.score_shard_task.submit, run_id, split)
 
 
 def score(settings: Settings, pool: str, model_dir: str, model_version: str, run_id: str | None = None,
-          split: str | None = None) -> dict[str, Any]:
+          split: str | None = None) -> ScoreSummary:
     """The score stage, in process or on the configured Dask cluster."""
     address = settings.uncertainty.dask_address
     if not address:
-        return score_stage(settings, pool, model_dir, model_version, run_id, split=split)
+        return pt.score_task(settings, pool, model_dir, model_version, run_id, split=split)
     return score_on_dask.with_options(task_runner=dask_runner(address))(
         settings, pool, str(model_dir), str(model_version), run_id, split)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from actprm.errors import ActPRMError
+from models.errors import ModelError
 from models.layout import SYSTEM_PROMPT
 from models.prm import HEAD_PARAMS, EnsemblePRM, _quiet_hf
 from models.uncertainty import P_THRESHOLD, STD_THRESHOLD
@@ -59,7 +59,7 @@ def export_hf(model: EnsemblePRM, tokenizer, out_dir: str | Path, *, model_card:
     leaves a half-written model there). An existing non-empty `out_dir` is refused unless `overwrite`."""
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise ActPRMError(f"{out} already exists and is not empty; pass --overwrite to replace it")
+        raise ModelError(f"{out} already exists and is not empty; pass --overwrite to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from actprm.errors import ActPRMError
+from models.errors import ModelError
 from models.prm import CONFIG_FILE, HEAD_PARAMS, EnsemblePRM, PRMConfig, _quiet_hf
 
 LAYOUTS = ("actprm", "actprm-export", "qwen2.5-math-prm", "actprm-release")
@@ -36,17 +36,17 @@ def _config(folder: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ActPRMError(f"{folder}: cannot read config.json ({exc})") from None
+        raise ModelError(f"{folder}: cannot read config.json ({exc})") from None
 
 
 def detect_layout(folder: str | Path) -> str:
     d = Path(folder)
     if not d.is_dir():
-        raise ActPRMError(f"model folder not found: {d}")
+        raise ModelError(f"model folder not found: {d}")
     if (d / CONFIG_FILE).is_file():
         return "actprm"
     if not (d / "config.json").is_file():
-        raise ActPRMError(f"{d} is not a PRM folder: no {CONFIG_FILE} (ActPRM) or config.json (Hugging Face)")
+        raise ModelError(f"{d} is not a PRM folder: no {CONFIG_FILE} (ActPRM) or config.json (Hugging Face)")
     cfg = _config(d)
     arch = " ".join(cfg.get("architectures") or [])
     if "ActPRMForStepScoring" in arch:
@@ -55,7 +55,7 @@ def detect_layout(folder: str | Path) -> str:
         return "qwen2.5-math-prm"
     if "Qwen2ForEnsemblePRM" in arch or "num_ensemble" in cfg:
         return "actprm-release"
-    raise ActPRMError(f"{d}: unsupported PRM architecture {arch or cfg.get('model_type')!r}; supported: ActPRM "
+    raise ModelError(f"{d}: unsupported PRM architecture {arch or cfg.get('model_type')!r}; supported: ActPRM "
                       "folders, ActPRM exports, Qwen2ForProcessRewardModel (Qwen2.5-Math-PRM), Qwen2ForEnsemblePRM")
 
 
@@ -65,7 +65,7 @@ def _weight_files(folder: Path) -> list[Path]:
         return [folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
     if (folder / "model.safetensors").is_file():
         return [folder / "model.safetensors"]
-    raise ActPRMError(f"{folder}: no model.safetensors (or its index); only safetensors checkpoints are read")
+    raise ModelError(f"{folder}: no model.safetensors (or its index); only safetensors checkpoints are read")
 
 
 def read_tensors(folder: Path, prefix: str, names: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
@@ -97,7 +97,7 @@ def load_tokenizer(folder: Path):
             return PreTrainedTokenizerFast.from_pretrained(folder)
         return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
-        raise ActPRMError(f"{folder}: cannot load its tokenizer ({str(exc).splitlines()[0]})") from None
+        raise ModelError(f"{folder}: cannot load its tokenizer ({str(exc).splitlines()[0]})") from None
 
 
 def _qwen_backbone(folder: Path, cfg: dict, dtype):
@@ -121,7 +121,7 @@ def _with_heads(backbone, tokenizer, config: PRMConfig, heads: dict[str, torch.T
             for name, value in heads.items():
                 target = getattr(model, name)
                 if value.numel() != target.numel():
-                    raise ActPRMError(f"head tensor {name} has shape {tuple(value.shape)}, expected {tuple(target.shape)}")
+                    raise ModelError(f"head tensor {name} has shape {tuple(value.shape)}, expected {tuple(target.shape)}")
                 target.copy_(value.reshape(target.shape).float())
     return model
 
@@ -144,7 +144,7 @@ def load_prm_folder(folder: str | Path, *, device: str | None = None, num_heads:
         state = read_tensors(d, "backbone.")
         missing, unexpected = backbone.load_state_dict(state, strict=False)
         if unexpected or any(not k.endswith("position_ids") for k in missing):
-            raise ActPRMError(f"{d}: backbone weights do not match its config (missing {missing[:3]}, "
+            raise ModelError(f"{d}: backbone weights do not match its config (missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]})")
         heads = read_tensors(d, "", HEAD_PARAMS + tuple(f"anchor_{n}" for n in HEAD_PARAMS))
         prov = cfg.get("actprm", {})
@@ -166,7 +166,7 @@ def load_prm_folder(folder: str | Path, *, device: str | None = None, num_heads:
         heads, anchors = {}, {}
         for ours, theirs in zip(HEAD_PARAMS, RELEASE_HEADS):
             if f"model.{theirs}" not in score:
-                raise ActPRMError(f"{d}: released ActPRM checkpoint lacks score.model.{theirs}")
+                raise ModelError(f"{d}: released ActPRM checkpoint lacks score.model.{theirs}")
             heads[ours] = score[f"model.{theirs}"]
             # Anchors: the frozen copy of the initial heads (score.reg_model); without it, the heads themselves.
             anchors[f"anchor_{ours}"] = score.get(f"reg_model.{theirs}", heads[ours])

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from actprm.errors import ActPRMError
+from models.errors import ModelError
 
 STEP_SEPARATOR = "<extra_0>"
 IGNORE_INDEX = -100
@@ -144,7 +144,7 @@ class StepBatcher:
         self.max_length = max_length
         sep = _token_id(tokenizer, STEP_SEPARATOR)
         if sep is None:
-            raise ActPRMError(f"tokenizer has no step separator {STEP_SEPARATOR!r}; build the model with build_prm()")
+            raise ModelError(f"tokenizer has no step separator {STEP_SEPARATOR!r}; build the model with build_prm()")
         self.separator_id = sep
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         self._chat = bool(getattr(tokenizer, "chat_template", None))
@@ -157,7 +157,7 @@ class StepBatcher:
         else:
             self._head, self._tail = [], []
         if max_length < len(self._head) + len(self._mid) + len(self._tail) + 2:
-            raise ActPRMError(f"max_length={max_length} is too small to hold one step")
+            raise ModelError(f"max_length={max_length} is too small to hold one step")
 
     def _question_text(self, question: str) -> str:
         if self._chat:

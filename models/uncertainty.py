@@ -23,14 +23,37 @@ from __future__ import annotations
 
 import math
 
+from collections.abc import Callable
+
 import torch
 
-from actprm.registry import Registry
+from models.errors import ModelError
 
 P_THRESHOLD = 0.95
 STD_THRESHOLD = 0.005
 
-STRATEGIES: Registry = Registry("acquisition strategy")
+# Acquisition strategies by name, added with @strategy("name"): a plain dict, so models/ needs nothing of the
+# pipeline's registry (actprm.registry).
+STRATEGIES: dict[str, Callable[..., float]] = {}
+
+
+def strategy(name: str) -> Callable[[Callable[..., float]], Callable[..., float]]:
+    """Register an acquisition strategy: fn(probs (E, S), *, p_threshold, std_threshold, generator) -> score."""
+    def register(fn: Callable[..., float]) -> Callable[..., float]:
+        if name in STRATEGIES:
+            raise ValueError(f"acquisition strategy {name!r} is registered twice")
+        STRATEGIES[name] = fn
+        return fn
+
+    return register
+
+
+def get_strategy(name: str) -> Callable[..., float]:
+    """The registered strategy `name`; an unknown name is a one-line ModelError listing the known ones."""
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise ModelError(f"unknown acquisition strategy {name!r}; choose one of: {', '.join(sorted(STRATEGIES))}") from None
 
 
 def step_stats(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,8 +101,8 @@ def acquisition(strategy: str, probs: torch.Tensor, *, p_threshold: float = P_TH
     """Acquisition score of one trajectory under a registered strategy (higher = label first)."""
     if probs.shape[-1] == 0:
         return math.inf  # unscored: nothing is known, ask first
-    return float(STRATEGIES.get(strategy)(probs, p_threshold=p_threshold, std_threshold=std_threshold,
-                                          generator=generator))
+    return float(get_strategy(strategy)(probs, p_threshold=p_threshold, std_threshold=std_threshold,
+                                         generator=generator))
 
 
 def power_order(scores: list[float], generator: torch.Generator, beta: float = 1.0) -> list[int]:
@@ -95,7 +118,7 @@ def power_order(scores: list[float], generator: torch.Generator, beta: float = 1
     return sorted(range(len(s)), key=lambda i: (-float(keys[i]), i))
 
 
-@STRATEGIES.register("actprm")
+@strategy("actprm")
 def actprm_score(probs, *, p_threshold, std_threshold, generator=None) -> float:
     """max over decisive steps of (gap + 2 sigma) / 2, in [0, 1].
 
@@ -110,7 +133,7 @@ def actprm_score(probs, *, p_threshold, std_threshold, generator=None) -> float:
     return float(((gap.clamp(max=1) + 2 * sigma) / 2)[:k].max())
 
 
-@STRATEGIES.register("random")
+@strategy("random")
 def random_score(probs, *, p_threshold, std_threshold, generator=None) -> float:
     """Uniform random ranking (the paper's random-selection baseline)."""
     return float(torch.rand((), generator=generator))
@@ -121,14 +144,14 @@ def _binary_entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * p.log() + (1 - p) * (1 - p).log())
 
 
-@STRATEGIES.register("entropy")
+@strategy("entropy")
 def entropy_score(probs, *, p_threshold, std_threshold, generator=None) -> float:
     """Predictive entropy H[mu] (nats), max over decisive steps."""
     mu, _ = step_stats(probs)
     return float(_binary_entropy(mu)[: decisive_steps(mu)].max())
 
 
-@STRATEGIES.register("bald")
+@strategy("bald")
 def bald_score(probs, *, p_threshold, std_threshold, generator=None) -> float:
     """BALD mutual information H[mean_e p] - mean_e H[p_e] (Houlsby et al., 2011), max over decisive steps."""
     probs = probs.double()

@@ -105,8 +105,8 @@ def study_flow(pool: str | None = None, study_preset: str = "quick", config: dic
         strategies: A subset of actprm, random, entropy, bald (default: all four), and the diagnostic
             "oracle" (buys what the heads get most wrong by the gold labels; only when named).
     """
+    from flows import prefect_tasks
     from flows.ingest_pool import ingest_pool
-    from tasks import pipeline
 
     started = time.perf_counter()  # the wall time recorded in the outputs: pool creation and backbone pass included
     preset = study.customize(study.study_preset(study_preset), preset_overrides)
@@ -120,7 +120,7 @@ def study_flow(pool: str | None = None, study_preset: str = "quick", config: dic
     preset = dataclasses.replace(preset, model_preset=settings.model.preset,
                                  seeds=tuple(seeds) if seeds else preset.seeds,
                                  head_threads=head_threads or preset.head_threads)
-    sample = pipeline.sample_pool_task(settings, pool)
+    sample = prefect_tasks.sample_pool_task(settings, pool)
     if sample is not None:  # the default pool, created on first use (its size: synth.n)
         ingest_pool(paths=[sample], pool=pool, home=str(settings.home))
     data = load_pool_task(str(settings.duckdb_path), pool, settings.loop.eval_fraction, settings.train.seed)

@@ -13,6 +13,7 @@ import logging
 import math
 import re
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -339,7 +340,7 @@ def _score_records(kind: str, records: list[dict], model, tokenizer, batch_size:
 def _truncation(scores: list[list[float]], truncated: list[int], max_length: int, allow: bool) -> dict:
     """The count of steps left unscored, refused (one-line error) unless allowed: a benchmark metric computed on
     fewer than all steps is not the benchmark's metric."""
-    from tasks.predict import check_truncation, truncation_report
+    from tasks.score import check_truncation, truncation_report
 
     report = truncation_report([{"step_scores": s, "truncated_steps": t} for s, t in zip(scores, truncated)],
                                max_length)
@@ -354,8 +355,8 @@ def evaluate_model(model_dir_or_uri: str | Path, data_path: str | Path, *, batch
 
     `max_length` None scores at the backbone's whole context; steps that still do not fit are counted
     (`truncated_steps`) and refused unless `allow_truncation`."""
-    from tasks.predict import inference_max_length
-    from tasks.register import load_model
+    from tasks.model_source import load_model
+    from tasks.score import inference_max_length
 
     kind, records, notes = read_eval_set(data_path)
     dev_records = None if dev_data_path is None else _read_dev(dev_data_path, kind, records)  # before the model loads
@@ -431,8 +432,8 @@ def evaluate_pool(duckdb_path: str | Path, pool: str, model_dir_or_uri: str | Pa
     `allow_truncation=False` any such step is an error. The loop allows them (its gate compares F1s measured
     alike) and logs the count."""
     from actprm.store import Store
-    from tasks.predict import inference_max_length
-    from tasks.register import load_model
+    from tasks.model_source import load_model
+    from tasks.score import inference_max_length
 
     model, tokenizer, version = load_model(model_dir_or_uri, device=_device())
     max_length = inference_max_length(model, max_length)
@@ -465,13 +466,27 @@ def _log_evaluation(run_id: str | None, result: dict, tracking_uri: str | None =
     client.log_dict(run_id, result, "evaluation.json")
 
 
-def evaluate_round(settings, pool: str, model_dir: str, run_id: str | None = None) -> dict:
+@dataclass
+class Evaluation:
+    """A trained model's F1 on its pool's held-out split: what the promotion gate compares (tasks/register.py)."""
+    f1: float
+    pool: str | None = None
+    split: str = "eval"
+    eval_set: str | None = None  # names the trajectories measured on: F1s are compared only on the same set
+    result: dict[str, Any] = field(default_factory=dict)  # everything evaluate_pool measured (evaluation.json)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.result, "f1": self.f1}
+
+
+def evaluate_round(settings, pool: str, model_dir: str, run_id: str | None = None) -> Evaluation:
     """Loop stage: ProcessBench-style F1 of a freshly trained model on the pool's held-out split."""
     result = evaluate_pool(settings.duckdb_path, pool, model_dir, batch_size=settings.uncertainty.batch_size,
                            max_length=settings.model.max_length)
     _log_evaluation(run_id, result, settings.tracking_uri)
     stage_logger().info("evaluate %s: F1 %.4f on %s (n=%d)", pool, result["f1"], result["eval_set"], result["n"])
-    return result
+    return Evaluation(f1=result["f1"], pool=result["pool"], split=result["split"], eval_set=result["eval_set"],
+                      result=result)
 
 
 def evaluate_request(settings, *, model: str | None = None, data: str | None = None,

@@ -111,7 +111,7 @@ def model_card(info: dict[str, Any], config, backbone_config: dict, folder_name:
 def export_model(model: str | None, out: str | Path, *, model_name: str, overwrite: bool = False) -> dict:
     """`actprm export`: write the self-contained folder for a folder, URI or alias; returns what was written."""
     from models.hf_export import export_hf
-    from tasks.register import load_model
+    from tasks.model_source import load_model
 
     reference = model_reference(model, model_name)
     info = describe_model(reference)

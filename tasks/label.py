@@ -441,7 +441,7 @@ def log_labeling_to_mlflow(summary: LabelSummary, sample_rows: list[dict] | None
 
 
 def label_round(settings, pool: str, ids: list[str] | None, run_id: str | None = None, *, round: int | None = None,
-                select: str = "uncertain") -> dict:
+                select: str = "uncertain") -> LabelSummary:
     """Loop stage: buy labels for `ids` (or the pool's trajectories picked by `select`) under the
     configured judge and budget, logging what was bought to the round's MLflow run."""
     from actprm.judges import build_judge, judge_kwargs_from_settings
@@ -464,4 +464,4 @@ def label_round(settings, pool: str, ids: list[str] | None, run_id: str | None =
     stage_logger().info("label %s: %d labels bought from %s, %d from the cache, %d failed, cost %.4f (%s)", pool,
                         summary.labeled, summary.judge_model, summary.cached, summary.failed, summary.cost,
                         summary.stopped_because)
-    return summary.as_dict()
+    return summary

@@ -1,7 +1,9 @@
-"""Bookkeeping shared by the flows: the built-in sample pool, MLflow runs, round records, summaries.
+"""Bookkeeping shared by the flows: the built-in sample pool, MLflow runs, the loop's durable state, round records,
+stopping rules, summaries.
 
-Not a stage of its own: these tasks make a flow run observable (MLflow runs tagged with the
-Prefect flow-run id, markdown/table artifacts) and set up the embedded defaults.
+Not a stage of its own: these plain functions make a flow run observable (MLflow runs tagged with the Prefect
+flow-run id, markdown/table artifacts), continue a killed loop and set up the embedded defaults. Their Prefect
+tasks are in flows/prefect_tasks.py.
 """
 
 from __future__ import annotations
@@ -12,36 +14,25 @@ import os
 import socket
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlflow.tracking import MlflowClient
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from actprm.config import Settings
-from actprm.runlog import stage_logger
+from actprm.judges import judge_identity
+from actprm.runlog import ProgressArtifact, stage_logger
 from actprm.store import Store
 from actprm.tracking import configure_mlflow, flatten_params, prefect_flow_run_id
 
-
-def judge_identity(settings: Settings) -> tuple[str, str]:
-    """The (judge model, prompt version) labels are bought and cached under: selection skips what it has
-    labeled, and training learns from its labels only.
-
-    A served judge (openai, vllm) is named by the settings, so it is not built here: building the vllm judge
-    loads the model onto the GPU. A programmatic judge has no served model: it is built (cheaply) for its name.
-    """
-    from actprm.judges import build_judge, judge_kwargs_from_settings
-
-    kwargs = judge_kwargs_from_settings(settings)
-    from actprm.judges.prompt import resolve_version
-
-    model = kwargs.get("model") or build_judge(settings.judge.backend, **kwargs).model
-    return model, resolve_version(settings.judge.prompt_version)  # "processbench" is stored as its current version
+if TYPE_CHECKING:
+    from tasks.evaluate import Evaluation
+    from tasks.label import LabelSummary
+    from tasks.register import Registration
+    from tasks.score import ScoreSummary
+    from tasks.train import TrainResult
 
 
-@task(name="sample-pool", cache_policy=NO_CACHE)
-def sample_pool_task(settings: Settings, pool: str) -> str | None:
+def sample_pool(settings: Settings, pool: str) -> str | None:
     """The embedded default: the built-in sample pool's file, written on first use (None when the
     pool is already ingested). Any other unknown pool, or one whose ingest did not finish, is a clear error;
     the default pool is then ingested again (its file is the same, so nothing is added twice)."""
@@ -60,13 +51,12 @@ def sample_pool_task(settings: Settings, pool: str) -> str | None:
     return str(path)
 
 
-@task(name="open-mlflow-run", cache_policy=NO_CACHE)
-def open_run_task(settings: Settings, name: str, tags: dict[str, Any], parent: str | None = None) -> str:
+def open_run(settings: Settings, name: str, tags: dict[str, Any], parent: str | None = None) -> str:
     """Create an MLflow run (nested under `parent`) tagged `actprm.<tag>` and with the Prefect flow-run id; returns
     its id.
 
     Runs are created by id rather than kept active in the flow, so that each task logs into the right run wherever
-    Prefect executes it. Every invocation opens runs of its own: a rerun that continues a loop (`open_loop_task`)
+    Prefect executes it. Every invocation opens runs of its own: a rerun that continues a loop (`open_loop`)
     first ends the killed invocation's runs FAILED, and finds what they did through the loop's durable state.
     """
     experiment_id = configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
@@ -133,8 +123,7 @@ def _running_elsewhere(owner: str | None) -> int | None:
     return int(pid)
 
 
-@task(name="open-loop", cache_policy=NO_CACHE)
-def open_loop_task(settings: Settings, pool: str, fresh: bool = False) -> dict[str, Any]:
+def open_loop(settings: Settings, pool: str, fresh: bool = False) -> dict[str, Any]:
     """The loop this run works on: the pool's unfinished loop of the same settings (`loop_shaping`), continued, or
     a new one (always with `fresh`, which abandons the unfinished one). Returns {loop_id, resumed, start_model_dir,
     start_model_version, abandoned, failed_runs}.
@@ -184,7 +173,7 @@ def open_loop_task(settings: Settings, pool: str, fresh: bool = False) -> dict[s
 
 def fail_unfinished_runs(settings: Settings, loop_ids: list[str]) -> int:
     """End FAILED every MLflow run of these loops still RUNNING: left by a killed or failed invocation (a loop has
-    one invocation at a time, `open_loop_task`). Returns how many."""
+    one invocation at a time, `open_loop`). Returns how many."""
     experiment_id = configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
     client = MlflowClient(settings.tracking_uri)
     ended = 0
@@ -196,12 +185,11 @@ def fail_unfinished_runs(settings: Settings, loop_ids: list[str]) -> int:
     return ended
 
 
-@task(name="loop-start", cache_policy=NO_CACHE)
-def loop_start_task(settings: Settings, loop: dict[str, Any]) -> tuple[str, str]:
+def loop_start(settings: Settings, loop: dict[str, Any]) -> tuple[str, str]:
     """(folder, model-version key) round 1 of the loop starts from: fixed the first time (the champion, else a fresh
     model), so a continued loop does not start from a champion its own killed round 1 registered."""
     from actprm.errors import ActPRMError
-    from tasks.register import starting_model
+    from tasks.model_source import starting_model
 
     folder, version = loop["start_model_dir"], loop["start_model_version"]
     if folder is None:
@@ -216,13 +204,12 @@ def loop_start_task(settings: Settings, loop: dict[str, Any]) -> tuple[str, str]
     return folder, version
 
 
-@task(name="registered-round", cache_policy=NO_CACHE)
-def registered_round_task(settings: Settings, loop_id: str, pool: str, k: int) -> dict[str, Any] | None:
+def registered_round(settings: Settings, loop_id: str, pool: str, k: int) -> TrainResult | None:
     """Round k's model when an earlier invocation of the loop registered it (and died before recording the round),
-    shaped like train_stage's result with the MLflow run that registered it; None when none did. Such a round is
-    not trained or registered again: it is evaluated and gated again on the version it has."""
-    from tasks.register import resolve_model_dir
-    from tasks.train import MODEL_DIR, RESULT_FILE, round_dir
+    as train_round's result with the MLflow run that registered it; None when none did. Such a round is not
+    trained or registered again: it is evaluated and gated again on the version it has."""
+    from tasks.model_source import resolve_model_dir
+    from tasks.train import MODEL_DIR, RESULT_FILE, TrainResult, round_dir
 
     experiment_id = configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
     client = MlflowClient(settings.tracking_uri)
@@ -239,39 +226,37 @@ def registered_round_task(settings: Settings, loop_id: str, pool: str, k: int) -
         if not (folder / "prm_config.json").is_file():
             folder, _ = resolve_model_dir(f"models:/{name}/{version}")
         result = json.loads((out / RESULT_FILE).read_text()) if (out / RESULT_FILE).is_file() else {}
-        return {"model_dir": str(folder), "skipped": False, "registered_version": version,
-                "train_trajectories": result.get("train_trajectories"), "steps": result.get("steps"),
-                "mlflow_run_id": run.info.run_id}
+        return TrainResult(str(folder), result.get("train_trajectories"), result.get("steps"),
+                           mlflow_run_id=run.info.run_id)
     return None
 
 
-@task(name="close-mlflow-run", cache_policy=NO_CACHE)
-def close_run_task(settings: Settings, run_id: str, status: str = "FINISHED") -> None:
+def close_run(settings: Settings, run_id: str, status: str = "FINISHED") -> None:
     MlflowClient(settings.tracking_uri).set_terminated(run_id, status)
 
 
-def round_record(k: int, scored: dict, labeled: dict, trained: dict, evaluation: dict | None,
-                 registered: dict | None) -> dict[str, Any]:
+def round_record(k: int, scored: ScoreSummary, labeled: LabelSummary, trained: TrainResult,
+                 evaluation: Evaluation | None, registered: Registration | None) -> dict[str, Any]:
+    """What the loop's history, its `rounds` rows and its summary keep of a round."""
     return {
         "round": k,
-        "scored": scored.get("scored", 0) + scored.get("skipped_already_scored", 0),
-        "uncertain": scored.get("uncertain"),
+        "scored": scored.scored + scored.skipped_already_scored,
+        "uncertain": scored.uncertain,
         # The round's selection as labeled by the judge, whenever bought: a continued loop finds what the killed
         # invocation bought for it in the label cache (selection leaves out what was labeled before it).
-        "labels_bought": labeled.get("labeled", 0) + labeled.get("cached", 0),
-        "label_failed": labeled.get("failed", 0),
-        "judge_tokens": labeled.get("tokens", 0),
-        "judge_cost": labeled.get("cost", 0.0),
-        "train_trajectories": trained.get("train_trajectories", 0),
-        "f1": None if evaluation is None else evaluation["f1"],
-        "model_version": None if registered is None else registered["version"],
-        "promoted": None if registered is None else registered["decision"] == "promoted",
-        "mlflow_run_id": trained.get("mlflow_run_id"),
+        "labels_bought": labeled.labeled + labeled.cached,
+        "label_failed": labeled.failed,
+        "judge_tokens": labeled.tokens,
+        "judge_cost": labeled.cost,
+        "train_trajectories": trained.train_trajectories,
+        "f1": None if evaluation is None else evaluation.f1,
+        "model_version": None if registered is None else registered.version,
+        "promoted": None if registered is None else registered.decision == "promoted",
+        "mlflow_run_id": trained.mlflow_run_id,
     }
 
 
-@task(name="finished-rounds", cache_policy=NO_CACHE)
-def finished_rounds_task(settings: Settings, loop_id: str,
+def finished_rounds(settings: Settings, loop_id: str,
                          pool: str) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
     """The rounds earlier invocations of this loop finished, as `round_record`s, first round first, and the model
     the next round starts from: (folder, model-version key) of the version the last of them registered, None for a
@@ -280,7 +265,7 @@ def finished_rounds_task(settings: Settings, loop_id: str,
     Only the leading run of rounds 1, 2, ... counts. The folder is the one that round trained into when this
     host still has it (so the next round is the one the first attempt started), else the registry's copy.
     """
-    from tasks.register import model_version_key, resolve_model_dir
+    from tasks.model_source import model_version_key, resolve_model_dir
     from tasks.train import MODEL_DIR, round_dir
 
     with Store(settings.duckdb_path) as store:
@@ -328,10 +313,11 @@ def plateaued(history: list[dict[str, Any]], plateau_rounds: int) -> bool:
 FINAL_STOPS = ("budget", "plateau", "nothing_uncertain")
 
 
-def stop_after_round(history: list[dict[str, Any]], labeled: dict, selected: list, plateau_rounds: int) -> str | None:
+def stop_after_round(history: list[dict[str, Any]], labeled: LabelSummary, selected: list,
+                     plateau_rounds: int) -> str | None:
     """Why the loop stops after the last round of `history` (None: it goes on)."""
-    if labeled["stopped_because"] in ("budget", "circuit_open"):
-        return labeled["stopped_because"]
+    if labeled.stopped_because in ("budget", "circuit_open"):
+        return labeled.stopped_because
     if plateaued(history, plateau_rounds):
         return "plateau"
     return None if selected else "nothing_uncertain"
@@ -347,8 +333,7 @@ def stopped_before(history: list[dict[str, Any]], plateau_rounds: int) -> str | 
     return "plateau" if plateaued(history, plateau_rounds) else None
 
 
-@task(name="record-round", cache_policy=NO_CACHE)
-def record_round_task(settings: Settings, loop_id: str, parent: str, pool: str, record: dict, run_id: str,
+def record_round(settings: Settings, loop_id: str, parent: str, pool: str, record: dict, run_id: str,
                       total_rounds: int | None = None) -> None:
     with Store(settings.duckdb_path) as store:
         store.record_round(loop_id, record["round"], pool, labels_bought=record["labels_bought"],
@@ -364,8 +349,7 @@ def record_round_task(settings: Settings, loop_id: str, parent: str, pool: str, 
         ProgressArtifact(f"rounds-{pool}", f"Active-learning rounds on {pool}").update(record["round"], total_rounds)
 
 
-@task(name="finish", cache_policy=NO_CACHE)
-def finish_task(settings: Settings, loop_id: str | None, parent: str, pool: str, history: list[dict],
+def finish(settings: Settings, loop_id: str | None, parent: str, pool: str, history: list[dict],
                 stopped_because: str) -> dict:
     """Close the loop (None: a flow without one) and the flow's MLflow run, and post a markdown summary + table
     artifact to Prefect."""
@@ -433,26 +417,6 @@ def human_summary(s: dict) -> str:
         "  status:     .venv/bin/actprm status",
     ]
     return "\n".join(lines)
-
-
-class ProgressArtifact:
-    """A Prefect progress artifact (0-100%) updated as work advances; a no-op outside a flow run."""
-
-    def __init__(self, key: str, description: str):
-        self.artifact_id = None
-        if prefect_flow_run_id() is None:
-            return
-        from prefect.artifacts import create_progress_artifact
-
-        key = "".join(c if c.isalnum() else "-" for c in key.lower())  # artifact keys: lowercase, dashes
-        self.artifact_id = create_progress_artifact(progress=0.0, key=key, description=description)
-
-    def update(self, done: int, total: int) -> None:
-        if self.artifact_id is None:
-            return
-        from prefect.artifacts import update_progress_artifact
-
-        update_progress_artifact(self.artifact_id, progress=100.0 * done / max(total, 1))
 
 
 def mlflow_run_link(settings: Settings, run_id: str) -> str | None:

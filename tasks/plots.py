@@ -17,9 +17,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from actprm.config import Settings
 from actprm.runlog import stage_logger
 from actprm.store import Store
@@ -139,8 +136,8 @@ def log_run_plots(settings: Settings, loop_id: str, parent: str, pool: str) -> d
     return logged
 
 
-@task(name="run-plots", cache_policy=NO_CACHE)
-def run_plots_task(settings: Settings, loop_id: str, parent: str, pool: str) -> dict[str, Any]:
+def run_plots(settings: Settings, loop_id: str, parent: str, pool: str) -> dict[str, Any]:
+    """log_run_plots that never fails the loop: a plot is a report on rounds, labels and models already safe."""
     try:
         return log_run_plots(settings, loop_id, parent, pool)
     except Exception as exc:  # a report: the rounds, labels and models it reports on are already safe

@@ -12,23 +12,15 @@ cut), and a step that still does not fit is counted (`truncated_steps` per traje
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from actprm.errors import ActPRMError
-
-log = logging.getLogger("actprm.predict")
-
-
-class TruncationError(ActPRMError):
-    """Steps lay past the token budget and were left unscored."""
-
+from tasks.score import check_truncation, inference_max_length, score_steps, truncation_report
 
 # Best-of-N aggregations of a candidate's step scores (higher = better solution).
 AGGREGATES: dict[str, Callable[[list[float]], float]] = {
@@ -80,59 +72,12 @@ def read_trajectories(paths: list[str] | str, format: str | None = None, *, limi
     return trajectories, rejected, fmt.name, len(lines)
 
 
-# -- scoring --------------------------------------------------------------------------------------
-def inference_max_length(model, max_length: int | None = None) -> int:
-    """The token budget for scoring: `max_length` if given, else the backbone's whole context."""
-    if max_length:
-        return int(max_length)
-    context = getattr(model.backbone.config, "max_position_embeddings", None)
-    return int(context) if context else 512
-
-
-def score_steps(model, tokenizer, trajectories: list[dict], *, batch_size: int = 32, max_length: int | None = None,
-                progress: bool = False, desc: str = "predict") -> list[dict]:
-    """Per trajectory ({question, steps}): step_scores (mean over heads of P(step correct)), step_std (the heads'
-    unbiased std), uncertain (the ActPRM rule) and truncated_steps (steps past the budget, unscored)."""
-    from tqdm import tqdm
-
-    from models import StepBatcher, check_compatible
-    from tasks.score import score_trajectories
-
-    check_compatible(model, tokenizer)
-    batcher = StepBatcher(tokenizer, max_length=inference_max_length(model, max_length))
-    model.eval()
-    with tqdm(total=len(trajectories), unit="traj", desc=desc, file=sys.stderr, disable=not progress,
-              dynamic_ncols=True) as bar:
-        rows, _, _ = score_trajectories(model, batcher, [{"id": str(i), "question": t["question"], "steps": t["steps"]}
-                                                         for i, t in enumerate(trajectories)],
-                                        "predict", batch_size=batch_size, on_batch=bar.update)
-    return [{"step_scores": r["mu"], "step_std": r["sigma"], "uncertain": r["uncertain"],
-             "truncated_steps": r["truncated_steps"]} for r in rows]
-
-
-def truncation_report(scores: list[dict], max_length: int) -> dict:
-    cut = [s["truncated_steps"] for s in scores]
-    return {"truncated_steps": sum(cut), "truncated_trajectories": sum(1 for c in cut if c),
-            "total_steps": sum(len(s["step_scores"]) for s in scores) + sum(cut), "max_length": max_length}
-
-
-def check_truncation(report: dict, allow: bool, what: str) -> None:
-    """Log any cut loudly; refuse it unless allowed."""
-    if not report["truncated_steps"]:
-        return
-    message = (f"{report['truncated_steps']} of {report['total_steps']} steps ({report['truncated_trajectories']} "
-               f"trajectories) lie past max_length={report['max_length']} tokens and were left unscored")
-    log.warning("%s: %s", what, message)
-    if not allow:
-        raise TruncationError(f"{what}: {message}; pass --allow-truncation to accept that, or a larger --max-length")
-
-
 # -- the commands ------------------------------------------------------------------------------------
 def _load(model: str | None, model_name: str):
     import torch
 
     from tasks.export import model_reference
-    from tasks.register import load_model
+    from tasks.model_source import load_model
 
     reference = model_reference(model, model_name)
     device = "cuda" if torch.cuda.is_available() else None

@@ -26,16 +26,14 @@ from pathlib import Path
 
 import pyarrow as pa
 import torch
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
 from actprm.config import Settings
 from actprm.errors import ActPRMError
-from actprm.runlog import stage_logger
+from actprm.runlog import ProgressArtifact, stage_logger
 from actprm.store import Store
 from models import EnsemblePRM, StepBatcher, check_compatible
-from models.uncertainty import STRATEGIES, acquisition, predicted_first_error, step_stats, trajectory_uncertain
+from models.uncertainty import acquisition, get_strategy, predicted_first_error, step_stats, trajectory_uncertain
 
 SCORE_SCHEMA = pa.schema([
     ("trajectory_id", pa.string()), ("model_version", pa.string()),
@@ -81,7 +79,7 @@ def score_pool(store: Store | None, pool: str, model: EnsemblePRM, tokenizer, mo
     """Score every trajectory of `pool` this model version has not scored yet (see module doc).
 
     `max_shards` stops after that many shards (a partial, resumable run)."""
-    STRATEGIES.get(strategy)  # unknown strategy -> ActPRMError before any work
+    get_strategy(strategy)  # unknown strategy -> ModelError before any work
     check_compatible(model, tokenizer)
     if batch_size < 1 or shard_size < 1:
         raise ActPRMError(f"batch_size and shard_size must be >= 1 (got {batch_size}, {shard_size})")
@@ -257,16 +255,13 @@ def log_scoring_to_mlflow(summary: ScoreSummary, mu_sigma_arrays, out_dir: str |
     return png
 
 
-@task(name="score", cache_policy=NO_CACHE, tags=["duckdb"])
 def score_stage(settings: Settings, pool: str, model_dir: str | Path, model_version: str,
-                run_id: str | None = None, split: str | None = None) -> dict:
+                run_id: str | None = None, split: str | None = None) -> ScoreSummary:
     """Flow stage: load the saved PRM, score the pool with the configured uncertainty settings, log
-    metrics and the mu/sigma histogram to MLflow run `run_id`; returns ScoreSummary.as_dict()."""
+    metrics and the mu/sigma histogram to MLflow run `run_id`."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer = EnsemblePRM.from_pretrained(model_dir, with_tokenizer=True, device=device)
     u = settings.uncertainty
-    from tasks.pipeline import ProgressArtifact
-
     progress = ProgressArtifact(f"score-{pool}", f"Scoring pool {pool} with {model_version}")
     with Store(settings.duckdb_path) as store:
         summary = score_pool(store, pool, model, tokenizer, str(model_version), strategy=u.strategy,
@@ -277,18 +272,17 @@ def score_stage(settings: Settings, pool: str, model_dir: str | Path, model_vers
     if run_id:
         log_scoring_to_mlflow(summary, arrays, settings.reports_dir / "scoring" / str(model_version),
                               run_id=run_id, tracking_uri=settings.tracking_uri)
-    d = summary.as_dict()
     stage_logger().info("score %s with %s: %d trajectories scored now (%d already), %d uncertain (%.1f%%)", pool,
-                        model_version, d["scored"], d["skipped_already_scored"], d["uncertain"],
-                        100 * (d.get("uncertain_fraction") or 0.0))
-    return d
+                        model_version, summary.scored, summary.skipped_already_scored, summary.uncertain,
+                        100 * summary.uncertain_fraction)
+    return summary
 
 
 def score_pool_sharded(store: Store, pool: str, model_version: str, submit: Callable[[list[dict]], object], *,
                        shard_size: int, in_flight: int, strategy: str = "actprm", split: str | None = None,
                        on_shard: Callable[[int, int], None] | None = None) -> ScoreSummary:
     """Score the pool's unscored trajectories shard by shard somewhere else (`submit(trajectories)` returns a
-    future whose `.result()` is the shard's rows, e.g. `score_shard_task.submit` on a Dask task runner), and
+    future whose `.result()` is the shard's rows, e.g. the `score-shard` task's `.submit` on a Dask task runner, flows/scoring.py), and
     write each shard here as it comes back: DuckDB has one writer process, this one. At most `in_flight`
     shards are out at once, so memory stays bounded on a big pool; resume works as in `score_pool`."""
     store.require_pool(pool)
@@ -317,11 +311,12 @@ def score_pool_sharded(store: Store, pool: str, model_version: str, submit: Call
 
 
 def sharded_score_stage(settings: Settings, pool: str, model_dir: str | Path, model_version: str,
-                        run_id: str | None = None, split: str | None = None) -> dict:
-    """Flow stage run inside a flow whose task runner spreads `score_shard_task` (flows/scoring.py): the
-    same result and MLflow logging as `score_stage`, the model loaded once per worker process."""
-    from tasks.pipeline import ProgressArtifact
-
+                        submit_shard: Callable[..., object], run_id: str | None = None,
+                        split: str | None = None) -> ScoreSummary:
+    """Flow stage that sends each shard to `submit_shard(model_dir, trajectories, model_version, **options)`, a
+    future of `score_shard`'s rows (flows/scoring.py passes its `score-shard` task's submit, which the flow's Dask
+    task runner spreads over the workers): the same result and MLflow logging as `score_stage`, the model loaded
+    once per worker process."""
     u = settings.uncertainty
     options = dict(strategy=u.strategy, p_threshold=u.p_threshold, std_threshold=u.std_threshold,
                    batch_size=u.batch_size, max_length=settings.model.max_length)
@@ -329,17 +324,16 @@ def sharded_score_stage(settings: Settings, pool: str, model_dir: str | Path, mo
     with Store(settings.duckdb_path) as store:
         summary = score_pool_sharded(
             store, pool, str(model_version),
-            lambda shard: score_shard_task.submit(str(model_dir), shard, str(model_version), **options),
+            lambda shard: submit_shard(str(model_dir), shard, str(model_version), **options),
             shard_size=u.shard_size, in_flight=u.dask_shards_in_flight, strategy=u.strategy, split=split,
             on_shard=progress.update)
         arrays = store.score_distributions(pool, str(model_version)) if run_id else None
     if run_id:
         log_scoring_to_mlflow(summary, arrays, settings.reports_dir / "scoring" / str(model_version),
                               run_id=run_id, tracking_uri=settings.tracking_uri)
-    return summary.as_dict()
+    return summary
 
 
-@task(name="export-scores", cache_policy=NO_CACHE, tags=["duckdb"])
 def export_stage(settings: Settings, pool: str, model_version: str, path: str | Path) -> dict:
     """Flow stage: write the pool's scores under `model_version` to Parquet; returns {path, rows}."""
     with Store(settings.duckdb_path) as store:
@@ -350,8 +344,7 @@ def export_stage(settings: Settings, pool: str, model_version: str, path: str | 
 _LOADED: dict[str, tuple[EnsemblePRM, object]] = {}
 
 
-@task(name="score-shard", cache_policy=NO_CACHE)
-def score_shard_task(model_dir: str, trajectories: list[dict], model_version: str, *, strategy: str = "actprm",
+def score_shard(model_dir: str, trajectories: list[dict], model_version: str, *, strategy: str = "actprm",
                      p_threshold: float = 0.95, std_threshold: float = 0.005, batch_size: int = 32,
                      max_length: int = 512) -> list[dict]:
     """Score one shard anywhere (e.g. a Dask worker); touches no DuckDB. The caller writes the rows with
@@ -367,11 +360,50 @@ def score_shard_task(model_dir: str, trajectories: list[dict], model_version: st
     return rows
 
 
-@task(name="score-pool", cache_policy=NO_CACHE, tags=["duckdb"])
-def score_pool_task(duckdb_path: str, pool: str, model_dir: str, model_version: str, **kwargs) -> dict:
-    """Prefect wrapper: open the store, load the saved model, score the pool, return the summary dict.
-    Retrying is safe (it resumes), but a failure here is usually not transient, so no retries by default."""
-    model, tokenizer = EnsemblePRM.from_pretrained(model_dir, with_tokenizer=True,
-                                                   device="cuda" if torch.cuda.is_available() else "cpu")
-    with Store(duckdb_path) as store:
-        return score_pool(store, pool, model, tokenizer, model_version, **kwargs).as_dict()
+class TruncationError(ActPRMError):
+    """Steps lay past the token budget and were left unscored."""
+
+
+# -- scoring trajectories without a store: predict, rerank, evaluate, the served pyfunc ----------------------
+def inference_max_length(model, max_length: int | None = None) -> int:
+    """The token budget for scoring: `max_length` if given, else the backbone's whole context."""
+    if max_length:
+        return int(max_length)
+    context = getattr(model.backbone.config, "max_position_embeddings", None)
+    return int(context) if context else 512
+
+
+def score_steps(model, tokenizer, trajectories: list[dict], *, batch_size: int = 32, max_length: int | None = None,
+                progress: bool = False, desc: str = "predict") -> list[dict]:
+    """Per trajectory ({question, steps}): step_scores (mean over heads of P(step correct)), step_std (the heads'
+    unbiased std), uncertain (the ActPRM rule) and truncated_steps (steps past the budget, unscored)."""
+    from tqdm import tqdm
+
+
+    check_compatible(model, tokenizer)
+    batcher = StepBatcher(tokenizer, max_length=inference_max_length(model, max_length))
+    model.eval()
+    with tqdm(total=len(trajectories), unit="traj", desc=desc, file=sys.stderr, disable=not progress,
+              dynamic_ncols=True) as bar:
+        rows, _, _ = score_trajectories(model, batcher, [{"id": str(i), "question": t["question"], "steps": t["steps"]}
+                                                         for i, t in enumerate(trajectories)],
+                                        "predict", batch_size=batch_size, on_batch=bar.update)
+    return [{"step_scores": r["mu"], "step_std": r["sigma"], "uncertain": r["uncertain"],
+             "truncated_steps": r["truncated_steps"]} for r in rows]
+
+
+def truncation_report(scores: list[dict], max_length: int) -> dict:
+    cut = [s["truncated_steps"] for s in scores]
+    return {"truncated_steps": sum(cut), "truncated_trajectories": sum(1 for c in cut if c),
+            "total_steps": sum(len(s["step_scores"]) for s in scores) + sum(cut), "max_length": max_length}
+
+
+def check_truncation(report: dict, allow: bool, what: str) -> None:
+    """Log any cut loudly; refuse it unless allowed."""
+    if not report["truncated_steps"]:
+        return
+    message = (f"{report['truncated_steps']} of {report['total_steps']} steps ({report['truncated_trajectories']} "
+               f"trajectories) lie past max_length={report['max_length']} tokens and were left unscored")
+    stage_logger().warning("%s: %s", what, message)
+    if not allow:
+        raise TruncationError(f"{what}: {message}; pass --allow-truncation to accept that, or a larger --max-length")

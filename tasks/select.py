@@ -10,10 +10,8 @@ comparisons.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
-from prefect import task
-
+from actprm.judges import judge_identity
 from actprm.runlog import stage_logger
 from actprm.store import Store
 
@@ -56,14 +54,14 @@ def prepare_eval_split(store: Store, pool: str, fraction: float, seed: int) -> d
     return counts
 
 
-@task(name="select", tags=["duckdb"])
-def select_task(db_path: str, pool: str, model_version: str, budget: int, strategy: str,
-                judge_model: str, prompt_version: str, run_id: str | None = None,
-                round: int | None = None) -> list[str]:
-    """The round's selection. With `run_id` and `round` it is kept, and a retry of the round gets it back: selecting
-    anew would skip what the first attempt already bought and buy a second batch."""
+def select_stage(settings, pool: str, model_version: str, budget: int, strategy: str, *, run_id: str | None = None,
+                 round: int | None = None) -> list[str]:
+    """The round's selection, leaving out what the configured judge and prompt labeled before. With `run_id` (the
+    loop's) and `round` it is kept, and a retry of the round gets it back: selecting anew would skip what the first
+    attempt already bought and buy a second batch."""
+    judge_model, prompt_version = judge_identity(settings)
     keyed = run_id is not None and round is not None
-    with Store(Path(db_path)) as store:
+    with Store(settings.duckdb_path) as store:
         kept = store.round_selection(run_id, round) if keyed else None
         if kept is not None:
             stage_logger().info("select %s: %d trajectories, the selection an earlier attempt of round %s kept",
@@ -78,7 +76,7 @@ def select_task(db_path: str, pool: str, model_version: str, budget: int, strate
         return selected
 
 
-@task(name="prepare-eval-split", tags=["duckdb"])
-def prepare_eval_split_task(db_path: str, pool: str, fraction: float, seed: int) -> dict[str, int]:
-    with Store(Path(db_path)) as store:
-        return prepare_eval_split(store, pool, fraction, seed)
+def eval_split_stage(settings, pool: str) -> dict[str, int]:
+    """Hold out `loop.eval_fraction` of the pool for evaluation, once (seeded by `train.seed`); the split's counts."""
+    with Store(settings.duckdb_path) as store:
+        return prepare_eval_split(store, pool, settings.loop.eval_fraction, settings.train.seed)

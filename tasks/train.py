@@ -38,7 +38,7 @@ import shutil
 import sys
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -47,6 +47,7 @@ import torch
 from actprm.config import TrainConfig
 from actprm.errors import ActPRMError
 from actprm.runlog import stage_logger
+from models.errors import ModelError
 from tasks.train_state import CHECKPOINTS_DIR, Checkpoints, Progress, run_fingerprint, save_final_model
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class TrainResult:
     skipped: bool = False
     reason: str | None = None
     resumed_from_step: int | None = None
+    mlflow_run_id: str | None = None  # the run the train stage logged into (set by train_round, not train_prm)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -465,7 +467,7 @@ def _active_mlflow():
 
 
 def loop_train_dir(settings, pool: str, loop: str) -> Path:
-    """Where an active-learning loop (tasks.pipeline.open_loop_task) trains its rounds."""
+    """Where an active-learning loop (tasks.pipeline.open_loop) trains its rounds."""
     return settings.checkpoints_dir / "train" / pool / loop
 
 
@@ -501,18 +503,18 @@ def drop_round_checkpoints(settings, pool: str, round: int, loop: str) -> int:
 
 def train_round(settings, pool: str, *, init_from: str | Path | None = None, round: int | None = None,
                 mlflow_run_id: str | None = None, only_ids: list[str] | None = None,
-                loop: str | None = None) -> dict[str, Any]:
-    """Train stage (its Prefect task: flows.prefect_tasks.train_stage): train on every judge label of the pool's
+                loop: str | None = None) -> TrainResult:
+    """Train stage (its Prefect task: flows.prefect_tasks.train_task): train on every judge label of the pool's
     train split, warm-starting from `init_from` (when given and settings.loop.warm_start), logging per-step metrics
     into MLflow run `mlflow_run_id`.
 
     The DuckDB file is held only while the examples are read, never during training. The output dir is
-    `round_dir` (of `loop`, when the round is an active-learning loop's). Returns TrainResult.as_dict() plus
+    `round_dir` (of `loop`, when the round is an active-learning loop's). Returns the TrainResult, with
     `mlflow_run_id`.
     """
+    from actprm.judges import judge_identity
     from actprm.store import Store
     from actprm.tracking import logging_into
-    from tasks.pipeline import judge_identity
 
     judge_model, prompt_version = judge_identity(settings)
     with Store(settings.duckdb_path) as store:
@@ -535,7 +537,7 @@ def train_round(settings, pool: str, *, init_from: str | Path | None = None, rou
     else:
         stage_logger().info("train %s: %d labeled trajectories, %d optimizer steps, final loss %s", pool,
                             result.train_trajectories, result.steps, result.metrics.get("loss", "n/a"))
-    return result.as_dict() | {"mlflow_run_id": mlflow_run_id}
+    return replace(result, mlflow_run_id=mlflow_run_id)
 
 
 # -- `accelerate launch -m tasks.train` --------------------------------------------------------------
@@ -634,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
                 examples = store.training_examples(args.pool, judge_model=args.judge_model,
                                                    prompt_version=args.prompt_version)
         result = train_prm(examples, cfg, output_dir=args.output_dir)
-    except (ActPRMError, ConfigError) as exc:
+    except (ActPRMError, ModelError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if os.environ.get("RANK", "0") == "0":  # one report per run, not one per process

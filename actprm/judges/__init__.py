@@ -44,3 +44,17 @@ def judge_kwargs_from_settings(settings, *, base_delay: float = 1.0) -> dict:
         kw.update(url=j.url, api_key=settings.judge_api_key(), timeout_s=j.timeout_s, max_retries=j.max_retries,
                   concurrency=j.concurrency, base_delay=base_delay)
     return kw
+
+
+def judge_identity(settings) -> tuple[str, str]:
+    """The (judge model, prompt version) labels are bought and cached under: selection skips what it has
+    labeled, and training learns from its labels only.
+
+    A served judge (openai, vllm) is named by the settings, so it is not built here: building the vllm judge
+    loads the model onto the GPU. A programmatic judge has no served model: it is built (cheaply) for its name.
+    """
+    from actprm.judges.prompt import resolve_version
+
+    kwargs = judge_kwargs_from_settings(settings)
+    model = kwargs.get("model") or build_judge(settings.judge.backend, **kwargs).model
+    return model, resolve_version(settings.judge.prompt_version)  # "processbench" is stored as its current version

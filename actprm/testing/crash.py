@@ -61,12 +61,12 @@ if point in ("labels", "training"):
         return real(*args, on_metrics=on_metrics, **kwargs)
     train.train_prm = train_prm
 elif point == "registered":
-    import tasks.pipeline as pipeline
-    pipeline.record_round_task = lambda *args, **kwargs: die()
+    import flows.prefect_tasks as prefect_tasks
+    prefect_tasks.record_round_task = lambda *args, **kwargs: die()
 else:
     raise SystemExit(f"unknown kill point {{point}}")
 
-from actprm.cli import main
+from cli.main import main
 main()
 """.replace("{kill_step}", str(KILL_STEP)).replace("{{", "{").replace("}}", "}")
 

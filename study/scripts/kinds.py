@@ -108,10 +108,11 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     from actprm.errors import ActPRMError
+    from models.errors import ModelError
 
     try:
         saved, preset, train, evaluation, kinds = load_study(Path(args.study), Path(args.home))
-    except ActPRMError as e:
+    except (ActPRMError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     groups = {split: [group_of(k) for k in ks] for split, ks in kinds.items()}

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from actprm.errors import ActPRMError  # noqa: E402
+from models.errors import ModelError  # noqa: E402
 
 SPLIT_VERSION = 1
 TRIMMED = "model.trimmed.safetensors"
@@ -303,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
             print(", ".join(merge_studies(args.studies, args.output).values()))
             return 0
         return _run(args)
-    except ActPRMError as e:
+    except (ActPRMError, ModelError) as e:
         ap.error(str(e))
     return 2
 

@@ -63,12 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["ACTPRM_HOME"] = args.home
     config = {"home": args.home, "model": {"preset": args.model_preset}}
     from actprm.errors import ActPRMError
+    from models.errors import ModelError
 
     try:
         overrides = parse_fields(args.set)
         seeds, strategies = parse_seeds(args.seeds), strategy_names(args.strategies)
         customize(STUDY_PRESETS[args.preset], overrides)  # a bad --set fails here in one line, before Prefect starts
-    except ActPRMError as e:
+    except (ActPRMError, ModelError) as e:
         ap.error(str(e))
 
     from study.flow import study_flow
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         result = study_flow(pool=args.pool, study_preset=args.preset, config=config, seeds=seeds,
                             output_dir=args.output, head_threads=args.head_threads, extend=args.extend,
                             preset_overrides=overrides, strategies=list(strategies))
-    except ActPRMError as e:  # e.g. a bad --set value, or --extend of a study made under other settings
+    except (ActPRMError, ModelError) as e:  # e.g. a bad --set value, or --extend of a study made under other settings
         ap.error(str(e))
     seconds = time.perf_counter() - t0
     # The flow records every invocation's wall time and host (CPU kernels, GEMM rate before and after).

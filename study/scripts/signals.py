@@ -118,7 +118,7 @@ def signal_rows(probs: list[torch.Tensor], labels: torch.Tensor, first_errors: l
     generator = torch.Generator().manual_seed(seed)
     scores = {"oracle": loss} | {
         name: [acquisition(name, p, p_threshold=p_threshold, std_threshold=std_threshold, generator=generator)
-               for p in probs] for name in STRATEGIES.names()}
+               for p in probs] for name in sorted(STRATEGIES)}
     if features is not None:
         scores["learned"] = learned_scores(features, wrong, seed)
     rows = {}
@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from actprm.errors import ActPRMError
+    from models.errors import ModelError
     from study import protocol as study
     from study.scripts.kinds import load_study
     from study.states import step_probabilities
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds = study.parse_seeds(args.seeds) or saved["seeds"]
         if not set(seeds) <= set(saved["seeds"]):
             raise ActPRMError(f"--seeds {args.seeds}: the study ran seeds {saved['seeds']}")
-    except ActPRMError as e:
+    except (ActPRMError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     knobs = study.run_arguments(knobs)

@@ -1,4 +1,4 @@
-"""What identifies an active-learning loop, and what `open_loop_task` does with the pool's unfinished loops (issue 41:
+"""What identifies an active-learning loop, and what `open_loop` does with the pool's unfinished loops (issue 41:
 a rerun continues the loop a killed run left instead of buying its rounds again)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from actprm.config import Settings
 from actprm.errors import ActPRMError
 from actprm.store import Store
-from tasks.pipeline import loop_key, loop_shaping, open_loop_task
+from tasks.pipeline import loop_key, loop_shaping, open_loop
 
 
 @pytest.fixture
@@ -46,29 +46,29 @@ def _loops(settings):
 
 
 def test_a_rerun_continues_the_unfinished_loop_and_fresh_abandons_it(settings):
-    first = open_loop_task.fn(settings, "p")
+    first = open_loop(settings, "p")
     assert not first["resumed"]
-    again = open_loop_task.fn(settings, "p")
+    again = open_loop(settings, "p")
     assert again["resumed"] and again["loop_id"] == first["loop_id"]
     other = settings.model_copy(update={"loop": settings.loop.model_copy(update={"labels_per_round": 7})})
-    elsewhere = open_loop_task.fn(other, "p")  # other settings: a loop of its own; the first stays open
+    elsewhere = open_loop(other, "p")  # other settings: a loop of its own; the first stays open
     assert not elsewhere["resumed"] and elsewhere["loop_id"] != first["loop_id"]
-    fresh = open_loop_task.fn(settings, "p", fresh=True)
+    fresh = open_loop(settings, "p", fresh=True)
     assert not fresh["resumed"] and fresh["abandoned"] == [first["loop_id"]]
     assert _loops(settings) == [(first["loop_id"], "abandoned"), (elsewhere["loop_id"], "open"),
                                 (fresh["loop_id"], "open")]
 
 
 def test_a_loop_another_live_process_runs_is_refused(settings):
-    loop = open_loop_task.fn(settings, "p")
+    loop = open_loop(settings, "p")
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         with Store(settings.duckdb_path) as store:
             store.claim_loop(loop["loop_id"], f"{socket.gethostname()}:{other.pid}")
         for fresh in (False, True):
             with pytest.raises(ActPRMError, match=f"being run by process {other.pid}"):
-                open_loop_task.fn(settings, "p", fresh=fresh)
+                open_loop(settings, "p", fresh=fresh)
     finally:
         other.kill()
         other.wait()
-    assert open_loop_task.fn(settings, "p")["loop_id"] == loop["loop_id"]  # its owner is gone: continued
+    assert open_loop(settings, "p")["loop_id"] == loop["loop_id"]  # its owner is gone: continued

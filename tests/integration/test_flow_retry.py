@@ -18,13 +18,14 @@ def test_a_retried_flow_run_goes_on_after_its_finished_rounds(actprm_home, prefe
     import flows.active_learning as loop
     from actprm.config import load_settings
     from actprm.store import Store
+    from flows import prefect_tasks, scoring
     from tasks import pipeline
 
     monkeypatch.setattr(actprm.tracking, "prefect_flow_run_id", lambda: "retried-flow-run")
     monkeypatch.setattr(pipeline, "prefect_flow_run_id", lambda: "retried-flow-run")
-    real_evaluate = loop.evaluate_stage
+    real_evaluate = prefect_tasks.evaluate_task
     started_from = []
-    real_score = loop.scoring.score
+    real_score = scoring.score
 
     def score(settings, pool, model_dir, model_version, run_id, **kw):
         started_from.append(model_version)
@@ -35,13 +36,13 @@ def test_a_retried_flow_run_goes_on_after_its_finished_rounds(actprm_home, prefe
             raise RuntimeError("worker lost")
         return real_evaluate(settings, pool, model_dir, run_id)
 
-    monkeypatch.setattr(loop.scoring, "score", score)
-    monkeypatch.setattr(loop, "evaluate_stage", dies_in_round_2)
+    monkeypatch.setattr(scoring, "score", score)
+    monkeypatch.setattr(prefect_tasks, "evaluate_task", dies_in_round_2)
     args = dict(pool="sample", rounds=2, labels_per_round=20, preset="tiny",
                 config={"synth": {"n": 120}, "model": {"num_heads": 4}, "train": {"epochs": 1}})
     with pytest.raises(RuntimeError, match="worker lost"):
         loop.active_learning(**args)
-    monkeypatch.setattr(loop, "evaluate_stage", real_evaluate)
+    monkeypatch.setattr(prefect_tasks, "evaluate_task", real_evaluate)
     summary = loop.active_learning(**args)
 
     settings = load_settings()
@@ -65,17 +66,20 @@ def test_a_retried_flow_run_that_had_stopped_buys_no_more_rounds(stop, actprm_ho
     """Attempt 1 stops after round 2 (no F1 gain over round 1 / the label cap reached) and dies closing the run;
     the retry must stop there too, not score the pool again for a third round (hours with a 7B model) and buy it
     or retrain on nothing new."""
+    import dataclasses
+
     import actprm.tracking
     import flows.active_learning as loop
+    from flows import prefect_tasks, scoring
     from tasks import pipeline
 
     monkeypatch.setattr(actprm.tracking, "prefect_flow_run_id", lambda: f"{stop}-flow-run")
     monkeypatch.setattr(pipeline, "prefect_flow_run_id", lambda: f"{stop}-flow-run")
-    real_evaluate, real_finish, real_score = loop.evaluate_stage, pipeline.finish_task, loop.scoring.score
+    real_evaluate, real_finish, real_score = prefect_tasks.evaluate_task, prefect_tasks.finish_task, scoring.score
     scored_rounds = []
 
     def flat_f1(settings, pool, model_dir, run_id):  # round 2 gains nothing over round 1: a plateau of 1
-        return {**real_evaluate(settings, pool, model_dir, run_id), "f1": 0.5}
+        return dataclasses.replace(real_evaluate(settings, pool, model_dir, run_id), f1=0.5)
 
     def score(settings, pool, model_dir, model_version, run_id, **kw):
         scored_rounds.append(model_version)
@@ -85,16 +89,16 @@ def test_a_retried_flow_run_that_had_stopped_buys_no_more_rounds(stop, actprm_ho
         raise RuntimeError("worker lost")
 
     if stop == "plateau":
-        monkeypatch.setattr(loop, "evaluate_stage", flat_f1)
-    monkeypatch.setattr(loop.scoring, "score", score)
-    monkeypatch.setattr(pipeline, "finish_task", dies_closing)
+        monkeypatch.setattr(prefect_tasks, "evaluate_task", flat_f1)
+    monkeypatch.setattr(scoring, "score", score)
+    monkeypatch.setattr(prefect_tasks, "finish_task", dies_closing)
     config = {"synth": {"n": 120}, "model": {"num_heads": 4}, "train": {"epochs": 1}}
     config |= {"loop": {"plateau_rounds": 1}} if stop == "plateau" else {"budget": {"max_labels": 30}}
     args = dict(pool="sample", rounds=4, labels_per_round=20, preset="tiny", config=config)
     with pytest.raises(RuntimeError, match="worker lost"):
         loop.active_learning(**args)
     assert len(scored_rounds) == 2  # rounds 1 and 2, then the stop
-    monkeypatch.setattr(pipeline, "finish_task", real_finish)
+    monkeypatch.setattr(prefect_tasks, "finish_task", real_finish)
     summary = loop.active_learning(**args)
     assert len(scored_rounds) == 2, "the retry scored (and would have bought) a third round"
     assert summary["stopped_because"] == stop and [r["round"] for r in summary["rounds"]] == [1, 2]

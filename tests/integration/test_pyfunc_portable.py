@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import sysconfig
@@ -23,12 +22,6 @@ STEPS = [["2+3 = 5.", "So the answer is 5."],
 # A budget the second trajectory overflows, so the served count of unscored steps is checked too.
 MAX_LENGTH = 64
 
-# The model ships models/ (code_paths), which must import only torch/transformers/tokenizers/stdlib; until the
-# models/ layer stops importing actprm (issue #37), the pyfunc cannot load without the project.
-_MODELS_IMPORT_PROJECT = any(re.search(r"^\s*(from|import)\s+(actprm|tasks|flows)\b", p.read_text(), re.M)
-                             for p in (REPO / "models").rglob("*.py"))
-
-
 def _bare_venv(root: Path) -> Path:
     """A venv with the shared venv's site-packages as a plain path (torch, transformers, mlflow, pandas ...): a plain
     line in a .pth does not run the .pth hooks inside that folder, so the editable install of this project is
@@ -41,15 +34,14 @@ def _bare_venv(root: Path) -> Path:
     return python
 
 
-@pytest.mark.xfail(_MODELS_IMPORT_PROJECT, strict=True,
-                   reason="models/ still imports actprm (the #37 layers change removes it)")
 def test_champion_pyfunc_loads_and_scores_the_same_without_the_project(tmp_path, actprm_home, monkeypatch):
     from actprm.config import load_settings
     from actprm.tracking import configure_mlflow, start_run
     from models import build_prm
     from tasks.champion import promotion_gate
-    from tasks.predict import score_steps
-    from tasks.register import load_champion, log_model
+    from tasks.score import score_steps
+    from tasks.model_source import load_champion
+    from tasks.register import log_model
 
     settings = load_settings()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.tracking_uri)
@@ -104,7 +96,8 @@ def test_registered_version_has_descriptions_an_input_example_and_a_list_schema(
     from actprm.config import load_settings
     from actprm.tracking import configure_mlflow
     from models import build_prm
-    from tasks.register import load_model, log_model, resolve_model_dir
+    from tasks.model_source import load_model, resolve_model_dir
+    from tasks.register import log_model
 
     settings = load_settings()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.tracking_uri)

@@ -15,7 +15,8 @@ from mlflow.tracking import MlflowClient
 from actprm.errors import ActPRMError
 from actprm.tracking import configure_mlflow, flatten_params, log_params, start_run
 from tasks.champion import champion_history, champion_version, f1_tag, promote, promotion_gate
-from tasks.register import load_champion, log_model
+from tasks.model_source import load_champion
+from tasks.register import log_model
 
 @pytest.fixture(scope="module")
 def store_uri(tmp_path_factory):
@@ -303,7 +304,8 @@ def test_loop_stages_evaluate_register_and_restart_from_champion(store_uri, clie
     from actprm.testing.pools import synth_pool
     from actprm.metrics import processbench_metrics
     from tasks.evaluate import evaluate_on_store, evaluate_request, evaluate_round
-    from tasks.register import load_model, register_round, starting_model
+    from tasks.model_source import load_model, starting_model
+    from tasks.register import register_round
 
     uri, _ = store_uri
     settings = Settings(home=tmp_path / "home", mlflow_tracking_uri=uri, experiment="test",
@@ -317,43 +319,43 @@ def test_loop_stages_evaluate_register_and_restart_from_champion(store_uri, clie
 
     with start_run("round-1") as run:
         evaluation = evaluate_round(settings, "toy", model_dir, run.info.run_id)
-    assert evaluation["n"] == 10 and evaluation["subsets"]["toy"]["n"] == 10
-    assert sum(k["n"] for k in evaluation["error_kinds"].values()) == 10
-    assert client.get_run(run.info.run_id).data.metrics["eval_f1"] == pytest.approx(evaluation["f1"])
+    assert evaluation.result["n"] == 10 and evaluation.result["subsets"]["toy"]["n"] == 10
+    assert sum(k["n"] for k in evaluation.result["error_kinds"].values()) == 10
+    assert client.get_run(run.info.run_id).data.metrics["eval_f1"] == pytest.approx(evaluation.f1)
     # and F1 at a threshold cross-fitted on the split's two folds, which the gate does not use
-    assert client.get_run(run.info.run_id).data.metrics["eval_f1_tuned"] == pytest.approx(evaluation["f1_tuned"])
+    assert client.get_run(run.info.run_id).data.metrics["eval_f1_tuned"] == pytest.approx(evaluation.result["f1_tuned"])
 
     # The same numbers from the pure metric on the model's step scores and the gold labels.
     model, tokenizer, _ = load_model(model_dir)
     with Store(settings.duckdb_path) as store:
         again = evaluate_on_store(store, "toy", model, tokenizer, max_length=256)
         gold = store.trajectories(store.pool_trajectory_ids("toy", "eval"))
-    assert again["f1"] == pytest.approx(evaluation["f1"]) and again["eval_set"] == evaluation["eval_set"]
+    assert again["f1"] == pytest.approx(evaluation.f1) and again["eval_set"] == evaluation.eval_set
     from tasks.evaluate import predict_step_scores
 
     scores = predict_step_scores(model, tokenizer, [t["question"] for t in gold], [t["steps"] for t in gold],
                                  max_length=256)
     records = [{"id": t["id"], "label": t["gold_first_error"], "subset": "toy"} for t in gold]
     assert processbench_metrics(records, dict(zip([t["id"] for t in gold], scores)))["f1"] == pytest.approx(
-        evaluation["f1"])
+        evaluation.f1)
     from actprm.metrics import processbench_crossfit
 
     assert processbench_crossfit(records, dict(zip([t["id"] for t in gold], scores)))["f1"] == pytest.approx(
-        evaluation["f1_tuned"])
+        evaluation.result["f1_tuned"])
 
     registered = register_round(settings, model_dir, evaluation, run.info.run_id)
-    assert registered["decision"] == "promoted" and registered["model_version_key"] == "prm-stages/v1"
+    assert registered.decision == "promoted" and registered.model_version_key == "prm-stages/v1"
     champion_dir, champion_key = starting_model(settings)
     assert champion_key == "prm-stages/v1" and champion_dir != model_dir
 
     on_pool = evaluate_request(settings, pool="toy")
-    assert on_pool["model_version"] == 1 and on_pool["f1"] == pytest.approx(evaluation["f1"])
+    assert on_pool["model_version"] == 1 and on_pool["f1"] == pytest.approx(evaluation.f1)
 
     data = tmp_path / "gsm8k.jsonl"
     data.write_text("".join(json.dumps({"id": t["id"], "problem": t["question"], "steps": t["steps"],
                                         "label": t["gold_first_error"]}) + "\n" for t in gold))
     on_file = evaluate_request(settings, data=str(data))
-    assert on_file["benchmark"] == "processbench" and on_file["f1"] == pytest.approx(evaluation["f1"])
+    assert on_file["benchmark"] == "processbench" and on_file["f1"] == pytest.approx(evaluation.f1)
 
 
 def test_a_rerun_ends_the_killed_runs_of_its_loop_failed_and_opens_its_own(store_uri, client, tmp_path):
@@ -366,9 +368,9 @@ def test_a_rerun_ends_the_killed_runs_of_its_loop_failed_and_opens_its_own(store
     settings = Settings(home=tmp_path / "home", mlflow_tracking_uri=uri, experiment="test")
 
     def invocation(loop):
-        parent = pipeline.open_run_task.fn(settings, "active_learning", {"pool": "p", "loop": loop})
-        return parent, pipeline.open_run_task.fn(settings, "round-1", {"pool": "p", "round": 1, "loop": loop},
-                                                 parent=parent)
+        parent = pipeline.open_run(settings, "active_learning", {"pool": "p", "loop": loop})
+        return parent, pipeline.open_run(settings, "round-1", {"pool": "p", "round": 1, "loop": loop},
+                                         parent=parent)
 
     killed, other = invocation("loop-a"), invocation("loop-b")
     assert pipeline.fail_unfinished_runs(settings, ["loop-a"]) == 2
@@ -380,6 +382,7 @@ def test_a_rerun_ends_the_killed_runs_of_its_loop_failed_and_opens_its_own(store
 
 def test_a_retried_round_gates_the_version_it_already_registered(store_uri, client, model_dir, tmp_path):
     from actprm.config import Settings
+    from tasks.evaluate import Evaluation
     from tasks.register import register_round
 
     uri, _ = store_uri
@@ -387,12 +390,12 @@ def test_a_retried_round_gates_the_version_it_already_registered(store_uri, clie
                         registry={"model_name": "prm-retried-round"})
     with start_run("round-1") as run:
         pass
-    first = register_round(settings, str(model_dir), {"f1": 0.4}, run.info.run_id)
-    again = register_round(settings, str(model_dir), {"f1": 0.4}, run.info.run_id)
-    assert first["model_version_key"] == again["model_version_key"] == "prm-retried-round/v1"
+    first = register_round(settings, str(model_dir), Evaluation(f1=0.4), run.info.run_id)
+    again = register_round(settings, str(model_dir), Evaluation(f1=0.4), run.info.run_id)
+    assert first.model_version_key == again.model_version_key == "prm-retried-round/v1"
     assert len(client.search_model_versions("name='prm-retried-round'")) == 1
     assert champion_version("prm-retried-round", client) == 1
     with start_run("round-2") as run:
         pass
-    assert register_round(settings, str(model_dir), {"f1": 0.5}, run.info.run_id)["model_version_key"] == \
+    assert register_round(settings, str(model_dir), Evaluation(f1=0.5), run.info.run_id).model_version_key == \
         "prm-retried-round/v2"  # another round's run registers its own version

@@ -101,7 +101,7 @@ def test_mlflow_models_serve_returns_the_champions_step_scores(tmp_path, actprm_
 
 
 def _model_dir(version: int) -> Path:
-    from tasks.register import resolve_model_dir
+    from tasks.model_source import resolve_model_dir
 
     prm_dir, _ = resolve_model_dir(f"models:/actprm-prm/{version}")
     return prm_dir.parents[1]

@@ -17,6 +17,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from actprm.errors import ActPRMError
+from models.errors import ModelError
 from actprm.synth import generate
 from models import StepBatcher, build_prm
 from models.uncertainty import step_stats, trajectory_uncertain
@@ -133,7 +134,7 @@ def test_trained_tiny_decoder_folder_exports_and_round_trips(tmp_path):
     check_same([{"step_scores": mu.tolist(), "step_std": s.tolist(), "uncertain": trajectory_uncertain(mu, s)}
                 for mu, s in pipeline_scores(again, tok2)], expected)
 
-    with pytest.raises(ActPRMError, match="not empty"):
+    with pytest.raises(ModelError, match="not empty"):
         export_model(str(tmp_path / "saved"), tmp_path / "export", model_name="actprm-prm")
 
 

@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from safetensors.torch import save_file
 
-from actprm.errors import ActPRMError
+from models.errors import ModelError
 from models import StepBatcher
 from models.hf_import import detect_layout, import_prm, load_prm_folder
 from models.uncertainty import step_stats
@@ -164,9 +164,9 @@ def test_released_actprm_heads_and_anchors_load_as_they_are(tmp_path):
 def test_unknown_or_broken_folders_are_refused_in_one_line(tmp_path):
     (tmp_path / "llama").mkdir()
     (tmp_path / "llama" / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
-    with pytest.raises(ActPRMError, match="unsupported PRM architecture"):
+    with pytest.raises(ModelError, match="unsupported PRM architecture"):
         detect_layout(tmp_path / "llama")
-    with pytest.raises(ActPRMError, match="not a PRM folder"):
+    with pytest.raises(ModelError, match="not a PRM folder"):
         detect_layout(tmp_path)
 
 
@@ -174,7 +174,7 @@ def test_training_and_scoring_start_from_an_imported_folder_converted_once(tmp_p
     """`model.init_from` (and `--model` of score) take a public PRM folder: it becomes a native folder once."""
     from actprm.config import Settings
     from models import EnsemblePRM
-    from tasks.register import starting_model
+    from tasks.model_source import starting_model
 
     tok = qwen_like_tokenizer()
     cfg, backbone = tiny_qwen2(len(tok), seed=4)

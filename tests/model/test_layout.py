@@ -66,10 +66,10 @@ def test_batch_is_right_padded_with_lengths():
 
 
 def test_too_small_max_length_is_an_error():
-    from actprm.errors import ActPRMError
+    from models.errors import ModelError
 
     _, tokenizer = build_prm("tiny", num_heads=1)
-    with pytest.raises(ActPRMError):
+    with pytest.raises(ModelError):
         StepBatcher(tokenizer, max_length=2)
 
 

@@ -21,13 +21,13 @@ from models import StepBatcher, build_prm
 from models.uncertainty import step_stats
 from tasks.predict import (
     AGGREGATES,
-    TruncationError,
     aggregate,
     predict,
     read_trajectories,
     rerank,
     rerank_candidates,
 )
+from tasks.score import TruncationError
 
 Q1, Q2 = "What is 12 + 30?", "Compute 7 * 6 - 2."
 S1, S2 = ["12 + 30 = 42.", "The answer is 42."], ["7 * 6 = 42.", "42 - 2 = 41.", "The answer is 41."]

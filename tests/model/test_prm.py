@@ -10,7 +10,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from actprm.errors import ActPRMError  # noqa: E402
+from models.errors import ModelError  # noqa: E402
 from models import IGNORE_INDEX, EnsemblePRM, StepBatcher, build_prm, check_compatible  # noqa: E402
 from models.prm import HEAD_PARAMS  # noqa: E402
 
@@ -206,9 +206,9 @@ def test_the_bootstrap_mask_is_fixed_per_trajectory_across_minibatches_and_epoch
 
 
 def test_unknown_preset_and_bad_backbone_path_are_clear_errors(tmp_path):
-    with pytest.raises(ActPRMError, match="tiny.*cpu.*qwen2.5-math-7b"):
+    with pytest.raises(ModelError, match="tiny.*cpu.*qwen2.5-math-7b"):
         build_prm("gpt-5")
-    with pytest.raises(ActPRMError, match="qwen2.5-math-7b"):
+    with pytest.raises(ModelError, match="qwen2.5-math-7b"):
         build_prm("qwen2.5-math-7b", backbone_path=str(tmp_path / "no-such-model"))
 
 
@@ -217,11 +217,11 @@ def test_tokenizer_model_mismatch_is_a_clear_error(tiny):
     other, _ = build_prm("tiny", num_heads=1)
     _, big_tokenizer = build_prm("tiny", num_heads=1)
     big_tokenizer.add_tokens([f"tok{i}" for i in range(50)])
-    with pytest.raises(ActPRMError, match="tokenizer has"):
+    with pytest.raises(ModelError, match="tokenizer has"):
         check_compatible(other, big_tokenizer)
     from models.tiny_tokenizer import build_tiny_tokenizer
 
-    with pytest.raises(ActPRMError, match="separator"):
+    with pytest.raises(ModelError, match="separator"):
         check_compatible(model, build_tiny_tokenizer())
 
 

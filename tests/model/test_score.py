@@ -12,6 +12,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from actprm.errors import ActPRMError  # noqa: E402
+from models.errors import ModelError  # noqa: E402
 from actprm.store import Store, trajectory_id  # noqa: E402
 from models import build_prm  # noqa: E402
 from models.uncertainty import trajectory_uncertain  # noqa: E402
@@ -173,14 +174,14 @@ def test_user_errors_are_clear(tmp_path, prm):
         make_pool(store, "p", 2)
         with pytest.raises(ActPRMError, match="unknown pool"):
             score_pool(store, "nope", model, tokenizer, "v1", progress=False)
-        with pytest.raises(ActPRMError, match="acquisition strategy"):
+        with pytest.raises(ModelError, match="acquisition strategy"):
             score_pool(store, "p", model, tokenizer, "v1", strategy="coreset", progress=False)
-        with pytest.raises(ActPRMError, match="separator"):
+        with pytest.raises(ModelError, match="separator"):
             score_pool(store, "p", model, build_tiny_tokenizer(), "v1", progress=False)
 
 
 def test_score_stage_from_a_saved_model_and_export_stage(tmp_path):
-    """The flows' entry points: a saved model directory in, the summary dict and a Parquet file out."""
+    """The flows' entry points: a saved model directory in, the ScoreSummary and a Parquet file out."""
     from actprm.config import Settings
     from tasks.score import export_stage, score_stage
 
@@ -189,9 +190,9 @@ def test_score_stage_from_a_saved_model_and_export_stage(tmp_path):
     model_dir = model.save_pretrained(tmp_path / "model", tokenizer)
     with Store(settings.duckdb_path) as store:
         make_pool(store, "p", 10)
-    summary = score_stage.fn(settings, "p", str(model_dir), "7")
-    assert summary["scored"] == 10 and summary["model_version"] == "7" and "uncertain_fraction" in summary
-    again = score_stage.fn(settings, "p", str(model_dir), "7")
-    assert again["scored"] == 0 and again["skipped_already_scored"] == 10 and again["uncertain"] == summary["uncertain"]
-    out = export_stage.fn(settings, "p", "7", tmp_path / "scores.parquet")
+    summary = score_stage(settings, "p", str(model_dir), "7")
+    assert summary.scored == 10 and summary.model_version == "7" and "uncertain_fraction" in summary.as_dict()
+    again = score_stage(settings, "p", str(model_dir), "7")
+    assert again.scored == 0 and again.skipped_already_scored == 10 and again.uncertain == summary.uncertain
+    out = export_stage(settings, "p", "7", tmp_path / "scores.parquet")
     assert out["rows"] == 10 and pq.read_table(out["path"]).num_rows == 10

@@ -243,8 +243,8 @@ def test_train_stage_trains_on_the_pools_judge_labels_and_logs_into_the_flows_ml
     trained = train_round(settings, "p", round=1, mlflow_run_id=run_id)
     # The 12 labels of this judge and prompt (not the other prompt's 3) in micro-batches of 4, two per optimizer
     # step -> 2 steps (the last one short).
-    assert trained["train_trajectories"] == 12 and trained["steps"] == 2 and not trained["skipped"]
-    assert trained["mlflow_run_id"] == run_id and EnsemblePRM.from_pretrained(trained["model_dir"]) is not None
+    assert trained.train_trajectories == 12 and trained.steps == 2 and not trained.skipped
+    assert trained.mlflow_run_id == run_id and EnsemblePRM.from_pretrained(trained.model_dir) is not None
     assert [h.step for h in client.get_metric_history(run_id, "train/cls_loss")] == [1, 2]
     params = client.get_run(run_id).data.params
     assert params["train.grad_accum"] == "2" and params["train.trajectories"] == "12"
@@ -288,13 +288,13 @@ def test_a_retried_flow_run_resumes_its_training_instead_of_starting_over(exampl
     monkeypatch.setattr(actprm.tracking, "prefect_flow_run_id", lambda: "0b7e-flow-run")
     first = train_round(settings, "p", round=1)
     again = train_round(settings, "p", round=1)  # the retry: same flow run, new attempt
-    assert first["steps"] == 2 and first["resumed_from_step"] is None
-    assert again["resumed_from_step"] == 2 and again["model_dir"] == first["model_dir"]
-    assert "flow-run-0b7e-flow-run" in first["model_dir"]
+    assert first.steps == 2 and first.resumed_from_step is None
+    assert again.resumed_from_step == 2 and again.model_dir == first.model_dir
+    assert "flow-run-0b7e-flow-run" in first.model_dir
     # another flow run trains from scratch in a directory of its own
     monkeypatch.setattr(actprm.tracking, "prefect_flow_run_id", lambda: "another-flow-run")
     other = train_round(settings, "p", round=1)
-    assert other["resumed_from_step"] is None and other["model_dir"] != first["model_dir"]
+    assert other.resumed_from_step is None and other.model_dir != first.model_dir
 
 
 def test_a_loops_round_resumes_whoever_reruns_it_and_its_checkpoints_go_once_registered(examples, tmp_path,
@@ -312,11 +312,11 @@ def test_a_loops_round_resumes_whoever_reruns_it_and_its_checkpoints_go_once_reg
     first = train_round(settings, "p", round=1, loop="loop-a")
     monkeypatch.setattr(actprm.tracking, "prefect_flow_run_id", lambda: "rerun-cli-run")
     again = train_round(settings, "p", round=1, loop="loop-a")
-    assert first["resumed_from_step"] is None and again["resumed_from_step"] == 2
-    assert again["model_dir"] == first["model_dir"] and "/p/loop-a/round-1/" in first["model_dir"]
-    assert train_round(settings, "p", round=1, loop="loop-b")["resumed_from_step"] is None  # another loop
+    assert first.resumed_from_step is None and again.resumed_from_step == 2
+    assert again.model_dir == first.model_dir and "/p/loop-a/round-1/" in first.model_dir
+    assert train_round(settings, "p", round=1, loop="loop-b").resumed_from_step is None  # another loop
     assert drop_round_checkpoints(settings, "p", 1, "loop-a") == 1
-    round_dir = Path(first["model_dir"]).parent
+    round_dir = Path(first.model_dir).parent
     assert not (round_dir / "checkpoints").exists() and (round_dir / "model" / "prm_config.json").is_file()
 
 

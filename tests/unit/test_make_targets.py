@@ -1,5 +1,5 @@
 """The Makefile's promises: `make test` (and so .ci/run) runs the whole suite and never lints; `make test-fast`
-runs the unit and data tests; `make lint` runs ruff."""
+runs the unit and data tests; `make lint` runs ruff and the import-linter contracts."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ def test_make_test_fast_runs_the_unit_and_data_tests():
     assert _commands("test-fast") == [".venv/bin/python -m pytest tests/unit tests/data"]
 
 
-def test_make_lint_runs_ruff_with_the_projects_configuration():
-    assert _commands("lint") == [".venv/bin/python -m ruff check ."]
-    assert "[tool.ruff.lint]" in (ROOT / "pyproject.toml").read_text()
+def test_make_lint_runs_ruff_and_the_import_contracts_with_the_projects_configuration():
+    assert _commands("lint") == [".venv/bin/python -m ruff check .", "PYTHONPATH=. .venv/bin/lint-imports --no-cache"]
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert "[tool.ruff.lint]" in pyproject and "[tool.importlinter]" in pyproject
