@@ -88,6 +88,9 @@ LOOP_SHAPING = {
     "loop": ("labels_per_round", "eval_fraction", "warm_start", "train_on"),
     "registry": ("model_name",),
 }
+# Shaping settings added after loops were first keyed: hashed only when set away from their default, so the key of a
+# loop opened before them (at their default) stays the same and a rerun still continues it.
+LATER_SHAPING = {"train": ("warmup_steps", "max_grad_norm")}
 
 
 def loop_shaping(settings: Settings, pool: str) -> dict[str, Any]:
@@ -98,6 +101,12 @@ def loop_shaping(settings: Settings, pool: str) -> dict[str, Any]:
     for section, fields in LOOP_SHAPING.items():
         values = getattr(settings, section).model_dump(mode="json")
         shaping[section] = values if fields is None else {f: values[f] for f in fields}
+    for section, fields in LATER_SHAPING.items():
+        defaults = type(getattr(settings, section)).model_fields
+        for f in fields:
+            value = getattr(getattr(settings, section), f)
+            if value != defaults[f].get_default(call_default_factory=True):
+                shaping[section][f] = value
     return shaping
 
 

@@ -34,10 +34,20 @@ def test_the_loop_is_the_pool_and_the_settings_that_shape_what_it_buys_and_train
     # The pool, or what decides which trajectories are bought and what the model learns: another loop.
     assert loop_key(loop_shaping(settings, "q")) != key
     for section, change in [("loop", {"labels_per_round": 7}), ("uncertainty", {"strategy": "random"}),
-                            ("train", {"lr": 1e-3}), ("model", {"num_heads": 4}),
+                            ("train", {"lr": 1e-3}), ("train", {"warmup_steps": 5}), ("train", {"max_grad_norm": 0.5}),
+                            ("model", {"num_heads": 4}),
                             ("judge", {"backend": "oracle"})]:
         other = settings.model_copy(update={section: getattr(settings, section).model_copy(update=change)})
         assert loop_key(loop_shaping(other, "p")) != key, (section, change)
+
+
+def test_shaping_settings_added_later_keep_the_key_of_loops_opened_before_them(settings):
+    # The key as it was hashed before train.warmup_steps and train.max_grad_norm were part of it.
+    before = loop_shaping(settings, "p")
+    assert "warmup_steps" not in before["train"] and "max_grad_norm" not in before["train"]
+    at_default = settings.model_copy(update={"train": settings.train.model_copy(
+        update={"warmup_steps": settings.train.warmup_steps, "max_grad_norm": settings.train.max_grad_norm})})
+    assert loop_key(loop_shaping(at_default, "p")) == loop_key(before)
 
 
 def _loops(settings):
