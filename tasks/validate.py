@@ -68,16 +68,21 @@ def _no_batch_fingerprint():
         engine.HASH_THRESHOLD = threshold
 
 
-def validate_pool(store: Store, pool: str, *, limits, shard_rows: int = 200_000, reports_dir: str | Path | None = None,
-                  drift_tolerance: float = 0.5) -> ValidationResult:
-    """Checks every trajectory of `pool` against the critical and warning suites; builds Data Docs under
-    `reports_dir/<pool>/` when given. `limits` has max_question_chars, max_steps, max_step_chars."""
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-    import great_expectations as gx
+@dataclass
+class PoolFacts:
+    """What the contract needs from the store, read up front so the suites (Python, holding the GIL) can run in
+    a thread on their own while the store writes (DuckDB releases it): see `tasks.ingest.ingest`."""
 
-    from data_contracts.trajectories import ContractLimits, Reference, critical_suite, warning_suite
+    trajectories: int
+    labeled_fraction: float
+    reference: object            # data_contracts.trajectories.Reference
+    shards: list                 # pandas frames, one per shard of the pool's facts
 
-    stats = store.pool_label_stats(pool)
+
+def reference_of(store: Store, pool: str):
+    """The drift reference: what the registered pools other than `pool` look like now."""
+    from data_contracts.trajectories import Reference
+
     earlier = store.registered_pools(exclude=pool)
     ref = Reference()
     if earlier:
@@ -91,9 +96,43 @@ def validate_pool(store: Store, pool: str, *, limits, shard_rows: int = 200_000,
             err = (sum(s["error_rate"] * s["trajectories"] * s["labeled_fraction"] for s in labeled) / lab_n
                    if lab_n else None)
             ref = Reference(mean_steps=ref_mean, error_rate=err, pools=tuple(earlier))
+    return ref
+
+
+def pool_facts(store: Store, pool: str, *, shard_rows: int = 200_000, stage: str | None = None) -> PoolFacts:
+    """Reads `pool`'s facts, shard by shard (`Store.pool_validation_facts`). `stage`: the pool as inserting that
+    ingest stage will leave it, read before the insert."""
+    size = store.pool_size_after_stage(pool, stage) if stage is not None else store.pool_label_stats(pool)["trajectories"]
+    shards = max(1, math.ceil(size / max(1, shard_rows)))
+    facts = store.pool_validation_facts(pool, shards, stage=stage)
+    try:
+        frames = [store.validation_shard(facts, shard) for shard in range(shards)]
+    finally:
+        store.drop_stage(facts)
+    n = sum(len(f) for f in frames)
+    labeled = sum(int(f["labeled"].sum()) for f in frames)
+    return PoolFacts(n, labeled / n if n else 0.0, reference_of(store, pool), frames)
+
+
+def validate_pool(store: Store, pool: str, *, limits, shard_rows: int = 200_000, reports_dir: str | Path | None = None,
+                  drift_tolerance: float = 0.5) -> ValidationResult:
+    """Checks every trajectory of `pool` against the critical and warning suites; builds Data Docs under
+    `reports_dir/<pool>/` when given. `limits` has max_question_chars, max_steps, max_step_chars."""
+    return run_contract(pool_facts(store, pool, shard_rows=shard_rows), pool, limits=limits, reports_dir=reports_dir,
+                        drift_tolerance=drift_tolerance)
+
+
+def run_contract(facts: PoolFacts, pool: str, *, limits, reports_dir: str | Path | None = None,
+                 drift_tolerance: float = 0.5) -> ValidationResult:
+    """The suites over every shard of `facts`, then Data Docs; touches no store (safe in a thread)."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    import great_expectations as gx
+
+    from data_contracts.trajectories import ContractLimits, critical_suite, warning_suite
+
+    ref = facts.reference
     out = ValidationResult()
-    shards = max(1, math.ceil(stats["trajectories"] / max(1, shard_rows)))
-    out.shards = shards
+    out.shards = len(facts.shards)
 
     if reports_dir is not None:
         root = Path(reports_dir) / check_pool_name(pool)  # Great Expectations writes under it
@@ -108,7 +147,7 @@ def validate_pool(store: Store, pool: str, *, limits, shard_rows: int = 200_000,
     suites = {
         "critical": context.suites.add_or_update(critical_suite(f"{pool}.critical", lim)),
         "warning": context.suites.add_or_update(
-            warning_suite(f"{pool}.warning", ref, stats["labeled_fraction"] > 0, drift_tolerance)),
+            warning_suite(f"{pool}.warning", ref, facts.labeled_fraction > 0, drift_tolerance)),
     }
     source = context.data_sources.add_or_update_pandas(name=f"actprm-{pool}")
     asset = next((a for a in source.assets if a.name == "trajectories"), None) or source.add_dataframe_asset("trajectories")
@@ -121,26 +160,21 @@ def validate_pool(store: Store, pool: str, *, limits, shard_rows: int = 200_000,
                       result_format={"result_format": "SUMMARY"}))
     failures: dict[str, str] = {}
     warnings: dict[str, str] = {}
-    if not stats["trajectories"]:
+    if not facts.trajectories:
         failures["empty"] = "the pool holds no trajectory: expect_table_row_count_to_be_between(min_value=1): observed 0"
-    facts = store.pool_validation_facts(pool, shards)
-    try:
-        with _no_batch_fingerprint():
-            for shard in range(shards):
-                frame = store.validation_shard(facts, shard)
-                if frame.empty:  # rows go to shards by id hash: a shard of a small pool may get none
-                    continue
-                out.rows += len(frame)
-                frame = _vectorisable(frame)
-                result = checkpoint.run(batch_parameters={"dataframe": frame})
-                for run in result.run_results.values():
-                    level = "critical" if run.suite_name.endswith(".critical") else "warning"
-                    for res in run.results:
-                        if not res.success:
-                            key = res.expectation_config.type + str(sorted(res.expectation_config.kwargs.items(), key=str))
-                            (failures if level == "critical" else warnings).setdefault(key, f"shard {shard}: {_describe(res)}")
-    finally:
-        store.drop_stage(facts)
+    with _no_batch_fingerprint():
+        for shard, frame in enumerate(facts.shards):
+            if frame.empty:  # rows go to shards by id hash: a shard of a small pool may get none
+                continue
+            out.rows += len(frame)
+            frame = _vectorisable(frame)
+            result = checkpoint.run(batch_parameters={"dataframe": frame})
+            for run in result.run_results.values():
+                level = "critical" if run.suite_name.endswith(".critical") else "warning"
+                for res in run.results:
+                    if not res.success:
+                        key = res.expectation_config.type + str(sorted(res.expectation_config.kwargs.items(), key=str))
+                        (failures if level == "critical" else warnings).setdefault(key, f"shard {shard}: {_describe(res)}")
     out.failures, out.warnings = list(failures.values()), list(warnings.values())
     if reports_dir is not None:
         context.build_data_docs()  # every shard's results, rendered once

@@ -16,6 +16,9 @@ from actprm.store.schema import TRAJECTORY_ID_SQL
 class IngestQueries(Connection):
     """Ingest stage tables, quarantine and the insert of new trajectories (also `actprm predict`'s staging)."""
 
+    # A stage row's position in the input; unique per stage row, so the inserts semi-join on one BIGINT.
+    STAGE_POS = "((file_idx::BIGINT << 40) + (line_no << 4) + view_no)"
+
     def create_ingest_stage(self, stage: str, *, temporary: bool = False, memory_limit: str = "3GB") -> None:
         """A stage table; `temporary` when the same connection stages and inserts (no disk write), else a
         real table that survives between the flow's tasks (each opens its own short-lived store)."""
@@ -93,8 +96,7 @@ class IngestQueries(Connection):
         gold_labels.trajectory_id unique (the tables have no PRIMARY KEY, see SCHEMA); the caller holds
         the store's single-writer lock, so no other process inserts in between."""
         q = self._q(stage)
-        # A row's position in the input; unique per stage row, so the inserts below semi-join on one BIGINT.
-        pos = "((file_idx::BIGINT << 40) + (line_no << 4) + view_no)"
+        pos = self.STAGE_POS
         # Rows land in tables nobody reads in insertion order (readers ORDER BY line_no): let DuckDB
         # write in parallel and skip the order-keeping buffers.
         self.sql("SET preserve_insertion_order = false")

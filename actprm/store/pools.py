@@ -144,24 +144,53 @@ class PoolQueries(Connection):
             params.append(split)
         return [r[0] for r in self.sql(q + " ORDER BY line_no, trajectory_id", params).fetchall()]
 
-    def pool_validation_facts(self, pool: str, shards: int) -> str:
+    def pool_validation_facts(self, pool: str, shards: int, *, stage: str | None = None) -> str:
         """Materializes a pool's per-trajectory facts (the columns the data contract checks, never the
         full text) once, each row tagged with its shard (by id hash, so equal ids share a shard), into a
         temp table; returns its name. Read shards with `validation_shard`, then `drop_stage` it. One scan
-        of the pool instead of one per shard."""
+        of the pool instead of one per shard.
+
+        `stage`: the facts of the pool as `insert_stage(stage, pool)` will leave it, read before that insert
+        (so the contract can run while it writes): the pool's members plus the first occurrence of each good
+        staged id the pool lacks, with the stored text and gold label where a trajectory has them (the insert
+        keeps those) and the staged ones otherwise."""
+        members = ("SELECT t.id, t.question, t.steps, t.num_steps, g.trajectory_id IS NOT NULL AS labeled, "
+                   "g.first_error, g.step_labels, g.error_kind "
+                   "FROM pool_members m JOIN trajectories t ON t.id = m.trajectory_id "
+                   "LEFT JOIN gold_labels g ON g.trajectory_id = m.trajectory_id WHERE m.pool = ?")
+        params: list = [pool]
+        if stage is not None:
+            q = self._q(stage)
+            pos = self.STAGE_POS  # the same first occurrence `insert_stage` keeps
+            kept = lambda col: f"CASE WHEN t.id IS NULL THEN s.{col} ELSE t.{col} END AS {col}"  # noqa: E731
+            gold = lambda col: f"CASE WHEN g.trajectory_id IS NULL THEN s.{col} ELSE g.{col} END AS {col}"  # noqa: E731
+            members += (f" UNION ALL SELECT s.id, {kept('question')}, {kept('steps')}, {kept('num_steps')}, "
+                        "g.trajectory_id IS NOT NULL OR s.first_error IS NOT NULL AS labeled, "
+                        f"{gold('first_error')}, {gold('step_labels')}, {gold('error_kind')} "
+                        f"FROM {q} s LEFT JOIN trajectories t ON t.id = s.id "
+                        "LEFT JOIN gold_labels g ON g.trajectory_id = s.id "
+                        f"WHERE {pos} IN (SELECT min({pos}) FROM {q} s WHERE reason IS NULL AND NOT EXISTS "
+                        "(SELECT 1 FROM pool_members m WHERE m.pool = ? AND m.trajectory_id = s.id) GROUP BY id)")
+            params.append(pool)
         name = f"validation_facts_{uuid.uuid4().hex[:12]}"
         self.sql(
-            f"CREATE TEMP TABLE {self._q(name)} AS SELECT (hash(m.trajectory_id) % ?)::INTEGER AS shard, "
+            f"CREATE TEMP TABLE {self._q(name)} AS SELECT (hash(t.id) % ?)::INTEGER AS shard, "
             "t.id, t.question IS NULL AS question_null, length(t.question) AS question_chars, "
             "t.num_steps, len(t.steps) AS steps_len, list_max(list_transform(t.steps, lambda s: length(s))) AS max_step_chars, "
             "list_min(list_transform(t.steps, lambda s: length(s))) AS min_step_chars, "
             "list_bool_or(list_transform(t.steps, lambda s: s IS NULL)) AS has_null_step, "
-            "g.first_error, len(g.step_labels) AS step_labels_len, g.error_kind, "
-            "(g.trajectory_id IS NOT NULL)::INTEGER AS labeled, (g.first_error >= 0)::DOUBLE AS is_error "
-            "FROM pool_members m JOIN trajectories t ON t.id = m.trajectory_id "
-            "LEFT JOIN gold_labels g ON g.trajectory_id = m.trajectory_id "
-            "WHERE m.pool = ? ORDER BY shard", [shards, pool])
+            "t.first_error, len(t.step_labels) AS step_labels_len, t.error_kind, "
+            "t.labeled::INTEGER AS labeled, (t.first_error >= 0)::DOUBLE AS is_error "
+            f"FROM ({members}) t ORDER BY shard", [shards, *params])
         return name
+
+    def pool_size_after_stage(self, pool: str, stage: str) -> int:
+        """Trajectories `pool` will hold once `insert_stage(stage, pool)` has run."""
+        q = self._q(stage)
+        return int(self.sql(
+            "SELECT (SELECT count(*) FROM pool_members m JOIN trajectories t ON t.id = m.trajectory_id "
+            f"WHERE m.pool = ?) + (SELECT count(DISTINCT id) FROM {q} s WHERE reason IS NULL AND NOT EXISTS "
+            "(SELECT 1 FROM pool_members m WHERE m.pool = ? AND m.trajectory_id = s.id))", [pool, pool]).fetchone()[0])
 
     def validation_shard(self, facts: str, shard: int):
         """One shard of a `pool_validation_facts` table as a pandas frame (without the shard column)."""
