@@ -66,7 +66,7 @@ elif point == "registered":
 else:
     raise SystemExit(f"unknown kill point {{point}}")
 
-from cli.main import main
+from actprm_cli.main import main
 main()
 """.replace("{kill_step}", str(KILL_STEP)).replace("{{", "{").replace("}}", "}")
 

@@ -53,7 +53,7 @@ def test_negative_label_and_token_caps_are_refused():
 
 
 def test_cli_refuses_max_cost_nan_in_one_line_of_strict_json(tmp_path, monkeypatch):
-    from cli.main import app
+    from actprm_cli.main import app
 
     monkeypatch.setenv("ACTPRM_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("ACTPRM_CONFIG", raising=False)

@@ -30,7 +30,7 @@ def _creates_a_task(tree: ast.AST) -> bool:
 
 
 def test_prefect_tasks_are_made_only_in_flows_prefect_tasks():
-    makers = sorted(str(path.relative_to(ROOT)) for folder in ("tasks", "flows", "actprm", "models", "cli")
+    makers = sorted(str(path.relative_to(ROOT)) for folder in ("tasks", "flows", "actprm", "models", "actprm_cli")
                     for path in (ROOT / folder).rglob("*.py")
                     if _creates_a_task(ast.parse(path.read_text(encoding="utf-8"))))
     assert makers == ["flows/ingest_pool.py", "flows/prefect_tasks.py"], makers
@@ -46,7 +46,7 @@ def test_every_wrapper_has_a_caller():
     import flows.prefect_tasks as pt
 
     wrappers = [name for name in vars(pt) if name.endswith("_task") and hasattr(getattr(pt, name), "fn")]
-    callers = "".join(p.read_text(encoding="utf-8") for folder in ("flows", "study", "cli")
+    callers = "".join(p.read_text(encoding="utf-8") for folder in ("flows", "study", "actprm_cli")
                       for p in (ROOT / folder).rglob("*.py") if p.name != "prefect_tasks.py")
     unused = [name for name in wrappers if not re.search(rf"\b(pt|prefect_tasks)\.{name}\b", callers)]
     assert len(wrappers) >= 20 and not unused, unused
