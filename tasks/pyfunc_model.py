@@ -7,8 +7,8 @@ ActPRM uncertainty rule): never `actprm` or `tasks`.
 
 One row per trajectory: `question` (string) and `steps` (list of strings) in; `step_scores` (mean over heads of
 P(step correct)), `step_std` (the heads' unbiased std), `uncertain` (the ActPRM rule, paper Sec. 3.2) and
-`truncated_steps` out. Scoring is the score stage's (`tasks.score.score_trajectories`): same layout, same
-length-bucketed batches, so the served scores equal the pipeline's.
+`truncated_steps` out. Scoring runs the score stage's forward loop (`models.inference.forward_batches`): same
+layout, same length-bucketed batches, so the served scores equal the pipeline's.
 """
 
 from __future__ import annotations
@@ -67,13 +67,12 @@ class PRMPyfunc(mlflow.pyfunc.PythonModel):
         import torch
 
         from models.hf_import import load_prm_folder
+        from models.inference import inference_max_length
 
         self.model, self.tokenizer = load_prm_folder(context.artifacts[PRM_ARTIFACT],
                                                      device="cuda" if torch.cuda.is_available() else None)
         self.model.eval()
-        budget = int(os.environ.get(SERVE_MAX_LENGTH_ENV) or 0)
-        context_length = getattr(self.model.backbone.config, "max_position_embeddings", None)
-        self.max_length = budget or int(context_length or 512)
+        self.max_length = inference_max_length(self.model, int(os.environ.get(SERVE_MAX_LENGTH_ENV) or 0) or None)
 
     def predict(self, context, model_input, params=None):
         import pandas as pd
@@ -90,27 +89,17 @@ class PRMPyfunc(mlflow.pyfunc.PythonModel):
 
     def score(self, questions: list[str], steps: list[list[str]]) -> list[tuple[list[float], list[float], bool, int]]:
         """(step_scores, step_std, uncertain, truncated_steps) per trajectory, in input order."""
-        import torch
-
         from models import StepBatcher, check_compatible
+        from models.inference import forward_batches
         from models.uncertainty import P_THRESHOLD, STD_THRESHOLD, step_stats, trajectory_uncertain
 
         check_compatible(self.model, self.tokenizer)
         batcher = StepBatcher(self.tokenizer, max_length=self.max_length)
         encoded = [batcher.tokenize(q, s) for q, s in zip(questions, steps)]
-        # Shortest first, in batches, as the score stage does: less padding, and the same numbers as the pipeline.
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
-        device = self.model.device
         rows: list = [None] * len(encoded)
-        for lo in range(0, len(order), BATCH_SIZE):
-            idx = order[lo:lo + BATCH_SIZE]
-            batch = batcher.collate([encoded[i] for i in idx], with_labels=False).to(device)
-            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
-                                                        enabled=device.type == "cuda"):
-                out = self.model(**batch.model_inputs())
-                probs = torch.sigmoid(out.logits.float()).cpu()
-                counts = torch.bincount(out.step_trajectory.cpu(), minlength=len(idx)).tolist()
-            for i, p in zip(idx, torch.split(probs, counts, dim=1)):
+        # The score stage's forward loop (same length-bucketed batches), so the served scores equal the pipeline's.
+        for _, scored in forward_batches(self.model, batcher, encoded, batch_size=BATCH_SIZE):
+            for i, p in scored:
                 mu, sigma = step_stats(p)
                 # The float32 values the score stage stores, and the flag decided on them.
                 mu32, sigma32 = mu.float(), sigma.float()

@@ -33,6 +33,7 @@ from actprm.errors import ActPRMError
 from actprm.runlog import ProgressArtifact, stage_logger
 from actprm.store import Store
 from models import EnsemblePRM, StepBatcher, check_compatible
+from models.inference import forward_batches, inference_max_length
 from models.uncertainty import acquisition, get_strategy, predicted_first_error, step_stats, trajectory_uncertain
 
 SCORE_SCHEMA = pa.schema([
@@ -156,24 +157,16 @@ def score_trajectories(model: EnsemblePRM, batcher: StepBatcher, trajectories: l
 
     `bucket=False` keeps the input order (plain padding), for the benchmark's comparison."""
     encoded = [batcher.tokenize(t["question"], t["steps"]) for t in trajectories]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids)) if bucket else list(range(len(encoded)))
-    device = model.device
     rows: list[dict | None] = [None] * len(encoded)
     tokens = padded = 0
-    for lo in range(0, len(order), batch_size):
-        idx = order[lo: lo + batch_size]
-        batch = batcher.collate([encoded[i] for i in idx], with_labels=False).to(device)
+    for batch, scored in forward_batches(model, batcher, encoded, batch_size=batch_size, bucket=bucket):
         tokens += batch.num_tokens
         padded += batch.padded_tokens
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out = model(**batch.model_inputs())
-            probs = torch.sigmoid(out.logits.float()).cpu()
-            counts = torch.bincount(out.step_trajectory.cpu(), minlength=len(idx)).tolist()
-        for i, p in zip(idx, torch.split(probs, counts, dim=1)):
+        for i, p in scored:
             rows[i] = _score_row(trajectories[i]["id"], model_version, p, encoded[i].truncated_steps,
                                  strategy, p_threshold, std_threshold)
         if on_batch is not None:
-            on_batch(len(idx))
+            on_batch(len(scored))
     return rows, tokens, padded  # type: ignore[return-value]
 
 
@@ -365,14 +358,6 @@ class TruncationError(ActPRMError):
 
 
 # -- scoring trajectories without a store: predict, rerank, evaluate, the served pyfunc ----------------------
-def inference_max_length(model, max_length: int | None = None) -> int:
-    """The token budget for scoring: `max_length` if given, else the backbone's whole context."""
-    if max_length:
-        return int(max_length)
-    context = getattr(model.backbone.config, "max_position_embeddings", None)
-    return int(context) if context else 512
-
-
 def score_steps(model, tokenizer, trajectories: list[dict], *, batch_size: int = 32, max_length: int | None = None,
                 progress: bool = False, desc: str = "predict") -> list[dict]:
     """Per trajectory ({question, steps}): step_scores (mean over heads of P(step correct)), step_std (the heads'
