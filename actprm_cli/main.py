@@ -506,6 +506,18 @@ AllowTruncationOpt = Annotated[bool, typer.Option(
     "--allow-truncation", help="Succeed even when steps past --max-length are left unscored (they are counted).")]
 
 
+def _scoring_settings(config: Path | None) -> dict:
+    """What `predict` and `rerank` take from the settings (the registry, batch size, input limits), with MLflow set
+    up so that `models:/` URIs resolve."""
+    settings = prepare(config)
+    from actprm.tracking import configure_mlflow
+    from tasks.ingest import IngestLimits
+
+    configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
+    return {"model_name": settings.registry.model_name, "batch_size": settings.uncertainty.batch_size,
+            "limits": IngestLimits.from_settings(settings)}
+
+
 @app.command()
 def predict(
     data: DataArg,
@@ -522,15 +534,10 @@ def predict(
 
     @command
     def _run():
-        settings = prepare(config)
-        from actprm.tracking import configure_mlflow
-        from tasks.ingest import IngestLimits
         from tasks.predict import predict as run_predict
 
-        configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
-        return run_predict(model, data, output, model_name=settings.registry.model_name, format=format,
-                           batch_size=settings.uncertainty.batch_size, max_length=max_length,
-                           allow_truncation=allow_truncation, progress=not json_out, limits=IngestLimits.from_settings(settings))
+        return run_predict(model, data, output, format=format, max_length=max_length, allow_truncation=allow_truncation,
+                           progress=not json_out, **_scoring_settings(config))
 
     _run(json_out=json_out, debug=debug)
 
@@ -557,19 +564,12 @@ def rerank(
 
     @command
     def _run():
-        settings = prepare(config)
-        from actprm.tracking import configure_mlflow
-        from tasks.ingest import IngestLimits
         from tasks.predict import rerank as run_rerank
 
-        configure_mlflow(settings.tracking_uri, settings.experiment, settings.artifact_root)
-        return run_rerank(model, data, output, model_name=settings.registry.model_name, how=aggregate,
-                          group_key=group_key, format=format, batch_size=settings.uncertainty.batch_size,
-                          max_length=max_length, allow_truncation=allow_truncation, progress=not json_out,
-                          limits=IngestLimits.from_settings(settings))
+        return run_rerank(model, data, output, how=aggregate, group_key=group_key, format=format, max_length=max_length,
+                          allow_truncation=allow_truncation, progress=not json_out, **_scoring_settings(config))
 
     _run(json_out=json_out, debug=debug)
-
 
 
 def main() -> None:

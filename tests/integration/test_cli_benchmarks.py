@@ -5,15 +5,11 @@ from __future__ import annotations
 import json
 
 from tests.integration.test_cli_pipeline import cli, one_json
-from tests.unit.test_benchmarks_as_distributed import CIRCULAR, MULTI, PREDICTIONS, REDUNDENCY, _jsonl
+from tests.unit.test_benchmarks_as_distributed import prmbench_as_shipped
 
 
 def test_evaluate_a_prmbench_folder_as_shipped(tmp_path):
-    folder = tmp_path / "PRMBench"
-    _jsonl(folder / "circular.jsonl", CIRCULAR)
-    _jsonl(folder / "multi_solutions.jsonl", MULTI)
-    _jsonl(folder / "redundency.jsonl", REDUNDENCY)
-    preds = _jsonl(tmp_path / "preds.jsonl", PREDICTIONS)
+    folder, preds = prmbench_as_shipped(tmp_path)
     home = tmp_path / "home"
     out = one_json(cli(home, "evaluate", "--benchmark", "prmbench", "--data", str(folder), "--predictions",
                        str(preds), "--json"))

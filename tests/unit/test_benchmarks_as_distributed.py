@@ -61,12 +61,17 @@ def _check_prmbench(m):
     assert m["data_notes"] == {"lines": 4, "repeated_keys_dropped": 1, "originals": 1}
 
 
-def test_prmbench_split_as_shipped_folder_or_concatenation(tmp_path):
-    folder = tmp_path / "prmbench"
+def prmbench_as_shipped(root):
+    """(the PRMBench folder, one file per category as shipped, and a predictions file for it) under `root`."""
+    folder = root / "prmbench"
     _jsonl(folder / "circular.jsonl", CIRCULAR)
     _jsonl(folder / "multi_solutions.jsonl", MULTI)
     _jsonl(folder / "redundency.jsonl", REDUNDENCY)
-    preds = _jsonl(tmp_path / "preds.jsonl", PREDICTIONS)
+    return folder, _jsonl(root / "preds.jsonl", PREDICTIONS)
+
+
+def test_prmbench_split_as_shipped_folder_or_concatenation(tmp_path):
+    folder, preds = prmbench_as_shipped(tmp_path)
     _check_prmbench(evaluate_predictions(folder, preds))
     together = _jsonl(tmp_path / "all.jsonl", CIRCULAR + MULTI + REDUNDENCY)
     _check_prmbench(evaluate_predictions(together, preds))
