@@ -3,5 +3,7 @@
 Apart from tasks/champion.py so that readers (`actprm status`) can name them without importing MLflow.
 """
 
-MODEL_NAME = "actprm-prm"
+from actprm.config import RegistrySettings
+
+MODEL_NAME = RegistrySettings.model_fields["model_name"].default  # the default lives in the settings
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
