@@ -31,9 +31,11 @@ def quote_literal(text: str) -> str:
 def _blank(text: str) -> str:
     """SQL: `text` holds only BLANK_CHARS. Trimming with a set of 30 characters is slow (a third of the staging
     time when run on every step), so only a text that starts with one of them is trimmed."""
-    first = ", ".join(str(ord(c)) for c in BLANK_CHARS)
-    return (f"CASE WHEN strlen({text}) = 0 THEN true WHEN ord({text}) IN ({first}) "
-            f"THEN trim({text}, {quote_literal(BLANK_CHARS)}) = '' ELSE false END")
+    # The first character looked up in a string, not with IN: DuckDB plans an IN list of constants as a hash join,
+    # which loses the reader's row order (and the line numbers a parallel stage takes from it).
+    blanks = quote_literal(BLANK_CHARS)
+    return (f"CASE WHEN strlen({text}) = 0 THEN true WHEN contains({blanks}, chr(ord({text}))) "
+            f"THEN trim({text}, {blanks}) = '' ELSE false END")
 
 
 def _view_layers(view, limits: dict) -> list[list[str]]:
@@ -231,19 +233,21 @@ def _duplicate_key_reason(keys: list[str]) -> str:
     return f"CASE {whens} END"
 
 
-def reader_sql(kind: str) -> str:
-    """(line_no, raw) of one input file given as parameter ?."""
+def reader_sql(kind: str, *, numbered: bool = True) -> str:
+    """(line_no, raw) of one input file given as parameter ?. `numbered=False`: line_no is NULL for a JSONL file,
+    whose reader then runs on every thread (see `fields_sql`)."""
     if kind == "parquet":
         return ("SELECT p.file_row_number + 1 AS line_no, to_json(p) AS raw "
                 "FROM read_parquet(?, file_row_number = true) p")
     compression = {"jsonl": "none", "jsonl.gz": "gzip", "jsonl.zst": "zstd"}[kind]
-    return ("SELECT ordinality AS line_no, raw FROM read_csv(?, columns = {'raw': 'VARCHAR'}, "
+    line_no, ordinality = ("ordinality", " WITH ORDINALITY") if numbered else ("NULL::BIGINT", "")
+    return (f"SELECT {line_no} AS line_no, raw FROM read_csv(?, columns = {{'raw': 'VARCHAR'}}, "
             f"delim = {quote_literal(RAW_LINE_DELIMITER)}, quote = '', escape = '', header = false, "
             f"auto_detect = false, strict_mode = true, compression = '{compression}', "
-            "max_line_size = 33554432, buffer_size = 67108864) WITH ORDINALITY")
+            f"max_line_size = 33554432, buffer_size = 67108864){ordinality}")
 
 
-def fields_sql(fmt, kind: str) -> str:
+def fields_sql(fmt, kind: str, *, numbered: bool = True) -> str:
     """(line_no, raw, line_reason, f) of one JSONL file given as parameter ?, read by DuckDB's vectorised JSON
     reader with the format's keys as JSON columns: `f` holds the same values `from_json` gives the raw path, but
     no line is kept as text and no line is parsed twice. Only for a file whose every line is a JSON object: a
@@ -251,26 +255,32 @@ def fields_sql(fmt, kind: str) -> str:
     InvalidInputException), a blank line is skipped (the file then has more lines than rows), and `null` reads
     as an object without keys; the caller checks for all three and re-stages such a file on the raw path, which
     gives each line its own reason and raw text. Line numbers are the reader's row order (WITH ORDINALITY),
-    exact only when no line was skipped, which the line count check guarantees."""
+    exact only when no line was skipped, which the line count check guarantees.
+
+    `numbered=False` leaves line_no NULL: WITH ORDINALITY makes DuckDB read the file on one thread, so the fast
+    stage reads it on all of them, keeping the rows in order, and numbers them after (`Store.stage_file`)."""
     if kind not in FAST_KINDS:
         raise ValueError(f"no JSON reader for {kind!r}")
     columns = "{" + ", ".join(f"{quote_literal(k)}: 'JSON'" for k in fmt.keys()) + "}"
     fields = ", ".join(f"{quote_ident(k)} := j.{quote_ident(k)}" for k in fmt.keys())
-    return (f"SELECT ordinality AS line_no, NULL::VARCHAR AS raw, NULL::VARCHAR AS line_reason, struct_pack({fields}) AS f "
+    line_no, ordinality = ("ordinality", " WITH ORDINALITY") if numbered else ("NULL::BIGINT", "")
+    return (f"SELECT {line_no} AS line_no, NULL::VARCHAR AS raw, NULL::VARCHAR AS line_reason, struct_pack({fields}) AS f "
             f"FROM read_json(?, format = 'newline_delimited', columns = {columns}, compression = '{FAST_KINDS[kind]}', "
-            f"maximum_object_size = 33554432) WITH ORDINALITY j")
+            f"maximum_object_size = 33554432){ordinality} j")
 
 
 FAST_KINDS = {"jsonl": "none", "jsonl.gz": "gzip", "jsonl.zst": "zstd"}  # kinds fields_sql reads (their compression)
 
 
-def staging_select(fmt, kind: str, limits: dict, trajectory_id_sql: str, *, fast: bool = False) -> str:
+def staging_select(fmt, kind: str, limits: dict, trajectory_id_sql: str, *, fast: bool = False,
+                   numbered: bool = True) -> str:
     """The SELECT of one file's stage rows, in the stage table's column order: one row per view of a good
     line, one row per bad line (its raw text cut to `limits["quarantine_raw_chars"]`). Parameters, in
     order: the file's path, its index in the input, and the source its bad lines are quarantined under.
     `trajectory_id_sql`: the store's content-hash expression, with `{q}` and `{s}` for question and steps.
     `fast`: read the file with `fields_sql` (well-formed JSONL only; its bad rows have no raw text and a `null`
-    line gets a field's reason, so the caller keeps a fast stage only when it has no bad row)."""
+    line gets a field's reason, so the caller keeps a fast stage only when it has no bad row). `numbered=False`
+    (fast only): line_no is left NULL for the caller to number from the row order (see `fields_sql`)."""
     struct = "{" + ", ".join(f'"{k}": "JSON"' for k in fmt.keys()) + "}"
     layers: list[list[str]] = [[], [], [], []]
     for i, view in enumerate(fmt.views):
@@ -299,10 +309,10 @@ def staging_select(fmt, kind: str, limits: dict, trajectory_id_sql: str, *, fast
             rows = f"SELECT * FROM ({rows}) WHERE reason IS NOT NULL OR v IS NOT NULL"
     good = lambda e: f"CASE WHEN reason IS NULL THEN {e} END"  # noqa: E731
     if fast:
-        read = "WITH fields AS (" + fields_sql(fmt, kind) + "), "
+        read = "WITH fields AS (" + fields_sql(fmt, kind, numbered=numbered) + "), "
     else:
         read = (
-            "WITH lines AS (" + reader_sql(kind) + "), "
+            "WITH lines AS (" + reader_sql(kind, numbered=numbered) + "), "
             # json_valid first: the common case pays one parse and no trimming
             "objects AS (SELECT line_no, raw, CASE WHEN raw IS NULL THEN 'blank line' "
             "  WHEN json_valid(raw) THEN CASE WHEN starts_with(raw, '{') OR json_type(raw) = 'OBJECT' THEN NULL "
