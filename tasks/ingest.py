@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import errno
 import glob as globlib
 import gzip
 import hashlib
@@ -290,7 +291,7 @@ def _stage_one(store: Store, stage_name: str, fmt: InputFormat, i: int, f: Input
         # The stream's own line count is taken in a thread while DuckDB (which releases the GIL) stages the file.
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ingest-scan") as counter:
             counting = counter.submit(scan_lines, f)
-            staged_fast = _stage_fast(store, stage_name, fmt, i, f, limits, counting)
+            staged_fast = _stage_fast(store, stage_name, fmt, i, f, limits, counting, tmp_dir)
             scan = counting.result()
         if staged_fast:
             return
@@ -334,7 +335,7 @@ def _stage_one(store: Store, stage_name: str, fmt: InputFormat, i: int, f: Input
 
 
 def _stage_fast(store: Store, stage_name: str, fmt: InputFormat, i: int, f: InputFile, limits: IngestLimits,
-                counting: concurrent.futures.Future) -> bool:
+                counting: concurrent.futures.Future, tmp_dir: Path) -> bool:
     """Stages a well-formed JSONL file with DuckDB's JSON reader (`parsing.fields_sql`): no line is kept as text
     nor parsed twice. Kept only when it staged exactly the stream's lines (`counting`: the scan_lines of the file)
     and none of them is bad; otherwise (a malformed, blank, non-object, over-long or unusable line; any reader
@@ -345,15 +346,78 @@ def _stage_fast(store: Store, stage_name: str, fmt: InputFormat, i: int, f: Inpu
         scan = counting.result()
         if scan.long_lines:
             why = f"line(s) longer than {_MAX_TEXT_LINE} bytes"
-        elif store.stage_file_lines(stage_name, i) == scan.lines and not store.stage_file_bad_lines(stage_name, i):
+        elif store.stage_file_lines(stage_name, i) == scan.lines:
+            if bad := store.stage_file_bad_lines(stage_name, i):
+                # Every line was a JSON object and got its row: only the bad ones are read again, line by line,
+                # for their reason and raw text (the reader keeps no text, and reads `null` as an empty object).
+                log.info("staging %d line(s) of %s line by line: they have a reason to be quarantined", len(bad),
+                         f.path)
+                _restage_lines(store, stage_name, fmt, i, f, bad, limits, tmp_dir)
             return True
         else:
-            why = "it has lines to quarantine"
+            why = f"the reader staged {store.stage_file_lines(stage_name, i)} of {scan.lines} lines (a blank line)"
     except duckdb.Error as exc:  # the raw path meets the same input and says what is wrong, line by line
         why = _one_line(exc)
     store.drop_stage_file(stage_name, i)
     log.info("staging %s line by line: %s", f.path, why)
     return False
+
+
+def _restage_lines(store: Store, stage_name: str, fmt: InputFormat, i: int, f: InputFile, line_numbers: list[int],
+                   limits: IngestLimits, tmp_dir: Path) -> None:
+    """Stages lines `line_numbers` of `f` again the line-by-line way (a sanitized copy of just them), in place of
+    what the fast stage holds for them."""
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=tmp_dir) as tmp:
+        picked, clean = os.path.join(tmp, "lines.jsonl"), os.path.join(tmp, "clean.jsonl")
+        copied = copy_lines(f, line_numbers, picked)
+        unreadable, lines = _sanitize(InputFile(picked, "jsonl"), clean, limits.quarantine_raw_chars)
+        if copied != len(line_numbers) or lines != copied:  # pragma: no cover - a bug, not an input
+            raise ActPRMError(f"cannot account for every line of {f.path}: {len(line_numbers)} lines to read again, "
+                              f"{copied} found; nothing was ingested")
+        try:
+            store.restage_lines(stage_name, fmt, i, clean, line_numbers, limits.as_dict(), unreadable, source=f.path)
+        except duckdb.Error as exc:
+            raise _io_error(f, exc) from None
+
+
+def copy_lines(f: InputFile, line_numbers: list[int], out_path: str, chunk: int = 1 << 20) -> int:
+    """Copies lines `line_numbers` (1-based, ascending) of `f` to `out_path`, each with a newline; returns how many
+    it found. One streaming pass of 1 MiB reads that counts newlines in C and looks for them one by one only in
+    a read that holds a wanted line: no read is split into lines, nor joined to the next."""
+    wanted, found = iter(line_numbers), 0
+    want = next(wanted, None)
+    line_no, pending = 1, []  # the line the next byte belongs to; the pieces read so far of it, when it is wanted
+    with open(out_path, "wb") as out:
+        try:
+            with _open_text(f) as stream:
+                while want is not None and (data := stream.read(chunk)):
+                    pos = 0
+                    while want is not None:
+                        if line_no < want:  # skip to the start of the wanted line, or past this read
+                            skip = want - line_no
+                            if data.count(b"\n", pos) < skip:
+                                line_no += data.count(b"\n", pos)
+                                break
+                            for _ in range(skip):
+                                pos = data.index(b"\n", pos) + 1
+                            line_no = want
+                        end = data.find(b"\n", pos)
+                        if end < 0:  # the wanted line goes on in the next read
+                            pending.append(data[pos:])
+                            break
+                        out.write(b"".join(pending) + data[pos:end] + b"\n")
+                        pending, found, want, line_no, pos = [], found + 1, next(wanted, None), line_no + 1, end + 1
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:  # the copy's disk
+                raise _write_error(out_path, exc) from None
+            raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
+        except (EOFError, ValueError) as exc:
+            raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
+        if want is not None and want == line_no and pending and any(pending):  # a last line without a newline
+            out.write(b"".join(pending) + b"\n")
+            found += 1
+    return found
 
 
 def _io_error(f: InputFile, exc: BaseException) -> ActPRMError:

@@ -93,10 +93,27 @@ class IngestQueries(Connection):
         return int(self.sql(f"SELECT count(DISTINCT line_no) FROM {self._q(stage)} WHERE file_idx = ?",
                             [file_idx]).fetchone()[0])
 
-    def stage_file_bad_lines(self, stage: str, file_idx: int) -> int:
-        """Lines of one file the stage holds a reason for."""
-        return int(self.sql(f"SELECT count(*) FROM {self._q(stage)} WHERE file_idx = ? AND reason IS NOT NULL",
-                            [file_idx]).fetchone()[0])
+    def stage_file_bad_lines(self, stage: str, file_idx: int) -> list[int]:
+        """Numbers of the lines of one file the stage holds a reason for, in order."""
+        return [int(r[0]) for r in self.sql(f"SELECT line_no FROM {self._q(stage)} WHERE file_idx = ? "
+                                            "AND reason IS NOT NULL ORDER BY line_no", [file_idx]).fetchall()]
+
+    def restage_lines(self, stage: str, fmt, file_idx: int, path: str, line_numbers: list[int], limits: dict,
+                      unreadable: dict[int, str] | None = None, source: str | None = None) -> None:
+        """Replaces what the stage holds for some lines of file `file_idx` with those lines read again from `path`,
+        a file of just them (its line k is line `line_numbers[k - 1]` of the input), line by line: the fast
+        stage's bad lines get the line reader's reason and raw text without the whole file being read again."""
+        q, scratch = self._q(stage), self._q(f"{stage}_lines")
+        self.create_ingest_stage(f"{stage}_lines", temporary=True)
+        try:
+            self.stage_file(f"{stage}_lines", fmt, file_idx, path, "jsonl", limits, unreadable, source)
+            with self.transaction():
+                self.sql(f"DELETE FROM {q} WHERE file_idx = ? AND line_no IN (SELECT unnest(?::BIGINT[]))",
+                         [file_idx, line_numbers])
+                self.sql(f"INSERT INTO {q} SELECT * REPLACE ((?::BIGINT[])[line_no] AS line_no) FROM {scratch}",
+                         [line_numbers])
+        finally:
+            self.drop_stage(f"{stage}_lines")
 
     def drop_stage_file(self, stage: str, file_idx: int) -> None:
         """Forgets what one file staged (before it is staged again from a sanitized copy)."""

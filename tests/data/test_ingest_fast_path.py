@@ -73,7 +73,7 @@ READER_QUIET = [("null", "not a JSON object"), ("{}", "question is missing or nu
 
 @pytest.mark.parametrize("line,reason", [(line, reason) for line, reason in BAD_LINES + READER_QUIET],
                          ids=range(len(BAD_LINES) + len(READER_QUIET)))
-def test_one_bad_line_sends_the_file_line_by_line(tmp_path, db, line, reason):
+def test_one_bad_line_keeps_its_number_reason_and_raw_text(tmp_path, db, line, reason):
     """Each kind of bad line alone, amid good ones (the mixed file of test_quarantine falls back at its first)."""
     lines = [actprm_record(i) for i in range(5)] + [line] + [actprm_record(i) for i in range(5, 9)]
     files = ing.resolve_inputs([str(write_lines(tmp_path / "in.jsonl", lines))])
@@ -83,3 +83,51 @@ def test_one_bad_line_sends_the_file_line_by_line(tmp_path, db, line, reason):
         rows = store.sql(f"SELECT line_no, reason, raw FROM {name} ORDER BY line_no").fetchall()
     assert [r[0] for r in rows] == list(range(1, 11))
     assert [(r[1], r[2]) for r in rows if r[1] is not None] == [(reason, raw)]
+
+
+def is_json_object(line) -> bool:
+    try:
+        return isinstance(line, dict) or isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+@pytest.mark.parametrize("temporary", [True, False], ids=["one-store", "flow-tasks"])
+def test_only_the_bad_lines_of_a_file_of_json_objects_are_read_again(tmp_path, db, caplog, temporary):
+    """Lines that are JSON objects but unusable (a field missing, of the wrong type, over a limit...) leave the fast
+    stage of the file in place: only they are read again line by line, and each is staged exactly as a read of the
+    whole file line by line stages it."""
+    # (a key given twice makes the reader raise: that file goes line by line, see above)
+    bad = [line for line, why in BAD_LINES + READER_QUIET
+           if line != "null" and is_json_object(line) and not why.startswith("duplicate key")]
+    lines = [actprm_record(i) for i in range(3)]
+    for k, line in enumerate(bad):
+        lines += [line, actprm_record(100 + k)]
+    files = ing.resolve_inputs([str(write_lines(tmp_path / "in.jsonl", lines + ["null"]))])
+    fmt = FORMATS.get("actprm")
+    with Store(db) as store, caplog.at_level(logging.INFO, logger="tasks.ingest"):
+        name = ing.stage(store, files, fmt, ing.IngestLimits(), temporary=temporary)
+        got = store.sql(f"SELECT {STAGE_COLUMNS} FROM {name} ORDER BY line_no, view_no").fetchall()
+        assert got == staged(store, files, fmt, fast=False)
+    if not temporary:  # the flow's tasks each open the store: the stage stays a table in the file for the next
+        with Store(db) as store:
+            assert store.stage_tables(ing.STAGE_PREFIX) == [name]
+            assert store.sql(f"SELECT {STAGE_COLUMNS} FROM {name} ORDER BY line_no, view_no").fetchall() == got
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"staging {len(bad) + 1} line(s) of {files[0].path} line by line: they have a reason to be quarantined" \
+        in messages
+    assert sum(r[2] is not None for r in got) == len(bad) + 1  # every bad line, with the null line's own reason
+    assert got[-1][2:4] == ("not a JSON object", "null")
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 1 << 20])
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_copy_lines_finds_lines_across_reads(tmp_path, chunk, newline):
+    text = newline.join(f"line {n} " + "x" * (n % 13) for n in range(1, 41))  # the last line has no newline
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(text.encode())
+    wanted = [1, 2, 9, 10, 23, 39, 40]
+    out = tmp_path / "out.jsonl"
+    assert ing.copy_lines(ing.InputFile(str(path), "jsonl"), wanted, str(out), chunk=chunk) == len(wanted)
+    # each line as the file holds it (a CRLF line keeps its CR), one per line of the copy
+    assert out.read_bytes().decode().split("\n")[:-1] == [text.split("\n")[n - 1] for n in wanted]
