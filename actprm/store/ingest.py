@@ -169,22 +169,31 @@ class IngestQueries(Connection):
                          f"FROM (SELECT id, min({pos}) AS pos FROM {q} s WHERE reason IS NULL "
                          "      AND NOT EXISTS (SELECT 1 FROM pool_members m WHERE m.pool = ? AND m.trajectory_id = s.id) "
                          "      GROUP BY id) k", [pool])
+                # Usually every good row is new (no id twice in the input, none in the pool or the store): then the
+                # inserts take the good rows as they are, without a semi-join of a million positions each.
+                kept, known, gold = self.sql("SELECT count(*), count(*) FILTER (WHERE known), "
+                                             "count(*) FILTER (WHERE gold) FROM ingest_keep").fetchone()
+                every_row = kept == self.sql(f"SELECT count(*) FROM {q} WHERE reason IS NULL").fetchone()[0]
+
+                def keep(unless: str | None) -> str:
+                    """The stage rows ingest_keep keeps, less those where its column `unless` holds."""
+                    if every_row and unless is None:
+                        return "reason IS NULL"
+                    return f"{pos} IN (SELECT pos FROM ingest_keep{f' WHERE NOT {unless}' if unless else ''})"
                 if not compress_text:
                     self.sql("SET force_compression = 'uncompressed'")
                 try:
                     self.sql("INSERT INTO trajectories (id, question, steps, num_steps) "
-                             f"SELECT id, question, steps, num_steps FROM {q} "
-                             f"WHERE {pos} IN (SELECT pos FROM ingest_keep WHERE NOT known)")
+                             f"SELECT id, question, steps, num_steps FROM {q} WHERE {keep('known' if known else None)}")
                 finally:
                     if not compress_text:
                         self.sql("RESET force_compression")
                 self.sql("INSERT INTO pool_members (pool, trajectory_id, line_no, source_id) "
-                         f"SELECT ?, id, line_no, source_id FROM {q} WHERE {pos} IN (SELECT pos FROM ingest_keep)",
-                         [pool])
+                         f"SELECT ?, id, line_no, source_id FROM {q} WHERE {keep(None)}", [pool])
                 # the first source to label a trajectory keeps its gold label
                 self.sql("INSERT INTO gold_labels (trajectory_id, first_error, step_labels, error_kind, source_format) "
                          f"SELECT id, first_error, step_labels, error_kind, ? FROM {q} WHERE first_error IS NOT NULL "
-                         f"AND {pos} IN (SELECT pos FROM ingest_keep WHERE NOT gold)", [source_format])
+                         f"AND {keep('gold' if gold else None)}", [source_format])
                 accepted, new_traj = self.sql(
                     "SELECT count(DISTINCT pos >> 4), count(*) FROM ingest_keep").fetchone()
                 good = self.sql(f"SELECT count(DISTINCT {pos} >> 4) FROM {q} WHERE reason IS NULL").fetchone()[0]

@@ -181,7 +181,7 @@ class PoolQueries(Connection):
             "list_bool_or(list_transform(t.steps, lambda s: s IS NULL)) AS has_null_step, "
             "t.first_error, len(t.step_labels) AS step_labels_len, t.error_kind, "
             "t.labeled::INTEGER AS labeled, (t.first_error >= 0)::DOUBLE AS is_error "
-            f"FROM ({members}) t ORDER BY shard", [shards, *params])
+            f"FROM ({members}) t", [shards, *params])
         return name
 
     def pool_size_after_stage(self, pool: str, stage: str) -> int:
