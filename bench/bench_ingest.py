@@ -11,6 +11,7 @@ Targets (#42): command <= 2.0x bare, stage <= 1.5x bare, peak RSS <= 4 GB, every
 
     .venv/bin/python bench/bench_ingest.py --n 1000000        # ~1.3 GB file, generated once under --data
     .venv/bin/python bench/bench_ingest.py --n 100000          # a quick check
+    .venv/bin/python bench/bench_ingest.py --bad-every 1000     # 1 line in 1,000 a JSON object to quarantine
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ WORDS = ("the of and to a in is that for it as with was on be by this are we fro
          "therefore hence since because so we get substituting simplifying solving gives checking answer").split()
 
 
-def write_pool(path: Path, n: int, seed: int = 0) -> None:
+def write_pool(path: Path, n: int, seed: int = 0, bad_every: int = 0) -> None:
     """`n` JSONL lines in the project's own format with realistic text lengths. Sentences come from a fixed
     bank (generating 1 GB word by word would take minutes) and every trajectory gets unique numbers, so none
-    is a duplicate."""
+    is a duplicate. `bad_every`: every so many lines one is a JSON object ingest quarantines (its steps are
+    empty), which DuckDB's reader still reads: the bare read and the fast path both take the file."""
     rng = random.Random(seed)
     bank = [" ".join(rng.choices(WORDS, k=rng.randint(4, 40))) for _ in range(20_000)]  # ~25-250 chars
     tmp = path.with_suffix(".part")
@@ -52,6 +54,8 @@ def write_pool(path: Path, n: int, seed: int = 0) -> None:
             steps = [f"Step {j + 1}: {rng.choice(bank)} = {i * 31 + j}." for j in range(k)]
             first_error = rng.choice([-1, -1, rng.randrange(k)])
             labels = [1] * k if first_error < 0 else [1] * first_error + [0]
+            if bad_every and i % bad_every == bad_every // 2:
+                steps, labels, first_error = [], [], -1
             out.write(json.dumps({"id": f"bench-{i}", "question": question, "steps": steps, "hard_labels": labels,
                                   "first_error": first_error}) + "\n")
     tmp.rename(path)
@@ -114,6 +118,14 @@ def worker(variant: str, pool_file: str, work: str) -> dict:
     return out
 
 
+def commit() -> str:
+    """The code measured: HEAD, marked when the work tree differs from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                           cwd=ROOT)
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "") if head.returncode == 0 else "unknown"
+
+
 def run_child(variant: str, pool_file: str, work: str) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--worker", variant, "--file", pool_file, "--work", work],
                           capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -128,6 +140,7 @@ def run_child(variant: str, pool_file: str, work: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--bad-every", type=int, default=0, help="one line in this many is to be quarantined")
     ap.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "actprm-bench"))
     ap.add_argument("--worker")
     ap.add_argument("--file")
@@ -136,11 +149,12 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.worker, args.file, args.work), default=str))
         return
-    pool_file = Path(args.data) / f"realistic-{args.n}.jsonl"
+    tag = f"{args.n}-bad{args.bad_every}" if args.bad_every else f"{args.n}"
+    pool_file = Path(args.data) / f"realistic-{tag}.jsonl"
     if not pool_file.exists():
         print(f"generating {pool_file} ...", flush=True)
         pool_file.parent.mkdir(parents=True, exist_ok=True)
-        write_pool(pool_file, args.n)
+        write_pool(pool_file, args.n, bad_every=args.bad_every)
     work = tempfile.mkdtemp(prefix="bench-ingest-")
     try:
         bare_before = run_child("bare", str(pool_file), work)
@@ -153,7 +167,8 @@ def main() -> None:
     bare_cpu = min(bare_before["cpu_seconds"], bare_after["cpu_seconds"])
     s = command["summary"]
     result = {
-        "n": args.n, "file_gb": pool_file.stat().st_size / 2**30, "cpus": os.cpu_count(),
+        "n": args.n, "bad_every": args.bad_every, "commit": commit(), "file_gb": pool_file.stat().st_size / 2**30,
+        "cpus": os.cpu_count(),
         "load_avg_1m": [r["load_avg_1m"] for r in (bare_before, stage, command, bare_after)],
         "bare_seconds": [bare_before["seconds"], bare_after["seconds"]],
         "command_seconds": command["seconds"], "command_ratio": command["seconds"] / bare,
@@ -171,7 +186,7 @@ def main() -> None:
     result["meets"] = {"command_ratio": result["command_ratio"] <= TARGETS["command_ratio"],
                        "stage_ratio": result["stage_ratio"] <= TARGETS["stage_ratio"],
                        "peak_rss_gb": max(result["peak_rss_gb"].values()) <= TARGETS["peak_rss_gb"]}
-    out = ROOT / "bench" / "results" / f"ingest-{args.n}.json"
+    out = ROOT / "bench" / "results" / f"ingest-{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
