@@ -336,11 +336,11 @@ def _stage_one(store: Store, stage_name: str, fmt: InputFormat, i: int, f: Input
 
 def _stage_fast(store: Store, stage_name: str, fmt: InputFormat, i: int, f: InputFile, limits: IngestLimits,
                 counting: concurrent.futures.Future, tmp_dir: Path) -> bool:
-    """Stages a well-formed JSONL file with DuckDB's JSON reader (`parsing.fields_sql`): no line is kept as text
-    nor parsed twice. Kept only when it staged exactly the stream's lines (`counting`: the scan_lines of the file)
-    and none of them is bad; otherwise (a malformed, blank, non-object, over-long or unusable line; any reader
-    error) the file is forgotten and staged again line by line, where every bad line gets its number, reason and
-    raw text. True when the file is staged."""
+    """Stages a JSONL file with DuckDB's JSON reader (`parsing.fields_sql`): no line is kept as text nor parsed
+    twice. Kept when it staged exactly the stream's lines (`counting`: the scan_lines of the file); its bad rows
+    (JSON objects a check refuses) are then staged again line by line, for their number, reason and raw text.
+    Otherwise (a malformed, blank, non-object, duplicate-key or over-long line; any reader error) the file is
+    forgotten, to be staged again line by line. True when the file is staged."""
     try:
         store.stage_file(stage_name, fmt, i, f.path, f.kind, limits.as_dict(), fast=True)
         scan = counting.result()
@@ -414,7 +414,7 @@ def copy_lines(f: InputFile, line_numbers: list[int], out_path: str, chunk: int 
             raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
         except (EOFError, ValueError) as exc:
             raise ActPRMError(f"cannot read {f.path}: {_one_line(exc)}") from None
-        if want is not None and want == line_no and pending and any(pending):  # a last line without a newline
+        if want == line_no and any(pending):  # a last line without a newline
             out.write(b"".join(pending) + b"\n")
             found += 1
     return found

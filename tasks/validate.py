@@ -3,8 +3,8 @@
 Great Expectations has no DuckDB datasource, so the store exports the pool's per-trajectory facts as
 pandas batches. Shards are cut by a hash of the trajectory id: equal ids always meet in one shard, so
 per-shard uniqueness is pool-wide uniqueness, and every shard is a random sample for the mean checks.
-The facts are computed in one scan of the pool (a temp table, each row tagged with its shard), not one scan per shard,
-and Data Docs are rendered once after the last shard rather than after each.
+The facts are computed in one scan of the pool (a temp table, each row tagged with its shard), not one scan
+per shard, and Data Docs are rendered once after the last shard rather than after each.
 """
 
 from __future__ import annotations

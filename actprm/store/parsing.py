@@ -252,13 +252,14 @@ def fields_sql(fmt, kind: str, *, numbered: bool = True) -> str:
     reader with the format's keys as JSON columns: `f` holds the same values `from_json` gives the raw path, but
     no line is kept as text and no line is parsed twice. Only for a file whose every line is a JSON object: a
     malformed line, one that is not an object or holds a key the format reads twice makes the reader raise (an
-    InvalidInputException), a blank line is skipped (the file then has more lines than rows), and `null` reads
-    as an object without keys; the caller checks for all three and re-stages such a file on the raw path, which
-    gives each line its own reason and raw text. Line numbers are the reader's row order (WITH ORDINALITY),
-    exact only when no line was skipped, which the line count check guarantees.
+    InvalidInputException) and a blank line is skipped (the file then has more lines than rows): the caller
+    stages such a file again on the raw path, which gives each line its own reason and raw text. `null` reads as
+    an object without keys; it and every other object a check refuses get a bad row without raw text, which the
+    caller replaces with the raw path's row for that line. Line numbers are the reader's row order (WITH
+    ORDINALITY), exact only when no line was skipped, which the line count check guarantees.
 
     `numbered=False` leaves line_no NULL: WITH ORDINALITY makes DuckDB read the file on one thread, so the fast
-    stage reads it on all of them, keeping the rows in order, and numbers them after (`Store.stage_file`)."""
+    stage reads it on all of them, keeping the rows in order, and numbers them after (`Store._stage_in_order`)."""
     if kind not in FAST_KINDS:
         raise ValueError(f"no JSON reader for {kind!r}")
     columns = "{" + ", ".join(f"{quote_literal(k)}: 'JSON'" for k in fmt.keys()) + "}"
@@ -278,9 +279,9 @@ def staging_select(fmt, kind: str, limits: dict, trajectory_id_sql: str, *, fast
     line, one row per bad line (its raw text cut to `limits["quarantine_raw_chars"]`). Parameters, in
     order: the file's path, its index in the input, and the source its bad lines are quarantined under.
     `trajectory_id_sql`: the store's content-hash expression, with `{q}` and `{s}` for question and steps.
-    `fast`: read the file with `fields_sql` (well-formed JSONL only; its bad rows have no raw text and a `null`
-    line gets a field's reason, so the caller keeps a fast stage only when it has no bad row). `numbered=False`
-    (fast only): line_no is left NULL for the caller to number from the row order (see `fields_sql`)."""
+    `fast`: read the file with `fields_sql` (JSONL of objects only; its bad rows have no raw text and a `null`
+    line gets a field's reason, so the caller stages its bad lines again the raw way). `numbered=False`: line_no
+    is left NULL for the caller to number from the row order (see `fields_sql`)."""
     struct = "{" + ", ".join(f'"{k}": "JSON"' for k in fmt.keys()) + "}"
     layers: list[list[str]] = [[], [], [], []]
     for i, view in enumerate(fmt.views):
