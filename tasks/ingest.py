@@ -319,9 +319,7 @@ def _stage_one(store: Store, stage_name: str, fmt: InputFormat, i: int, f: Input
             log.warning("falling back to a sanitized copy of %s: %s", f.path, _one_line(exc))
         except duckdb.IOException as exc:  # missing, not the declared compression, truncated, not Parquet, disk full
             raise _io_error(f, exc) from None
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    # Under ACTPRM_HOME, named by this process: a kill -9 leaves it for the next ingest's clean_orphan_temp_dirs.
-    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=tmp_dir) as tmp:
+    with _work_dir(tmp_dir) as tmp:
         clean = os.path.join(tmp, "clean.jsonl")
         unreadable, lines = _sanitize(f, clean, limits.quarantine_raw_chars)
         try:
@@ -332,6 +330,15 @@ def _stage_one(store: Store, stage_name: str, fmt: InputFormat, i: int, f: Input
     if staged != lines or (scan is not None and scan.lines != lines):  # pragma: no cover - a bug, not an input
         raise ActPRMError(f"cannot account for every line of {f.path}: the file has "
                           f"{scan.lines if scan else lines} lines, the stage {staged}; nothing was ingested")
+
+
+@contextlib.contextmanager
+def _work_dir(tmp_dir: Path):
+    """A folder for an ingest's sanitized copies, removed when the block ends. Under ACTPRM_HOME and named by this
+    process: a kill -9 leaves it for the next ingest's clean_orphan_temp_dirs."""
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=tmp_dir) as tmp:
+        yield tmp
 
 
 def _stage_fast(store: Store, stage_name: str, fmt: InputFormat, i: int, f: InputFile, limits: IngestLimits,
@@ -346,7 +353,7 @@ def _stage_fast(store: Store, stage_name: str, fmt: InputFormat, i: int, f: Inpu
         scan = counting.result()
         if scan.long_lines:
             why = f"line(s) longer than {_MAX_TEXT_LINE} bytes"
-        elif store.stage_file_lines(stage_name, i) == scan.lines:
+        elif (staged := store.stage_file_lines(stage_name, i)) == scan.lines:
             if bad := store.stage_file_bad_lines(stage_name, i):
                 # Every line was a JSON object and got its row: only the bad ones are read again, line by line,
                 # for their reason and raw text (the reader keeps no text, and reads `null` as an empty object).
@@ -355,7 +362,7 @@ def _stage_fast(store: Store, stage_name: str, fmt: InputFormat, i: int, f: Inpu
                 _restage_lines(store, stage_name, fmt, i, f, bad, limits, tmp_dir)
             return True
         else:
-            why = f"the reader staged {store.stage_file_lines(stage_name, i)} of {scan.lines} lines (a blank line)"
+            why = f"the reader staged {staged} of {scan.lines} lines (a blank line)"
     except duckdb.Error as exc:  # the raw path meets the same input and says what is wrong, line by line
         why = _one_line(exc)
     store.drop_stage_file(stage_name, i)
@@ -367,8 +374,7 @@ def _restage_lines(store: Store, stage_name: str, fmt: InputFormat, i: int, f: I
                    limits: IngestLimits, tmp_dir: Path) -> None:
     """Stages lines `line_numbers` of `f` again the line-by-line way (a sanitized copy of just them), in place of
     what the fast stage holds for them."""
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=tmp_dir) as tmp:
+    with _work_dir(tmp_dir) as tmp:
         picked, clean = os.path.join(tmp, "lines.jsonl"), os.path.join(tmp, "clean.jsonl")
         copied = copy_lines(f, line_numbers, picked)
         unreadable, lines = _sanitize(InputFile(picked, "jsonl"), clean, limits.quarantine_raw_chars)
@@ -395,9 +401,9 @@ def copy_lines(f: InputFile, line_numbers: list[int], out_path: str, chunk: int 
                     pos = 0
                     while want is not None:
                         if line_no < want:  # skip to the start of the wanted line, or past this read
-                            skip = want - line_no
-                            if data.count(b"\n", pos) < skip:
-                                line_no += data.count(b"\n", pos)
+                            skip, left = want - line_no, data.count(b"\n", pos)
+                            if left < skip:
+                                line_no += left
                                 break
                             for _ in range(skip):
                                 pos = data.index(b"\n", pos) + 1

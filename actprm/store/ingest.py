@@ -103,17 +103,17 @@ class IngestQueries(Connection):
         """Replaces what the stage holds for some lines of file `file_idx` with those lines read again from `path`,
         a file of just them (its line k is line `line_numbers[k - 1]` of the input), line by line: the fast
         stage's bad lines get the line reader's reason and raw text without the whole file being read again."""
-        q, scratch = self._q(stage), self._q(f"{stage}_lines")
-        self.create_ingest_stage(f"{stage}_lines", temporary=True)
+        scratch = f"{stage}_lines"
+        self.create_ingest_stage(scratch, temporary=True)
         try:
-            self.stage_file(f"{stage}_lines", fmt, file_idx, path, "jsonl", limits, unreadable, source)
+            self.stage_file(scratch, fmt, file_idx, path, "jsonl", limits, unreadable, source)
             with self.transaction():
-                self.sql(f"DELETE FROM {q} WHERE file_idx = ? AND line_no IN (SELECT unnest(?::BIGINT[]))",
+                self.sql(f"DELETE FROM {self._q(stage)} WHERE file_idx = ? AND line_no IN (SELECT unnest(?::BIGINT[]))",
                          [file_idx, line_numbers])
-                self.sql(f"INSERT INTO {q} SELECT * REPLACE ((?::BIGINT[])[line_no] AS line_no) FROM {scratch}",
-                         [line_numbers])
+                self.sql(f"INSERT INTO {self._q(stage)} SELECT * REPLACE ((?::BIGINT[])[line_no] AS line_no) "
+                         f"FROM {self._q(scratch)}", [line_numbers])
         finally:
-            self.drop_stage(f"{stage}_lines")
+            self.drop_stage(scratch)
 
     def drop_stage_file(self, stage: str, file_idx: int) -> None:
         """Forgets what one file staged (before it is staged again from a sanitized copy)."""
