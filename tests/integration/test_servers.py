@@ -82,6 +82,25 @@ def _run(stack: Stack, deployment_id: str, parameters: dict | None = None) -> di
     return _api(stack, "POST", f"/deployments/{deployment_id}/create_flow_run", body)
 
 
+def _run_log(stack: Stack, flow_run_id: str, last: str, timeout: float = 90) -> list[str]:
+    """Every line of a run's log (the UI's Logs tab), once the line starting with `last` is there. A run's process
+    ships its log in batches (every 2 s by default, and at exit), so its last lines reach the server a moment after
+    its state turns COMPLETED; the endpoint pages at 200 lines."""
+    deadline = time.monotonic() + timeout
+    while True:
+        messages: list[str] = []
+        while True:
+            page = _api(stack, "POST", "/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}},
+                                                         "sort": "TIMESTAMP_ASC", "limit": 200,
+                                                         "offset": len(messages)})
+            messages += [entry["message"] for entry in page]
+            if len(page) < 200:
+                break
+        if any(m.startswith(last) for m in messages) or time.monotonic() > deadline:
+            return messages
+        time.sleep(2)
+
+
 def _deployments(stack: Stack) -> dict[str, dict]:
     return {d["name"]: d for d in _api(stack, "POST", "/deployments/filter", {})}
 
@@ -218,8 +237,7 @@ def test_registered_pool_starts_active_learning_and_promotes_a_champion(stack, t
     run = _wait_final(stack, triggered[0]["id"], timeout=1200)
     assert run["state_type"] == "COMPLETED", f"active-learning run ended {run['state_type']}\n{_worker_log_tail(stack)}"
     # The run's log (the UI's Logs tab) tells what each stage read, bought, trained, scored and decided.
-    logs = _api(stack, "POST", "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200})
-    messages = [entry["message"] for entry in logs]
+    messages = _run_log(stack, run["id"], last="active learning on incoming stopped")
     for stage in ("score incoming", "select incoming", "label incoming", "train incoming", "evaluate incoming",
                   "register actprm-prm", "active learning on incoming stopped"):
         assert any(m.startswith(stage) for m in messages), f"no {stage!r} line in the run's log"
@@ -305,8 +323,7 @@ def test_evaluate_champion_with_its_default_parameters_reports_in_prefect(stack)
     artifacts = _api(stack, "POST", "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}})
     (report,) = [a for a in artifacts if a["key"] == "evaluation-sample"]
     assert "sample:eval:" in report["data"] and "| f1 |" in report["data"]
-    logs = _api(stack, "POST", "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}})
-    lines = [entry["message"] for entry in logs if entry["message"].startswith("evaluated models:/")]
+    lines = [m for m in _run_log(stack, run["id"], last="evaluated models:/") if m.startswith("evaluated models:/")]
     assert len(lines) == 1 and " on sample:eval:" in lines[0] and "f1 " in lines[0], lines
 
 
