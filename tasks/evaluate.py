@@ -356,7 +356,7 @@ def evaluate_model(model_dir_or_uri: str | Path, data_path: str | Path, *, batch
     `max_length` None scores at the backbone's whole context; steps that still do not fit are counted
     (`truncated_steps`) and refused unless `allow_truncation`."""
     from tasks.model_source import load_model
-    from tasks.score import inference_max_length
+    from models.inference import inference_max_length
 
     kind, records, notes = read_eval_set(data_path)
     dev_records = None if dev_data_path is None else _read_dev(dev_data_path, kind, records)  # before the model loads
@@ -433,7 +433,7 @@ def evaluate_pool(duckdb_path: str | Path, pool: str, model_dir_or_uri: str | Pa
     alike) and logs the count."""
     from actprm.store import Store
     from tasks.model_source import load_model
-    from tasks.score import inference_max_length
+    from models.inference import inference_max_length
 
     model, tokenizer, version = load_model(model_dir_or_uri, device=_device())
     max_length = inference_max_length(model, max_length)

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from actprm.errors import ActPRMError
-from tasks.score import check_truncation, inference_max_length, score_steps, truncation_report
+from models.inference import inference_max_length
+from tasks.score import check_truncation, score_steps, truncation_report
 
 # Best-of-N aggregations of a candidate's step scores (higher = better solution).
 AGGREGATES: dict[str, Callable[[list[float]], float]] = {
